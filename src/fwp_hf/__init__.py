@@ -1,0 +1,32 @@
+"""fwp_hf: fast weight programmers on the Hugging Face stack.
+
+Importing the package registers the FWP classes with transformers' Auto classes, so that
+``AutoModelForCausalLM.from_config(AutoConfig.for_model("fwp", ...))`` works, and marks them for
+``save_pretrained`` to write an ``auto_map`` and copy the code (``trust_remote_code=True`` loading
+where fwp_hf is not installed).
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration_fwp import ATTENTION_TYPES, FEATURE_MAPS, FWPConfig
+from .modeling_fwp import FastWeightCacheLayer, FWPForCausalLM, FWPModel, FWPPreTrainedModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register(FWPConfig.model_type, FWPConfig, exist_ok=True)
+AutoModel.register(FWPConfig, FWPModel, exist_ok=True)
+AutoModelForCausalLM.register(FWPConfig, FWPForCausalLM, exist_ok=True)
+
+FWPConfig.register_for_auto_class()
+FWPModel.register_for_auto_class("AutoModel")
+FWPForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "ATTENTION_TYPES",
+    "FEATURE_MAPS",
+    "FWPConfig",
+    "FWPPreTrainedModel",
+    "FWPModel",
+    "FWPForCausalLM",
+    "FastWeightCacheLayer",
+]

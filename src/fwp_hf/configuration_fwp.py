@@ -1,0 +1,177 @@
+"""Configuration of fast weight programmer (FWP) models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+ATTENTION_TYPES = ("softmax", "linear", "performer", "dpfp", "delta", "fast_weights")
+FEATURE_MAPS = ("elu", "favor", "dpfp")
+# The feature map a sum-rule attention type implies; `feature_map` only chooses it for `delta`.
+SUM_RULE_FEATURE_MAPS = {"linear": "elu", "performer": "favor", "dpfp": "dpfp"}
+
+
+def _allowed(values: tuple[str, ...]) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+class FWPConfig(PretrainedConfig):
+    r"""Configuration of an FWP language model (`FWPModel`, `FWPForCausalLM`).
+
+    A decoder-only stack of pre-norm blocks (RMSNorm → token mixer → residual, RMSNorm → SwiGLU MLP
+    → residual). The token mixer of each layer is chosen by `attention_type`:
+
+    - `"softmax"`: causal multi-head softmax attention (torch SDPA) with rotary positions.
+    - `"linear"`: sum rule with φ = elu + 1 (Katharopoulos et al.).
+    - `"performer"`: sum rule with FAVOR+ random features (`performer_num_features` = m).
+    - `"dpfp"`: sum rule with DPFP(ν), ν = `dpfp_nu`.
+    - `"delta"`: Schlag et al.'s delta rule with learned per-token rates β; `feature_map` picks φ.
+    - `"fast_weights"`: Ba et al.'s decaying Hebbian memory with an inner loop with layer norm.
+
+    `attention_type` may also be a list with one entry per layer (a hybrid model, e.g. a few
+    softmax layers among delta layers).
+
+    Args:
+        vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads:
+            usual transformer sizes; `hidden_size` must be divisible by `num_attention_heads`.
+        attention_type (`str` or `list[str]`): token mixer, see above.
+        feature_map (`str`): φ of the delta rule, one of `"elu"`, `"favor"`, `"dpfp"`.
+        dpfp_nu (`int`): ν of DPFP; d_dot = 2·ν·head_dim.
+        performer_num_features (`int`): m random features of FAVOR+; d_dot = 2m.
+        performer_seed (`int`): seed of the orthogonal projection ω (drawn per layer, saved with the model).
+        performer_redraw (`bool`): draw a new ω at every training forward pass.
+        attention_normalization (`bool`): sum rule divides by z_t·φ(q_t) with z_t = Σ φ(k_τ).
+        fast_weights_decay (`float`): λ in (0, 1]; fast_weights_learning_rate (`float`): η > 0;
+        fast_weights_inner_steps (`int`): S ≥ 0 inner-loop steps.
+        chunk_size (`int`): chunk length of the chunkwise-parallel kernels.
+        max_position_embeddings (`int`): used only by the rotary embedding of softmax layers.
+    """
+
+    model_type = "fwp"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 512,
+        intermediate_size: int = 1408,
+        num_hidden_layers: int = 6,
+        num_attention_heads: int = 8,
+        attention_type: str | list[str] = "delta",
+        feature_map: str = "dpfp",
+        dpfp_nu: int = 1,
+        performer_num_features: int = 64,
+        performer_seed: int = 0,
+        performer_redraw: bool = False,
+        attention_normalization: bool = True,
+        fast_weights_decay: float = 0.95,
+        fast_weights_learning_rate: float = 0.5,
+        fast_weights_inner_steps: int = 1,
+        chunk_size: int = 64,
+        hidden_act: str = "silu",
+        max_position_embeddings: int = 2048,
+        rope_theta: float = 10000.0,
+        initializer_range: float = 0.02,
+        rms_norm_eps: float = 1e-6,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.attention_type = list(attention_type) if isinstance(attention_type, (list, tuple)) else attention_type
+        self.feature_map = feature_map
+        self.dpfp_nu = dpfp_nu
+        self.performer_num_features = performer_num_features
+        self.performer_seed = performer_seed
+        self.performer_redraw = performer_redraw
+        self.attention_normalization = attention_normalization
+        self.fast_weights_decay = fast_weights_decay
+        self.fast_weights_learning_rate = fast_weights_learning_rate
+        self.fast_weights_inner_steps = fast_weights_inner_steps
+        self.chunk_size = chunk_size
+        self.hidden_act = hidden_act
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        self.initializer_range = initializer_range
+        self.rms_norm_eps = rms_norm_eps
+        self.use_cache = use_cache
+        self._validate_fwp()
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        # transformers applies load-time overrides with setattr after __init__: validate them too.
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config._validate_fwp()
+        return result
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def layer_attention_types(self) -> list[str]:
+        """The attention type of every layer (a plain `attention_type` repeated, or the hybrid list)."""
+        if isinstance(self.attention_type, list):
+            return list(self.attention_type)
+        return [self.attention_type] * self.num_hidden_layers
+
+    def _validate_fwp(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "chunk_size", "performer_num_features", "max_position_embeddings"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"FWPConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"FWPConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        kinds = self.attention_type
+        if isinstance(kinds, list):
+            if len(kinds) != self.num_hidden_layers:
+                raise ValueError(
+                    f"FWPConfig.attention_type is a hybrid list of {len(kinds)} entries but num_hidden_layers is "
+                    f"{self.num_hidden_layers}; give one attention type per layer"
+                )
+        else:
+            kinds = [kinds]
+        for kind in kinds:
+            if kind not in ATTENTION_TYPES:
+                raise ValueError(
+                    f"FWPConfig.attention_type {kind!r} is unknown; allowed: {_allowed(ATTENTION_TYPES)} "
+                    "(or a list of these, one per layer)"
+                )
+        if self.feature_map not in FEATURE_MAPS:
+            raise ValueError(f"FWPConfig.feature_map {self.feature_map!r} is unknown; allowed: {_allowed(FEATURE_MAPS)}")
+        if isinstance(self.dpfp_nu, bool) or not isinstance(self.dpfp_nu, int) or self.dpfp_nu < 1:
+            raise ValueError(f"FWPConfig.dpfp_nu must be an integer >= 1, got {self.dpfp_nu!r}")
+        if not 0.0 < self.fast_weights_decay <= 1.0:
+            raise ValueError(f"FWPConfig.fast_weights_decay (λ) must be in (0, 1], got {self.fast_weights_decay!r}")
+        if not self.fast_weights_learning_rate > 0.0:
+            raise ValueError(
+                f"FWPConfig.fast_weights_learning_rate (η) must be > 0, got {self.fast_weights_learning_rate!r}"
+            )
+        steps = self.fast_weights_inner_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"FWPConfig.fast_weights_inner_steps (S) must be an integer >= 0, got {steps!r}")
+        if self.hidden_act not in ("silu", "gelu", "relu"):
+            raise ValueError(f"FWPConfig.hidden_act {self.hidden_act!r} is unknown; allowed: 'silu', 'gelu', 'relu'")
+
+
+__all__ = ["FWPConfig"]

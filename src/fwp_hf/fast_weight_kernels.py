@@ -1,0 +1,506 @@
+"""Fast-weight kernels: the one home of every feature map and update rule in fwp_hf.
+
+Layout everywhere: ``[batch, heads, time, dim]``. A fast-weight state ``S`` has shape
+``[batch, heads, d_key, d_value]`` (key dimension first, as in flash-linear-attention), so a read is
+``y_t = S_tᵀ q_t`` and a write ``k_t ⊗ v_t`` is ``k_t v_tᵀ``.
+
+Every update rule comes in two forms that compute the same function:
+
+* a chunkwise-parallel form (``chunk_*``) used for training and prefill, and
+* a recurrent form (``recurrent_*``) that walks over the tokens one at a time; with ``T = 1`` it is
+  the decoding step, and over a whole sequence it is the plain per-token reference the tests use.
+
+Both take an ``initial_state`` and return the final state, so that prefill → decode and
+segment → next segment continue exactly. The state is always fp32; inputs of lower precision are
+upcast for the computation and the output is cast back to the input dtype.
+
+Math (Schlag, Irie & Schmidhuber 2021; Ba et al. 2016), per head:
+
+* sum rule:     ``S_t = γ_t S_{t-1} + k_t v_tᵀ``            (γ_t = 1 except for ``fast_weights``)
+* delta rule:   ``S_t = S_{t-1} + β_t k_t (v_t − S_{t-1}ᵀ k_t)ᵀ``
+* Ba et al.:    ``A_t = λ A_{t-1} + η h_t h_tᵀ`` read by an inner loop
+  ``h^{s+1} = f(LN(z_t + A_{t-1} h^s))``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_CHUNK_SIZE = 64
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature maps φ
+# ----------------------------------------------------------------------------------------------
+
+
+def elu_plus_one_feature_map(x: torch.Tensor) -> torch.Tensor:
+    """Katharopoulos et al.: ``φ(x) = elu(x) + 1``; ``[..., d] -> [..., d]``."""
+    return F.elu(x) + 1.0
+
+
+def dpfp_feature_map(x: torch.Tensor, nu: int) -> torch.Tensor:
+    """Deterministic parameter-free projection DPFP(ν); ``[..., d] -> [..., 2·ν·d]``.
+
+    ``x' = [relu(x), relu(−x)]``, ``φ(x) = concat_{j=1..ν} x' ⊙ roll(x', j)``.
+    """
+    if nu < 1:
+        raise ValueError(f"dpfp nu must be >= 1, got {nu}")
+    x_both = torch.cat([F.relu(x), F.relu(-x)], dim=-1)
+    return torch.cat([x_both * x_both.roll(shifts=j, dims=-1) for j in range(1, nu + 1)], dim=-1)
+
+
+def favor_feature_map(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """FAVOR+ positive random features (Choromanski et al.); ``[..., d] -> [..., 2m]``.
+
+    With ``x̂ = x / d^{1/4}`` (so that ``φ(q)·φ(k)`` estimates ``exp(q·k/√d)``) and ``projection = ω``
+    of shape ``[m, d]``: ``φ(x) = (2m)^{-1/2} [exp(ωx̂ − |x̂|²/2), exp(−ωx̂ − |x̂|²/2)]``.
+    The exponent is at most ``|ω_i|²/2`` whatever ``x`` is, so it cannot overflow in fp32.
+    """
+    num_features, dim = projection.shape
+    if x.shape[-1] != dim:
+        raise ValueError(f"favor feature map: input has last dim {x.shape[-1]}, projection expects {dim}")
+    x = x * dim**-0.25
+    projected = x @ projection.to(x.dtype).t()
+    half_sq_norm = 0.5 * (x * x).sum(dim=-1, keepdim=True)
+    features = torch.cat([projected - half_sq_norm, -projected - half_sq_norm], dim=-1).exp()
+    return features * (2 * num_features) ** -0.5
+
+
+def draw_orthogonal_random_features(
+    num_features: int, dim: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Orthogonal random features ω for FAVOR+; ``[num_features, dim]``.
+
+    Rows come in blocks of ``dim`` mutually orthogonal directions, each row scaled by the norm of a
+    Gaussian vector so that rows are marginally ``N(0, I)``.
+    """
+    num_blocks = math.ceil(num_features / dim)
+    gaussian = torch.randn(num_blocks, dim, dim, generator=generator, device=device)
+    q, _ = torch.linalg.qr(gaussian)  # one batched QR: the columns of each block are orthonormal
+    directions = q.transpose(-1, -2).reshape(num_blocks * dim, dim)[:num_features]
+    norms = torch.randn(num_features, dim, generator=generator, device=device).norm(dim=-1, keepdim=True)
+    return directions * norms
+
+
+def sum_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``φ / Σ_i φ_i`` over the last dim (Schlag et al.'s normalisation for the delta rule)."""
+    return x / x.sum(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def feature_map_output_dim(feature_map: str, head_dim: int, *, dpfp_nu: int = 1, favor_features: int = 0) -> int:
+    """d_dot, the size of φ's output, for a feature map name."""
+    if feature_map == "elu":
+        return head_dim
+    if feature_map == "dpfp":
+        return 2 * dpfp_nu * head_dim
+    if feature_map == "favor":
+        return 2 * favor_features
+    raise ValueError(f"unknown feature_map {feature_map!r}; allowed: 'elu', 'favor', 'dpfp'")
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks shared by the kernels
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_inputs(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None) -> None:
+    for label, tensor in (("q", q), ("k", k), ("v", v)):
+        if tensor.dim() != 4:
+            raise ValueError(f"{name}: {label} must be [batch, heads, time, dim], got shape {tuple(tensor.shape)}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name}: {label} must be a floating-point tensor, got {tensor.dtype}")
+    if q.shape != k.shape:
+        raise ValueError(f"{name}: q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(
+            f"{name}: v must share [batch, heads, time] with k, got {tuple(v.shape)} and {tuple(k.shape)}"
+        )
+    if state is not None:
+        expected = (k.shape[0], k.shape[1], k.shape[3], v.shape[3])
+        if tuple(state.shape) != expected:
+            raise ValueError(f"{name}: initial_state must have shape {expected}, got {tuple(state.shape)}")
+
+
+def _check_per_token(name: str, label: str, x: torch.Tensor | None, k: torch.Tensor) -> None:
+    if x is not None and tuple(x.shape) != tuple(k.shape[:3]):
+        raise ValueError(f"{name}: {label} must have shape [batch, heads, time] = {tuple(k.shape[:3])}, got {tuple(x.shape)}")
+
+
+def _zero_state(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return k.new_zeros(k.shape[0], k.shape[1], k.shape[3], v.shape[3], dtype=torch.float32)
+
+
+def _pad_time(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Zero-pad dim 2 to a multiple of ``chunk_size``: zero keys/rates/log-decays write nothing."""
+    pad = (-x.shape[2]) % chunk_size
+    if pad == 0:
+        return x
+    padding = [0, 0] * (x.dim() - 3) + [0, pad]
+    return F.pad(x, padding)
+
+
+def _chunked(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """``[B, H, T, ...] -> [B, H, T/C, C, ...]`` (T already a multiple of C)."""
+    return x.reshape(x.shape[0], x.shape[1], x.shape[2] // chunk_size, chunk_size, *x.shape[3:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Sum rule (linear attention), optionally with a per-token decay γ_t = exp(g_t)
+# ----------------------------------------------------------------------------------------------
+
+
+def recurrent_sum_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    log_decay: torch.Tensor | None = None,
+    exclusive: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum rule, one token at a time (decoding step and reference).
+
+    ``S_t = exp(g_t) S_{t-1} + k_t v_tᵀ``; ``y_t = S_tᵀ q_t`` (``exclusive``: ``y_t = S_{t-1}ᵀ q_t``).
+    q, k: ``[B, H, T, Dk]``; v: ``[B, H, T, Dv]``; log_decay g: ``[B, H, T]`` (≤ 0) or None;
+    initial_state: ``[B, H, Dk, Dv]``. Returns ``(y [B, H, T, Dv], S_T [B, H, Dk, Dv] fp32)``.
+    """
+    _check_inputs("recurrent_sum_rule", q, k, v, initial_state)
+    _check_per_token("recurrent_sum_rule", "log_decay", log_decay, k)
+    out_dtype = q.dtype
+    q, k, v = q.float(), k.float(), v.float()
+    state = _zero_state(k, v) if initial_state is None else initial_state.float()
+    outputs = []
+    for t in range(q.shape[2]):
+        if exclusive:
+            outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], state))
+        if log_decay is not None:
+            state = state * log_decay[:, :, t].float().exp()[..., None, None]
+        state = state + k[:, :, t, :, None] * v[:, :, t, None, :]
+        if not exclusive:
+            outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], state))
+    if outputs:
+        y = torch.stack(outputs, dim=2)
+    else:
+        y = v.new_zeros(v.shape)
+    return y.to(out_dtype), state
+
+
+def _sum_rule_chunk_states(
+    k: torch.Tensor, v: torch.Tensor, log_decay_cumsum: torch.Tensor | None, initial_state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """States at the start of every chunk and the final state.
+
+    k: ``[B, H, N, C, Dk]``, v: ``[B, H, N, C, Dv]``, log_decay_cumsum b: ``[B, H, N, C]`` (cumulative
+    within each chunk). Chunk n adds ``Σ_j exp(b_last − b_j) k_j v_jᵀ`` after decaying by ``exp(b_last)``.
+    Returns ``([B, H, N, Dk, Dv], [B, H, Dk, Dv])``.
+    """
+    if log_decay_cumsum is None:
+        chunk_writes = k.transpose(-1, -2) @ v
+        # Without decay the chunk-start states are an exclusive prefix sum: no sequential loop.
+        inclusive = torch.cumsum(chunk_writes, dim=2) + initial_state.unsqueeze(2)
+        starts = torch.cat([initial_state.unsqueeze(2), inclusive[:, :, :-1]], dim=2)
+        return starts, inclusive[:, :, -1]
+    last = log_decay_cumsum[..., -1:]
+    chunk_writes = (k * (last - log_decay_cumsum).exp().unsqueeze(-1)).transpose(-1, -2) @ v
+    chunk_decay = last.exp().unsqueeze(-1)  # [B, H, N, 1, 1]
+    starts = []
+    state = initial_state
+    for n in range(k.shape[2]):
+        starts.append(state)
+        state = chunk_decay[:, :, n] * state + chunk_writes[:, :, n]
+    return torch.stack(starts, dim=2), state
+
+
+def _sum_rule_chunk_readout(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    chunk_starts: torch.Tensor,
+    log_decay_cumsum: torch.Tensor | None,
+    log_decay: torch.Tensor | None,
+    exclusive: bool,
+) -> torch.Tensor:
+    """Outputs of the sum rule given the chunk-start states; all inputs chunked ``[B, H, N, C, ...]``."""
+    chunk_size = q.shape[3]
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril(-1 if exclusive else 0)
+    scores = q @ k.transpose(-1, -2)
+    if log_decay_cumsum is None:
+        intra = scores.masked_fill(~causal, 0.0) @ v
+        return q @ chunk_starts + intra
+    # The read at position i sees the state after step i (inclusive) or after step i-1 (exclusive).
+    read_log = log_decay_cumsum - log_decay if exclusive else log_decay_cumsum
+    pair_log = (read_log.unsqueeze(-1) - log_decay_cumsum.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
+    intra = (scores * pair_log.exp()) @ v
+    inter = (q * read_log.exp().unsqueeze(-1)) @ chunk_starts
+    return inter + intra
+
+
+def chunk_sum_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    log_decay: torch.Tensor | None = None,
+    exclusive: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunkwise-parallel sum rule; same arguments and result as :func:`recurrent_sum_rule`.
+
+    Within a chunk the outputs are a masked (and decayed) ``q kᵀ`` times ``v``; across chunks the
+    state at each chunk start is carried, so no ``T × T`` matrix is ever built.
+    """
+    _check_inputs("chunk_sum_rule", q, k, v, initial_state)
+    _check_per_token("chunk_sum_rule", "log_decay", log_decay, k)
+    out_dtype, seq_len = q.dtype, q.shape[2]
+    state = _zero_state(k, v) if initial_state is None else initial_state.float()
+    if seq_len == 0:
+        return v.new_zeros(v.shape), state
+    q, k, v = (_chunked(_pad_time(x.float(), chunk_size), chunk_size) for x in (q, k, v))
+    if log_decay is not None:
+        log_decay = _chunked(_pad_time(log_decay.float(), chunk_size), chunk_size)
+        log_decay_cumsum = log_decay.cumsum(dim=-1)
+    else:
+        log_decay_cumsum = None
+    starts, final_state = _sum_rule_chunk_states(k, v, log_decay_cumsum, state)
+    y = _sum_rule_chunk_readout(q, k, v, starts, log_decay_cumsum, log_decay, exclusive)
+    y = y.reshape(y.shape[0], y.shape[1], -1, y.shape[-1])[:, :, :seq_len]
+    return y.to(out_dtype), final_state
+
+
+def normalized_sum_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    chunked: bool = True,
+    eps: float = 1e-6,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum rule with attention normalisation: ``y_t = S_tᵀ φ(q_t) / (z_t·φ(q_t) + ε)``, ``z_t = Σ φ(k_τ)``.
+
+    The normaliser ``z`` is carried as an extra value column of ones, so the state has shape
+    ``[B, H, Dk, Dv + 1]`` and both forms share all the work of the plain sum rule.
+    """
+    ones = v.new_ones(*v.shape[:-1], 1)
+    v_with_ones = torch.cat([v, ones], dim=-1)
+    kernel = chunk_sum_rule if chunked else recurrent_sum_rule
+    kwargs = {"chunk_size": chunk_size} if chunked else {}
+    y, state = kernel(q, k, v_with_ones, initial_state=initial_state, **kwargs)
+    y = y.float()
+    return (y[..., :-1] / (y[..., -1:] + eps)).to(v.dtype), state
+
+
+# ----------------------------------------------------------------------------------------------
+# Delta rule (Schlag et al. 2021)
+# ----------------------------------------------------------------------------------------------
+
+
+def recurrent_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Delta rule, one token at a time (decoding step and reference).
+
+    ``v̄_t = S_{t-1}ᵀ k_t``; ``S_t = S_{t-1} + β_t k_t (v_t − v̄_t)ᵀ``; ``y_t = S_tᵀ q_t``.
+    q, k: ``[B, H, T, Dk]``; v: ``[B, H, T, Dv]``; beta: ``[B, H, T]``; initial_state ``[B, H, Dk, Dv]``.
+    Returns ``(y [B, H, T, Dv], S_T fp32)``.
+    """
+    _check_inputs("recurrent_delta_rule", q, k, v, initial_state)
+    _check_per_token("recurrent_delta_rule", "beta", beta, k)
+    out_dtype = q.dtype
+    q, k, v, beta = q.float(), k.float(), v.float(), beta.float()
+    state = _zero_state(k, v) if initial_state is None else initial_state.float()
+    outputs = []
+    for t in range(q.shape[2]):
+        k_t = k[:, :, t]
+        retrieved = torch.einsum("bhk,bhkv->bhv", k_t, state)
+        update = beta[:, :, t, None] * (v[:, :, t] - retrieved)
+        state = state + k_t[..., :, None] * update[..., None, :]
+        outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], state))
+    y = torch.stack(outputs, dim=2) if outputs else v.new_zeros(v.shape)
+    return y.to(out_dtype), state
+
+
+def chunk_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunkwise-parallel delta rule (WY representation / UT transform); same contract as
+    :func:`recurrent_delta_rule`.
+
+    Within a chunk that starts from state ``S``, the written values are ``u = ũ − W̃ S`` with
+    ``L [W̃ ũ] = diag(β) [K V]`` and ``L = I + tril(diag(β) K Kᵀ, −1)`` (unit lower triangular),
+    solved for every chunk at once. Then per chunk: ``Y = Q S + tril(Q Kᵀ) u``, ``S ← S + Kᵀ u``.
+    """
+    _check_inputs("chunk_delta_rule", q, k, v, initial_state)
+    _check_per_token("chunk_delta_rule", "beta", beta, k)
+    out_dtype, seq_len, key_dim = q.dtype, q.shape[2], k.shape[-1]
+    state = _zero_state(k, v) if initial_state is None else initial_state.float()
+    if seq_len == 0:
+        return v.new_zeros(v.shape), state
+    q, k, v = (_chunked(_pad_time(x.float(), chunk_size), chunk_size) for x in (q, k, v))
+    beta = _chunked(_pad_time(beta.float(), chunk_size), chunk_size).unsqueeze(-1)
+
+    strictly_lower = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril(-1)
+    lower = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
+    identity = torch.eye(chunk_size, dtype=torch.float32, device=q.device)
+    system = identity + ((beta * k) @ k.transpose(-1, -2)).masked_fill(~strictly_lower, 0.0)
+    rhs = beta * torch.cat([k, v], dim=-1)
+    solved = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+    w_keys, u_values = solved[..., :key_dim], solved[..., key_dim:]
+    intra_scores = (q @ k.transpose(-1, -2)).masked_fill(~lower, 0.0)
+
+    outputs = []
+    for n in range(q.shape[2]):
+        written = u_values[:, :, n] - w_keys[:, :, n] @ state
+        outputs.append(q[:, :, n] @ state + intra_scores[:, :, n] @ written)
+        state = state + k[:, :, n].transpose(-1, -2) @ written
+    y = torch.cat(outputs, dim=2)[:, :, :seq_len]
+    return y.to(out_dtype), state
+
+
+# ----------------------------------------------------------------------------------------------
+# Ba et al. 2016 fast associative memory with an inner loop
+# ----------------------------------------------------------------------------------------------
+
+
+def fast_weights_inner_loop(
+    drive: torch.Tensor,
+    read: Callable[[torch.Tensor], torch.Tensor],
+    num_steps: int,
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Ba et al.'s inner loop: ``h⁰ = f(z)``; ``h^{s+1} = f(LN(z + A h^s))`` for ``s < num_steps``.
+
+    ``drive`` z: ``[..., d]``; ``read(h)`` returns ``A h`` for the memory in use; f = ReLU; LN over
+    the last dim with the given gain/bias. Returns ``h^{num_steps}``.
+    """
+    ln_weight = ln_weight.to(drive.dtype) if ln_weight is not None else None
+    ln_bias = ln_bias.to(drive.dtype) if ln_bias is not None else None
+    hidden = F.relu(drive)
+    for _ in range(num_steps):
+        hidden = F.relu(F.layer_norm(drive + read(hidden), drive.shape[-1:], ln_weight, ln_bias, eps))
+    return hidden
+
+
+def _check_fast_weights(
+    name: str,
+    drive: torch.Tensor,
+    decay: float,
+    num_steps: int,
+    initial_state: torch.Tensor | None,
+    mask: torch.Tensor | None,
+) -> None:
+    if drive.dim() != 4:
+        raise ValueError(f"{name}: drive must be [batch, heads, time, dim], got shape {tuple(drive.shape)}")
+    if not drive.is_floating_point():
+        raise TypeError(f"{name}: drive must be a floating-point tensor, got {drive.dtype}")
+    _check_per_token(name, "mask", mask, drive)
+    if initial_state is not None:
+        expected = (drive.shape[0], drive.shape[1], drive.shape[3], drive.shape[3])
+        if tuple(initial_state.shape) != expected:
+            raise ValueError(f"{name}: initial_state must have shape {expected}, got {tuple(initial_state.shape)}")
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"{name}: decay λ must be in (0, 1], got {decay}")
+    if num_steps < 0:
+        raise ValueError(f"{name}: num_steps must be >= 0, got {num_steps}")
+
+
+def _fast_weights_writes(
+    drive: torch.Tensor, decay: float, learning_rate: float, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Memory writes ``η h⁰_t`` (keys), ``h⁰_t`` (values) and log-decays; masked tokens neither write nor decay."""
+    hidden0 = F.relu(drive)
+    log_decay = drive.new_full(drive.shape[:3], math.log(decay))
+    keys = learning_rate * hidden0
+    if mask is not None:
+        mask = mask.to(drive.dtype)
+        keys = keys * mask.unsqueeze(-1)
+        log_decay = log_decay * mask
+    return keys, hidden0, log_decay
+
+
+def recurrent_fast_weights(
+    drive: torch.Tensor,
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+    decay: float = 0.95,
+    learning_rate: float = 0.5,
+    num_steps: int = 1,
+    initial_state: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ba et al. fast weights as a token mixer, one token at a time (decoding step and reference).
+
+    Per head with drive ``z_t`` (the slow input ``C x_t``): ``h⁰_t = relu(z_t)``; the inner loop reads
+    ``A_{t-1}`` (the memory before token t, as in the paper); then ``A_t = λ_t A_{t-1} + η h⁰_t h⁰_tᵀ``
+    with ``λ_t = λ`` (1 for masked tokens, which also write nothing).
+    drive: ``[B, H, T, d]``; mask: ``[B, H, T]`` or None; state ``[B, H, d, d]``.
+    Returns ``(h^S [B, H, T, d], A_T fp32)``.
+    """
+    _check_fast_weights("recurrent_fast_weights", drive, decay, num_steps, initial_state, mask)
+    out_dtype = drive.dtype
+    drive = drive.float()
+    keys, values, log_decay = _fast_weights_writes(drive, decay, learning_rate, mask)
+    state = _zero_state(drive, drive) if initial_state is None else initial_state.float()
+    outputs = []
+    for t in range(drive.shape[2]):
+        memory = state
+        read = lambda h: torch.einsum("bhk,bhkv->bhv", h, memory)  # noqa: E731 - binds this step's memory
+        outputs.append(fast_weights_inner_loop(drive[:, :, t], read, num_steps, ln_weight, ln_bias))
+        state = log_decay[:, :, t].exp()[..., None, None] * state + keys[:, :, t, :, None] * values[:, :, t, None, :]
+    y = torch.stack(outputs, dim=2) if outputs else drive.new_zeros(drive.shape)
+    return y.to(out_dtype), state
+
+
+def chunk_fast_weights(
+    drive: torch.Tensor,
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+    decay: float = 0.95,
+    learning_rate: float = 0.5,
+    num_steps: int = 1,
+    initial_state: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunkwise-parallel form of :func:`recurrent_fast_weights` (same contract).
+
+    The memory written by token t is ``η h⁰_t h⁰_tᵀ`` with ``h⁰_t = relu(z_t)``, which does not depend
+    on the inner loop, so ``A_{t-1} h = η Σ_{τ<t} λ^{t-1-τ} h⁰_τ (h⁰_τ·h)`` is an exclusive, decayed sum
+    rule: the chunk-start states are computed once and every inner step is one parallel read.
+    The inner loop itself is sequential in s (it is a fixed point iteration) but runs S times over
+    the whole sequence, not S times per token.
+    """
+    _check_fast_weights("chunk_fast_weights", drive, decay, num_steps, initial_state, mask)
+    out_dtype, seq_len = drive.dtype, drive.shape[2]
+    drive = drive.float()
+    keys, values, log_decay = _fast_weights_writes(drive, decay, learning_rate, mask)
+    state = _zero_state(drive, drive) if initial_state is None else initial_state.float()
+    if seq_len == 0:
+        return drive.to(out_dtype), state
+    keys_c, values_c = (_chunked(_pad_time(x, chunk_size), chunk_size) for x in (keys, values))
+    log_decay_c = _chunked(_pad_time(log_decay, chunk_size), chunk_size)
+    log_decay_cumsum = log_decay_c.cumsum(dim=-1)
+    starts, final_state = _sum_rule_chunk_states(keys_c, values_c, log_decay_cumsum, state)
+
+    def read(hidden: torch.Tensor) -> torch.Tensor:
+        query = _chunked(_pad_time(hidden, chunk_size), chunk_size)
+        y = _sum_rule_chunk_readout(query, keys_c, values_c, starts, log_decay_cumsum, log_decay_c, exclusive=True)
+        return y.reshape(y.shape[0], y.shape[1], -1, y.shape[-1])[:, :, :seq_len]
+
+    y = fast_weights_inner_loop(drive, read, num_steps, ln_weight, ln_bias)
+    return y.to(out_dtype), final_state

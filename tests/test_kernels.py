@@ -1,0 +1,688 @@
+"""Tests for ``fwp_hf.fast_weight_kernels``.
+
+Covered: chunkwise form == recurrent form (outputs, final states, gradients) for every update rule
+and feature map; both forms against hand-written naive math and against transformers' independent
+gated-delta-rule implementation; exact continuation across segments and from prefill to decoding;
+feature-map properties; masking; input validation; dtypes.
+
+Shapes are tiny (the suite runs on 2 CPU cores). All comparisons are in fp32 with errors measured
+relative to the largest magnitude of the reference (``assert_close_scaled``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fwp_hf import fast_weight_kernels as fwk
+
+B, H, D, DV = 2, 2, 8, 6
+CHUNK = 16
+RTOL = 1e-5  # forms agree to ~1e-5 of the output scale in fp32 (observed: < 1e-6)
+FEATURE_MAPS = ["elu", "favor", "dpfp1", "dpfp2", "dpfp3"]
+TIME_KEYS = {"q", "k", "v", "beta", "log_decay", "drive", "mask"}  # tensors with a time axis (dim 2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny ops (e.g. 8×8 QR) are ~100× slower with intra-op threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen) * scale
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL, what: str = "") -> None:
+    """max |actual − expected| ≤ rtol · max |expected| (same shape and dtype)."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    scale = max(expected.abs().max().item(), 1e-3) if expected.numel() else 1.0
+    err = (actual.double() - expected.double()).abs().max().item() if expected.numel() else 0.0
+    assert err <= rtol * scale, f"{what}: max |diff| {err:.3g} > {rtol:g} × scale {scale:.3g}"
+
+
+def make_feature_map(name: str, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name == "elu":
+        return fwk.elu_plus_one_feature_map
+    if name == "favor":
+        projection = fwk.draw_orthogonal_random_features(12, D, generator=gen)  # 12 = 1.5 blocks
+        return partial(fwk.favor_feature_map, projection=projection)
+    if name.startswith("dpfp"):
+        return partial(fwk.dpfp_feature_map, nu=int(name[4:]))
+    raise AssertionError(name)
+
+
+def time_slice(tensors: dict, start: int, stop: int, initial_state: torch.Tensor | None) -> dict:
+    out = {name: (t[:, :, start:stop] if name in TIME_KEYS and t is not None else t) for name, t in tensors.items()}
+    out["initial_state"] = initial_state
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Test cases: one per kernel variant, each with a chunk and a recurrent callable on the same tensors
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    chunk: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # called as chunk(**tensors, chunk_size=...)
+    recurrent: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # called as recurrent(**tensors)
+    tensors: dict[str, torch.Tensor | None] = field(default_factory=dict)
+
+
+def _sum_case(gen, T, feature_map, log_decay=False, exclusive=False, normalized=False):
+    phi = make_feature_map(feature_map, gen)
+    tensors = {"q": randn(gen, B, H, T, D), "k": randn(gen, B, H, T, D), "v": randn(gen, B, H, T, DV)}
+    if log_decay:
+        tensors["log_decay"] = F.logsigmoid(randn(gen, B, H, T) + 1.5)
+
+    def call(chunked, q, k, v, initial_state, log_decay=None, chunk_size=CHUNK):
+        if normalized:
+            return fwk.normalized_sum_rule(phi(q), phi(k), v, initial_state, chunked=chunked, chunk_size=chunk_size)
+        kernel = partial(fwk.chunk_sum_rule, chunk_size=chunk_size) if chunked else fwk.recurrent_sum_rule
+        return kernel(phi(q), phi(k), v, initial_state=initial_state, log_decay=log_decay, exclusive=exclusive)
+
+    feature_dim = phi(torch.zeros(1, D)).shape[-1]
+    state_shape = (B, H, feature_dim, DV + 1 if normalized else DV)
+    return Case(partial(call, True), partial(call, False), tensors), state_shape
+
+
+def _delta_case(gen, T, feature_map):
+    phi = make_feature_map(feature_map, gen)
+    tensors = {
+        "q": randn(gen, B, H, T, D),
+        "k": randn(gen, B, H, T, D),
+        "v": randn(gen, B, H, T, DV),
+        "beta": torch.rand(B, H, T, generator=gen) * 0.9 + 0.05,
+    }
+
+    def call(kernel, q, k, v, beta, initial_state, **kw):
+        # Sum-normalised features, as the model uses them (keeps the delta rule contractive).
+        return kernel(fwk.sum_normalize(phi(q)), fwk.sum_normalize(phi(k)), v, beta, initial_state, **kw)
+
+    feature_dim = phi(torch.zeros(1, D)).shape[-1]
+    chunk = partial(call, fwk.chunk_delta_rule)
+    return Case(chunk, partial(call, fwk.recurrent_delta_rule), tensors), (B, H, feature_dim, DV)
+
+
+FW_HYPER = {"decay": 0.9, "learning_rate": 0.5}
+
+
+def _fast_weights_case(gen, T, num_steps, masked=False):
+    tensors = {
+        "drive": randn(gen, B, H, T, D),
+        "ln_weight": 1.0 + randn(gen, D, scale=0.1),
+        "ln_bias": randn(gen, D, scale=0.1),
+        "mask": (torch.rand(B, H, T, generator=gen) > 0.3) if masked else None,
+    }
+
+    def call(kernel, drive, ln_weight, ln_bias, mask, initial_state, **kw):
+        return kernel(
+            drive, ln_weight, ln_bias, num_steps=num_steps, initial_state=initial_state, mask=mask, **kw, **FW_HYPER
+        )
+
+    chunk = partial(call, fwk.chunk_fast_weights)
+    return Case(chunk, partial(call, fwk.recurrent_fast_weights), tensors), (B, H, D, D)
+
+
+def make_case(variant: str, T: int, with_init: bool, seed: int = 0) -> Case:
+    """``variant`` is ``rule/option``: sum/<map>, normalized/<map>, decay/{inclusive,exclusive},
+    delta/<map>, fw/<num_steps>[-masked]."""
+    gen = generator(seed)
+    rule, option = variant.split("/")
+    if rule == "sum":
+        case, state_shape = _sum_case(gen, T, option)
+    elif rule == "normalized":
+        case, state_shape = _sum_case(gen, T, option, normalized=True)
+    elif rule == "decay":
+        case, state_shape = _sum_case(gen, T, "elu", log_decay=True, exclusive=option == "exclusive")
+    elif rule == "delta":
+        case, state_shape = _delta_case(gen, T, option)
+    elif rule == "fw":
+        steps, _, masked = option.partition("-")
+        case, state_shape = _fast_weights_case(gen, T, int(steps), masked=bool(masked))
+    else:
+        raise AssertionError(variant)
+    init = randn(gen, *state_shape, scale=0.5) if with_init else None
+    if init is not None and rule == "normalized":
+        init = init.abs()  # the normaliser column must stay positive
+    case.tensors["initial_state"] = init
+    return case
+
+
+VARIANTS = [
+    *(f"sum/{m}" for m in FEATURE_MAPS),
+    "normalized/elu",
+    "normalized/favor",
+    "decay/inclusive",
+    "decay/exclusive",
+    *(f"delta/{m}" for m in FEATURE_MAPS),
+    "fw/0",
+    "fw/1",
+    "fw/2",
+    "fw/2-masked",
+]
+WITH_INIT = pytest.mark.parametrize("with_init", [False, True], ids=["zero-state", "initial-state"])
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. chunk form == recurrent form
+# ----------------------------------------------------------------------------------------------
+
+
+@WITH_INIT
+@pytest.mark.parametrize("T", [1, 11, 32, 70])  # T == 1, T < chunk, T a multiple of chunk, T not
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_chunk_matches_recurrent(variant, T, with_init):
+    case = make_case(variant, T, with_init)
+    y_chunk, state_chunk = case.chunk(**case.tensors, chunk_size=CHUNK)
+    y_rec, state_rec = case.recurrent(**case.tensors)
+    assert state_chunk.dtype == state_rec.dtype == torch.float32
+    assert_close_scaled(y_chunk, y_rec, what="output")
+    assert_close_scaled(state_chunk, state_rec, what="final state")
+
+
+@pytest.mark.parametrize("variant", ["sum/elu", "decay/exclusive", "delta/dpfp2", "fw/2-masked"])
+def test_chunk_size_does_not_matter(variant):
+    case = make_case(variant, 29, with_init=True)
+    y_ref, state_ref = case.chunk(**case.tensors, chunk_size=64)
+    for chunk_size in (1, 5, 29):
+        y, state = case.chunk(**case.tensors, chunk_size=chunk_size)
+        assert_close_scaled(y, y_ref, what=f"output, chunk_size={chunk_size}")
+        assert_close_scaled(state, state_ref, what=f"state, chunk_size={chunk_size}")
+
+
+@pytest.mark.parametrize("variant", ["sum/elu", "decay/inclusive", "normalized/elu", "delta/elu", "fw/1"])
+def test_empty_sequence_returns_initial_state(variant):
+    case = make_case(variant, 0, with_init=True)
+    for form, kwargs in ((case.chunk, {"chunk_size": CHUNK}), (case.recurrent, {})):
+        y, state = form(**case.tensors, **kwargs)
+        assert y.shape[2] == 0
+        torch.testing.assert_close(state, case.tensors["initial_state"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Recurrent forms against naive math written here (independent of the module)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_decayed_sum_rule_matches_quadratic_attention(exclusive):
+    gen, T = generator(1), 23
+    q, k = (F.elu(randn(gen, B, H, T, D)) + 1 for _ in range(2))
+    v, g, s0 = randn(gen, B, H, T, DV), F.logsigmoid(randn(gen, B, H, T) + 1), randn(gen, B, H, D, DV)
+    cum = g.double().cumsum(-1)  # G_t = Σ_{s≤t} g_s
+    read = cum - g.double() if exclusive else cum  # log-decay from the start to the state being read
+    pair = (read[..., :, None] - cum[..., None, :]).exp()
+    visible = torch.ones(T, T, dtype=torch.bool).tril(-1 if exclusive else 0)
+    scores = (q.double() @ k.double().transpose(-1, -2)) * pair * visible
+    expected = scores @ v.double() + read.exp()[..., None] * (q.double() @ s0.double())
+    expected_state = cum[..., -1, None, None].exp() * s0.double() + torch.einsum(
+        "bht,bhtk,bhtv->bhkv", (cum[..., -1:] - cum).exp(), k.double(), v.double()
+    )
+    for kernel in (fwk.recurrent_sum_rule, partial(fwk.chunk_sum_rule, chunk_size=CHUNK)):
+        y, state = kernel(q, k, v, initial_state=s0, log_decay=g, exclusive=exclusive)
+        assert_close_scaled(y, expected.float(), what="output")
+        assert_close_scaled(state, expected_state.float(), what="state")
+
+
+def test_normalized_sum_rule_matches_linear_attention_formula():
+    gen, T = generator(2), 19
+    q, k = (F.elu(randn(gen, B, H, T, D)) + 1 for _ in range(2))
+    v = randn(gen, B, H, T, DV)
+    scores = (q.double() @ k.double().transpose(-1, -2)).tril()
+    expected = (scores @ v.double()) / (scores.sum(-1, keepdim=True) + 1e-6)
+    for chunked in (False, True):
+        y, state = fwk.normalized_sum_rule(q, k, v, chunked=chunked, chunk_size=CHUNK)
+        assert_close_scaled(y, expected.float(), what=f"chunked={chunked}")
+        assert_close_scaled(state[..., -1], k.sum(2), what="normaliser column")
+
+
+@pytest.mark.parametrize("num_steps", [0, 1, 3])
+def test_fast_weights_match_ba_et_al_loop(num_steps):
+    gen, T, decay, lr = generator(3), 13, 0.8, 0.3
+    drive, s0 = randn(gen, B, H, T, D), randn(gen, B, H, D, D, scale=0.3)
+    w, b = 1 + randn(gen, D, scale=0.1), randn(gen, D, scale=0.1)
+    expected = torch.empty(B, H, T, D, dtype=torch.float64)
+    expected_state = torch.empty(B, H, D, D, dtype=torch.float64)
+    for bi in range(B):
+        for hi in range(H):
+            memory = s0[bi, hi].double()
+            for t in range(T):
+                z = drive[bi, hi, t].double()
+                h = torch.relu(z)
+                for _ in range(num_steps):
+                    pre = z + memory.t() @ h  # read y = Sᵀ h (module convention: state is [d_key, d_value])
+                    normed = (pre - pre.mean()) / torch.sqrt(pre.var(unbiased=False) + 1e-5)
+                    h = torch.relu(normed * w.double() + b.double())
+                expected[bi, hi, t] = h
+                memory = decay * memory + lr * torch.outer(torch.relu(z), torch.relu(z))
+            expected_state[bi, hi] = memory
+    for kernel in (fwk.recurrent_fast_weights, partial(fwk.chunk_fast_weights, chunk_size=5)):
+        y, state = kernel(drive, w, b, decay=decay, learning_rate=lr, num_steps=num_steps, initial_state=s0)
+        assert_close_scaled(y, expected.float(), what="output")
+        assert_close_scaled(state, expected_state.float(), what="state")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Gradients
+# ----------------------------------------------------------------------------------------------
+
+
+def _grads(fn: Callable, leaves: dict[str, torch.Tensor], weights: tuple[torch.Tensor, torch.Tensor]):
+    y, state = fn()
+    loss = (y * weights[0]).sum() + (state * weights[1]).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
+    return dict(zip(leaves, grads))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_chunk_and_recurrent_gradients_match(variant):
+    case = make_case(variant, 37, with_init=True)
+    leaves = {n: t.requires_grad_() for n, t in case.tensors.items() if t is not None and t.is_floating_point()}
+    y, state = case.recurrent(**case.tensors)
+    gen = generator(7)
+    weights = (randn(gen, *y.shape), randn(gen, *state.shape))
+    grads_rec = _grads(lambda: case.recurrent(**case.tensors), leaves, weights)
+    grads_chunk = _grads(lambda: case.chunk(**case.tensors, chunk_size=CHUNK), leaves, weights)
+    inputs = {"drive", "ln_weight", "ln_bias"} if variant.startswith("fw") else {"q", "k", "v"}
+    expected_names = inputs | {"initial_state"}
+    assert expected_names <= set(leaves)
+    unused = {"ln_weight", "ln_bias"} if variant == "fw/0" else set()  # no inner step reads the LN
+    for name in leaves:
+        assert (grads_rec[name].abs().max() > 0) != (name in unused), f"{name}: unexpected (non)zero gradient"
+        assert_close_scaled(grads_chunk[name], grads_rec[name], rtol=2e-5, what=f"d/d{name}")
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Continuation across segments and from prefill to decoding
+# ----------------------------------------------------------------------------------------------
+
+CONTINUATION_VARIANTS = [
+    "sum/elu",
+    "sum/favor",
+    "decay/inclusive",
+    "decay/exclusive",
+    "normalized/elu",
+    "delta/elu",
+    "delta/dpfp2",
+    "fw/1",
+    "fw/2-masked",
+]
+
+
+@WITH_INIT
+@pytest.mark.parametrize("variant", CONTINUATION_VARIANTS)
+def test_two_segments_continue_exactly(variant, with_init):
+    T, split = 53, 21
+    case = make_case(variant, T, with_init)
+    y_full, state_full = case.chunk(**case.tensors, chunk_size=CHUNK)
+    y1, state1 = case.chunk(**time_slice(case.tensors, 0, split, case.tensors["initial_state"]), chunk_size=CHUNK)
+    y2, state2 = case.chunk(**time_slice(case.tensors, split, T, state1), chunk_size=CHUNK)
+    assert_close_scaled(torch.cat([y1, y2], dim=2), y_full, what="output")
+    assert_close_scaled(state2, state_full, what="final state")
+
+
+@WITH_INIT
+@pytest.mark.parametrize("variant", CONTINUATION_VARIANTS)
+def test_chunk_prefill_then_recurrent_decode(variant, with_init):
+    T, prefill = 45, 37
+    case = make_case(variant, T, with_init)
+    y_full, state_full = case.chunk(**case.tensors, chunk_size=CHUNK)
+    y, state = case.chunk(**time_slice(case.tensors, 0, prefill, case.tensors["initial_state"]), chunk_size=CHUNK)
+    outputs = [y]
+    for t in range(prefill, T):
+        y_t, state = case.recurrent(**time_slice(case.tensors, t, t + 1, state))
+        outputs.append(y_t)
+    assert_close_scaled(torch.cat(outputs, dim=2), y_full, what="output")
+    assert_close_scaled(state, state_full, what="final state")
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Delta rule against transformers' independent (Qwen3-Next) implementation, g = 0
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("oracle_name", ["torch_recurrent_gated_delta_rule", "torch_chunk_gated_delta_rule"])
+@pytest.mark.parametrize("form", ["chunk", "recurrent"])
+def test_delta_rule_matches_transformers(form, oracle_name):
+    qwen = pytest.importorskip("transformers.models.qwen3_next.modeling_qwen3_next")
+    oracle = getattr(qwen, oracle_name)
+    gen, T = generator(4), 70
+    q, k = randn(gen, B, H, T, D), F.normalize(randn(gen, B, H, T, D), dim=-1)
+    v, beta = randn(gen, B, H, T, DV), torch.rand(B, H, T, generator=gen)
+    s0 = randn(gen, B, H, D, DV, scale=0.5)
+
+    def bthd(x):  # [B, H, T, ...] <-> [B, T, H, ...]
+        return x.transpose(1, 2).contiguous()
+
+    extra = {"chunk_size": 64} if "chunk" in oracle_name else {}  # a different chunking from ours
+    y_ref, state_ref = oracle(
+        bthd(q * math.sqrt(D)),  # the oracle scales queries by 1/√D
+        bthd(k),
+        bthd(v),
+        g=torch.zeros(B, T, H),
+        beta=bthd(beta),
+        initial_state=s0.clone(),
+        output_final_state=True,
+        **extra,
+    )
+    kernel = partial(fwk.chunk_delta_rule, chunk_size=CHUNK) if form == "chunk" else fwk.recurrent_delta_rule
+    y, state = kernel(q, k, v, beta, initial_state=s0)
+    assert_close_scaled(y, bthd(y_ref), what="output")
+    assert_close_scaled(state, state_ref, what="final state")
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Feature maps
+# ----------------------------------------------------------------------------------------------
+
+
+def naive_dpfp(x: torch.Tensor, nu: int) -> torch.Tensor:
+    """DPFP by explicit index loops: φ_{(j−1)·2d + i} = x'_i · x'_{(i − j) mod 2d}."""
+    both = [max(float(a), 0.0) for a in x] + [max(-float(a), 0.0) for a in x]
+    n = len(both)
+    return torch.tensor([both[i] * both[(i - j) % n] for j in range(1, nu + 1) for i in range(n)])
+
+
+@pytest.mark.parametrize("nu", [1, 2, 3])
+def test_dpfp_matches_explicit_definition(nu):
+    x = randn(generator(5), 3, 4, D)
+    phi = fwk.dpfp_feature_map(x, nu)
+    assert phi.shape == (3, 4, 2 * nu * D)
+    assert phi.shape[-1] == fwk.feature_map_output_dim("dpfp", D, dpfp_nu=nu)
+    expected = torch.stack([naive_dpfp(row, nu) for row in x.reshape(-1, D)]).reshape(phi.shape)
+    torch.testing.assert_close(phi, expected)
+
+
+def test_dpfp_rejects_nu_below_one():
+    with pytest.raises(ValueError, match="nu"):
+        fwk.dpfp_feature_map(torch.randn(2, D), 0)
+
+
+def test_elu_plus_one_is_positive_and_shape_preserving():
+    x = randn(generator(6), 4, D, scale=5.0)
+    phi = fwk.elu_plus_one_feature_map(x)
+    assert phi.shape == x.shape and bool((phi > 0).all())
+    torch.testing.assert_close(phi, torch.where(x > 0, x + 1, x.exp()))
+
+
+def test_favor_is_positive_with_dim_2m_and_estimates_softmax_kernel():
+    gen, m = generator(8), 4096
+    projection = fwk.draw_orthogonal_random_features(m, D, generator=gen)
+    q, k = randn(gen, 16, D, scale=0.5), randn(gen, 16, D, scale=0.5)
+    phi_q, phi_k = fwk.favor_feature_map(q, projection), fwk.favor_feature_map(k, projection)
+    assert phi_q.shape == (16, 2 * m) and phi_q.shape[-1] == fwk.feature_map_output_dim("favor", D, favor_features=m)
+    assert bool((phi_q > 0).all()) and bool((phi_k > 0).all())
+    estimate = (phi_q * phi_k).sum(-1)
+    exact = ((q * k).sum(-1) / math.sqrt(D)).exp()
+    assert exact.min() < 0.9 or exact.max() > 1.1  # the kernel is not trivially ≈ 1 here
+    torch.testing.assert_close(estimate, exact, rtol=0.1, atol=0.0)
+
+
+def test_favor_rejects_wrong_input_dim():
+    projection = fwk.draw_orthogonal_random_features(4, D, generator=generator(0))
+    with pytest.raises(ValueError, match="projection"):
+        fwk.favor_feature_map(torch.randn(3, D + 1), projection)
+
+
+def test_favor_does_not_overflow_for_huge_inputs():
+    projection = fwk.draw_orthogonal_random_features(16, D, generator=generator(0))
+    phi = fwk.favor_feature_map(torch.full((2, D), 1e4), projection)
+    assert bool(torch.isfinite(phi).all())
+
+
+def test_orthogonal_random_features():
+    m = 20  # 2.5 blocks of D
+    first = fwk.draw_orthogonal_random_features(m, D, generator=generator(11))
+    again = fwk.draw_orthogonal_random_features(m, D, generator=generator(11))
+    other = fwk.draw_orthogonal_random_features(m, D, generator=generator(12))
+    assert first.shape == (m, D)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert not torch.allclose(first, other)
+    directions = F.normalize(first, dim=-1)
+    for start in range(0, m, D):
+        block = directions[start : start + D]
+        torch.testing.assert_close(block @ block.t(), torch.eye(len(block)), rtol=0, atol=1e-5)
+    # rows are marginally N(0, I): mean squared norm ≈ D
+    many = fwk.draw_orthogonal_random_features(4096, D, generator=generator(13))
+    assert abs(many.pow(2).sum(-1).mean().item() - D) < 0.05 * D
+
+
+def test_sum_normalize():
+    x = torch.rand(3, 5, D, generator=generator(9)) + 0.01
+    normed = fwk.sum_normalize(x)
+    torch.testing.assert_close(normed.sum(-1), torch.ones(3, 5))
+    torch.testing.assert_close(normed * x.sum(-1, keepdim=True), x)
+    assert bool(torch.isfinite(fwk.sum_normalize(torch.zeros(2, D))).all())
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "expected"),
+    [("elu", {}, D), ("dpfp", {"dpfp_nu": 3}, 6 * D), ("dpfp", {}, 2 * D), ("favor", {"favor_features": 12}, 24)],
+)
+def test_feature_map_output_dim(name, kwargs, expected):
+    assert fwk.feature_map_output_dim(name, D, **kwargs) == expected
+
+
+def test_feature_map_output_dim_rejects_unknown_name():
+    with pytest.raises(ValueError, match=r"'softmax'.*allowed.*'elu'.*'favor'.*'dpfp'"):
+        fwk.feature_map_output_dim("softmax", D)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Masked / no-op tokens are equivalent to removing them
+# ----------------------------------------------------------------------------------------------
+
+DROPPED = [0, 4, 5, 17, 30]  # includes the first token and a run of two
+
+
+def _run_masked_and_removed(rule: str, form: str, T: int = 33):
+    """Returns (y with no-op tokens, final state, y with tokens removed, its state, y without the no-op)."""
+    gen = generator(10)
+    keep = [t for t in range(T) if t not in DROPPED]
+    chunked = form == "chunk"
+    if rule == "fw":
+        drive, s0 = randn(gen, B, H, T, D), randn(gen, B, H, D, D, scale=0.3)
+        mask = torch.ones(B, H, T, dtype=torch.bool)
+        mask[:, :, DROPPED] = False
+        kernel = partial(fwk.chunk_fast_weights, chunk_size=CHUNK) if chunked else fwk.recurrent_fast_weights
+        run = partial(kernel, ln_weight=None, ln_bias=None, num_steps=2, initial_state=s0, decay=0.7)
+        return (*run(drive, mask=mask), *run(drive[:, :, keep]), run(drive)[0])
+    q, k = (F.elu(randn(gen, B, H, T, D)) + 1 for _ in range(2))
+    v, s0 = randn(gen, B, H, T, DV), randn(gen, B, H, D, DV)
+    if rule == "delta":
+        k, q = fwk.sum_normalize(k), fwk.sum_normalize(q)
+        beta = torch.rand(B, H, T, generator=gen) * 0.9 + 0.1
+        noop_beta = beta.clone()
+        noop_beta[:, :, DROPPED] = 0.0
+        kernel = partial(fwk.chunk_delta_rule, chunk_size=CHUNK) if chunked else fwk.recurrent_delta_rule
+        run = partial(kernel, initial_state=s0)
+        removed = run(q[:, :, keep], k[:, :, keep], v[:, :, keep], beta[:, :, keep])
+        return (*run(q, k, v, noop_beta), *removed, run(q, k, v, beta)[0])
+    log_decay = F.logsigmoid(randn(gen, B, H, T) + 1)
+    noop_k, noop_g = k.clone(), log_decay.clone()
+    noop_k[:, :, DROPPED], noop_g[:, :, DROPPED] = 0.0, 0.0
+    kernel = partial(fwk.chunk_sum_rule, chunk_size=CHUNK) if chunked else fwk.recurrent_sum_rule
+    run = partial(kernel, initial_state=s0, exclusive=rule == "sum-exclusive")
+    sub = (q[:, :, keep], k[:, :, keep], v[:, :, keep])
+    removed = run(*sub, log_decay=log_decay[:, :, keep])
+    return (*run(q, noop_k, v, log_decay=noop_g), *removed, run(q, k, v, log_decay=log_decay)[0])
+
+
+@pytest.mark.parametrize("form", ["chunk", "recurrent"])
+@pytest.mark.parametrize("rule", ["fw", "delta", "sum-inclusive", "sum-exclusive"])
+def test_noop_tokens_equal_removed_tokens(rule, form):
+    T = 33
+    keep = [t for t in range(T) if t not in DROPPED]
+    y_noop, state_noop, y_removed, state_removed, y_plain = _run_masked_and_removed(rule, form, T)
+    assert_close_scaled(y_noop[:, :, keep], y_removed, what="outputs at kept positions")
+    assert_close_scaled(state_noop, state_removed, what="final state")
+    # the no-op tokens did matter when active, so the comparison above is not vacuous
+    assert not torch.allclose(y_plain[:, :, keep], y_removed, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Bad input
+# ----------------------------------------------------------------------------------------------
+
+
+def _qkv(T: int = 5, dtype=torch.float32):
+    gen = generator(0)
+    return randn(gen, B, H, T, D).to(dtype), randn(gen, B, H, T, D).to(dtype), randn(gen, B, H, T, DV).to(dtype)
+
+
+def _sum_or_delta(kernel_name: str):
+    kernel = getattr(fwk, kernel_name)
+    if "delta" in kernel_name:
+        return lambda q, k, v, **kw: kernel(q, k, v, kw.pop("beta", torch.rand(*k.shape[:3])), **kw)
+    return kernel
+
+
+BAD_QKV = {
+    "q-ndim": (lambda q, k, v: (q[0], k, v, {}), ValueError, r"\bq must be \[batch, heads, time, dim\]"),
+    "k-ndim": (lambda q, k, v: (q, k[None], v, {}), ValueError, r"\bk must be \[batch, heads, time, dim\]"),
+    "qk-mismatch": (lambda q, k, v: (q, k[..., :-1], v, {}), ValueError, "q and k must have the same shape"),
+    "v-time": (lambda q, k, v: (q, k, v[:, :, :-1], {}), ValueError, r"\bv must share"),
+    "state-shape": (
+        lambda q, k, v: (q, k, v, {"initial_state": torch.zeros(B, H, DV, D)}),
+        ValueError,
+        r"initial_state must have shape \(2, 2, 8, 6\)",
+    ),
+    "int-q": (lambda q, k, v: (q.long(), k, v, {}), TypeError, r"\bq must be a floating-point"),
+    "int-v": (lambda q, k, v: (q, k, v.int(), {}), TypeError, r"\bv must be a floating-point"),
+}
+SUM_AND_DELTA = ["chunk_sum_rule", "recurrent_sum_rule", "chunk_delta_rule", "recurrent_delta_rule"]
+
+
+@pytest.mark.parametrize("bad", list(BAD_QKV))
+@pytest.mark.parametrize("kernel_name", SUM_AND_DELTA)
+def test_bad_qkv_raise_naming_the_argument(kernel_name, bad):
+    make_args, error, pattern = BAD_QKV[bad]
+    q, k, v, kwargs = make_args(*_qkv())
+    with pytest.raises(error, match=pattern) as info:
+        _sum_or_delta(kernel_name)(q, k, v, **kwargs)
+    assert kernel_name in str(info.value)
+
+
+@pytest.mark.parametrize("kernel_name", ["chunk_delta_rule", "recurrent_delta_rule"])
+def test_bad_beta_shape(kernel_name):
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=r"beta must have shape \[batch, heads, time\]"):
+        getattr(fwk, kernel_name)(q, k, v, torch.rand(B, H, 4))
+    with pytest.raises(ValueError, match="beta"):
+        getattr(fwk, kernel_name)(q, k, v, torch.rand(B, H, 5, 1))
+
+
+@pytest.mark.parametrize("kernel_name", ["chunk_sum_rule", "recurrent_sum_rule"])
+def test_bad_log_decay_shape(kernel_name):
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="log_decay must have shape"):
+        getattr(fwk, kernel_name)(q, k, v, log_decay=torch.zeros(B, H, 6))
+
+
+def test_normalized_sum_rule_checks_state_shape():
+    q, k, v = _qkv()
+    for chunked in (True, False):
+        with pytest.raises(ValueError, match="initial_state"):
+            fwk.normalized_sum_rule(q, k, v, initial_state=torch.zeros(B, H, D, DV), chunked=chunked)
+
+
+FW_KERNELS = ["chunk_fast_weights", "recurrent_fast_weights"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"decay": 0.0}, "decay"),
+        ({"decay": 1.5}, "decay"),
+        ({"decay": -0.5}, "decay"),
+        ({"decay": float("nan")}, "decay"),
+        ({"num_steps": -1}, "num_steps"),
+    ],
+)
+@pytest.mark.parametrize("kernel_name", FW_KERNELS)
+def test_fast_weights_bad_hyperparameters(kernel_name, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        getattr(fwk, kernel_name)(torch.randn(B, H, 5, D), None, None, **kwargs)
+
+
+@pytest.mark.parametrize("kernel_name", FW_KERNELS)
+def test_fast_weights_decay_one_is_allowed_and_bad_drive_ndim_rejected(kernel_name):
+    kernel = getattr(fwk, kernel_name)
+    kernel(torch.randn(B, H, 5, D), None, None, decay=1.0)
+    with pytest.raises(ValueError, match=r"drive must be \[batch, heads, time, dim\]"):
+        kernel(torch.randn(H, 5, D), None, None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"initial_state": torch.zeros(B, H, D, D + 1)}, ValueError, "initial_state"),
+        ({"mask": torch.ones(B, H, 4)}, ValueError, "mask"),
+        ({"drive": torch.ones(B, H, 5, D, dtype=torch.long)}, TypeError, "drive"),
+    ],
+    ids=["initial_state-shape", "mask-shape", "int-drive"],
+)
+@pytest.mark.parametrize("kernel_name", FW_KERNELS)
+def test_fast_weights_bad_state_mask_dtype(kernel_name, kwargs, error, pattern):
+    kwargs = {"drive": torch.randn(B, H, 5, D), **kwargs}
+    with pytest.raises(error, match=pattern):
+        getattr(fwk, kernel_name)(ln_weight=None, ln_bias=None, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Dtypes: the state is always fp32, the output follows the input
+# ----------------------------------------------------------------------------------------------
+
+
+def _cast(tensors: dict, dtype: torch.dtype, names=TIME_KEYS) -> dict:
+    def cast(name, t):
+        return t.to(dtype) if name in names and t is not None and t.is_floating_point() else t
+
+    return {name: cast(name, t) for name, t in tensors.items()}
+
+
+@pytest.mark.parametrize("form", ["chunk", "recurrent"])
+@pytest.mark.parametrize("variant", ["sum/elu", "decay/exclusive", "normalized/elu", "delta/elu", "fw/1"])
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
+def test_bf16_inputs_give_bf16_output_and_fp32_state(variant, form, state_dtype):
+    case = make_case(variant, 21, with_init=True)
+    inputs_bf16 = _cast(case.tensors, torch.bfloat16)  # q, k, v, beta, log_decay, drive (not LN params)
+    inputs_bf16["initial_state"] = case.tensors["initial_state"].to(state_dtype)
+    inputs_fp32 = _cast(inputs_bf16, torch.float32, names=set(inputs_bf16))  # same values, fp32 tensors
+    run = partial(case.chunk, chunk_size=CHUNK) if form == "chunk" else case.recurrent
+    y, state = run(**inputs_bf16)
+    assert y.dtype == torch.bfloat16
+    assert state.dtype == torch.float32
+    y_ref, state_ref = run(**inputs_fp32)
+    # feature maps run in bf16 on bf16 inputs, so allow bf16 rounding (not fp32 agreement)
+    assert_close_scaled(y.float(), y_ref, rtol=2e-2, what="bf16 output")
+    assert_close_scaled(state, state_ref, rtol=2e-2, what="state")
+
+
+@pytest.mark.parametrize("kernel_name", FW_KERNELS)
+def test_fast_weights_bf16_layer_norm_parameters(kernel_name):
+    case = make_case("fw/2", 9, with_init=True)
+    inputs = _cast(case.tensors, torch.bfloat16, names={"drive", "ln_weight", "ln_bias"})
+    y, state = getattr(fwk, kernel_name)(**inputs, num_steps=2)
+    assert y.dtype == torch.bfloat16 and state.dtype == torch.float32
