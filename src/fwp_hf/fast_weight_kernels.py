@@ -209,9 +209,9 @@ def _sum_rule_chunk_states(
     chunk_decay = last.exp().unsqueeze(-1)  # [B, H, N, 1, 1]
     starts = []
     state = initial_state
-    for n in range(k.shape[2]):
+    for decay_n, write_n in zip(chunk_decay.unbind(dim=2), chunk_writes.unbind(dim=2)):
         starts.append(state)
-        state = chunk_decay[:, :, n] * state + chunk_writes[:, :, n]
+        state = decay_n * state + write_n
     return torch.stack(starts, dim=2), state
 
 
@@ -359,14 +359,19 @@ def chunk_delta_rule(
     rhs = beta * torch.cat([k, v], dim=-1)
     solved = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
     w_keys, u_values = solved[..., :key_dim], solved[..., key_dim:]
+    # Only the state recursion is sequential; the reads are batched over all chunks afterwards.
+    # (unbind, not indexing in the loop: indexing's backward would zero-fill a full-size tensor per chunk.)
+    keys_t = k.transpose(-1, -2).unbind(dim=2)
+    starts, written = [], []
+    for w_n, u_n, k_t_n in zip(w_keys.unbind(dim=2), u_values.unbind(dim=2), keys_t):
+        starts.append(state)
+        written_n = u_n - w_n @ state
+        written.append(written_n)
+        state = state + k_t_n @ written_n
+    starts, written = torch.stack(starts, dim=2), torch.stack(written, dim=2)
     intra_scores = (q @ k.transpose(-1, -2)).masked_fill(~lower, 0.0)
-
-    outputs = []
-    for n in range(q.shape[2]):
-        written = u_values[:, :, n] - w_keys[:, :, n] @ state
-        outputs.append(q[:, :, n] @ state + intra_scores[:, :, n] @ written)
-        state = state + k[:, :, n].transpose(-1, -2) @ written
-    y = torch.cat(outputs, dim=2)[:, :, :seq_len]
+    y = q @ starts + intra_scores @ written
+    y = y.reshape(y.shape[0], y.shape[1], -1, y.shape[-1])[:, :, :seq_len]
     return y.to(out_dtype), state
 
 
@@ -394,6 +399,17 @@ def fast_weights_inner_loop(
     for _ in range(num_steps):
         hidden = F.relu(F.layer_norm(drive + read(hidden), drive.shape[-1:], ln_weight, ln_bias, eps))
     return hidden
+
+
+def hebbian_update(
+    state: torch.Tensor, key: torch.Tensor, value: torch.Tensor, log_decay: torch.Tensor | float
+) -> torch.Tensor:
+    """One decayed Hebbian write ``A ← exp(g) A + k vᵀ`` (Ba et al.: ``A ← λA + η h hᵀ`` with k = ηh, v = h).
+
+    state: ``[..., Dk, Dv]``; key: ``[..., Dk]``; value: ``[..., Dv]``; log_decay g: ``[...]`` or a float.
+    """
+    decay = log_decay.exp()[..., None, None] if torch.is_tensor(log_decay) else math.exp(log_decay)
+    return decay * state + key[..., :, None] * value[..., None, :]
 
 
 def _check_fast_weights(
@@ -461,7 +477,7 @@ def recurrent_fast_weights(
         memory = state
         read = lambda h: torch.einsum("bhk,bhkv->bhv", h, memory)  # noqa: E731 - binds this step's memory
         outputs.append(fast_weights_inner_loop(drive[:, :, t], read, num_steps, ln_weight, ln_bias))
-        state = log_decay[:, :, t].exp()[..., None, None] * state + keys[:, :, t, :, None] * values[:, :, t, None, :]
+        state = hebbian_update(state, keys[:, :, t], values[:, :, t], log_decay[:, :, t])
     y = torch.stack(outputs, dim=2) if outputs else drive.new_zeros(drive.shape)
     return y.to(out_dtype), state
 

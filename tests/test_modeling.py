@@ -1,0 +1,591 @@
+"""Tests of the FWP models (``fwp_hf.modeling_fwp``) on the Hugging Face stack.
+
+Covered: Auto-class registration; the loss, hidden-state and tuple outputs; tied and untied
+embeddings; gradient checkpointing; resizing the vocabulary; save/load (also with a redrawn
+Performer projection, and with ``trust_remote_code`` in a process where ``fwp_hf`` cannot be
+imported); bf16; the fixed-size fast-weight cache; prefill → decode and segment → segment
+continuity; right and left padding; a few `transformers.Trainer` steps.
+
+Every model is tiny (the suite runs on 2 CPU cores) and is built from a fixed seed. Sequences of
+10-40 tokens span several chunks (chunk_size 8), so the chunkwise kernels carry states across chunk
+boundaries. `initializer_range` is raised from 0.02 to 0.2 so that the token mixers change the
+logits noticeably (with 0.02 the residual stream dominates and many checks would be weak).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
+
+from fwp_hf import FastWeightCacheLayer, FWPConfig, FWPForCausalLM, FWPModel
+
+VOCAB = 64
+HIDDEN = 32
+HEADS = 4
+HEAD_DIM = HIDDEN // HEADS
+FAVOR_FEATURES = 8  # performer_num_features m: d_dot = 2m
+CHUNK = 8
+RTOL = 2e-5  # fp32: chunkwise and recurrent forms agree to ~1e-6 of the logit scale
+
+BASE_CONFIG = dict(
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=HEADS,
+    chunk_size=CHUNK,
+    performer_num_features=FAVOR_FEATURES,
+    initializer_range=0.2,
+)
+
+# name -> config overrides; every attention type, every feature map of delta, hybrids.
+VARIANTS = {
+    "softmax": dict(attention_type="softmax"),
+    "linear": dict(attention_type="linear"),
+    "linear-unnormalized": dict(attention_type="linear", attention_normalization=False),
+    "performer": dict(attention_type="performer"),
+    "dpfp": dict(attention_type="dpfp", dpfp_nu=2),
+    "delta-elu": dict(attention_type="delta", feature_map="elu"),
+    "delta-favor": dict(attention_type="delta", feature_map="favor"),
+    "delta-dpfp": dict(attention_type="delta", feature_map="dpfp"),
+    "fast_weights": dict(attention_type="fast_weights", fast_weights_inner_steps=2),
+    "hybrid": dict(attention_type=["delta", "softmax"]),
+}
+FAST_WEIGHT_VARIANTS = [name for name in VARIANTS if name != "softmax"]
+ALL_PATHS_HYBRID = ["delta", "fast_weights", "performer", "softmax"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """One intra-op thread: the tensors are tiny, and on a busy 2-core machine two spinning OpenMP
+    threads make every op up to 100× slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make_config(variant: str, **overrides) -> FWPConfig:
+    kwargs = {**BASE_CONFIG, **VARIANTS[variant], **overrides}
+    if isinstance(kwargs["attention_type"], list):
+        kwargs["num_hidden_layers"] = len(kwargs["attention_type"])
+    return AutoConfig.for_model("fwp", **kwargs)
+
+
+def make_model(variant: str, seed: int = 0, **overrides) -> FWPForCausalLM:
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(make_config(variant, **overrides)).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL, what: str = "") -> None:
+    """max |actual − expected| ≤ rtol · max |expected| (same shape and dtype)."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    scale = max(expected.abs().max().item(), 1e-3)
+    err = (actual.double() - expected.double()).abs().max().item()
+    assert err <= rtol * scale, f"{what}: max |diff| {err:.3g} > {rtol:g} × scale {scale:.3g}"
+
+
+def fast_weight_states(cache: DynamicCache) -> dict[int, torch.Tensor]:
+    """{layer index: state} of the fast-weight layers of a cache."""
+    return {i: layer.state for i, layer in enumerate(cache.layers) if isinstance(layer, FastWeightCacheLayer)}
+
+
+def num_fast_weight_layers(model: FWPForCausalLM) -> int:
+    return sum(kind != "softmax" for kind in model.config.layer_attention_types)
+
+
+@torch.no_grad()
+def logits_of(model, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+    return model(input_ids, **kwargs).logits
+
+
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean shifted next-token cross-entropy of every row, -100 labels ignored."""
+    token_losses = F.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=-100, reduction="none"
+    )
+    counts = (labels[:, 1:] != -100).sum(-1)
+    return token_losses.sum(-1) / counts
+
+
+def expected_state_shape(config: FWPConfig, kind: str, batch: int) -> tuple[int, int, int, int]:
+    """``[B, H, d_key, d_value]``: d_key = d_dot of φ; the normalised sum rule adds a value column."""
+    d_dot = {
+        "elu": HEAD_DIM,
+        "favor": 2 * config.performer_num_features,
+        "dpfp": 2 * config.dpfp_nu * HEAD_DIM,
+    }
+    if kind == "fast_weights":
+        return (batch, HEADS, HEAD_DIM, HEAD_DIM)
+    if kind == "delta":
+        return (batch, HEADS, d_dot[config.feature_map], HEAD_DIM)
+    feature = {"linear": "elu", "performer": "favor", "dpfp": "dpfp"}[kind]
+    return (batch, HEADS, d_dot[feature], HEAD_DIM + int(config.attention_normalization))
+
+
+# ----------------------------------------------------------------------------------------------
+# Auto classes and outputs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_auto_classes_build_fwp_models(variant):
+    config = make_config(variant)
+    assert isinstance(config, FWPConfig) and config.model_type == "fwp"
+    causal_lm = AutoModelForCausalLM.from_config(config)
+    base = AutoModel.from_config(config)
+    assert type(causal_lm) is FWPForCausalLM
+    assert type(base) is FWPModel
+    assert [layer.attention_type for layer in base.layers] == config.layer_attention_types
+    ids = random_ids(2, 11)
+    with torch.no_grad():
+        assert base(ids).last_hidden_state.shape == (2, 11, HIDDEN)
+        assert causal_lm(ids).logits.shape == (2, 11, VOCAB)
+
+
+@pytest.mark.parametrize("variant", ["delta-dpfp", "hybrid"])
+def test_loss_is_shifted_cross_entropy_ignoring_minus_100(variant):
+    model = make_model(variant)
+    ids = random_ids(2, 19)
+    labels = ids.clone()
+    labels[0, 3:7] = -100
+    labels[1, -4:] = -100
+    labels[1, 0] = -100  # the first label is never predicted anyway
+    with torch.no_grad():
+        out = model(ids, labels=labels)
+    logits = out.logits
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert_close(out.loss, expected, what="loss")
+    # The shift matters: the unshifted cross-entropy is a different number.
+    unshifted = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
+    assert not torch.allclose(out.loss, unshifted)
+
+
+@pytest.mark.parametrize("variant", ["fast_weights", "hybrid"])
+def test_hidden_states_and_tuple_outputs(variant):
+    model = make_model(variant)
+    ids = random_ids(2, 13)
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        hidden = out.hidden_states
+        assert len(hidden) == model.config.num_hidden_layers + 1
+        assert all(h.shape == (2, 13, HIDDEN) for h in hidden)
+        assert torch.equal(hidden[0], model.get_input_embeddings()(ids))
+        assert_close(model.lm_head(hidden[-1]), out.logits, what="logits from the last hidden state")
+        assert not torch.allclose(hidden[1], hidden[0])
+
+        loss_tuple = model(ids, labels=ids, return_dict=False)
+        assert isinstance(loss_tuple, tuple)
+        assert torch.equal(loss_tuple[0], model(ids, labels=ids).loss)
+        assert torch.equal(loss_tuple[1], out.logits)
+        logits_tuple = model(ids, return_dict=False, use_cache=False)
+        assert isinstance(logits_tuple, tuple)
+        assert torch.equal(logits_tuple[0], out.logits)
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings: tying, resizing
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_tied_and_untied_embeddings_save_and_load(tie, tmp_path):
+    model = make_model("delta-elu", tie_word_embeddings=tie)
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert (embedding.data_ptr() == head.data_ptr()) is tie
+    if not tie:
+        assert not torch.equal(embedding, head)
+
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    loaded_embedding, loaded_head = loaded.get_input_embeddings().weight, loaded.get_output_embeddings().weight
+    assert loaded.config.tie_word_embeddings is tie
+    assert (loaded_embedding.data_ptr() == loaded_head.data_ptr()) is tie
+    assert torch.equal(loaded_embedding, embedding)
+    assert torch.equal(loaded_head, head)
+    ids = random_ids(1, 12)
+    assert torch.equal(logits_of(loaded, ids), logits_of(model, ids))
+
+
+def test_resize_token_embeddings():
+    model = make_model("hybrid")
+    new_size = VOCAB + 16
+    ids = torch.tensor([[1, 5, new_size - 1, VOCAB, 7, 3]])
+    with pytest.raises(ValueError):
+        model(ids)
+    old_embedding = model.get_input_embeddings().weight.detach().clone()
+
+    model.resize_token_embeddings(new_size)
+    assert model.config.vocab_size == new_size
+    assert model.get_input_embeddings().weight.shape == (new_size, HIDDEN)
+    assert model.get_output_embeddings().weight.shape == (new_size, HIDDEN)
+    assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+    assert torch.equal(model.get_input_embeddings().weight[:VOCAB], old_embedding)
+    out = model(ids, labels=ids)
+    assert out.logits.shape == (1, 6, new_size)
+    assert torch.isfinite(out.loss)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training: gradient checkpointing
+# ----------------------------------------------------------------------------------------------
+
+
+def loss_and_grads(model: FWPForCausalLM, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
+@pytest.mark.parametrize(
+    "variant, overrides", [(name, {}) for name in VARIANTS] + [("performer", {"performer_redraw": True})]
+)
+def test_gradient_checkpointing_gives_same_loss_and_gradients(variant, overrides):
+    # With performer_redraw the recomputation redraws ω again: checkpointing restores the RNG state,
+    # so it must draw the same ω (both runs start from the same seed).
+    model = make_model(variant, **overrides).train()
+    ids = random_ids(2, 21)
+    mixer_calls = []
+    model.model.layers[0].mixer.register_forward_hook(lambda *args: mixer_calls.append(1))
+
+    torch.manual_seed(5)
+    loss, grads = loss_and_grads(model, ids)
+    assert len(mixer_calls) == 1
+    model.gradient_checkpointing_enable()
+    assert model.model.gradient_checkpointing
+    mixer_calls.clear()
+    torch.manual_seed(5)
+    checkpointed_loss, checkpointed_grads = loss_and_grads(model, ids)
+    assert len(mixer_calls) == 2, "with checkpointing the mixer runs again in the backward pass"
+
+    assert_close(checkpointed_loss, loss, what="loss")
+    assert grads.keys() == checkpointed_grads.keys()
+    assert "model.layers.0.mixer.o_proj.weight" in grads
+    for name, grad in grads.items():
+        assert_close(checkpointed_grads[name], grad, rtol=1e-4, what=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Serialization
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_save_and_load_gives_identical_logits(variant, tmp_path):
+    model = make_model(variant)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded) is FWPForCausalLM
+    assert not loaded.training
+    assert loaded.config.layer_attention_types == model.config.layer_attention_types
+    ids = random_ids(2, 19)
+    assert torch.equal(logits_of(loaded, ids), logits_of(model, ids))
+
+
+@pytest.mark.parametrize("variant", ["performer", "delta-favor"])
+def test_save_and_load_keeps_a_redrawn_performer_projection(variant, tmp_path):
+    model = make_model(variant, performer_redraw=True)
+    feature_map = model.model.layers[0].mixer.feature_map
+    seeded = feature_map.seeded_projection()
+    assert torch.equal(feature_map.projection, seeded)
+    model.train()
+    model(random_ids(1, 9))  # a training forward redraws ω
+    model.eval()
+    redrawn = feature_map.projection.clone()
+    assert not torch.equal(redrawn, seeded)
+    ids = random_ids(2, 17)
+    logits = logits_of(model, ids)
+    # Eval forwards do not redraw.
+    assert torch.equal(feature_map.projection, redrawn)
+
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(loaded.model.layers[0].mixer.feature_map.projection, redrawn)
+    assert torch.equal(logits_of(loaded, ids), logits)
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    try:
+        import fwp_hf
+    except ImportError:
+        pass
+    else:
+        sys.exit("fwp_hf is importable in the subprocess: the remote-code test would prove nothing")
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    model_dir, ids_path, out_path = sys.argv[1:4]
+    ids = torch.load(ids_path)
+    causal_lm = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
+    with torch.no_grad():
+        result = {
+            "logits": causal_lm(ids).logits,
+            "hidden": base(ids).last_hidden_state,
+            "classes": [type(causal_lm).__name__, type(base).__name__],
+            "modules": [type(causal_lm).__module__, type(base).__module__],
+        }
+    torch.save(result, out_path)
+    """
+)
+
+
+def test_remote_code_round_trip_without_fwp_hf(tmp_path):
+    model = make_model("hybrid", attention_type=ALL_PATHS_HYBRID)
+    model_dir = tmp_path / "checkpoint"
+    model.save_pretrained(model_dir)
+
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_fwp.FWPConfig",
+        "AutoModel": "modeling_fwp.FWPModel",
+        "AutoModelForCausalLM": "modeling_fwp.FWPForCausalLM",
+    }
+    for name in ("modeling_fwp.py", "configuration_fwp.py", "fast_weight_kernels.py"):
+        assert (model_dir / name).is_file(), f"{name} was not copied next to the checkpoint"
+
+    ids = random_ids(2, 19)
+    torch.save(ids, tmp_path / "ids.pt")
+    (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(
+        HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
+        OMP_NUM_THREADS="1",
+    )
+    proc = subprocess.run(
+        [sys.executable, "remote.py", str(model_dir), "ids.pt", "out.pt"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    result = torch.load(tmp_path / "out.pt")
+    assert result["classes"] == ["FWPForCausalLM", "FWPModel"]
+    assert all(not module.startswith("fwp_hf") for module in result["modules"]), result["modules"]
+    with torch.no_grad():
+        assert torch.equal(result["logits"], model(ids).logits)
+        assert torch.equal(result["hidden"], model.model(ids).last_hidden_state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision and cache size
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", FAST_WEIGHT_VARIANTS)
+def test_bf16_forward_keeps_fp32_states(variant):
+    model = make_model(variant)
+    ids = random_ids(2, 19)
+    with torch.no_grad():
+        reference = model(ids, use_cache=True)
+        model.to(torch.bfloat16)
+        out = model(ids, use_cache=True)
+    assert out.logits.dtype == torch.bfloat16
+    assert torch.isfinite(out.logits).all()
+    assert_close(out.logits.float(), reference.logits, rtol=0.1, what="bf16 logits vs fp32")
+    states, reference_states = fast_weight_states(out.past_key_values), fast_weight_states(reference.past_key_values)
+    assert len(states) == num_fast_weight_layers(model)
+    for idx, state in states.items():
+        assert state.dtype == torch.float32, f"layer {idx}"
+        assert_close(state, reference_states[idx], rtol=0.1, what=f"bf16 state of layer {idx}")
+
+
+@pytest.mark.parametrize("variant", FAST_WEIGHT_VARIANTS)
+def test_fast_weight_cache_has_a_fixed_size(variant):
+    model = make_model(variant)
+    sizes = {}
+    for length in (10, 40):
+        with torch.no_grad():
+            cache = model(random_ids(2, length), use_cache=True).past_key_values
+        states = fast_weight_states(cache)
+        assert len(states) == num_fast_weight_layers(model)
+        for idx, state in states.items():
+            kind = model.config.layer_attention_types[idx]
+            assert tuple(state.shape) == expected_state_shape(model.config, kind, 2), f"layer {idx} ({kind})"
+            assert state.dtype == torch.float32
+            assert cache.layers[idx].get_seq_length() == length
+        sizes[length] = {idx: state.numel() * state.element_size() for idx, state in states.items()}
+    assert sizes[10] == sizes[40]
+
+
+# ----------------------------------------------------------------------------------------------
+# Continuity: prefill → decode, segment → segment
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_prefill_then_decode_matches_full_forward(variant):
+    model = make_model(variant)
+    total, decode_steps = 22, 5
+    ids = random_ids(2, total)
+    full = logits_of(model, ids, use_cache=False)
+
+    with torch.no_grad():
+        out = model(ids[:, : total - decode_steps], use_cache=True)
+        pieces = [out.logits]
+        cache = out.past_key_values
+        for t in range(total - decode_steps, total):
+            out = model(
+                ids[:, t : t + 1],
+                past_key_values=cache,
+                attention_mask=torch.ones(2, t + 1, dtype=torch.long),
+                position_ids=torch.full((2, 1), t),
+                use_cache=True,
+            )
+            pieces.append(out.logits)
+            cache = out.past_key_values
+    assert cache.get_seq_length() == total
+    assert_close(torch.cat(pieces, dim=1), full, what="prefill + decode vs full forward")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_segment_streaming_matches_one_forward(variant):
+    model = make_model(variant)
+    ids = random_ids(2, 30)
+    split = 13  # both segments span chunk boundaries and end mid-chunk
+    with torch.no_grad():
+        whole = model(ids, use_cache=True)
+        first = model(ids[:, :split], use_cache=True)
+        # The mask may cover only the new tokens: the past counts as real tokens.
+        new_tokens_mask = torch.ones(2, ids.shape[1] - split, dtype=torch.long)
+        second = model(
+            ids[:, split:], attention_mask=new_tokens_mask, past_key_values=first.past_key_values, use_cache=True
+        )
+    assert_close(second.logits, whole.logits[:, split:], what="second segment")
+    whole_states = fast_weight_states(whole.past_key_values)
+    for idx, state in fast_weight_states(second.past_key_values).items():
+        assert_close(state, whole_states[idx], what=f"final state of layer {idx}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Padding
+# ----------------------------------------------------------------------------------------------
+
+
+def pad_batch(rows: list[torch.Tensor], side: str, junk_seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad 1D id tensors to one length with random junk tokens (so that masking, not a zero pad
+    embedding, must keep them out) and return ``(input_ids, attention_mask)``."""
+    length = max(len(row) for row in rows)
+    junk = random_ids(len(rows), length, seed=junk_seed)
+    ids = junk.clone()
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if side == "right" else slice(length - len(row), length)
+        ids[i, span] = row
+        mask[i, span] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_right_padding_matches_unpadded_samples(variant):
+    model = make_model(variant)
+    rows = [random_ids(1, 21, seed=3)[0], random_ids(1, 12, seed=4)[0]]
+    ids, mask = pad_batch(rows, "right")
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        batch = model(ids, attention_mask=mask, labels=labels, use_cache=True)
+    batch_losses = per_sample_loss(batch.logits, labels)
+    batch_states = fast_weight_states(batch.past_key_values)
+
+    token_losses, token_count = 0.0, 0
+    for i, row in enumerate(rows):
+        with torch.no_grad():
+            alone = model(row[None], labels=row[None], use_cache=True)
+        n = len(row)
+        assert_close(batch.logits[i, :n], alone.logits[0], what=f"logits of sample {i}")
+        assert_close(batch_losses[i], alone.loss, what=f"loss of sample {i}")
+        for idx, state in fast_weight_states(alone.past_key_values).items():
+            assert_close(batch_states[idx][i], state[0], what=f"state of layer {idx}, sample {i}")
+        token_losses += alone.loss * (n - 1)
+        token_count += n - 1
+    assert_close(batch.loss, token_losses / token_count, what="batch loss = mean over real tokens")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_left_padding_matches_unpadded_samples(variant):
+    model = make_model(variant)
+    rows = [random_ids(1, 9, seed=5)[0], random_ids(1, 20, seed=6)[0]]
+    ids, mask = pad_batch(rows, "left")
+    with torch.no_grad():
+        batch = model(ids, attention_mask=mask, use_cache=True)
+    batch_states = fast_weight_states(batch.past_key_values)
+    for i, row in enumerate(rows):
+        with torch.no_grad():
+            alone = model(row[None], use_cache=True)
+        n = len(row)
+        assert_close(batch.logits[i, -n:], alone.logits[0], what=f"logits of sample {i}")
+        for idx, state in fast_weight_states(alone.past_key_values).items():
+            assert_close(batch_states[idx][i], state[0], what=f"state of layer {idx}, sample {i}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------
+
+
+def repetitive_dataset(num_samples: int, length: int, seed: int = 11) -> list[dict[str, torch.Tensor]]:
+    """Windows of one fixed cycle through 16 tokens, at random offsets: the next token is a fixed
+    function of the current one, learnable in a few steps (the untrained loss is ~ln(VOCAB))."""
+    cycle = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(0))[:16]
+    offsets = torch.randint(0, len(cycle), (num_samples,), generator=torch.Generator().manual_seed(seed))
+    positions = (offsets[:, None] + torch.arange(length)) % len(cycle)
+    return [{"input_ids": cycle[row], "labels": cycle[row].clone()} for row in positions]
+
+
+@pytest.mark.parametrize("variant", ["delta-dpfp", "softmax"])
+def test_trainer_reduces_the_loss(variant, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = make_model(variant).train()
+    dataset = repetitive_dataset(64, 24)
+    eval_batch = repetitive_dataset(16, 24, seed=12)
+    eval_ids = torch.stack([s["input_ids"] for s in eval_batch])
+
+    def eval_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            loss = model(eval_ids, labels=eval_ids).loss.item()
+        model.train()
+        return loss
+
+    initial = eval_loss()
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=30,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset)
+    trainer.train()
+    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 30
+    assert logged[-1] < 0.7 * logged[0], logged
+    assert eval_loss() < 0.7 * initial
