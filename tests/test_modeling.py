@@ -15,9 +15,6 @@ logits noticeably (with 0.02 the residual stream dominates and many checks would
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -26,6 +23,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 
 from fwp_hf import FastWeightCacheLayer, FWPConfig, FWPForCausalLM, FWPModel
+from isolation import run_without_fwp_hf
 
 VOCAB = 64
 HIDDEN = 32
@@ -329,12 +327,6 @@ REMOTE_SCRIPT = textwrap.dedent(
     """
     import sys
     import torch
-    try:
-        import fwp_hf
-    except ImportError:
-        pass
-    else:
-        sys.exit("fwp_hf is importable in the subprocess: the remote-code test would prove nothing")
     from transformers import AutoModel, AutoModelForCausalLM
 
     model_dir, ids_path, out_path = sys.argv[1:4]
@@ -369,15 +361,8 @@ def test_remote_code_round_trip_without_fwp_hf(tmp_path):
 
     ids = random_ids(2, 19)
     torch.save(ids, tmp_path / "ids.pt")
-    (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(
-        HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-        OMP_NUM_THREADS="1",
-    )
-    proc = subprocess.run(
-        [sys.executable, "remote.py", str(model_dir), "ids.pt", "out.pt"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    proc = run_without_fwp_hf(
+        REMOTE_SCRIPT, [str(model_dir), "ids.pt", "out.pt"], cwd=tmp_path, extra_env={"HF_HUB_OFFLINE": "1"}
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
