@@ -225,12 +225,12 @@ def _sum_rule_chunk_readout(
     exclusive: bool,
 ) -> torch.Tensor:
     """Outputs of the sum rule given the chunk-start states; all inputs chunked ``[B, H, N, C, ...]``."""
-    chunk_size = q.shape[3]
-    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril(-1 if exclusive else 0)
+    diagonal = -1 if exclusive else 0
     scores = q @ k.transpose(-1, -2)
     if log_decay_cumsum is None:
-        intra = scores.masked_fill(~causal, 0.0) @ v
-        return q @ chunk_starts + intra
+        return torch.matmul(scores.tril_(diagonal), v).add_(q @ chunk_starts)
+    chunk_size = q.shape[3]
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril(diagonal)
     # The read at position i sees the state after step i (inclusive) or after step i-1 (exclusive).
     read_log = log_decay_cumsum - log_decay if exclusive else log_decay_cumsum
     pair_log = (read_log.unsqueeze(-1) - log_decay_cumsum.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
@@ -340,37 +340,37 @@ def chunk_delta_rule(
     :func:`recurrent_delta_rule`.
 
     Within a chunk that starts from state ``S``, the written values are ``u = ũ − W̃ S`` with
-    ``L [W̃ ũ] = diag(β) [K V]`` and ``L = I + tril(diag(β) K Kᵀ, −1)`` (unit lower triangular),
-    solved for every chunk at once. Then per chunk: ``Y = Q S + tril(Q Kᵀ) u``, ``S ← S + Kᵀ u``.
+    ``W̃ = T diag(β) K``, ``ũ = T diag(β) V`` and ``T = (I + tril(diag(β) K Kᵀ, −1))⁻¹`` (the inverse
+    of a unit lower-triangular matrix, one batched triangular solve for all chunks). Then per chunk:
+    ``S ← S + Kᵀ u``; and for all chunks at once ``Y = Q S_start + tril(Q Kᵀ) u``.
     """
     _check_inputs("chunk_delta_rule", q, k, v, initial_state)
     _check_per_token("chunk_delta_rule", "beta", beta, k)
-    out_dtype, seq_len, key_dim = q.dtype, q.shape[2], k.shape[-1]
+    out_dtype, seq_len = q.dtype, q.shape[2]
     state = _zero_state(k, v) if initial_state is None else initial_state.float()
     if seq_len == 0:
         return v.new_zeros(v.shape), state
     q, k, v = (_chunked(_pad_time(x.float(), chunk_size), chunk_size) for x in (q, k, v))
     beta = _chunked(_pad_time(beta.float(), chunk_size), chunk_size).unsqueeze(-1)
 
-    strictly_lower = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril(-1)
-    lower = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
+    keys_beta = k * beta
     identity = torch.eye(chunk_size, dtype=torch.float32, device=q.device)
-    system = identity + ((beta * k) @ k.transpose(-1, -2)).masked_fill(~strictly_lower, 0.0)
-    rhs = beta * torch.cat([k, v], dim=-1)
-    solved = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
-    w_keys, u_values = solved[..., :key_dim], solved[..., key_dim:]
-    # Only the state recursion is sequential; the reads are batched over all chunks afterwards.
-    # (unbind, not indexing in the loop: indexing's backward would zero-fill a full-size tensor per chunk.)
-    keys_t = k.transpose(-1, -2).unbind(dim=2)
+    system = (keys_beta @ k.transpose(-1, -2)).tril_(-1)
+    system.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    transform = torch.linalg.solve_triangular(system, identity.expand_as(system), upper=False, unitriangular=True)
+    w_keys, u_values = transform @ keys_beta, transform @ (v * beta)
+
+    # Only the state recursion is sequential. (unbind, not indexing in the loop: indexing's
+    # backward would zero-fill a full-size gradient tensor per chunk.)
     starts, written = [], []
-    for w_n, u_n, k_t_n in zip(w_keys.unbind(dim=2), u_values.unbind(dim=2), keys_t):
+    for w_n, u_n, k_n in zip(w_keys.unbind(dim=2), u_values.unbind(dim=2), k.unbind(dim=2)):
         starts.append(state)
         written_n = u_n - w_n @ state
         written.append(written_n)
-        state = state + k_t_n @ written_n
+        state = state + k_n.transpose(-1, -2) @ written_n
     starts, written = torch.stack(starts, dim=2), torch.stack(written, dim=2)
-    intra_scores = (q @ k.transpose(-1, -2)).masked_fill(~lower, 0.0)
-    y = q @ starts + intra_scores @ written
+    intra_scores = (q @ k.transpose(-1, -2)).tril_()
+    y = torch.matmul(intra_scores, written).add_(q @ starts)
     y = y.reshape(y.shape[0], y.shape[1], -1, y.shape[-1])[:, :, :seq_len]
     return y.to(out_dtype), state
 

@@ -1,0 +1,64 @@
+"""The benchmark script runs end to end (``--quick``) and its child processes contain memory blow-ups."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def benchmark_module():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return benchmark
+
+
+def test_quick_benchmark_writes_results(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "benchmark.py"), "--quick", "--output_dir", str(tmp_path), "--threads", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results-cpu.json").read_text())
+    markdown = (tmp_path / "results-cpu.md").read_text()
+
+    assert results["machine"]["torch_threads"] == 1
+    assert {row["kernel"] for row in results["kernels"]} == {"delta", "sum_rule", "normalized_sum_rule", "fast_weights"}
+    assert all(row["chunk_s"] > 0 and row["recurrent_s"] > 0 for row in results["kernels"])
+    for row in results["training"]:
+        assert "error" not in row, row
+        assert row["tokens_per_s"] > 0 and row["peak_rss_gib"] > 0
+    assert {(row["model"], row["seq_len"]) for row in results["training"]} == {
+        ("delta", 64), ("gpt2", 64), ("delta", 128), ("gpt2", 128), ("delta", 256)
+    }
+    # The fixed-size state is a property, not a timing: it must hold even in the quick run.
+    for row in results["decoding"]["cache"]:
+        assert row["bytes_at_32"] == row["bytes_at_256"] > 0, row
+    assert results["flops"]["kernel_gflops"] > 0
+    targets = {t["target"] for t in results["targets"]}
+    assert any("chunkwise vs recurrent" in t for t in targets)
+    assert "| Targets" not in markdown and "## Targets" in markdown
+    for target in results["targets"]:
+        assert ("met" if target["met"] else "MISSED") in markdown
+
+
+def test_memory_blow_up_fails_the_measurement_not_the_run(benchmark_module):
+    args = benchmark_module.BenchmarkArguments(child_memory_limit_gib=0.05)
+    row = benchmark_module.measure_training_step("delta", 64, benchmark_module.Sizes.quick(), args)
+    assert "error" in row and "tokens_per_s" not in row, row
+
+
+def test_delta_flop_count_matches_a_hand_count(benchmark_module):
+    # One chunk of C = 4 tokens, D = 2: 10·16·2 + 4³ + 6·4·4 = 320 + 64 + 96.
+    assert benchmark_module.delta_chunk_flops(1, 1, 4, 2, 4) == 480
+    # T = 5 spans two chunks (the second padded).
+    assert benchmark_module.delta_chunk_flops(2, 3, 5, 2, 4) == 2 * 3 * 2 * 480
