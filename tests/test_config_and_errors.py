@@ -509,14 +509,28 @@ def test_past_key_values_of_wrong_type(hybrid_model, past_key_values):
 
 @pytest.mark.parametrize("num_layers", [1, 3])
 @pytest.mark.parametrize("model_name", ["hybrid_model", "softmax_model", "delta_model"])
-def test_cache_built_for_another_number_of_layers(request, model_name, num_layers):
+def test_cache_filled_by_a_model_with_another_number_of_layers(request, model_name, num_layers):
     model = request.getfixturevalue(model_name)
-    other = tiny_config(num_hidden_layers=num_layers, attention_type=model.config.attention_type
-                        if isinstance(model.config.attention_type, str) else "softmax")
-    cache = DynamicCache(config=other)
+    other = FWPForCausalLM(tiny_config(num_hidden_layers=num_layers, attention_type="softmax"))
+    cache = DynamicCache()
+    with torch.no_grad():
+        other(good_ids(), past_key_values=cache, use_cache=True)
     assert len(cache.layers) == num_layers
     assert_clear_error(lambda: model(good_ids(), past_key_values=cache),
                        rf"past_key_values has {num_layers} layers, the model has 2")
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("model_name", ["hybrid_model", "softmax_model", "delta_model"])
+def test_empty_cache_sized_for_another_model_is_laid_out_for_this_one(request, model_name, num_layers):
+    """generate builds DynamicCache(config) from a text config whose layer count may differ
+    (encoder–decoder models): an untouched cache is re-laid out, nothing in it is lost."""
+    model = request.getfixturevalue(model_name)
+    cache = DynamicCache(config=tiny_config(num_hidden_layers=num_layers, attention_type="softmax"))
+    with torch.no_grad():
+        out = model(good_ids(), past_key_values=cache, use_cache=True)
+    assert len(out.past_key_values.layers) == 2
+    assert out.past_key_values.get_seq_length() == SEQ
 
 
 @pytest.mark.parametrize("model_name", ["hybrid_model", "softmax_model", "delta_model"])

@@ -8,12 +8,17 @@ from transformers import PretrainedConfig
 
 ATTENTION_TYPES = ("softmax", "linear", "performer", "dpfp", "delta", "fast_weights")
 FEATURE_MAPS = ("elu", "favor", "dpfp")
+CROSS_ATTENTION_TYPES = ("softmax", "linear")
 # The feature map a sum-rule attention type implies; `feature_map` only chooses it for `delta`.
 SUM_RULE_FEATURE_MAPS = {"linear": "elu", "performer": "favor", "dpfp": "dpfp"}
 
 
 def _allowed(values: tuple[str, ...]) -> str:
     return ", ".join(repr(v) for v in values)
+
+
+def _per_layer(kinds: str | list[str], num_layers: int) -> list[str]:
+    return list(kinds) if isinstance(kinds, list) else [kinds] * num_layers
 
 
 class FWPConfig(PretrainedConfig):
@@ -32,6 +37,11 @@ class FWPConfig(PretrainedConfig):
     `attention_type` may also be a list with one entry per layer (a hybrid model, e.g. a few
     softmax layers among delta layers).
 
+    With `is_encoder_decoder=True` (T5-style, `FWPForConditionalGeneration`) `num_hidden_layers` and
+    `attention_type` describe the encoder, `num_decoder_layers` and `decoder_attention_type` (default:
+    the same as the encoder) the decoder, and `cross_attention_type` (`"softmax"` or `"linear"`) the
+    decoder's attention over the encoder output.
+
     Args:
         vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads:
             usual transformer sizes; `hidden_size` must be divisible by `num_attention_heads`.
@@ -46,6 +56,7 @@ class FWPConfig(PretrainedConfig):
         fast_weights_inner_steps (`int`): S ≥ 0 inner-loop steps.
         chunk_size (`int`): chunk length of the chunkwise-parallel kernels.
         max_position_embeddings (`int`): used only by the rotary embedding of softmax layers.
+        num_decoder_layers, decoder_attention_type, cross_attention_type: encoder–decoder only, see above.
     """
 
     model_type = "fwp"
@@ -79,6 +90,10 @@ class FWPConfig(PretrainedConfig):
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
+        is_encoder_decoder: bool = False,
+        num_decoder_layers: int | None = None,
+        decoder_attention_type: str | list[str] | None = None,
+        cross_attention_type: str = "softmax",
         **kwargs: Any,
     ) -> None:
         self.vocab_size = vocab_size
@@ -103,12 +118,19 @@ class FWPConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.rms_norm_eps = rms_norm_eps
         self.use_cache = use_cache
+        self.num_decoder_layers = num_hidden_layers if num_decoder_layers is None else num_decoder_layers
+        if isinstance(decoder_attention_type, (list, tuple)):
+            decoder_attention_type = list(decoder_attention_type)
+        self.decoder_attention_type = decoder_attention_type
+        self.cross_attention_type = cross_attention_type
+        self.is_encoder_decoder = is_encoder_decoder
         self._validate_fwp()
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,
             tie_word_embeddings=tie_word_embeddings,
+            is_encoder_decoder=is_encoder_decoder,
             **kwargs,
         )
 
@@ -126,14 +148,34 @@ class FWPConfig(PretrainedConfig):
 
     @property
     def layer_attention_types(self) -> list[str]:
-        """The attention type of every layer (a plain `attention_type` repeated, or the hybrid list)."""
-        if isinstance(self.attention_type, list):
-            return list(self.attention_type)
-        return [self.attention_type] * self.num_hidden_layers
+        """The attention type of every (encoder) layer: a plain `attention_type` repeated, or the hybrid list."""
+        return _per_layer(self.attention_type, self.num_hidden_layers)
+
+    @property
+    def decoder_layer_attention_types(self) -> list[str]:
+        """The self-attention type of every decoder layer of an encoder–decoder model."""
+        kinds = self.attention_type if self.decoder_attention_type is None else self.decoder_attention_type
+        return _per_layer(kinds, self.num_decoder_layers)
+
+    def _validate_attention_types(self, field: str, kinds: str | list[str], num_layers: int, layers_field: str) -> None:
+        if isinstance(kinds, list):
+            if len(kinds) != num_layers:
+                raise ValueError(
+                    f"FWPConfig.{field} is a hybrid list of {len(kinds)} entries but {layers_field} is "
+                    f"{num_layers}; give one attention type per layer"
+                )
+        else:
+            kinds = [kinds]
+        for kind in kinds:
+            if kind not in ATTENTION_TYPES:
+                raise ValueError(
+                    f"FWPConfig.{field} {kind!r} is unknown; allowed: {_allowed(ATTENTION_TYPES)} "
+                    "(or a list of these, one per layer)"
+                )
 
     def _validate_fwp(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "chunk_size", "performer_num_features", "max_position_embeddings"):
+                     "chunk_size", "performer_num_features", "max_position_embeddings", "num_decoder_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"FWPConfig.{name} must be a positive integer, got {value!r}")
@@ -142,21 +184,19 @@ class FWPConfig(PretrainedConfig):
                 f"FWPConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads})"
             )
-        kinds = self.attention_type
-        if isinstance(kinds, list):
-            if len(kinds) != self.num_hidden_layers:
-                raise ValueError(
-                    f"FWPConfig.attention_type is a hybrid list of {len(kinds)} entries but num_hidden_layers is "
-                    f"{self.num_hidden_layers}; give one attention type per layer"
-                )
-        else:
-            kinds = [kinds]
-        for kind in kinds:
-            if kind not in ATTENTION_TYPES:
-                raise ValueError(
-                    f"FWPConfig.attention_type {kind!r} is unknown; allowed: {_allowed(ATTENTION_TYPES)} "
-                    "(or a list of these, one per layer)"
-                )
+        self._validate_attention_types("attention_type", self.attention_type, self.num_hidden_layers,
+                                       "num_hidden_layers")
+        if self.decoder_attention_type is not None:
+            self._validate_attention_types("decoder_attention_type", self.decoder_attention_type,
+                                           self.num_decoder_layers, "num_decoder_layers")
+        elif self.is_encoder_decoder and isinstance(self.attention_type, list):
+            self._validate_attention_types("attention_type (used for the decoder too)", self.attention_type,
+                                           self.num_decoder_layers, "num_decoder_layers")
+        if self.cross_attention_type not in CROSS_ATTENTION_TYPES:
+            raise ValueError(
+                f"FWPConfig.cross_attention_type {self.cross_attention_type!r} is unknown; "
+                f"allowed: {_allowed(CROSS_ATTENTION_TYPES)}"
+            )
         if self.feature_map not in FEATURE_MAPS:
             raise ValueError(f"FWPConfig.feature_map {self.feature_map!r} is unknown; allowed: {_allowed(FEATURE_MAPS)}")
         if isinstance(self.dpfp_nu, bool) or not isinstance(self.dpfp_nu, int) or self.dpfp_nu < 1:

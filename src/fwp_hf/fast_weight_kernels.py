@@ -294,6 +294,43 @@ def normalized_sum_rule(
     return (y[..., :-1] / (y[..., -1:] + eps)).to(v.dtype), state
 
 
+def bidirectional_sum_rule_state(k: torch.Tensor, v: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Fast weights written by a whole (non-causal) sequence: ``S = Σ_τ φ(k_τ) v_τᵀ``.
+
+    k: ``[B, H, T, Dk]`` (already φ-mapped; zero rows for padding write nothing); v: ``[B, H, T, Dv]``.
+    With ``normalize`` a column of ones is appended to v, so ``S[..., -1] = z = Σ_τ φ(k_τ)``.
+    Returns ``[B, H, Dk, Dv (+1)]`` fp32.
+    """
+    _check_inputs("bidirectional_sum_rule_state", k, k, v, None)
+    k, v = k.float(), v.float()
+    if normalize:
+        v = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
+    return k.transpose(-1, -2) @ v
+
+
+def sum_rule_read(q: torch.Tensor, state: torch.Tensor, normalize: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """Read fast weights: ``y = Sᵀ φ(q)``, or ``Sᵀ φ(q) / (z·φ(q) + ε)`` when ``normalize``.
+
+    q: ``[B, H, T, Dk]``; state from :func:`bidirectional_sum_rule_state`. Returns ``[B, H, T, Dv]``.
+    """
+    y = q.float() @ state
+    if normalize:
+        y = y[..., :-1] / (y[..., -1:] + eps)
+    return y.to(q.dtype)
+
+
+def bidirectional_sum_rule(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, normalize: bool = True, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-causal linear attention ``φ(Q)(φ(K)ᵀV)`` (with normalisation): every query reads the
+    fast weights written by the whole sequence (encoders, linear cross-attention).
+
+    Returns ``(y [B, H, Tq, Dv], S fp32)``; q may have a different length than k and v.
+    """
+    state = bidirectional_sum_rule_state(k, v, normalize)
+    return sum_rule_read(q, state, normalize, eps), state
+
+
 # ----------------------------------------------------------------------------------------------
 # Delta rule (Schlag et al. 2021)
 # ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_fwp import SUM_RULE_FEATURE_MAPS, FWPConfig
 from .fast_weight_kernels import (
+    bidirectional_sum_rule,
     chunk_delta_rule,
     chunk_fast_weights,
     chunk_sum_rule,
@@ -106,11 +107,12 @@ class FastWeightCacheLayer(CacheLayerMixin):
             self.state = self.state.repeat_interleave(repeats, dim=0)
 
 
-def _prepare_cache(cache: Cache | None, config: FWPConfig, use_cache: bool) -> Cache | None:
-    """Return a cache whose layer i is a `FastWeightCacheLayer` for every fast-weight layer.
+def _prepare_cache(cache: Cache | None, kinds: list[str], use_cache: bool) -> Cache | None:
+    """Return a cache whose layer i is a `FastWeightCacheLayer` for every fast-weight layer i.
 
     `generate` and users build a `DynamicCache`, whose layers are key/value `DynamicLayer`s: the
-    still-empty ones in fast-weight slots are swapped for fast-weight state layers.
+    still-empty ones in fast-weight slots are swapped for fast-weight state layers. `kinds` is the
+    attention type of every layer that uses this cache ("softmax" keeps a key/value layer).
     """
     if cache is None:
         if not use_cache:
@@ -118,9 +120,10 @@ def _prepare_cache(cache: Cache | None, config: FWPConfig, use_cache: bool) -> C
         cache = DynamicCache()
     if not isinstance(cache, Cache):
         raise TypeError(f"past_key_values must be a transformers Cache (e.g. DynamicCache), got {type(cache).__name__}")
-    kinds = config.layer_attention_types
-    if cache.layer_class_to_replicate is not None and len(cache.layers) < len(kinds):
-        cache.layers.extend(DynamicLayer() for _ in range(len(kinds) - len(cache.layers)))
+    untouched = all(isinstance(layer, DynamicLayer) and layer.keys is None for layer in cache.layers)
+    if untouched and (cache.layer_class_to_replicate is not None or len(cache.layers) != len(kinds)):
+        # A fresh cache (DynamicCache(), or one generate sized from another layer count): lay it out here.
+        cache.layers = [DynamicLayer() for _ in kinds]
         cache.layer_class_to_replicate = None
     if len(cache.layers) != len(kinds):
         raise ValueError(
@@ -205,11 +208,15 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 class FWPSoftmaxAttention(nn.Module):
-    """Causal multi-head softmax attention (SDPA) with rotary positions: the baseline mixer."""
+    """Multi-head softmax attention (SDPA) with rotary positions: the baseline mixer.
 
-    def __init__(self, config: FWPConfig, layer_idx: int) -> None:
+    Causal in decoders; with ``is_causal=False`` (encoders) every token sees the whole sequence.
+    """
+
+    def __init__(self, config: FWPConfig, layer_idx: int, is_causal: bool = True) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.is_causal = is_causal
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
         self.rope_theta = config.rope_theta
@@ -233,8 +240,8 @@ class FWPSoftmaxAttention(nn.Module):
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         if attention_mask_4d is None:
-            # Only reached without padding and without past tokens: plain causal attention.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
+            # Only reached without padding and without past tokens.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal and q.shape[2] > 1)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask_4d)
         return self.o_proj(_merge_heads(y))
@@ -283,12 +290,16 @@ class FWPFastWeightAttention(nn.Module):
 
     Slow weights project x_t to q_t, k_t, v_t (and β_t = sigmoid(W_β x_t) per head for the delta
     rule); the fast weights are programmed by the kernel in `fast_weight_kernels`.
+    With ``is_causal=False`` (encoders) the sum rules read the fast weights written by the whole
+    sequence, ``φ(Q)(φ(K)ᵀV)``; the delta rule has no order-free form (each write depends on the
+    previous ones), so a non-causal delta layer still runs left to right.
     """
 
-    def __init__(self, config: FWPConfig, layer_idx: int, attention_type: str) -> None:
+    def __init__(self, config: FWPConfig, layer_idx: int, attention_type: str, is_causal: bool = True) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.attention_type = attention_type
+        self.is_causal = is_causal
         self.num_heads = config.num_attention_heads
         self.chunk_size = config.chunk_size
         self.is_delta = attention_type == "delta"
@@ -337,7 +348,9 @@ class FWPFastWeightAttention(nn.Module):
         else:
             if token_mask is not None:
                 k = k * token_mask[:, None, :, None].to(k.dtype)  # no write into S nor the normaliser
-            if self.normalize_attention:
+            if not self.is_causal:
+                y, state = bidirectional_sum_rule(q, k, v, normalize=self.normalize_attention)
+            elif self.normalize_attention:
                 y, state = normalized_sum_rule(q, k, v, initial_state, chunked=use_chunks, chunk_size=self.chunk_size)
             elif use_chunks:
                 y, state = chunk_sum_rule(q, k, v, initial_state, chunk_size=self.chunk_size)
@@ -394,18 +407,27 @@ class FWPBaFastWeights(nn.Module):
         return self.o_proj(_merge_heads(y.to(hidden_states.dtype)))
 
 
-class FWPDecoderLayer(GradientCheckpointingLayer):
-    """Pre-norm block: ``x + mixer(norm(x))``, then ``x + mlp(norm(x))``."""
+def build_token_mixer(config: FWPConfig, layer_idx: int, attention_type: str, is_causal: bool = True) -> nn.Module:
+    """The token mixer of one layer. Ba et al.'s memory is a recurrence and is always causal."""
+    if attention_type == "softmax":
+        return FWPSoftmaxAttention(config, layer_idx, is_causal=is_causal)
+    if attention_type == "fast_weights":
+        return FWPBaFastWeights(config, layer_idx)
+    return FWPFastWeightAttention(config, layer_idx, attention_type, is_causal=is_causal)
 
-    def __init__(self, config: FWPConfig, layer_idx: int) -> None:
+
+class FWPDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: ``x + mixer(norm(x))``, then ``x + mlp(norm(x))``.
+
+    Also the encoder block of the encoder–decoder model (``is_causal=False``).
+    """
+
+    def __init__(
+        self, config: FWPConfig, layer_idx: int, attention_type: str | None = None, is_causal: bool = True
+    ) -> None:
         super().__init__()
-        self.attention_type = config.layer_attention_types[layer_idx]
-        if self.attention_type == "softmax":
-            self.mixer = FWPSoftmaxAttention(config, layer_idx)
-        elif self.attention_type == "fast_weights":
-            self.mixer = FWPBaFastWeights(config, layer_idx)
-        else:
-            self.mixer = FWPFastWeightAttention(config, layer_idx, self.attention_type)
+        self.attention_type = attention_type or config.layer_attention_types[layer_idx]
+        self.mixer = build_token_mixer(config, layer_idx, self.attention_type, is_causal)
         self.input_layernorm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = FWPMLP(config)
@@ -477,21 +499,105 @@ def _padding_mask_2d(attention_mask: torch.Tensor | dict | None) -> torch.Tensor
 
 
 def _softmax_attention_mask(padding_mask: torch.Tensor | None, query_length: int, past_length: int,
-                            batch_size: int, device: torch.device) -> torch.Tensor | None:
-    """Boolean ``[B, 1, T, past + T]`` mask (True = attend): causal and no padded keys.
+                            batch_size: int, device: torch.device, causal: bool = True) -> torch.Tensor | None:
+    """Boolean ``[B, 1, T, past + T]`` mask (True = attend): no padded keys and, if `causal`, no future keys.
 
     Every query may see its own position, so a padded query row is never empty (no NaN).
-    Returns None when plain causal SDPA does the job (no padding, no past).
+    Returns None when SDPA's own (causal or full) attention does the job (no padding, no past).
     """
     if past_length == 0 and (padding_mask is None or bool(padding_mask.all())):
         return None
     key_length = past_length + query_length
     query_positions = torch.arange(past_length, key_length, device=device)[:, None]
     key_positions = torch.arange(key_length, device=device)[None, :]
-    allowed = (key_positions <= query_positions)[None, None].expand(batch_size, 1, -1, -1)
+    if causal:
+        allowed = (key_positions <= query_positions)[None, None].expand(batch_size, 1, -1, -1)
+    else:
+        allowed = torch.ones(batch_size, 1, query_length, key_length, dtype=torch.bool, device=device)
     if padding_mask is not None:
         allowed = allowed & padding_mask[:, None, None, :].bool()
     return allowed | (key_positions == query_positions)[None, None]
+
+
+def check_model_inputs(
+    input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, embeddings: nn.Embedding,
+    ids_name: str = "input_ids", embeds_name: str = "inputs_embeds",
+) -> None:
+    """Clear errors for token ids or embeddings a model cannot take (instead of a deep indexing error)."""
+    vocab_size, hidden_size = embeddings.weight.shape
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError(f"pass exactly one of {ids_name} or {embeds_name}")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"{ids_name} must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{ids_name} must be an int64 or int32 tensor of token ids, got {input_ids.dtype}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+            raise ValueError(
+                f"{ids_name} must lie in [0, vocab_size={vocab_size}), got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+        return
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden_size:
+        raise ValueError(
+            f"{embeds_name} must be [batch, seq_len, hidden_size={hidden_size}], got shape {tuple(inputs_embeds.shape)}"
+        )
+    if not inputs_embeds.is_floating_point():
+        raise TypeError(f"{embeds_name} must be floating point, got {inputs_embeds.dtype}")
+    if inputs_embeds.dtype != embeddings.weight.dtype:
+        raise TypeError(
+            f"{embeds_name} has dtype {inputs_embeds.dtype} but the model runs in {embeddings.weight.dtype}; "
+            "cast them (or the model) first"
+        )
+
+
+def prepare_mixer_inputs(
+    config: FWPConfig,
+    kinds: list[str],
+    attention_mask: torch.Tensor | dict | None,
+    position_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor,
+    past_length: int,
+    causal: bool = True,
+    mask_name: str = "attention_mask",
+) -> dict:
+    """What every layer of a stack needs besides its hidden states.
+
+    Returns ``token_mask`` ([B, T] float, None without padding) for fast-weight layers, and for softmax
+    layers ``attention_mask_4d`` (see `_softmax_attention_mask`) and rotary ``position_embeddings``
+    (positions count real tokens only, so left padding does not shift them).
+    """
+    batch_size, seq_len = inputs_embeds.shape[:2]
+    device = inputs_embeds.device
+    padding_mask = _padding_mask_2d(attention_mask)
+    if padding_mask is not None:
+        if padding_mask.shape[1] == seq_len and past_length > 0:
+            padding_mask = F.pad(padding_mask, (past_length, 0), value=1)
+        if padding_mask.shape != (batch_size, past_length + seq_len):
+            raise ValueError(
+                f"{mask_name} must have shape [batch={batch_size}, past+new tokens={past_length + seq_len}] "
+                f"(or [batch, new tokens={seq_len}]), got {tuple(padding_mask.shape)}"
+            )
+    token_mask = None
+    if padding_mask is not None and not bool(padding_mask[:, -seq_len:].all()):
+        token_mask = padding_mask[:, -seq_len:].float()
+
+    position_embeddings, attention_mask_4d = None, None
+    if "softmax" in kinds:
+        if position_ids is None:
+            if padding_mask is not None:
+                position_ids = (padding_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -seq_len:]
+            else:
+                position_ids = torch.arange(past_length, past_length + seq_len, device=device)[None]
+        if position_ids.dim() != 2 or position_ids.shape[-1] != seq_len or position_ids.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"position_ids must be [batch, seq_len={seq_len}] with batch 1 or {batch_size}, "
+                f"got {tuple(position_ids.shape)}"
+            )
+        position_embeddings = rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, inputs_embeds.dtype)
+        attention_mask_4d = _softmax_attention_mask(padding_mask, seq_len, past_length, batch_size, device, causal)
+    return {"token_mask": token_mask, "attention_mask_4d": attention_mask_4d,
+            "position_embeddings": position_embeddings, "padding_mask": padding_mask}
 
 
 class FWPModel(FWPPreTrainedModel):
@@ -512,33 +618,6 @@ class FWPModel(FWPPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
-    def _check_inputs(self, input_ids, inputs_embeds) -> None:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if input_ids is not None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
-            if input_ids.dtype not in (torch.int64, torch.int32):
-                raise TypeError(f"input_ids must be an int64 or int32 tensor of token ids, got {input_ids.dtype}")
-            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-                raise ValueError(
-                    f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values in "
-                    f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-                )
-        else:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
-                raise ValueError(
-                    f"inputs_embeds must be [batch, seq_len, hidden_size={self.config.hidden_size}], "
-                    f"got shape {tuple(inputs_embeds.shape)}"
-                )
-            if not inputs_embeds.is_floating_point():
-                raise TypeError(f"inputs_embeds must be floating point, got {inputs_embeds.dtype}")
-            if inputs_embeds.dtype != self.embed_tokens.weight.dtype:
-                raise TypeError(
-                    f"inputs_embeds has dtype {inputs_embeds.dtype} but the model runs in "
-                    f"{self.embed_tokens.weight.dtype}; cast them (or the model) first"
-                )
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -551,7 +630,7 @@ class FWPModel(FWPPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
-        self._check_inputs(input_ids, inputs_embeds)
+        check_model_inputs(input_ids, inputs_embeds, self.embed_tokens)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
@@ -562,53 +641,18 @@ class FWPModel(FWPPreTrainedModel):
 
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        batch_size, seq_len = inputs_embeds.shape[:2]
-        device = inputs_embeds.device
-        past_key_values = _prepare_cache(past_key_values, self.config, use_cache)
+        kinds = self.config.layer_attention_types
+        past_key_values = _prepare_cache(past_key_values, kinds, use_cache)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-
-        padding_mask = _padding_mask_2d(attention_mask)
-        if padding_mask is not None:
-            if padding_mask.shape[1] == seq_len and past_length > 0:
-                padding_mask = F.pad(padding_mask, (past_length, 0), value=1)
-            if padding_mask.shape != (batch_size, past_length + seq_len):
-                raise ValueError(
-                    f"attention_mask must have shape [batch={batch_size}, past+new tokens={past_length + seq_len}] "
-                    f"(or [batch, new tokens={seq_len}]), got {tuple(padding_mask.shape)}"
-                )
-        token_mask = None
-        if padding_mask is not None and not bool(padding_mask[:, -seq_len:].all()):
-            token_mask = padding_mask[:, -seq_len:].float()
-
-        position_embeddings, attention_mask_4d = None, None
-        if "softmax" in self.config.layer_attention_types:
-            if position_ids is None:
-                if padding_mask is not None:
-                    position_ids = (padding_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -seq_len:]
-                else:
-                    position_ids = torch.arange(past_length, past_length + seq_len, device=device)[None]
-            if position_ids.dim() != 2 or position_ids.shape[-1] != seq_len or position_ids.shape[0] not in (1, batch_size):
-                raise ValueError(
-                    f"position_ids must be [batch, seq_len={seq_len}] with batch 1 or {batch_size}, "
-                    f"got {tuple(position_ids.shape)}"
-                )
-            position_embeddings = rotary_cos_sin(
-                position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype
-            )
-            attention_mask_4d = _softmax_attention_mask(padding_mask, seq_len, past_length, batch_size, device)
+        mixer_inputs = prepare_mixer_inputs(self.config, kinds, attention_mask, position_ids, inputs_embeds, past_length)
+        mixer_inputs.pop("padding_mask")
 
         hidden_states = inputs_embeds
         all_hidden_states = [] if output_hidden_states else None
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
-            hidden_states = layer(
-                hidden_states,
-                token_mask=token_mask,
-                attention_mask_4d=attention_mask_4d,
-                position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
-            )
+            hidden_states = layer(hidden_states, past_key_values=past_key_values, **mixer_inputs)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
