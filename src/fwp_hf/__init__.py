@@ -6,20 +6,24 @@ Importing the package registers the FWP classes with transformers' Auto classes,
 where fwp_hf is not installed).
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from .configuration_fwp import ATTENTION_TYPES, FEATURE_MAPS, FWPConfig
 from .modeling_fwp import FastWeightCacheLayer, FWPForCausalLM, FWPModel, FWPPreTrainedModel
+from .modeling_fwp_seq2seq import FWPForConditionalGeneration, FWPSeq2SeqModel
 
 __version__ = "0.1.0"
 
 AutoConfig.register(FWPConfig.model_type, FWPConfig, exist_ok=True)
 AutoModel.register(FWPConfig, FWPModel, exist_ok=True)
 AutoModelForCausalLM.register(FWPConfig, FWPForCausalLM, exist_ok=True)
+AutoModelForSeq2SeqLM.register(FWPConfig, FWPForConditionalGeneration, exist_ok=True)
 
 FWPConfig.register_for_auto_class()
 FWPModel.register_for_auto_class("AutoModel")
 FWPForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+FWPSeq2SeqModel.register_for_auto_class("AutoModel")
+FWPForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 
 __all__ = [
     "ATTENTION_TYPES",
@@ -29,4 +33,6 @@ __all__ = [
     "FWPModel",
     "FWPForCausalLM",
     "FastWeightCacheLayer",
+    "FWPSeq2SeqModel",
+    "FWPForConditionalGeneration",
 ]

@@ -475,8 +475,10 @@ class FWPPreTrainedModel(PreTrainedModel):
     # The fast-weight state cannot be rolled back, which assisted generation would need.
     _is_stateful = True
 
+    _auto_map = AUTO_MAP
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        self.config.auto_map = {**self._auto_map, **(getattr(self.config, "auto_map", None) or {})}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -1,0 +1,486 @@
+"""FWP encoder–decoder (T5-style) for translation: `FWPSeq2SeqModel` and `FWPForConditionalGeneration`.
+
+Built from the same `FWPConfig` with ``is_encoder_decoder=True``. The encoder runs every token mixer
+in its non-causal form where one exists (softmax, and the sum rules as ``φ(Q)(φ(K)ᵀV)``; the delta
+rule and Ba et al.'s memory are recurrences and run left to right). The decoder runs the causal
+mixers with their recurrent state, then attends to the encoder output (`cross_attention_type`:
+softmax, or linear ``φ(q)ᵀS`` with the encoder's fast weights S written once per source).
+All math comes from `fast_weight_kernels.py` through the layers of `modeling_fwp.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.loss.loss_utils import ForMaskedLMLoss
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+
+from .configuration_fwp import FWPConfig
+from .fast_weight_kernels import bidirectional_sum_rule_state, sum_rule_read
+from .modeling_fwp import (
+    FWPDecoderLayer,
+    FWPFeatureMap,
+    FWPMLP,
+    FWPPreTrainedModel,
+    FWPRMSNorm,
+    _merge_heads,
+    _padding_mask_2d,
+    _prepare_cache,
+    _split_heads,
+    build_token_mixer,
+    check_model_inputs,
+    prepare_mixer_inputs,
+)
+
+SEQ2SEQ_AUTO_MAP = {
+    "AutoConfig": "configuration_fwp.FWPConfig",
+    "AutoModel": "modeling_fwp_seq2seq.FWPSeq2SeqModel",
+    "AutoModelForSeq2SeqLM": "modeling_fwp_seq2seq.FWPForConditionalGeneration",
+}
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs from labels: ``[start, y_0, …, y_{T-2}]`` with -100 replaced by the pad id."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+class FWPCrossAttention(nn.Module):
+    """Decoder → encoder attention. The encoder side (keys/values, or the linear fast weights) is
+    computed once per source and kept in the cross-attention half of the cache during generation.
+
+    - ``"softmax"``: ``softmax(q kᵀ/√d) v`` over the unpadded source tokens (no positions).
+    - ``"linear"``: ``S = Σ_j φ(k_j)[v_j, 1]ᵀ`` over the source, ``y = φ(q)ᵀS / normaliser``, φ = elu + 1.
+    """
+
+    def __init__(self, config: FWPConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.kind = config.cross_attention_type
+        self.num_heads = config.num_attention_heads
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        if self.kind == "linear":
+            self.feature_map = FWPFeatureMap("elu", config.head_dim, 1, 1, seed=0, redraw=False)
+
+    def _source_memory(self, encoder_hidden_states: torch.Tensor, encoder_token_mask: torch.Tensor | None):
+        k = _split_heads(self.k_proj(encoder_hidden_states), self.num_heads)
+        v = _split_heads(self.v_proj(encoder_hidden_states), self.num_heads)
+        if self.kind == "softmax":
+            return k, v
+        k = self.feature_map(k)
+        if encoder_token_mask is not None:
+            k = k * encoder_token_mask[:, None, :, None].to(k.dtype)  # padded source tokens write nothing
+        return bidirectional_sum_rule_state(k, v, normalize=True)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_token_mask: torch.Tensor | None,
+        cross_attention_cache: Cache | None,
+    ) -> torch.Tensor:
+        cache_layer = cross_attention_cache.layers[self.layer_idx] if cross_attention_cache is not None else None
+        if self.kind == "softmax":
+            if cache_layer is not None and cache_layer.keys is not None:
+                k, v = cache_layer.keys, cache_layer.values
+            else:
+                k, v = self._source_memory(encoder_hidden_states, encoder_token_mask)
+                if cache_layer is not None:
+                    cache_layer.update(k, v)
+            q = _split_heads(self.q_proj(hidden_states), self.num_heads)
+            mask = None
+            if encoder_token_mask is not None:
+                mask = encoder_token_mask[:, None, None, :].bool()
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            if cache_layer is not None and cache_layer.state is not None:
+                state = cache_layer.state
+            else:
+                state = self._source_memory(encoder_hidden_states, encoder_token_mask)
+                if cache_layer is not None:
+                    cache_layer.update_state(state, encoder_hidden_states.shape[1])
+            q = self.feature_map(_split_heads(self.q_proj(hidden_states), self.num_heads))
+            y = sum_rule_read(q, state, normalize=True)
+        return self.o_proj(_merge_heads(y.to(hidden_states.dtype)))
+
+
+class FWPSeq2SeqDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm decoder block: causal self mixer, cross-attention to the encoder, SwiGLU MLP."""
+
+    def __init__(self, config: FWPConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attention_type = config.decoder_layer_attention_types[layer_idx]
+        self.mixer = build_token_mixer(config, layer_idx, self.attention_type, is_causal=True)
+        self.cross_attn = FWPCrossAttention(config, layer_idx)
+        self.input_layernorm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.cross_attention_layernorm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = FWPMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_token_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        attention_mask_4d: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        cross_attention_cache: Cache | None = None,
+    ) -> torch.Tensor:
+        hidden_states = hidden_states + self.mixer(
+            self.input_layernorm(hidden_states),
+            token_mask=token_mask,
+            attention_mask_4d=attention_mask_4d,
+            position_embeddings=position_embeddings,
+            past_key_values=past_key_values,
+        )
+        hidden_states = hidden_states + self.cross_attn(
+            self.cross_attention_layernorm(hidden_states), encoder_hidden_states, encoder_token_mask,
+            cross_attention_cache,
+        )
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+def _source_token_mask(attention_mask: torch.Tensor | dict | None, batch: int, length: int) -> torch.Tensor | None:
+    mask = _padding_mask_2d(attention_mask)
+    if mask is None:
+        return None
+    if mask.shape != (batch, length):
+        raise ValueError(
+            f"the source attention_mask must have shape [batch={batch}, source tokens={length}], got {tuple(mask.shape)}"
+        )
+    return None if bool(mask.all()) else mask.float()
+
+
+class FWPEncoder(FWPPreTrainedModel):
+    """The encoder stack: embeddings, `num_hidden_layers` non-causal blocks, final RMSNorm."""
+
+    def __init__(self, config: FWPConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(
+            [FWPDecoderLayer(config, i, kind, is_causal=False) for i, kind in enumerate(config.layer_attention_types)]
+        )
+        self.norm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput | tuple:
+        check_model_inputs(input_ids, inputs_embeds, self.embed_tokens)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        mixer_inputs = prepare_mixer_inputs(
+            self.config, self.config.layer_attention_types, attention_mask, None, inputs_embeds, 0, causal=False
+        )
+        mixer_inputs.pop("padding_mask")
+        hidden_states, all_hidden_states = inputs_embeds, []
+        for layer in self.layers:
+            all_hidden_states.append(hidden_states)
+            hidden_states = layer(hidden_states, past_key_values=None, **mixer_inputs)
+        hidden_states = self.norm(hidden_states)
+        all_hidden_states.append(hidden_states)
+        output = BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden_states) if output_hidden_states else None
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class FWPDecoder(FWPPreTrainedModel):
+    """The decoder stack: embeddings, `num_decoder_layers` blocks with cross-attention, final RMSNorm."""
+
+    def __init__(self, config: FWPConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([FWPSeq2SeqDecoderLayer(config, i) for i in range(config.num_decoder_layers)])
+        self.norm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def _prepare_caches(self, past_key_values: Cache | None, use_cache: bool) -> EncoderDecoderCache | None:
+        if past_key_values is None:
+            if not use_cache:
+                return None
+            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if not isinstance(past_key_values, EncoderDecoderCache):
+            raise TypeError(
+                "past_key_values of an encoder-decoder model must be an EncoderDecoderCache, "
+                f"got {type(past_key_values).__name__}"
+            )
+        _prepare_cache(past_key_values.self_attention_cache, self.config.decoder_layer_attention_types, True)
+        cross_kinds = [self.config.cross_attention_type] * self.config.num_decoder_layers
+        _prepare_cache(past_key_values.cross_attention_cache, cross_kinds, True)
+        return past_key_values
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+        check_model_inputs(input_ids, inputs_embeds, self.embed_tokens, "decoder_input_ids", "decoder_inputs_embeds")
+        if encoder_hidden_states is None:
+            raise ValueError("the decoder needs encoder_hidden_states (pass input_ids or encoder_outputs)")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if encoder_hidden_states.shape[0] != inputs_embeds.shape[0]:
+            raise ValueError(
+                f"encoder output has batch {encoder_hidden_states.shape[0]}, decoder inputs have {inputs_embeds.shape[0]}"
+            )
+        past_key_values = self._prepare_caches(past_key_values, use_cache)
+        self_cache = past_key_values.self_attention_cache if past_key_values is not None else None
+        cross_cache = past_key_values.cross_attention_cache if past_key_values is not None else None
+        past_length = self_cache.get_seq_length() if self_cache is not None else 0
+        kinds = self.config.decoder_layer_attention_types
+        mixer_inputs = prepare_mixer_inputs(
+            self.config, kinds, attention_mask, position_ids, inputs_embeds, past_length, mask_name="decoder_attention_mask"
+        )
+        mixer_inputs.pop("padding_mask")
+        encoder_token_mask = _source_token_mask(encoder_attention_mask, *encoder_hidden_states.shape[:2])
+
+        hidden_states, all_hidden_states = inputs_embeds, []
+        for layer in self.layers:
+            all_hidden_states.append(hidden_states)
+            hidden_states = layer(
+                hidden_states,
+                encoder_hidden_states=encoder_hidden_states,
+                encoder_token_mask=encoder_token_mask,
+                past_key_values=self_cache,
+                cross_attention_cache=cross_cache,
+                **mixer_inputs,
+            )
+        hidden_states = self.norm(hidden_states)
+        all_hidden_states.append(hidden_states)
+        output = BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class FWPSeq2SeqPreTrainedModel(FWPPreTrainedModel):
+    _auto_map = SEQ2SEQ_AUTO_MAP
+    _no_split_modules = ["FWPDecoderLayer", "FWPSeq2SeqDecoderLayer"]
+
+
+class FWPSeq2SeqModel(FWPSeq2SeqPreTrainedModel):
+    """The bare FWP encoder–decoder: shared embeddings, `FWPEncoder`, `FWPDecoder`."""
+
+    _tied_weights_keys = {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
+
+    def __init__(self, config: FWPConfig) -> None:
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.encoder = FWPEncoder(config)
+        self.decoder = FWPDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.shared = value
+        self.encoder.embed_tokens = value
+        self.decoder.embed_tokens = value
+
+    def get_encoder(self, modality: str | None = None) -> FWPEncoder:
+        return self.encoder
+
+    def get_decoder(self) -> FWPDecoder:
+        return self.decoder
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        decoder_inputs_embeds: torch.FloatTensor | None = None,
+        decoder_position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                output_hidden_states=output_hidden_states, return_dict=True,
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(
+                last_hidden_state=encoder_outputs[0],
+                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
+            )
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            position_ids=decoder_position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        output = Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class FWPForConditionalGeneration(FWPSeq2SeqPreTrainedModel, GenerationMixin):
+    """FWP encoder–decoder with a language-modelling head; ``labels`` give the token-level loss
+    (decoder inputs are ``labels`` shifted right behind `decoder_start_token_id`)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
+
+    def __init__(self, config: FWPConfig) -> None:
+        super().__init__(config)
+        self.model = FWPSeq2SeqModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.shared
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def get_encoder(self, modality: str | None = None) -> FWPEncoder:
+        return self.model.encoder
+
+    def get_decoder(self) -> FWPDecoder:
+        return self.model.decoder
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.pad_token_id is None or self.config.decoder_start_token_id is None:
+            raise ValueError("FWPConfig needs pad_token_id and decoder_start_token_id to shift labels into decoder inputs")
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        decoder_inputs_embeds: torch.FloatTensor | None = None,
+        decoder_position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            decoder_position_ids=decoder_position_ids,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(
+                    f"labels must have the shape of the decoder inputs {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
+                )
+            loss = ForMaskedLMLoss(logits, labels, self.config.vocab_size, **kwargs)
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["FWPSeq2SeqModel", "FWPForConditionalGeneration", "FWPEncoder", "FWPDecoder"]
