@@ -59,6 +59,10 @@ class BenchmarkArguments:
     child_memory_limit_gib: float = field(
         default=20.0, metadata={"help": "Address-space limit of each measuring child process."}
     )
+    note: str | None = field(default=None, metadata={"help": "A sentence on the run's conditions for the report."})
+    from_json: str | None = field(
+        default=None, metadata={"help": "Render the markdown of an earlier run's JSON (with --note) instead of measuring."}
+    )
 
 
 @dataclass
@@ -388,8 +392,9 @@ def render_markdown(results: dict) -> str:
         "",
         f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores; torch {machine['torch']} "
         f"with {machine['torch_threads']} threads; Python {machine['python']}; {machine['platform']}.",
-        f"Written by `python scripts/benchmark.py{' --quick' if results['quick'] else ''}` on {results['date']} "
+        f"Written by `{results.get('command', 'python scripts/benchmark.py')}` on {results['date']} "
         f"in {results['wall_s'] / 60:.1f} min. Each ratio compares two measurements taken in this run.",
+        *([f"Conditions: {results['note']}"] if results.get("note") else []),
         "",
         "## Targets",
         "",
@@ -459,13 +464,18 @@ def crossover_sentence(rows: list[dict], lengths: tuple[int, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        results["note"] = args.note or results.get("note")
+        return write_report(results, Path(args.output_dir))
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = Sizes.quick() if args.quick else Sizes()
     start = time.time()
-    results = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    command = " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])])
+    results = {"quick": args.quick, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": machine_description(torch.get_num_threads()), "sizes": asdict(sizes)}
     results["kernels"] = bench_kernels(sizes)
     results["flops"] = bench_flops(sizes)
@@ -474,8 +484,11 @@ def main(argv: list[str] | None = None) -> dict:
     results["crossover"] = crossover_sentence(results["training"], sizes.train_lengths)
     results["targets"] = evaluate_targets(results, sizes)
     results["wall_s"] = time.time() - start
+    results["note"] = args.note
+    return write_report(results, Path(args.output_dir))
 
-    output_dir = Path(args.output_dir)
+
+def write_report(results: dict, output_dir: Path) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results-cpu.json").write_text(json.dumps(results, indent=2))
     markdown = render_markdown(results)
