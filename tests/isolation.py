@@ -40,11 +40,10 @@ def run_without_fwp_hf(
     """Write `script` (prefixed with the fwp_hf blocker) into `cwd` and run it with `args`."""
     path = Path(cwd) / "run_without_fwp_hf.py"
     path.write_text(BLOCK_FWP_HF + "\n" + script)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(
-        HF_MODULES_CACHE=str(Path(cwd) / "hf_modules"), TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1"
-    )
-    env.update(extra_env or {})
+    env = {**os.environ, **(extra_env or {})}
+    env.pop("PYTHONPATH", None)
+    env.setdefault("HF_MODULES_CACHE", str(Path(cwd) / "hf_modules"))
+    env.update(TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, str(path), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -1,0 +1,17 @@
+"""Train, evaluate and share an FWP language model (transformers' run_clm.py, for fast weight programmers).
+
+    python scripts/train_lm.py configs/lm/tiny.yaml                      # a config file
+    python scripts/train_lm.py configs/lm/delta.yaml --max_steps 100     # a config file, flags override it
+    python scripts/train_lm.py --output_dir out --do_train --do_eval --attention_type linear   # flags only
+    accelerate launch --cpu --num_processes 2 scripts/train_lm.py configs/lm/tiny.yaml   # several processes
+
+Without data arguments it trains on the built-in Penn Treebank (offline). Without --tokenizer_name it
+trains a sentencepiece tokenizer on the training split. The output folder holds the weights, config
+(with auto_map), model code, tokenizer and a model card (README.md); --push_to_hub --hub_model_id
+owner/name uploads it. See `python scripts/train_lm.py --help` and fwp_hf/lm_training.py.
+"""
+
+from fwp_hf.lm_training import main
+
+if __name__ == "__main__":
+    main()

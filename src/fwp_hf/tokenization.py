@@ -1,0 +1,217 @@
+"""Train a sentencepiece model and wrap it as a Hugging Face tokenizer.
+
+`train_sentencepiece_tokenizer` trains sentencepiece on an iterable of texts and converts the
+model into a `tokenizers`-backed `PreTrainedTokenizerFast` (transformers' own `SpmConverter`, with
+sentencepiece's byte fallback kept), so that `AutoTokenizer.from_pretrained(folder)` loads it back
+and encodes plain text to the same ids as sentencepiece itself. The sentencepiece model file is saved
+next to it (`sentencepiece.model`).
+
+Texts come from plain-text files (one text per line), JSON-lines / JSON files with a text column,
+or JSON-lines translation files ``{"translation": {"en": ..., "fr": ...}}`` (both sides feed one
+joint vocabulary), see `read_training_texts`.
+
+Note: `T5Tokenizer(vocab_file=...)` silently builds a 4-token vocabulary in transformers 5.x, and
+reading a sentencepiece model through transformers needs `protobuf`; this module avoids the former
+and requires the latter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import AddedToken, decoders
+from transformers import PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import SpmConverter
+
+SENTENCEPIECE_MODEL_FILE = "sentencepiece.model"
+# transformers name -> sentencepiece piece, in id order (0 pad, 1 unk, 2 bos, 3 eos).
+SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+MODEL_TYPES = ("unigram", "bpe")
+TEXT_SUFFIXES = (".txt", ".text", ".raw")
+JSON_SUFFIXES = (".json", ".jsonl")
+
+
+class _ByteFallbackSpmConverter(SpmConverter):
+    """transformers' sentencepiece converter, keeping byte fallback (unknown characters → byte pieces)."""
+
+    handle_byte_fallback = True
+
+    def decoder(self, replacement: str, add_prefix_space: bool):
+        return decoders.Sequence(
+            [
+                decoders.Replace(replacement, " "),
+                decoders.ByteFallback(),
+                decoders.Fuse(),
+                decoders.Strip(content=" ", left=1),
+            ]
+        )
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"data file {str(path)!r} is empty")
+    return path
+
+
+def read_training_texts(
+    files: Iterable[str | os.PathLike],
+    text_column: str = "text",
+    source_lang: str | None = None,
+    target_lang: str | None = None,
+) -> Iterator[str]:
+    """Yield the non-empty texts of `files` for tokenizer training.
+
+    `.txt`/`.text`/`.raw` files give one text per line. `.json`/`.jsonl` files hold one JSON object per
+    line (or a JSON list of objects): with `source_lang` and `target_lang` each object must be a
+    translation record ``{"translation": {source_lang: ..., target_lang: ...}}`` and both sides are
+    yielded (a joint vocabulary); otherwise the `text_column` field is yielded.
+    """
+    if (source_lang is None) != (target_lang is None):
+        raise ValueError("give both source_lang and target_lang (a translation vocabulary) or neither")
+    for file in files:
+        path = _check_file(file)
+        suffix = path.suffix.lower()
+        if suffix in TEXT_SUFFIXES:
+            with path.open(encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        yield line.strip()
+        elif suffix in JSON_SUFFIXES:
+            for number, record in _json_records(path):
+                yield from _texts_of_record(record, path, number, text_column, source_lang, target_lang)
+        else:
+            raise ValueError(
+                f"data file {str(path)!r} has an unsupported extension {suffix!r}; "
+                f"allowed: {', '.join(TEXT_SUFFIXES + JSON_SUFFIXES)}"
+            )
+
+
+def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        yield from enumerate(json.loads(text), start=1)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{str(path)!r} line {number} is not valid JSON: {error}") from error
+
+
+def _texts_of_record(record, path, number, text_column, source_lang, target_lang) -> Iterator[str]:
+    where = f"{str(path)!r} record {number}"
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} is a {type(record).__name__}, expected a JSON object")
+    if source_lang is None:
+        if text_column not in record:
+            raise ValueError(f"{where} has no {text_column!r} field (fields: {', '.join(record)})")
+        if str(record[text_column]).strip():
+            yield str(record[text_column]).strip()
+        return
+    pair = record.get("translation")
+    if not isinstance(pair, dict):
+        raise ValueError(f"{where} has no 'translation' object; expected {{\"translation\": {{lang: text}}}}")
+    for lang in (source_lang, target_lang):
+        if lang not in pair:
+            raise ValueError(f"{where} has no {lang!r} text (languages: {', '.join(pair)})")
+        if str(pair[lang]).strip():
+            yield str(pair[lang]).strip()
+
+
+def train_sentencepiece_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 8000,
+    model_type: str = "unigram",
+    character_coverage: float = 1.0,
+    max_sentence_length: int = 16384,
+    max_training_texts: int = 0,
+) -> PreTrainedTokenizerFast:
+    """Train sentencepiece on `texts` and return it as a `PreTrainedTokenizerFast`.
+
+    Ids 0-3 are ``<pad>``, ``<unk>``, ``<s>``, ``</s>``; byte fallback is on, so no text maps to
+    ``<unk>``. `max_training_texts` > 0 trains on a random sample of that many texts (sentencepiece's
+    ``input_sentence_size``). Call `save_tokenizer` to write it with its sentencepiece model.
+    """
+    import sentencepiece as spm  # noqa: PLC0415 - heavy import only when training
+
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type {model_type!r} is unknown; allowed: {', '.join(MODEL_TYPES)}")
+    if vocab_size < 260 + len(SPECIAL_TOKENS):
+        raise ValueError(
+            f"vocab_size must be at least {260 + len(SPECIAL_TOKENS)} (256 byte pieces + specials), got {vocab_size}"
+        )
+    sentences = [text for text in texts if text.strip()]
+    if not sentences:
+        raise ValueError("no training text for the tokenizer: every given text is empty")
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = os.path.join(tmp, "spm.model")
+        with open(model_file, "wb") as writer:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=writer,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=character_coverage,
+                byte_fallback=True,
+                pad_id=0,
+                unk_id=1,
+                bos_id=2,
+                eos_id=3,
+                pad_piece=SPECIAL_TOKENS["pad_token"],
+                unk_piece=SPECIAL_TOKENS["unk_token"],
+                bos_piece=SPECIAL_TOKENS["bos_token"],
+                eos_piece=SPECIAL_TOKENS["eos_token"],
+                max_sentence_length=max_sentence_length,
+                input_sentence_size=max_training_texts,
+                shuffle_input_sentence=True,
+                hard_vocab_limit=False,
+                num_threads=1,
+                minloglevel=2,
+            )
+        return tokenizer_from_sentencepiece(model_file)
+
+
+def tokenizer_from_sentencepiece(model_file: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """Convert a sentencepiece model trained by `train_sentencepiece_tokenizer` to a fast tokenizer."""
+    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend  # noqa: PLC0415
+
+    slow = SentencePieceBackend(vocab_file=str(model_file))
+    backend = _ByteFallbackSpmConverter(slow).converted()
+    # normalized=True: special tokens are matched after whitespace became "▁", so a literal "<unk>"
+    # in the text (Penn Treebank has many) keeps the spaces around it when decoded.
+    specials = {name: AddedToken(piece, special=True, normalized=True) for name, piece in SPECIAL_TOKENS.items()}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+    tokenizer.sentencepiece_model_file = str(model_file)
+    with open(model_file, "rb") as handle:
+        tokenizer.sentencepiece_model_proto = handle.read()
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, output_dir: str | os.PathLike) -> list[str]:
+    """`save_pretrained` plus the sentencepiece model (when the tokenizer was trained here)."""
+    files = list(tokenizer.save_pretrained(output_dir))
+    proto = getattr(tokenizer, "sentencepiece_model_proto", None)
+    if proto is not None:
+        path = Path(output_dir) / SENTENCEPIECE_MODEL_FILE
+        path.write_bytes(proto)
+        files.append(str(path))
+    return files
+
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "MODEL_TYPES",
+    "read_training_texts",
+    "train_sentencepiece_tokenizer",
+    "tokenizer_from_sentencepiece",
+    "save_tokenizer",
+]

@@ -1,0 +1,286 @@
+"""Tests of LM training (`fwp_hf.lm_training`, `scripts/train_lm.py`) and evaluation (`fwp_hf.lm_evaluation`).
+
+Covered: a tiny end-to-end run (output folder, card metadata = measured metrics); an interrupted run
+resumed from its last checkpoint reproduces the uninterrupted loss curve; corrupt and half-written
+checkpoints, unknown config keys, missing/empty data files and unknown config overrides give clear
+errors; carried-state evaluation equals one forward pass over the whole stream; two processes through
+`accelerate launch`. Models have ~30k parameters and data is the first 2000 Penn Treebank sentences; the built-in
+Penn Treebank splits have the standard sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from transformers import TrainerCallback
+
+from fwp_hf import FWPConfig, FWPForCausalLM
+from fwp_hf.lm_data import builtin_corpus_texts, load_raw_lm_datasets
+from fwp_hf.lm_evaluation import segment_perplexity
+from fwp_hf.lm_training import main, parse_lm_arguments, run_lm_training
+from fwp_hf.tokenization import save_tokenizer, train_sentencepiece_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("ptb")
+    files = {"train": folder / "train.txt", "validation": folder / "valid.txt"}
+    files["train"].write_text("\n".join(builtin_corpus_texts("train")[:2000]) + "\n")
+    files["validation"].write_text("\n".join(builtin_corpus_texts("validation")[:200]) + "\n")
+    tokenizer_dir = folder / "tokenizer"
+    save_tokenizer(train_sentencepiece_tokenizer(builtin_corpus_texts("train")[:2000], vocab_size=400), tokenizer_dir)
+    files["tokenizer"] = tokenizer_dir
+    return files
+
+
+def tiny_flags(data_files: dict[str, Path], output_dir: Path, **overrides) -> list[str]:
+    values = dict(
+        output_dir=output_dir,
+        train_file=data_files["train"],
+        validation_file=data_files["validation"],
+        tokenizer_name=data_files["tokenizer"],
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        chunk_size=16,
+        block_size=32,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        max_eval_samples=8,
+        streaming_eval_max_tokens=1200,
+        streaming_eval_num_streams=2,
+        sample_max_new_tokens=5,
+        learning_rate=3e-3,
+        max_steps=4,
+        report_to="none",
+        disable_tqdm="true",
+        do_train="true",
+        do_eval="true",
+        seed=0,
+        logging_steps=1,
+        save_strategy="no",
+    )
+    values.update(overrides)
+    return [item for key, value in values.items() if value is not None for item in (f"--{key}", str(value))]
+
+
+def test_train_lm_end_to_end_writes_a_hub_ready_folder(data_files, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    metrics = main(tiny_flags(data_files, output_dir, tokenizer_name=None, tokenizer_vocab_size=400))
+    out = capsys.readouterr().out
+    assert f"validation perplexity: {metrics['eval_perplexity']:.2f}" in out
+    assert "sample: the company said" in out
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
+    assert metrics["eval_carried_state_tokens"] == metrics["eval_independent_segments_tokens"] > 1000
+
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "modeling_fwp.py",
+        "configuration_fwp.py",
+        "fast_weight_kernels.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "sentencepiece.model",
+        "README.md",
+        "all_results.json",
+        "trainer_state.json",
+    ):
+        assert (output_dir / name).is_file(), name
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_fwp.FWPForCausalLM"
+    assert (config["vocab_size"], config["pad_token_id"], config["eos_token_id"]) == (400, 0, 3)
+
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.library_name == "transformers"
+    assert "fwp_hf" in card.data.tags and card.data.datasets == ["custom"]
+    measured = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert measured["perplexity (validation, blocks of 32)"] == round(metrics["eval_perplexity"], 3)
+    assert measured["perplexity (validation stream, state carried across segments of 32)"] == round(
+        metrics["eval_carried_state_perplexity"], 3
+    )
+    assert "trust_remote_code=True" in card.text and "max_steps: 4" in card.text
+
+
+class InterruptAtStep(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"simulated interruption at step {self.step}")
+
+
+def logged_losses(output_dir: Path) -> dict[int, float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+
+def test_interrupted_run_resumes_with_the_same_loss_curve(data_files, tmp_path):
+    flags = dict(max_steps=6, save_strategy="steps", save_steps=3, do_eval="false")
+    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path / "full", **flags)))
+    uninterrupted = logged_losses(tmp_path / "full")
+    assert sorted(uninterrupted) == [1, 2, 3, 4, 5, 6]
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        run_lm_training(
+            *parse_lm_arguments(tiny_flags(data_files, interrupted, **flags)), callbacks=[InterruptAtStep(4)]
+        )
+    assert sorted(p.name for p in interrupted.glob("checkpoint-*")) == ["checkpoint-3"]
+    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, interrupted, resume_from_checkpoint="last", **flags)))
+    resumed = logged_losses(interrupted)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step, loss in uninterrupted.items():
+        assert resumed[step] == pytest.approx(loss, rel=1e-6, abs=1e-6), step
+    assert len(set(uninterrupted.values())) > 1  # the curve moves: the comparison is not vacuous
+
+
+def test_corrupt_or_half_written_checkpoints_give_clear_errors(data_files, tmp_path):
+    run_dir = tmp_path / "run"
+    run_lm_training(
+        *parse_lm_arguments(
+            tiny_flags(data_files, run_dir, max_steps=2, save_strategy="steps", save_steps=2, do_eval="false")
+        )
+    )
+    good = run_dir / "checkpoint-2"
+    half = run_dir / "checkpoint-4"
+    half.mkdir()
+    shutil.copy(good / "config.json", half / "config.json")
+    args = parse_lm_arguments(tiny_flags(data_files, run_dir, max_steps=6, resume_from_checkpoint="last"))
+    with pytest.raises(
+        ValueError, match=r"checkpoint-4' is incomplete \(missing trainer_state.json.*model.safetensors"
+    ):
+        run_lm_training(*args)
+
+    shutil.rmtree(half)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(good, corrupt)
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    args = parse_lm_arguments(tiny_flags(data_files, run_dir, max_steps=6, resume_from_checkpoint=corrupt))
+    with pytest.raises(ValueError, match="model.safetensors cannot be read"):
+        run_lm_training(*args)
+    (corrupt / "trainer_state.json").write_text("{ half a json")
+    with pytest.raises(ValueError, match="trainer_state.json is not valid JSON"):
+        run_lm_training(*args)
+    args = parse_lm_arguments(tiny_flags(data_files, tmp_path / "fresh", resume_from_checkpoint="last"))
+    with pytest.raises(ValueError, match="has no checkpoint-\\* folder"):
+        run_lm_training(*args)
+
+
+def test_config_files_and_bad_input_give_clear_errors(data_files, tmp_path):
+    config = {
+        "output_dir": str(tmp_path / "out"),
+        "attention_type": "linear",
+        "learning_rate": 1e-3,
+        "config_overrides": {"fast_weights_decay": 0.9},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    model_args, data_args, training_args = parse_lm_arguments([str(path), "--learning_rate", "5e-4"])
+    assert (model_args.attention_type, training_args.learning_rate) == ("linear", 5e-4)  # flags override the file
+    assert json.loads(model_args.config_overrides) == {"fast_weights_decay": 0.9}
+    for config_name in ("tiny", "softmax", "linear", "performer", "dpfp", "delta", "fast_weights"):
+        parse_lm_arguments([str(REPO_ROOT / "configs" / "lm" / f"{config_name}.yaml")])  # every shipped config parses
+
+    path.write_text(yaml.safe_dump({**config, "learning_rat": 1e-3}))
+    with pytest.raises(ValueError, match="unknown key\\(s\\) 'learning_rat'"):
+        parse_lm_arguments([str(path)])
+    with pytest.raises(ValueError, match="config_overrides has unknown FWPConfig key\\(s\\) 'fast_weight_decay'"):
+        run_lm_training(
+            *parse_lm_arguments(tiny_flags(data_files, tmp_path / "o", config_overrides='{"fast_weight_decay": 1}'))
+        )
+    with pytest.raises(FileNotFoundError, match="train_file .*missing.txt' does not exist"):
+        run_lm_training(
+            *parse_lm_arguments(tiny_flags(data_files, tmp_path / "o", train_file=tmp_path / "missing.txt"))
+        )
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="validation_file .*empty.txt' is empty"):
+        run_lm_training(
+            *parse_lm_arguments(tiny_flags(data_files, tmp_path / "o", validation_file=tmp_path / "empty.txt"))
+        )
+
+
+def test_carried_state_evaluation_equals_one_pass_over_the_stream():
+    torch.manual_seed(0)
+    config = dict(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        chunk_size=4,
+        initializer_range=0.2,
+    )
+    model = FWPForCausalLM(FWPConfig(attention_type="delta", **config)).eval()
+    stream = torch.randint(0, 50, (2 * 49,)).tolist()
+    whole = segment_perplexity(model, stream, segment_length=48, carry_state=False, num_streams=2)
+    carried = segment_perplexity(model, stream, segment_length=7, carry_state=True, num_streams=2)
+    independent = segment_perplexity(model, stream, segment_length=7, carry_state=False, num_streams=2)
+    assert whole["tokens"] == carried["tokens"] == independent["tokens"] == 96
+    assert carried["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert abs(independent["loss"] - whole["loss"]) > 1e-3
+
+    hybrid = FWPForCausalLM(FWPConfig(attention_type=["delta", "softmax"], **config)).eval()
+    with pytest.raises(ValueError, match="carry_state=True needs a model without softmax layers"):
+        segment_perplexity(hybrid, stream, segment_length=7, carry_state=True)
+
+
+def test_accelerate_launch_trains_with_two_processes(data_files, tmp_path):
+    output_dir = tmp_path / "ddp"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    # accelerate 1.15 runs `--cpu --num_processes 2` as one process unless MPI is set up; `--multi_gpu` starts
+    # the processes with torchrun, and TrainingArguments.use_cpu makes them a gloo group on the CPU.
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO_ROOT / "scripts" / "train_lm.py"),
+        "--use_cpu",
+        "true",
+        *tiny_flags(data_files, output_dir, max_steps=3, tokenizer_name=None, tokenizer_vocab_size=400),
+    ]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in log  # 2 processes × 4
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["eval_perplexity"] > 1 and (output_dir / "model.safetensors").is_file()
+    assert (output_dir / "tokenizer.json").is_file() and (output_dir / "README.md").is_file()
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    steps_per_epoch = math.ceil(results["train_samples"] / 8)
+    assert state["global_step"] == 3 and state["epoch"] == pytest.approx(3 / steps_per_epoch)
+
+
+def test_builtin_penn_treebank_splits():
+    raw = load_raw_lm_datasets()  # no data arguments: the built-in corpus
+    assert {name: len(split) for name, split in raw.items()} == {"train": 42068, "validation": 3370, "test": 3761}
+    assert raw["train"][0]["text"].startswith("aer banknote berlitz")
+    assert sum(len(text.split()) + 1 for text in raw["train"]["text"]) == 929589  # words + one <eos> per sentence
