@@ -201,7 +201,7 @@ def test_config_file_is_overridden_by_flags(tmp_path):
     args = parse_args_with_config(script.RetrievalExperimentArguments, ["--config", str(config), "--sizes", "10"])
     assert (args.setting, args.methods, args.sizes, args.batch_size) == (2, ["delta_linear"], [10], 8)
     config.write_text("not_an_argument: 1\n")
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\)"):
         parse_args_with_config(script.RetrievalExperimentArguments, ["--config", str(config)])
 
 

@@ -25,7 +25,6 @@ import yaml
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    HfArgumentParser,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -34,6 +33,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from .cli import config_overrides_as_json, parse_config_and_flags
 from .configuration_fwp import FWPConfig
 from .hub import check_repo_id, create_hub_repo, push_folder_to_hub
 from .lm_data import BUILTIN_DATASET, group_into_blocks, load_raw_lm_datasets, token_stream, tokenize_texts
@@ -143,10 +143,6 @@ class DataTrainingArguments:
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
 
 
-def allowed_argument_names() -> list[str]:
-    return sorted({f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init})
-
-
 def parse_lm_arguments(
     argv: list[str] | None = None,
 ) -> tuple[ModelArguments, DataTrainingArguments, TrainingArguments]:
@@ -154,30 +150,8 @@ def parse_lm_arguments(
 
     An unknown key in the file raises a ValueError naming it.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        config_file = argv.pop(0)
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"config file {config_file!r} does not exist")
-        with open(config_file, encoding="utf-8") as handle:
-            values = json.load(handle) if config_file.endswith(".json") else yaml.safe_load(handle)
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {config_file!r} must hold a mapping of argument names to values")
-        allowed = set(allowed_argument_names())
-        unknown = sorted(set(values) - allowed)
-        if unknown:
-            raise ValueError(
-                f"config file {config_file!r} has unknown key(s) {', '.join(map(repr, unknown))}; allowed keys are the "
-                "fields of ModelArguments, DataTrainingArguments and TrainingArguments (see scripts/train_lm.py --help)"
-            )
-        if isinstance(values.get("config_overrides"), dict):
-            values["config_overrides"] = json.dumps(values["config_overrides"])
-        parser.set_defaults(**values)
-        for action in parser._actions:  # a value from the file satisfies a required flag
-            if action.dest in values:
-                action.required = False
-    return parser.parse_args_into_dataclasses(args=argv)
+    argv = sys.argv[1:] if argv is None else argv
+    return parse_config_and_flags(ARGUMENT_CLASSES, argv, convert_values=config_overrides_as_json)
 
 
 def fwp_config_from_arguments(model_args: ModelArguments, tokenizer) -> FWPConfig:

@@ -365,36 +365,10 @@ class LSTMClassifier(nn.Module):
 
 
 def parse_args_with_config(dataclass_type: type, argv: list[str] | None = None):
-    """Parse ``argv`` into ``dataclass_type`` with ``transformers.HfArgumentParser``.
+    """Parse ``argv`` into ``dataclass_type``: ``--config FILE`` (YAML or JSON) sets the defaults, any
+    other flag overrides them; unknown keys in the file are an error."""
+    import sys
 
-    ``--config FILE`` (YAML or JSON) sets the defaults; any other flag overrides them. Unknown keys
-    in the file are an error.
-    """
-    import argparse
-    import dataclasses
-    import json
-    from pathlib import Path
+    from .cli import parse_config_and_flags
 
-    import yaml
-    from transformers import HfArgumentParser
-
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(dataclass_type)
-    parser.add_argument("--config", default=None, help="YAML or JSON file with defaults for these arguments")
-    if known.config is not None:
-        path = Path(known.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        text = path.read_text()
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {path} must hold a mapping of argument names to values")
-        allowed = {f.name for f in dataclasses.fields(dataclass_type)}
-        unknown = set(values) - allowed
-        if unknown:
-            raise ValueError(f"config file {path} has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        parser.set_defaults(**values)
-    # ``--config`` comes back as an extra namespace after the dataclass; it was already read above.
-    return parser.parse_args_into_dataclasses(args=rest)[0]
+    return parse_config_and_flags([dataclass_type], sys.argv[1:] if argv is None else argv)[0]

@@ -1,0 +1,81 @@
+"""Command-line arguments of the fwp_hf scripts: a YAML/JSON config file overridable by flags."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def allowed_argument_names(argument_classes: Sequence[type]) -> list[str]:
+    """Every key a config file for these argument dataclasses may hold."""
+    return sorted({f.name for cls in argument_classes for f in fields(cls) if f.init})
+
+
+def _pop_config_file(argv: list[str]) -> str | None:
+    """The config file: a leading positional ``config.yaml`` or a ``--config FILE`` anywhere."""
+    if argv and argv[0].endswith(CONFIG_SUFFIXES):
+        return argv.pop(0)
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise ValueError("--config needs a YAML or JSON file")
+        config_file = argv[index + 1]
+        del argv[index : index + 2]
+        return config_file
+    return None
+
+
+def read_config_file(config_file: str, allowed: Sequence[str]) -> dict[str, Any]:
+    """The mapping in a YAML/JSON config file; an unknown key is a ValueError that names it."""
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    with open(config_file, encoding="utf-8") as handle:
+        values = json.load(handle) if config_file.endswith(".json") else yaml.safe_load(handle)
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {config_file!r} must hold a mapping of argument names to values")
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"config file {config_file!r} has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed keys: {', '.join(allowed)}"
+        )
+    return values
+
+
+def config_overrides_as_json(values: dict[str, Any]) -> dict[str, Any]:
+    """A config file may give ``config_overrides`` as a mapping; the field takes a JSON string."""
+    if isinstance(values.get("config_overrides"), dict):
+        values = {**values, "config_overrides": json.dumps(values["config_overrides"])}
+    return values
+
+
+def parse_config_and_flags(
+    argument_classes: Sequence[type],
+    argv: Sequence[str],
+    convert_values: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> tuple:
+    """Parse ``[config.yaml|config.json] [--flag value ...]`` (or ``--config FILE``) into the dataclasses.
+
+    The file's values become the parser's defaults, so flags override them; `convert_values` may
+    reshape the file's values first (e.g. a mapping for a field that takes a JSON string).
+    """
+    argv = list(argv)
+    parser = HfArgumentParser(argument_classes)
+    config_file = _pop_config_file(argv)
+    if config_file is not None:
+        values = read_config_file(config_file, allowed_argument_names(argument_classes))
+        if convert_values is not None:
+            values = convert_values(values)
+        parser.set_defaults(**values)
+        for action in parser._actions:  # a value from the file satisfies a required flag
+            if action.dest in values:
+                action.required = False
+    return parser.parse_args_into_dataclasses(args=argv)
