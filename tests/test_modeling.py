@@ -574,3 +574,25 @@ def test_trainer_reduces_the_loss(variant, tmp_path):
     assert len(logged) == 30
     assert logged[-1] < 0.7 * logged[0], logged
     assert eval_loss() < 0.7 * initial
+
+
+@pytest.mark.parametrize("variant", [v for v in FAST_WEIGHT_VARIANTS if v != "fast_weights"])
+def test_recomputed_feature_maps_give_the_same_gradients(variant):
+    """Training recomputes φ in the backward pass (activation memory); gradients must not change."""
+    model = make_model(variant).train()
+    ids = random_ids(2, 19)
+
+    def gradients() -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids).loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    recomputed = gradients()
+    mixers = [layer.mixer for layer in model.model.layers if hasattr(layer.mixer, "_feature_map_and_normalize")]
+    assert mixers
+    for mixer in mixers:  # the plain path keeps φ's intermediates
+        mixer._features = mixer._feature_map_and_normalize
+    kept = gradients()
+    assert len(recomputed) == len(kept)
+    for a, b in zip(recomputed, kept):
+        assert_close(a, b, what="gradient")

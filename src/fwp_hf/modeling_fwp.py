@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -320,6 +321,19 @@ class FWPFastWeightAttention(nn.Module):
         if self.is_delta:
             self.beta_proj = nn.Linear(config.hidden_size, config.num_attention_heads, bias=False)
 
+    def _feature_map_and_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.feature_map(x)
+        return sum_normalize(features) if self.is_delta else features
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x) (sum-normalised for the delta rule). When gradients are needed, φ is recomputed in the
+        backward pass instead of keeping its intermediates (several d_dot-sized tensors per token):
+        elementwise work traded for most of the layer's activation memory on long sequences."""
+        # Not with Performer redraws: a recomputation must see the ω of its own forward pass.
+        if torch.is_grad_enabled() and x.requires_grad and not self.feature_map.redraw:
+            return checkpoint(self._feature_map_and_normalize, x, use_reentrant=False)
+        return self._feature_map_and_normalize(x)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -330,14 +344,13 @@ class FWPFastWeightAttention(nn.Module):
         if self.training and self.feature_map.kind == "favor" and self.feature_map.redraw:
             self.feature_map.redraw_projection()
         seq_len = hidden_states.shape[1]
-        q = self.feature_map(_split_heads(self.q_proj(hidden_states), self.num_heads))
-        k = self.feature_map(_split_heads(self.k_proj(hidden_states), self.num_heads))
+        q = self._features(_split_heads(self.q_proj(hidden_states), self.num_heads))
+        k = self._features(_split_heads(self.k_proj(hidden_states), self.num_heads))
         v = _split_heads(self.v_proj(hidden_states), self.num_heads)
         cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
         initial_state = cache_layer.state if cache_layer is not None else None
         use_chunks = seq_len > 1
         if self.is_delta:
-            q, k = sum_normalize(q), sum_normalize(k)
             beta = torch.sigmoid(self.beta_proj(hidden_states).float()).transpose(1, 2)
             if token_mask is not None:
                 beta = beta * token_mask[:, None, :]  # padded tokens write nothing
