@@ -314,12 +314,11 @@ class FWPFastWeightAttention(nn.Module):
             seed=config.performer_seed + layer_idx,
             redraw=config.performer_redraw,
         )
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        # q, k, v (and the delta rule's β logits, one per head) come from one matmul: in one-token
+        # decoding the layer's cost is mostly per-call overhead, not FLOPs.
+        self.projection_sizes = [config.hidden_size] * 3 + ([config.num_attention_heads] if self.is_delta else [])
+        self.qkv_proj = nn.Linear(config.hidden_size, sum(self.projection_sizes), bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        if self.is_delta:
-            self.beta_proj = nn.Linear(config.hidden_size, config.num_attention_heads, bias=False)
 
     def _feature_map_and_normalize(self, x: torch.Tensor) -> torch.Tensor:
         features = self.feature_map(x)
@@ -344,14 +343,15 @@ class FWPFastWeightAttention(nn.Module):
         if self.training and self.feature_map.kind == "favor" and self.feature_map.redraw:
             self.feature_map.redraw_projection()
         seq_len = hidden_states.shape[1]
-        q = self._features(_split_heads(self.q_proj(hidden_states), self.num_heads))
-        k = self._features(_split_heads(self.k_proj(hidden_states), self.num_heads))
-        v = _split_heads(self.v_proj(hidden_states), self.num_heads)
+        projections = self.qkv_proj(hidden_states).split(self.projection_sizes, dim=-1)
+        q = self._features(_split_heads(projections[0], self.num_heads))
+        k = self._features(_split_heads(projections[1], self.num_heads))
+        v = _split_heads(projections[2], self.num_heads)
         cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
         initial_state = cache_layer.state if cache_layer is not None else None
         use_chunks = seq_len > 1
         if self.is_delta:
-            beta = torch.sigmoid(self.beta_proj(hidden_states).float()).transpose(1, 2)
+            beta = torch.sigmoid(projections[3].float()).transpose(1, 2)
             if token_mask is not None:
                 beta = beta * token_mask[:, None, :]  # padded tokens write nothing
             if use_chunks:
