@@ -76,7 +76,7 @@ class Sizes:
     long_lengths: tuple[int, ...] = (8192, 16384)
     train_steps: int = 2
     decode_prompt: int = 4096
-    decode_tokens: int = 32
+    decode_tokens: int = 128
     cache_lengths: tuple[int, int] = (1024, 16384)
     flops_shape: tuple[int, int, int, int] = (2, 4, 4096, 64)
     vocab_size: int = 8192

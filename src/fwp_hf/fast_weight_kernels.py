@@ -108,6 +108,11 @@ def feature_map_output_dim(feature_map: str, head_dim: int, *, dpfp_nu: int = 1,
 # ----------------------------------------------------------------------------------------------
 
 
+def _read(query: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """``Sᵀ q`` per batch and head: query ``[B, H, Dk]``, state ``[B, H, Dk, Dv]`` -> ``[B, H, Dv]``."""
+    return (query.unsqueeze(-2) @ state).squeeze(-2)
+
+
 def _check_inputs(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None) -> None:
     for label, tensor in (("q", q), ("k", k), ("v", v)):
         if tensor.dim() != 4:
@@ -176,12 +181,12 @@ def recurrent_sum_rule(
     outputs = []
     for t in range(q.shape[2]):
         if exclusive:
-            outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], state))
+            outputs.append(_read(q[:, :, t], state))
         if log_decay is not None:
             state = state * log_decay[:, :, t].float().exp()[..., None, None]
         state = state + k[:, :, t, :, None] * v[:, :, t, None, :]
         if not exclusive:
-            outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], state))
+            outputs.append(_read(q[:, :, t], state))
     if outputs:
         y = torch.stack(outputs, dim=2)
     else:
@@ -357,10 +362,10 @@ def recurrent_delta_rule(
     outputs = []
     for t in range(q.shape[2]):
         k_t = k[:, :, t]
-        retrieved = torch.einsum("bhk,bhkv->bhv", k_t, state)
+        retrieved = _read(k_t, state)
         update = beta[:, :, t, None] * (v[:, :, t] - retrieved)
         state = state + k_t[..., :, None] * update[..., None, :]
-        outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], state))
+        outputs.append(_read(q[:, :, t], state))
     y = torch.stack(outputs, dim=2) if outputs else v.new_zeros(v.shape)
     return y.to(out_dtype), state
 
@@ -512,7 +517,7 @@ def recurrent_fast_weights(
     outputs = []
     for t in range(drive.shape[2]):
         memory = state
-        read = lambda h: torch.einsum("bhk,bhkv->bhv", h, memory)  # noqa: E731 - binds this step's memory
+        read = lambda h: _read(h, memory)  # noqa: E731 - binds this step's memory
         outputs.append(fast_weights_inner_loop(drive[:, :, t], read, num_steps, ln_weight, ln_bias))
         state = hebbian_update(state, keys[:, :, t], values[:, :, t], log_decay[:, :, t])
     y = torch.stack(outputs, dim=2) if outputs else drive.new_zeros(drive.shape)
