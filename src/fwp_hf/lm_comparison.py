@@ -13,8 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from .lm_data import load_raw_lm_datasets
-from .lm_training import parse_lm_arguments, run_lm_training
+from .lm_training import parse_lm_arguments, raw_datasets_from_arguments, run_lm_training
 from .tokenization import save_tokenizer, train_sentencepiece_tokenizer
 
 
@@ -27,15 +26,7 @@ def validation_curve(output_dir: str | os.PathLike) -> list[tuple[int, float]]:
 def train_shared_tokenizer(config_file: str, output_dir: str, extra_args: list[str]) -> str:
     """Train the tokenizer that every variant uses, from the data and vocabulary of `config_file`."""
     model_args, data_args, _ = parse_lm_arguments([config_file, *extra_args, "--output_dir", output_dir])
-    raw = load_raw_lm_datasets(
-        data_args.dataset_name,
-        data_args.dataset_config_name,
-        data_args.train_file,
-        data_args.validation_file,
-        data_args.test_file,
-        data_args.text_column,
-        data_args.validation_split_percentage,
-    )
+    raw = raw_datasets_from_arguments(data_args)
     tokenizer = train_sentencepiece_tokenizer(
         raw["train"][data_args.text_column], model_args.tokenizer_vocab_size, model_args.tokenizer_model_type
     )

@@ -143,6 +143,19 @@ class DataTrainingArguments:
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
 
 
+def raw_datasets_from_arguments(data_args: DataTrainingArguments) -> datasets.DatasetDict:
+    """The raw text splits that `data_args` name (Hub dataset, local files, or the built-in PTB)."""
+    return load_raw_lm_datasets(
+        data_args.dataset_name,
+        data_args.dataset_config_name,
+        data_args.train_file,
+        data_args.validation_file,
+        data_args.test_file,
+        data_args.text_column,
+        data_args.validation_split_percentage,
+    )
+
+
 def parse_lm_arguments(
     argv: list[str] | None = None,
 ) -> tuple[ModelArguments, DataTrainingArguments, TrainingArguments]:
@@ -359,15 +372,7 @@ def run_lm_training(
         training_args.push_to_hub = False  # the folder is pushed once, with its card, at the end
     set_seed(training_args.seed)
 
-    raw = load_raw_lm_datasets(
-        data_args.dataset_name,
-        data_args.dataset_config_name,
-        data_args.train_file,
-        data_args.validation_file,
-        data_args.test_file,
-        data_args.text_column,
-        data_args.validation_split_percentage,
-    )
+    raw = raw_datasets_from_arguments(data_args)
     tokenizer = load_or_train_tokenizer(model_args, data_args, training_args, raw["train"])
     if model_args.model_name_or_path:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
