@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from fwp_hf.lm_comparison import compare_variants, write_comparison
+from fwp_hf.training.lm_comparison import compare_variants, write_comparison
 
 VARIANTS = ("softmax", "linear", "performer", "dpfp", "delta", "fast_weights")
 

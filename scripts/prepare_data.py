@@ -6,14 +6,14 @@
 
 Writes train.jsonl, validation.jsonl, test.jsonl ({"id": ..., "translation": {"en": ..., "fr": ...}})
 and manifest.json. The split is fixed by a hash of (book, chapter); see docs/data_card_translation.md
-and fwp_hf/translation_data.py.
+and fwp_hf/training/translation_data.py.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from fwp_hf.translation_data import PUBLIC_DOMAIN_TRANSLATIONS, build_translation_files
+from fwp_hf.training.translation_data import PUBLIC_DOMAIN_TRANSLATIONS, build_translation_files
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:

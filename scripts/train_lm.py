@@ -8,10 +8,10 @@
 Without data arguments it trains on the built-in Penn Treebank (offline). Without --tokenizer_name it
 trains a sentencepiece tokenizer on the training split. The output folder holds the weights, config
 (with auto_map), model code, tokenizer and a model card (README.md); --push_to_hub --hub_model_id
-owner/name uploads it. See `python scripts/train_lm.py --help` and fwp_hf/lm_training.py.
+owner/name uploads it. See `python scripts/train_lm.py --help` and fwp_hf/training/lm.py.
 """
 
-from fwp_hf.lm_training import main
+from fwp_hf.training.lm import main
 
 if __name__ == "__main__":
     main()

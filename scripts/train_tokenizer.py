@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from fwp_hf.lm_data import builtin_corpus_texts
-from fwp_hf.tokenization import MODEL_TYPES, read_training_texts, save_tokenizer, train_sentencepiece_tokenizer
+from fwp_hf.training.lm_data import builtin_corpus_texts
+from fwp_hf.training.tokenization import MODEL_TYPES, read_training_texts, save_tokenizer, train_sentencepiece_tokenizer
 
 
 @dataclass

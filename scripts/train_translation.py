@@ -11,10 +11,10 @@
 Without --tokenizer_name a joint source+target sentencepiece tokenizer is trained on the training
 split. The output folder holds the model, tokenizer, checkpoints, {train,eval,test,all}_results.json
 (test BLEU/chrF from sacrebleu next to a copy-the-source baseline), generated_predictions.txt and
-test_predictions.jsonl. See `python scripts/train_translation.py --help` and fwp_hf/translation_training.py.
+test_predictions.jsonl. See `python scripts/train_translation.py --help` and fwp_hf/training/translation.py.
 """
 
-from fwp_hf.translation_training import main
+from fwp_hf.training.translation import main
 
 if __name__ == "__main__":
     main()

@@ -21,8 +21,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from fwp_hf.hub import HubPushError, push_folder_to_hub
-from fwp_hf.lm_data import builtin_corpus_texts
+from fwp_hf.training.hub import HubPushError, push_folder_to_hub
+from fwp_hf.training.lm_data import builtin_corpus_texts
 
 from hub_server import HubServer
 from isolation import run_without_fwp_hf

@@ -1,4 +1,4 @@
-"""Tests of LM training (`fwp_hf.lm_training`, `scripts/train_lm.py`) and evaluation (`fwp_hf.lm_evaluation`).
+"""Tests of LM training (`fwp_hf.training.lm`, `scripts/train_lm.py`) and evaluation (`fwp_hf.training.lm_evaluation`).
 
 Covered: a tiny end-to-end run (output folder, card metadata = measured metrics); an interrupted run
 resumed from its last checkpoint reproduces the uninterrupted loss curve; corrupt and half-written
@@ -25,10 +25,10 @@ from huggingface_hub import ModelCard
 from transformers import TrainerCallback
 
 from fwp_hf import FWPConfig, FWPForCausalLM
-from fwp_hf.lm_data import builtin_corpus_texts, load_raw_lm_datasets
-from fwp_hf.lm_evaluation import segment_perplexity
-from fwp_hf.lm_training import main, parse_lm_arguments, run_lm_training
-from fwp_hf.tokenization import save_tokenizer, train_sentencepiece_tokenizer
+from fwp_hf.training.lm_data import builtin_corpus_texts, load_raw_lm_datasets
+from fwp_hf.training.lm_evaluation import segment_perplexity
+from fwp_hf.training.lm import main, parse_lm_arguments, run_lm_training
+from fwp_hf.training.tokenization import save_tokenizer, train_sentencepiece_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

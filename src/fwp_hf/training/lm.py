@@ -33,18 +33,17 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from .. import FWPConfig, FWPForCausalLM
 from .cli import config_overrides_as_json, parse_config_and_flags
-from .configuration_fwp import FWPConfig
 from .hub import check_repo_id, create_hub_repo, push_folder_to_hub
 from .lm_data import BUILTIN_DATASET, group_into_blocks, load_raw_lm_datasets, token_stream, tokenize_texts
 from .lm_evaluation import segment_perplexity, supports_carried_state
 from .model_card import LMEvaluation, render_lm_model_card
-from .modeling_fwp import FWPForCausalLM
 from .tokenization import MODEL_TYPES, save_tokenizer, train_sentencepiece_tokenizer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "fwp_lm_card.md"
+DEFAULT_CARD_TEMPLATE = Path(__file__).resolve().parents[3] / "model_cards" / "fwp_lm_card.md"
 CHECKPOINT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CHECKPOINT_REQUIRED_FILES = ("trainer_state.json", "config.json", "optimizer.pt", "scheduler.pt")
 PTB_DESCRIPTION = (

@@ -33,8 +33,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, HfArgumentParser
 
-from fwp_hf import FWPConfig, FWPForCausalLM
-from fwp_hf.fast_weight_kernels import (
+from .. import FWPConfig, FWPForCausalLM
+from ..fast_weight_kernels import (
     chunk_delta_rule,
     chunk_fast_weights,
     chunk_sum_rule,

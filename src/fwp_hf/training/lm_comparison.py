@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from .lm_training import parse_lm_arguments, raw_datasets_from_arguments, run_lm_training
+from .lm import parse_lm_arguments, raw_datasets_from_arguments, run_lm_training
 from .tokenization import save_tokenizer, train_sentencepiece_tokenizer
 
 

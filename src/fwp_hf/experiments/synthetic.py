@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_weight_kernels import (
+from ..fast_weight_kernels import (
     chunk_delta_rule,
     chunk_sum_rule,
     dpfp_feature_map,
@@ -215,7 +215,7 @@ class RetrievalModel(nn.Module):
             y, _ = normalized_sum_rule(q, no_keys, no_values, initial_state=state, chunk_size=num_queries)
         else:
             beta = torch.sigmoid(self.beta_proj(write_input)).squeeze(-1).unsqueeze(1)  # [B, 1, T]
-            _, state = chunk_delta_rule(k, k, v, beta)  # state [B, 1, d_dot, Dv]
+            _, state = chunk_delta_rule(k, k, v, beta=beta)  # state [B, 1, d_dot, Dv]
             no_values = v.new_zeros(v.shape[0], 1, num_queries, v.shape[-1])
             y, _ = chunk_sum_rule(q, no_keys, no_values, initial_state=state, chunk_size=num_queries)
         return y[:, 0]
@@ -369,6 +369,6 @@ def parse_args_with_config(dataclass_type: type, argv: list[str] | None = None):
     other flag overrides them; unknown keys in the file are an error."""
     import sys
 
-    from .cli import parse_config_and_flags
+    from ..training.cli import parse_config_and_flags
 
     return parse_config_and_flags([dataclass_type], sys.argv[1:] if argv is None else argv)[0]

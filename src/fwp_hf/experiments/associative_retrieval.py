@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fwp_hf.synthetic import (
+from .synthetic import (
     BaRetrievalDataset,
     FastWeightsRNN,
     LSTMClassifier,

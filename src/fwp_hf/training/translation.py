@@ -39,10 +39,9 @@ from transformers import (
 )
 from transformers.trainer_utils import has_length
 
+from .. import FWPConfig, FWPForConditionalGeneration
 from .cli import config_overrides_as_json, parse_config_and_flags
-from .configuration_fwp import FWPConfig
-from .lm_training import resolve_resume_checkpoint
-from .modeling_fwp_seq2seq import FWPForConditionalGeneration
+from .lm import resolve_resume_checkpoint
 from .tokenization import MODEL_TYPES, save_tokenizer, train_sentencepiece_tokenizer
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fwp_hf.synthetic import (
+from .synthetic import (
     RetrievalModel,
     make_retrieval_batch,
     parse_args_with_config,
