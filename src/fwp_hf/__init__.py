@@ -8,9 +8,12 @@ where fwp_hf is not installed).
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from .configuration_fwp import ATTENTION_TYPES, FEATURE_MAPS, FWPConfig
-from .modeling_fwp import FastWeightCacheLayer, FWPForCausalLM, FWPModel, FWPPreTrainedModel
-from .modeling_fwp_seq2seq import FWPForConditionalGeneration, FWPSeq2SeqModel
+from .cache_fwp import FastWeightCacheLayer
+from .configuration_fwp import FWPConfig
+from .fast_weight_kernels import FEATURE_MAPS
+from .modeling_fwp import MODEL_CODE_FILES, FWPForCausalLM, FWPModel, FWPPreTrainedModel
+from .modeling_fwp_seq2seq import SEQ2SEQ_MODEL_CODE_FILES, FWPForConditionalGeneration, FWPSeq2SeqModel
+from .token_mixers import ATTENTION_TYPES, CROSS_ATTENTION_TYPES, FAST_WEIGHT_TYPES, TOKEN_MIXERS, TokenMixerSpec
 
 __version__ = "0.1.0"
 
@@ -27,7 +30,13 @@ FWPForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 
 __all__ = [
     "ATTENTION_TYPES",
+    "CROSS_ATTENTION_TYPES",
+    "FAST_WEIGHT_TYPES",
     "FEATURE_MAPS",
+    "MODEL_CODE_FILES",
+    "SEQ2SEQ_MODEL_CODE_FILES",
+    "TOKEN_MIXERS",
+    "TokenMixerSpec",
     "FWPConfig",
     "FWPPreTrainedModel",
     "FWPModel",

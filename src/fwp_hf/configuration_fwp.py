@@ -6,11 +6,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-ATTENTION_TYPES = ("softmax", "linear", "performer", "dpfp", "delta", "fast_weights")
-FEATURE_MAPS = ("elu", "favor", "dpfp")
-CROSS_ATTENTION_TYPES = ("softmax", "linear")
-# The feature map a sum-rule attention type implies; `feature_map` only chooses it for `delta`.
-SUM_RULE_FEATURE_MAPS = {"linear": "elu", "performer": "favor", "dpfp": "dpfp"}
+from .fast_weight_kernels import FEATURE_MAPS
+from .token_mixers import ATTENTION_TYPES, CROSS_ATTENTION_TYPES
 
 
 def _allowed(values: tuple[str, ...]) -> str:
@@ -25,13 +22,16 @@ class FWPConfig(PretrainedConfig):
     r"""Configuration of an FWP language model (`FWPModel`, `FWPForCausalLM`).
 
     A decoder-only stack of pre-norm blocks (RMSNorm → token mixer → residual, RMSNorm → SwiGLU MLP
-    → residual). The token mixer of each layer is chosen by `attention_type`:
+    → residual). The token mixer of each layer is chosen by `attention_type`, one of the names in
+    `token_mixers.TOKEN_MIXERS` (the registry says what each one is):
 
     - `"softmax"`: causal multi-head softmax attention (torch SDPA) with rotary positions.
     - `"linear"`: sum rule with φ = elu + 1 (Katharopoulos et al.).
     - `"performer"`: sum rule with FAVOR+ random features (`performer_num_features` = m).
     - `"dpfp"`: sum rule with DPFP(ν), ν = `dpfp_nu`.
     - `"delta"`: Schlag et al.'s delta rule with learned per-token rates β; `feature_map` picks φ.
+    - `"gated_delta"`: the delta rule with a learned per-head, per-token decay α_t = exp(g_t),
+      g_t = −exp(A_log)·softplus(W_a x_t + dt_bias) (Yang et al. 2025); `feature_map` picks φ.
     - `"fast_weights"`: Ba et al.'s decaying Hebbian memory with an inner loop with layer norm.
 
     `attention_type` may also be a list with one entry per layer (a hybrid model, e.g. a few
@@ -40,13 +40,15 @@ class FWPConfig(PretrainedConfig):
     With `is_encoder_decoder=True` (T5-style, `FWPForConditionalGeneration`) `num_hidden_layers` and
     `attention_type` describe the encoder, `num_decoder_layers` and `decoder_attention_type` (default:
     the same as the encoder) the decoder, and `cross_attention_type` (`"softmax"` or `"linear"`) the
-    decoder's attention over the encoder output.
+    decoder's attention over the encoder output. Encoders run softmax and the sum rules without a
+    causal mask; the delta rules and Ba et al.'s memory are recurrences with no order-free form and
+    read the source left to right (`TokenMixerSpec.encoder_form`).
 
     Args:
         vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads:
             usual transformer sizes; `hidden_size` must be divisible by `num_attention_heads`.
         attention_type (`str` or `list[str]`): token mixer, see above.
-        feature_map (`str`): φ of the delta rule, one of `"elu"`, `"favor"`, `"dpfp"`.
+        feature_map (`str`): φ of the delta rules, one of `"elu"`, `"favor"`, `"dpfp"`.
         dpfp_nu (`int`): ν of DPFP; d_dot = 2·ν·head_dim.
         performer_num_features (`int`): m random features of FAVOR+; d_dot = 2m.
         performer_seed (`int`): seed of the orthogonal projection ω (drawn per layer, saved with the model).
@@ -56,7 +58,8 @@ class FWPConfig(PretrainedConfig):
         fast_weights_inner_steps (`int`): S ≥ 0 inner-loop steps.
         chunk_size (`int`): chunk length of the chunkwise-parallel kernels.
         max_position_embeddings (`int`): used only by the rotary embedding of softmax layers.
-        num_decoder_layers, decoder_attention_type, cross_attention_type: encoder–decoder only, see above.
+        num_decoder_layers, decoder_attention_type, cross_attention_type: encoder–decoder only, see above;
+            `cross_attention_type` is `"softmax"` or a sum rule (`"linear"`, `"performer"`, `"dpfp"`).
     """
 
     model_type = "fwp"

@@ -11,13 +11,18 @@ Every update rule comes in two forms that compute the same function:
   the decoding step, and over a whole sequence it is the plain per-token reference the tests use.
 
 Both take an ``initial_state`` and return the final state, so that prefill → decode and
-segment → next segment continue exactly. The state is always fp32; inputs of lower precision are
+segment → next segment continue exactly. The kernels of one family share one signature, in the
+spirit of transformers' ``torch_chunk_gated_delta_rule``:
+``kernel(q, k, v, *, beta=None, log_decay=None, initial_state=None, chunk_size=...) -> (y, final_state)``
+(the sum rule takes no ``beta``; the recurrent forms accept and ignore ``chunk_size``). The state is always fp32; inputs of lower precision are
 upcast for the computation and the output is cast back to the input dtype.
 
 Math (Schlag, Irie & Schmidhuber 2021; Ba et al. 2016), per head:
 
 * sum rule:     ``S_t = γ_t S_{t-1} + k_t v_tᵀ``            (γ_t = 1 except for ``fast_weights``)
 * delta rule:   ``S_t = S_{t-1} + β_t k_t (v_t − S_{t-1}ᵀ k_t)ᵀ``
+* gated delta:  ``S_t = α_t S_{t-1} + β_t k_t (v_t − α_t S_{t-1}ᵀ k_t)ᵀ`` with ``α_t = exp(g_t)``, g_t ≤ 0
+  (Yang, Kautz & Hatamizadeh 2025; the delta rule's kernels with ``log_decay=g``)
 * Ba et al.:    ``A_t = λ A_{t-1} + η h_t h_tᵀ`` read by an inner loop
   ``h^{s+1} = f(LN(z_t + A_{t-1} h^s))``.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -92,15 +98,94 @@ def sum_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x / x.sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x / |x|₂`` over the last dim (flash-linear-attention's normalisation of delta-rule keys)."""
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
+@dataclass(frozen=True)
+class FeatureMapSpec:
+    """One feature map φ: how to apply it and how wide its output d_dot is.
+
+    ``apply(x, dpfp_nu=ν, projection=ω)`` maps ``[..., d] -> [..., d_dot]``; ``projection`` is the
+    layer's random-feature matrix when ``random_features`` (else None).
+    ``output_dim(head_dim, dpfp_nu, num_random_features)`` is d_dot; ``label(dpfp_nu,
+    num_random_features)`` names it with its settings (model cards).
+    """
+
+    name: str
+    label: Callable[[int, int], str]
+    apply: Callable[..., torch.Tensor]
+    output_dim: Callable[[int, int, int], int]
+    random_features: bool = False
+
+
+FEATURE_MAPS: dict[str, FeatureMapSpec] = {
+    spec.name: spec
+    for spec in (
+        FeatureMapSpec(
+            "elu",
+            label=lambda dpfp_nu, num_features: "elu + 1",
+            apply=lambda x, dpfp_nu, projection: elu_plus_one_feature_map(x),
+            output_dim=lambda head_dim, dpfp_nu, num_features: head_dim,
+        ),
+        FeatureMapSpec(
+            "favor",
+            label=lambda dpfp_nu, num_features: f"FAVOR+(m={num_features})",
+            apply=lambda x, dpfp_nu, projection: favor_feature_map(x.float(), projection.float()),
+            output_dim=lambda head_dim, dpfp_nu, num_features: 2 * num_features,
+            random_features=True,
+        ),
+        FeatureMapSpec(
+            "dpfp",
+            label=lambda dpfp_nu, num_features: f"DPFP(ν={dpfp_nu})",
+            apply=lambda x, dpfp_nu, projection: dpfp_feature_map(x, dpfp_nu),
+            output_dim=lambda head_dim, dpfp_nu, num_features: 2 * dpfp_nu * head_dim,
+        ),
+    )
+}
+
+
 def feature_map_output_dim(feature_map: str, head_dim: int, *, dpfp_nu: int = 1, favor_features: int = 0) -> int:
     """d_dot, the size of φ's output, for a feature map name."""
-    if feature_map == "elu":
-        return head_dim
-    if feature_map == "dpfp":
-        return 2 * dpfp_nu * head_dim
-    if feature_map == "favor":
-        return 2 * favor_features
-    raise ValueError(f"unknown feature_map {feature_map!r}; allowed: 'elu', 'favor', 'dpfp'")
+    if feature_map not in FEATURE_MAPS:
+        raise ValueError(f"unknown feature_map {feature_map!r}; allowed: {', '.join(map(repr, FEATURE_MAPS))}")
+    return FEATURE_MAPS[feature_map].output_dim(head_dim, dpfp_nu, favor_features)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token gates
+# ----------------------------------------------------------------------------------------------
+
+
+def delta_rule_beta(logits: torch.Tensor) -> torch.Tensor:
+    """Learning rate of the delta rule: ``β_t = sigmoid(W_β x_t)`` ∈ (0, 1), computed in fp32."""
+    return torch.sigmoid(logits.float())
+
+
+def gated_log_decay(logits: torch.Tensor, a_log: torch.Tensor, dt_bias: torch.Tensor) -> torch.Tensor:
+    """Log-decay of the gated delta rule (Gated DeltaNet's Mamba-2 parametrisation), per head and token:
+    ``g_t = −exp(A_log) · softplus(W_a x_t + dt_bias)`` ≤ 0, so ``α_t = exp(g_t)`` ∈ (0, 1].
+
+    logits ``[..., H]`` (``W_a x_t``); a_log, dt_bias ``[H]``. Returns fp32 ``[..., H]``.
+    """
+    return -a_log.float().exp() * F.softplus(logits.float() + dt_bias.float())
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention normalisation (sum rule): the normaliser z_t·φ(q_t) as an extra value column of ones
+# ----------------------------------------------------------------------------------------------
+
+
+def append_normalizer_column(v: torch.Tensor) -> torch.Tensor:
+    """``[v, 1]``: with it any sum-rule state also carries ``z = Σ φ(k_τ)`` in its last value column."""
+    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
+
+
+def divide_by_normalizer(y: torch.Tensor, out_dtype: torch.dtype, eps: float = 1e-6) -> torch.Tensor:
+    """``y[..., :-1] / (y[..., -1] + ε)``: the read of ``[v, 1]`` divided by its normaliser ``z·φ(q)``."""
+    y = y.float()
+    return (y[..., :-1] / (y[..., -1:] + eps)).to(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,15 +248,18 @@ def recurrent_sum_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    initial_state: torch.Tensor | None = None,
+    *,
     log_decay: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
     exclusive: bool = False,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum rule, one token at a time (decoding step and reference).
 
     ``S_t = exp(g_t) S_{t-1} + k_t v_tᵀ``; ``y_t = S_tᵀ q_t`` (``exclusive``: ``y_t = S_{t-1}ᵀ q_t``).
     q, k: ``[B, H, T, Dk]``; v: ``[B, H, T, Dv]``; log_decay g: ``[B, H, T]`` (≤ 0) or None;
     initial_state: ``[B, H, Dk, Dv]``. Returns ``(y [B, H, T, Dv], S_T [B, H, Dk, Dv] fp32)``.
+    ``chunk_size`` is unused (accepted so that both forms share one signature).
     """
     _check_inputs("recurrent_sum_rule", q, k, v, initial_state)
     _check_per_token("recurrent_sum_rule", "log_decay", log_decay, k)
@@ -248,8 +336,9 @@ def chunk_sum_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    initial_state: torch.Tensor | None = None,
+    *,
     log_decay: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
     exclusive: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,6 +369,7 @@ def normalized_sum_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    *,
     initial_state: torch.Tensor | None = None,
     chunked: bool = True,
     eps: float = 1e-6,
@@ -290,13 +380,9 @@ def normalized_sum_rule(
     The normaliser ``z`` is carried as an extra value column of ones, so the state has shape
     ``[B, H, Dk, Dv + 1]`` and both forms share all the work of the plain sum rule.
     """
-    ones = v.new_ones(*v.shape[:-1], 1)
-    v_with_ones = torch.cat([v, ones], dim=-1)
     kernel = chunk_sum_rule if chunked else recurrent_sum_rule
-    kwargs = {"chunk_size": chunk_size} if chunked else {}
-    y, state = kernel(q, k, v_with_ones, initial_state=initial_state, **kwargs)
-    y = y.float()
-    return (y[..., :-1] / (y[..., -1:] + eps)).to(v.dtype), state
+    y, state = kernel(q, k, append_normalizer_column(v), initial_state=initial_state, chunk_size=chunk_size)
+    return divide_by_normalizer(y, v.dtype, eps), state
 
 
 def bidirectional_sum_rule_state(k: torch.Tensor, v: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -336,6 +422,17 @@ def bidirectional_sum_rule(
     return sum_rule_read(q, state, normalize, eps), state
 
 
+def bidirectional_sum_rule_with_normalizer_column(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, initial_state: torch.Tensor | None = None, **unused
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`bidirectional_sum_rule` with the causal kernels' signature, for a v that already ends in
+    the normaliser column of ones (:func:`append_normalizer_column`): the caller divides, as it does
+    for the causal forms. ``initial_state`` must be None (an encoder reads one whole sequence)."""
+    if initial_state is not None:
+        raise ValueError("bidirectional_sum_rule reads one whole sequence; it takes no initial_state")
+    return bidirectional_sum_rule(q, k, v, normalize=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # Delta rule (Schlag et al. 2021)
 # ----------------------------------------------------------------------------------------------
@@ -345,22 +442,30 @@ def recurrent_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    *,
     beta: torch.Tensor,
+    log_decay: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Delta rule, one token at a time (decoding step and reference).
+    """Delta rule (gated when ``log_decay`` is given), one token at a time (decoding step and reference).
 
-    ``v̄_t = S_{t-1}ᵀ k_t``; ``S_t = S_{t-1} + β_t k_t (v_t − v̄_t)ᵀ``; ``y_t = S_tᵀ q_t``.
-    q, k: ``[B, H, T, Dk]``; v: ``[B, H, T, Dv]``; beta: ``[B, H, T]``; initial_state ``[B, H, Dk, Dv]``.
-    Returns ``(y [B, H, T, Dv], S_T fp32)``.
+    ``S' = exp(g_t) S_{t-1}`` (``S' = S_{t-1}`` without decay); ``v̄_t = S'ᵀ k_t``;
+    ``S_t = S' + β_t k_t (v_t − v̄_t)ᵀ``; ``y_t = S_tᵀ q_t``.
+    q, k: ``[B, H, T, Dk]``; v: ``[B, H, T, Dv]``; beta, log_decay g (≤ 0): ``[B, H, T]``;
+    initial_state ``[B, H, Dk, Dv]``. Returns ``(y [B, H, T, Dv], S_T fp32)``. ``chunk_size`` is unused.
     """
     _check_inputs("recurrent_delta_rule", q, k, v, initial_state)
     _check_per_token("recurrent_delta_rule", "beta", beta, k)
+    _check_per_token("recurrent_delta_rule", "log_decay", log_decay, k)
     out_dtype = q.dtype
     q, k, v, beta = q.float(), k.float(), v.float(), beta.float()
+    decay = log_decay.float().exp() if log_decay is not None else None
     state = _zero_state(k, v) if initial_state is None else initial_state.float()
     outputs = []
     for t in range(q.shape[2]):
+        if decay is not None:
+            state = state * decay[:, :, t, None, None]
         k_t = k[:, :, t]
         retrieved = _read(k_t, state)
         update = beta[:, :, t, None] * (v[:, :, t] - retrieved)
@@ -374,32 +479,54 @@ def chunk_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    *,
     beta: torch.Tensor,
+    log_decay: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunkwise-parallel delta rule (WY representation / UT transform); same contract as
-    :func:`recurrent_delta_rule`.
+    """Chunkwise-parallel delta rule, gated when ``log_decay`` is given (WY representation / UT
+    transform); same contract as :func:`recurrent_delta_rule`.
 
-    Within a chunk that starts from state ``S``, the written values are ``u = ũ − W̃ S`` with
-    ``W̃ = T diag(β) K``, ``ũ = T diag(β) V`` and ``T = (I + tril(diag(β) K Kᵀ, −1))⁻¹`` (the inverse
-    of a unit lower-triangular matrix, one batched triangular solve for all chunks). Then per chunk:
-    ``S ← S + Kᵀ u``; and for all chunks at once ``Y = Q S_start + tril(Q Kᵀ) u``.
+    Within a chunk that starts from state ``S`` with cumulative log-decays ``b_i = Σ_{j≤i} g_j``
+    (all 0 without gating), the written values are ``u = ũ − W̃ S`` with ``W̃ = T diag(β e^b) K``,
+    ``ũ = T diag(β) V`` and ``T = (I + tril(diag(β) (K Kᵀ ⊙ e^{b_i − b_j}), −1))⁻¹`` (the inverse of
+    a unit lower-triangular matrix, one batched triangular solve for all chunks). Then per chunk
+    ``S ← e^{b_C} S + (K ⊙ e^{b_C − b})ᵀ u``, and for all chunks at once
+    ``Y = (Q ⊙ e^b) S_start + (tril(Q Kᵀ) ⊙ e^{b_i − b_j}) u``.
     """
     _check_inputs("chunk_delta_rule", q, k, v, initial_state)
     _check_per_token("chunk_delta_rule", "beta", beta, k)
+    _check_per_token("chunk_delta_rule", "log_decay", log_decay, k)
     out_dtype, seq_len = q.dtype, q.shape[2]
     state = _zero_state(k, v) if initial_state is None else initial_state.float()
     if seq_len == 0:
         return v.new_zeros(v.shape), state
     q, k, v = (_chunked(_pad_time(x.float(), chunk_size), chunk_size) for x in (q, k, v))
     beta = _chunked(_pad_time(beta.float(), chunk_size), chunk_size).unsqueeze(-1)
+    if log_decay is None:
+        y, state = _chunk_delta_rule_ungated(q, k, v, beta, state, chunk_size)
+    else:
+        log_decay_cumsum = _chunked(_pad_time(log_decay.float(), chunk_size), chunk_size).cumsum(dim=-1)
+        y, state = _chunk_delta_rule_gated(q, k, v, beta, log_decay_cumsum, state)
+    y = y.reshape(y.shape[0], y.shape[1], -1, y.shape[-1])[:, :, :seq_len]
+    return y.to(out_dtype), state
 
+
+def _unit_lower_triangular_inverse(strict_lower: torch.Tensor) -> torch.Tensor:
+    """``(I + L)⁻¹`` for strictly lower-triangular ``L`` ``[..., C, C]`` (overwritten)."""
+    chunk_size = strict_lower.shape[-1]
+    strict_lower.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    identity = torch.eye(chunk_size, dtype=strict_lower.dtype, device=strict_lower.device)
+    return torch.linalg.solve_triangular(strict_lower, identity.expand_as(strict_lower), upper=False, unitriangular=True)
+
+
+def _chunk_delta_rule_ungated(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, state: torch.Tensor, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain delta rule's chunk loop; chunked inputs ``[B, H, N, C, ...]``, beta ``[B, H, N, C, 1]``."""
     keys_beta = k * beta
-    identity = torch.eye(chunk_size, dtype=torch.float32, device=q.device)
-    system = (keys_beta @ k.transpose(-1, -2)).tril_(-1)
-    system.diagonal(dim1=-2, dim2=-1).fill_(1.0)
-    transform = torch.linalg.solve_triangular(system, identity.expand_as(system), upper=False, unitriangular=True)
+    transform = _unit_lower_triangular_inverse((keys_beta @ k.transpose(-1, -2)).tril_(-1))
     w_keys, u_values = transform @ keys_beta, transform @ (v * beta)
 
     # Only the state recursion is sequential. (unbind, not indexing in the loop: indexing's
@@ -412,9 +539,42 @@ def chunk_delta_rule(
         state = state + k_n.transpose(-1, -2) @ written_n
     starts, written = torch.stack(starts, dim=2), torch.stack(written, dim=2)
     intra_scores = (q @ k.transpose(-1, -2)).tril_()
-    y = torch.matmul(intra_scores, written).add_(q @ starts)
-    y = y.reshape(y.shape[0], y.shape[1], -1, y.shape[-1])[:, :, :seq_len]
-    return y.to(out_dtype), state
+    return torch.matmul(intra_scores, written).add_(q @ starts), state
+
+
+def _chunk_delta_rule_gated(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    log_decay_cumsum: torch.Tensor,
+    state: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gated delta rule's chunk loop; ``log_decay_cumsum`` b ``[B, H, N, C]`` (cumulative within chunks)."""
+    chunk_size = q.shape[3]
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
+    # e^{b_i − b_j} for j ≤ i (≤ 1); masked before exp so that j > i cannot overflow.
+    pair_decay = (log_decay_cumsum.unsqueeze(-1) - log_decay_cumsum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()
+    decay_from_start = log_decay_cumsum.exp().unsqueeze(-1)  # e^{b_i}: [B, H, N, C, 1]
+    decay_to_end = (log_decay_cumsum[..., -1:] - log_decay_cumsum).exp().unsqueeze(-1)  # e^{b_C − b_j}
+    chunk_decay = log_decay_cumsum[..., -1].exp()[..., None, None]  # e^{b_C}: [B, H, N, 1, 1]
+
+    keys_beta = k * beta
+    transform = _unit_lower_triangular_inverse(((keys_beta @ k.transpose(-1, -2)) * pair_decay).tril_(-1))
+    w_keys, u_values = transform @ (keys_beta * decay_from_start), transform @ (v * beta)
+    keys_to_end = k * decay_to_end
+
+    starts, written = [], []
+    for w_n, u_n, k_n, decay_n in zip(
+        w_keys.unbind(dim=2), u_values.unbind(dim=2), keys_to_end.unbind(dim=2), chunk_decay.unbind(dim=2)
+    ):
+        starts.append(state)
+        written_n = u_n - w_n @ state
+        written.append(written_n)
+        state = decay_n * state + k_n.transpose(-1, -2) @ written_n
+    starts, written = torch.stack(starts, dim=2), torch.stack(written, dim=2)
+    intra_scores = (q @ k.transpose(-1, -2)) * pair_decay
+    return torch.matmul(intra_scores, written).add_((q * decay_from_start) @ starts), state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,6 +653,7 @@ def _fast_weights_writes(
 
 def recurrent_fast_weights(
     drive: torch.Tensor,
+    *,
     ln_weight: torch.Tensor | None,
     ln_bias: torch.Tensor | None,
     decay: float = 0.95,
@@ -500,6 +661,7 @@ def recurrent_fast_weights(
     num_steps: int = 1,
     initial_state: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ba et al. fast weights as a token mixer, one token at a time (decoding step and reference).
 
@@ -507,7 +669,7 @@ def recurrent_fast_weights(
     ``A_{t-1}`` (the memory before token t, as in the paper); then ``A_t = λ_t A_{t-1} + η h⁰_t h⁰_tᵀ``
     with ``λ_t = λ`` (1 for masked tokens, which also write nothing).
     drive: ``[B, H, T, d]``; mask: ``[B, H, T]`` or None; state ``[B, H, d, d]``.
-    Returns ``(h^S [B, H, T, d], A_T fp32)``.
+    Returns ``(h^S [B, H, T, d], A_T fp32)``. ``chunk_size`` is unused.
     """
     _check_fast_weights("recurrent_fast_weights", drive, decay, num_steps, initial_state, mask)
     out_dtype = drive.dtype
@@ -526,6 +688,7 @@ def recurrent_fast_weights(
 
 def chunk_fast_weights(
     drive: torch.Tensor,
+    *,
     ln_weight: torch.Tensor | None,
     ln_bias: torch.Tensor | None,
     decay: float = 0.95,

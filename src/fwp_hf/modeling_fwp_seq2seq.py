@@ -1,11 +1,12 @@
 """FWP encoder–decoder (T5-style) for translation: `FWPSeq2SeqModel` and `FWPForConditionalGeneration`.
 
 Built from the same `FWPConfig` with ``is_encoder_decoder=True``. The encoder runs every token mixer
-in its non-causal form where one exists (softmax, and the sum rules as ``φ(Q)(φ(K)ᵀV)``; the delta
-rule and Ba et al.'s memory are recurrences and run left to right). The decoder runs the causal
-mixers with their recurrent state, then attends to the encoder output (`cross_attention_type`:
-softmax, or linear ``φ(q)ᵀS`` with the encoder's fast weights S written once per source).
-All math comes from `fast_weight_kernels.py` through the layers of `modeling_fwp.py`.
+in the form its registry entry's `encoder_form` names: order-free where one exists (softmax, and the
+sum rules as ``φ(Q)(φ(K)ᵀV)``), left to right for the recurrences without one (the delta rules, Ba
+et al.'s memory). The decoder runs the causal mixers with their recurrent state, then attends to the
+encoder output (`cross_attention_type`: softmax, or a sum rule ``φ(q)ᵀS`` with the encoder's fast
+weights S written once per source). All math comes from `fast_weight_kernels.py` through the layers
+of `layers_fwp.py`.
 """
 
 from __future__ import annotations
@@ -24,22 +25,15 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 
+from .cache_fwp import prepare_fast_weight_cache
 from .configuration_fwp import FWPConfig
 from .fast_weight_kernels import bidirectional_sum_rule_state, sum_rule_read
-from .modeling_fwp import (
-    FWPDecoderLayer,
-    FWPFeatureMap,
-    FWPMLP,
-    FWPPreTrainedModel,
-    FWPRMSNorm,
-    _merge_heads,
-    _padding_mask_2d,
-    _prepare_cache,
-    _split_heads,
-    build_token_mixer,
-    check_model_inputs,
-    prepare_mixer_inputs,
-)
+from .inputs_fwp import padding_mask_2d, prepare_mixer_inputs, validate_token_inputs
+from .layers_fwp import FWPMLP, FWPBlock, FWPFeatureMap, FWPRMSNorm, build_token_mixer, merge_heads, split_heads
+from .modeling_fwp import MODEL_CODE_FILES, FWPPreTrainedModel
+from .token_mixers import TOKEN_MIXERS
+
+SEQ2SEQ_MODEL_CODE_FILES = (*MODEL_CODE_FILES, "modeling_fwp_seq2seq.py")
 
 SEQ2SEQ_AUTO_MAP = {
     "AutoConfig": "configuration_fwp.FWPConfig",
@@ -60,26 +54,32 @@ class FWPCrossAttention(nn.Module):
     """Decoder → encoder attention. The encoder side (keys/values, or the linear fast weights) is
     computed once per source and kept in the cross-attention half of the cache during generation.
 
-    - ``"softmax"``: ``softmax(q kᵀ/√d) v`` over the unpadded source tokens (no positions).
-    - ``"linear"``: ``S = Σ_j φ(k_j)[v_j, 1]ᵀ`` over the source, ``y = φ(q)ᵀS / normaliser``, φ = elu + 1.
+    - softmax (an entry without a fast-weight state): ``softmax(q kᵀ/√d) v`` over the unpadded
+      source tokens (no positions).
+    - a sum rule (``"linear"``, ``"performer"``, ``"dpfp"``): ``S = Σ_j φ(k_j)[v_j, 1]ᵀ`` over the
+      source, ``y = φ(q)ᵀS / normaliser``, with the entry's φ (always normalised).
     """
 
     def __init__(self, config: FWPConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.kind = config.cross_attention_type
+        self.uses_fast_weights = TOKEN_MIXERS[self.kind].holds_state
         self.num_heads = config.num_attention_heads
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        if self.kind == "linear":
-            self.feature_map = FWPFeatureMap("elu", config.head_dim, 1, 1, seed=0, redraw=False)
+        if self.uses_fast_weights:
+            self.feature_map = FWPFeatureMap(
+                TOKEN_MIXERS[self.kind].feature_map_name(config), config.head_dim, config.dpfp_nu,
+                config.performer_num_features, seed=config.performer_seed + layer_idx, redraw=False,
+            )
 
     def _source_memory(self, encoder_hidden_states: torch.Tensor, encoder_token_mask: torch.Tensor | None):
-        k = _split_heads(self.k_proj(encoder_hidden_states), self.num_heads)
-        v = _split_heads(self.v_proj(encoder_hidden_states), self.num_heads)
-        if self.kind == "softmax":
+        k = split_heads(self.k_proj(encoder_hidden_states), self.num_heads)
+        v = split_heads(self.v_proj(encoder_hidden_states), self.num_heads)
+        if not self.uses_fast_weights:
             return k, v
         k = self.feature_map(k)
         if encoder_token_mask is not None:
@@ -94,14 +94,14 @@ class FWPCrossAttention(nn.Module):
         cross_attention_cache: Cache | None,
     ) -> torch.Tensor:
         cache_layer = cross_attention_cache.layers[self.layer_idx] if cross_attention_cache is not None else None
-        if self.kind == "softmax":
+        if not self.uses_fast_weights:
             if cache_layer is not None and cache_layer.keys is not None:
                 k, v = cache_layer.keys, cache_layer.values
             else:
                 k, v = self._source_memory(encoder_hidden_states, encoder_token_mask)
                 if cache_layer is not None:
                     cache_layer.update(k, v)
-            q = _split_heads(self.q_proj(hidden_states), self.num_heads)
+            q = split_heads(self.q_proj(hidden_states), self.num_heads)
             mask = None
             if encoder_token_mask is not None:
                 mask = encoder_token_mask[:, None, None, :].bool()
@@ -113,9 +113,9 @@ class FWPCrossAttention(nn.Module):
                 state = self._source_memory(encoder_hidden_states, encoder_token_mask)
                 if cache_layer is not None:
                     cache_layer.update_state(state, encoder_hidden_states.shape[1])
-            q = self.feature_map(_split_heads(self.q_proj(hidden_states), self.num_heads))
+            q = self.feature_map(split_heads(self.q_proj(hidden_states), self.num_heads))
             y = sum_rule_read(q, state, normalize=True)
-        return self.o_proj(_merge_heads(y.to(hidden_states.dtype)))
+        return self.o_proj(merge_heads(y.to(hidden_states.dtype)))
 
 
 class FWPSeq2SeqDecoderLayer(GradientCheckpointingLayer):
@@ -157,7 +157,7 @@ class FWPSeq2SeqDecoderLayer(GradientCheckpointingLayer):
 
 
 def _source_token_mask(attention_mask: torch.Tensor | dict | None, batch: int, length: int) -> torch.Tensor | None:
-    mask = _padding_mask_2d(attention_mask)
+    mask = padding_mask_2d(attention_mask)
     if mask is None:
         return None
     if mask.shape != (batch, length):
@@ -174,7 +174,7 @@ class FWPEncoder(FWPPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(
-            [FWPDecoderLayer(config, i, kind, is_causal=False) for i, kind in enumerate(config.layer_attention_types)]
+            [FWPBlock(config, i, kind, is_causal=False) for i, kind in enumerate(config.layer_attention_types)]
         )
         self.norm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
@@ -195,7 +195,7 @@ class FWPEncoder(FWPPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutput | tuple:
-        check_model_inputs(input_ids, inputs_embeds, self.embed_tokens)
+        validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -245,9 +245,9 @@ class FWPDecoder(FWPPreTrainedModel):
                 "past_key_values of an encoder-decoder model must be an EncoderDecoderCache, "
                 f"got {type(past_key_values).__name__}"
             )
-        _prepare_cache(past_key_values.self_attention_cache, self.config.decoder_layer_attention_types, True)
+        prepare_fast_weight_cache(past_key_values.self_attention_cache, self.config.decoder_layer_attention_types, True)
         cross_kinds = [self.config.cross_attention_type] * self.config.num_decoder_layers
-        _prepare_cache(past_key_values.cross_attention_cache, cross_kinds, True)
+        prepare_fast_weight_cache(past_key_values.cross_attention_cache, cross_kinds, True)
         return past_key_values
 
     def forward(
@@ -264,7 +264,7 @@ class FWPDecoder(FWPPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
-        check_model_inputs(input_ids, inputs_embeds, self.embed_tokens, "decoder_input_ids", "decoder_inputs_embeds")
+        validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens, "decoder_input_ids", "decoder_inputs_embeds")
         if encoder_hidden_states is None:
             raise ValueError("the decoder needs encoder_hidden_states (pass input_ids or encoder_outputs)")
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -314,7 +314,8 @@ class FWPDecoder(FWPPreTrainedModel):
 
 class FWPSeq2SeqPreTrainedModel(FWPPreTrainedModel):
     _auto_map = SEQ2SEQ_AUTO_MAP
-    _no_split_modules = ["FWPDecoderLayer", "FWPSeq2SeqDecoderLayer"]
+    _code_files = SEQ2SEQ_MODEL_CODE_FILES
+    _no_split_modules = ["FWPBlock", "FWPSeq2SeqDecoderLayer"]
 
 
 class FWPSeq2SeqModel(FWPSeq2SeqPreTrainedModel):
@@ -483,4 +484,4 @@ class FWPForConditionalGeneration(FWPSeq2SeqPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["FWPSeq2SeqModel", "FWPForConditionalGeneration", "FWPEncoder", "FWPDecoder"]
+__all__ = ["SEQ2SEQ_MODEL_CODE_FILES", "FWPSeq2SeqModel", "FWPForConditionalGeneration", "FWPEncoder", "FWPDecoder"]

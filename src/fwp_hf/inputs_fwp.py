@@ -1,0 +1,132 @@
+"""Inputs of an FWP layer stack: input checks, padding masks, attention masks and positions.
+
+Shared by the decoder-only model and both stacks of the encoder–decoder.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_fwp import FWPConfig
+from .layers_fwp import rotary_cos_sin
+from .token_mixers import TOKEN_MIXERS
+
+
+def padding_mask_2d(attention_mask: torch.Tensor | dict | None) -> torch.Tensor | None:
+    """Accept a 2D padding mask, or generate's ``{layer_type: mask}`` dict of 2D masks."""
+    if isinstance(attention_mask, dict):
+        masks = [m for m in attention_mask.values() if m is not None]
+        attention_mask = masks[0] if masks else None
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(
+            "attention_mask must be a 2D padding mask [batch, past + new tokens] of 1 (token) and 0 (padding), "
+            f"got shape {tuple(attention_mask.shape)}"
+        )
+    return attention_mask
+
+
+def softmax_attention_mask(padding_mask: torch.Tensor | None, query_length: int, past_length: int,
+                            batch_size: int, device: torch.device, causal: bool = True) -> torch.Tensor | None:
+    """Boolean ``[B, 1, T, past + T]`` mask (True = attend): no padded keys and, if `causal`, no future keys.
+
+    Every query may see its own position, so a padded query row is never empty (no NaN).
+    Returns None when SDPA's own (causal or full) attention does the job (no padding, no past).
+    """
+    if past_length == 0 and (padding_mask is None or bool(padding_mask.all())):
+        return None
+    key_length = past_length + query_length
+    query_positions = torch.arange(past_length, key_length, device=device)[:, None]
+    key_positions = torch.arange(key_length, device=device)[None, :]
+    if causal:
+        allowed = (key_positions <= query_positions)[None, None].expand(batch_size, 1, -1, -1)
+    else:
+        allowed = torch.ones(batch_size, 1, query_length, key_length, dtype=torch.bool, device=device)
+    if padding_mask is not None:
+        allowed = allowed & padding_mask[:, None, None, :].bool()
+    return allowed | (key_positions == query_positions)[None, None]
+
+
+def validate_token_inputs(
+    input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, embeddings: nn.Embedding,
+    ids_name: str = "input_ids", embeds_name: str = "inputs_embeds",
+) -> None:
+    """Clear errors for token ids or embeddings a model cannot take (instead of a deep indexing error)."""
+    vocab_size, hidden_size = embeddings.weight.shape
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError(f"pass exactly one of {ids_name} or {embeds_name}")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"{ids_name} must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{ids_name} must be an int64 or int32 tensor of token ids, got {input_ids.dtype}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+            raise ValueError(
+                f"{ids_name} must lie in [0, vocab_size={vocab_size}), got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+        return
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden_size:
+        raise ValueError(
+            f"{embeds_name} must be [batch, seq_len, hidden_size={hidden_size}], got shape {tuple(inputs_embeds.shape)}"
+        )
+    if not inputs_embeds.is_floating_point():
+        raise TypeError(f"{embeds_name} must be floating point, got {inputs_embeds.dtype}")
+    if inputs_embeds.dtype != embeddings.weight.dtype:
+        raise TypeError(
+            f"{embeds_name} has dtype {inputs_embeds.dtype} but the model runs in {embeddings.weight.dtype}; "
+            "cast them (or the model) first"
+        )
+
+
+def prepare_mixer_inputs(
+    config: FWPConfig,
+    kinds: list[str],
+    attention_mask: torch.Tensor | dict | None,
+    position_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor,
+    past_length: int,
+    causal: bool = True,
+    mask_name: str = "attention_mask",
+) -> dict:
+    """What every layer of a stack needs besides its hidden states.
+
+    Returns ``token_mask`` ([B, T] float, None without padding) for fast-weight layers, and for softmax
+    layers ``attention_mask_4d`` (see `softmax_attention_mask`) and rotary ``position_embeddings``
+    (positions count real tokens only, so left padding does not shift them).
+    """
+    batch_size, seq_len = inputs_embeds.shape[:2]
+    device = inputs_embeds.device
+    padding_mask = padding_mask_2d(attention_mask)
+    if padding_mask is not None:
+        if padding_mask.shape[1] == seq_len and past_length > 0:
+            padding_mask = F.pad(padding_mask, (past_length, 0), value=1)
+        if padding_mask.shape != (batch_size, past_length + seq_len):
+            raise ValueError(
+                f"{mask_name} must have shape [batch={batch_size}, past+new tokens={past_length + seq_len}] "
+                f"(or [batch, new tokens={seq_len}]), got {tuple(padding_mask.shape)}"
+            )
+    token_mask = None
+    if padding_mask is not None and not bool(padding_mask[:, -seq_len:].all()):
+        token_mask = padding_mask[:, -seq_len:].float()
+
+    position_embeddings, attention_mask_4d = None, None
+    if any(TOKEN_MIXERS[kind].uses_rotary for kind in kinds):
+        if position_ids is None:
+            if padding_mask is not None:
+                position_ids = (padding_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -seq_len:]
+            else:
+                position_ids = torch.arange(past_length, past_length + seq_len, device=device)[None]
+        if position_ids.dim() != 2 or position_ids.shape[-1] != seq_len or position_ids.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"position_ids must be [batch, seq_len={seq_len}] with batch 1 or {batch_size}, "
+                f"got {tuple(position_ids.shape)}"
+            )
+        position_embeddings = rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, inputs_embeds.dtype)
+        attention_mask_4d = softmax_attention_mask(padding_mask, seq_len, past_length, batch_size, device, causal)
+    return {"token_mask": token_mask, "attention_mask_4d": attention_mask_4d,
+            "position_embeddings": position_embeddings, "padding_mask": padding_mask}
+
+
+__all__ = ["padding_mask_2d", "prepare_mixer_inputs", "softmax_attention_mask", "validate_token_inputs"]

@@ -1,0 +1,410 @@
+"""Layers of FWP models: norms, the MLP, rotary positions, the token mixers and the pre-norm block.
+
+Which mixer a layer runs, and with which feature map, gates, normalisation and kernels, comes from
+the registry in `token_mixers.py`; the math comes from `fast_weight_kernels.py`. This file only
+projects, masks and routes between the chunkwise form (training, prefill), the recurrent form
+(one-token decoding) and an encoder's order-free form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .configuration_fwp import FWPConfig
+from .fast_weight_kernels import (
+    FEATURE_MAPS,
+    append_normalizer_column,
+    delta_rule_beta,
+    divide_by_normalizer,
+    draw_orthogonal_random_features,
+    gated_log_decay,
+    sum_normalize,
+)
+from .token_mixers import (
+    ENCODER_BIDIRECTIONAL,
+    FAST_WEIGHT_LAYER,
+    HEBBIAN_MEMORY_LAYER,
+    SOFTMAX_ATTENTION_LAYER,
+    TOKEN_MIXERS,
+)
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+
+
+class FWPRMSNorm(nn.Module):
+    """``weight · x / sqrt(mean(x²) + ε)`` over the last dim, computed in fp32."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        hidden_states = hidden_states.float()
+        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * hidden_states.to(dtype)
+
+
+class FWPMLP(nn.Module):
+    """SwiGLU feed-forward: ``down(act(gate(x)) * up(x))``."""
+
+    def __init__(self, config: FWPConfig) -> None:
+        super().__init__()
+        # gate and up projections in one matmul
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+def rotary_cos_sin(
+    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding tables for ``position_ids [B, T]``: cos, sin ``[B, 1, T, head_dim]``."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    angles = position_ids.float().unsqueeze(-1) * inv_freq
+    angles = torch.cat([angles, angles], dim=-1).unsqueeze(1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, H, T, d]`` by the rotary tables of :func:`rotary_cos_sin`."""
+    return x * cos + _rotate_half(x) * sin
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``[B, T, H·d] -> [B, H, T, d]``."""
+    batch, seq_len, _ = x.shape
+    return x.view(batch, seq_len, num_heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, T, d] -> [B, T, H·d]``."""
+    batch, heads, seq_len, dim = x.shape
+    return x.transpose(1, 2).reshape(batch, seq_len, heads * dim)
+
+
+class FWPSoftmaxAttention(nn.Module):
+    """Multi-head softmax attention (SDPA) with rotary positions: the baseline mixer.
+
+    Causal in decoders; with ``is_causal=False`` (encoders) every token sees the whole sequence.
+    """
+
+    def __init__(
+        self, config: FWPConfig, layer_idx: int, attention_type: str | None = None, is_causal: bool = True
+    ) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.is_causal = is_causal
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.rope_theta = config.rope_theta
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask_4d: torch.Tensor | None,
+        past_key_values: Cache | None,
+        **kwargs,
+    ) -> torch.Tensor:
+        cos, sin = position_embeddings
+        q = apply_rotary(split_heads(self.q_proj(hidden_states), self.num_heads), cos, sin)
+        k = apply_rotary(split_heads(self.k_proj(hidden_states), self.num_heads), cos, sin)
+        v = split_heads(self.v_proj(hidden_states), self.num_heads)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        if attention_mask_4d is None:
+            # Only reached without padding and without past tokens.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal and q.shape[2] > 1)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask_4d)
+        return self.o_proj(merge_heads(y))
+
+
+class FWPFeatureMap(nn.Module):
+    """φ of a fast-weight layer, one of `fast_weight_kernels.FEATURE_MAPS` (elu+1, DPFP(ν), FAVOR+).
+
+    A random-feature map (FAVOR+) keeps its projection ω ``[m, head_dim]`` as a persistent buffer,
+    drawn from ``seed`` so that a model built from the same config is the same model, and saved with it.
+    """
+
+    def __init__(
+        self, kind: str, head_dim: int, dpfp_nu: int, num_features: int, seed: int, redraw: bool
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.spec = FEATURE_MAPS[kind]
+        self.head_dim = head_dim
+        self.dpfp_nu = dpfp_nu
+        self.num_features = num_features
+        self.seed = seed
+        self.redraw = redraw and self.spec.random_features
+        if self.spec.random_features:
+            self.register_buffer("projection", self.seeded_projection(), persistent=True)
+        else:
+            self.projection = None
+
+    def seeded_projection(self, device: torch.device | str | None = None) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        return draw_orthogonal_random_features(self.num_features, self.head_dim, generator).to(device)
+
+    @torch.no_grad()
+    def redraw_projection(self) -> None:
+        """Draw a fresh ω from torch's global RNG (Performer's redraw during training)."""
+        fresh = draw_orthogonal_random_features(self.num_features, self.head_dim, device=self.projection.device)
+        self.projection.copy_(fresh)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spec.apply(x, dpfp_nu=self.dpfp_nu, projection=self.projection)
+
+
+def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+class FWPFastWeightAttention(nn.Module):
+    """Fast-weight programmer layer for every registry entry that runs on `FAST_WEIGHT_LAYER`
+    (the sum rules ``linear``/``performer``/``dpfp``, the delta rules ``delta``/``gated_delta``).
+
+    Slow weights project x_t to q_t, k_t, v_t and to the per-token gates the entry names, all in one
+    matmul (in one-token decoding the layer's cost is mostly per-call overhead, not FLOPs):
+    β_t = sigmoid(W_β x_t) per head, and for a decay g_t = −exp(A_log)·softplus(W_a x_t + dt_bias)
+    per head. φ(q), φ(k) come from the entry's feature map (sum-normalised if it says so); the fast
+    weights are programmed by the entry's kernels. With ``is_causal=False`` (encoders) an entry
+    whose `encoder_form` is bidirectional reads the fast weights written by the whole sequence,
+    ``φ(Q)(φ(K)ᵀV)``; the others are recurrences with no order-free form and run left to right.
+    """
+
+    def __init__(self, config: FWPConfig, layer_idx: int, attention_type: str, is_causal: bool = True) -> None:
+        super().__init__()
+        spec = TOKEN_MIXERS[attention_type]
+        self.spec = spec
+        self.layer_idx = layer_idx
+        self.attention_type = attention_type
+        self.is_causal = is_causal
+        self.bidirectional = not is_causal and spec.encoder_form == ENCODER_BIDIRECTIONAL
+        self.num_heads = config.num_attention_heads
+        self.chunk_size = config.chunk_size
+        self.normalize_attention = spec.normalizes(config)
+        self.sum_normalize_features = spec.key_normalization == "sum"
+        self.feature_map = FWPFeatureMap(
+            spec.feature_map_name(config),
+            config.head_dim,
+            config.dpfp_nu,
+            config.performer_num_features,
+            seed=config.performer_seed + layer_idx,
+            redraw=config.performer_redraw,
+        )
+        self.gates = spec.gates
+        self.projection_sizes = [config.hidden_size] * 3 + [config.num_attention_heads] * len(spec.gates)
+        self.qkv_proj = nn.Linear(config.hidden_size, sum(self.projection_sizes), bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        if "log_decay" in spec.gates:
+            self.A_log = nn.Parameter(torch.zeros(config.num_attention_heads))
+            self.dt_bias = nn.Parameter(torch.zeros(config.num_attention_heads))
+
+    @torch.no_grad()
+    def initial_decay_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gated DeltaNet's initialisation: A ~ U(1, 16) (A_log = log A) and a time step
+        dt ~ logU(0.001, 0.1) stored as dt_bias = softplus⁻¹(dt), so that α = exp(−A·dt) starts
+        spread over slow and fast decays."""
+        heads = self.A_log.shape[0]
+        a_log = torch.empty(heads).uniform_(1.0, 16.0).log()
+        dt = torch.exp(torch.empty(heads).uniform_(math.log(1e-3), math.log(1e-1))).clamp_min(1e-4)
+        return a_log, _inverse_softplus(dt)
+
+    def _feature_map_and_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.feature_map(x)
+        return sum_normalize(features) if self.sum_normalize_features else features
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x) (sum-normalised if the entry says so). When gradients are needed, φ is recomputed in
+        the backward pass instead of keeping its intermediates (several d_dot-sized tensors per
+        token): elementwise work traded for most of the layer's activation memory on long sequences."""
+        # Not with Performer redraws: a recomputation must see the ω of its own forward pass.
+        if torch.is_grad_enabled() and x.requires_grad and not self.feature_map.redraw:
+            return checkpoint(self._feature_map_and_normalize, x, use_reentrant=False)
+        return self._feature_map_and_normalize(x)
+
+    def _gates(self, gate_logits: torch.Tensor, token_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Per-token gates ``[B, H, T]`` from their logits ``[B, T, H·len(gates)]``; padded tokens get
+        β = 0 (no write) and g = 0 (no decay)."""
+        gates = {}
+        for name, logits in zip(self.gates, gate_logits.split(self.num_heads, dim=-1)):
+            if name == "beta":
+                gate = delta_rule_beta(logits)
+            else:
+                gate = gated_log_decay(logits, self.A_log, self.dt_bias)
+            gate = gate.transpose(1, 2)
+            gates[name] = gate if token_mask is None else gate * token_mask[:, None, :]
+        return gates
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        token_mask: torch.Tensor | None,
+        past_key_values: Cache | None,
+        **kwargs,
+    ) -> torch.Tensor:
+        if self.training and self.feature_map.redraw:
+            self.feature_map.redraw_projection()
+        seq_len = hidden_states.shape[1]
+        projections = self.qkv_proj(hidden_states)
+        width = self.projection_sizes[0]
+        # φ maps q and k in one call (the heads of q, then those of k): fewer ops per decoded token.
+        q, k = self._features(split_heads(projections[..., : 2 * width], 2 * self.num_heads)).chunk(2, dim=1)
+        v = split_heads(projections[..., 2 * width : 3 * width], self.num_heads)
+        gates = self._gates(projections[..., 3 * width :], token_mask)
+        if token_mask is not None and "beta" not in gates:
+            k = k * token_mask[:, None, :, None].to(k.dtype)  # a zero key writes nothing into S nor the normaliser
+        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        initial_state = cache_layer.state if cache_layer is not None else None
+        if self.bidirectional:
+            kernel = self.spec.bidirectional
+        else:
+            kernel = self.spec.chunk if seq_len > 1 else self.spec.recurrent
+        values = append_normalizer_column(v) if self.normalize_attention else v
+        y, state = kernel(q, k, values, initial_state=initial_state, chunk_size=self.chunk_size, **gates)
+        if self.normalize_attention:
+            y = divide_by_normalizer(y, v.dtype)
+        if cache_layer is not None:
+            cache_layer.update_state(state, seq_len)
+        return self.o_proj(merge_heads(y.to(hidden_states.dtype)))
+
+
+class FWPBaFastWeights(nn.Module):
+    """Ba et al. (2016) fast associative memory as a token mixer, per head of size d.
+
+    ``z_t = W_z x_t`` (the slow input drive), ``h⁰_t = relu(z_t)``,
+    ``h^{s+1}_t = relu(LN(z_t + A_{t-1} h^s_t))`` for s < S, ``A_t = λ A_{t-1} + η h⁰_t h⁰_tᵀ``,
+    output ``W_o h^S_t``. The memory stores ``h⁰`` (not ``h^S``) so that it is independent of the
+    inner loop and the whole layer has a chunkwise-parallel form; see `chunk_fast_weights`.
+    A recurrence with no order-free form: in an encoder it still reads left to right.
+    """
+
+    def __init__(self, config: FWPConfig, layer_idx: int, attention_type: str, is_causal: bool = True) -> None:
+        super().__init__()
+        self.spec = TOKEN_MIXERS[attention_type]
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.chunk_size = config.chunk_size
+        self.decay = config.fast_weights_decay
+        self.learning_rate = config.fast_weights_learning_rate
+        self.inner_steps = config.fast_weights_inner_steps
+        self.drive_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.inner_norm = nn.LayerNorm(config.head_dim)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        token_mask: torch.Tensor | None,
+        past_key_values: Cache | None,
+        **kwargs,
+    ) -> torch.Tensor:
+        seq_len = hidden_states.shape[1]
+        drive = split_heads(self.drive_proj(hidden_states), self.num_heads)
+        mask = None
+        if token_mask is not None:
+            mask = token_mask[:, None, :].expand(-1, self.num_heads, -1)
+        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        initial_state = cache_layer.state if cache_layer is not None else None
+        kernel = self.spec.chunk if seq_len > 1 else self.spec.recurrent
+        y, state = kernel(
+            drive, ln_weight=self.inner_norm.weight.float(), ln_bias=self.inner_norm.bias.float(), decay=self.decay,
+            learning_rate=self.learning_rate, num_steps=self.inner_steps, initial_state=initial_state, mask=mask,
+            chunk_size=self.chunk_size,
+        )
+        if cache_layer is not None:
+            cache_layer.update_state(state, seq_len)
+        return self.o_proj(merge_heads(y.to(hidden_states.dtype)))
+
+
+# The module class of each `TokenMixerSpec.layer`.
+MIXER_LAYERS: dict[str, type[nn.Module]] = {
+    SOFTMAX_ATTENTION_LAYER: FWPSoftmaxAttention,
+    FAST_WEIGHT_LAYER: FWPFastWeightAttention,
+    HEBBIAN_MEMORY_LAYER: FWPBaFastWeights,
+}
+
+
+def build_token_mixer(config: FWPConfig, layer_idx: int, attention_type: str, is_causal: bool = True) -> nn.Module:
+    """The token mixer of one layer, as the registry entry of `attention_type` declares it."""
+    return MIXER_LAYERS[TOKEN_MIXERS[attention_type].layer](config, layer_idx, attention_type, is_causal=is_causal)
+
+
+class FWPBlock(GradientCheckpointingLayer):
+    """Pre-norm block: ``x + mixer(norm(x))``, then ``x + mlp(norm(x))``.
+
+    The layer of the decoder-only model and the encoder layer of the encoder–decoder model
+    (``is_causal=False``).
+    """
+
+    def __init__(
+        self, config: FWPConfig, layer_idx: int, attention_type: str | None = None, is_causal: bool = True
+    ) -> None:
+        super().__init__()
+        self.attention_type = attention_type or config.layer_attention_types[layer_idx]
+        self.mixer = build_token_mixer(config, layer_idx, self.attention_type, is_causal)
+        self.input_layernorm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = FWPMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        attention_mask_4d: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        hidden_states = hidden_states + self.mixer(
+            self.input_layernorm(hidden_states),
+            token_mask=token_mask,
+            attention_mask_4d=attention_mask_4d,
+            position_embeddings=position_embeddings,
+            past_key_values=past_key_values,
+        )
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+__all__ = [
+    "FWPBaFastWeights",
+    "FWPBlock",
+    "FWPFastWeightAttention",
+    "FWPFeatureMap",
+    "FWPMLP",
+    "FWPRMSNorm",
+    "FWPSoftmaxAttention",
+    "MIXER_LAYERS",
+    "apply_rotary",
+    "build_token_mixer",
+    "merge_heads",
+    "rotary_cos_sin",
+    "split_heads",
+]

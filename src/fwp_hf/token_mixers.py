@@ -1,0 +1,182 @@
+"""The registry of token mixers: every `attention_type` of an FWP model, declared once as data.
+
+Everything that depends on the attention type asks this registry — config validation and its
+error messages, projection sizes, gates, feature maps, the cache kind, the encoder's non-causal
+form, the model card, the benchmark, the comparison script and the tests' variant lists — so no
+other module compares type names.
+
+**Adding an update rule** is one kernel pair in `fast_weight_kernels.py` (a chunkwise and a
+recurrent form with the family signature ``kernel(q, k, v, *, beta=None, log_decay=None,
+initial_state=None, chunk_size=...) -> (y, final_state)``) and one `TokenMixerSpec` entry in
+`TOKEN_MIXERS` below, plus a config in `configs/lm/` and its tests in `tests/conftest.py`'s lists.
+A rule whose per-token inputs are β and/or a log-decay needs no model code: the generic
+fast-weight layer projects the gates the entry names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .fast_weight_kernels import (
+    FEATURE_MAPS,
+    bidirectional_sum_rule_with_normalizer_column,
+    chunk_delta_rule,
+    chunk_fast_weights,
+    chunk_sum_rule,
+    recurrent_delta_rule,
+    recurrent_fast_weights,
+    recurrent_sum_rule,
+)
+
+# Layer classes that run a mixer (`layers_fwp.MIXER_LAYERS` maps these to modules).
+SOFTMAX_ATTENTION_LAYER = "softmax_attention"
+FAST_WEIGHT_LAYER = "fast_weight"
+HEBBIAN_MEMORY_LAYER = "hebbian_memory"
+
+# What an encoder does with a mixer (`is_causal=False`).
+ENCODER_BIDIRECTIONAL = "bidirectional"  # every token sees the whole source
+ENCODER_LEFT_TO_RIGHT = "left_to_right"  # a recurrence with no order-free form: runs causally, documented
+
+# Per-token gates a fast-weight layer can project (the kernel keyword of each).
+GATES = ("beta", "log_decay")
+
+
+@dataclass(frozen=True)
+class TokenMixerSpec:
+    """Declaration of one token mixer (one value of `FWPConfig.attention_type`).
+
+    Attributes:
+        name: the `attention_type` string.
+        summary: one line for the README table, config docs and model cards.
+        layer: the layer class that runs it (`SOFTMAX_ATTENTION_LAYER`, `FAST_WEIGHT_LAYER`,
+            `HEBBIAN_MEMORY_LAYER`).
+        holds_state: True when the layer's cache is a fixed-size fast-weight state (else a growing
+            key/value cache).
+        feature_map: the φ it always uses, or None when `config.feature_map` chooses it.
+        key_normalization: `"sum"` (φ/Σφ on keys and queries, Schlag et al.) or None.
+        gates: per-token inputs projected from x and passed to the kernel (`"beta"`, `"log_decay"`).
+        attention_normalization: whether `config.attention_normalization` applies (divide the read
+            by z·φ(q), z = Σ φ(k)).
+        chunk, recurrent: the chunkwise (training, prefill) and recurrent (decoding) kernels.
+        bidirectional: the order-free kernel an encoder uses, or None.
+        encoder_form: `ENCODER_BIDIRECTIONAL` or `ENCODER_LEFT_TO_RIGHT` (what a non-causal
+            encoder layer of this type computes).
+        uses_rotary: the layer needs rotary position embeddings and a 4D attention mask.
+    """
+
+    name: str
+    summary: str
+    layer: str
+    holds_state: bool
+    feature_map: str | None = None
+    key_normalization: str | None = None
+    gates: tuple[str, ...] = ()
+    attention_normalization: bool = False
+    chunk: Callable[..., Any] | None = None
+    recurrent: Callable[..., Any] | None = None
+    bidirectional: Callable[..., Any] | None = None
+    encoder_form: str = ENCODER_BIDIRECTIONAL
+    uses_rotary: bool = False
+
+    def feature_map_name(self, config) -> str | None:
+        """The φ a layer of this type uses under `config` (None for mixers without one)."""
+        if self.layer != FAST_WEIGHT_LAYER:
+            return None
+        return self.feature_map or config.feature_map
+
+    def key_dim(self, config) -> int:
+        """d_dot: the size of φ(k) (the head size for mixers without a feature map)."""
+        feature_map = self.feature_map_name(config)
+        if feature_map is None:
+            return config.head_dim
+        return FEATURE_MAPS[feature_map].output_dim(config.head_dim, config.dpfp_nu, config.performer_num_features)
+
+    def normalizes(self, config) -> bool:
+        """Whether the read is divided by its normaliser z·φ(q) under `config`."""
+        return self.attention_normalization and config.attention_normalization
+
+    def state_shape(self, config) -> tuple[int, int] | None:
+        """``(d_key, d_value)`` of one head's fast-weight state, or None for a key/value cache."""
+        if not self.holds_state:
+            return None
+        return self.key_dim(config), config.head_dim + int(self.normalizes(config))
+
+
+_SUM_RULE = dict(
+    layer=FAST_WEIGHT_LAYER,
+    holds_state=True,
+    attention_normalization=True,
+    chunk=chunk_sum_rule,
+    recurrent=recurrent_sum_rule,
+    bidirectional=bidirectional_sum_rule_with_normalizer_column,
+    encoder_form=ENCODER_BIDIRECTIONAL,
+)
+_DELTA_RULE = dict(
+    layer=FAST_WEIGHT_LAYER,
+    holds_state=True,
+    key_normalization="sum",
+    chunk=chunk_delta_rule,
+    recurrent=recurrent_delta_rule,
+    encoder_form=ENCODER_LEFT_TO_RIGHT,
+)
+
+TOKEN_MIXERS: dict[str, TokenMixerSpec] = {
+    spec.name: spec
+    for spec in (
+        TokenMixerSpec(
+            "softmax", "causal softmax attention (SDPA, rotary positions) — the baseline",
+            layer=SOFTMAX_ATTENTION_LAYER, holds_state=False, uses_rotary=True,
+        ),
+        TokenMixerSpec("linear", "sum rule, φ = elu + 1", feature_map="elu", **_SUM_RULE),
+        TokenMixerSpec("performer", "sum rule, φ = FAVOR+ random features", feature_map="favor", **_SUM_RULE),
+        TokenMixerSpec("dpfp", "sum rule, φ = DPFP(ν)", feature_map="dpfp", **_SUM_RULE),
+        TokenMixerSpec(
+            "delta", "delta rule with learned per-token rates β (Schlag et al.)", gates=("beta",), **_DELTA_RULE
+        ),
+        TokenMixerSpec(
+            "gated_delta",
+            "gated delta rule: the delta rule with a learned per-token decay α = exp(g) (Yang et al. 2025)",
+            gates=("beta", "log_decay"),
+            **_DELTA_RULE,
+        ),
+        TokenMixerSpec(
+            "fast_weights",
+            "Ba et al.'s decaying Hebbian memory read by an inner loop with layer norm",
+            layer=HEBBIAN_MEMORY_LAYER,
+            holds_state=True,
+            chunk=chunk_fast_weights,
+            recurrent=recurrent_fast_weights,
+            encoder_form=ENCODER_LEFT_TO_RIGHT,
+        ),
+    )
+}
+
+ATTENTION_TYPES: tuple[str, ...] = tuple(TOKEN_MIXERS)
+FAST_WEIGHT_TYPES: tuple[str, ...] = tuple(name for name, spec in TOKEN_MIXERS.items() if spec.holds_state)
+# Decoder → encoder attention: a mixer that can read a whole source at once.
+CROSS_ATTENTION_TYPES: tuple[str, ...] = tuple(
+    name for name, spec in TOKEN_MIXERS.items() if spec.bidirectional is not None or spec.layer == SOFTMAX_ATTENTION_LAYER
+)
+
+
+def describe_token_mixer(config, name: str) -> str:
+    """Short text of one layer type under `config`, e.g. ``"delta rule …, φ = DPFP(ν=1), d_dot = 32"``."""
+    spec = TOKEN_MIXERS[name]
+    feature_map = spec.feature_map_name(config)
+    if feature_map is None:
+        return spec.summary
+    phi = FEATURE_MAPS[feature_map].label(config.dpfp_nu, config.performer_num_features)
+    normalization = ", sum-normalised" if spec.key_normalization == "sum" else ""
+    return f"{spec.summary}; φ = {phi}{normalization}, d_dot = {spec.key_dim(config)}"
+
+
+__all__ = [
+    "ATTENTION_TYPES",
+    "CROSS_ATTENTION_TYPES",
+    "FAST_WEIGHT_TYPES",
+    "TOKEN_MIXERS",
+    "TokenMixerSpec",
+    "describe_token_mixer",
+]
