@@ -1,4 +1,4 @@
-"""The benchmark script runs end to end (``--quick``) and its child processes contain memory blow-ups."""
+"""`scripts/benchmark.py` runs end to end (``--quick``) and its child processes contain memory blow-ups."""
 
 from __future__ import annotations
 
@@ -7,19 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from fwp_hf.experiments import benchmark
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-@pytest.fixture(scope="module")
-def benchmark_module():
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import benchmark
-    finally:
-        sys.path.remove(str(SCRIPTS))
-    return benchmark
 
 
 def test_quick_benchmark_writes_results(tmp_path):
@@ -51,14 +41,14 @@ def test_quick_benchmark_writes_results(tmp_path):
         assert ("met" if target["met"] else "MISSED") in markdown
 
 
-def test_memory_blow_up_fails_the_measurement_not_the_run(benchmark_module):
-    args = benchmark_module.BenchmarkArguments(child_memory_limit_gib=0.05)
-    row = benchmark_module.measure_training_step("delta", 64, benchmark_module.Sizes.quick(), args)
+def test_memory_blow_up_fails_the_measurement_not_the_run():
+    args = benchmark.BenchmarkArguments(child_memory_limit_gib=0.05)
+    row = benchmark.measure_training_step("delta", 64, benchmark.Sizes.quick(), args)
     assert "error" in row and "tokens_per_s" not in row, row
 
 
-def test_delta_flop_count_matches_a_hand_count(benchmark_module):
+def test_delta_flop_count_matches_a_hand_count():
     # One chunk of C = 4 tokens, D = 2: 10·16·2 + 4³ + 6·4·4 = 320 + 64 + 96.
-    assert benchmark_module.delta_chunk_flops(1, 1, 4, 2, 4) == 480
+    assert benchmark.delta_chunk_flops(1, 1, 4, 2, 4) == 480
     # T = 5 spans two chunks (the second padded).
-    assert benchmark_module.delta_chunk_flops(2, 3, 5, 2, 4) == 2 * 3 * 2 * 480
+    assert benchmark.delta_chunk_flops(2, 3, 5, 2, 4) == 2 * 3 * 2 * 480

@@ -1,18 +1,17 @@
-"""Synthetic experiments: task generators, the small models, and the scripts' --quick pipelines."""
+"""Synthetic experiments (`fwp_hf.experiments`): task generators, the small models, the --quick pipelines."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from fwp_hf.experiments import associative_retrieval, synthetic_retrieval
 from fwp_hf.fast_weight_kernels import dpfp_feature_map, elu_plus_one_feature_map
-from fwp_hf.synthetic import (
+from fwp_hf.experiments.synthetic import (
     BA_VOCAB,
     FastWeightsRNN,
     LSTMClassifier,
@@ -28,14 +27,6 @@ from fwp_hf.synthetic import (
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,21 +186,19 @@ def test_fast_weights_rnn_memory_changes_the_output():
 
 
 def test_config_file_is_overridden_by_flags(tmp_path):
-    script = load_script("synthetic_retrieval")
     config = tmp_path / "c.yaml"
     config.write_text("setting: 2\nmethods: [delta_linear]\nsizes: [20, 40]\nbatch_size: 8\n")
-    args = parse_args_with_config(script.RetrievalExperimentArguments, ["--config", str(config), "--sizes", "10"])
+    args = parse_args_with_config(synthetic_retrieval.RetrievalExperimentArguments, ["--config", str(config), "--sizes", "10"])
     assert (args.setting, args.methods, args.sizes, args.batch_size) == (2, ["delta_linear"], [10], 8)
     config.write_text("not_an_argument: 1\n")
     with pytest.raises(ValueError, match=r"unknown key\(s\)"):
-        parse_args_with_config(script.RetrievalExperimentArguments, ["--config", str(config)])
+        parse_args_with_config(synthetic_retrieval.RetrievalExperimentArguments, ["--config", str(config)])
 
 
 @pytest.mark.parametrize("setting", [1, 2])
 def test_synthetic_retrieval_quick_pipeline(tmp_path, setting):
-    script = load_script("synthetic_retrieval")
     config = ROOT / "configs" / "synthetic" / f"retrieval_setting{setting}.yaml"
-    results = script.main(
+    results = synthetic_retrieval.main(
         ["--config", str(config), "--quick", "true", "--output_dir", str(tmp_path), "--show_progress", "false"]
     )
     assert results["runs"], "no run was trained"
@@ -223,9 +212,8 @@ def test_synthetic_retrieval_quick_pipeline(tmp_path, setting):
 
 
 def test_associative_retrieval_quick_pipeline(tmp_path):
-    script = load_script("associative_retrieval")
     config = ROOT / "configs" / "synthetic" / "associative_retrieval.yaml"
-    results = script.main(
+    results = associative_retrieval.main(
         ["--config", str(config), "--quick", "true", "--output_dir", str(tmp_path), "--show_progress", "false"]
     )
     assert {run["model"] for run in results["runs"]} == {"fast_weights", "lstm"}

@@ -1,4 +1,4 @@
-"""Tests of `fwp_hf.training.tokenization` and `scripts/train_tokenizer.py`.
+"""Tests of `fwp_hf.training.tokenization` (behind `scripts/train_tokenizer.py`).
 
 The sentencepiece tokenizer, saved as a Hugging Face tokenizer, must load back through
 `AutoTokenizer` with the same ids as sentencepiece itself, keep the special tokens at ids 0-3 and
@@ -7,9 +7,7 @@ decode what it encoded. Training data: the first 3000 Penn Treebank sentences (a
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +15,8 @@ import sentencepiece as spm
 from transformers import AutoTokenizer
 
 from fwp_hf.training.lm_data import builtin_corpus_texts
-from fwp_hf.training.tokenization import read_training_texts, save_tokenizer, train_sentencepiece_tokenizer
+from fwp_hf.training.tokenization import main, read_training_texts, save_tokenizer, train_sentencepiece_tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 600
 
 
@@ -77,7 +74,7 @@ def test_decode_recovers_text_with_literal_special_token_strings(saved_tokenizer
     )
 
 
-def test_joint_translation_vocabulary_from_json_lines(tmp_path, monkeypatch):
+def test_joint_translation_vocabulary_from_json_lines(tmp_path):
     pairs = [
         ("the house is small", "la maison est petite"),
         ("the garden is beautiful", "le jardin est beau"),
@@ -87,11 +84,7 @@ def test_joint_translation_vocabulary_from_json_lines(tmp_path, monkeypatch):
     path.write_text("\n".join(json.dumps({"translation": {"en": en, "fr": fr}}) for en, fr in pairs))
     texts = list(read_training_texts([path], source_lang="en", target_lang="fr"))
     assert texts[:2] == ["the house is small", "la maison est petite"]
-    spec = importlib.util.spec_from_file_location("train_tokenizer", REPO_ROOT / "scripts" / "train_tokenizer.py")
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "train_tokenizer", script)  # dataclasses look their module up
-    spec.loader.exec_module(script)
-    script.main(
+    main(  # the entry point of scripts/train_tokenizer.py
         [
             "--train_files",
             str(path),

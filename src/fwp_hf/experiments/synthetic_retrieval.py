@@ -5,7 +5,7 @@
     python scripts/synthetic_retrieval.py --config configs/synthetic/retrieval_setting1.yaml --quick true --output_dir /tmp/q
 
 For every method (``softmax``, ``linear``, ``dpfp<ν>``, ``favor<m>``, optionally prefixed ``sum_`` /
-``delta_``) and every number of keys S, a fresh :class:`fwp_hf.synthetic.RetrievalModel` is trained
+``delta_``) and every number of keys S, a fresh :class:`fwp_hf.experiments.synthetic.RetrievalModel` is trained
 with Adam on fresh random sequences until the evaluation loss 0.5‖y − ŷ‖² (all keys of
 ``eval_sequences`` held-out sequences queried) is ≤ ``stop_loss``, stops improving for ``patience``
 evaluations, or ``max_steps`` is reached. Sizes are run in increasing order; after
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,6 +286,3 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"wrote {output_dir / 'results.json'}, table.md and loss_vs_keys.png in {results['total_seconds']:.0f}s")
     return results
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

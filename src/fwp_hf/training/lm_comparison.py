@@ -11,7 +11,11 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from transformers import HfArgumentParser
 
 from .lm import parse_lm_arguments, raw_datasets_from_arguments, run_lm_training
 from .tokenization import save_tokenizer, train_sentencepiece_tokenizer
@@ -120,4 +124,33 @@ def write_comparison(rows: list[dict], results_dir: str, title: str, notes: str 
     return [str(json_path), str(png_path), str(md_path)]
 
 
-__all__ = ["compare_variants", "validation_curve", "write_comparison"]
+VARIANTS = ("softmax", "linear", "performer", "dpfp", "delta", "fast_weights")
+
+
+@dataclass
+class ComparisonArguments:
+    """The flags of `scripts/compare_lm.py`; any other flag goes to every training run."""
+
+    configs: list[str] = field(
+        default_factory=lambda: [f"configs/lm/{name}.yaml" for name in VARIANTS],
+        metadata={"help": "train_lm config files to compare."},
+    )
+    output_dir: str = field(default="outputs/compare_lm", metadata={"help": "Where the runs are written."})
+    results_dir: str = field(default="docs", metadata={"help": "Where the table, plot and JSON are written."})
+    title: str = field(default="FWP language models on Penn Treebank, equal parameters and budget (CPU)")
+    notes_file: str | None = field(default=None, metadata={"help": "Markdown appended under the table."})
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Entry point of `scripts/compare_lm.py`: train every config, write the table, plot and JSON."""
+    args, run_flags = HfArgumentParser(ComparisonArguments).parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    rows = compare_variants(args.configs, args.output_dir, run_flags)
+    notes = Path(args.notes_file).read_text(encoding="utf-8") if args.notes_file else ""
+    for path in write_comparison(rows, args.results_dir, args.title, notes):
+        print(f"wrote {path}")
+    return rows
+
+
+__all__ = ["ComparisonArguments", "compare_variants", "validation_curve", "write_comparison", "main"]

@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import AddedToken, decoders
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import SpmConverter
+
+from .cli import parse_config_and_flags
+from .lm_data import builtin_corpus_texts
 
 SENTENCEPIECE_MODEL_FILE = "sentencepiece.model"
 # transformers name -> sentencepiece piece, in id order (0 pad, 1 unk, 2 bos, 3 eos).
@@ -207,6 +212,53 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, output_dir: str | os.Path
     return files
 
 
+@dataclass
+class TokenizerTrainingArguments:
+    """The flags of `scripts/train_tokenizer.py`."""
+
+    output_dir: str = field(metadata={"help": "Folder to write the tokenizer to."})
+    train_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Text (.txt: one text per line) or JSON-lines files; none: the built-in Penn Treebank."},
+    )
+    text_column: str = field(default="text", metadata={"help": "Field of JSON records that holds the text."})
+    source_lang: str | None = field(default=None, metadata={"help": "Translation: source language key."})
+    target_lang: str | None = field(default=None, metadata={"help": "Translation: target language key."})
+    vocab_size: int = field(default=8000, metadata={"help": "Size of the vocabulary, special tokens included."})
+    model_type: str = field(default="unigram", metadata={"help": f"sentencepiece model: {', '.join(MODEL_TYPES)}."})
+    character_coverage: float = field(default=1.0, metadata={"help": "sentencepiece character_coverage."})
+    max_training_texts: int = field(
+        default=0, metadata={"help": "Train on a random sample of this many texts (0: all)."}
+    )
+
+
+def train_tokenizer_from_arguments(args: TokenizerTrainingArguments) -> PreTrainedTokenizerFast:
+    """Train on `train_files` (or the built-in Penn Treebank training split) and save to `output_dir`."""
+    if args.train_files:
+        texts = read_training_texts(args.train_files, args.text_column, args.source_lang, args.target_lang)
+    elif args.source_lang or args.target_lang:
+        raise ValueError("a translation vocabulary (--source_lang/--target_lang) needs --train_files")
+    else:
+        texts = builtin_corpus_texts("train")
+    tokenizer = train_sentencepiece_tokenizer(
+        texts,
+        vocab_size=args.vocab_size,
+        model_type=args.model_type,
+        character_coverage=args.character_coverage,
+        max_training_texts=args.max_training_texts,
+    )
+    save_tokenizer(tokenizer, args.output_dir)
+    return tokenizer
+
+
+def main(argv: Sequence[str] | None = None) -> PreTrainedTokenizerFast:
+    """Entry point of `scripts/train_tokenizer.py`: ``[config.yaml|config.json] [--flag value ...]``."""
+    (args,) = parse_config_and_flags([TokenizerTrainingArguments], sys.argv[1:] if argv is None else argv)
+    tokenizer = train_tokenizer_from_arguments(args)
+    print(f"tokenizer with {len(tokenizer)} tokens saved to {args.output_dir}")
+    return tokenizer
+
+
 __all__ = [
     "SPECIAL_TOKENS",
     "MODEL_TYPES",
@@ -214,4 +266,7 @@ __all__ = [
     "train_sentencepiece_tokenizer",
     "tokenizer_from_sentencepiece",
     "save_tokenizer",
+    "TokenizerTrainingArguments",
+    "train_tokenizer_from_arguments",
+    "main",
 ]
