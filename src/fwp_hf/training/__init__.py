@@ -1,8 +1,12 @@
 """The training wing of fwp_hf: everything behind `scripts/` that the model never imports.
 
-Language modelling (`lm`, `lm_data`, `lm_evaluation`, `lm_comparison`), translation (`translation`,
-`translation_data`), tokenizers (`tokenization`), model cards (`model_card`), Hub pushes (`hub`) and the config-file +
-flags parsing of the scripts (`cli`).
+- language modelling: `lm` (arguments and the Trainer run of `train_lm.py`), `lm_data`,
+  `lm_evaluation` (segment/stream perplexity), `lm_comparison` (`compare_lm.py`), `model_card`, `hub`;
+- translation: `translation` (arguments and the Seq2SeqTrainer run of `train_translation.py`),
+  `translation_data` (the Bible-verse data builder of `prepare_data.py`);
+- shared: `common` (the model arguments, config, tokenizer, logging and resume steps both pipelines
+  use), `data_files` (the data-file check), `tokenization` (sentencepiece → HF tokenizer,
+  `train_tokenizer.py`), `cli` (config file + flags parsing of the scripts).
 
 The model files (`configuration_fwp.py`, `modeling_fwp*.py`, the kernels and the registry) stay flat
 at the top of the package and never import from here: a pushed checkpoint ships only those siblings.

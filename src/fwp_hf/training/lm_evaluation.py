@@ -8,9 +8,10 @@ after every input token, also across segment boundaries):
 - ``carry_state=True``: the fast-weight state (the model's cache) is carried from one segment to
   the next, so the context is unlimited (the papers' evaluation of fast weight programmers).
 
-Softmax layers have no fixed-size state: their key/value cache would grow with the whole stream
-and their rotary positions run past `max_position_embeddings`, so carried-state evaluation is refused
-for models with softmax layers (`supports_carried_state`).
+Carrying the state needs every layer to keep a fixed-size state (the registry's `holds_state`):
+a softmax layer's key/value cache would grow with the whole stream and its rotary positions run past
+`max_position_embeddings`, so carried-state evaluation is refused for models with such layers
+(`supports_carried_state`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,18 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from ..token_mixers import TOKEN_MIXERS
+
+
+def growing_cache_layer_types(model) -> list[str]:
+    """The model's layer types whose cache grows with the context (a key/value cache), in layer order."""
+    kinds = dict.fromkeys(model.config.layer_attention_types)
+    return [kind for kind in kinds if not TOKEN_MIXERS[kind].holds_state]
+
 
 def supports_carried_state(model) -> bool:
-    """True when no layer of the model is a softmax layer (every state has a fixed size)."""
-    return "softmax" not in model.config.layer_attention_types
+    """True when every layer of the model keeps a fixed-size state (a cache that does not grow)."""
+    return all(TOKEN_MIXERS[kind].holds_state for kind in model.config.layer_attention_types)
 
 
 @torch.no_grad()
@@ -45,8 +54,9 @@ def segment_perplexity(
         raise ValueError(f"segment_length and num_streams must be >= 1, got {segment_length} and {num_streams}")
     if carry_state and not supports_carried_state(model):
         raise ValueError(
-            "carry_state=True needs a model without softmax layers (their key/value cache grows with the "
-            f"stream); this model's layers are {model.config.layer_attention_types}"
+            "carry_state=True needs a model whose every layer keeps a fixed-size state; the key/value cache of "
+            f"its {', '.join(growing_cache_layer_types(model))} layers grows with the stream (layers: "
+            f"{model.config.layer_attention_types})"
         )
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
     if max_tokens is not None:
@@ -75,4 +85,4 @@ def segment_perplexity(
     return {"loss": mean, "perplexity": math.exp(mean), "tokens": float(total_tokens)}
 
 
-__all__ = ["segment_perplexity", "supports_carried_state"]
+__all__ = ["growing_cache_layer_types", "segment_perplexity", "supports_carried_state"]

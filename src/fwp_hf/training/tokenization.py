@@ -30,6 +30,7 @@ from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import SpmConverter
 
 from .cli import parse_config_and_flags
+from .data_files import check_data_file
 from .lm_data import builtin_corpus_texts
 
 SENTENCEPIECE_MODEL_FILE = "sentencepiece.model"
@@ -56,15 +57,6 @@ class _ByteFallbackSpmConverter(SpmConverter):
         )
 
 
-def _check_file(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    if path.stat().st_size == 0:
-        raise ValueError(f"data file {str(path)!r} is empty")
-    return path
-
-
 def read_training_texts(
     files: Iterable[str | os.PathLike],
     text_column: str = "text",
@@ -81,21 +73,16 @@ def read_training_texts(
     if (source_lang is None) != (target_lang is None):
         raise ValueError("give both source_lang and target_lang (a translation vocabulary) or neither")
     for file in files:
-        path = _check_file(file)
+        path = check_data_file(file, "data file", TEXT_SUFFIXES + JSON_SUFFIXES)
         suffix = path.suffix.lower()
         if suffix in TEXT_SUFFIXES:
             with path.open(encoding="utf-8") as handle:
                 for line in handle:
                     if line.strip():
                         yield line.strip()
-        elif suffix in JSON_SUFFIXES:
+        else:
             for number, record in _json_records(path):
                 yield from _texts_of_record(record, path, number, text_column, source_lang, target_lang)
-        else:
-            raise ValueError(
-                f"data file {str(path)!r} has an unsupported extension {suffix!r}; "
-                f"allowed: {', '.join(TEXT_SUFFIXES + JSON_SUFFIXES)}"
-            )
 
 
 def _json_records(path: Path) -> Iterator[tuple[int, dict]]:

@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import datasets
 import numpy as np
 import pyarrow.compute as pc
 import sacrebleu
-import transformers
 from torch.utils.data import SequentialSampler
 from transformers import (
     AutoModelForSeq2SeqLM,
-    AutoTokenizer,
     DataCollatorForSeq2Seq,
     PreTrainedTokenizerBase,
     Seq2SeqTrainer,
@@ -39,10 +35,9 @@ from transformers import (
 )
 from transformers.trainer_utils import has_length
 
-from .. import FWPConfig, FWPForConditionalGeneration
-from .cli import config_overrides_as_json, parse_config_and_flags
-from .lm import resolve_resume_checkpoint
-from .tokenization import MODEL_TYPES, save_tokenizer, train_sentencepiece_tokenizer
+from .. import CROSS_ATTENTION_TYPES, FWPConfig, FWPForConditionalGeneration
+from . import common
+from .data_files import check_data_file
 
 logger = logging.getLogger(__name__)
 
@@ -50,50 +45,32 @@ DATA_FILE_SUFFIXES = (".json", ".jsonl")
 PREDICTIONS_FILE = "test_predictions.jsonl"
 GENERATED_PREDICTIONS_FILE = "generated_predictions.txt"
 TRUNCATED_SOURCE, TRUNCATED_TARGET = "source_truncated", "target_truncated"
-# ModelArguments fields that are FWPConfig fields of the same name.
-FWP_CONFIG_FIELDS = (
-    "attention_type", "decoder_attention_type", "cross_attention_type", "feature_map", "dpfp_nu",
-    "performer_num_features", "hidden_size", "intermediate_size", "num_hidden_layers", "num_decoder_layers",
-    "num_attention_heads", "chunk_size",
-)
+SPLIT_FLAGS = {"train": "do_train", "validation": "do_eval", "test": "do_predict"}
 
 
 @dataclass
-class ModelArguments:
-    """The model: a new FWP encoder–decoder from these fields, or `model_name_or_path` to start from."""
+class ModelArguments(common.BaseModelArguments):
+    """The model: a new FWP encoder–decoder from these fields, or `model_name_or_path` to start from.
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Start from this saved seq2seq model (folder or Hub id) instead of a new one."}
+    `num_hidden_layers` and `attention_type` describe the encoder; the decoder's fields follow.
+    """
+
+    CONFIG_FIELDS: ClassVar[tuple[str, ...]] = (
+        *common.BaseModelArguments.CONFIG_FIELDS,
+        "decoder_attention_type",
+        "cross_attention_type",
+        "num_decoder_layers",
     )
-    tokenizer_name: str | None = field(
-        default=None,
-        metadata={"help": "Tokenizer folder or Hub id. None: the one of model_name_or_path, else the one in "
-                  "output_dir, else train a joint source+target sentencepiece tokenizer on the training split."},
-    )
-    tokenizer_vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size of a trained tokenizer."})
-    tokenizer_model_type: str = field(default="unigram", metadata={"help": f"sentencepiece model: {', '.join(MODEL_TYPES)}."})
-    attention_type: str = field(
-        default="delta",
-        metadata={"help": "Encoder token mixer: softmax, linear, performer, dpfp, delta, fast_weights."},
-    )
+
+    num_hidden_layers: int = field(default=3, metadata={"help": "Encoder layers."})
     decoder_attention_type: str | None = field(
         default=None, metadata={"help": "Decoder self-attention token mixer (default: attention_type)."}
     )
-    cross_attention_type: str = field(default="softmax", metadata={"help": "Decoder attention over the encoder: softmax, linear."})
-    feature_map: str = field(default="dpfp", metadata={"help": "φ of the delta rule: elu, favor, dpfp."})
-    dpfp_nu: int = field(default=1, metadata={"help": "ν of DPFP (d_dot = 2·ν·head_dim)."})
-    performer_num_features: int = field(default=64, metadata={"help": "m of FAVOR+ (d_dot = 2m)."})
-    hidden_size: int = field(default=256)
-    intermediate_size: int = field(default=704)
-    num_hidden_layers: int = field(default=3, metadata={"help": "Encoder layers."})
-    num_decoder_layers: int = field(default=3, metadata={"help": "Decoder layers."})
-    num_attention_heads: int = field(default=4)
-    chunk_size: int = field(default=64, metadata={"help": "Chunk length of the chunkwise-parallel kernels."})
-    config_overrides: str | None = field(
-        default=None,
-        metadata={"help": "Other FWPConfig fields as a JSON object (a mapping in a YAML config), e.g. "
-                  "'{\"decoder_attention_type\": [\"delta\", \"softmax\"]}'."},
+    cross_attention_type: str = field(
+        default="softmax",
+        metadata={"help": f"Decoder attention over the encoder: {', '.join(CROSS_ATTENTION_TYPES)}."},
     )
+    num_decoder_layers: int = field(default=3, metadata={"help": "Decoder layers."})
 
 
 @dataclass
@@ -137,18 +114,7 @@ def parse_translation_arguments(
 
     An unknown key in the file raises a ValueError naming it.
     """
-    argv = sys.argv[1:] if argv is None else argv
-    return parse_config_and_flags(ARGUMENT_CLASSES, argv, convert_values=config_overrides_as_json)
-
-
-def _check_data_file(path: str, split: str) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{split} file {path!r} does not exist")
-    if not path.endswith(DATA_FILE_SUFFIXES):
-        raise ValueError(f"{split} file {path!r} must be JSON lines ({', '.join(DATA_FILE_SUFFIXES)})")
-    with open(path, encoding="utf-8") as handle:
-        if not any(line.strip() for line in handle):
-            raise ValueError(f"{split} file {path!r} is empty")
+    return common.parse_run_arguments(ARGUMENT_CLASSES, argv)
 
 
 def check_translation_split(dataset: datasets.Dataset, split: str, source_lang: str, target_lang: str) -> None:
@@ -208,71 +174,30 @@ def load_translation_datasets(data_args: DataTrainingArguments) -> datasets.Data
         if not files:
             raise ValueError("give --dataset_name or at least one of --train_file, --validation_file, --test_file")
         for split, path in files.items():
-            _check_data_file(path, split)
+            check_data_file(path, f"{split}_file", DATA_FILE_SUFFIXES)
         raw = datasets.load_dataset("json", data_files=files)
     for split, dataset in raw.items():
         check_translation_split(dataset, split, data_args.source_lang, data_args.target_lang)
     return raw
 
 
-def translation_texts(dataset: datasets.Dataset, langs: Sequence[str]):
+def translation_texts(dataset: datasets.Dataset, langs: Sequence[str]) -> Iterator[str]:
     """Every text of `langs` in `dataset`'s 'translation' column (for tokenizer training)."""
     for pair in dataset["translation"]:
         for lang in langs:
             yield pair[lang]
 
 
-def load_or_train_tokenizer(model_args: ModelArguments, data_args: DataTrainingArguments,
-                            training_args: Seq2SeqTrainingArguments, raw: datasets.DatasetDict) -> PreTrainedTokenizerBase:
-    """`tokenizer_name`; else the model's; else the one in output_dir; else a joint sentencepiece tokenizer
-    trained on both sides of the training pairs used (after max_train_samples)."""
-    if model_args.tokenizer_name:
-        return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
-    if model_args.model_name_or_path:
-        return AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    with training_args.main_process_first(desc="training the tokenizer"):
-        if os.path.isfile(os.path.join(training_args.output_dir, "tokenizer.json")):
-            logger.info("Reusing the tokenizer in %s", training_args.output_dir)
-            return AutoTokenizer.from_pretrained(training_args.output_dir)
-        if "train" not in raw:
-            raise ValueError("no tokenizer: give --tokenizer_name or --model_name_or_path, or training data to train one on")
-        logger.info("Training a joint %d-token sentencepiece tokenizer on both sides of the training split",
-                    model_args.tokenizer_vocab_size)
-        tokenizer = train_sentencepiece_tokenizer(
-            translation_texts(raw["train"], (data_args.source_lang, data_args.target_lang)),
-            vocab_size=model_args.tokenizer_vocab_size, model_type=model_args.tokenizer_model_type,
-        )
-        if training_args.process_index == 0:
-            os.makedirs(training_args.output_dir, exist_ok=True)
-            save_tokenizer(tokenizer, training_args.output_dir)
-        return tokenizer
-
-
 def fwp_seq2seq_config_from_arguments(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> FWPConfig:
-    """An encoder–decoder `FWPConfig` from the model arguments, `config_overrides` and the tokenizer's ids."""
-    values: dict[str, Any] = {name: getattr(model_args, name) for name in FWP_CONFIG_FIELDS}
-    if model_args.config_overrides:
-        try:
-            overrides = json.loads(model_args.config_overrides)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"config_overrides must be a JSON object, got {model_args.config_overrides!r}: {error}") from error
-        if not isinstance(overrides, dict):
-            raise ValueError(f"config_overrides must be a JSON object, got {model_args.config_overrides!r}")
-        unknown = sorted(set(overrides) - set(FWPConfig().to_dict()))
-        if unknown:
-            raise ValueError(f"config_overrides has unknown FWPConfig key(s) {', '.join(map(repr, unknown))}")
-        values.update(overrides)
+    """An encoder–decoder `FWPConfig` from the model arguments, `config_overrides` and the tokenizer's ids.
+
+    The decoder starts from ``<s>`` (``<pad>`` where the tokenizer has no ``<s>``).
+    """
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer needs a pad and an eos token for translation")
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
-    return FWPConfig(
-        is_encoder_decoder=True,
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=start,
-        **values,
+    return common.fwp_config_from_arguments(
+        model_args, tokenizer, is_encoder_decoder=True, decoder_start_token_id=start
     )
 
 
@@ -393,17 +318,30 @@ class TrainingTimeLimitCallback(TrainerCallback):
             control.should_save = True
 
 
-def _setup_logging(training_args: Seq2SeqTrainingArguments) -> None:
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
-    level = training_args.get_process_log_level()
-    logger.setLevel(level)
-    datasets.utils.logging.set_verbosity(level)
-    transformers.utils.logging.set_verbosity(level)
+def select_splits(raw: datasets.DatasetDict, data_args: DataTrainingArguments,
+                  training_args: Seq2SeqTrainingArguments) -> datasets.DatasetDict:
+    """The splits the run uses (train for --do_train, validation for --do_eval, test for --do_predict),
+    each cut to its ``--max_*_samples``; a ValueError names a split the data lacks."""
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+              "test": data_args.max_predict_samples}
+    selected = datasets.DatasetDict()
+    for split, flag in SPLIT_FLAGS.items():
+        if not getattr(training_args, flag):
+            continue
+        if split not in raw:
+            raise ValueError(f"{flag} needs a {split} split (--{split}_file or a Hub dataset with one); "
+                             f"the data has {', '.join(raw)}")
+        selected[split] = common.first_rows(raw[split], limits[split])
+    return selected
 
 
-def _select(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
-    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
+def set_generation_arguments(
+    data_args: DataTrainingArguments, training_args: Seq2SeqTrainingArguments
+) -> tuple[int, int]:
+    """The maximum generated length and beam size of evaluation and test, also set on `training_args`."""
+    training_args.generation_max_length = data_args.val_max_target_length or data_args.max_target_length
+    training_args.generation_num_beams = data_args.num_beams or training_args.generation_num_beams or 1
+    return training_args.generation_max_length, training_args.generation_num_beams
 
 
 def run_translation_training(model_args: ModelArguments, data_args: DataTrainingArguments,
@@ -416,30 +354,18 @@ def run_translation_training(model_args: ModelArguments, data_args: DataTraining
     baseline ``test_copy_source_bleu``/``test_copy_source_chrf`` score the test split against its raw
     reference texts.
     """
-    _setup_logging(training_args)
+    common.setup_logging(training_args)
     if training_args.do_predict and not training_args.predict_with_generate:
         raise ValueError("do_predict needs predict_with_generate=True (BLEU/chrF of generated translations)")
-    resume_checkpoint = resolve_resume_checkpoint(training_args)
+    resume_checkpoint = common.resolve_resume_checkpoint(training_args)
     set_seed(training_args.seed)
-    raw = load_translation_datasets(data_args)
-    needed = {"train": training_args.do_train, "validation": training_args.do_eval, "test": training_args.do_predict}
-    for (split, wanted), flag in zip(needed.items(), ("do_train", "do_eval", "do_predict")):
-        if wanted and split not in raw:
-            raise ValueError(f"{flag} needs a {split} split (--{split}_file or a Hub dataset with one); "
-                             f"the data has {', '.join(raw)}")
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
-              "test": data_args.max_predict_samples}
-    selected = datasets.DatasetDict({split: _select(raw[split], limits[split]) for split, wanted in needed.items() if wanted})
-    tokenizer = load_or_train_tokenizer(model_args, data_args, training_args, selected)
+    selected = select_splits(load_translation_datasets(data_args), data_args, training_args)
+    langs = (data_args.source_lang, data_args.target_lang)
+    texts = translation_texts(selected["train"], langs) if "train" in selected else None
+    tokenizer = common.load_or_train_tokenizer(model_args, training_args, texts)
     model = build_model(model_args, tokenizer)
-    num_parameters = model.num_parameters()
-    logger.info("seq2seq model %s: %.2fM parameters", type(model).__name__, num_parameters / 1e6)
-
-    max_generated = data_args.val_max_target_length or data_args.max_target_length
-    num_beams = data_args.num_beams or training_args.generation_num_beams or 1
-    training_args.generation_max_length = max_generated
-    training_args.generation_num_beams = num_beams
-
+    logger.info("seq2seq model %s: %.2fM parameters", type(model).__name__, model.num_parameters() / 1e6)
+    max_generated, num_beams = set_generation_arguments(data_args, training_args)
     with training_args.main_process_first(desc="tokenizing"):
         tokenized, truncated = tokenize_splits(selected, tokenizer, data_args)
 
@@ -454,17 +380,13 @@ def run_translation_training(model_args: ModelArguments, data_args: DataTraining
         compute_metrics=make_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
         callbacks=[*(callbacks or []), *([time_limit] if time_limit else [])],
     )
-    metrics: dict[str, float] = {"num_parameters": float(num_parameters), **truncated}
+    metrics: dict[str, float] = {"num_parameters": float(model.num_parameters()), **truncated}
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=resume_checkpoint)
-        trainer.save_model()
-        train_metrics = {**result.metrics, "train_samples": len(tokenized["train"]),
-                         "train_steps": trainer.state.global_step}
+        train_metrics = common.train_and_save(trainer, resume_checkpoint)
         if time_limit is not None:
             train_metrics["train_stopped_by_time_limit"] = int(time_limit.stopped_early)
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
-        trainer.save_state()
         metrics.update(train_metrics)
     if training_args.do_eval:
         eval_metrics = trainer.evaluate(max_length=max_generated, num_beams=num_beams, metric_key_prefix="eval")
@@ -523,14 +445,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 __all__ = [
-    "ModelArguments",
-    "DataTrainingArguments",
-    "parse_translation_arguments",
-    "load_translation_datasets",
-    "check_translation_split",
-    "fwp_seq2seq_config_from_arguments",
-    "encode_with_eos",
-    "corpus_scores",
-    "run_translation_training",
-    "main",
+    "ModelArguments", "DataTrainingArguments", "parse_translation_arguments", "load_translation_datasets",
+    "select_splits", "check_translation_split", "fwp_seq2seq_config_from_arguments", "encode_with_eos",
+    "corpus_scores", "run_translation_training", "main"
 ]

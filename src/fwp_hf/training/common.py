@@ -1,0 +1,280 @@
+"""What the language-model and translation pipelines share (`lm.py` and `translation.py` build on it).
+
+- `BaseModelArguments`: the model fields both scripts take; each pipeline's `ModelArguments` extends it.
+- `parse_run_arguments`: ``[config.yaml|config.json] [--flag value ...]`` into the argument dataclasses.
+- `fwp_config_from_arguments` (with `parse_config_overrides`): an `FWPConfig` from the model
+  arguments, ``--config_overrides`` and the tokenizer's vocabulary.
+- `load_or_train_tokenizer`: the run's tokenizer; a sentencepiece tokenizer is trained on the texts
+  it is given when there is none.
+- `setup_logging`, `resolve_resume_checkpoint` (``--resume_from_checkpoint last``) with
+  `check_checkpoint`, `first_rows` (``--max_*_samples``) and `train_and_save` (the Trainer's training step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import datasets
+import transformers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .. import FEATURE_MAPS, FWPConfig
+from ..token_mixers import ATTENTION_TYPES
+from .cli import config_overrides_as_json, parse_config_and_flags
+from .tokenization import MODEL_TYPES, save_tokenizer, train_sentencepiece_tokenizer
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+CHECKPOINT_REQUIRED_FILES = ("trainer_state.json", "config.json", "optimizer.pt", "scheduler.pt")
+# FWPConfig fields that come from the tokenizer, never from the arguments.
+TOKENIZER_CONFIG_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+
+
+@dataclass
+class BaseModelArguments:
+    """The model: a new FWP model from these fields, or `model_name_or_path` to start from."""
+
+    # The fields that are FWPConfig fields of the same name (a subclass adds its own).
+    CONFIG_FIELDS: ClassVar[tuple[str, ...]] = (
+        "attention_type",
+        "feature_map",
+        "dpfp_nu",
+        "performer_num_features",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "chunk_size",
+    )
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Start from this saved model (folder or Hub id) instead of a new one."}
+    )
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer folder or Hub id. None: the one of model_name_or_path, else the one in output_dir, "
+            "else train a sentencepiece tokenizer on the training split (both sides of it for translation)."
+        },
+    )
+    tokenizer_vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size of a trained tokenizer."})
+    tokenizer_model_type: str = field(
+        default="unigram", metadata={"help": f"sentencepiece model: {', '.join(MODEL_TYPES)}."}
+    )
+    attention_type: str = field(
+        default="delta",
+        metadata={
+            "help": f"Token mixer of every layer (the encoder's in an encoder–decoder): {', '.join(ATTENTION_TYPES)} "
+            "(a per-layer list goes in config_overrides)."
+        },
+    )
+    feature_map: str = field(
+        default="dpfp",
+        metadata={"help": f"φ of the token mixers that let the config choose it: {', '.join(FEATURE_MAPS)}."},
+    )
+    dpfp_nu: int = field(default=1, metadata={"help": "ν of DPFP (d_dot = 2·ν·head_dim)."})
+    performer_num_features: int = field(default=64, metadata={"help": "m of FAVOR+ (d_dot = 2m)."})
+    hidden_size: int = field(default=256)
+    intermediate_size: int = field(default=704)
+    num_hidden_layers: int = field(default=4)
+    num_attention_heads: int = field(default=4)
+    chunk_size: int = field(default=64, metadata={"help": "Chunk length of the chunkwise-parallel kernels."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Other FWPConfig fields as a JSON object (a mapping in a YAML config), e.g. "
+            '\'{"attention_type": ["delta", "softmax"], "fast_weights_decay": 0.9}\'.'
+        },
+    )
+
+
+def parse_run_arguments(argument_classes: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
+    """Parse ``[config.yaml|config.json] [--flag value ...]`` (default: sys.argv): flags override the file.
+
+    An unknown key in the file raises a ValueError naming it; ``config_overrides`` may be a mapping there.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    return parse_config_and_flags(argument_classes, argv, convert_values=config_overrides_as_json)
+
+
+def parse_config_overrides(config_overrides: str | None) -> dict[str, Any]:
+    """The FWPConfig fields of a ``--config_overrides`` JSON object; a ValueError says what is wrong with it."""
+    if not config_overrides:
+        return {}
+    try:
+        overrides = json.loads(config_overrides)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config_overrides must be a JSON object, got {config_overrides!r}: {error}") from error
+    if not isinstance(overrides, dict):
+        raise ValueError(f"config_overrides must be a JSON object, got {config_overrides!r}")
+    unknown = sorted(set(overrides) - set(FWPConfig().to_dict()))
+    if unknown:
+        raise ValueError(f"config_overrides has unknown FWPConfig key(s) {', '.join(map(repr, unknown))}")
+    from_tokenizer = sorted(set(overrides) & set(TOKENIZER_CONFIG_FIELDS))
+    if from_tokenizer:
+        raise ValueError(
+            f"config_overrides sets {', '.join(map(repr, from_tokenizer))}, which come from the tokenizer"
+        )
+    return overrides
+
+
+def fwp_config_from_arguments(
+    model_args: BaseModelArguments, tokenizer: PreTrainedTokenizerBase, **fixed: Any
+) -> FWPConfig:
+    """An `FWPConfig`: the model arguments that are config fields, `config_overrides` over them, the
+    tokenizer's size and special ids, and `fixed` (e.g. ``is_encoder_decoder=True``)."""
+    values = {name: getattr(model_args, name) for name in model_args.CONFIG_FIELDS}
+    values.update(parse_config_overrides(model_args.config_overrides))
+    return FWPConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **fixed,
+        **values,
+    )
+
+
+def load_or_train_tokenizer(
+    model_args: BaseModelArguments, training_args: TrainingArguments, texts: Iterable[str] | None
+) -> PreTrainedTokenizerBase:
+    """The run's tokenizer: `tokenizer_name`; else `model_name_or_path`'s; else the one already in
+    output_dir (a warning when its size is not `tokenizer_vocab_size`); else a sentencepiece tokenizer
+    trained on `texts` and saved to output_dir.
+
+    `texts` is read only when a tokenizer is trained; None means there is nothing to train one on.
+    """
+    if model_args.tokenizer_name:
+        return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
+    if model_args.model_name_or_path:
+        return AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    output_dir = training_args.output_dir
+    with training_args.main_process_first(desc="training the tokenizer"):
+        if os.path.isfile(os.path.join(output_dir, "tokenizer.json")):
+            tokenizer = AutoTokenizer.from_pretrained(output_dir)
+            if len(tokenizer) != model_args.tokenizer_vocab_size:
+                logger.warning(
+                    "Reusing the %d-token tokenizer in %s (tokenizer_vocab_size=%d is ignored)",
+                    len(tokenizer),
+                    output_dir,
+                    model_args.tokenizer_vocab_size,
+                )
+            return tokenizer
+        if texts is None:
+            raise ValueError(
+                "no tokenizer: give --tokenizer_name or --model_name_or_path, or training data to train one on"
+            )
+        logger.info("Training a %d-token sentencepiece tokenizer on the training split", model_args.tokenizer_vocab_size)
+        tokenizer = train_sentencepiece_tokenizer(
+            texts, vocab_size=model_args.tokenizer_vocab_size, model_type=model_args.tokenizer_model_type
+        )
+        if training_args.process_index == 0:
+            os.makedirs(output_dir, exist_ok=True)
+            save_tokenizer(tokenizer, output_dir)
+        return tokenizer
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    """Log to stdout for fwp_hf, transformers and datasets alike, as transformers' example scripts do:
+    the main process at info level (or `--log_level`), the others at `--log_level_replica` (warning)."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:  # the "passive" log level then means info
+        transformers.utils.logging.set_verbosity_info()
+    level = training_args.get_process_log_level()
+    logging.getLogger("fwp_hf").setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def check_checkpoint(checkpoint: str) -> None:
+    """Raise a ValueError naming what is missing or unreadable in a Trainer checkpoint folder."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {checkpoint!r} does not exist")
+    missing = [name for name in CHECKPOINT_REQUIRED_FILES if not (path / name).is_file()]
+    weights = [path / name for name in CHECKPOINT_WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        missing.append(" or ".join(CHECKPOINT_WEIGHT_FILES))
+    hint = "it is corrupt or was half-written; resume from an earlier checkpoint or delete it"
+    if missing:
+        raise ValueError(f"checkpoint directory {checkpoint!r} is incomplete (missing {', '.join(missing)}): {hint}")
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"checkpoint {checkpoint!r}: trainer_state.json is not valid JSON ({error}): {hint}"
+        ) from error
+    if weights[0].suffix == ".safetensors":
+        from safetensors import safe_open  # noqa: PLC0415
+
+        try:
+            with safe_open(str(weights[0]), framework="pt") as handle:
+                for name in handle.keys():
+                    handle.get_tensor(name)
+        except Exception as error:  # safetensors raises its own error types for truncated files
+            raise ValueError(
+                f"checkpoint {checkpoint!r}: {weights[0].name} cannot be read ({error}): {hint}"
+            ) from error
+
+
+def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
+    """The checkpoint to resume from: an explicit path, ``"last"`` (the newest in output_dir), or None."""
+    requested = training_args.resume_from_checkpoint
+    if requested is None or requested in ("", "False", "false"):
+        return None
+    if requested in ("last", "True", "true"):
+        if not os.path.isdir(training_args.output_dir) or get_last_checkpoint(training_args.output_dir) is None:
+            raise ValueError(
+                f"resume_from_checkpoint={requested!r} but output_dir {training_args.output_dir!r} "
+                "has no checkpoint-* folder"
+            )
+        requested = get_last_checkpoint(training_args.output_dir)
+    check_checkpoint(requested)
+    return requested
+
+
+def first_rows(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    """The first `limit` rows of `dataset` (all of them when `limit` is None)."""
+    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
+
+
+def train_and_save(trainer: Trainer, resume_checkpoint: str | None) -> dict[str, float]:
+    """Train (resuming from `resume_checkpoint`), save the model and the trainer state (loss curves).
+
+    Returns the Trainer's training metrics with ``train_samples`` and ``train_steps``.
+    """
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+    return {
+        **result.metrics,
+        "train_samples": len(trainer.train_dataset),
+        "train_steps": trainer.state.global_step,
+    }
+
+
+__all__ = [
+    "BaseModelArguments",
+    "parse_run_arguments",
+    "parse_config_overrides",
+    "fwp_config_from_arguments",
+    "load_or_train_tokenizer",
+    "setup_logging",
+    "check_checkpoint",
+    "resolve_resume_checkpoint",
+    "first_rows",
+    "train_and_save",
+]
