@@ -45,9 +45,11 @@ from ..fast_weight_kernels import (
     recurrent_sum_rule,
     sum_normalize,
 )
+from ..token_mixers import ATTENTION_TYPES, TOKEN_MIXERS
 
-FWP_TYPES = ("softmax", "linear", "performer", "dpfp", "delta", "fast_weights")
-FAST_WEIGHT_TYPES = tuple(kind for kind in FWP_TYPES if kind != "softmax")
+# Every registered token mixer is benchmarked; the cache-size check covers those with a fixed-size state.
+FWP_TYPES = ATTENTION_TYPES
+FAST_WEIGHT_TYPES = tuple(kind for kind in FWP_TYPES if TOKEN_MIXERS[kind].holds_state)
 GIB = 1024**3
 
 

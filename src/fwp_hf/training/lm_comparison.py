@@ -17,6 +17,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from ..token_mixers import ATTENTION_TYPES
 from .lm import parse_lm_arguments, raw_datasets_from_arguments, run_lm_training
 from .tokenization import save_tokenizer, train_sentencepiece_tokenizer
 
@@ -124,16 +125,13 @@ def write_comparison(rows: list[dict], results_dir: str, title: str, notes: str 
     return [str(json_path), str(png_path), str(md_path)]
 
 
-VARIANTS = ("softmax", "linear", "performer", "dpfp", "delta", "fast_weights")
-
-
 @dataclass
 class ComparisonArguments:
     """The flags of `scripts/compare_lm.py`; any other flag goes to every training run."""
 
     configs: list[str] = field(
-        default_factory=lambda: [f"configs/lm/{name}.yaml" for name in VARIANTS],
-        metadata={"help": "train_lm config files to compare."},
+        default_factory=lambda: [f"configs/lm/{name}.yaml" for name in ATTENTION_TYPES],
+        metadata={"help": "train_lm configs to compare (default: configs/lm/<type>.yaml, every registered type)."},
     )
     output_dir: str = field(default="outputs/compare_lm", metadata={"help": "Where the runs are written."})
     results_dir: str = field(default="docs", metadata={"help": "Where the table, plot and JSON are written."})

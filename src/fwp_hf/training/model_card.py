@@ -13,6 +13,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..token_mixers import describe_token_mixer
+
 
 @dataclass
 class LMEvaluation:
@@ -25,19 +27,10 @@ class LMEvaluation:
 
 
 def describe_architecture(config) -> str:
-    """A short human description of an FWP config's token mixers, e.g. ``"4 × delta (dpfp, ν=1)"``."""
+    """A short human description of an FWP config's layers, one part per layer type (the registry's
+    `describe_token_mixer`), e.g. ``"4 × delta (delta rule …; φ = DPFP(ν=1), …) layers, hidden size 256"``."""
     kinds = config.layer_attention_types
-    parts = []
-    for kind in dict.fromkeys(kinds):
-        detail = ""
-        feature = config.feature_map if kind == "delta" else {"dpfp": "dpfp", "performer": "favor"}.get(kind)
-        if feature == "dpfp":
-            detail = f" (dpfp, ν={config.dpfp_nu})"
-        elif feature == "favor":
-            detail = f" (favor, m={config.performer_num_features})"
-        elif kind == "delta":
-            detail = f" ({feature})"
-        parts.append(f"{kinds.count(kind)} × {kind}{detail}")
+    parts = [f"{kinds.count(kind)} × {kind} ({describe_token_mixer(config, kind)})" for kind in dict.fromkeys(kinds)]
     return ", ".join(parts) + f" layers, hidden size {config.hidden_size}"
 
 
