@@ -188,11 +188,12 @@ def test_fast_weights_rnn_memory_changes_the_output():
 def test_config_file_is_overridden_by_flags(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("setting: 2\nmethods: [delta_linear]\nsizes: [20, 40]\nbatch_size: 8\n")
-    args = parse_args_with_config(synthetic_retrieval.RetrievalExperimentArguments, ["--config", str(config), "--sizes", "10"])
+    arguments = synthetic_retrieval.RetrievalExperimentArguments
+    args = parse_args_with_config(arguments, ["--config", str(config), "--sizes", "10"])
     assert (args.setting, args.methods, args.sizes, args.batch_size) == (2, ["delta_linear"], [10], 8)
     config.write_text("not_an_argument: 1\n")
     with pytest.raises(ValueError, match=r"unknown key\(s\)"):
-        parse_args_with_config(synthetic_retrieval.RetrievalExperimentArguments, ["--config", str(config)])
+        parse_args_with_config(arguments, ["--config", str(config)])
 
 
 @pytest.mark.parametrize("setting", [1, 2])

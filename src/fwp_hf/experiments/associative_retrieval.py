@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,11 @@ from .synthetic import (
     FastWeightsRNN,
     LSTMClassifier,
     ba_decode,
+    finish_experiment,
     make_ba_retrieval_dataset,
-    parse_args_with_config,
+    new_figure,
+    save_figure,
+    start_experiment,
 )
 
 MODELS = ("fast_weights", "lstm")
@@ -204,12 +206,7 @@ def markdown_table(runs: list[dict]) -> str:
 
 def plot(runs: list[dict], path: Path) -> None:
     """Validation error vs training step, one line per (model, R)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_figure()
     for run in runs:
         steps = [point["step"] for point in run["curve"]]
         errors = [point["validation_error"] for point in run["curve"]]
@@ -220,21 +217,12 @@ def plot(runs: list[dict], path: Path) -> None:
     ax.set_title("Associative retrieval (Ba et al. 2016)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Generate the data, train every (model, R), write and return the results."""
-    args = parse_args_with_config(AssociativeRetrievalArguments, argv)
-    if args.quick:
-        args = quick_arguments(args)
-    check_arguments(args)
-    torch.set_num_threads(1)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    args, output_dir = start_experiment(AssociativeRetrievalArguments, argv, quick_arguments, check_arguments)
 
     splits = {
         "train": make_ba_retrieval_dataset(args.train_sequences, args.num_pairs, seed=args.seed),
@@ -258,17 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{run['train_seconds']:.0f}s)"
                 )
 
-    results = {
-        "arguments": dataclasses.asdict(args),
-        "total_seconds": round(time.perf_counter() - start, 1),
-        "torch_version": torch.__version__,
-        "example": f"{ba_decode(example.inputs[0])} -> {example.targets[0].item()}",
-        "runs": runs,
-    }
-    (output_dir / "results.json").write_text(json.dumps(results, indent=1))
-    (output_dir / "table.md").write_text(markdown_table(runs))
-    plot(runs, output_dir / "curves.png")
-    print(markdown_table(runs))
-    print(f"wrote {output_dir / 'results.json'}, table.md and curves.png in {results['total_seconds']:.0f}s")
-    return results
+    return finish_experiment(
+        args, output_dir, start, markdown_table(runs), "curves.png", lambda path: plot(runs, path),
+        example=f"{ba_decode(example.inputs[0])} -> {example.targets[0].item()}", runs=runs,
+    )
 

@@ -15,9 +15,16 @@ All fast-weight math (feature maps, sum/delta rules, Hebbian update, inner loop)
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import string
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +43,7 @@ from ..fast_weight_kernels import (
     normalized_sum_rule,
     sum_normalize,
 )
+from ..training.cli import parse_config_and_flags
 
 # ==============================================================================================
 # Schlag et al. 2021 §4.1: associative retrieval with a fast-weight memory
@@ -360,15 +368,69 @@ class LSTMClassifier(nn.Module):
 
 
 # ==============================================================================================
-# Command-line arguments: a YAML/JSON config file overridable by flags
+# Running an experiment: arguments (a YAML/JSON config file overridable by flags), results, plots
 # ==============================================================================================
 
 
 def parse_args_with_config(dataclass_type: type, argv: list[str] | None = None):
     """Parse ``argv`` into ``dataclass_type``: ``--config FILE`` (YAML or JSON) sets the defaults, any
     other flag overrides them; unknown keys in the file are an error."""
-    import sys
-
-    from ..training.cli import parse_config_and_flags
-
     return parse_config_and_flags([dataclass_type], sys.argv[1:] if argv is None else argv)[0]
+
+
+def start_experiment(
+    dataclass_type: type,
+    argv: list[str] | None,
+    quick_arguments: Callable[[Any], Any],
+    check_arguments: Callable[[Any], None],
+) -> tuple[Any, Path]:
+    """The experiment's arguments (``--quick`` applied, then checked) and its output folder, created.
+
+    Experiments run on one torch thread, so that their timings do not depend on the machine's cores.
+    """
+    args = parse_args_with_config(dataclass_type, argv)
+    if args.quick:
+        args = quick_arguments(args)
+    check_arguments(args)
+    torch.set_num_threads(1)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return args, output_dir
+
+
+def new_figure():
+    """A (figure, axes) pair of the experiments' plots, drawn without a display."""
+    import matplotlib  # noqa: PLC0415 - optional dependency of the examples
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt.subplots(figsize=(7, 4.5))
+
+
+def save_figure(figure, axes, path: Path) -> None:
+    """Add the legend, save `figure` to `path` and close it."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def finish_experiment(
+    args, output_dir: Path, started: float, table: str, figure_name: str, draw: Callable[[Path], None], **fields
+) -> dict:
+    """Write ``results.json`` (the arguments, timing and `fields`), ``table.md`` and the figure; print the table."""
+    results = {
+        "arguments": dataclasses.asdict(args),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "torch_version": torch.__version__,
+        **fields,
+    }
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1))
+    (output_dir / "table.md").write_text(table)
+    draw(output_dir / figure_name)
+    print(table)
+    print(f"wrote {output_dir / 'results.json'}, table.md and {figure_name} in {results['total_seconds']:.0f}s")
+    return results

@@ -19,7 +19,6 @@ Writes ``results.json`` (every run with its loss curve), ``loss_vs_keys.png`` an
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +28,13 @@ from tqdm.auto import tqdm
 
 from .synthetic import (
     RetrievalModel,
+    finish_experiment,
     make_retrieval_batch,
-    parse_args_with_config,
+    new_figure,
     parse_retrieval_method,
     retrieval_loss,
+    save_figure,
+    start_experiment,
 )
 
 # Largest S with ≈ 0 loss in the paper (official logs, d_key = 64); None: never reaches ≈ 0.
@@ -213,12 +215,7 @@ def markdown_table(args: RetrievalExperimentArguments, runs: list[dict], skipped
 
 def plot(args: RetrievalExperimentArguments, runs: list[dict], path: Path) -> None:
     """Final loss vs S, one line per method (log y axis)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_figure()
     for method in args.methods:
         points = sorted((r["num_keys"], r["final_loss"]) for r in runs if r["method"] == method)
         if points:
@@ -232,21 +229,12 @@ def plot(args: RetrievalExperimentArguments, runs: list[dict], path: Path) -> No
     )
     ax.set_title(f"Associative retrieval, d_key = {args.key_dim} — {title}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the sweep; returns the results dictionary that is also written to ``results.json``."""
-    args = parse_args_with_config(RetrievalExperimentArguments, argv)
-    if args.quick:
-        args = quick_arguments(args)
-    check_arguments(args)
-    torch.set_num_threads(1)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    args, output_dir = start_experiment(RetrievalExperimentArguments, argv, quick_arguments, check_arguments)
 
     runs: list[dict] = []
     skipped: dict[str, list[int]] = {}
@@ -271,18 +259,9 @@ def main(argv: list[str] | None = None) -> dict:
             progress.update(1)
     progress.close()
 
-    results = {
-        "arguments": dataclasses.asdict(args),
-        "total_seconds": round(time.perf_counter() - start, 1),
-        "torch_version": torch.__version__,
-        "runs": runs,
-        "skipped": skipped,
-        "largest_solved": {m: largest_solved(runs, m, args.solved_loss) for m in args.methods},
-    }
-    (output_dir / "results.json").write_text(json.dumps(results, indent=1))
-    (output_dir / "table.md").write_text(markdown_table(args, runs, skipped))
-    plot(args, runs, output_dir / "loss_vs_keys.png")
-    print(markdown_table(args, runs, skipped))
-    print(f"wrote {output_dir / 'results.json'}, table.md and loss_vs_keys.png in {results['total_seconds']:.0f}s")
-    return results
+    return finish_experiment(
+        args, output_dir, start, markdown_table(args, runs, skipped), "loss_vs_keys.png",
+        lambda path: plot(args, runs, path),
+        runs=runs, skipped=skipped, largest_solved={m: largest_solved(runs, m, args.solved_loss) for m in args.methods},
+    )
 
