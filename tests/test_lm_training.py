@@ -19,18 +19,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from huggingface_hub import ModelCard
 from transformers import TrainerCallback
 
-from fwp_hf import FWPConfig, FWPForCausalLM
-from fwp_hf.token_mixers import ATTENTION_TYPES, describe_token_mixer
+from fwp_hf import FWPConfig
+from fwp_hf.token_mixers import ATTENTION_TYPES, TOKEN_MIXERS, describe_token_mixer
 from fwp_hf.training.lm import main, parse_lm_arguments, run_lm_training
 from fwp_hf.training.lm_comparison import ComparisonArguments
 from fwp_hf.training.lm_data import builtin_corpus_texts, load_raw_lm_datasets
 from fwp_hf.training.lm_evaluation import segment_perplexity
 from fwp_hf.training.tokenization import save_tokenizer, train_sentencepiece_tokenizer
+
+from conftest import make_lm, random_ids, type_variant
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,30 +220,21 @@ def test_config_files_and_bad_input_give_clear_errors(data_files, tmp_path):
         )
 
 
-def test_carried_state_evaluation_equals_one_pass_over_the_stream():
-    torch.manual_seed(0)
-    config = dict(
-        vocab_size=50,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        chunk_size=4,
-        initializer_range=0.2,
-    )
-    model = FWPForCausalLM(FWPConfig(attention_type="delta", **config)).eval()
-    stream = torch.randint(0, 50, (2 * 49,)).tolist()
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_carried_state_evaluation_equals_one_pass_over_the_stream(attention_type):
+    model = make_lm(type_variant(attention_type))  # the model tests' tiny model of this type
+    stream = random_ids(2, 49).flatten().tolist()
+    if not TOKEN_MIXERS[attention_type].holds_state:
+        with pytest.raises(ValueError, match="carry_state=True needs a model whose every layer keeps a fixed-size "
+                           f"state; the key/value cache of its {attention_type} layers grows"):
+            segment_perplexity(model, stream, segment_length=7, carry_state=True)
+        return
     whole = segment_perplexity(model, stream, segment_length=48, carry_state=False, num_streams=2)
     carried = segment_perplexity(model, stream, segment_length=7, carry_state=True, num_streams=2)
     independent = segment_perplexity(model, stream, segment_length=7, carry_state=False, num_streams=2)
     assert whole["tokens"] == carried["tokens"] == independent["tokens"] == 96
     assert carried["loss"] == pytest.approx(whole["loss"], rel=1e-5)
     assert abs(independent["loss"] - whole["loss"]) > 1e-3
-
-    hybrid = FWPForCausalLM(FWPConfig(attention_type=["delta", "softmax"], **config)).eval()
-    with pytest.raises(ValueError, match="carry_state=True needs a model whose every layer keeps a fixed-size state; "
-                       "the key/value cache of its softmax layers grows"):
-        segment_perplexity(hybrid, stream, segment_length=7, carry_state=True)
 
 
 def test_accelerate_launch_trains_with_two_processes(data_files, tmp_path):
