@@ -3,7 +3,8 @@
 Covered: a tiny end-to-end run (output folder, card metadata = measured metrics); an interrupted run
 resumed from its last checkpoint reproduces the uninterrupted loss curve; corrupt and half-written
 checkpoints, unknown config keys, missing/empty data files and unknown config overrides give clear
-errors; carried-state evaluation equals one forward pass over the whole stream; two processes through
+errors; carried-state evaluation equals one forward pass over the whole stream for every registered
+type that keeps a fixed-size state (and is refused for the others); two processes through
 `accelerate launch`. Models have ~30k parameters and data is the first 2000 Penn Treebank sentences; the built-in
 Penn Treebank splits have the standard sizes.
 """
