@@ -1,9 +1,11 @@
 """Tests for ``fwp_hf.fast_weight_kernels``.
 
 Covered: chunkwise form == recurrent form (outputs, final states, gradients) for every update rule
-and feature map; both forms against hand-written naive math and against transformers' independent
-gated-delta-rule implementation; exact continuation across segments and from prefill to decoding;
-feature-map properties; masking; input validation; dtypes.
+(sum rule, decayed sum rule, delta rule, gated delta rule, Ba et al.) and every feature map of the
+registry `FEATURE_MAPS`; both forms against hand-written naive math and against transformers'
+independent gated-delta-rule implementation (Qwen3-Next), with and without gating; exact
+continuation across segments and from prefill to decoding; no-op (padding) tokens; the feature-map
+registry and the gates; input validation; dtypes.
 
 Shapes are tiny (the suite runs on 2 CPU cores). All comparisons are in fp32 with errors measured
 relative to the largest magnitude of the reference (``assert_close_scaled``).
@@ -11,7 +13,9 @@ relative to the largest magnitude of the reference (``assert_close_scaled``).
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,23 +23,21 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_close
 
+from fwp_hf import TOKEN_MIXERS
 from fwp_hf import fast_weight_kernels as fwk
 
 B, H, D, DV = 2, 2, 8, 6
 CHUNK = 16
 RTOL = 1e-5  # forms agree to ~1e-5 of the output scale in fp32 (observed: < 1e-6)
-FEATURE_MAPS = ["elu", "favor", "dpfp1", "dpfp2", "dpfp3"]
+FAVOR_FEATURES = 12  # 1.5 blocks of D orthogonal directions
+# φ of the kernel cases: every registered feature map, and DPFP with larger ν.
+PHI = [*fwk.FEATURE_MAPS, "dpfp-nu2", "dpfp-nu3"]
 TIME_KEYS = {"q", "k", "v", "beta", "log_decay", "drive", "mask"}  # tensors with a time axis (dim 2)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny ops (e.g. 8×8 QR) are ~100× slower with intra-op threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
+assert_close_scaled = partial(assert_close, rtol=RTOL)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,24 +53,17 @@ def randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor
     return torch.randn(*shape, generator=gen) * scale
 
 
-def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL, what: str = "") -> None:
-    """max |actual − expected| ≤ rtol · max |expected| (same shape and dtype)."""
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    scale = max(expected.abs().max().item(), 1e-3) if expected.numel() else 1.0
-    err = (actual.double() - expected.double()).abs().max().item() if expected.numel() else 0.0
-    assert err <= rtol * scale, f"{what}: max |diff| {err:.3g} > {rtol:g} × scale {scale:.3g}"
-
-
 def make_feature_map(name: str, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
-    if name == "elu":
-        return fwk.elu_plus_one_feature_map
-    if name == "favor":
-        projection = fwk.draw_orthogonal_random_features(12, D, generator=gen)  # 12 = 1.5 blocks
-        return partial(fwk.favor_feature_map, projection=projection)
-    if name.startswith("dpfp"):
-        return partial(fwk.dpfp_feature_map, nu=int(name[4:]))
-    raise AssertionError(name)
+    """φ of a `PHI` entry through the registry: ``"<FEATURE_MAPS name>[-nu<ν>]"``."""
+    base, _, nu = name.partition("-nu")
+    spec = fwk.FEATURE_MAPS[base]
+    projection = fwk.draw_orthogonal_random_features(FAVOR_FEATURES, D, generator=gen) if spec.random_features else None
+    return partial(spec.apply, dpfp_nu=int(nu or 1), projection=projection)
+
+
+def log_decays(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    """g ≤ 0 with α = exp(g) mostly in (0.5, 1) and a tail of strong decays."""
+    return F.logsigmoid(randn(gen, *shape) + 2.0)
 
 
 def time_slice(tensors: dict, start: int, stop: int, initial_state: torch.Tensor | None) -> dict:
@@ -93,11 +88,13 @@ def _sum_case(gen, T, feature_map, log_decay=False, exclusive=False, normalized=
     phi = make_feature_map(feature_map, gen)
     tensors = {"q": randn(gen, B, H, T, D), "k": randn(gen, B, H, T, D), "v": randn(gen, B, H, T, DV)}
     if log_decay:
-        tensors["log_decay"] = F.logsigmoid(randn(gen, B, H, T) + 1.5)
+        tensors["log_decay"] = log_decays(gen, B, H, T)
 
     def call(chunked, q, k, v, initial_state, log_decay=None, chunk_size=CHUNK):
         if normalized:
-            return fwk.normalized_sum_rule(phi(q), phi(k), v, initial_state, chunked=chunked, chunk_size=chunk_size)
+            return fwk.normalized_sum_rule(
+                phi(q), phi(k), v, initial_state=initial_state, chunked=chunked, chunk_size=chunk_size
+            )
         kernel = partial(fwk.chunk_sum_rule, chunk_size=chunk_size) if chunked else fwk.recurrent_sum_rule
         return kernel(phi(q), phi(k), v, initial_state=initial_state, log_decay=log_decay, exclusive=exclusive)
 
@@ -106,7 +103,7 @@ def _sum_case(gen, T, feature_map, log_decay=False, exclusive=False, normalized=
     return Case(partial(call, True), partial(call, False), tensors), state_shape
 
 
-def _delta_case(gen, T, feature_map):
+def _delta_case(gen, T, feature_map, gated=False):
     phi = make_feature_map(feature_map, gen)
     tensors = {
         "q": randn(gen, B, H, T, D),
@@ -114,10 +111,12 @@ def _delta_case(gen, T, feature_map):
         "v": randn(gen, B, H, T, DV),
         "beta": torch.rand(B, H, T, generator=gen) * 0.9 + 0.05,
     }
+    if gated:
+        tensors["log_decay"] = log_decays(gen, B, H, T)
 
-    def call(kernel, q, k, v, beta, initial_state, **kw):
+    def call(kernel, q, k, v, initial_state, **kw):
         # Sum-normalised features, as the model uses them (keeps the delta rule contractive).
-        return kernel(fwk.sum_normalize(phi(q)), fwk.sum_normalize(phi(k)), v, beta, initial_state, **kw)
+        return kernel(fwk.sum_normalize(phi(q)), fwk.sum_normalize(phi(k)), v, initial_state=initial_state, **kw)
 
     feature_dim = phi(torch.zeros(1, D)).shape[-1]
     chunk = partial(call, fwk.chunk_delta_rule)
@@ -137,7 +136,8 @@ def _fast_weights_case(gen, T, num_steps, masked=False):
 
     def call(kernel, drive, ln_weight, ln_bias, mask, initial_state, **kw):
         return kernel(
-            drive, ln_weight, ln_bias, num_steps=num_steps, initial_state=initial_state, mask=mask, **kw, **FW_HYPER
+            drive, ln_weight=ln_weight, ln_bias=ln_bias, num_steps=num_steps, initial_state=initial_state, mask=mask,
+            **kw, **FW_HYPER,
         )
 
     chunk = partial(call, fwk.chunk_fast_weights)
@@ -145,8 +145,8 @@ def _fast_weights_case(gen, T, num_steps, masked=False):
 
 
 def make_case(variant: str, T: int, with_init: bool, seed: int = 0) -> Case:
-    """``variant`` is ``rule/option``: sum/<map>, normalized/<map>, decay/{inclusive,exclusive},
-    delta/<map>, fw/<num_steps>[-masked]."""
+    """``variant`` is ``rule/option``: sum/<φ>, normalized/<φ>, decay/{inclusive,exclusive},
+    delta/<φ>, gated/<φ> (gated delta rule), fw/<num_steps>[-masked]; φ is a `PHI` entry."""
     gen = generator(seed)
     rule, option = variant.split("/")
     if rule == "sum":
@@ -155,8 +155,8 @@ def make_case(variant: str, T: int, with_init: bool, seed: int = 0) -> Case:
         case, state_shape = _sum_case(gen, T, option, normalized=True)
     elif rule == "decay":
         case, state_shape = _sum_case(gen, T, "elu", log_decay=True, exclusive=option == "exclusive")
-    elif rule == "delta":
-        case, state_shape = _delta_case(gen, T, option)
+    elif rule in ("delta", "gated"):
+        case, state_shape = _delta_case(gen, T, option, gated=rule == "gated")
     elif rule == "fw":
         steps, _, masked = option.partition("-")
         case, state_shape = _fast_weights_case(gen, T, int(steps), masked=bool(masked))
@@ -170,12 +170,13 @@ def make_case(variant: str, T: int, with_init: bool, seed: int = 0) -> Case:
 
 
 VARIANTS = [
-    *(f"sum/{m}" for m in FEATURE_MAPS),
+    *(f"sum/{m}" for m in PHI),
     "normalized/elu",
     "normalized/favor",
     "decay/inclusive",
     "decay/exclusive",
-    *(f"delta/{m}" for m in FEATURE_MAPS),
+    *(f"delta/{m}" for m in PHI),
+    *(f"gated/{m}" for m in PHI),
     "fw/0",
     "fw/1",
     "fw/2",
@@ -201,7 +202,7 @@ def test_chunk_matches_recurrent(variant, T, with_init):
     assert_close_scaled(state_chunk, state_rec, what="final state")
 
 
-@pytest.mark.parametrize("variant", ["sum/elu", "decay/exclusive", "delta/dpfp2", "fw/2-masked"])
+@pytest.mark.parametrize("variant", ["sum/elu", "decay/exclusive", "delta/dpfp-nu2", "gated/dpfp-nu2", "fw/2-masked"])
 def test_chunk_size_does_not_matter(variant):
     case = make_case(variant, 29, with_init=True)
     y_ref, state_ref = case.chunk(**case.tensors, chunk_size=64)
@@ -211,7 +212,7 @@ def test_chunk_size_does_not_matter(variant):
         assert_close_scaled(state, state_ref, what=f"state, chunk_size={chunk_size}")
 
 
-@pytest.mark.parametrize("variant", ["sum/elu", "decay/inclusive", "normalized/elu", "delta/elu", "fw/1"])
+@pytest.mark.parametrize("variant", ["sum/elu", "decay/inclusive", "normalized/elu", "delta/elu", "gated/elu", "fw/1"])
 def test_empty_sequence_returns_initial_state(variant):
     case = make_case(variant, 0, with_init=True)
     for form, kwargs in ((case.chunk, {"chunk_size": CHUNK}), (case.recurrent, {})):
@@ -223,6 +224,20 @@ def test_empty_sequence_returns_initial_state(variant):
 # ----------------------------------------------------------------------------------------------
 # Recurrent forms against naive math written here (independent of the module)
 # ----------------------------------------------------------------------------------------------
+
+
+def naive_per_head(initial_state: torch.Tensor, T: int, out_dim: int, step: Callable):
+    """A float64 reference by explicit loops over batch, head and token: ``state, y_t = step(state,
+    b, h, t)`` from ``initial_state[b, h]``. Returns ``(y [B, H, T, out_dim], final states)``."""
+    outputs = torch.empty(*initial_state.shape[:2], T, out_dim, dtype=torch.float64)
+    final_states = torch.empty(initial_state.shape, dtype=torch.float64)
+    for bi in range(initial_state.shape[0]):
+        for hi in range(initial_state.shape[1]):
+            state = initial_state[bi, hi].double()
+            for t in range(T):
+                state, outputs[bi, hi, t] = step(state, bi, hi, t)
+            final_states[bi, hi] = state
+    return outputs, final_states
 
 
 @pytest.mark.parametrize("exclusive", [False, True])
@@ -262,23 +277,21 @@ def test_fast_weights_match_ba_et_al_loop(num_steps):
     gen, T, decay, lr = generator(3), 13, 0.8, 0.3
     drive, s0 = randn(gen, B, H, T, D), randn(gen, B, H, D, D, scale=0.3)
     w, b = 1 + randn(gen, D, scale=0.1), randn(gen, D, scale=0.1)
-    expected = torch.empty(B, H, T, D, dtype=torch.float64)
-    expected_state = torch.empty(B, H, D, D, dtype=torch.float64)
-    for bi in range(B):
-        for hi in range(H):
-            memory = s0[bi, hi].double()
-            for t in range(T):
-                z = drive[bi, hi, t].double()
-                h = torch.relu(z)
-                for _ in range(num_steps):
-                    pre = z + memory.t() @ h  # read y = Sᵀ h (module convention: state is [d_key, d_value])
-                    normed = (pre - pre.mean()) / torch.sqrt(pre.var(unbiased=False) + 1e-5)
-                    h = torch.relu(normed * w.double() + b.double())
-                expected[bi, hi, t] = h
-                memory = decay * memory + lr * torch.outer(torch.relu(z), torch.relu(z))
-            expected_state[bi, hi] = memory
+
+    def step(memory, bi, hi, t):
+        z = drive[bi, hi, t].double()
+        h = torch.relu(z)
+        for _ in range(num_steps):
+            pre = z + memory.t() @ h  # read y = Sᵀ h (module convention: state is [d_key, d_value])
+            normed = (pre - pre.mean()) / torch.sqrt(pre.var(unbiased=False) + 1e-5)
+            h = torch.relu(normed * w.double() + b.double())
+        return decay * memory + lr * torch.outer(torch.relu(z), torch.relu(z)), h
+
+    expected, expected_state = naive_per_head(s0, T, D, step)
     for kernel in (fwk.recurrent_fast_weights, partial(fwk.chunk_fast_weights, chunk_size=5)):
-        y, state = kernel(drive, w, b, decay=decay, learning_rate=lr, num_steps=num_steps, initial_state=s0)
+        y, state = kernel(
+            drive, ln_weight=w, ln_bias=b, decay=decay, learning_rate=lr, num_steps=num_steps, initial_state=s0
+        )
         assert_close_scaled(y, expected.float(), what="output")
         assert_close_scaled(state, expected_state.float(), what="state")
 
@@ -304,7 +317,13 @@ def test_chunk_and_recurrent_gradients_match(variant):
     weights = (randn(gen, *y.shape), randn(gen, *state.shape))
     grads_rec = _grads(lambda: case.recurrent(**case.tensors), leaves, weights)
     grads_chunk = _grads(lambda: case.chunk(**case.tensors, chunk_size=CHUNK), leaves, weights)
-    inputs = {"drive", "ln_weight", "ln_bias"} if variant.startswith("fw") else {"q", "k", "v"}
+    rule = variant.split("/")[0]
+    inputs = {
+        "fw": {"drive", "ln_weight", "ln_bias"},
+        "delta": {"q", "k", "v", "beta"},
+        "gated": {"q", "k", "v", "beta", "log_decay"},
+        "decay": {"q", "k", "v", "log_decay"},
+    }.get(rule, {"q", "k", "v"})
     expected_names = inputs | {"initial_state"}
     assert expected_names <= set(leaves)
     unused = {"ln_weight", "ln_bias"} if variant == "fw/0" else set()  # no inner step reads the LN
@@ -324,19 +343,28 @@ CONTINUATION_VARIANTS = [
     "decay/exclusive",
     "normalized/elu",
     "delta/elu",
-    "delta/dpfp2",
+    "delta/dpfp-nu2",
+    "gated/elu",
+    "gated/favor",
+    "gated/dpfp-nu2",
     "fw/1",
     "fw/2-masked",
 ]
+
+
+def _whole_sequence_and_first_segment(variant: str, with_init: bool, T: int, split: int):
+    """The case, the chunk form over all T tokens, and over the first `split` tokens only."""
+    case = make_case(variant, T, with_init)
+    whole = case.chunk(**case.tensors, chunk_size=CHUNK)
+    first = case.chunk(**time_slice(case.tensors, 0, split, case.tensors["initial_state"]), chunk_size=CHUNK)
+    return case, whole, first
 
 
 @WITH_INIT
 @pytest.mark.parametrize("variant", CONTINUATION_VARIANTS)
 def test_two_segments_continue_exactly(variant, with_init):
     T, split = 53, 21
-    case = make_case(variant, T, with_init)
-    y_full, state_full = case.chunk(**case.tensors, chunk_size=CHUNK)
-    y1, state1 = case.chunk(**time_slice(case.tensors, 0, split, case.tensors["initial_state"]), chunk_size=CHUNK)
+    case, (y_full, state_full), (y1, state1) = _whole_sequence_and_first_segment(variant, with_init, T, split)
     y2, state2 = case.chunk(**time_slice(case.tensors, split, T, state1), chunk_size=CHUNK)
     assert_close_scaled(torch.cat([y1, y2], dim=2), y_full, what="output")
     assert_close_scaled(state2, state_full, what="final state")
@@ -346,9 +374,7 @@ def test_two_segments_continue_exactly(variant, with_init):
 @pytest.mark.parametrize("variant", CONTINUATION_VARIANTS)
 def test_chunk_prefill_then_recurrent_decode(variant, with_init):
     T, prefill = 45, 37
-    case = make_case(variant, T, with_init)
-    y_full, state_full = case.chunk(**case.tensors, chunk_size=CHUNK)
-    y, state = case.chunk(**time_slice(case.tensors, 0, prefill, case.tensors["initial_state"]), chunk_size=CHUNK)
+    case, (y_full, state_full), (y, state) = _whole_sequence_and_first_segment(variant, with_init, T, prefill)
     outputs = [y]
     for t in range(prefill, T):
         y_t, state = case.recurrent(**time_slice(case.tensors, t, t + 1, state))
@@ -358,19 +384,22 @@ def test_chunk_prefill_then_recurrent_decode(variant, with_init):
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Delta rule against transformers' independent (Qwen3-Next) implementation, g = 0
+# 4. Delta rules against transformers' independent (Qwen3-Next) gated delta rule
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["delta-g=0", "gated-delta"])
 @pytest.mark.parametrize("oracle_name", ["torch_recurrent_gated_delta_rule", "torch_chunk_gated_delta_rule"])
 @pytest.mark.parametrize("form", ["chunk", "recurrent"])
-def test_delta_rule_matches_transformers(form, oracle_name):
+def test_delta_rules_match_transformers(form, oracle_name, gated):
     qwen = pytest.importorskip("transformers.models.qwen3_next.modeling_qwen3_next")
     oracle = getattr(qwen, oracle_name)
-    gen, T = generator(4), 70
+    gen, T = generator(4), 70  # several of our chunks (16) and of the oracle's (64), T a multiple of neither
     q, k = randn(gen, B, H, T, D), F.normalize(randn(gen, B, H, T, D), dim=-1)
     v, beta = randn(gen, B, H, T, DV), torch.rand(B, H, T, generator=gen)
+    g = log_decays(gen, B, H, T) if gated else torch.zeros(B, H, T)
     s0 = randn(gen, B, H, D, DV, scale=0.5)
+    assert bool((g < 0).all()) == gated
 
     def bthd(x):  # [B, H, T, ...] <-> [B, T, H, ...]
         return x.transpose(1, 2).contiguous()
@@ -380,16 +409,53 @@ def test_delta_rule_matches_transformers(form, oracle_name):
         bthd(q * math.sqrt(D)),  # the oracle scales queries by 1/√D
         bthd(k),
         bthd(v),
-        g=torch.zeros(B, T, H),
+        g=bthd(g),
         beta=bthd(beta),
         initial_state=s0.clone(),
         output_final_state=True,
+        use_qk_l2norm_in_kernel=False,
         **extra,
     )
     kernel = partial(fwk.chunk_delta_rule, chunk_size=CHUNK) if form == "chunk" else fwk.recurrent_delta_rule
-    y, state = kernel(q, k, v, beta, initial_state=s0)
+    y, state = kernel(q, k, v, beta=beta, log_decay=g if gated else None, initial_state=s0)
     assert_close_scaled(y, bthd(y_ref), what="output")
     assert_close_scaled(state, state_ref, what="final state")
+
+
+def test_gated_delta_rule_matches_its_definition():
+    """S_t = α_t S_{t−1} + β_t k_t (v_t − α_t S_{t−1}ᵀ k_t)ᵀ, y_t = S_tᵀ q_t, in float64 by explicit loops."""
+    gen, T = generator(13), 21
+    q, k = (fwk.sum_normalize(F.elu(randn(gen, B, H, T, D)) + 1) for _ in range(2))
+    v, beta, g = randn(gen, B, H, T, DV), torch.rand(B, H, T, generator=gen), log_decays(gen, B, H, T)
+    s0 = randn(gen, B, H, D, DV)
+
+    def step(state, bi, hi, t):
+        alpha, k_t = math.exp(g[bi, hi, t].item()), k[bi, hi, t].double()
+        error = v[bi, hi, t].double() - alpha * state.t() @ k_t
+        state = alpha * state + beta[bi, hi, t].item() * torch.outer(k_t, error)
+        return state, state.t() @ q[bi, hi, t].double()
+
+    expected, expected_state = naive_per_head(s0, T, DV, step)
+    for kernel in (fwk.recurrent_delta_rule, partial(fwk.chunk_delta_rule, chunk_size=5)):
+        y, state = kernel(q, k, v, beta=beta, log_decay=g, initial_state=s0)
+        assert_close_scaled(y, expected.float(), what="output")
+        assert_close_scaled(state, expected_state.float(), what="state")
+
+
+@pytest.mark.parametrize("chunk_size", [16, 64])
+def test_gated_delta_rule_with_zero_and_extreme_decays(chunk_size):
+    """α = 1 (g = 0), α ≈ e⁻³⁰ (the state is wiped) and everything between, over 130 tokens: the
+    chunk form's cumulative log-decays reach about −1000 without losing the recurrent form."""
+    gen, T = generator(14), 130
+    q, k = (fwk.sum_normalize(F.elu(randn(gen, B, H, T, D)) + 1) for _ in range(2))
+    v, beta = randn(gen, B, H, T, DV), torch.rand(B, H, T, generator=gen)
+    pick = torch.rand(B, H, T, generator=gen)
+    g = torch.where(pick < 0.2, -30.0, torch.where(pick < 0.6, 0.0, -3.0 * torch.rand(B, H, T, generator=gen)))
+    y_rec, state_rec = fwk.recurrent_delta_rule(q, k, v, beta=beta, log_decay=g)
+    y, state = fwk.chunk_delta_rule(q, k, v, beta=beta, log_decay=g, chunk_size=chunk_size)
+    assert bool(torch.isfinite(y).all())
+    assert_close_scaled(y, y_rec, rtol=5e-5, what="output")
+    assert_close_scaled(state, state_rec, rtol=5e-5, what="state")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,8 +551,79 @@ def test_feature_map_output_dim(name, kwargs, expected):
 
 
 def test_feature_map_output_dim_rejects_unknown_name():
-    with pytest.raises(ValueError, match=r"'softmax'.*allowed.*'elu'.*'favor'.*'dpfp'"):
+    allowed = ", ".join(repr(name) for name in fwk.FEATURE_MAPS)
+    with pytest.raises(ValueError, match=rf"'softmax'.*allowed: {re.escape(allowed)}$"):
         fwk.feature_map_output_dim("softmax", D)
+
+
+@pytest.mark.parametrize("dpfp_nu", [1, 3])
+@pytest.mark.parametrize("name", list(fwk.FEATURE_MAPS))
+def test_feature_map_registry_output_dim_is_the_width_of_apply(name, dpfp_nu):
+    spec = fwk.FEATURE_MAPS[name]
+    assert spec.name == name and spec.label(dpfp_nu, FAVOR_FEATURES)
+    gen = generator(16)
+    projection = fwk.draw_orthogonal_random_features(FAVOR_FEATURES, D, generator=gen) if spec.random_features else None
+    x = randn(gen, 2, 3, D)
+    phi = spec.apply(x, dpfp_nu=dpfp_nu, projection=projection)
+    assert phi.shape == (2, 3, spec.output_dim(D, dpfp_nu, FAVOR_FEATURES))
+    assert phi.shape[-1] == fwk.feature_map_output_dim(name, D, dpfp_nu=dpfp_nu, favor_features=FAVOR_FEATURES)
+    assert bool(torch.isfinite(phi).all()) and bool((phi >= 0).all()), "φ is non-negative (a valid kernel)"
+
+
+def test_l2_normalize():
+    x = randn(generator(17), 3, 5, D, scale=4.0)
+    normed = fwk.l2_normalize(x)
+    torch.testing.assert_close(normed.norm(dim=-1), torch.ones(3, 5))
+    torch.testing.assert_close(normed * x.norm(dim=-1, keepdim=True), x, rtol=1e-5, atol=1e-5)
+    assert bool(torch.isfinite(fwk.l2_normalize(torch.zeros(2, D))).all())
+
+
+# ----------------------------------------------------------------------------------------------
+# Gates and the kernels' shared signature
+# ----------------------------------------------------------------------------------------------
+
+
+def test_gated_log_decay_is_minus_exp_a_log_times_softplus():
+    gen = generator(18)
+    logits = randn(gen, 3, 7, H, scale=4.0)  # [..., H]
+    a_log = (1 + 15 * torch.rand(H, generator=gen)).log()  # A ∈ [1, 16], as Gated DeltaNet draws it
+    dt_bias = randn(gen, H, scale=2.0)
+    g = fwk.gated_log_decay(logits, a_log, dt_bias)
+    assert g.shape == logits.shape and g.dtype == torch.float32
+    assert bool((g <= 0).all())
+    expected = -a_log.double().exp() * torch.log1p((logits.double() + dt_bias.double()).exp())
+    assert_close_scaled(g, expected.float(), what="g")
+    # Lower-precision inputs still give an fp32 decay, and huge logits do not overflow.
+    assert fwk.gated_log_decay(logits.bfloat16(), a_log.bfloat16(), dt_bias.bfloat16()).dtype == torch.float32
+    huge = fwk.gated_log_decay(torch.full((2, H), 1e4), a_log, dt_bias)
+    assert bool(torch.isfinite(huge).all()) and bool((huge < 0).all())
+    assert torch.equal(fwk.gated_log_decay(torch.full((2, H), -1e4), a_log, dt_bias), torch.zeros(2, H))
+
+
+def test_delta_rule_beta_is_a_sigmoid_in_fp32():
+    logits = randn(generator(19), 2, 5, H, scale=3.0).bfloat16()
+    beta = fwk.delta_rule_beta(logits)
+    assert beta.dtype == torch.float32
+    torch.testing.assert_close(beta, torch.sigmoid(logits.float()))
+
+
+def _kernel_pairs() -> dict[str, tuple[Callable, Callable]]:
+    pairs = {}
+    for spec in TOKEN_MIXERS.values():
+        if spec.chunk is not None:
+            pairs.setdefault(spec.chunk.__name__, (spec.chunk, spec.recurrent))
+    return pairs
+
+
+@pytest.mark.parametrize("pair", list(_kernel_pairs()))
+def test_chunk_and_recurrent_kernels_share_one_keyword_only_signature(pair):
+    chunk, recurrent = _kernel_pairs()[pair]
+    signatures = [inspect.signature(kernel).parameters for kernel in (chunk, recurrent)]
+    assert list(signatures[0]) == list(signatures[1])
+    for parameters in signatures:
+        positional = [p.name for p in parameters.values() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+        assert positional in (["q", "k", "v"], ["drive"]), positional
+        assert {"initial_state", "chunk_size"} <= set(parameters)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -510,15 +647,19 @@ def _run_masked_and_removed(rule: str, form: str, T: int = 33):
         return (*run(drive, mask=mask), *run(drive[:, :, keep]), run(drive)[0])
     q, k = (F.elu(randn(gen, B, H, T, D)) + 1 for _ in range(2))
     v, s0 = randn(gen, B, H, T, DV), randn(gen, B, H, D, DV)
-    if rule == "delta":
+    if rule in ("delta", "gated"):
+        # A padded token of the delta rules has β = 0 (writes nothing) and g = 0 (decays nothing).
         k, q = fwk.sum_normalize(k), fwk.sum_normalize(q)
-        beta = torch.rand(B, H, T, generator=gen) * 0.9 + 0.1
-        noop_beta = beta.clone()
-        noop_beta[:, :, DROPPED] = 0.0
+        gates = {"beta": torch.rand(B, H, T, generator=gen) * 0.9 + 0.1}
+        if rule == "gated":
+            gates["log_decay"] = log_decays(gen, B, H, T)
+        noop_gates = {name: gate.clone() for name, gate in gates.items()}
+        for gate in noop_gates.values():
+            gate[:, :, DROPPED] = 0.0
         kernel = partial(fwk.chunk_delta_rule, chunk_size=CHUNK) if chunked else fwk.recurrent_delta_rule
         run = partial(kernel, initial_state=s0)
-        removed = run(q[:, :, keep], k[:, :, keep], v[:, :, keep], beta[:, :, keep])
-        return (*run(q, k, v, noop_beta), *removed, run(q, k, v, beta)[0])
+        removed = run(q[:, :, keep], k[:, :, keep], v[:, :, keep], **{n: g[:, :, keep] for n, g in gates.items()})
+        return (*run(q, k, v, **noop_gates), *removed, run(q, k, v, **gates)[0])
     log_decay = F.logsigmoid(randn(gen, B, H, T) + 1)
     noop_k, noop_g = k.clone(), log_decay.clone()
     noop_k[:, :, DROPPED], noop_g[:, :, DROPPED] = 0.0, 0.0
@@ -530,7 +671,7 @@ def _run_masked_and_removed(rule: str, form: str, T: int = 33):
 
 
 @pytest.mark.parametrize("form", ["chunk", "recurrent"])
-@pytest.mark.parametrize("rule", ["fw", "delta", "sum-inclusive", "sum-exclusive"])
+@pytest.mark.parametrize("rule", ["fw", "delta", "gated", "sum-inclusive", "sum-exclusive"])
 def test_noop_tokens_equal_removed_tokens(rule, form):
     T = 33
     keep = [t for t in range(T) if t not in DROPPED]
@@ -539,6 +680,17 @@ def test_noop_tokens_equal_removed_tokens(rule, form):
     assert_close_scaled(state_noop, state_removed, what="final state")
     # the no-op tokens did matter when active, so the comparison above is not vacuous
     assert not torch.allclose(y_plain[:, :, keep], y_removed, atol=1e-3)
+
+
+@pytest.mark.parametrize("kernel", [fwk.chunk_delta_rule, fwk.recurrent_delta_rule], ids=["chunk", "recurrent"])
+def test_a_padded_token_leaves_the_gated_delta_state_unchanged(kernel):
+    gen = generator(15)
+    q, k, v = randn(gen, B, H, 3, D), F.normalize(randn(gen, B, H, 3, D), dim=-1), randn(gen, B, H, 3, DV)
+    s0 = randn(gen, B, H, D, DV)
+    zeros = torch.zeros(B, H, 3)
+    y, state = kernel(q, k, v, beta=zeros, log_decay=zeros, initial_state=s0)
+    assert torch.equal(state, s0)
+    assert_close_scaled(y, q @ s0, what="reads of the unchanged state")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -554,7 +706,7 @@ def _qkv(T: int = 5, dtype=torch.float32):
 def _sum_or_delta(kernel_name: str):
     kernel = getattr(fwk, kernel_name)
     if "delta" in kernel_name:
-        return lambda q, k, v, **kw: kernel(q, k, v, kw.pop("beta", torch.rand(*k.shape[:3])), **kw)
+        return lambda q, k, v, **kw: kernel(q, k, v, **{"beta": torch.rand(*k.shape[:3]), **kw})
     return kernel
 
 
@@ -588,16 +740,18 @@ def test_bad_qkv_raise_naming_the_argument(kernel_name, bad):
 def test_bad_beta_shape(kernel_name):
     q, k, v = _qkv()
     with pytest.raises(ValueError, match=r"beta must have shape \[batch, heads, time\]"):
-        getattr(fwk, kernel_name)(q, k, v, torch.rand(B, H, 4))
+        getattr(fwk, kernel_name)(q, k, v, beta=torch.rand(B, H, 4))
     with pytest.raises(ValueError, match="beta"):
-        getattr(fwk, kernel_name)(q, k, v, torch.rand(B, H, 5, 1))
+        getattr(fwk, kernel_name)(q, k, v, beta=torch.rand(B, H, 5, 1))
+    with pytest.raises(TypeError):  # the gates are keyword-only
+        getattr(fwk, kernel_name)(q, k, v, torch.rand(B, H, 5))
 
 
-@pytest.mark.parametrize("kernel_name", ["chunk_sum_rule", "recurrent_sum_rule"])
+@pytest.mark.parametrize("kernel_name", SUM_AND_DELTA)
 def test_bad_log_decay_shape(kernel_name):
     q, k, v = _qkv()
-    with pytest.raises(ValueError, match="log_decay must have shape"):
-        getattr(fwk, kernel_name)(q, k, v, log_decay=torch.zeros(B, H, 6))
+    with pytest.raises(ValueError, match=r"log_decay must have shape \[batch, heads, time\]"):
+        _sum_or_delta(kernel_name)(q, k, v, log_decay=torch.zeros(B, H, 6))
 
 
 def test_normalized_sum_rule_checks_state_shape():
@@ -623,15 +777,15 @@ FW_KERNELS = ["chunk_fast_weights", "recurrent_fast_weights"]
 @pytest.mark.parametrize("kernel_name", FW_KERNELS)
 def test_fast_weights_bad_hyperparameters(kernel_name, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
-        getattr(fwk, kernel_name)(torch.randn(B, H, 5, D), None, None, **kwargs)
+        getattr(fwk, kernel_name)(torch.randn(B, H, 5, D), ln_weight=None, ln_bias=None, **kwargs)
 
 
 @pytest.mark.parametrize("kernel_name", FW_KERNELS)
 def test_fast_weights_decay_one_is_allowed_and_bad_drive_ndim_rejected(kernel_name):
     kernel = getattr(fwk, kernel_name)
-    kernel(torch.randn(B, H, 5, D), None, None, decay=1.0)
+    kernel(torch.randn(B, H, 5, D), ln_weight=None, ln_bias=None, decay=1.0)
     with pytest.raises(ValueError, match=r"drive must be \[batch, heads, time, dim\]"):
-        kernel(torch.randn(H, 5, D), None, None)
+        kernel(torch.randn(H, 5, D), ln_weight=None, ln_bias=None)
 
 
 @pytest.mark.parametrize(
@@ -663,7 +817,7 @@ def _cast(tensors: dict, dtype: torch.dtype, names=TIME_KEYS) -> dict:
 
 
 @pytest.mark.parametrize("form", ["chunk", "recurrent"])
-@pytest.mark.parametrize("variant", ["sum/elu", "decay/exclusive", "normalized/elu", "delta/elu", "fw/1"])
+@pytest.mark.parametrize("variant", ["sum/elu", "decay/exclusive", "normalized/elu", "delta/elu", "gated/elu", "fw/1"])
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
 def test_bf16_inputs_give_bf16_output_and_fp32_state(variant, form, state_dtype):
     case = make_case(variant, 21, with_init=True)
