@@ -1,73 +1,49 @@
 """Tests of the FWP encoder–decoder (`FWPForConditionalGeneration`).
 
-Covered for every encoder attention type, both cross-attention types and a hybrid: Auto-class
-construction; loss with padded sources and padded labels equals the per-sample unpadded loss; the
-non-causal encoder (sum rules read the whole source); cached == uncached greedy and beam search;
-save/load and the remote-code round trip without fwp_hf; bad input.
+Covered for every variant of `conftest.SEQ2SEQ_VARIANTS` (every registered type as encoder and
+decoder, every cross-attention type, a hybrid): loss with padded sources and padded labels equals
+the per-sample unpadded loss; cached == uncached greedy and beam search; a padded batch generates
+what each source generates alone. Also: the encoder form each registry entry declares (order-free
+entries see the whole source, left-to-right ones are causal); the cache; save/load and the
+remote-code round trip without fwp_hf; bad configs and input.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import HEADS, PAD, SEQ2SEQ_BASE, SEQ2SEQ_VARIANTS, START, VOCAB, make_seq2seq, random_ids
 from isolation import run_without_fwp_hf
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, EncoderDecoderCache
 
-import fwp_hf  # noqa: F401 - registers the Auto classes
-from fwp_hf import FWPForConditionalGeneration
+from fwp_hf import CROSS_ATTENTION_TYPES, SEQ2SEQ_MODEL_CODE_FILES, TOKEN_MIXERS, FWPForConditionalGeneration
 
-PAD, EOS, START = 0, 1, 2
-VOCAB = 60
-BASE = dict(
-    is_encoder_decoder=True, vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-    num_decoder_layers=3, num_attention_heads=4, chunk_size=4, performer_num_features=8, initializer_range=0.2,
-    pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=START,
-)
-VARIANTS = {
-    "softmax": dict(attention_type="softmax"),
-    "linear": dict(attention_type="linear"),
-    "performer": dict(attention_type="performer"),
-    "dpfp": dict(attention_type="dpfp", dpfp_nu=2),
-    "delta": dict(attention_type="delta"),
-    "fast_weights": dict(attention_type="fast_weights"),
-    "delta-linear-cross": dict(attention_type="delta", cross_attention_type="linear"),
-    "hybrid": dict(attention_type=["softmax", "dpfp"], decoder_attention_type=["delta", "softmax", "fast_weights"],
-                   cross_attention_type="linear"),
+ENCODER_FORMS = {
+    form: [kind for kind, spec in TOKEN_MIXERS.items() if spec.encoder_form == form]
+    for form in ("bidirectional", "left_to_right")
 }
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def make_model(variant: str, seed: int = 0) -> FWPForConditionalGeneration:
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model("fwp", **{**BASE, **VARIANTS[variant]})
-    return AutoModelForSeq2SeqLM.from_config(config).eval()
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def sources() -> tuple[torch.Tensor, torch.Tensor]:
     """Two sources of lengths 9 and 5, right-padded (pad ids are random: only the mask may hide them)."""
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, VOCAB, (2, 9), generator=generator)
+    ids = random_ids(2, 9, seed=1, low=3)
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[1, 5:] = 0
     return ids, mask
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", SEQ2SEQ_VARIANTS)
 def test_padded_batch_loss_equals_each_sample_alone(variant):
-    model = make_model(variant)
+    model = make_seq2seq(variant)
     ids, mask = sources()
-    labels = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(2))
+    labels = random_ids(2, 6, seed=2, low=3)
     labels[1, 4:] = -100
     with torch.no_grad():
         batch = model(ids, attention_mask=mask, labels=labels)
@@ -80,36 +56,41 @@ def test_padded_batch_loss_equals_each_sample_alone(variant):
     torch.testing.assert_close(batch.loss, expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["linear", "performer", "dpfp", "softmax"])
-def test_encoder_is_non_causal(variant):
+def encoder_outputs_before_and_after_changing_the_last_token(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    model = make_seq2seq(kind)
+    ids, _ = sources()
+    changed = ids.clone()
+    changed[:, -1] = (changed[:, -1] + 1 - 3) % (VOCAB - 3) + 3
+    with torch.no_grad():
+        return model.get_encoder()(ids).last_hidden_state, model.get_encoder()(changed).last_hidden_state
+
+
+def test_every_type_declares_an_encoder_form():
+    assert sorted(kind for kinds in ENCODER_FORMS.values() for kind in kinds) == sorted(TOKEN_MIXERS)
+    for kind in ENCODER_FORMS["bidirectional"]:  # an order-free form needs an order-free kernel or softmax
+        assert TOKEN_MIXERS[kind].bidirectional is not None or not TOKEN_MIXERS[kind].holds_state, kind
+
+
+@pytest.mark.parametrize("kind", ENCODER_FORMS["bidirectional"])
+def test_bidirectional_encoders_see_the_whole_source(kind):
     """Changing the last source token changes the encoder output at the first position."""
-    model = make_model(variant)
-    ids, _ = sources()
-    changed = ids.clone()
-    changed[:, -1] = (changed[:, -1] + 1 - 3) % (VOCAB - 3) + 3
-    with torch.no_grad():
-        first = model.get_encoder()(ids).last_hidden_state[:, 0]
-        second = model.get_encoder()(changed).last_hidden_state[:, 0]
-    assert not torch.allclose(first, second)
+    before, after = encoder_outputs_before_and_after_changing_the_last_token(kind)
+    assert not torch.allclose(before[:, 0], after[:, 0])
 
 
-@pytest.mark.parametrize("variant", ["delta", "fast_weights"])
-def test_recurrent_encoders_run_left_to_right(variant):
-    """The delta rule and Ba et al.'s memory have no order-free form: their encoders are causal."""
-    model = make_model(variant)
-    ids, _ = sources()
-    changed = ids.clone()
-    changed[:, -1] = (changed[:, -1] + 1 - 3) % (VOCAB - 3) + 3
-    with torch.no_grad():
-        first = model.get_encoder()(ids).last_hidden_state[:, :-1]
-        second = model.get_encoder()(changed).last_hidden_state[:, :-1]
-    torch.testing.assert_close(first, second)
+@pytest.mark.parametrize("kind", ENCODER_FORMS["left_to_right"])
+def test_left_to_right_encoders_are_causal(kind):
+    """Recurrences with no order-free form (the delta rules, Ba et al.'s memory) read the source
+    left to right: a later token changes no earlier position."""
+    before, after = encoder_outputs_before_and_after_changing_the_last_token(kind)
+    torch.testing.assert_close(before[:, :-1], after[:, :-1])
+    assert not torch.allclose(before[:, -1], after[:, -1])
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", SEQ2SEQ_VARIANTS)
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generate_cached_equals_uncached(variant, num_beams):
-    model = make_model(variant)
+    model = make_seq2seq(variant)
     ids, mask = sources()
     kwargs = dict(attention_mask=mask, max_new_tokens=7, num_beams=num_beams, do_sample=False)
     with torch.no_grad():
@@ -120,9 +101,9 @@ def test_generate_cached_equals_uncached(variant, num_beams):
     assert cached.shape[0] == 2 and cached.shape[1] > 2
 
 
-@pytest.mark.parametrize("variant", ["delta", "delta-linear-cross", "hybrid"])
+@pytest.mark.parametrize("variant", SEQ2SEQ_VARIANTS)
 def test_batched_generation_equals_each_source_alone(variant):
-    model = make_model(variant)
+    model = make_seq2seq(variant)
     ids, mask = sources()
     with torch.no_grad():
         batch = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, min_new_tokens=6)
@@ -132,31 +113,36 @@ def test_batched_generation_equals_each_source_alone(variant):
 
 
 def test_cache_holds_encoder_once_and_fixed_size_decoder_states():
-    model = make_model("hybrid")
+    model = make_seq2seq("hybrid")
     ids, mask = sources()
     with torch.no_grad():
         out = model.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5,
                              return_dict_in_generate=True)
     cache = out.past_key_values
     assert isinstance(cache, EncoderDecoderCache)
-    kinds = ["delta", "softmax", "fast_weights"]
+    config = model.config
+    kinds = config.decoder_layer_attention_types
+    assert len(cache.self_attention_cache.layers) == len(kinds) == config.num_decoder_layers
     for layer, kind in zip(cache.self_attention_cache.layers, kinds):
-        if kind == "softmax":
+        spec = TOKEN_MIXERS[kind]
+        if not spec.holds_state:
             assert layer.keys.shape[2] == cache.get_seq_length()
         else:
-            assert layer.state.dtype == torch.float32 and layer.state.dim() == 4
-    for layer in cache.cross_attention_cache.layers:  # linear cross-attention: S of the source, written once
-        assert layer.state.shape == (2, 4, 8, 9) and layer.get_seq_length() == 9
+            assert layer.state.dtype == torch.float32
+            assert layer.state.shape == (2, HEADS, *spec.state_shape(config))
+    cross = TOKEN_MIXERS[config.cross_attention_type]
+    assert cross.holds_state
+    for layer in cache.cross_attention_cache.layers:  # fast-weight cross-attention: S of the source, written once
+        assert layer.state.shape == (2, HEADS, *cross.state_shape(config)) and layer.get_seq_length() == 9
 
 
 def test_save_load_and_remote_code_round_trip(tmp_path):
-    model = make_model("hybrid")
+    model = make_seq2seq("hybrid")
     model.save_pretrained(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_fwp_seq2seq.FWPForConditionalGeneration"
     assert config["auto_map"]["AutoModel"] == "modeling_fwp_seq2seq.FWPSeq2SeqModel"
-    for name in ("modeling_fwp_seq2seq.py", "modeling_fwp.py", "configuration_fwp.py", "fast_weight_kernels.py"):
-        assert (tmp_path / "ckpt" / name).is_file()
+    assert sorted(path.name for path in (tmp_path / "ckpt").glob("*.py")) == sorted(SEQ2SEQ_MODEL_CODE_FILES)
     ids, mask = sources()
     with torch.no_grad():
         expected = model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=2)
@@ -190,7 +176,7 @@ def test_save_load_and_remote_code_round_trip(tmp_path):
 
 
 def test_trainer_style_decoder_inputs_from_labels():
-    model = make_model("delta")
+    model = make_seq2seq("delta")
     labels = torch.tensor([[5, 6, 7, -100], [8, 9, -100, -100]])
     decoder_inputs = model.prepare_decoder_input_ids_from_labels(labels)
     assert decoder_inputs.tolist() == [[START, 5, 6, 7], [START, 8, 9, PAD]]
@@ -208,11 +194,18 @@ def test_trainer_style_decoder_inputs_from_labels():
 )
 def test_bad_encoder_decoder_configs(overrides, field):
     with pytest.raises(ValueError, match=field):
-        AutoConfig.for_model("fwp", **{**BASE, **overrides})
+        AutoConfig.for_model("fwp", **{**SEQ2SEQ_BASE, **overrides})
+
+
+@pytest.mark.parametrize("kind", ["cosine", *(kind for kind in TOKEN_MIXERS if kind not in CROSS_ATTENTION_TYPES)])
+def test_cross_attention_type_error_lists_exactly_the_cross_attention_types(kind):
+    allowed = ", ".join(repr(name) for name in CROSS_ATTENTION_TYPES)
+    with pytest.raises(ValueError, match=rf"cross_attention_type {kind!r}.*allowed: {re.escape(allowed)}$"):
+        AutoConfig.for_model("fwp", **{**SEQ2SEQ_BASE, "cross_attention_type": kind})
 
 
 def test_bad_inputs_give_clear_errors():
-    model = make_model("delta")
+    model = make_seq2seq("delta")
     ids, mask = sources()
     with pytest.raises(ValueError, match=r"attention_mask must have shape \[batch=2, past\+new tokens=9\]"):
         model(ids, attention_mask=mask[:, :4], decoder_input_ids=ids[:, :3])
@@ -224,6 +217,6 @@ def test_bad_inputs_give_clear_errors():
         from transformers import DynamicCache
 
         model(ids, decoder_input_ids=ids[:, :3], past_key_values=DynamicCache())
-    config = AutoConfig.for_model("fwp", **{**BASE, "decoder_start_token_id": None})
+    config = AutoConfig.for_model("fwp", **{**SEQ2SEQ_BASE, "decoder_start_token_id": None})
     with pytest.raises(ValueError, match="decoder_start_token_id"):
         FWPForConditionalGeneration(config)(ids, labels=ids[:, :3])
