@@ -16,36 +16,28 @@ import re
 
 import pytest
 import torch
+from conftest import HIDDEN, LM_BASE, VOCAB, config_picks_feature_map
 from transformers import AutoConfig, DynamicCache
 
-import fwp_hf
-from fwp_hf import FWPConfig, FWPForCausalLM, FWPModel
-
-ALL_ATTENTION_TYPES = ("softmax", "linear", "performer", "dpfp", "delta", "fast_weights")
-ALL_FEATURE_MAPS = ("elu", "favor", "dpfp")
-TINY = dict(
-    vocab_size=50,
-    hidden_size=16,
-    num_attention_heads=2,
-    num_hidden_layers=2,
-    intermediate_size=32,
-    chunk_size=4,
-    performer_num_features=8,
+from fwp_hf import (
+    ATTENTION_TYPES,
+    CROSS_ATTENTION_TYPES,
+    FAST_WEIGHT_TYPES,
+    FEATURE_MAPS,
+    TOKEN_MIXERS,
+    FWPConfig,
+    FWPForCausalLM,
+    FWPModel,
+    TokenMixerSpec,
 )
+
 BATCH, SEQ = 2, 5
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one thread avoids inter-op synchronisation, which is very slow on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config(**overrides) -> FWPConfig:
-    return FWPConfig(**{**TINY, **overrides})
+    return FWPConfig(**{**LM_BASE, **overrides})
 
 
 def allowed_list(values) -> str:
@@ -66,10 +58,31 @@ CONFIG_BUILDERS = pytest.mark.parametrize(
 )
 
 
-def test_package_constants_and_registration():
-    assert tuple(fwp_hf.ATTENTION_TYPES) == ALL_ATTENTION_TYPES
-    assert tuple(fwp_hf.FEATURE_MAPS) == ALL_FEATURE_MAPS
-    assert type(AutoConfig.for_model("fwp", **TINY)) is FWPConfig
+# The types checkpoints have been saved with (tests/fixtures/reference_checkpoints and the
+# gated delta rule): they must stay registered under these names.
+SAVED_TYPES = ("softmax", "linear", "performer", "dpfp", "delta", "gated_delta", "fast_weights")
+
+
+def test_package_constants_are_derived_from_the_registry():
+    assert type(AutoConfig.for_model("fwp", **LM_BASE)) is FWPConfig
+    assert ATTENTION_TYPES == tuple(TOKEN_MIXERS)
+    assert set(SAVED_TYPES) <= set(ATTENTION_TYPES)
+    assert FAST_WEIGHT_TYPES == tuple(name for name, spec in TOKEN_MIXERS.items() if spec.holds_state)
+    assert set(CROSS_ATTENTION_TYPES) <= set(ATTENTION_TYPES)
+    assert all(FEATURE_MAPS[name].name == name for name in FEATURE_MAPS)
+
+
+@pytest.mark.parametrize("kind", list(TOKEN_MIXERS))
+def test_every_registry_entry_is_complete(kind):
+    spec = TOKEN_MIXERS[kind]
+    assert isinstance(spec, TokenMixerSpec) and spec.name == kind and spec.summary
+    assert spec.encoder_form in ("bidirectional", "left_to_right")
+    assert set(spec.gates) <= {"beta", "log_decay"}
+    assert spec.feature_map is None or spec.feature_map in FEATURE_MAPS
+    if spec.holds_state:
+        assert callable(spec.chunk) and callable(spec.recurrent), "a state needs chunkwise and recurrent kernels"
+    if kind in CROSS_ATTENTION_TYPES and spec.holds_state:
+        assert spec.bidirectional is not None, "fast-weight cross-attention reads a whole source"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,15 +101,15 @@ SIZE_FIELDS = (
 )
 
 INVALID_CONFIGS = [
-    # (id, overrides of TINY, regex the message must match)
+    # (id, overrides of LM_BASE, regex the message must match)
     ("attention_type-unknown", dict(attention_type="gated"),
-     rf"attention_type 'gated' is unknown; allowed: {allowed_list(ALL_ATTENTION_TYPES)}"),
+     rf"attention_type 'gated' is unknown; allowed: {allowed_list(ATTENTION_TYPES)} \(or a list"),
     ("attention_type-wrong-case", dict(attention_type="Softmax"),
-     rf"attention_type 'Softmax' is unknown; allowed: {allowed_list(ALL_ATTENTION_TYPES)}"),
+     rf"attention_type 'Softmax' is unknown; allowed: {allowed_list(ATTENTION_TYPES)} \(or a list"),
     ("feature_map-unknown", dict(feature_map="relu"),
-     rf"feature_map 'relu' is unknown; allowed: {allowed_list(ALL_FEATURE_MAPS)}"),
+     rf"feature_map 'relu' is unknown; allowed: {allowed_list(FEATURE_MAPS)}$"),
     ("feature_map-unknown-non-delta", dict(attention_type="linear", feature_map="softplus"),
-     rf"feature_map 'softplus' is unknown; allowed: {allowed_list(ALL_FEATURE_MAPS)}"),
+     rf"feature_map 'softplus' is unknown; allowed: {allowed_list(FEATURE_MAPS)}$"),
     ("dpfp_nu-0", dict(dpfp_nu=0), r"dpfp_nu must be an integer >= 1, got 0"),
     ("dpfp_nu-neg", dict(dpfp_nu=-1), r"dpfp_nu must be an integer >= 1, got -1"),
     ("dpfp_nu-float", dict(dpfp_nu=1.5), r"dpfp_nu must be an integer >= 1, got 1\.5"),
@@ -123,9 +136,9 @@ INVALID_CONFIGS = [
     ("hybrid-empty", dict(attention_type=[]),
      r"attention_type is a hybrid list of 0 entries but num_hidden_layers is 2"),
     ("hybrid-unknown-entry", dict(attention_type=["softmax", "mamba"]),
-     rf"attention_type 'mamba' is unknown; allowed: {allowed_list(ALL_ATTENTION_TYPES)}"),
+     rf"attention_type 'mamba' is unknown; allowed: {allowed_list(ATTENTION_TYPES)} \(or a list"),
     ("hybrid-tuple-unknown-entry", dict(attention_type=("delta", "rnn")),
-     rf"attention_type 'rnn' is unknown; allowed: {allowed_list(ALL_ATTENTION_TYPES)}"),
+     rf"attention_type 'rnn' is unknown; allowed: {allowed_list(ATTENTION_TYPES)} \(or a list"),
     ("hidden_act-unknown", dict(hidden_act="tanh"),
      r"hidden_act 'tanh' is unknown; allowed: 'silu', 'gelu', 'relu'"),
 ] + [
@@ -144,7 +157,7 @@ INVALID_CONFIGS = [
 )
 def test_invalid_config_raises_value_error(build, overrides, message):
     with pytest.raises(ValueError, match=message):
-        build(**{**TINY, **overrides})
+        build(**{**LM_BASE, **overrides})
 
 
 @pytest.mark.parametrize(
@@ -166,7 +179,7 @@ def test_invalid_config_raises_value_error(build, overrides, message):
 )
 @CONFIG_BUILDERS
 def test_boundary_values_are_accepted(build, overrides):
-    config = build(**{**TINY, **overrides})
+    config = build(**{**LM_BASE, **overrides})
     for key, value in overrides.items():
         assert getattr(config, key) == value
 
@@ -202,26 +215,27 @@ def run_model(config: FWPConfig) -> torch.Tensor:
     return model
 
 
-@pytest.mark.parametrize("attention_type", ALL_ATTENTION_TYPES)
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 @CONFIG_BUILDERS
 def test_every_attention_type_builds(build, attention_type):
-    config = build(**TINY, attention_type=attention_type)
+    config = build(**LM_BASE, attention_type=attention_type)
     assert config.attention_type == attention_type
-    assert config.layer_attention_types == [attention_type] * TINY["num_hidden_layers"]
+    assert config.layer_attention_types == [attention_type] * LM_BASE["num_hidden_layers"]
     model = run_model(config)
-    assert [layer.attention_type for layer in model.model.layers] == [attention_type] * TINY["num_hidden_layers"]
+    assert [layer.attention_type for layer in model.model.layers] == [attention_type] * LM_BASE["num_hidden_layers"]
 
 
-@pytest.mark.parametrize("feature_map", ALL_FEATURE_MAPS)
-def test_every_delta_feature_map_builds(feature_map):
-    model = run_model(tiny_config(attention_type="delta", feature_map=feature_map))
+@pytest.mark.parametrize("feature_map", FEATURE_MAPS)
+@pytest.mark.parametrize("attention_type", [kind for kind in TOKEN_MIXERS if config_picks_feature_map(kind)])
+def test_every_feature_map_builds_where_the_config_picks_it(attention_type, feature_map):
+    model = run_model(tiny_config(attention_type=attention_type, feature_map=feature_map))
     assert all(layer.mixer.feature_map.kind == feature_map for layer in model.model.layers)
 
 
 @CONFIG_BUILDERS
 def test_hybrid_list_builds(build):
-    kinds = ["softmax", "delta", "fast_weights", "performer"]
-    config = build(**{**TINY, "num_hidden_layers": 4}, attention_type=kinds)
+    kinds = list(reversed(ATTENTION_TYPES))  # every type, one layer each
+    config = build(**{**LM_BASE, "num_hidden_layers": len(kinds)}, attention_type=kinds)
     assert config.attention_type == kinds and isinstance(config.attention_type, list)
     assert config.layer_attention_types == kinds
     model = run_model(config)
@@ -349,7 +363,7 @@ def delta_model() -> FWPForCausalLM:
 
 
 def good_ids() -> torch.Tensor:
-    return torch.randint(0, TINY["vocab_size"], (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+    return torch.randint(0, LM_BASE["vocab_size"], (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
 
 
 def assert_clear_error(call, argument: str, exc_types=(ValueError, TypeError)) -> pytest.ExceptionInfo:
@@ -369,7 +383,7 @@ def test_good_inputs_work(hybrid_model):
                            position_ids=torch.arange(SEQ).expand(BATCH, SEQ), past_key_values=DynamicCache())
         embeds = hybrid_model(inputs_embeds=hybrid_model.get_input_embeddings()(ids))
         hybrid_model(ids[:, :1], past_key_values=out.past_key_values)
-    assert out.logits.shape == (BATCH, SEQ, TINY["vocab_size"])
+    assert out.logits.shape == (BATCH, SEQ, LM_BASE["vocab_size"])
     assert torch.isfinite(out.loss)
     torch.testing.assert_close(embeds.logits, out.logits)
 
@@ -379,12 +393,12 @@ BAD_INPUT_IDS = [
     ("3-D", lambda ids: ids[..., None], ValueError, r"input_ids must be \[batch, seq_len\], got shape \(2, 5, 1\)"),
     ("float", lambda ids: ids.float(), TypeError, r"input_ids must be an int64 or int32 tensor.*float32"),
     ("bool", lambda ids: ids > 10, TypeError, r"input_ids must be an int64 or int32 tensor.*bool"),
-    ("id-equal-vocab", lambda ids: ids.index_fill(1, torch.tensor([2]), 50), ValueError,
-     r"input_ids must lie in \[0, vocab_size=50\), got values in \[\d+, 50\]"),
+    ("id-equal-vocab", lambda ids: ids.index_fill(1, torch.tensor([2]), VOCAB), ValueError,
+     rf"input_ids must lie in \[0, vocab_size={VOCAB}\), got values in \[\d+, {VOCAB}\]"),
     ("id-above-vocab", lambda ids: ids.index_fill(1, torch.tensor([0]), 1000), ValueError,
-     r"input_ids must lie in \[0, vocab_size=50\)"),
+     rf"input_ids must lie in \[0, vocab_size={VOCAB}\)"),
     ("id-negative", lambda ids: ids.index_fill(1, torch.tensor([4]), -1), ValueError,
-     r"input_ids must lie in \[0, vocab_size=50\), got values in \[-1, \d+\]"),
+     rf"input_ids must lie in \[0, vocab_size={VOCAB}\), got values in \[-1, \d+\]"),
 ]
 
 
@@ -427,13 +441,14 @@ def test_neither_input_ids_nor_inputs_embeds(hybrid_model):
 @pytest.mark.parametrize(
     "shape, dtype, exc_type, message",
     [
-        ((BATCH, SEQ, 15), torch.float32, ValueError, r"inputs_embeds must be \[batch, seq_len, hidden_size=16\], "
-         r"got shape \(2, 5, 15\)"),
-        ((BATCH, SEQ, 32), torch.float32, ValueError, r"inputs_embeds must be .*hidden_size=16.*\(2, 5, 32\)"),
-        ((BATCH, 16), torch.float32, ValueError, r"inputs_embeds must be .*hidden_size=16.*\(2, 16\)"),
-        ((BATCH, SEQ, 16), torch.long, TypeError, r"inputs_embeds must be floating point, got torch.int64"),
+        ((BATCH, SEQ, HIDDEN - 1), torch.float32, ValueError,
+         rf"inputs_embeds must be \[batch, seq_len, hidden_size={HIDDEN}\], got shape \(2, 5, {HIDDEN - 1}\)"),
+        ((BATCH, SEQ, 2 * HIDDEN), torch.float32, ValueError,
+         rf"inputs_embeds must be .*hidden_size={HIDDEN}.*\(2, 5, {2 * HIDDEN}\)"),
+        ((BATCH, HIDDEN), torch.float32, ValueError, rf"inputs_embeds must be .*hidden_size={HIDDEN}.*\(2, {HIDDEN}\)"),
+        ((BATCH, SEQ, HIDDEN), torch.long, TypeError, r"inputs_embeds must be floating point, got torch.int64"),
     ],
-    ids=["hidden-15", "hidden-32", "2-D", "integer"],
+    ids=["hidden-too-small", "hidden-too-large", "2-D", "integer"],
 )
 def test_bad_inputs_embeds(hybrid_model, shape, dtype, exc_type, message):
     embeds = torch.ones(shape, dtype=dtype)
