@@ -21,6 +21,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from fwp_hf import MODEL_CODE_FILES
 from fwp_hf.training.hub import HubPushError, push_folder_to_hub
 from fwp_hf.training.lm_data import builtin_corpus_texts
 
@@ -134,9 +135,7 @@ def test_push_then_load_from_the_hub_without_fwp_hf(tmp_path):
         assert {
             "model.safetensors",
             "config.json",
-            "modeling_fwp.py",
-            "configuration_fwp.py",
-            "fast_weight_kernels.py",
+            *MODEL_CODE_FILES,
             "tokenizer.json",
             "tokenizer_config.json",
             "README.md",

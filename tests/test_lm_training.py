@@ -24,7 +24,7 @@ import yaml
 from huggingface_hub import ModelCard
 from transformers import TrainerCallback
 
-from fwp_hf import FWPConfig
+from fwp_hf import MODEL_CODE_FILES, FWPConfig
 from fwp_hf.token_mixers import ATTENTION_TYPES, TOKEN_MIXERS, describe_token_mixer
 from fwp_hf.training.lm import main, parse_lm_arguments, run_lm_training
 from fwp_hf.training.lm_comparison import ComparisonArguments
@@ -93,9 +93,7 @@ def test_train_lm_end_to_end_writes_a_hub_ready_folder(data_files, tmp_path, cap
     for name in (
         "model.safetensors",
         "config.json",
-        "modeling_fwp.py",
-        "configuration_fwp.py",
-        "fast_weight_kernels.py",
+        *MODEL_CODE_FILES,
         "tokenizer.json",
         "tokenizer_config.json",
         "sentencepiece.model",
