@@ -129,9 +129,9 @@ TOKEN_MIXERS: dict[str, TokenMixerSpec] = {
             "softmax", "causal softmax attention (SDPA, rotary positions) — the baseline",
             layer=SOFTMAX_ATTENTION_LAYER, holds_state=False, uses_rotary=True,
         ),
-        TokenMixerSpec("linear", "sum rule, φ = elu + 1", feature_map="elu", **_SUM_RULE),
-        TokenMixerSpec("performer", "sum rule, φ = FAVOR+ random features", feature_map="favor", **_SUM_RULE),
-        TokenMixerSpec("dpfp", "sum rule, φ = DPFP(ν)", feature_map="dpfp", **_SUM_RULE),
+        TokenMixerSpec("linear", "sum rule (linear attention)", feature_map="elu", **_SUM_RULE),
+        TokenMixerSpec("performer", "sum rule (Performer)", feature_map="favor", **_SUM_RULE),
+        TokenMixerSpec("dpfp", "sum rule (DPFP)", feature_map="dpfp", **_SUM_RULE),
         TokenMixerSpec(
             "delta", "delta rule with learned per-token rates β (Schlag et al.)", gates=("beta",), **_DELTA_RULE
         ),
