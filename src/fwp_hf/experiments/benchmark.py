@@ -34,22 +34,14 @@ from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, HfArgumentParser
 
 from .. import FWPConfig, FWPForCausalLM
-from ..fast_weight_kernels import (
-    chunk_delta_rule,
-    chunk_fast_weights,
-    chunk_sum_rule,
-    elu_plus_one_feature_map,
-    normalized_sum_rule,
-    recurrent_delta_rule,
-    recurrent_fast_weights,
-    recurrent_sum_rule,
-    sum_normalize,
-)
-from ..token_mixers import ATTENTION_TYPES, TOKEN_MIXERS
+from ..fast_weight_kernels import append_normalizer_column, elu_plus_one_feature_map, sum_normalize
+from ..token_mixers import ATTENTION_TYPES, FAST_WEIGHT_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS, TokenMixerSpec
 
 # Every registered token mixer is benchmarked; the cache-size check covers those with a fixed-size state.
 FWP_TYPES = ATTENTION_TYPES
-FAST_WEIGHT_TYPES = tuple(kind for kind in FWP_TYPES if TOKEN_MIXERS[kind].holds_state)
+# The type whose figures the report's targets check (the delta rule of Schlag et al., the project's
+# default attention type).
+HEADLINE_TYPE = "delta"
 GIB = 1024**3
 
 
@@ -89,7 +81,7 @@ class Sizes:
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(
-            kernel_shape=(1, 2, 128, 16), kernel_repeats=1, train_models=("delta", "gpt2"),
+            kernel_shape=(1, 2, 128, 16), kernel_repeats=1, train_models=(HEADLINE_TYPE, "gpt2"),
             train_lengths=(64, 128), long_lengths=(256,),
             train_steps=1, decode_prompt=64, decode_tokens=4, cache_lengths=(32, 256), flops_shape=(1, 2, 256, 16),
             vocab_size=256, hidden_size=32, num_layers=2, num_heads=4,
@@ -189,45 +181,56 @@ def _fwd_bwd_seconds(fn, inputs: dict, repeats: int) -> float:
     return best
 
 
-def kernel_inputs(kind: str, shape: tuple[int, int, int, int]) -> tuple[dict, object, object]:
-    """Random inputs and the (chunk, recurrent) pair of one kernel, as the model calls it."""
+def kernel_cases() -> list[tuple[str, TokenMixerSpec]]:
+    """One (label, registry entry) per distinct kernel of the fast-weight types: entries that run the
+    same kernel with the same gates and normalisation (the sum rules, which differ only in φ) share a
+    row labelled with all their names."""
+    groups: dict[tuple, list[str]] = {}
+    for name in FAST_WEIGHT_TYPES:
+        spec = TOKEN_MIXERS[name]
+        groups.setdefault((spec.chunk, spec.gates, spec.attention_normalization), []).append(name)
+    return [("/".join(names), TOKEN_MIXERS[names[0]]) for names in groups.values()]
+
+
+def kernel_inputs(spec: TokenMixerSpec, shape: tuple[int, int, int, int]) -> tuple[dict, object, object]:
+    """Random inputs and the (chunk, recurrent) kernel pair of one registry entry, as its layer calls
+    them (φ = elu + 1, so d_dot = D; sum-normalised keys, gates and the normaliser column as declared)."""
     batch, heads, length, dim = shape
     generator = torch.Generator().manual_seed(0)
 
     def randn(*size):
         return torch.randn(*size, generator=generator)
 
-    features = lambda: elu_plus_one_feature_map(randn(batch, heads, length, dim))  # noqa: E731
-    if kind == "delta":
-        inputs = {"q": sum_normalize(features()), "k": sum_normalize(features()), "v": randn(batch, heads, length, dim),
-                  "beta": torch.rand(batch, heads, length, generator=generator)}
-        return inputs, chunk_delta_rule, recurrent_delta_rule
-    if kind == "sum_rule":
-        inputs = {"q": features(), "k": features(), "v": randn(batch, heads, length, dim)}
-        return inputs, chunk_sum_rule, recurrent_sum_rule
-    if kind == "normalized_sum_rule":
-        inputs = {"q": features(), "k": features(), "v": randn(batch, heads, length, dim)}
-        return (inputs, lambda **kw: normalized_sum_rule(**kw, chunked=True),
-                lambda **kw: normalized_sum_rule(**kw, chunked=False))
-    if kind == "fast_weights":
+    if spec.layer == HEBBIAN_MEMORY_LAYER:
         inputs = {"drive": randn(batch, heads, length, dim), "ln_weight": torch.ones(dim), "ln_bias": torch.zeros(dim)}
-        return inputs, chunk_fast_weights, recurrent_fast_weights
-    raise ValueError(f"unknown kernel {kind!r}")
+        return inputs, spec.chunk, spec.recurrent
+
+    def features():
+        phi = elu_plus_one_feature_map(randn(batch, heads, length, dim))
+        return sum_normalize(phi) if spec.key_normalization == "sum" else phi
+
+    values = randn(batch, heads, length, dim)
+    inputs = {"q": features(), "k": features(),
+              "v": append_normalizer_column(values) if spec.attention_normalization else values}
+    gate_values = {"beta": lambda: torch.rand(batch, heads, length, generator=generator),
+                   "log_decay": lambda: -0.1 * torch.rand(batch, heads, length, generator=generator)}
+    inputs.update({gate: gate_values[gate]() for gate in spec.gates})
+    return inputs, spec.chunk, spec.recurrent
 
 
 def bench_kernels(sizes: Sizes) -> list[dict]:
     rows = []
-    for kind in tqdm(("delta", "sum_rule", "normalized_sum_rule", "fast_weights"), desc="1. kernels", leave=False):
-        inputs, chunk_fn, recurrent_fn = kernel_inputs(kind, sizes.kernel_shape)
+    for label, spec in tqdm(kernel_cases(), desc="1. kernels", leave=False):
+        inputs, chunk_fn, recurrent_fn = kernel_inputs(spec, sizes.kernel_shape)
         chunk_s = _fwd_bwd_seconds(chunk_fn, inputs, sizes.kernel_repeats)
         recurrent_s = _fwd_bwd_seconds(recurrent_fn, inputs, 1)
-        rows.append({"kernel": kind, "chunk_s": chunk_s, "recurrent_s": recurrent_s, "speedup": recurrent_s / chunk_s})
+        rows.append({"kernel": label, "chunk_s": chunk_s, "recurrent_s": recurrent_s, "speedup": recurrent_s / chunk_s})
     return rows
 
 
 def bench_training(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:
     jobs = [(kind, length) for length in sizes.train_lengths for kind in sizes.train_models]
-    jobs += [("delta", length) for length in sizes.long_lengths]
+    jobs += [(HEADLINE_TYPE, length) for length in sizes.long_lengths]
     rows = []
     for kind, length in tqdm(jobs, desc="2+5. training steps (child processes)", leave=False):
         rows.append({"model": kind, "seq_len": length, **measure_training_step(kind, length, sizes, args)})
@@ -303,7 +306,7 @@ def _best_seconds(fn, repeats: int = 5) -> float:
 def bench_flops(sizes: Sizes) -> dict:
     batch, heads, length, dim = sizes.flops_shape
     chunk = FWPConfig().chunk_size
-    inputs, chunk_fn, _ = kernel_inputs("delta", sizes.flops_shape)
+    inputs, chunk_fn, _ = kernel_inputs(TOKEN_MIXERS[HEADLINE_TYPE], sizes.flops_shape)
     kernel_s = _best_seconds(lambda: chunk_fn(**inputs, chunk_size=chunk))
     kernel_gflops = delta_chunk_flops(batch, heads, length, dim, chunk) / kernel_s / 1e9
     # The kernel's matmuls are batched [C, D] x [D, C] and [C, D] x [D, D] products over all chunks.
@@ -358,21 +361,21 @@ def evaluate_targets(results: dict, sizes: Sizes) -> list[dict]:
         met = value is not None and (value >= threshold if higher_is_better else value <= threshold)
         targets.append({"target": name, "value": value, "threshold": threshold, "unit": unit, "met": met})
 
-    delta_kernel = _lookup(results["kernels"], kernel="delta")
-    add("delta chunkwise vs recurrent, fwd+bwd", delta_kernel.get("speedup"), 25.0)
+    headline_kernel = _lookup(results["kernels"], kernel=HEADLINE_TYPE)
+    add(f"{HEADLINE_TYPE} chunkwise vs recurrent, fwd+bwd", headline_kernel.get("speedup"), 25.0)
     mid, long = sizes.train_lengths[1], sizes.train_lengths[-1]
-    add(f"delta training tok/s vs GPT-2 at T={mid}", _ratio(results["training"], "delta", mid), 1.0)
-    add(f"delta training tok/s vs GPT-2 at T={long}", _ratio(results["training"], "delta", long), 3.0)
+    add(f"{HEADLINE_TYPE} training tok/s vs GPT-2 at T={mid}", _ratio(results["training"], HEADLINE_TYPE, mid), 1.0)
+    add(f"{HEADLINE_TYPE} training tok/s vs GPT-2 at T={long}", _ratio(results["training"], HEADLINE_TYPE, long), 3.0)
     for length in sizes.long_lengths:
-        row = _lookup(results["training"], model="delta", seq_len=length)
-        add(f"delta training step peak memory at T={length}", row.get("peak_rss_gib"), 8.0, "GiB", False)
+        row = _lookup(results["training"], model=HEADLINE_TYPE, seq_len=length)
+        add(f"{HEADLINE_TYPE} training step peak memory at T={length}", row.get("peak_rss_gib"), 8.0, "GiB", False)
     decode = {row["model"]: row["decode_tokens_per_s"] for row in results["decoding"]["decode"]}
-    add(f"delta decode tok/s vs GPT-2 after {sizes.decode_prompt} prompt tokens", decode["delta"] / decode["gpt2"], 2.0)
+    add(f"{HEADLINE_TYPE} decode tok/s vs GPT-2 after {sizes.decode_prompt} prompt tokens", decode[HEADLINE_TYPE] / decode["gpt2"], 2.0)
     small, large = sizes.cache_lengths
     equal = all(row[f"bytes_at_{small}"] == row[f"bytes_at_{large}"] for row in results["decoding"]["cache"])
     targets.append({"target": f"cache bytes equal at {small} and {large} tokens, every fast-weight type",
                     "value": equal, "threshold": True, "unit": "", "met": equal})
-    add("chunkwise delta GFLOP/s vs torch.matmul GFLOP/s (similar shapes)",
+    add(f"chunkwise {HEADLINE_TYPE} GFLOP/s vs torch.matmul GFLOP/s (similar shapes)",
         results["flops"]["fraction_of_matmul"], 0.4, "fraction")
     return targets
 
@@ -450,18 +453,18 @@ def render_markdown(results: dict) -> str:
 
 
 def crossover_sentence(rows: list[dict], lengths: tuple[int, ...]) -> str:
-    """Where delta starts to train faster than GPT-2, in words."""
-    ratios = [(length, _ratio(rows, "delta", length)) for length in lengths]
+    """Where the headline type starts to train faster than GPT-2, in words."""
+    ratios = [(length, _ratio(rows, HEADLINE_TYPE, length)) for length in lengths]
     ratios = [(length, r) for length, r in ratios if r is not None]
     if not ratios:
         return "Crossover: not measured."
     faster = [length for length, r in ratios if r >= 1.0]
     listing = ", ".join(f"{r:.2f}× at T={length}" for length, r in ratios)
     if len(faster) == len(ratios):
-        return f"Crossover: delta trains faster than GPT-2 already at the shortest length measured ({listing})."
+        return f"Crossover: {HEADLINE_TYPE} trains faster than GPT-2 already at the shortest length measured ({listing})."
     if not faster:
-        return f"Crossover: delta is slower than GPT-2 at every length measured ({listing})."
-    return f"Crossover: delta overtakes GPT-2 between the measured lengths ({listing})."
+        return f"Crossover: {HEADLINE_TYPE} is slower than GPT-2 at every length measured ({listing})."
+    return f"Crossover: {HEADLINE_TYPE} overtakes GPT-2 between the measured lengths ({listing})."
 
 
 def main(argv: list[str] | None = None) -> dict:
