@@ -39,8 +39,9 @@ class FWPConfig(PretrainedConfig):
 
     With `is_encoder_decoder=True` (T5-style, `FWPForConditionalGeneration`) `num_hidden_layers` and
     `attention_type` describe the encoder, `num_decoder_layers` and `decoder_attention_type` (default:
-    the same as the encoder) the decoder, and `cross_attention_type` (`"softmax"` or `"linear"`) the
-    decoder's attention over the encoder output. Encoders run softmax and the sum rules without a
+    the same as the encoder) the decoder, and `cross_attention_type` (`"softmax"`, or a sum rule that
+    reads the whole source at once: `"linear"`, `"performer"`, `"dpfp"`) the decoder's attention over
+    the encoder output. Encoders run softmax and the sum rules without a
     causal mask; the delta rules and Ba et al.'s memory are recurrences with no order-free form and
     read the source left to right (`TokenMixerSpec.encoder_form`).
 
@@ -196,8 +197,13 @@ class FWPConfig(PretrainedConfig):
             self._validate_attention_types("attention_type (used for the decoder too)", self.attention_type,
                                            self.num_decoder_layers, "num_decoder_layers")
         if self.cross_attention_type not in CROSS_ATTENTION_TYPES:
+            problem = (
+                "has no order-free form to read a whole source with"
+                if self.cross_attention_type in ATTENTION_TYPES
+                else "is unknown"
+            )
             raise ValueError(
-                f"FWPConfig.cross_attention_type {self.cross_attention_type!r} is unknown; "
+                f"FWPConfig.cross_attention_type {self.cross_attention_type!r} {problem}; "
                 f"allowed: {_allowed(CROSS_ATTENTION_TYPES)}"
             )
         if self.feature_map not in FEATURE_MAPS:

@@ -31,18 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..fast_weight_kernels import (
-    chunk_delta_rule,
-    chunk_sum_rule,
-    dpfp_feature_map,
+    FEATURE_MAPS,
+    append_normalizer_column,
+    divide_by_normalizer,
     draw_orthogonal_random_features,
-    elu_plus_one_feature_map,
     fast_weights_inner_loop,
-    favor_feature_map,
     feature_map_output_dim,
     hebbian_update,
-    normalized_sum_rule,
     sum_normalize,
 )
+from ..token_mixers import TOKEN_MIXERS
 from ..training.cli import parse_config_and_flags
 
 # ==============================================================================================
@@ -103,8 +101,11 @@ def make_retrieval_batch(
     return RetrievalBatch(key_ids, value_ids, query_ids, query_mask, target_ids)
 
 
-RETRIEVAL_MEMORIES = ("softmax", "sum", "delta")
-RETRIEVAL_FEATURE_MAPS = ("elu", "dpfp", "favor")
+# The experiment's memories (the paper's names) and the registry entry whose update rule each uses;
+# softmax is the baseline without fast weights.
+RETRIEVAL_UPDATE_RULES = {"softmax": None, "sum": TOKEN_MIXERS["linear"], "delta": TOKEN_MIXERS["delta"]}
+RETRIEVAL_MEMORIES = tuple(RETRIEVAL_UPDATE_RULES)
+RETRIEVAL_FEATURE_MAPS = tuple(FEATURE_MAPS)
 
 
 def parse_retrieval_method(method: str) -> dict:
@@ -164,13 +165,15 @@ class RetrievalModel(nn.Module):
         self.num_keys = num_keys
         self.num_values = num_keys if num_values is None else num_values
         self.key_dim, self.memory, self.feature_map = key_dim, memory, feature_map
+        self.update_rule = RETRIEVAL_UPDATE_RULES[memory]
         self.dpfp_nu, self.favor_features = dpfp_nu, favor_features
         self.key_embedding = nn.Embedding(num_keys, embedding_dim)
         nn.init.normal_(self.key_embedding.weight, std=1.0)
         write_dim = embedding_dim + self.num_values
         self.key_proj = nn.Linear(write_dim, key_dim)
         self.query_proj = nn.Linear(embedding_dim, key_dim)
-        self.beta_proj = nn.Linear(write_dim, 1) if memory == "delta" else None
+        uses_beta = self.update_rule is not None and "beta" in self.update_rule.gates
+        self.beta_proj = nn.Linear(write_dim, 1) if uses_beta else None
         bound = key_dim**-0.5
         nn.init.uniform_(self.key_proj.weight, -bound, bound)
         nn.init.uniform_(self.query_proj.weight, -bound, bound)
@@ -178,18 +181,15 @@ class RetrievalModel(nn.Module):
     @property
     def feature_dim(self) -> int:
         """d_dot, the size of φ's output (``key_dim`` for softmax)."""
-        if self.memory == "softmax":
+        if self.update_rule is None:
             return self.key_dim
         return feature_map_output_dim(
             self.feature_map, self.key_dim, dpfp_nu=self.dpfp_nu, favor_features=self.favor_features
         )
 
     def _features(self, x: torch.Tensor, projection: torch.Tensor | None) -> torch.Tensor:
-        if self.feature_map == "elu":
-            return elu_plus_one_feature_map(x)
-        if self.feature_map == "dpfp":
-            return dpfp_feature_map(x, self.dpfp_nu)
-        return favor_feature_map(x, projection)
+        features = FEATURE_MAPS[self.feature_map].apply(x, dpfp_nu=self.dpfp_nu, projection=projection)
+        return sum_normalize(features) if self.update_rule.key_normalization == "sum" else features
 
     def forward(self, key_ids: torch.Tensor, value_ids: torch.Tensor, query_ids: torch.Tensor) -> torch.Tensor:
         """key_ids, value_ids: ``[B, T]``; query_ids: ``[B, Q]`` → predicted values ``[B, Q, num_values]``."""
@@ -201,31 +201,30 @@ class RetrievalModel(nn.Module):
         write_input = torch.cat([values, self.key_embedding(key_ids)], dim=-1)
         keys = self.key_proj(write_input)  # [B, T, d]
         queries = self.query_proj(self.key_embedding(query_ids))  # [B, Q, d]
-        if self.memory == "softmax":
+        rule = self.update_rule
+        if rule is None:
             scores = queries @ keys.transpose(-1, -2) / math.sqrt(self.key_dim)
             return scores.softmax(dim=-1) @ values
 
         projection = None
-        if self.feature_map == "favor":
+        if FEATURE_MAPS[self.feature_map].random_features:
             projection = draw_orthogonal_random_features(self.favor_features, self.key_dim, device=keys.device)
-        key_features = self._features(keys, projection)
-        query_features = self._features(queries, projection)
-        if self.memory == "delta":
-            key_features, query_features = sum_normalize(key_features), sum_normalize(query_features)
         # Head dim of size 1. Write every pair (the kernel's outputs are not needed, only the state),
         # then read the state with all queries through the same kernel with zero writes.
-        k, q, v = key_features.unsqueeze(1), query_features.unsqueeze(1), values.unsqueeze(1)
+        k, q = self._features(keys, projection).unsqueeze(1), self._features(queries, projection).unsqueeze(1)
+        v = values.unsqueeze(1)
+        if rule.attention_normalization:
+            v = append_normalizer_column(v)  # the sum rule's read is divided by z·φ(q)
         num_writes, num_queries = k.shape[2], q.shape[2]
-        no_keys = q.new_zeros(q.shape)
-        if self.memory == "sum":
-            _, state = normalized_sum_rule(k, k, v, chunk_size=num_writes)  # state [B, 1, d_dot, Dv + 1]
-            no_values = v.new_zeros(v.shape[0], 1, num_queries, v.shape[-1])
-            y, _ = normalized_sum_rule(q, no_keys, no_values, initial_state=state, chunk_size=num_queries)
-        else:
-            beta = torch.sigmoid(self.beta_proj(write_input)).squeeze(-1).unsqueeze(1)  # [B, 1, T]
-            _, state = chunk_delta_rule(k, k, v, beta=beta)  # state [B, 1, d_dot, Dv]
-            no_values = v.new_zeros(v.shape[0], 1, num_queries, v.shape[-1])
-            y, _ = chunk_sum_rule(q, no_keys, no_values, initial_state=state, chunk_size=num_queries)
+        write_gates, read_gates = {}, {}
+        if self.beta_proj is not None:
+            write_gates["beta"] = torch.sigmoid(self.beta_proj(write_input)).squeeze(-1).unsqueeze(1)  # [B, 1, T]
+            read_gates["beta"] = q.new_zeros(q.shape[:3])
+        _, state = rule.chunk(k, k, v, chunk_size=num_writes, **write_gates)  # state [B, 1, d_dot, Dv (+1)]
+        no_values = v.new_zeros(v.shape[0], 1, num_queries, v.shape[-1])
+        y, _ = rule.chunk(q, q.new_zeros(q.shape), no_values, initial_state=state, chunk_size=num_queries, **read_gates)
+        if rule.attention_normalization:
+            y = divide_by_normalizer(y, values.dtype)
         return y[:, 0]
 
 
