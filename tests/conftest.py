@@ -22,8 +22,6 @@ intra-op thread with ``pytestmark = pytest.mark.usefixtures("single_thread")``.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -90,8 +88,7 @@ TYPE_SETTINGS: dict[str, dict] = {
 
 def config_picks_feature_map(name: str) -> bool:
     """Whether entry `name`'s φ is chosen by `config.feature_map` (the delta rules)."""
-    probe = SimpleNamespace(feature_map=object())
-    return TOKEN_MIXERS[name].feature_map_name(probe) is probe.feature_map
+    return TOKEN_MIXERS[name].config_chooses_feature_map
 
 
 def type_settings(name: str) -> dict:

@@ -80,11 +80,16 @@ class TokenMixerSpec:
     encoder_form: str = ENCODER_BIDIRECTIONAL
     uses_rotary: bool = False
 
+    @property
+    def config_chooses_feature_map(self) -> bool:
+        """Whether `config.feature_map` picks this mixer's φ (the delta rules)."""
+        return self.layer == FAST_WEIGHT_LAYER and self.feature_map is None
+
     def feature_map_name(self, config) -> str | None:
         """The φ a layer of this type uses under `config` (None for mixers without one)."""
         if self.layer != FAST_WEIGHT_LAYER:
             return None
-        return self.feature_map or config.feature_map
+        return config.feature_map if self.config_chooses_feature_map else self.feature_map
 
     def key_dim(self, config) -> int:
         """d_dot: the size of φ(k) (the head size for mixers without a feature map)."""
