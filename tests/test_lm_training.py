@@ -14,21 +14,29 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from huggingface_hub import ModelCard
-from transformers import TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from fwp_hf import MODEL_CODE_FILES, FWPConfig
 from fwp_hf.token_mixers import ATTENTION_TYPES, TOKEN_MIXERS, describe_token_mixer
 from fwp_hf.training.lm import main, parse_lm_arguments, run_lm_training
 from fwp_hf.training.lm_comparison import ComparisonArguments
-from fwp_hf.training.lm_data import builtin_corpus_texts, load_raw_lm_datasets
+from fwp_hf.training.lm_data import (
+    builtin_corpus_texts,
+    group_into_blocks,
+    load_raw_lm_datasets,
+    token_stream,
+    tokenize_texts,
+)
 from fwp_hf.training.lm_evaluation import segment_perplexity
 from fwp_hf.training.tokenization import save_tokenizer, train_sentencepiece_tokenizer
 
@@ -104,6 +112,7 @@ def test_train_lm_end_to_end_writes_a_hub_ready_folder(data_files, tmp_path, cap
         assert (output_dir / name).is_file(), name
     config = json.loads((output_dir / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_fwp.FWPForCausalLM"
+    assert config["use_cache"] is True, "the Trainer's training-time use_cache=False leaked into the shipped config"
     assert (config["vocab_size"], config["pad_token_id"], config["eos_token_id"]) == (400, 0, 3)
 
     card = ModelCard.load(output_dir / "README.md")
@@ -273,6 +282,73 @@ def test_accelerate_launch_trains_with_two_processes(data_files, tmp_path):
     state = json.loads((output_dir / "trainer_state.json").read_text())
     steps_per_epoch = math.ceil(results["train_samples"] / 8)
     assert state["global_step"] == 3 and state["epoch"] == pytest.approx(3 / steps_per_epoch)
+
+
+FSDP_CONFIG = '{"transformer_layer_cls_to_wrap": ["FWPBlock"]}'
+
+
+def test_fsdp_on_two_cpu_processes_matches_one_process_and_saves_a_whole_model(data_files, tmp_path):
+    """README's command: torchrun, 2 CPU processes (gloo), FSDP2 sharding every FWPBlock."""
+    output_dir = tmp_path / "fsdp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        str(REPO_ROOT / "scripts" / "train_lm.py"), "--use_cpu", "true",
+        "--fsdp", "full_shard auto_wrap", "--fsdp_config", FSDP_CONFIG,
+        *tiny_flags(data_files, output_dir, max_steps=3),
+    ]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    # Sharded with FSDP (accelerate alone would have fallen back to DDP on CPU processes): one unit per block.
+    assert "FSDP2 on 2 CPU processes (gloo), wrapping FWPBlock" in log
+    units = dict(unit.split(" x ") for unit in re.search(r"FSDP units: (.*)", log).group(1).split(", "))
+    assert units["FWPBlock"] == "2" and units["FWPForCausalLM"] == "1", units
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in log
+
+    # The same global batch (8) on one process gives the same losses.
+    single = tmp_path / "single"
+    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, single, max_steps=3, per_device_train_batch_size=8,
+                                                   do_eval="false")))
+    sharded_losses, single_losses = logged_losses(output_dir), logged_losses(single)
+    assert sorted(sharded_losses) == [1, 2, 3]
+    for step, loss in single_losses.items():
+        assert sharded_losses[step] == pytest.approx(loss, rel=1e-4), step
+    assert len(set(single_losses.values())) == 3  # the model learns: equal curves are not equal constants
+
+    # The saved folder is the trained model: reloaded, it scores the run's evaluation blocks as the run did.
+    results = json.loads((output_dir / "all_results.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(output_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    raw = load_raw_lm_datasets(train_file=str(data_files["train"]), validation_file=str(data_files["validation"]))
+    blocks = group_into_blocks(tokenize_texts(raw, tokenizer), block_size=32)["validation"]
+    input_ids = torch.tensor(blocks["input_ids"][:8])
+    with torch.no_grad():
+        loss = model(input_ids, labels=input_ids).loss.item()
+    assert loss == pytest.approx(results["eval_loss"], rel=1e-5)
+    # ... and the stream evaluation on the main process ran on the whole (gathered) model.
+    stream = segment_perplexity(model, token_stream(tokenize_texts(raw, tokenizer)["validation"]), segment_length=32,
+                                carry_state=True, num_streams=2, max_tokens=1200)
+    assert stream["perplexity"] == pytest.approx(results["eval_carried_state_perplexity"], rel=1e-5)
+
+
+def test_fsdp_auto_wrap_finds_the_block_class_by_default_and_rejects_the_old_name():
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from transformers import TrainingArguments
+
+    model = make_lm(type_variant("delta"))
+    for fsdp_config in (None, {"transformer_layer_cls_to_wrap": ["FWPBlock"]}):
+        args = TrainingArguments(output_dir="unused", use_cpu=True, fsdp="full_shard auto_wrap", fsdp_config=fsdp_config)
+        policy = fsdp2_prepare_auto_wrap_policy(FullyShardedDataParallelPlugin(**args.fsdp_plugin_args), model)
+        wrapped = [type(module).__name__ for module in model.modules() if policy(module)]
+        assert wrapped == ["FWPBlock"] * model.config.num_hidden_layers, fsdp_config  # from _no_split_modules
+    # FWPDecoderLayer was the block's old name: a config naming it fails loudly, never silently.
+    args = TrainingArguments(output_dir="unused", use_cpu=True, fsdp="full_shard auto_wrap",
+                             fsdp_config={"transformer_layer_cls_to_wrap": ["FWPDecoderLayer"]})
+    with pytest.raises(ValueError, match="Could not find the transformer layer class FWPDecoderLayer"):
+        fsdp2_prepare_auto_wrap_policy(FullyShardedDataParallelPlugin(**args.fsdp_plugin_args), model)
 
 
 def test_builtin_penn_treebank_splits():

@@ -32,6 +32,7 @@ from transformers import (
 
 from .. import FWPForCausalLM
 from . import common
+from .fsdp import enable_fsdp_on_cpu, unsharded_model
 from .hub import check_repo_id, create_hub_repo, push_folder_to_hub
 from .lm_data import BUILTIN_DATASET, group_into_blocks, load_raw_lm_datasets, token_stream, tokenize_texts
 from .lm_evaluation import growing_cache_layer_types, segment_perplexity, supports_carried_state
@@ -334,6 +335,7 @@ def run_lm_training(
         data_collator=default_data_collator,
         callbacks=callbacks,
     )
+    enable_fsdp_on_cpu(trainer)
     metrics: dict[str, float] = {"num_parameters": float(model.num_parameters())}
     if training_args.do_train:
         train_metrics = common.train_and_save(trainer, resume_checkpoint)
@@ -343,10 +345,11 @@ def run_lm_training(
     if training_args.do_eval:
         block_metrics, evaluations = evaluate_blocks(trainer, data.evaluation, data_args.block_size)
         metrics.update(block_metrics)
+    model = unsharded_model(trainer)  # a whole copy after FSDP (a collective: every process calls it)
     if not trainer.is_world_process_zero():
         return metrics
 
-    model, results_note = trainer.model, ""
+    results_note = ""
     if training_args.do_eval and data_args.streaming_eval:
         stream_metrics, stream_evaluations, results_note = evaluate_stream(
             model, data.tokenized["validation"], data_args
@@ -363,7 +366,7 @@ def run_lm_training(
     print(f"sample: {sample}")
     trainer.save_metrics("all", metrics)
     if not training_args.do_train:
-        trainer.save_model()
+        common.save_model_for_inference(trainer)
     write_lm_model_card(model, evaluations, sample, results_note, model_args, data_args, training_args)
     if push:
         url = push_folder_to_hub(training_args.output_dir, training_args.hub_model_id,
