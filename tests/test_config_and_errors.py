@@ -148,6 +148,41 @@ INVALID_CONFIGS = [
 ] + [
     ("chunk_size-float", dict(chunk_size=2.5), r"chunk_size must be a positive integer, got 2\.5"),
     ("hidden_size-bool", dict(hidden_size=True), r"hidden_size must be a positive integer, got True"),
+    # A string (or another wrong type) where a number or a bool belongs: a ValueError naming the field.
+    ("lr-string", dict(fast_weights_learning_rate="0.5"),
+     r"fast_weights_learning_rate must be a number \(int or float\), got '0\.5'"),
+    ("decay-string", dict(fast_weights_decay="0.9"), r"fast_weights_decay must be a number \(int or float\), got '0\.9'"),
+    ("decay-none", dict(fast_weights_decay=None), r"fast_weights_decay must be a number \(int or float\), got None"),
+    ("rope_theta-string", dict(rope_theta="10000"), r"rope_theta must be a number \(int or float\), got '10000'"),
+    ("rope_theta-0", dict(rope_theta=0.0), r"rope_theta must be a finite number > 0, got 0\.0"),
+    ("rms_norm_eps-string", dict(rms_norm_eps="1e-6"), r"rms_norm_eps must be a number \(int or float\), got '1e-6'"),
+    ("rms_norm_eps-neg", dict(rms_norm_eps=-1e-6), r"rms_norm_eps must be a finite number > 0, got -1e-06"),
+    ("initializer_range-string", dict(initializer_range="0.02"),
+     r"initializer_range must be a number \(int or float\), got '0\.02'"),
+    ("initializer_range-neg", dict(initializer_range=-0.02), r"initializer_range must be a finite number >= 0, got -0\.02"),
+    ("performer_seed-string", dict(performer_seed="0"), r"performer_seed must be an integer, got '0'"),
+    ("performer_num_features-string", dict(performer_num_features="8"),
+     r"performer_num_features must be a positive integer, got '8'"),
+    ("inner_steps-string", dict(fast_weights_inner_steps="1"),
+     r"fast_weights_inner_steps.*must be an integer >= 0, got '1'"),
+    ("dpfp_nu-string", dict(dpfp_nu="2"), r"dpfp_nu must be an integer >= 1, got '2'"),
+    ("attention_normalization-string", dict(attention_normalization="false"),
+     r"attention_normalization must be True or False, got 'false'"),
+    ("attention_normalization-int", dict(attention_normalization=0), r"attention_normalization must be True or False, got 0"),
+    ("performer_redraw-string", dict(performer_redraw="true"), r"performer_redraw must be True or False, got 'true'"),
+    ("use_cache-string", dict(use_cache="yes"), r"use_cache must be True or False, got 'yes'"),
+    ("feature_map-list", dict(feature_map=["dpfp"]), r"feature_map must be a string, got \['dpfp'\]"),
+    ("max_position_embeddings-string", dict(max_position_embeddings="2048"),
+     r"max_position_embeddings must be a positive integer, got '2048'"),
+    # Rotary positions rotate pairs of channels: softmax layers need an even head size (36 / 4 = 9).
+    ("odd-head-size-softmax", dict(hidden_size=36, num_attention_heads=4, attention_type="softmax"),
+     r"'softmax' layers use rotary positions, which need an even head size, but hidden_size \(36\) / "
+     r"num_attention_heads \(4\) = 9"),
+    ("odd-head-size-hybrid", dict(hidden_size=36, num_attention_heads=4, attention_type=["delta", "softmax"]),
+     r"'softmax' layers use rotary positions, which need an even head size, but hidden_size \(36\)"),
+    ("odd-head-size-seq2seq-decoder",
+     dict(hidden_size=36, num_attention_heads=4, is_encoder_decoder=True, decoder_attention_type="softmax"),
+     r"'softmax' layers use rotary positions, which need an even head size.*= 9"),
 ]
 
 
@@ -172,6 +207,10 @@ def test_invalid_config_raises_value_error(build, overrides, message):
         dict(chunk_size=1),
         dict(num_hidden_layers=1, attention_type=["softmax"]),
         dict(hidden_size=16, num_attention_heads=16),
+        dict(hidden_size=36, num_attention_heads=4),  # odd head size: fine without rotary (softmax) layers
+        dict(hidden_size=36, num_attention_heads=2, attention_type="softmax"),  # head size 18
+        dict(rope_theta=500),  # an int where a float is expected is a number
+        dict(initializer_range=0.0),
         dict(hidden_act="gelu"),
         dict(hidden_act="relu"),
     ],

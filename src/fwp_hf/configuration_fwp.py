@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import math
+import os
 from typing import Any
 
 from transformers import PretrainedConfig
+from transformers.utils import CONFIG_NAME, cached_file
 
 from .fast_weight_kernels import FEATURE_MAPS
-from .token_mixers import ATTENTION_TYPES, CROSS_ATTENTION_TYPES
+from .token_mixers import ATTENTION_TYPES, CROSS_ATTENTION_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS
+
+# The trained length of rotary positions when a model with softmax layers does not give one.
+DEFAULT_MAX_POSITION_EMBEDDINGS = 2048
 
 
 def _allowed(values: tuple[str, ...]) -> str:
@@ -58,7 +66,9 @@ class FWPConfig(PretrainedConfig):
         fast_weights_decay (`float`): λ in (0, 1]; fast_weights_learning_rate (`float`): η > 0;
         fast_weights_inner_steps (`int`): S ≥ 0 inner-loop steps.
         chunk_size (`int`): chunk length of the chunkwise-parallel kernels.
-        max_position_embeddings (`int`): used only by the rotary embedding of softmax layers.
+        max_position_embeddings (`int` or None): the positional limit of a model with rotary (softmax)
+            layers (default 2048; generation warns past it). None for a model without such layers: the
+            fast-weight layers have no positional limit, and a value given (or saved) for one is dropped.
         num_decoder_layers, decoder_attention_type, cross_attention_type: encoder–decoder only, see above;
             `cross_attention_type` is `"softmax"` or a sum rule (`"linear"`, `"performer"`, `"dpfp"`).
     """
@@ -85,7 +95,7 @@ class FWPConfig(PretrainedConfig):
         fast_weights_inner_steps: int = 1,
         chunk_size: int = 64,
         hidden_act: str = "silu",
-        max_position_embeddings: int = 2048,
+        max_position_embeddings: int | None = None,
         rope_theta: float = 10000.0,
         initializer_range: float = 0.02,
         rms_norm_eps: float = 1e-6,
@@ -129,6 +139,7 @@ class FWPConfig(PretrainedConfig):
         self.cross_attention_type = cross_attention_type
         self.is_encoder_decoder = is_encoder_decoder
         self._validate_fwp()
+        self._resolve_max_position_embeddings()
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -144,6 +155,7 @@ class FWPConfig(PretrainedConfig):
         result = super().from_dict(config_dict, **kwargs)
         config = result[0] if isinstance(result, tuple) else result
         config._validate_fwp()
+        config._resolve_max_position_embeddings()
         return result
 
     @property
@@ -161,6 +173,160 @@ class FWPConfig(PretrainedConfig):
         kinds = self.attention_type if self.decoder_attention_type is None else self.decoder_attention_type
         return _per_layer(kinds, self.num_decoder_layers)
 
+    @property
+    def self_attention_types(self) -> list[str]:
+        """The self-attention type of every layer: the decoder-only stack, or the encoder's then the decoder's."""
+        kinds = self.layer_attention_types
+        return kinds + self.decoder_layer_attention_types if self.is_encoder_decoder else kinds
+
+    @property
+    def rotary_attention_types(self) -> list[str]:
+        """The attention types of this model whose layers use rotary positions (the registry's `uses_rotary`)."""
+        return sorted({kind for kind in self.self_attention_types if TOKEN_MIXERS[kind].uses_rotary})
+
+    @property
+    def has_positional_limit(self) -> bool:
+        """Whether any layer uses rotary positions (fast-weight layers have no positional limit)."""
+        return bool(self.rotary_attention_types)
+
+    def _resolve_max_position_embeddings(self) -> None:
+        # generate() reads config.max_position_embeddings: it warns past it and caps a default max_length at
+        # it. None for a model without rotary layers (also when a checkpoint saved 2048 for one).
+        if not self.has_positional_limit:
+            self.max_position_embeddings = None
+        elif self.max_position_embeddings is None:
+            self.max_position_embeddings = DEFAULT_MAX_POSITION_EMBEDDINGS
+
+    # ------------------------------------------------------------------------------------------
+    # What the weights mean: a load-time override of these fields would silently change the function
+    # that a checkpoint's weights compute, so `FWPPreTrainedModel.from_pretrained` refuses it.
+    # Not listed, because they do not change the function of the same weights: chunk_size (a kernel
+    # block length), max_position_embeddings (rotary positions are computed for any position),
+    # performer_seed (ω is saved with the weights), performer_redraw (training only), initializer_range
+    # (initialisation only), use_cache, special token ids, dropout-like and generation fields.
+    # ------------------------------------------------------------------------------------------
+    WEIGHT_MEANING_FIELDS = (
+        "is_encoder_decoder",
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_decoder_layers",
+        "num_attention_heads",
+        "attention_type",
+        "decoder_attention_type",
+        "cross_attention_type",
+        "feature_map",
+        "dpfp_nu",
+        "performer_num_features",
+        "attention_normalization",
+        "fast_weights_decay",
+        "fast_weights_learning_rate",
+        "fast_weights_inner_steps",
+        "hidden_act",
+        "rope_theta",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+    )
+
+    def weights_meaning(self) -> dict[str, Any]:
+        """What a model with this config computes from its weights, layer by layer (from the registry).
+
+        Two configs with equal `weights_meaning()` give the same function for the same weights; e.g.
+        `feature_map` counts only where a layer lets the config choose φ, `dpfp_nu` only where φ is
+        DPFP, `fast_weights_*` only for Ba et al.'s memory, `rope_theta` only for rotary layers.
+        """
+
+        def layer(kind: str) -> tuple:
+            spec = TOKEN_MIXERS[kind]
+            feature_map = spec.feature_map_name(self)
+            phi = None
+            if feature_map is not None:
+                phi = FEATURE_MAPS[feature_map].label(self.dpfp_nu, self.performer_num_features)
+            hebbian = (
+                (self.fast_weights_decay, self.fast_weights_learning_rate, self.fast_weights_inner_steps)
+                if spec.layer == HEBBIAN_MEMORY_LAYER
+                else None
+            )
+            return kind, phi, spec.normalizes(self), hebbian, self.rope_theta if spec.uses_rotary else None
+
+        meaning: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in ("is_encoder_decoder", "vocab_size", "hidden_size", "intermediate_size",
+                         "num_attention_heads", "hidden_act", "rms_norm_eps", "tie_word_embeddings")
+        }
+        meaning["layers"] = [layer(kind) for kind in self.layer_attention_types]
+        if self.is_encoder_decoder:
+            meaning["decoder_layers"] = [layer(kind) for kind in self.decoder_layer_attention_types]
+            meaning["cross_attention"] = layer(self.cross_attention_type)
+        return meaning
+
+    def weight_meaning_changes(self, other: "FWPConfig") -> list[str]:
+        """The `WEIGHT_MEANING_FIELDS` whose value in `other` changes what this config's weights compute."""
+        if self.weights_meaning() == other.weights_meaning():
+            return []
+        changed = []
+        for name in self.WEIGHT_MEANING_FIELDS:
+            if getattr(self, name, None) == getattr(other, name, None):
+                continue
+            alone = copy.copy(self)
+            setattr(alone, name, getattr(other, name, None))
+            try:
+                matters = alone.weights_meaning() != self.weights_meaning()
+            except (TypeError, ValueError, KeyError, IndexError):  # e.g. a layer count without its type list
+                matters = True
+            if matters:
+                changed.append(name)
+        return changed or [name for name in self.WEIGHT_MEANING_FIELDS
+                           if getattr(self, name, None) != getattr(other, name, None)]
+
+    @classmethod
+    def check_loading_keeps_weight_meaning(cls, pretrained_model_name_or_path, load_kwargs: dict[str, Any]) -> None:
+        """Raise a ValueError when `from_pretrained(pretrained_model_name_or_path, **load_kwargs)` would give
+        the checkpoint's weights a different meaning than the config they were saved with: an override
+        of a `WEIGHT_MEANING_FIELDS` field (``attention_type="dpfp"`` on a ``linear`` checkpoint), or
+        ``config=`` a config that differs from the saved one in such a field. Other overrides
+        (``use_cache``, ``chunk_size``, generation fields, ...) pass. A folder or Hub id without a
+        config.json is left to transformers."""
+        if pretrained_model_name_or_path is None or load_kwargs.get("gguf_file") is not None:
+            return
+        download = {key: load_kwargs[key] for key in ("cache_dir", "force_download", "proxies", "local_files_only",
+                                                      "token", "revision") if key in load_kwargs}
+        saved_file = cached_file(
+            pretrained_model_name_or_path, CONFIG_NAME, subfolder=load_kwargs.get("subfolder") or "",
+            _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False, **download,
+        )
+        if saved_file is None:
+            return
+        with open(saved_file, encoding="utf-8") as handle:
+            saved_dict = json.load(handle)
+        if saved_dict.get("model_type") != cls.model_type:
+            return
+        saved = cls.from_dict(saved_dict)
+        requested = load_kwargs.get("config")
+        if isinstance(requested, (str, os.PathLike)):
+            requested = cls.from_pretrained(requested, **download)
+        if isinstance(requested, PretrainedConfig):
+            source = "config= (a config that differs from its config.json)"
+        else:
+            overrides = {key: value for key, value in load_kwargs.items() if key in cls.WEIGHT_MEANING_FIELDS}
+            if not overrides:
+                return
+            requested = cls.from_dict(saved_dict, **overrides)
+            source = f"the override(s) {', '.join(f'{key}={value!r}' for key, value in overrides.items())}"
+        changed = saved.weight_meaning_changes(requested)
+        if changed:
+            details = "; ".join(
+                f"{name}={getattr(saved, name, None)!r} saved, {getattr(requested, name, None)!r} requested"
+                for name in changed
+            )
+            raise ValueError(
+                f"loading {pretrained_model_name_or_path!s} with {source} changes {', '.join(changed)}, which would "
+                f"change what its weights compute ({details}); load it without that change "
+                "(FWPConfig.WEIGHT_MEANING_FIELDS lists the fields that fix what weights mean), or build a new model "
+                "with from_config and train it"
+            )
+
     def _validate_attention_types(self, field: str, kinds: str | list[str], num_layers: int, layers_field: str) -> None:
         if isinstance(kinds, list):
             if len(kinds) != num_layers:
@@ -177,12 +343,42 @@ class FWPConfig(PretrainedConfig):
                     "(or a list of these, one per layer)"
                 )
 
-    def _validate_fwp(self) -> None:
+    def _validate_types(self) -> None:
+        """Every numeric or boolean field has the right type (a ValueError naming it, never a raw TypeError)."""
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "chunk_size", "performer_num_features", "max_position_embeddings", "num_decoder_layers"):
             value = getattr(self, name)
+            if name == "max_position_embeddings" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"FWPConfig.{name} must be a positive integer, got {value!r}")
+                allowed = " (or None: no positional limit)" if name == "max_position_embeddings" else ""
+                raise ValueError(f"FWPConfig.{name} must be a positive integer, got {value!r}{allowed}")
+        for name in ("performer_seed",):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"FWPConfig.{name} must be an integer, got {value!r}")
+        for name in ("fast_weights_decay", "fast_weights_learning_rate", "rope_theta", "rms_norm_eps",
+                     "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"FWPConfig.{name} must be a number (int or float), got {value!r}")
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"FWPConfig.{name} must be a finite number > 0, got {value!r}")
+        if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
+            raise ValueError(f"FWPConfig.initializer_range must be a finite number >= 0, got {self.initializer_range!r}")
+        for name in ("performer_redraw", "attention_normalization", "use_cache", "is_encoder_decoder"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"FWPConfig.{name} must be True or False, got {value!r}")
+        for name in ("feature_map", "hidden_act", "cross_attention_type"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ValueError(f"FWPConfig.{name} must be a string, got {value!r}")
+
+    def _validate_fwp(self) -> None:
+        self._validate_types()
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"FWPConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -221,6 +417,13 @@ class FWPConfig(PretrainedConfig):
             raise ValueError(f"FWPConfig.fast_weights_inner_steps (S) must be an integer >= 0, got {steps!r}")
         if self.hidden_act not in ("silu", "gelu", "relu"):
             raise ValueError(f"FWPConfig.hidden_act {self.hidden_act!r} is unknown; allowed: 'silu', 'gelu', 'relu'")
+        rotary = self.rotary_attention_types
+        if rotary and self.head_dim % 2:
+            raise ValueError(
+                f"FWPConfig: {', '.join(map(repr, rotary))} layers use rotary positions, which need an even head size, "
+                f"but hidden_size ({self.hidden_size}) / num_attention_heads ({self.num_attention_heads}) = "
+                f"{self.head_dim}; choose hidden_size and num_attention_heads with an even quotient"
+            )
 
 
-__all__ = ["FWPConfig"]
+__all__ = ["DEFAULT_MAX_POSITION_EMBEDDINGS", "FWPConfig"]

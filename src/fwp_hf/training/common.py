@@ -7,7 +7,8 @@
 - `load_or_train_tokenizer`: the run's tokenizer; a sentencepiece tokenizer is trained on the texts
   it is given when there is none.
 - `setup_logging`, `resolve_resume_checkpoint` (``--resume_from_checkpoint last``) with
-  `check_checkpoint`, `first_rows` (``--max_*_samples``) and `train_and_save` (the Trainer's training step).
+  `check_checkpoint`, `first_rows` (``--max_*_samples``), `train_and_save` (the Trainer's training step) and
+  `save_model_for_inference` (the model folder, with `use_cache` back on).
 """
 
 from __future__ import annotations
@@ -251,13 +252,28 @@ def first_rows(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset
     return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
 
 
+def save_model_for_inference(trainer: Trainer) -> None:
+    """`trainer.save_model()` with the config a user of the saved model expects: caching on.
+
+    `Trainer` sets ``model.config.use_cache = args.use_cache`` (False by default: no cache while
+    training) when it is built; saved as is, the shipped config.json would say ``use_cache: false``
+    and a loaded model would not cache when generating. The training value is restored afterwards.
+    """
+    config = trainer.model.config
+    training_value, config.use_cache = config.use_cache, True
+    try:
+        trainer.save_model()
+    finally:
+        config.use_cache = training_value
+
+
 def train_and_save(trainer: Trainer, resume_checkpoint: str | None) -> dict[str, float]:
     """Train (resuming from `resume_checkpoint`), save the model and the trainer state (loss curves).
 
     Returns the Trainer's training metrics with ``train_samples`` and ``train_steps``.
     """
     result = trainer.train(resume_from_checkpoint=resume_checkpoint)
-    trainer.save_model()
+    save_model_for_inference(trainer)
     trainer.save_state()
     return {
         **result.metrics,
@@ -276,5 +292,6 @@ __all__ = [
     "check_checkpoint",
     "resolve_resume_checkpoint",
     "first_rows",
+    "save_model_for_inference",
     "train_and_save",
 ]
