@@ -68,6 +68,13 @@ class FWPPreTrainedModel(PreTrainedModel):
                     shutil.copy(here / name, Path(save_directory) / name)
         return result
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        # A load-time override (or `config=`) that changes what the saved weights compute raises,
+        # naming the field (FWPConfig.WEIGHT_MEANING_FIELDS); harmless overrides pass through.
+        cls.config_class.check_loading_keeps_weight_meaning(pretrained_model_name_or_path, kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, FWPFeatureMap) and module.projection is not None:
