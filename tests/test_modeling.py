@@ -475,11 +475,11 @@ def test_bf16_forward_keeps_fp32_states(variant):
     assert len(states) == num_fast_weight_layers(model)
     reference_cache = prepare_fast_weight_cache(None, model.config.layer_attention_types, use_cache=True)
     assert len(block_calls) == len(reference.model.layers)
-    for idx, ((args, kwargs, output), block) in enumerate(zip(block_calls, reference.model.layers)):
+    for idx, ((args, kwargs, (output, _)), block) in enumerate(zip(block_calls, reference.model.layers)):
         assert output.dtype == torch.bfloat16
         kwargs = {**_to_fp32(kwargs), "past_key_values": reference_cache}
         with torch.no_grad():
-            expected = block(args[0].float(), **kwargs)
+            expected, _ = block(args[0].float(), **kwargs)  # (hidden states, attention weights)
         assert_close(output.float(), expected, rtol=0.05, what=f"bf16 block {idx}")
     for idx, state in states.items():
         assert state.dtype == torch.float32, f"layer {idx}"

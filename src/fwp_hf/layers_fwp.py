@@ -17,6 +17,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .configuration_fwp import FWPConfig
 from .fast_weight_kernels import (
@@ -35,6 +37,8 @@ from .token_mixers import (
     SOFTMAX_ATTENTION_LAYER,
     TOKEN_MIXERS,
 )
+
+logger = logging.get_logger(__name__)
 
 # ----------------------------------------------------------------------------------------------
 # Building blocks
@@ -103,20 +107,98 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, seq_len, heads * dim)
 
 
+# ----------------------------------------------------------------------------------------------
+# Softmax attention functions: transformers' attention interface
+# ----------------------------------------------------------------------------------------------
+# Softmax layers (and softmax cross-attention) pick their attention function from
+# `config._attn_implementation`, as transformers' own models do: "sdpa" (the default) is
+# transformers' `sdpa_attention_forward` from `ALL_ATTENTION_FUNCTIONS`, "eager" is
+# `eager_attention_forward` below, which also returns the attention weights. Masks follow one
+# convention throughout: boolean ``[B, 1, Tq, Tk]``, True = attend (`inputs_fwp.softmax_attention_mask`),
+# or None for plain causal (``module.is_causal`` and more than one query) or full attention.
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention written out: ``(output [B, Tq, H, d], weights [B, H, Tq, Tk])``.
+
+    The weights are computed in fp32 and cast to the query dtype; masked keys get exactly zero weight.
+    """
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is None and module.is_causal and query.shape[2] > 1:
+        query_length, key_length = query.shape[2], key.shape[2]
+        attention_mask = torch.ones(query_length, key_length, dtype=torch.bool, device=query.device).tril(
+            key_length - query_length
+        )
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+def attention_function_kwargs(output_attentions: bool) -> dict:
+    """Keywords for an attention function: transformers' SDPA function warns (once) that it cannot
+    return weights when it is asked to, as it does for transformers' own models."""
+    return {"output_attentions": True} if output_attentions else {}
+
+
+def mixer_output(
+    mixer: nn.Module, hidden_states: torch.Tensor, output_attentions: bool = False, **inputs
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run a token mixer: ``(output, attention weights or None)``. Softmax attention
+    (``has_attention_matrix``) returns both; fast-weight mixers return their output only."""
+    if getattr(mixer, "has_attention_matrix", False):
+        return mixer(hidden_states, output_attentions=output_attentions, **inputs)
+    return mixer(hidden_states, **inputs), None
+
+
+def warn_layers_without_attention_matrix(layers: list[tuple[str, nn.Module]], where: str) -> None:
+    """Say once (per set of layers) which layers have no T×T attention matrix to return.
+
+    `layers` holds ``(label, module)`` pairs, in the order of the ``attentions`` tuple; a module has a
+    matrix when it has ``has_attention_matrix = True`` (softmax attention). Fast-weight mixers hold a
+    fixed-size state instead: their entries are None.
+    """
+    missing = [label for label, module in layers if not getattr(module, "has_attention_matrix", False)]
+    if missing:
+        logger.warning_once(
+            f"output_attentions=True: {where} {', '.join(missing)} have no T×T attention matrix (fast-weight "
+            "layers hold a fixed-size state instead); their entries are None. Softmax layers return their "
+            "weights [batch, heads, query, key] with attn_implementation='eager'."
+        )
+
+
 class FWPSoftmaxAttention(nn.Module):
-    """Multi-head softmax attention (SDPA) with rotary positions: the baseline mixer.
+    """Multi-head softmax attention with rotary positions: the baseline mixer.
 
     Causal in decoders; with ``is_causal=False`` (encoders) every token sees the whole sequence.
+    The attention function comes from ``config._attn_implementation``:
+    SDPA by default, or ``"eager"``, which also returns the attention weights ``[B, H, Tq, Tk]``.
+    Returns ``(output, weights)``; weights are None under SDPA.
     """
+
+    has_attention_matrix = True
 
     def __init__(
         self, config: FWPConfig, layer_idx: int, attention_type: str | None = None, is_causal: bool = True
     ) -> None:
         super().__init__()
+        self.config = config
         self.layer_idx = layer_idx
         self.is_causal = is_causal
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
+        self.scaling = 1 / math.sqrt(self.head_dim)  # exactly SDPA's default scale
         self.rope_theta = config.rope_theta
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -129,20 +211,23 @@ class FWPSoftmaxAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask_4d: torch.Tensor | None,
         past_key_values: Cache | None,
+        output_attentions: bool = False,
         **kwargs,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         cos, sin = position_embeddings
         q = apply_rotary(split_heads(self.q_proj(hidden_states), self.num_heads), cos, sin)
         k = apply_rotary(split_heads(self.k_proj(hidden_states), self.num_heads), cos, sin)
         v = split_heads(self.v_proj(hidden_states), self.num_heads)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
-        if attention_mask_4d is None:
-            # Only reached without padding and without past tokens.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal and q.shape[2] > 1)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask_4d)
-        return self.o_proj(merge_heads(y))
+        # attention_mask_4d is None only without padding and without past tokens.
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        y, weights = attention_interface(
+            self, q, k, v, attention_mask_4d, scaling=self.scaling, **attention_function_kwargs(output_attentions)
+        )
+        return self.o_proj(y.reshape(*hidden_states.shape[:2], -1)), weights
 
 
 class FWPFeatureMap(nn.Module):
@@ -381,16 +466,22 @@ class FWPBlock(GradientCheckpointingLayer):
         attention_mask_4d: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         past_key_values: Cache | None = None,
+        output_attentions: bool = False,
         **kwargs,
-    ) -> torch.Tensor:
-        hidden_states = hidden_states + self.mixer(
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns ``(hidden_states, attention weights)``: the weights ``[B, H, Tq, Tk]`` of a softmax
+        mixer under ``attn_implementation="eager"``, else None (SDPA, or a mixer without a T×T matrix)."""
+        mixed, attn_weights = mixer_output(
+            self.mixer,
             self.input_layernorm(hidden_states),
             token_mask=token_mask,
             attention_mask_4d=attention_mask_4d,
             position_embeddings=position_embeddings,
             past_key_values=past_key_values,
+            output_attentions=output_attentions,
         )
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        hidden_states = hidden_states + mixed
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), attn_weights
 
 
 __all__ = [
@@ -404,6 +495,7 @@ __all__ = [
     "MIXER_LAYERS",
     "apply_rotary",
     "build_token_mixer",
+    "eager_attention_forward",
     "merge_heads",
     "rotary_cos_sin",
     "split_heads",

@@ -20,7 +20,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .cache_fwp import prepare_fast_weight_cache
 from .configuration_fwp import FWPConfig
 from .inputs_fwp import prepare_mixer_inputs, validate_token_inputs
-from .layers_fwp import FWPBlock, FWPFastWeightAttention, FWPFeatureMap, FWPRMSNorm
+from .layers_fwp import (
+    FWPBlock,
+    FWPFastWeightAttention,
+    FWPFeatureMap,
+    FWPRMSNorm,
+    warn_layers_without_attention_matrix,
+)
 
 # The files a checkpoint ships so that `trust_remote_code=True` loads it where fwp_hf is not
 # installed (transformers copies sibling imports itself; `save_pretrained` checks and completes the
@@ -51,7 +57,14 @@ class FWPPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["FWPBlock"]
+    # Softmax layers run transformers' SDPA function (the default) or their own eager function
+    # (`attn_implementation="eager"`, which returns attention weights); both take the boolean masks
+    # of `inputs_fwp.softmax_attention_mask`. Flash/flex attention and other registered backends
+    # (which expect transformers' own mask formats and caches) are not supported.
     _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
     # The fast-weight state cannot be rolled back, which assisted generation would need.
     _is_stateful = True
 
@@ -111,14 +124,19 @@ class FWPModel(FWPPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
+        """``output_attentions=True`` gives ``attentions``, one entry per layer: ``[B, H, Tq, Tk]``
+        weights for a softmax layer under ``attn_implementation="eager"`` (None under SDPA, which
+        transformers warns about), None for a fast-weight layer (no T×T matrix; warned once)."""
         validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
@@ -134,10 +152,19 @@ class FWPModel(FWPPreTrainedModel):
 
         hidden_states = inputs_embeds
         all_hidden_states = [] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
-            hidden_states = layer(hidden_states, past_key_values=past_key_values, **mixer_inputs)
+            hidden_states, attn_weights = layer(
+                hidden_states, past_key_values=past_key_values, output_attentions=output_attentions, **mixer_inputs
+            )
+            if output_attentions:
+                all_attentions.append(attn_weights)
+        if output_attentions:
+            warn_layers_without_attention_matrix(
+                [(f"{i} ({layer.attention_type})", layer.mixer) for i, layer in enumerate(self.layers)], "layers"
+            )
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
@@ -146,6 +173,7 @@ class FWPModel(FWPPreTrainedModel):
             last_hidden_state=hidden_states,
             past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -183,11 +211,13 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
+        """``attentions`` (with ``output_attentions=True``): see `FWPModel.forward`."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model(
             input_ids=input_ids,
@@ -196,6 +226,7 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
@@ -216,6 +247,7 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
             logits=logits,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
 

@@ -11,8 +11,9 @@ of `layers_fwp.py`.
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
@@ -24,12 +25,25 @@ from transformers.modeling_outputs import (
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .cache_fwp import prepare_fast_weight_cache
 from .configuration_fwp import FWPConfig
 from .fast_weight_kernels import bidirectional_sum_rule_state, sum_rule_read
 from .inputs_fwp import padding_mask_2d, prepare_mixer_inputs, validate_token_inputs
-from .layers_fwp import FWPMLP, FWPBlock, FWPFeatureMap, FWPRMSNorm, build_token_mixer, merge_heads, split_heads
+from .layers_fwp import (
+    FWPMLP,
+    FWPBlock,
+    FWPFeatureMap,
+    FWPRMSNorm,
+    attention_function_kwargs,
+    build_token_mixer,
+    eager_attention_forward,
+    merge_heads,
+    mixer_output,
+    split_heads,
+    warn_layers_without_attention_matrix,
+)
 from .modeling_fwp import MODEL_CODE_FILES, FWPPreTrainedModel
 from .token_mixers import TOKEN_MIXERS
 
@@ -55,17 +69,25 @@ class FWPCrossAttention(nn.Module):
     computed once per source and kept in the cross-attention half of the cache during generation.
 
     - softmax (an entry without a fast-weight state): ``softmax(q kᵀ/√d) v`` over the unpadded
-      source tokens (no positions).
+      source tokens (no positions), through the attention function ``config._attn_implementation``
+      selects (SDPA by default; ``"eager"`` also returns the weights ``[B, H, T_target, T_source]``).
     - a sum rule (``"linear"``, ``"performer"``, ``"dpfp"``): ``S = Σ_j φ(k_j)[v_j, 1]ᵀ`` over the
-      source, ``y = φ(q)ᵀS / normaliser``, with the entry's φ (always normalised).
+      source, ``y = φ(q)ᵀS / normaliser``, with the entry's φ (always normalised); no T×T matrix.
+
+    Returns ``(output, weights)``; weights are None unless softmax runs eagerly.
     """
+
+    is_causal = False
 
     def __init__(self, config: FWPConfig, layer_idx: int) -> None:
         super().__init__()
+        self.config = config
         self.layer_idx = layer_idx
         self.kind = config.cross_attention_type
         self.uses_fast_weights = TOKEN_MIXERS[self.kind].holds_state
+        self.has_attention_matrix = not self.uses_fast_weights
         self.num_heads = config.num_attention_heads
+        self.scaling = 1 / math.sqrt(config.head_dim)  # exactly SDPA's default scale
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -92,8 +114,10 @@ class FWPCrossAttention(nn.Module):
         encoder_hidden_states: torch.Tensor,
         encoder_token_mask: torch.Tensor | None,
         cross_attention_cache: Cache | None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         cache_layer = cross_attention_cache.layers[self.layer_idx] if cross_attention_cache is not None else None
+        weights = None
         if not self.uses_fast_weights:
             if cache_layer is not None and cache_layer.keys is not None:
                 k, v = cache_layer.keys, cache_layer.values
@@ -105,7 +129,13 @@ class FWPCrossAttention(nn.Module):
             mask = None
             if encoder_token_mask is not None:
                 mask = encoder_token_mask[:, None, None, :].bool()
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+            y, weights = attention_interface(
+                self, q, k, v, mask, scaling=self.scaling, **attention_function_kwargs(output_attentions)
+            )
+            y = y.transpose(1, 2)  # back to [B, H, T, d], as the fast-weight read returns it
         else:
             if cache_layer is not None and cache_layer.state is not None:
                 state = cache_layer.state
@@ -115,7 +145,7 @@ class FWPCrossAttention(nn.Module):
                     cache_layer.update_state(state, encoder_hidden_states.shape[1])
             q = self.feature_map(split_heads(self.q_proj(hidden_states), self.num_heads))
             y = sum_rule_read(q, state, normalize=True)
-        return self.o_proj(merge_heads(y.to(hidden_states.dtype)))
+        return self.o_proj(merge_heads(y.to(hidden_states.dtype))), weights
 
 
 class FWPSeq2SeqDecoderLayer(GradientCheckpointingLayer):
@@ -141,19 +171,26 @@ class FWPSeq2SeqDecoderLayer(GradientCheckpointingLayer):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         past_key_values: Cache | None = None,
         cross_attention_cache: Cache | None = None,
-    ) -> torch.Tensor:
-        hidden_states = hidden_states + self.mixer(
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns ``(hidden_states, self-attention weights, cross-attention weights)``; the weights
+        are None unless the (cross-)attention is softmax and runs eagerly."""
+        mixed, self_weights = mixer_output(
+            self.mixer,
             self.input_layernorm(hidden_states),
             token_mask=token_mask,
             attention_mask_4d=attention_mask_4d,
             position_embeddings=position_embeddings,
             past_key_values=past_key_values,
+            output_attentions=output_attentions,
         )
-        hidden_states = hidden_states + self.cross_attn(
+        hidden_states = hidden_states + mixed
+        crossed, cross_weights = self.cross_attn(
             self.cross_attention_layernorm(hidden_states), encoder_hidden_states, encoder_token_mask,
-            cross_attention_cache,
+            cross_attention_cache, output_attentions=output_attentions,
         )
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        hidden_states = hidden_states + crossed
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), self_weights, cross_weights
 
 
 def _source_token_mask(attention_mask: torch.Tensor | dict | None, batch: int, length: int) -> torch.Tensor | None:
@@ -191,12 +228,16 @@ class FWPEncoder(FWPPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutput | tuple:
+        """``attentions`` (with ``output_attentions=True``): one entry per encoder layer, as in
+        `FWPModel.forward` (non-causal weights for softmax layers under eager attention)."""
         validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens)
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
@@ -206,14 +247,24 @@ class FWPEncoder(FWPPreTrainedModel):
             self.config, self.config.layer_attention_types, attention_mask, None, inputs_embeds, 0, causal=False
         )
         mixer_inputs.pop("padding_mask")
-        hidden_states, all_hidden_states = inputs_embeds, []
+        hidden_states, all_hidden_states, all_attentions = inputs_embeds, [], []
         for layer in self.layers:
             all_hidden_states.append(hidden_states)
-            hidden_states = layer(hidden_states, past_key_values=None, **mixer_inputs)
+            hidden_states, attn_weights = layer(
+                hidden_states, past_key_values=None, output_attentions=output_attentions, **mixer_inputs
+            )
+            all_attentions.append(attn_weights)
+        if output_attentions:
+            warn_layers_without_attention_matrix(
+                [(f"{i} ({layer.attention_type})", layer.mixer) for i, layer in enumerate(self.layers)],
+                "encoder layers",
+            )
         hidden_states = self.norm(hidden_states)
         all_hidden_states.append(hidden_states)
         output = BaseModelOutput(
-            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden_states) if output_hidden_states else None
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -260,10 +311,14 @@ class FWPDecoder(FWPPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+        """With ``output_attentions=True``: ``attentions`` (self-attention) and ``cross_attentions``, one
+        entry per decoder layer each, as in `FWPModel.forward` (softmax cross-attention gives
+        ``[B, H, T_target, T_source]`` under eager attention; linear cross-attention gives None)."""
         validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens, "decoder_input_ids", "decoder_inputs_embeds")
         if encoder_hidden_states is None:
             raise ValueError("the decoder needs encoder_hidden_states (pass input_ids or encoder_outputs)")
@@ -271,6 +326,7 @@ class FWPDecoder(FWPPreTrainedModel):
         if self.gradient_checkpointing and self.training:
             use_cache = False
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
@@ -291,16 +347,28 @@ class FWPDecoder(FWPPreTrainedModel):
         mixer_inputs.pop("padding_mask")
         encoder_token_mask = _source_token_mask(encoder_attention_mask, *encoder_hidden_states.shape[:2])
 
-        hidden_states, all_hidden_states = inputs_embeds, []
+        hidden_states, all_hidden_states, all_self_attentions, all_cross_attentions = inputs_embeds, [], [], []
         for layer in self.layers:
             all_hidden_states.append(hidden_states)
-            hidden_states = layer(
+            hidden_states, self_weights, cross_weights = layer(
                 hidden_states,
                 encoder_hidden_states=encoder_hidden_states,
                 encoder_token_mask=encoder_token_mask,
                 past_key_values=self_cache,
                 cross_attention_cache=cross_cache,
+                output_attentions=output_attentions,
                 **mixer_inputs,
+            )
+            all_self_attentions.append(self_weights)
+            all_cross_attentions.append(cross_weights)
+        if output_attentions:
+            warn_layers_without_attention_matrix(
+                [(f"{i} ({layer.attention_type})", layer.mixer) for i, layer in enumerate(self.layers)],
+                "decoder layers",
+            )
+            warn_layers_without_attention_matrix(
+                [(f"{i} ({self.config.cross_attention_type})", layer.cross_attn) for i, layer in enumerate(self.layers)],
+                "cross-attention layers",
             )
         hidden_states = self.norm(hidden_states)
         all_hidden_states.append(hidden_states)
@@ -308,6 +376,8 @@ class FWPDecoder(FWPPreTrainedModel):
             last_hidden_state=hidden_states,
             past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_self_attentions) if output_attentions else None,
+            cross_attentions=tuple(all_cross_attentions) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -359,20 +429,24 @@ class FWPSeq2SeqModel(FWPSeq2SeqPreTrainedModel):
         decoder_inputs_embeds: torch.FloatTensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> Seq2SeqModelOutput | tuple:
+        """With ``output_attentions=True``: ``encoder_attentions``, ``decoder_attentions`` and
+        ``cross_attentions``, one entry per layer (see `FWPEncoder.forward`, `FWPDecoder.forward`)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                output_hidden_states=output_hidden_states, return_dict=True,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(
                 last_hidden_state=encoder_outputs[0],
                 hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
+                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
             )
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
@@ -383,6 +457,7 @@ class FWPSeq2SeqModel(FWPSeq2SeqPreTrainedModel):
             past_key_values=past_key_values,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
@@ -390,8 +465,11 @@ class FWPSeq2SeqModel(FWPSeq2SeqPreTrainedModel):
             last_hidden_state=decoder_outputs.last_hidden_state,
             past_key_values=decoder_outputs.past_key_values,
             decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -444,10 +522,12 @@ class FWPForConditionalGeneration(FWPSeq2SeqPreTrainedModel, GenerationMixin):
         decoder_position_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput | tuple:
+        """Attention outputs (with ``output_attentions=True``): see `FWPSeq2SeqModel.forward`."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
@@ -462,6 +542,7 @@ class FWPForConditionalGeneration(FWPSeq2SeqPreTrainedModel, GenerationMixin):
             decoder_inputs_embeds=decoder_inputs_embeds,
             decoder_position_ids=decoder_position_ids,
             use_cache=use_cache,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
@@ -478,8 +559,11 @@ class FWPForConditionalGeneration(FWPSeq2SeqPreTrainedModel, GenerationMixin):
             logits=logits,
             past_key_values=outputs.past_key_values,
             decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
         )
         return output if return_dict else output.to_tuple()
 
