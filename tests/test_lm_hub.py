@@ -40,7 +40,8 @@ LOAD_SCRIPT = textwrap.dedent(
 
     repo_id, ids_path, out_path = sys.argv[1:4]
     model = AutoModelForCausalLM.from_pretrained(repo_id, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(repo_id)
+    # As the model card says: the tokenizer loads without remote code and without asking.
+    tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=False)
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
     text = generator("the company said", max_new_tokens=8, do_sample=False)[0]["generated_text"]
     with torch.no_grad():
@@ -142,6 +143,9 @@ def test_push_then_load_from_the_hub_without_fwp_hf(tmp_path):
         } <= pushed
         assert not any(name.startswith("checkpoint-") for name in pushed)
         assert hub.repos[REPO_ID].files["README.md"] == (output_dir / "README.md").read_bytes()
+        # The card's loading code is what LOAD_SCRIPT runs: the tokenizer without remote code.
+        card = (output_dir / "README.md").read_text()
+        assert f'AutoTokenizer.from_pretrained("{REPO_ID}", trust_remote_code=False)' in card
 
         ids = torch.randint(4, 400, (2, 21), generator=torch.Generator().manual_seed(0))
         torch.save(ids, tmp_path / "ids.pt")
