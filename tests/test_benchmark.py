@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import fwp_hf
 from fwp_hf.experiments import benchmark
 
@@ -27,22 +29,38 @@ def test_quick_benchmark_writes_results(tmp_path):
     labels = [row["kernel"] for row in results["kernels"]]
     assert sorted(name for label in labels for name in label.split("/")) == sorted(fwp_hf.FAST_WEIGHT_TYPES)
     assert "linear/performer/dpfp" in labels and "gated_delta" in labels
-    assert all(row["chunk_s"] > 0 and row["recurrent_s"] > 0 for row in results["kernels"])
+    for row in results["kernels"]:  # the speed-up is the ratio of the two timings, not any positive number
+        assert row["chunk_s"] > 0 and row["speedup"] == pytest.approx(row["recurrent_s"] / row["chunk_s"]), row
     for row in results["training"]:
         assert "error" not in row, row
-        assert row["tokens_per_s"] > 0 and row["peak_rss_gib"] > 0
+        assert row["step_s"] > 0 and row["peak_rss_gib"] >= row["rss_before_steps_gib"] > 0, row
+        assert row["tokens_per_s"] * row["step_s"] == pytest.approx(row["seq_len"]), row  # one sequence per step
     assert {(row["model"], row["seq_len"]) for row in results["training"]} == {
         ("delta", 64), ("gpt2", 64), ("delta", 128), ("gpt2", 128), ("delta", 256)
     }
     # The fixed-size state is a property, not a timing: it must hold even in the quick run.
     for row in results["decoding"]["cache"]:
         assert row["bytes_at_32"] == row["bytes_at_256"] > 0, row
-    assert results["flops"]["kernel_gflops"] > 0
+    flops = results["flops"]
+    assert flops["fraction_of_matmul"] == pytest.approx(flops["kernel_gflops"] / flops["matmul_similar_shape_gflops"])
     targets = {t["target"] for t in results["targets"]}
     assert any("chunkwise vs recurrent" in t for t in targets)
     assert "| Targets" not in markdown and "## Targets" in markdown
+    # Every target has exactly one row in the markdown table whose verdict is the JSON's, and the JSON's
+    # verdict is its value compared with its threshold.
+    table = markdown.split("## Targets", 1)[1].split("\n## ", 1)[0]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in table.splitlines() if line.startswith("| "))}
+    del rows["target"]  # the header row
+    assert sorted(rows) == sorted(targets)
     for target in results["targets"]:
-        assert ("met" if target["met"] else "MISSED") in markdown
+        value, threshold = target["value"], target["threshold"]
+        if isinstance(threshold, bool):
+            expected = value is threshold
+        else:
+            expected = value <= threshold if target["unit"] == "GiB" else value >= threshold
+        assert target["met"] is expected, target
+        assert rows[target["target"]][-1] == ("met" if expected else "MISSED"), rows[target["target"]]
 
 
 def test_memory_blow_up_fails_the_measurement_not_the_run():

@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
+import time
 from pathlib import Path
 
 import datasets
 import pytest
+import sacrebleu
 import torch
 import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
 
 from fwp_hf import FWPForConditionalGeneration
+from fwp_hf.training.evaluate_metrics import METRICS_DIR
 from fwp_hf.training.translation import (
+    EVALUATE_RESULTS_FILE,
     PREDICTIONS_FILE,
     check_translation_split,
+    corpus_scores,
     encode_with_eos,
     fwp_seq2seq_config_from_arguments,
     main,
     parse_translation_arguments,
+    translation_metrics,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,12 +74,21 @@ def test_trainer_steps_with_generation_write_bleu_chrf_and_copy_baseline(toy_fil
                     "--learning_rate", "1e-2", "--val_max_target_length", "24", "--save_strategy", "no",
                     "--train_sampling_strategy", "group_by_length"])
     saved = json.loads((output / "test_results.json").read_text())
+    records = [json.loads(line) for line in (output / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
+    hypotheses, sources, references = ([r[key] for r in records] for key in ("prediction", "source", "reference"))
+    # The scores are sacrebleu's on the written predictions (and on the sources, for the copy baseline).
+    for prefix, texts in (("test", hypotheses), ("test_copy_source", sources)):
+        assert saved[f"{prefix}_bleu"] == round(sacrebleu.corpus_bleu(texts, [references]).score, 4), prefix
+        assert saved[f"{prefix}_chrf"] == round(sacrebleu.corpus_chrf(texts, [references]).score, 4), prefix
     for name in ("test_bleu", "test_chrf", "test_copy_source_bleu", "test_copy_source_chrf"):
-        assert isinstance(saved[name], float) and 0.0 <= saved[name] <= 100.0, name
         assert saved[name] == metrics[name]
     assert saved["test_samples"] == 8 and saved["test_num_beams"] == 2
-    assert 0.0 <= json.loads((output / "eval_results.json").read_text())["eval_bleu"] <= 100.0
-    assert json.loads((output / "all_results.json").read_text())["train_steps"] == 120
+    all_results = json.loads((output / "all_results.json").read_text())
+    assert all_results["train_steps"] == 120
+    # evaluate.save wrote the same metrics next to all_results.json, with its provenance fields
+    recorded = json.loads((output / EVALUATE_RESULTS_FILE).read_text())
+    assert {key: recorded[key] for key in all_results} == all_results
+    assert "_evaluate_version" in recorded and "_timestamp" in recorded
     # 120 steps on the toy grammar already translate far better than copying the source
     # (seeds 0/1/2: BLEU 36/12/26 and chrF 58/48/55 against the copy baseline's 0.8 and 12)
     assert saved["test_bleu"] > saved["test_copy_source_bleu"] + 5
@@ -80,7 +96,6 @@ def test_trainer_steps_with_generation_write_bleu_chrf_and_copy_baseline(toy_fil
 
     # The predictions are the saved model's beam search on the test sources, in the file's order
     # (distinct predictions, so a reordering by the length-grouped sampler would show).
-    records = [json.loads(line) for line in (output / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
     test_pairs = [json.loads(line)["translation"] for line in Path(toy_files["test"]).read_text().splitlines()]
     assert [(r["source"], r["reference"]) for r in records] == [(p["en"], p["fr"]) for p in test_pairs]
     tokenizer = AutoTokenizer.from_pretrained(output)
@@ -94,6 +109,11 @@ def test_trainer_steps_with_generation_write_bleu_chrf_and_copy_baseline(toy_fil
     expected = [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
     assert len(set(expected)) > 4
     assert [r["prediction"] for r in records] == expected
+    # validation = the first 4 test pairs, translated the same way, scored against the decoded labels (cut to 32)
+    labels = [text.strip() for text in tokenizer.batch_decode(encode_with_eos(tokenizer, references[:4], 32)[0],
+                                                               skip_special_tokens=True)]
+    eval_bleu = json.loads((output / "eval_results.json").read_text())["eval_bleu"]
+    assert eval_bleu == round(sacrebleu.corpus_bleu(hypotheses[:4], [labels]).score, 4)
 
 
 def test_resume_from_last_checkpoint_and_time_limit(toy_files, tmp_path: Path, caplog):
@@ -188,3 +208,42 @@ def test_unknown_config_key_and_missing_languages(toy_files, tmp_path: Path):
     assert (model_args.hidden_size, data_args.target_lang) == (64, "de")  # flags override the file
     with pytest.raises(ValueError, match="give --source_lang and --target_lang"):
         main(["--output_dir", str(tmp_path / "run"), "--train_file", toy_files["train"], "--do_train"])
+
+
+HYPOTHESES = ["the man sees the bread today.", "la femme aime l'eau", "le roi prend la maison du roi le soir."]
+REFERENCES = ["the man sees the bread.", "la femme aime l'eau.", "le roi prend la maison du roi le matin et le soir."]
+
+
+def test_shipped_evaluate_modules_score_as_sacrebleu_and_are_used_offline(monkeypatch, caplog):
+    import evaluate
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)  # read when evaluate was imported
+    translation_metrics.cache_clear()
+    caplog.set_level(logging.INFO, logger="fwp_hf.training.translation")
+    started = time.monotonic()
+    try:
+        scores = corpus_scores(HYPOTHESES, REFERENCES)
+    finally:
+        translation_metrics.cache_clear()
+    assert time.monotonic() - started < 60  # no network wait
+    for name in ("sacrebleu", "chrf"):  # the fallback is logged, naming the shipped module
+        assert f"evaluate.load({name!r}) failed" in caplog.text and str(METRICS_DIR / f"{name}.py") in caplog.text
+    assert scores == {"bleu": sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score,
+                      "chrf": sacrebleu.corpus_chrf(HYPOTHESES, [REFERENCES]).score}
+    assert 0 < scores["bleu"] < 100 and 0 < scores["chrf"] < 100  # a partial match: neither 0 nor perfect
+
+    bleu, chrf = (evaluate.load(str(METRICS_DIR / f"{name}.py")) for name in ("sacrebleu", "chrf"))
+    # the Hub modules' input forms: one reference list per prediction, or one string per prediction
+    expected = sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES])
+    for references in ([[r] for r in REFERENCES], REFERENCES):
+        result = bleu.compute(predictions=HYPOTHESES, references=references)
+        assert (result["score"], result["counts"], result["bp"]) == (expected.score, expected.counts, expected.bp)
+    assert chrf.compute(predictions=HYPOTHESES, references=[[r] for r in REFERENCES])["score"] == scores["chrf"]
+    # two references per prediction: sacrebleu's multi-reference corpus BLEU
+    second = ["a man sees the bread today.", "la femme aime l'eau", "le roi prend la maison"]
+    multi = bleu.compute(predictions=HYPOTHESES, references=[list(pair) for pair in zip(REFERENCES, second)])
+    assert multi["score"] == sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES, second]).score > expected.score
+    assert bleu.compute(predictions=REFERENCES, references=REFERENCES)["score"] == pytest.approx(100.0)
+    assert chrf.compute(predictions=REFERENCES, references=REFERENCES)["score"] == pytest.approx(100.0)

@@ -5,12 +5,14 @@ dataclasses parsed by `HfArgumentParser` (from a YAML/JSON file in `configs/tran
 a file followed by flags that override it); data from the Hub (`dataset_name`) or JSON-lines files
 ``{"translation": {"en": ..., "fr": ...}}``; a sentencepiece tokenizer trained on both sides of the
 training split unless one is given; `Seq2SeqTrainer` with `predict_with_generate` (greedy or beam
-search), BLEU and chrF from sacrebleu (offline), checkpoints and resuming. The test split is scored
-together with a copy-the-source baseline on the same references.
+search), BLEU and chrF through `evaluate` (the Hub's "sacrebleu" and "chrf" modules, or offline the
+same modules shipped in `fwp_hf.training.evaluate_metrics`), checkpoints and resuming. The test split
+is scored together with a copy-the-source baseline on the same references.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -22,7 +24,6 @@ from typing import ClassVar
 import datasets
 import numpy as np
 import pyarrow.compute as pc
-import sacrebleu
 from torch.utils.data import SequentialSampler
 from transformers import (
     AutoModelForSeq2SeqLM,
@@ -38,12 +39,16 @@ from transformers.trainer_utils import has_length
 from .. import CROSS_ATTENTION_TYPES, FWPConfig, FWPForConditionalGeneration
 from . import common
 from .data_files import check_data_file
+from .evaluate_metrics import METRICS_DIR
 
 logger = logging.getLogger(__name__)
 
 DATA_FILE_SUFFIXES = (".json", ".jsonl")
 PREDICTIONS_FILE = "test_predictions.jsonl"
 GENERATED_PREDICTIONS_FILE = "generated_predictions.txt"
+EVALUATE_RESULTS_FILE = "evaluate_results.json"  # evaluate.save's record of the run's metrics
+# The translation metrics: `evaluate` module name on the Hub -> the equivalent module fwp_hf ships.
+TRANSLATION_METRICS = {"sacrebleu": METRICS_DIR / "sacrebleu.py", "chrf": METRICS_DIR / "chrf.py"}
 TRUNCATED_SOURCE, TRUNCATED_TARGET = "source_truncated", "target_truncated"
 SPLIT_FLAGS = {"train": "do_train", "validation": "do_eval", "test": "do_predict"}
 
@@ -254,12 +259,36 @@ def tokenize_splits(selected: datasets.DatasetDict, tokenizer: PreTrainedTokeniz
     return tokenized, truncated
 
 
+def load_metric(name: str):
+    """``evaluate.load(name)`` from the Hub, or where that fails (offline) the module fwp_hf ships for it.
+
+    Both compute the same scores with sacrebleu; the fallback is logged.
+    """
+    import evaluate  # noqa: PLC0415 - slow to import; only runs that score translations need it
+
+    try:
+        return evaluate.load(name)
+    except (OSError, ValueError) as error:  # FileNotFoundError/ConnectionError offline
+        shipped = TRANSLATION_METRICS[name]
+        logger.info("evaluate.load(%r) failed (%s: %s); using the module fwp_hf ships, %s",
+                    name, type(error).__name__, str(error).splitlines()[0][:200], shipped)
+        return evaluate.load(str(shipped))
+
+
+@functools.lru_cache(maxsize=1)
+def translation_metrics():
+    """BLEU and chrF as one `evaluate.combine` (results prefixed with each module's name), loaded once."""
+    import evaluate  # noqa: PLC0415
+
+    modules = [load_metric(name) for name in TRANSLATION_METRICS]
+    return evaluate.combine(modules, force_prefix=True), [module.name for module in modules]
+
+
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu's defaults: 13a tokenisation, chrF n=6, β=2) of hypotheses against one reference each."""
-    return {
-        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
-    }
+    combined, (bleu, chrf) = translation_metrics()
+    results = combined.compute(predictions=list(hypotheses), references=[[reference] for reference in references])
+    return {"bleu": float(results[f"{bleu}_score"]), "chrf": float(results[f"{chrf}_score"])}
 
 
 def decode_ids(tokenizer: PreTrainedTokenizerBase, ids: np.ndarray) -> list[str]:
@@ -399,6 +428,10 @@ def run_translation_training(model_args: ModelArguments, data_args: DataTraining
                                           max_generated, num_beams))
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics, combined=False)
+        if training_args.predict_with_generate:  # the scores came from `evaluate`: record them its way too
+            import evaluate  # noqa: PLC0415
+
+            evaluate.save(str(Path(training_args.output_dir) / EVALUATE_RESULTS_FILE), **metrics)
     return metrics
 
 
@@ -447,5 +480,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 __all__ = [
     "ModelArguments", "DataTrainingArguments", "parse_translation_arguments", "load_translation_datasets",
     "select_splits", "check_translation_split", "fwp_seq2seq_config_from_arguments", "encode_with_eos",
-    "corpus_scores", "run_translation_training", "main"
+    "corpus_scores", "load_metric", "translation_metrics", "run_translation_training", "main"
 ]

@@ -1,0 +1,53 @@
+"""The LM data pipeline (`fwp_hf.training.lm_data`) unit by unit, with a tiny word-level tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset, DatasetDict
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from fwp_hf.training.lm_data import group_into_blocks, token_stream, tokenize_texts
+
+WORDS = ["<pad>", "<unk>", "<s>", "</s>", "a", "b", "c", "d", "e"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>")
+
+
+def splits(train: list[str], validation: list[str]) -> DatasetDict:
+    return DatasetDict({"train": Dataset.from_dict({"text": train}), "validation": Dataset.from_dict({"text": validation})})
+
+
+def test_every_text_ends_with_eos_and_nothing_else_is_added(tokenizer):
+    tokenized = tokenize_texts(splits(["a b c", "d", "e e a b"], ["c d"]), tokenizer)
+    assert tokenized["train"]["input_ids"] == [[4, 5, 6, 3], [7, 3], [8, 8, 4, 5, 3]]  # no <s>, one </s> each
+    assert tokenized["validation"]["input_ids"] == [[6, 7, 3]]
+    assert tokenized["train"].column_names == ["input_ids"]
+    assert token_stream(tokenized["train"]) == [4, 5, 6, 3, 7, 3, 8, 8, 4, 5, 3]
+
+
+@pytest.mark.parametrize("block_size", [2, 3, 4, 5, 11, 12])
+def test_n_tokens_give_floor_n_over_b_full_blocks_in_order(tokenizer, block_size):
+    texts = ["a b c", "d", "e e a b", "c", "a a"]  # 4 + 2 + 5 + 2 + 3 = 16 tokens with the </s>
+    tokenized = tokenize_texts(splits(texts, texts), tokenizer)
+    stream = token_stream(tokenized["train"])
+    assert len(stream) == 16
+    blocks = group_into_blocks(tokenized, block_size)["train"]
+    expected = [stream[i : i + block_size] for i in range(0, 16 // block_size * block_size, block_size)]
+    assert len(blocks) == 16 // block_size
+    assert blocks["input_ids"] == expected  # full blocks only: the last partial one is dropped
+    assert blocks["labels"] == blocks["input_ids"]  # the model shifts the labels itself
+
+
+def test_too_few_tokens_or_a_block_of_one_are_errors(tokenizer):
+    tokenized = tokenize_texts(splits(["a b c d e a b c"], ["a"]), tokenizer)
+    with pytest.raises(ValueError, match="the validation split has fewer than block_size=4 tokens"):
+        group_into_blocks(tokenized, 4)
+    with pytest.raises(ValueError, match="block_size must be at least 2, got 1"):
+        group_into_blocks(tokenized, 1)
