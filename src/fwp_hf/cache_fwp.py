@@ -4,12 +4,25 @@ Fast-weight layers keep a `FastWeightCacheLayer` (built on transformers' `Linear
 `cache.get_recurrent_state(i)` / `update_recurrent_state(...)` work as for qwen3_next); softmax
 layers keep transformers' key/value `DynamicLayer`. `prepare_fast_weight_cache` lays a user's or
 `generate`'s `DynamicCache` out that way.
+
+`FastWeightStaticCache` is the cache of transformers' compiled generation (``generate(...,
+past_key_values=FastWeightStaticCache(config, batch_size), compile_config=...)``) for models whose
+every layer holds a state: its states are static buffers updated in place with ``copy_`` (the
+`LinearAttentionLayer` convention, which CUDA graphs need), except in a forward pass that needs
+gradients, where the new state is stored by reference so that it stays differentiable.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, DynamicLayer, LinearAttentionLayer
+from transformers.cache_utils import (
+    Cache,
+    CacheLayerMixin,
+    DynamicCache,
+    DynamicLayer,
+    LinearAttentionLayer,
+    StaticLayer,
+)
 
 from .token_mixers import TOKEN_MIXERS
 
@@ -20,19 +33,29 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
     The state (transformers' ``recurrent_states[0]``) has a fixed size whatever the context length.
     Unlike transformers' `LinearAttentionLayer` this layer also counts the tokens it has seen, so
     `get_seq_length()` works on a cache whose every layer is a fast-weight layer (generation asks
-    for it), and it stores a new state by reference rather than copying it into a static buffer,
-    so that a cached forward pass can still be differentiated.
+    for it). By default it stores a new state by reference rather than copying it into a static
+    buffer, so that a cached forward pass can still be differentiated and a state read from the cache
+    stays what it was. With ``static=True`` (`FastWeightStaticCache`) it copies each new state into
+    a buffer it allocated once (`lazy_initialization`) and keeps, as transformers' linear-attention
+    layers do, and declares itself compileable; a state that carries gradients is still stored by
+    reference (the next state that does not goes into a fresh buffer).
     """
 
-    is_compileable = False
     is_sliding = False
     is_croppable = False
     supports_early_init = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, static: bool = False, **kwargs) -> None:
         CacheLayerMixin.__init__(self)
         LinearAttentionLayer.__init__(self, number_of_states=1)
         self.seen_tokens = 0
+        self.static = static
+        # Only a static layer is compileable: generate compiles the forward pass for a cache whose
+        # every layer is, and builds 4D masks for it (see `FWPForCausalLM.create_masks_for_generate`).
+        self.is_compileable = static
+        # Whether recurrent_states[i] is this layer's own buffer (else a tensor stored by reference,
+        # which may be part of an autograd graph or held by the caller: never written in place).
+        self.owns_buffer = dict.fromkeys(range(self.number_of_states), False)
 
     @property
     def state(self) -> torch.Tensor | None:
@@ -42,13 +65,32 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
     def update(self, key_states, value_states, *args, **kwargs):
         raise NotImplementedError("A fast-weight cache layer holds a state, not keys and values: use update_state().")
 
+    def lazy_initialization(self, conv_states=None, recurrent_states=None, state_idx: int = 0, **kwargs) -> None:
+        """Allocate this layer's own zero state buffer shaped like `recurrent_states` (static layers)."""
+        LinearAttentionLayer.lazy_initialization(self, recurrent_states=recurrent_states, state_idx=state_idx)
+        if recurrent_states is not None:
+            self.owns_buffer[state_idx] = True
+            self.device, self.dtype = recurrent_states.device, recurrent_states.dtype
+            self.is_initialized = True
+
     def update_recurrent_state(self, recurrent_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
-        self.recurrent_states[state_idx] = recurrent_states
+        keeps_graph = torch.is_grad_enabled() and recurrent_states.requires_grad
+        if self.static and not keeps_graph:
+            buffer = self.recurrent_states[state_idx]
+            fits = self.owns_buffer[state_idx] and (buffer.shape, buffer.dtype, buffer.device) == (
+                recurrent_states.shape, recurrent_states.dtype, recurrent_states.device
+            )
+            if not fits:
+                self.lazy_initialization(recurrent_states=recurrent_states, state_idx=state_idx)
+            self.recurrent_states[state_idx].copy_(recurrent_states)
+        else:
+            self.recurrent_states[state_idx] = recurrent_states
+            self.owns_buffer[state_idx] = False
         self.is_recurrent_states_initialized[state_idx] = True
         self.has_previous_state[state_idx] = True
         self.device, self.dtype = recurrent_states.device, recurrent_states.dtype
         self.is_initialized = True
-        return recurrent_states
+        return self.recurrent_states[state_idx]
 
     def update_state(self, state: torch.Tensor, num_new_tokens: int) -> None:
         """Store the state after `num_new_tokens` more tokens."""
@@ -71,6 +113,7 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
     def _map_state(self, function) -> None:
         if self.is_recurrent_states_initialized[0]:
             self.recurrent_states[0] = function(self.recurrent_states[0])
+            self.owns_buffer[0] = False  # a new tensor: the next static update allocates a buffer for it
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map_state(lambda state: state.index_select(0, beam_idx.to(state.device)))
@@ -86,7 +129,9 @@ def prepare_fast_weight_cache(cache: Cache | None, attention_types: list[str], u
     """Return a cache whose layer i is a `FastWeightCacheLayer` for every layer i whose mixer holds a state.
 
     `generate` and users build a `DynamicCache`, whose layers are key/value `DynamicLayer`s: the
-    still-empty ones in fast-weight slots are swapped for fast-weight state layers.
+    still-empty ones in fast-weight slots are swapped for fast-weight state layers. A `StaticCache`
+    (``generate(..., cache_implementation="static")``) gets static state layers (as in
+    `FastWeightStaticCache`); softmax layers do not take its fixed-length key/value layers.
     `attention_types` has one entry per layer that uses this cache.
     """
     if cache is None:
@@ -106,6 +151,13 @@ def prepare_fast_weight_cache(cache: Cache | None, attention_types: list[str], u
             "pass DynamicCache() or DynamicCache(config=model.config)"
         )
     for idx, (kind, layer) in enumerate(zip(attention_types, cache.layers)):
+        if isinstance(layer, StaticLayer) and not TOKEN_MIXERS[kind].holds_state:
+            raise ValueError(
+                f"past_key_values layer {idx} is a fixed-length key/value layer (StaticCache, "
+                f"cache_implementation='static'), which {kind!r} layers do not support: use DynamicCache (the "
+                "default). A static cache suits models whose every layer holds a fast-weight state."
+            )
+    for idx, (kind, layer) in enumerate(zip(attention_types, cache.layers)):
         wants_state, has_state = TOKEN_MIXERS[kind].holds_state, isinstance(layer, FastWeightCacheLayer)
         if has_state and not wants_state:
             raise ValueError(
@@ -114,6 +166,8 @@ def prepare_fast_weight_cache(cache: Cache | None, attention_types: list[str], u
         if wants_state and not has_state:
             if isinstance(layer, DynamicLayer) and layer.keys is None:
                 cache.layers[idx] = FastWeightCacheLayer()
+            elif isinstance(layer, StaticLayer) and not layer.is_initialized:
+                cache.layers[idx] = FastWeightCacheLayer(static=True)
             else:
                 raise ValueError(
                     f"past_key_values layer {idx} holds keys/values but layer {idx} is a {kind!r} fast-weight layer"
@@ -121,4 +175,64 @@ def prepare_fast_weight_cache(cache: Cache | None, attention_types: list[str], u
     return cache
 
 
-__all__ = ["FastWeightCacheLayer", "prepare_fast_weight_cache"]
+class FastWeightStaticCache(Cache):
+    """The cache of a model whose every layer holds a fast-weight state, with the states allocated up
+    front as static ``[batch_size, heads, d_key, d_value]`` fp32 buffers that each step overwrites in
+    place: what transformers' compiled generation (`generate` compiles the decoding steps for a
+    compileable cache other than `DynamicCache`) and CUDA graphs need.
+
+    A softmax layer's key/value cache grows with the context, so models with one are refused here;
+    they generate with the default `DynamicCache`.
+    """
+
+    def __init__(self, config, batch_size: int, device: torch.device | str | None = None,
+                 attention_types: list[str] | None = None) -> None:
+        kinds = list(config.layer_attention_types if attention_types is None else attention_types)
+        for idx, kind in enumerate(kinds):
+            if not TOKEN_MIXERS[kind].holds_state:
+                raise ValueError(
+                    f"FastWeightStaticCache needs a fast-weight state in every layer, but layer {idx} is {kind!r} "
+                    "(a growing key/value cache): use DynamicCache() for this model"
+                )
+        layers = []
+        for kind in kinds:
+            layer = FastWeightCacheLayer(static=True)
+            shape = (batch_size, config.num_attention_heads, *TOKEN_MIXERS[kind].state_shape(config))
+            layer.lazy_initialization(recurrent_states=torch.zeros(shape, dtype=torch.float32, device=device))
+            layers.append(layer)
+        super().__init__(layers=layers)
+
+
+class FastWeightStateStep(torch.nn.Module):
+    """A model whose every layer holds a fast-weight state, as a function of explicit states, for
+    `torch.export`: ``forward(input_ids, *states) -> (logits, *new_states)``, one fp32 state
+    ``[batch, heads, d_key, d_value]`` per layer, zeros before the first token (`zero_states`).
+
+    Export it twice, with prompt-shaped ``input_ids`` (prefill: the chunkwise kernels) and with one
+    token per sequence (decoding: the recurrent kernels), and hand each program's states to the next
+    call. transformers' own recipe (`TorchExportableModuleForDecoderOnlyLM`) cannot take a recurrent
+    state: it registers the key/value buffers of `StaticCache` layers, which state layers do not have.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.kinds = list(model.config.layer_attention_types)
+        FastWeightStaticCache(model.config, 1, device="meta", attention_types=self.kinds)  # refuses key/value layers
+
+    def zero_states(self, batch_size: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+        """The states before the first token."""
+        cache = FastWeightStaticCache(self.model.config, batch_size, device=device, attention_types=self.kinds)
+        return tuple(layer.recurrent_states[0] for layer in cache.layers)
+
+    def forward(self, input_ids: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if len(states) != len(self.kinds):
+            raise ValueError(f"pass one state per layer ({len(self.kinds)}), got {len(states)}")
+        cache = Cache(layers=[FastWeightCacheLayer() for _ in self.kinds])
+        for layer, state in zip(cache.layers, states):
+            layer.update_recurrent_state(state)
+        logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, return_dict=True).logits
+        return (logits, *(layer.state for layer in cache.layers))
+
+
+__all__ = ["FastWeightCacheLayer", "FastWeightStateStep", "FastWeightStaticCache", "prepare_fast_weight_cache"]

@@ -14,6 +14,15 @@ from .layers_fwp import rotary_cos_sin
 from .token_mixers import TOKEN_MIXERS
 
 
+def values_unreadable(tensor: torch.Tensor) -> bool:
+    """Whether a tensor's values cannot be read in Python here: while `torch.compile`/`torch.export`
+    trace the model (a Python branch on a value is a graph break or a data-dependent guard), or on the
+    ``meta`` device (no values at all). Checks on values are skipped then, and a shortcut taken only
+    for some values (no padding) is replaced by the general path, which gives the same result."""
+    return torch.compiler.is_compiling() or tensor.device.type == "meta"
+
+
+
 def padding_mask_2d(attention_mask: torch.Tensor | dict | None) -> torch.Tensor | None:
     """Accept a 2D padding mask, or generate's ``{layer_type: mask}`` dict of 2D masks."""
     if isinstance(attention_mask, dict):
@@ -34,7 +43,9 @@ def softmax_attention_mask(padding_mask: torch.Tensor | None, query_length: int,
     Every query may see its own position, so a padded query row is never empty (no NaN).
     Returns None when SDPA's own (causal or full) attention does the job (no padding, no past).
     """
-    if past_length == 0 and (padding_mask is None or bool(padding_mask.all())):
+    if past_length == 0 and padding_mask is None:
+        return None
+    if past_length == 0 and not values_unreadable(padding_mask) and bool(padding_mask.all()):
         return None
     key_length = past_length + query_length
     query_positions = torch.arange(past_length, key_length, device=device)[:, None]
@@ -61,6 +72,10 @@ def validate_token_inputs(
             raise ValueError(f"{ids_name} must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{ids_name} must be an int64 or int32 tensor of token ids, got {input_ids.dtype}")
+        if input_ids.shape[1] == 0:
+            raise ValueError(f"{ids_name} is empty (shape {tuple(input_ids.shape)}): pass at least one token per sequence")
+        if values_unreadable(input_ids):
+            return
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
             raise ValueError(
                 f"{ids_name} must lie in [0, vocab_size={vocab_size}), got values in "
@@ -71,6 +86,8 @@ def validate_token_inputs(
         raise ValueError(
             f"{embeds_name} must be [batch, seq_len, hidden_size={hidden_size}], got shape {tuple(inputs_embeds.shape)}"
         )
+    if inputs_embeds.shape[1] == 0:
+        raise ValueError(f"{embeds_name} is empty (shape {tuple(inputs_embeds.shape)}): pass at least one token per sequence")
     if not inputs_embeds.is_floating_point():
         raise TypeError(f"{embeds_name} must be floating point, got {inputs_embeds.dtype}")
     if inputs_embeds.dtype != embeddings.weight.dtype:
@@ -108,7 +125,7 @@ def prepare_mixer_inputs(
                 f"(or [batch, new tokens={seq_len}]), got {tuple(padding_mask.shape)}"
             )
     token_mask = None
-    if padding_mask is not None and not bool(padding_mask[:, -seq_len:].all()):
+    if padding_mask is not None and (values_unreadable(padding_mask) or not bool(padding_mask[:, -seq_len:].all())):
         token_mask = padding_mask[:, -seq_len:].float()
 
     position_embeddings, attention_mask_4d = None, None
@@ -129,4 +146,6 @@ def prepare_mixer_inputs(
             "position_embeddings": position_embeddings, "padding_mask": padding_mask}
 
 
-__all__ = ["padding_mask_2d", "prepare_mixer_inputs", "softmax_attention_mask", "validate_token_inputs"]
+__all__ = [
+    "padding_mask_2d", "prepare_mixer_inputs", "softmax_attention_mask", "validate_token_inputs", "values_unreadable",
+]

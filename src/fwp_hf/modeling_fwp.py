@@ -202,6 +202,11 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
 
+    def create_masks_for_generate(self, attention_mask=None, **kwargs):
+        """`generate` asks this for the masks of a compileable cache (`FastWeightStaticCache`): every
+        layer takes the 2D padding mask and builds what it needs itself (`inputs_fwp`)."""
+        return attention_mask
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
