@@ -3,7 +3,8 @@
     python scripts/train_lm.py configs/lm/tiny.yaml                      # a config file
     python scripts/train_lm.py configs/lm/delta.yaml --max_steps 100     # a config file, flags override it
     python scripts/train_lm.py --output_dir out --do_train --do_eval --attention_type linear   # flags only
-    accelerate launch --cpu --num_processes 2 scripts/train_lm.py configs/lm/tiny.yaml   # several processes
+    accelerate launch --multi_gpu --num_processes 2 scripts/train_lm.py configs/lm/tiny.yaml --use_cpu true
+                                                              # two CPU processes (gloo); see the README
 
 Without data arguments it trains on the built-in Penn Treebank (offline). Without --tokenizer_name it
 trains a sentencepiece tokenizer on the training split. The output folder holds the weights, config
