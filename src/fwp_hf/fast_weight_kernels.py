@@ -60,21 +60,70 @@ def dpfp_feature_map(x: torch.Tensor, nu: int) -> torch.Tensor:
     return torch.cat([x_both * x_both.roll(shifts=j, dims=-1) for j in range(1, nu + 1)], dim=-1)
 
 
-def favor_feature_map(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
-    """FAVOR+ positive random features (Choromanski et al.); ``[..., d] -> [..., 2m]``.
-
-    With ``x̂ = x / d^{1/4}`` (so that ``φ(q)·φ(k)`` estimates ``exp(q·k/√d)``) and ``projection = ω``
-    of shape ``[m, d]``: ``φ(x) = (2m)^{-1/2} [exp(ωx̂ − |x̂|²/2), exp(−ωx̂ − |x̂|²/2)]``.
-    The exponent is at most ``|ω_i|²/2`` whatever ``x`` is, so it cannot overflow in fp32.
-    """
-    num_features, dim = projection.shape
+def _favor_exponents(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """The exponents of FAVOR+'s features, ``[ωx̂ − |x̂|²/2, −ωx̂ − |x̂|²/2]`` with ``x̂ = x / d^{1/4}``."""
+    dim = projection.shape[1]
     if x.shape[-1] != dim:
         raise ValueError(f"favor feature map: input has last dim {x.shape[-1]}, projection expects {dim}")
     x = x * dim**-0.25
     projected = x @ projection.to(x.dtype).t()
     half_sq_norm = 0.5 * (x * x).sum(dim=-1, keepdim=True)
-    features = torch.cat([projected - half_sq_norm, -projected - half_sq_norm], dim=-1).exp()
-    return features * (2 * num_features) ** -0.5
+    return torch.cat([projected - half_sq_norm, -projected - half_sq_norm], dim=-1)
+
+
+def favor_feature_map(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """FAVOR+ positive random features (Choromanski et al.); ``[..., d] -> [..., 2m]``.
+
+    With ``x̂ = x / d^{1/4}`` (so that ``φ(q)·φ(k)`` estimates ``exp(q·k/√d)``) and ``projection = ω``
+    of shape ``[m, d]``: ``φ(x) = (2m)^{-1/2} [exp(ωx̂ − |x̂|²/2), exp(−ωx̂ − |x̂|²/2)]``.
+    The exponent is at most ``|ω_i|²/2`` whatever ``x`` is (``|ω_i|²/2 − |x̂ ∓ ω_i|²/2``), so φ itself
+    stays finite in fp32 for head sizes up to ~150 — but a product ``φ(q)·φ(k)`` of two large features
+    can overflow: reads that divide by a normaliser use :func:`favor_feature_map_shifted`.
+    """
+    num_features = projection.shape[0]
+    return _favor_exponents(x, projection).exp() * (2 * num_features) ** -0.5
+
+
+# How large a key feature of the shifted FAVOR+ map may be: e^60 ≈ 1e26, which leaves a factor
+# e^28 ≈ 1e12 of fp32's range for the sum over tokens and the size of the values.
+FAVOR_KEY_LOG_HEADROOM = 60.0
+
+
+def favor_key_log_scale(projection: torch.Tensor) -> torch.Tensor:
+    """The token-independent shift ``c = max(0, max_i |ω_i|²/2 − 60)`` of FAVOR+ key features (fp32 scalar).
+
+    Every exponent is at most ``max_i |ω_i|²/2``, so ``φ(k)·e^{−c} ≤ e^{60}``: no key feature, and no
+    sum of them over any realistic number of tokens, can overflow. ``c`` depends on ω only, so it is
+    the same at every time step (prefill and decoding, segment and next segment write one state), and
+    it is 0 for head sizes up to ~100, where the keys are left exactly as they are.
+    """
+    half_sq_norms = 0.5 * projection.float().pow(2).sum(dim=-1)
+    return (half_sq_norms.max() - FAVOR_KEY_LOG_HEADROOM).clamp_min(0.0)
+
+
+def favor_feature_map_shifted(
+    x: torch.Tensor, projection: torch.Tensor, *, per_token: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FAVOR+ features divided by a factor that cannot overflow, and the log of that factor:
+    ``(φ̃, s)`` with ``φ(x) = φ̃ · e^s`` (:func:`favor_feature_map`).
+
+    ``per_token``: ``s = max_i`` of each token's exponents (``[..., 1]``), so the largest feature of
+    every token is ``(2m)^{-1/2}``. Otherwise ``s = c`` of :func:`favor_key_log_scale`, the same for
+    every token (a 0-dim tensor). ``s`` carries no gradient: the reads that use φ̃ are invariant to it.
+
+    Where the factors cancel this computes exactly what the plain φ computes, without overflow:
+    in sum-normalisation φ/Σφ (per-token shift; :func:`sum_normalize` with ``log_scale=s`` keeps its
+    ε clamp exact), and in a read divided by its normaliser, ``Sᵀφ(q) / (z·φ(q) + ε)``, with the
+    per-token shift for queries and the constant one for keys (a per-key factor would weight keys
+    differently; :func:`divide_by_normalizer` with ``log_scale = s_q + c`` keeps ε exact).
+    """
+    num_features = projection.shape[0]
+    exponents = _favor_exponents(x, projection)
+    if per_token:
+        shift = exponents.detach().amax(dim=-1, keepdim=True)
+    else:
+        shift = favor_key_log_scale(projection).to(device=exponents.device, dtype=exponents.dtype)
+    return (exponents - shift).exp() * (2 * num_features) ** -0.5, shift
 
 
 def draw_orthogonal_random_features(
@@ -93,9 +142,21 @@ def draw_orthogonal_random_features(
     return directions * norms
 
 
-def sum_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``φ / Σ_i φ_i`` over the last dim (Schlag et al.'s normalisation for the delta rule)."""
-    return x / x.sum(dim=-1, keepdim=True).clamp_min(eps)
+def sum_normalize(x: torch.Tensor, eps: float = 1e-6, log_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``φ / max(Σ_i φ_i, ε)`` over the last dim (Schlag et al.'s normalisation for the delta rule).
+
+    ``log_scale`` s: x holds ``φ̃ = φ · e^{−s}`` (a shifted feature map, s ``[..., 1]``); the result is
+    the same function of φ, ``φ̃ / max(Σφ̃, ε e^{−s})``, with no overflow where φ itself is huge.
+    """
+    total = x.sum(dim=-1, keepdim=True)
+    if log_scale is None:
+        return x / total.clamp_min(eps)
+    return x / torch.maximum(total, _scaled_eps(eps, log_scale, total.dtype))
+
+
+def _scaled_eps(eps: float, log_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``ε · e^{−s}``, computed from logs (inf where φ was so small that ε dominates: the result is then 0)."""
+    return torch.exp(math.log(eps) - log_scale.float()).to(dtype)
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -111,6 +172,9 @@ class FeatureMapSpec:
     layer's random-feature matrix when ``random_features`` (else None).
     ``output_dim(head_dim, dpfp_nu, num_random_features)`` is d_dot; ``label(dpfp_nu,
     num_random_features)`` names it with its settings (model cards).
+    ``apply_shifted(x, dpfp_nu=ν, projection=ω, per_token=…) -> (φ̃, s)`` is the overflow-free form
+    ``φ = φ̃ · e^s`` of a map whose feature products can overflow fp32 (FAVOR+), else None;
+    ``key_log_scale(ω)`` is its token-independent shift (the ``s`` of ``per_token=False``).
     """
 
     name: str
@@ -118,6 +182,18 @@ class FeatureMapSpec:
     apply: Callable[..., torch.Tensor]
     output_dim: Callable[[int, int, int], int]
     random_features: bool = False
+    apply_shifted: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    key_log_scale: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def shifted(
+        self, x: torch.Tensor, *, dpfp_nu: int, projection: torch.Tensor | None, per_token: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(φ̃, s)`` with ``φ = φ̃ · e^s`` for the reads where such a factor cancels (see
+        :func:`favor_feature_map_shifted`): ``s`` per token (``[..., 1]``) or, with ``per_token=False``,
+        one for all tokens. Maps whose products cannot overflow (``apply_shifted`` None) return ``(φ, None)``."""
+        if self.apply_shifted is None:
+            return self.apply(x, dpfp_nu=dpfp_nu, projection=projection), None
+        return self.apply_shifted(x, dpfp_nu=dpfp_nu, projection=projection, per_token=per_token)
 
 
 FEATURE_MAPS: dict[str, FeatureMapSpec] = {
@@ -135,6 +211,10 @@ FEATURE_MAPS: dict[str, FeatureMapSpec] = {
             apply=lambda x, dpfp_nu, projection: favor_feature_map(x.float(), projection.float()),
             output_dim=lambda head_dim, dpfp_nu, num_features: 2 * num_features,
             random_features=True,
+            apply_shifted=lambda x, dpfp_nu, projection, per_token: favor_feature_map_shifted(
+                x.float(), projection.float(), per_token=per_token
+            ),
+            key_log_scale=favor_key_log_scale,
         ),
         FeatureMapSpec(
             "dpfp",
@@ -182,10 +262,22 @@ def append_normalizer_column(v: torch.Tensor) -> torch.Tensor:
     return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
 
 
-def divide_by_normalizer(y: torch.Tensor, out_dtype: torch.dtype, eps: float = 1e-6) -> torch.Tensor:
-    """``y[..., :-1] / (y[..., -1] + ε)``: the read of ``[v, 1]`` divided by its normaliser ``z·φ(q)``."""
+def divide_by_normalizer(
+    y: torch.Tensor, out_dtype: torch.dtype, eps: float = 1e-6, log_scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``y[..., :-1] / (y[..., -1] + ε)``: the read of ``[v, 1]`` divided by its normaliser ``z·φ(q)``.
+
+    ``log_scale`` s (broadcastable to ``[..., 1]``): the read was computed from shifted features whose
+    products are ``φ(q)·φ(k) e^{−s}`` (:func:`favor_feature_map_shifted`, ``s = s_q + c``); ε is
+    scaled by ``e^{−s}`` so that the result is the same function of the unshifted φ.
+    """
     y = y.float()
-    return (y[..., :-1] / (y[..., -1:] + eps)).to(out_dtype)
+    if log_scale is None:
+        return (y[..., :-1] / (y[..., -1:] + eps)).to(out_dtype)
+    # With shifted features both terms can underflow (a query that only sees keys below fp32's range
+    # at the keys' shift): that read is 0, as from an empty memory, not 0/0.
+    denominator = (y[..., -1:] + _scaled_eps(eps, log_scale, y.dtype)).clamp_min(torch.finfo(y.dtype).tiny)
+    return (y[..., :-1] / denominator).to(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,15 +466,17 @@ def normalized_sum_rule(
     chunked: bool = True,
     eps: float = 1e-6,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    log_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum rule with attention normalisation: ``y_t = S_tᵀ φ(q_t) / (z_t·φ(q_t) + ε)``, ``z_t = Σ φ(k_τ)``.
 
     The normaliser ``z`` is carried as an extra value column of ones, so the state has shape
     ``[B, H, Dk, Dv + 1]`` and both forms share all the work of the plain sum rule.
+    ``log_scale``: q and k are shifted features (see :func:`divide_by_normalizer`).
     """
     kernel = chunk_sum_rule if chunked else recurrent_sum_rule
     y, state = kernel(q, k, append_normalizer_column(v), initial_state=initial_state, chunk_size=chunk_size)
-    return divide_by_normalizer(y, v.dtype, eps), state
+    return divide_by_normalizer(y, v.dtype, eps, log_scale), state
 
 
 def bidirectional_sum_rule_state(k: torch.Tensor, v: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -399,27 +493,43 @@ def bidirectional_sum_rule_state(k: torch.Tensor, v: torch.Tensor, normalize: bo
     return k.transpose(-1, -2) @ v
 
 
-def sum_rule_read(q: torch.Tensor, state: torch.Tensor, normalize: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def sum_rule_read(
+    q: torch.Tensor,
+    state: torch.Tensor,
+    normalize: bool = True,
+    eps: float = 1e-6,
+    log_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Read fast weights: ``y = Sᵀ φ(q)``, or ``Sᵀ φ(q) / (z·φ(q) + ε)`` when ``normalize``.
 
     q: ``[B, H, T, Dk]``; state from :func:`bidirectional_sum_rule_state`. Returns ``[B, H, T, Dv]``.
+    ``log_scale`` (only with ``normalize``): q and the keys are shifted features (see
+    :func:`divide_by_normalizer`).
     """
     y = q.float() @ state
     if normalize:
-        y = y[..., :-1] / (y[..., -1:] + eps)
+        return divide_by_normalizer(y, q.dtype, eps, log_scale)
+    if log_scale is not None:
+        raise ValueError("sum_rule_read: log_scale applies to a normalised read only (normalize=True)")
     return y.to(q.dtype)
 
 
 def bidirectional_sum_rule(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, normalize: bool = True, eps: float = 1e-6
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    normalize: bool = True,
+    eps: float = 1e-6,
+    log_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal linear attention ``φ(Q)(φ(K)ᵀV)`` (with normalisation): every query reads the
     fast weights written by the whole sequence (encoders, linear cross-attention).
 
     Returns ``(y [B, H, Tq, Dv], S fp32)``; q may have a different length than k and v.
+    ``log_scale``: see :func:`sum_rule_read`.
     """
     state = bidirectional_sum_rule_state(k, v, normalize)
-    return sum_rule_read(q, state, normalize, eps), state
+    return sum_rule_read(q, state, normalize, eps, log_scale), state
 
 
 def bidirectional_sum_rule_with_normalizer_column(

@@ -266,6 +266,30 @@ class FWPFeatureMap(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spec.apply(x, dpfp_nu=self.dpfp_nu, projection=self.projection)
 
+    def shifted(self, x: torch.Tensor, per_token: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(φ̃, s)`` with ``φ(x) = φ̃ · e^s`` (``s`` None for maps that need no shift); see
+        `fast_weight_kernels.FeatureMapSpec.shifted`."""
+        return self.spec.shifted(x, dpfp_nu=self.dpfp_nu, projection=self.projection, per_token=per_token)
+
+    def sum_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """``φ(x) / Σ φ(x)``, computed from per-token shifted features (no overflow for large x)."""
+        features, log_scale = self.shifted(x, per_token=True)
+        return sum_normalize(features, log_scale=log_scale)
+
+    def key_features(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(k) for a read divided by its normaliser: ``φ(k) e^{−c}`` with one shift c for all tokens."""
+        return self.shifted(x, per_token=False)[0]
+
+    def query_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """φ(q) for a read divided by its normaliser, over keys from `key_features`: ``(φ(q) e^{−s_q},
+        s_q + c)``; the second is the ``log_scale`` that `divide_by_normalizer` / `sum_rule_read` need
+        (None where no shift is applied). The shifts cancel, so the read is the one of the plain φ —
+        without the fp32 overflow of ``φ(q)·φ(k)`` that FAVOR+ has for large q and k."""
+        features, query_shift = self.shifted(x, per_token=True)
+        if query_shift is None:
+            return features, None
+        return features, query_shift + self.spec.key_log_scale(self.projection).to(query_shift)
+
 
 def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
@@ -322,18 +346,35 @@ class FWPFastWeightAttention(nn.Module):
         dt = torch.exp(torch.empty(heads).uniform_(math.log(1e-3), math.log(1e-1))).clamp_min(1e-4)
         return a_log, _inverse_softplus(dt)
 
-    def _feature_map_and_normalize(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.feature_map(x)
-        return sum_normalize(features) if self.sum_normalize_features else features
+    def _feature_map_and_normalize(
+        self, qk: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(φ(q), φ(k), log_scale)`` from q and k stacked on the head dim (q's heads first).
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """φ(x) (sum-normalised if the entry says so). When gradients are needed, φ is recomputed in
+        Sum-normalised entries: ``φ/Σφ`` (one call for q and k). A read divided by its normaliser:
+        FAVOR+ features shifted so that ``φ(q)·φ(k)`` cannot overflow fp32, and the ``log_scale``
+        that `divide_by_normalizer` needs to compute the read of the plain φ (None for maps that need
+        no shift). The unnormalised read has no normaliser to cancel a factor: it uses the plain φ,
+        so its output (which grows with the inputs) can overflow for huge q and k.
+        """
+        if self.sum_normalize_features:
+            q, k = self.feature_map.sum_normalized(qk).chunk(2, dim=1)
+            return q, k, None
+        if self.normalize_attention and self.feature_map.spec.apply_shifted is not None:
+            q, k = qk.chunk(2, dim=1)
+            q, log_scale = self.feature_map.query_features(q)
+            return q, self.feature_map.key_features(k), log_scale
+        q, k = self.feature_map(qk).chunk(2, dim=1)
+        return q, k, None
+
+    def _features(self, qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`_feature_map_and_normalize`. When gradients are needed, φ is recomputed in
         the backward pass instead of keeping its intermediates (several d_dot-sized tensors per
         token): elementwise work traded for most of the layer's activation memory on long sequences."""
         # Not with Performer redraws: a recomputation must see the ω of its own forward pass.
-        if torch.is_grad_enabled() and x.requires_grad and not self.feature_map.redraw:
-            return checkpoint(self._feature_map_and_normalize, x, use_reentrant=False)
-        return self._feature_map_and_normalize(x)
+        if torch.is_grad_enabled() and qk.requires_grad and not self.feature_map.redraw:
+            return checkpoint(self._feature_map_and_normalize, qk, use_reentrant=False)
+        return self._feature_map_and_normalize(qk)
 
     def _gates(self, gate_logits: torch.Tensor, token_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Per-token gates ``[B, H, T]`` from their logits ``[B, T, H·len(gates)]``; padded tokens get
@@ -361,7 +402,7 @@ class FWPFastWeightAttention(nn.Module):
         projections = self.qkv_proj(hidden_states)
         width = self.projection_sizes[0]
         # φ maps q and k in one call (the heads of q, then those of k): fewer ops per decoded token.
-        q, k = self._features(split_heads(projections[..., : 2 * width], 2 * self.num_heads)).chunk(2, dim=1)
+        q, k, read_log_scale = self._features(split_heads(projections[..., : 2 * width], 2 * self.num_heads))
         v = split_heads(projections[..., 2 * width : 3 * width], self.num_heads)
         gates = self._gates(projections[..., 3 * width :], token_mask)
         if token_mask is not None and "beta" not in gates:
@@ -375,7 +416,7 @@ class FWPFastWeightAttention(nn.Module):
         values = append_normalizer_column(v) if self.normalize_attention else v
         y, state = kernel(q, k, values, initial_state=initial_state, chunk_size=self.chunk_size, **gates)
         if self.normalize_attention:
-            y = divide_by_normalizer(y, v.dtype)
+            y = divide_by_normalizer(y, v.dtype, log_scale=read_log_scale)
         if cache_layer is not None:
             cache_layer.update_state(state, seq_len)
         return self.o_proj(merge_heads(y.to(hidden_states.dtype)))

@@ -103,7 +103,7 @@ class FWPCrossAttention(nn.Module):
         v = split_heads(self.v_proj(encoder_hidden_states), self.num_heads)
         if not self.uses_fast_weights:
             return k, v
-        k = self.feature_map(k)
+        k = self.feature_map.key_features(k)  # shifted so that φ(q)·φ(k) cannot overflow (FAVOR+)
         if encoder_token_mask is not None:
             k = k * encoder_token_mask[:, None, :, None].to(k.dtype)  # padded source tokens write nothing
         return bidirectional_sum_rule_state(k, v, normalize=True)
@@ -143,8 +143,8 @@ class FWPCrossAttention(nn.Module):
                 state = self._source_memory(encoder_hidden_states, encoder_token_mask)
                 if cache_layer is not None:
                     cache_layer.update_state(state, encoder_hidden_states.shape[1])
-            q = self.feature_map(split_heads(self.q_proj(hidden_states), self.num_heads))
-            y = sum_rule_read(q, state, normalize=True)
+            q, log_scale = self.feature_map.query_features(split_heads(self.q_proj(hidden_states), self.num_heads))
+            y = sum_rule_read(q, state, normalize=True, log_scale=log_scale)
         return self.o_proj(merge_heads(y.to(hidden_states.dtype))), weights
 
 
