@@ -8,7 +8,7 @@ where fwp_hf is not installed).
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from .cache_fwp import FastWeightCacheLayer
+from .cache_fwp import FastWeightCacheLayer, FastWeightStateStep, FastWeightStaticCache
 from .configuration_fwp import FWPConfig
 from .fast_weight_kernels import FEATURE_MAPS
 from .modeling_fwp import MODEL_CODE_FILES, FWPForCausalLM, FWPModel, FWPPreTrainedModel
@@ -42,6 +42,8 @@ __all__ = [
     "FWPModel",
     "FWPForCausalLM",
     "FastWeightCacheLayer",
+    "FastWeightStateStep",
+    "FastWeightStaticCache",
     "FWPSeq2SeqModel",
     "FWPForConditionalGeneration",
 ]
