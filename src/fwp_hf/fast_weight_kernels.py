@@ -52,7 +52,9 @@ def elu_plus_one_feature_map(x: torch.Tensor) -> torch.Tensor:
 def dpfp_feature_map(x: torch.Tensor, nu: int) -> torch.Tensor:
     """Deterministic parameter-free projection DPFP(ν); ``[..., d] -> [..., 2·ν·d]``.
 
-    ``x' = [relu(x), relu(−x)]``, ``φ(x) = concat_{j=1..ν} x' ⊙ roll(x', j)``.
+    ``x' = [relu(x), relu(−x)]``, ``φ(x) = concat_{j=1..ν} x' ⊙ roll(x', j)``. Features are exactly 0
+    wherever a component pair has opposite signs, so a normaliser ``z·φ(q)`` can be tiny or 0; see
+    :func:`divide_by_normalizer` for what that means in bf16.
     """
     if nu < 1:
         raise ValueError(f"dpfp nu must be >= 1, got {nu}")
@@ -270,6 +272,18 @@ def divide_by_normalizer(
     ``log_scale`` s (broadcastable to ``[..., 1]``): the read was computed from shifted features whose
     products are ``φ(q)·φ(k) e^{−s}`` (:func:`favor_feature_map_shifted`, ``s = s_q + c``); ε is
     scaled by ``e^{−s}`` so that the result is the same function of the unshifted φ.
+
+    Precision (bf16 models): the division is done in fp32, and ``|y| ≤ max_τ |v_τ|`` always
+    (``y = ȳ·D/(D+ε)`` with ``ȳ`` an average of the values read and ``D = z·φ(q)``). Computed in bf16, a
+    layer's read differs from the fp32 read of the same weights and inputs by bf16 rounding only
+    (≤ 1% of ``max |v|``), also where D ≲ ε. But where D ≲ ε the read is ill-conditioned: with a
+    feature map whose features vanish (DPFP: products of ReLUs) D is then a sum of products of
+    near-zero components, which any rounding of weights or inputs changes by O(1), and ``D/(D+ε)``
+    with it (by up to ``r/4`` for a relative change r of D). So a bf16 model's logits differ from its
+    fp32 original more for DPFP than for the other maps (tiny models: up to 0.06 against 0.003; the
+    fp32 model with its weights rounded to bf16 already differs by 0.02–0.06) — not fixable by
+    computing φ, the projections or the read in fp32 (measured: no change); tests/test_numerics.py
+    pins this bound.
     """
     y = y.float()
     if log_scale is None:
