@@ -180,6 +180,30 @@ def test_epsilon_of_the_normalisations_follows_the_shift(log_scale):
     assert_close(actual.double(), sum_normalize_by_hand(phi), rtol=1e-5, what="sum_normalize")
 
 
+def test_gradients_through_shifted_features_are_those_of_the_plain_features():
+    """The shifts carry no gradient (the reads are invariant to them), so the gradients of the
+    normalised read and of φ/Σφ are exactly those of the plain formulas (float64)."""
+    omega = fwk.draw_orthogonal_random_features(16, 8, torch.Generator().manual_seed(0)).double()
+    generator = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(1, 2, 10, 8, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(2))
+    v = torch.randn(1, 2, 10, 4, generator=generator, dtype=torch.float64)
+
+    def loss(phi_q, phi_k, read_log_scale, query_log_scale):
+        scores = (phi_q @ phi_k.transpose(-1, -2)).tril()
+        eps = EPS if read_log_scale is None else EPS * torch.exp(-read_log_scale)
+        read = (scores @ v) / (scores.sum(dim=-1, keepdim=True) + eps)
+        return read.pow(2).sum() + fwk.sum_normalize(phi_q, log_scale=query_log_scale).pow(3).sum()
+
+    plain = torch.autograd.grad(
+        loss(fwk.favor_feature_map(q, omega), fwk.favor_feature_map(k, omega), None, None), (q, k)
+    )
+    phi_q, query_shift = fwk.favor_feature_map_shifted(q, omega, per_token=True)
+    phi_k, key_shift = fwk.favor_feature_map_shifted(k, omega, per_token=False)
+    shifted = torch.autograd.grad(loss(phi_q, phi_k, query_shift + key_shift, query_shift), (q, k))
+    for a, b in zip(shifted, plain):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------------------------
 # Kernels with large FAVOR+ inputs: finite and equal to the plain formula in float64
 # ----------------------------------------------------------------------------------------------
