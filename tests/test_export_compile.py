@@ -107,6 +107,18 @@ def test_compile_fullgraph_without_mask_matches_eager():
     compiled_matches_eager(EVERY_TYPE, input_ids=random_ids(2, 12))
 
 
+@pytest.mark.parametrize("variant", ["delta", "hybrid"])
+def test_seq2seq_compile_fullgraph_with_padded_source_matches_eager(variant):
+    """The encoder's source mask goes through the same no-shortcut path while tracing."""
+    torch._dynamo.reset()
+    model = make_seq2seq(variant)
+    source_mask = torch.ones(2, 9, dtype=torch.long)
+    source_mask[1, 6:] = 0
+    inputs = dict(input_ids=random_ids(2, 9), attention_mask=source_mask, decoder_input_ids=random_ids(2, 4))
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # a graph break raises
+    assert_close(logits(compiled, **inputs), logits(model, **inputs), what=f"compiled seq2seq {variant}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Compiled and exported generation (prefill + decoding) of a delta-rule model
 # ----------------------------------------------------------------------------------------------
