@@ -22,6 +22,17 @@ def values_unreadable(tensor: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or tensor.device.type == "meta"
 
 
+def known_unpadded(padding_mask: torch.Tensor | None) -> bool:
+    """True when `padding_mask` is None or can be read and has no padding: the shortcut paths. While
+    tracing (or on meta) the values are unknown and the general padded path runs, with the same result."""
+    return padding_mask is None or (not values_unreadable(padding_mask) and bool(padding_mask.all()))
+
+
+def token_mask_from_padding(padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The float ``[B, T]`` token mask fast-weight layers take (1 = token), or None without padding."""
+    return None if known_unpadded(padding_mask) else padding_mask.float()
+
+
 
 def padding_mask_2d(attention_mask: torch.Tensor | dict | None) -> torch.Tensor | None:
     """Accept a 2D padding mask, or generate's ``{layer_type: mask}`` dict of 2D masks."""
@@ -43,9 +54,7 @@ def softmax_attention_mask(padding_mask: torch.Tensor | None, query_length: int,
     Every query may see its own position, so a padded query row is never empty (no NaN).
     Returns None when SDPA's own (causal or full) attention does the job (no padding, no past).
     """
-    if past_length == 0 and padding_mask is None:
-        return None
-    if past_length == 0 and not values_unreadable(padding_mask) and bool(padding_mask.all()):
+    if past_length == 0 and known_unpadded(padding_mask):
         return None
     key_length = past_length + query_length
     query_positions = torch.arange(past_length, key_length, device=device)[:, None]
@@ -124,9 +133,7 @@ def prepare_mixer_inputs(
                 f"{mask_name} must have shape [batch={batch_size}, past+new tokens={past_length + seq_len}] "
                 f"(or [batch, new tokens={seq_len}]), got {tuple(padding_mask.shape)}"
             )
-    token_mask = None
-    if padding_mask is not None and (values_unreadable(padding_mask) or not bool(padding_mask[:, -seq_len:].all())):
-        token_mask = padding_mask[:, -seq_len:].float()
+    token_mask = token_mask_from_padding(padding_mask[:, -seq_len:] if padding_mask is not None else None)
 
     position_embeddings, attention_mask_4d = None, None
     if any(TOKEN_MIXERS[kind].uses_rotary for kind in kinds):
@@ -147,5 +154,11 @@ def prepare_mixer_inputs(
 
 
 __all__ = [
-    "padding_mask_2d", "prepare_mixer_inputs", "softmax_attention_mask", "validate_token_inputs", "values_unreadable",
+    "known_unpadded",
+    "padding_mask_2d",
+    "prepare_mixer_inputs",
+    "softmax_attention_mask",
+    "token_mask_from_padding",
+    "validate_token_inputs",
+    "values_unreadable",
 ]

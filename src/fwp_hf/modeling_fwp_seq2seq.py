@@ -30,7 +30,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .cache_fwp import prepare_fast_weight_cache
 from .configuration_fwp import FWPConfig
 from .fast_weight_kernels import bidirectional_sum_rule_state, sum_rule_read
-from .inputs_fwp import padding_mask_2d, prepare_mixer_inputs, validate_token_inputs, values_unreadable
+from .inputs_fwp import padding_mask_2d, prepare_mixer_inputs, token_mask_from_padding, validate_token_inputs
 from .layers_fwp import (
     FWPMLP,
     FWPBlock,
@@ -201,10 +201,7 @@ def _source_token_mask(attention_mask: torch.Tensor | dict | None, batch: int, l
         raise ValueError(
             f"the source attention_mask must have shape [batch={batch}, source tokens={length}], got {tuple(mask.shape)}"
         )
-    # The no-padding shortcut reads values: not while tracing (the padded path gives the same result).
-    if not values_unreadable(mask) and bool(mask.all()):
-        return None
-    return mask.float()
+    return token_mask_from_padding(mask)
 
 
 class FWPEncoder(FWPPreTrainedModel):
