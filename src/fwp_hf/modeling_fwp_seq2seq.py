@@ -129,6 +129,8 @@ class FWPCrossAttention(nn.Module):
             mask = None
             if encoder_token_mask is not None:
                 mask = encoder_token_mask[:, None, None, :].bool()
+            # Written out in this module (not behind a helper): transformers' _can_set_attn_implementation
+            # allows set_attn_implementation only when a module's source contains this call.
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
