@@ -44,6 +44,7 @@ def test_quick_benchmark_writes_results(tmp_path):
     flops = results["flops"]
     assert flops["fraction_of_matmul"] == pytest.approx(flops["kernel_gflops"] / flops["matmul_similar_shape_gflops"])
     targets = {t["target"] for t in results["targets"]}
+    assert len(targets) == len(results["targets"]), "two targets share a name (the markdown table would hide one)"
     assert any("chunkwise vs recurrent" in t for t in targets)
     assert "| Targets" not in markdown and "## Targets" in markdown
     # Every target has exactly one row in the markdown table whose verdict is the JSON's, and the JSON's
