@@ -32,11 +32,14 @@ Facts of FLA's models that matter (checked in FLA's source):
   GPT-NeoX style with fp32 ``inv_freq``), no qk norm.
 """
 
+# ruff: noqa: TRY004  (FLA raises ValueError for wrongly typed attn fields; transcribed as is)
+
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -148,19 +151,20 @@ def get_hybrid_attention_spec(attn, *, layer_idx):
 def _check_fuse_and_attnres(fuse_cross_entropy, fuse_linear_cross_entropy, attnres_block_size):
     if fuse_cross_entropy and fuse_linear_cross_entropy:
         raise ValueError("`fuse_cross_entropy` and `fuse_linear_cross_entropy` cannot be True at the same time.")
-    if attnres_block_size is not None and attnres_block_size != 1:
-        if attnres_block_size < 2 or attnres_block_size % 2 != 0:
-            raise ValueError(
-                "`attnres_block_size` must be `None`, `1` (full mode), or an even integer (one block "
-                f"contains `attnres_block_size // 2` transformer layers); got {attnres_block_size}."
-            )
+    if attnres_block_size is not None and attnres_block_size != 1 and (
+        attnres_block_size < 2 or attnres_block_size % 2 != 0
+    ):
+        raise ValueError(
+            "`attnres_block_size` must be `None`, `1` (full mode), or an even integer (one block "
+            f"contains `attnres_block_size // 2` transformer layers); got {attnres_block_size}."
+        )
 
 
 class DeltaNetConfig(_HybridAttentionConfigMixin, PretrainedConfig):
     """``fla.models.delta_net.configuration_delta_net.DeltaNetConfig``."""
 
     model_type = "delta_net"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
 
     def __init__(
         self,
@@ -242,7 +246,7 @@ class GatedDeltaNetConfig(_HybridAttentionConfigMixin, PretrainedConfig):
     """``fla.models.gated_deltanet.configuration_gated_deltanet.GatedDeltaNetConfig``."""
 
     model_type = "gated_deltanet"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
 
     def __init__(
         self,
@@ -335,16 +339,16 @@ def linear_dims(config) -> dict:
         value_dim = int(config.hidden_size * config.expand_v)
         heads = config.num_heads
         assert key_dim % heads == 0 and value_dim % heads == 0
-        return dict(num_heads=heads, num_v_heads=heads, head_k_dim=key_dim // heads, head_v_dim=value_dim // heads,
-                    key_dim=key_dim, value_dim=value_dim)
+        return {"num_heads": heads, "num_v_heads": heads, "head_k_dim": key_dim // heads,
+                "head_v_dim": value_dim // heads, "key_dim": key_dim, "value_dim": value_dim}
     if config.model_type == "gated_deltanet":
         heads = config.num_heads
         v_heads = config.num_v_heads if config.num_v_heads is not None else heads
         head_v_dim = int(config.head_dim * config.expand_v)
         assert math.isclose(config.head_dim * config.expand_v, head_v_dim, rel_tol=1e-5)
         assert v_heads <= heads or v_heads % heads == 0
-        return dict(num_heads=heads, num_v_heads=v_heads, head_k_dim=config.head_dim, head_v_dim=head_v_dim,
-                    key_dim=heads * config.head_dim, value_dim=v_heads * head_v_dim)
+        return {"num_heads": heads, "num_v_heads": v_heads, "head_k_dim": config.head_dim,
+                "head_v_dim": head_v_dim, "key_dim": heads * config.head_dim, "value_dim": v_heads * head_v_dim}
     raise NotImplementedError(f"model_type {config.model_type!r}")
 
 
@@ -489,7 +493,9 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x / torch.sqrt((x * x).sum(-1, keepdim=True) + eps)
 
 
-def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None) -> torch.Tensor:
+def short_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None
+) -> torch.Tensor:
     """``ShortConvolution``: causal depthwise conv, ``y_t = b + Σ_i w[:, 0, i] x_{t-W+1+i}`` (zeros before
     the start), as an explicit window sum; then SiLU when `activation` is 'silu'/'swish'. x: [T, C]."""
     length, channels = x.shape
@@ -515,8 +521,8 @@ def delta_rule_recurrent(q, k, v, beta, g=None):
 
     q, k: [T, H, d_k] (already normalised and with q scaled); v: [T, HV, d_v]; beta, g: [T, HV] (g: log decay
     or None). Value head ``hv`` reads q/k head ``hv // (HV // H)``. Per token and head:
-    ``S ← exp(g) S``; ``u = β (v − Sᵀk)``; ``S ← S + k uᵀ``; ``o = Sᵀ q``. Returns o [T, HV, d_v] and the final
-    states [HV, d_k, d_v].
+    ``S ← exp(g) S``; ``u = β (v − Sᵀk)``; ``S ← S + k uᵀ``; ``o = Sᵀ q``. Returns o [T, HV, d_v] and the
+    final states [HV, d_k, d_v].
     """
     length, heads, d_k = q.shape
     v_heads, d_v = v.shape[1], v.shape[2]
@@ -809,7 +815,9 @@ def fla_naive_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=64, scale=None
     L_mask = ((decay.unsqueeze(-1) - decay.unsqueeze(-2)).tril().exp()).tril()
     attn = -((k_beta @ k.transpose(-1, -2)) * L_mask).masked_fill(mask, 0)
     for i in range(1, BT):
-        attn[..., i, :i] = attn[..., i, :i].clone() + (attn[..., i, :i, None].clone() * attn[..., :i, :i].clone()).sum(-2)
+        attn[..., i, :i] = attn[..., i, :i].clone() + (
+            attn[..., i, :i, None].clone() * attn[..., :i, :i].clone()
+        ).sum(-2)
     attn = attn + torch.eye(BT, dtype=q.dtype)
     v = attn @ v
     k_cumdecay = attn @ (k_beta * decay_exp)
