@@ -95,11 +95,25 @@ def type_settings(name: str) -> dict:
     return {"attention_type": name, **TYPE_SETTINGS.get(name, {})}
 
 
+# The fast-weight layer options flash-linear-attention's DeltaNet layers use (short convolutions, SiLU
+# values, L2-normalised and scaled queries/keys, output RMSNorm and gate, β ∈ (0, 2), their own head
+# sizes): the delta-rule variants of a φ that can be negative (FLA's q/k activations) run with all of them.
+FLA_STYLE_SETTINGS = dict(
+    key_normalization="l2", scale_queries=True, value_activation="silu", use_short_conv=True, conv_size=3,
+    conv_bias=True, output_norm=True, output_gate=True, allow_neg_eigval=True, key_head_dim=6, value_head_dim=10,
+)
+
+
+def feature_map_settings(feature_map: str) -> dict:
+    """A delta-rule variant's settings for φ = `feature_map`."""
+    return {"feature_map": feature_map, **({} if FEATURE_MAPS[feature_map].nonnegative else FLA_STYLE_SETTINGS)}
+
+
 def _type_variants() -> dict[str, dict]:
     variants = {}
     for name in TOKEN_MIXERS:
         if config_picks_feature_map(name):
-            variants.update({f"{name}-{fm}": dict(type_settings(name), feature_map=fm) for fm in FEATURE_MAPS})
+            variants.update({f"{name}-{fm}": dict(type_settings(name), **feature_map_settings(fm)) for fm in FEATURE_MAPS})
         else:
             variants[name] = type_settings(name)
     return variants
@@ -110,6 +124,9 @@ EXTRA_LM_VARIANTS: dict[str, dict] = {
     "linear-unnormalized": dict(attention_type="linear", attention_normalization=False),
     "hybrid": dict(attention_type=["delta", "softmax"]),
     "hybrid-all": dict(attention_type=list(ATTENTION_TYPES)),  # one layer of every type
+    # FLA's hybrids: grouped-query softmax layers with q/k/v biases and a window narrower than the tests' sequences
+    "hybrid-fla": dict(attention_type=["gated_delta", "softmax", "delta"], **FLA_STYLE_SETTINGS, feature_map="silu",
+                       num_key_value_heads=2, attention_bias=True, sliding_window=5),
 }
 LM_VARIANTS: dict[str, dict] = {**_type_variants(), **EXTRA_LM_VARIANTS}
 

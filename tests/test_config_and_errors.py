@@ -16,7 +16,7 @@ import re
 
 import pytest
 import torch
-from conftest import HIDDEN, LM_BASE, VOCAB, config_picks_feature_map
+from conftest import HIDDEN, LM_BASE, VOCAB, config_picks_feature_map, feature_map_settings
 from transformers import AutoConfig, DynamicCache
 
 from fwp_hf import (
@@ -106,8 +106,8 @@ INVALID_CONFIGS = [
      rf"attention_type 'gated' is unknown; allowed: {allowed_list(ATTENTION_TYPES)} \(or a list"),
     ("attention_type-wrong-case", dict(attention_type="Softmax"),
      rf"attention_type 'Softmax' is unknown; allowed: {allowed_list(ATTENTION_TYPES)} \(or a list"),
-    ("feature_map-unknown", dict(feature_map="relu"),
-     rf"feature_map 'relu' is unknown; allowed: {allowed_list(FEATURE_MAPS)}$"),
+    ("feature_map-unknown", dict(feature_map="softplus"),
+     rf"feature_map 'softplus' is unknown; allowed: {allowed_list(FEATURE_MAPS)}$"),
     ("feature_map-unknown-non-delta", dict(attention_type="linear", feature_map="softplus"),
      rf"feature_map 'softplus' is unknown; allowed: {allowed_list(FEATURE_MAPS)}$"),
     ("dpfp_nu-0", dict(dpfp_nu=0), r"dpfp_nu must be an integer >= 1, got 0"),
@@ -267,7 +267,7 @@ def test_every_attention_type_builds(build, attention_type):
 @pytest.mark.parametrize("feature_map", FEATURE_MAPS)
 @pytest.mark.parametrize("attention_type", [kind for kind in TOKEN_MIXERS if config_picks_feature_map(kind)])
 def test_every_feature_map_builds_where_the_config_picks_it(attention_type, feature_map):
-    model = run_model(tiny_config(attention_type=attention_type, feature_map=feature_map))
+    model = run_model(tiny_config(attention_type=attention_type, **feature_map_settings(feature_map)))
     assert all(layer.mixer.feature_map.kind == feature_map for layer in model.model.layers)
 
 

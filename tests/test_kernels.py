@@ -114,9 +114,13 @@ def _delta_case(gen, T, feature_map, gated=False):
     if gated:
         tensors["log_decay"] = log_decays(gen, B, H, T)
 
+    # Normalised features, as the model uses them (keeps the delta rule contractive): φ/Σφ for a φ ≥ 0,
+    # φ/|φ|₂ for the maps that can be negative (FLA's q/k activations).
+    nonnegative = fwk.FEATURE_MAPS[feature_map.split("-")[0]].nonnegative
+    normalize = fwk.sum_normalize if nonnegative else fwk.l2_normalize
+
     def call(kernel, q, k, v, initial_state, **kw):
-        # Sum-normalised features, as the model uses them (keeps the delta rule contractive).
-        return kernel(fwk.sum_normalize(phi(q)), fwk.sum_normalize(phi(k)), v, initial_state=initial_state, **kw)
+        return kernel(normalize(phi(q)), normalize(phi(k)), v, initial_state=initial_state, **kw)
 
     feature_dim = phi(torch.zeros(1, D)).shape[-1]
     chunk = partial(call, fwk.chunk_delta_rule)
@@ -567,7 +571,9 @@ def test_feature_map_registry_output_dim_is_the_width_of_apply(name, dpfp_nu):
     phi = spec.apply(x, dpfp_nu=dpfp_nu, projection=projection)
     assert phi.shape == (2, 3, spec.output_dim(D, dpfp_nu, FAVOR_FEATURES))
     assert phi.shape[-1] == fwk.feature_map_output_dim(name, D, dpfp_nu=dpfp_nu, favor_features=FAVOR_FEATURES)
-    assert bool(torch.isfinite(phi).all()) and bool((phi >= 0).all()), "φ is non-negative (a valid kernel)"
+    assert bool(torch.isfinite(phi).all())
+    # A map that says it is non-negative is (a valid kernel, fit for φ/Σφ); the others do take negative values.
+    assert bool((phi >= 0).all()) if spec.nonnegative else bool((phi < 0).any()), "φ ≥ 0 exactly when it says so"
 
 
 def test_l2_normalize():

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SEQ2SEQ_BASE, LM_VARIANTS, assert_close, layer_types, lm_config_from, make_lm, random_ids
+from conftest import SEQ2SEQ_BASE, LM_VARIANTS, assert_close, layer_types, lm_config, lm_config_from, make_lm, random_ids
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import fwp_hf.fast_weight_kernels as fwk
@@ -36,7 +36,8 @@ FAVOR_SUM_RULE = next(
 SUM_NORMALIZED_VARIANTS = [
     name
     for name, settings in LM_VARIANTS.items()
-    if len(layer_types(settings)) == 1 and TOKEN_MIXERS[layer_types(settings)[0]].key_normalization == "sum"
+    if len(layer_types(settings)) == 1
+    and lm_config(name).layer_options(layer_types(settings)[0]).get("key_normalization") == "sum"
 ]
 # Sum rules with attention normalisation and a feature map that is not random (elu, DPFP), and those
 # of them whose φ has exact zeros, so that z·φ(q) can be tiny or 0 (DPFP: products of ReLUs).

@@ -20,11 +20,12 @@ from transformers.cache_utils import (
     CacheLayerMixin,
     DynamicCache,
     DynamicLayer,
+    DynamicSlidingWindowLayer,
     LinearAttentionLayer,
     StaticLayer,
 )
 
-from .token_mixers import TOKEN_MIXERS
+from .token_mixers import FAST_WEIGHT_LAYER, TOKEN_MIXERS
 
 
 class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
@@ -56,18 +57,46 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
         # Whether recurrent_states[i] is this layer's own buffer (else a tensor stored by reference,
         # which may be part of an autograd graph or held by the caller: never written in place).
         self.owns_buffer = dict.fromkeys(range(self.number_of_states), False)
+        self.owns_conv_buffer = False
 
     @property
     def state(self) -> torch.Tensor | None:
         """The fast-weight state, or None before the first update (and after `reset`)."""
         return self.recurrent_states[0] if self.has_previous_state[0] else None
 
+    @property
+    def conv_window(self) -> torch.Tensor | None:
+        """The last inputs of the layer's short convolution ``[B, channels, width − 1]`` (transformers'
+        ``conv_states[0]``), or None before the first update, after `reset`, and for layers without one."""
+        return self.conv_states[0] if self.has_previous_state[0] and self.is_conv_states_initialized[0] else None
+
+    def update_conv_window(self, window: torch.Tensor) -> torch.Tensor:
+        """Store the convolution window after the new tokens (call before `update_state`, which marks the
+        layer as having seen them). Stored like the state: by reference, or copied into a static buffer."""
+        keeps_graph = torch.is_grad_enabled() and window.requires_grad
+        buffer = self.conv_states[0]
+        if self.static and not keeps_graph and self.owns_conv_buffer and buffer is not None and (
+            buffer.shape, buffer.dtype, buffer.device) == (window.shape, window.dtype, window.device):
+            buffer.copy_(window)
+        elif self.static and not keeps_graph:
+            self.conv_states[0] = window.clone()
+            self.owns_conv_buffer = True
+        else:
+            self.conv_states[0] = window
+            self.owns_conv_buffer = False
+        self.is_conv_states_initialized[0] = True
+        return self.conv_states[0]
+
     def update(self, key_states, value_states, *args, **kwargs):
         raise NotImplementedError("A fast-weight cache layer holds a state, not keys and values: use update_state().")
 
     def lazy_initialization(self, conv_states=None, recurrent_states=None, state_idx: int = 0, **kwargs) -> None:
-        """Allocate this layer's own zero state buffer shaped like `recurrent_states` (static layers)."""
+        """Allocate this layer's own zero buffers shaped like `recurrent_states` / `conv_states` (static layers)."""
         LinearAttentionLayer.lazy_initialization(self, recurrent_states=recurrent_states, state_idx=state_idx)
+        if conv_states is not None:
+            self.conv_states[state_idx] = torch.zeros_like(conv_states)
+            self.is_conv_states_initialized[state_idx] = True
+            self.owns_conv_buffer = True
         if recurrent_states is not None:
             self.owns_buffer[state_idx] = True
             self.device, self.dtype = recurrent_states.device, recurrent_states.dtype
@@ -104,6 +133,11 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
         return self.seen_tokens
 
     def reset(self) -> None:
+        # Zero only this layer's own buffers; a tensor stored by reference belongs to someone else.
+        if self.is_recurrent_states_initialized[0] and not self.owns_buffer[0]:
+            self.recurrent_states[0], self.is_recurrent_states_initialized[0] = None, False
+        if self.is_conv_states_initialized[0] and not self.owns_conv_buffer:
+            self.conv_states[0], self.is_conv_states_initialized[0] = None, False
         LinearAttentionLayer.reset(self)
         self.seen_tokens = 0
 
@@ -114,6 +148,20 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
         if self.is_recurrent_states_initialized[0]:
             self.recurrent_states[0] = function(self.recurrent_states[0])
             self.owns_buffer[0] = False  # a new tensor: the next static update allocates a buffer for it
+        if self.is_conv_states_initialized[0]:
+            self.conv_states[0] = function(self.conv_states[0])
+            self.owns_conv_buffer = False
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """What this layer carries from one call to the next: the state, then the convolution window if any."""
+        conv = (self.conv_states[0],) if self.is_conv_states_initialized[0] else ()
+        return (self.recurrent_states[0], *conv)
+
+    def load_tensors(self, state: torch.Tensor, conv_window: torch.Tensor | None = None) -> None:
+        """Set what `tensors` returns (the inverse of `tensors`), as if the layer had seen earlier tokens."""
+        if conv_window is not None:
+            self.update_conv_window(conv_window)
+        self.update_recurrent_state(state)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map_state(lambda state: state.index_select(0, beam_idx.to(state.device)))
@@ -158,6 +206,10 @@ def prepare_fast_weight_cache(cache: Cache | None, attention_types: list[str], u
                 "default). A static cache suits models whose every layer holds a fast-weight state."
             )
     for idx, (kind, layer) in enumerate(zip(attention_types, cache.layers)):
+        # `DynamicCache(config=...)` gives every layer of a config with `sliding_window` a layer that drops
+        # old keys; FWP's softmax layers keep all keys and apply the window in their mask instead.
+        if isinstance(layer, DynamicSlidingWindowLayer) and layer.keys is None:
+            cache.layers[idx] = layer = DynamicLayer()
         wants_state, has_state = TOKEN_MIXERS[kind].holds_state, isinstance(layer, FastWeightCacheLayer)
         if has_state and not wants_state:
             raise ValueError(
@@ -177,8 +229,9 @@ def prepare_fast_weight_cache(cache: Cache | None, attention_types: list[str], u
 
 class FastWeightStaticCache(Cache):
     """The cache of a model whose every layer holds a fast-weight state, with the states allocated up
-    front as static ``[batch_size, heads, d_key, d_value]`` fp32 buffers that each step overwrites in
-    place: what transformers' compiled generation (`generate` compiles the decoding steps for a
+    front as static ``[batch_size, heads, d_key, d_value]`` fp32 buffers (and, with ``use_short_conv``,
+    convolution windows ``[batch_size, channels, conv_size − 1]`` in `dtype`, the model's) that each step
+    overwrites in place: what transformers' compiled generation (`generate` compiles the decoding steps for a
     compileable cache other than `DynamicCache`) and CUDA graphs need.
 
     A softmax layer's key/value cache grows with the context, so models with one are refused here;
@@ -186,7 +239,7 @@ class FastWeightStaticCache(Cache):
     """
 
     def __init__(self, config, batch_size: int, device: torch.device | str | None = None,
-                 attention_types: list[str] | None = None) -> None:
+                 attention_types: list[str] | None = None, dtype: torch.dtype = torch.float32) -> None:
         kinds = list(config.layer_attention_types if attention_types is None else attention_types)
         for idx, kind in enumerate(kinds):
             if not TOKEN_MIXERS[kind].holds_state:
@@ -199,14 +252,28 @@ class FastWeightStaticCache(Cache):
             layer = FastWeightCacheLayer(static=True)
             shape = (batch_size, config.num_attention_heads, *TOKEN_MIXERS[kind].state_shape(config))
             layer.lazy_initialization(recurrent_states=torch.zeros(shape, dtype=torch.float32, device=device))
+            channels = short_conv_channels(config, kind)
+            if channels:
+                window = torch.zeros(batch_size, channels, config.conv_size - 1, dtype=dtype, device=device)
+                layer.lazy_initialization(conv_states=window)
             layers.append(layer)
         super().__init__(layers=layers)
 
 
+def short_conv_channels(config, kind: str) -> int:
+    """Channels of the short convolution of a `kind` layer under `config` (q, k and v), 0 without one."""
+    spec = TOKEN_MIXERS[kind]
+    if not (getattr(config, "use_short_conv", False) and spec.layer == FAST_WEIGHT_LAYER):
+        return 0
+    return config.num_attention_heads * (2 * config.fast_weight_key_head_dim + config.fast_weight_value_head_dim)
+
+
 class FastWeightStateStep(torch.nn.Module):
     """A model whose every layer holds a fast-weight state, as a function of explicit states, for
-    `torch.export`: ``forward(input_ids, *states) -> (logits, *new_states)``, one fp32 state
-    ``[batch, heads, d_key, d_value]`` per layer, zeros before the first token (`zero_states`).
+    `torch.export`: ``forward(input_ids, *states) -> (logits, *new_states)``, per layer its fp32 state
+    ``[batch, heads, d_key, d_value]`` and, with ``use_short_conv``, its convolution window
+    ``[batch, channels, conv_size − 1]`` (`FastWeightCacheLayer.tensors`); zeros before the first token
+    (`zero_states`).
 
     Export it twice, with prompt-shaped ``input_ids`` (prefill: the chunkwise kernels) and with one
     token per sequence (decoding: the recurrent kernels), and hand each program's states to the next
@@ -219,20 +286,27 @@ class FastWeightStateStep(torch.nn.Module):
         self.model = model
         self.kinds = list(model.config.layer_attention_types)
         FastWeightStaticCache(model.config, 1, device="meta", attention_types=self.kinds)  # refuses key/value layers
+        self.tensors_per_layer = [1 + bool(short_conv_channels(model.config, kind)) for kind in self.kinds]
 
     def zero_states(self, batch_size: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
         """The states before the first token."""
-        cache = FastWeightStaticCache(self.model.config, batch_size, device=device, attention_types=self.kinds)
-        return tuple(layer.recurrent_states[0] for layer in cache.layers)
+        cache = FastWeightStaticCache(self.model.config, batch_size, device=device, attention_types=self.kinds,
+                                      dtype=self.model.dtype)
+        return tuple(tensor for layer in cache.layers for tensor in layer.tensors())
 
     def forward(self, input_ids: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if len(states) != len(self.kinds):
-            raise ValueError(f"pass one state per layer ({len(self.kinds)}), got {len(states)}")
+        if len(states) != sum(self.tensors_per_layer):
+            raise ValueError(
+                f"pass {sum(self.tensors_per_layer)} state tensors (per layer its state, then its convolution window "
+                f"if it has one), got {len(states)}"
+            )
         cache = Cache(layers=[FastWeightCacheLayer() for _ in self.kinds])
-        for layer, state in zip(cache.layers, states):
-            layer.update_recurrent_state(state)
+        position = 0
+        for layer, count in zip(cache.layers, self.tensors_per_layer):
+            layer.load_tensors(*states[position : position + count])
+            position += count
         logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, return_dict=True).logits
-        return (logits, *(layer.state for layer in cache.layers))
+        return (logits, *(tensor for layer in cache.layers for tensor in layer.tensors()))
 
 
 __all__ = ["FastWeightCacheLayer", "FastWeightStateStep", "FastWeightStaticCache", "prepare_fast_weight_cache"]

@@ -12,7 +12,14 @@ from transformers import PretrainedConfig
 from transformers.utils import CONFIG_NAME, cached_file
 
 from .fast_weight_kernels import FEATURE_MAPS
-from .token_mixers import ATTENTION_TYPES, CROSS_ATTENTION_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS
+from .token_mixers import (
+    ATTENTION_TYPES,
+    CROSS_ATTENTION_TYPES,
+    FAST_WEIGHT_LAYER,
+    HEBBIAN_MEMORY_LAYER,
+    SOFTMAX_ATTENTION_LAYER,
+    TOKEN_MIXERS,
+)
 
 # The trained length of rotary positions when a model with softmax layers does not give one.
 DEFAULT_MAX_POSITION_EMBEDDINGS = 2048
@@ -71,6 +78,25 @@ class FWPConfig(PretrainedConfig):
             fast-weight layers have no positional limit, and a value given (or saved) for one is dropped.
         num_decoder_layers, decoder_attention_type, cross_attention_type: encoder–decoder only, see above;
             `cross_attention_type` is `"softmax"` or a sum rule (`"linear"`, `"performer"`, `"dpfp"`).
+
+    Options of the fast-weight layers (sum and delta rules), all off by default; they are what
+    flash-linear-attention's DeltaNet / Gated DeltaNet layers use (`fla_checkpoints` maps those
+    checkpoints onto them). Decoder-only models (`FWPForCausalLM`) only.
+        key_head_dim, value_head_dim (`int` or None): per-head size of q/k (before φ) and of v
+            (default ``hidden_size // num_attention_heads``); the state is ``d_dot × value_head_dim``.
+        use_short_conv (`bool`), conv_size (`int`), conv_bias (`bool`): a depthwise causal convolution of
+            width `conv_size` over time on q, k and v before φ (its last inputs are carried in the cache).
+        value_activation (`str` or None): `"silu"` applies SiLU to v (after the convolution), as FLA does.
+        key_normalization (`str` or None): for the delta rules, `"sum"` (φ/Σφ, Schlag et al.; the default)
+            or `"l2"` (φ/|φ|₂, FLA's default).
+        scale_queries (`bool`): multiply φ(q) by ``d_dot^{-1/2}`` after normalisation (FLA's kernels do).
+        allow_neg_eigval (`bool`): β = 2·sigmoid(·) ∈ (0, 2) in the delta rules.
+        output_norm (`bool`): per-head RMSNorm of the read (over `value_head_dim`, eps `rms_norm_eps`).
+        output_gate (`bool`): multiply the (normed) read by ``SiLU(W_g x)`` per head.
+    Options of the softmax layers (decoder-only models):
+        num_key_value_heads (`int` or None): grouped-query attention (default `num_attention_heads`).
+        attention_bias (`bool`): biases on the q, k and v projections.
+        sliding_window (`int` or None): a query sees itself and the `sliding_window` − 1 previous tokens.
     """
 
     model_type = "fwp"
@@ -108,6 +134,20 @@ class FWPConfig(PretrainedConfig):
         num_decoder_layers: int | None = None,
         decoder_attention_type: str | list[str] | None = None,
         cross_attention_type: str = "softmax",
+        key_head_dim: int | None = None,
+        value_head_dim: int | None = None,
+        use_short_conv: bool = False,
+        conv_size: int = 4,
+        conv_bias: bool = False,
+        value_activation: str | None = None,
+        key_normalization: str | None = None,
+        scale_queries: bool = False,
+        allow_neg_eigval: bool = False,
+        output_norm: bool = False,
+        output_gate: bool = False,
+        num_key_value_heads: int | None = None,
+        attention_bias: bool = False,
+        sliding_window: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.vocab_size = vocab_size
@@ -138,6 +178,20 @@ class FWPConfig(PretrainedConfig):
         self.decoder_attention_type = decoder_attention_type
         self.cross_attention_type = cross_attention_type
         self.is_encoder_decoder = is_encoder_decoder
+        self.key_head_dim = key_head_dim
+        self.value_head_dim = value_head_dim
+        self.use_short_conv = use_short_conv
+        self.conv_size = conv_size
+        self.conv_bias = conv_bias
+        self.value_activation = value_activation
+        self.key_normalization = key_normalization
+        self.scale_queries = scale_queries
+        self.allow_neg_eigval = allow_neg_eigval
+        self.output_norm = output_norm
+        self.output_gate = output_gate
+        self.num_key_value_heads = num_key_value_heads
+        self.attention_bias = attention_bias
+        self.sliding_window = sliding_window
         self._validate_fwp()
         self._resolve_max_position_embeddings()
         super().__init__(
@@ -160,7 +214,52 @@ class FWPConfig(PretrainedConfig):
 
     @property
     def head_dim(self) -> int:
+        """Head size of softmax layers, Ba et al.'s memory and (by default) the fast-weight layers."""
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def fast_weight_key_head_dim(self) -> int:
+        """Per-head size of q and k (before φ) in the fast-weight layers."""
+        return self.head_dim if self.key_head_dim is None else self.key_head_dim
+
+    @property
+    def fast_weight_value_head_dim(self) -> int:
+        """Per-head size of v (and of the read) in the fast-weight layers."""
+        return self.head_dim if self.value_head_dim is None else self.value_head_dim
+
+    @property
+    def key_value_heads(self) -> int:
+        """Key/value heads of softmax layers (grouped-query attention when fewer than the query heads)."""
+        return self.num_attention_heads if self.num_key_value_heads is None else self.num_key_value_heads
+
+    # The options of the generic fast-weight layer and of softmax layers, with their off values (see the
+    # class docstring): `_validate_layer_options` refuses one that no layer of the model would use.
+    FAST_WEIGHT_LAYER_OPTIONS = {
+        "key_head_dim": None, "value_head_dim": None, "use_short_conv": False, "value_activation": None,
+        "scale_queries": False, "output_norm": False, "output_gate": False,
+    }
+    SOFTMAX_LAYER_OPTIONS = {"num_key_value_heads": None, "attention_bias": False, "sliding_window": None}
+
+    def layer_options(self, kind: str) -> dict[str, Any]:
+        """The options that shape a layer of type `kind` under this config, with their values (what its
+        weights mean beyond the type; e.g. ``{"use_short_conv": True, "conv_size": 4, ...}``)."""
+        spec = TOKEN_MIXERS[kind]
+        options: dict[str, Any] = {}
+        if spec.layer == FAST_WEIGHT_LAYER:
+            options.update(
+                key_head_dim=self.fast_weight_key_head_dim, value_head_dim=self.fast_weight_value_head_dim,
+                value_activation=self.value_activation, scale_queries=self.scale_queries,
+                output_norm=self.output_norm, output_gate=self.output_gate,
+                conv=(self.conv_size, self.conv_bias) if self.use_short_conv else None,
+            )
+            if spec.key_normalization is not None:
+                options["key_normalization"] = self.key_normalization or spec.key_normalization
+            if "beta" in spec.gates:
+                options["allow_neg_eigval"] = self.allow_neg_eigval
+        elif spec.layer == SOFTMAX_ATTENTION_LAYER:
+            options.update(key_value_heads=self.key_value_heads, attention_bias=self.attention_bias,
+                           sliding_window=self.sliding_window)
+        return options
 
     @property
     def layer_attention_types(self) -> list[str]:
@@ -227,6 +326,20 @@ class FWPConfig(PretrainedConfig):
         "rope_theta",
         "rms_norm_eps",
         "tie_word_embeddings",
+        "key_head_dim",
+        "value_head_dim",
+        "use_short_conv",
+        "conv_size",
+        "conv_bias",
+        "value_activation",
+        "key_normalization",
+        "scale_queries",
+        "allow_neg_eigval",
+        "output_norm",
+        "output_gate",
+        "num_key_value_heads",
+        "attention_bias",
+        "sliding_window",
     )
 
     def weights_meaning(self) -> dict[str, Any]:
@@ -248,7 +361,9 @@ class FWPConfig(PretrainedConfig):
                 if spec.layer == HEBBIAN_MEMORY_LAYER
                 else None
             )
-            return kind, phi, spec.normalizes(self), hebbian, self.rope_theta if spec.uses_rotary else None
+            rope = self.rope_theta if spec.uses_rotary else None
+            options = tuple(sorted(self.layer_options(kind).items()))
+            return kind, phi, spec.normalizes(self), hebbian, rope, options
 
         meaning: dict[str, Any] = {
             name: getattr(self, name)
@@ -377,13 +492,63 @@ class FWPConfig(PretrainedConfig):
             if not isinstance(value, str):
                 raise ValueError(f"FWPConfig.{name} must be a string, got {value!r}")
 
+    def _uses_default_head_dim(self) -> bool:
+        """Whether some layer's head size is ``hidden_size // num_attention_heads`` (then it must divide)."""
+        for kind in set(self.self_attention_types) | ({self.cross_attention_type} if self.is_encoder_decoder else set()):
+            if TOKEN_MIXERS[kind].layer != FAST_WEIGHT_LAYER:
+                return True
+            if self.key_head_dim is None or self.value_head_dim is None:
+                return True
+        return False
+
+    def _validate_layer_options(self) -> None:
+        """The fast-weight and softmax layer options: types, allowed values, and that some layer uses each."""
+        for name in ("key_head_dim", "value_head_dim", "num_key_value_heads", "sliding_window"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"FWPConfig.{name} must be a positive integer or None, got {value!r}")
+        if isinstance(self.conv_size, bool) or not isinstance(self.conv_size, int) or self.conv_size < 1:
+            raise ValueError(f"FWPConfig.conv_size must be an integer >= 1, got {self.conv_size!r}")
+        for name in ("use_short_conv", "conv_bias", "scale_queries", "allow_neg_eigval", "output_norm", "output_gate",
+                     "attention_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"FWPConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.value_activation not in (None, "silu"):
+            raise ValueError(f"FWPConfig.value_activation {self.value_activation!r} is unknown; allowed: None, 'silu'")
+        if self.key_normalization not in (None, "sum", "l2"):
+            raise ValueError(
+                f"FWPConfig.key_normalization {self.key_normalization!r} is unknown; allowed: None (the rule's own), "
+                "'sum', 'l2'"
+            )
+        layer_specs = [TOKEN_MIXERS[kind] for kind in self.self_attention_types]
+        used = {
+            **dict.fromkeys(self.FAST_WEIGHT_LAYER_OPTIONS, any(s.layer == FAST_WEIGHT_LAYER for s in layer_specs)),
+            **dict.fromkeys(self.SOFTMAX_LAYER_OPTIONS, any(s.layer == SOFTMAX_ATTENTION_LAYER for s in layer_specs)),
+            "key_normalization": any(s.key_normalization is not None for s in layer_specs),
+            "allow_neg_eigval": any("beta" in s.gates for s in layer_specs),
+        }
+        off = {**self.FAST_WEIGHT_LAYER_OPTIONS, **self.SOFTMAX_LAYER_OPTIONS, "key_normalization": None,
+               "allow_neg_eigval": False}
+        set_options = [name for name, value in off.items() if getattr(self, name) != value]
+        if self.is_encoder_decoder and set_options:
+            raise ValueError(
+                f"FWPConfig: {', '.join(set_options)} are options of decoder-only models (FWPForCausalLM); "
+                "the encoder–decoder model does not take them"
+            )
+        unused = [name for name in set_options if not used[name]]
+        if unused:
+            raise ValueError(
+                f"FWPConfig: {', '.join(f'{name}={getattr(self, name)!r}' for name in unused)} would change no layer "
+                f"of this model (attention types {sorted(set(self.self_attention_types))}); leave them at their defaults"
+            )
+        if self.num_key_value_heads is not None and self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"FWPConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads "
+                f"({self.num_key_value_heads}) (grouped-query attention)"
+            )
+
     def _validate_fwp(self) -> None:
         self._validate_types()
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"FWPConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
         self._validate_attention_types("attention_type", self.attention_type, self.num_hidden_layers,
                                        "num_hidden_layers")
         if self.decoder_attention_type is not None:
@@ -402,8 +567,23 @@ class FWPConfig(PretrainedConfig):
                 f"FWPConfig.cross_attention_type {self.cross_attention_type!r} {problem}; "
                 f"allowed: {_allowed(CROSS_ATTENTION_TYPES)}"
             )
+        self._validate_layer_options()
+        if self._uses_default_head_dim() and self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"FWPConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}) (or give key_head_dim and value_head_dim for a model of fast-weight "
+                "layers only)"
+            )
         if self.feature_map not in FEATURE_MAPS:
             raise ValueError(f"FWPConfig.feature_map {self.feature_map!r} is unknown; allowed: {_allowed(FEATURE_MAPS)}")
+        for kind in dict.fromkeys(self.self_attention_types):
+            spec, normalization = TOKEN_MIXERS[kind], self.layer_options(kind).get("key_normalization")
+            if normalization == "sum" and not FEATURE_MAPS[spec.feature_map_name(self)].nonnegative:
+                raise ValueError(
+                    f"FWPConfig: {kind!r} layers sum-normalise φ (φ/Σφ), which needs φ ≥ 0, but feature_map "
+                    f"{spec.feature_map_name(self)!r} can be negative; set key_normalization='l2' or a feature_map "
+                    f"from {_allowed(tuple(n for n, m in FEATURE_MAPS.items() if m.nonnegative))}"
+                )
         if isinstance(self.dpfp_nu, bool) or not isinstance(self.dpfp_nu, int) or self.dpfp_nu < 1:
             raise ValueError(f"FWPConfig.dpfp_nu must be an integer >= 1, got {self.dpfp_nu!r}")
         if not 0.0 < self.fast_weights_decay <= 1.0:

@@ -177,6 +177,8 @@ class FeatureMapSpec:
     ``apply_shifted(x, dpfp_nu=ν, projection=ω, per_token=…) -> (φ̃, s)`` is the overflow-free form
     ``φ = φ̃ · e^s`` of a map whose feature products can overflow fp32 (FAVOR+), else None;
     ``key_log_scale(ω)`` is its token-independent shift (the ``s`` of ``per_token=False``).
+    ``nonnegative``: φ ≥ 0 everywhere, so that sum normalisation φ/Σφ is defined (maps that can be
+    negative go with L2 normalisation).
     """
 
     name: str
@@ -184,6 +186,7 @@ class FeatureMapSpec:
     apply: Callable[..., torch.Tensor]
     output_dim: Callable[[int, int, int], int]
     random_features: bool = False
+    nonnegative: bool = True
     apply_shifted: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     key_log_scale: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -224,6 +227,28 @@ FEATURE_MAPS: dict[str, FeatureMapSpec] = {
             apply=lambda x, dpfp_nu, projection: dpfp_feature_map(x, dpfp_nu),
             output_dim=lambda head_dim, dpfp_nu, num_features: 2 * dpfp_nu * head_dim,
         ),
+        # The q/k activations of flash-linear-attention's DeltaNet (`qk_activation`), meant to be followed by
+        # an L2 or sum normalisation (`FWPConfig.key_normalization`): they are not positive maps.
+        FeatureMapSpec(
+            "silu",
+            label=lambda dpfp_nu, num_features: "SiLU",
+            apply=lambda x, dpfp_nu, projection: F.silu(x),
+            output_dim=lambda head_dim, dpfp_nu, num_features: head_dim,
+            nonnegative=False,
+        ),
+        FeatureMapSpec(
+            "relu",
+            label=lambda dpfp_nu, num_features: "ReLU",
+            apply=lambda x, dpfp_nu, projection: F.relu(x),
+            output_dim=lambda head_dim, dpfp_nu, num_features: head_dim,
+        ),
+        FeatureMapSpec(
+            "identity",
+            label=lambda dpfp_nu, num_features: "identity",
+            apply=lambda x, dpfp_nu, projection: x,
+            output_dim=lambda head_dim, dpfp_nu, num_features: head_dim,
+            nonnegative=False,
+        ),
     )
 }
 
@@ -236,13 +261,46 @@ def feature_map_output_dim(feature_map: str, head_dim: int, *, dpfp_nu: int = 1,
 
 
 # ----------------------------------------------------------------------------------------------
+# Short causal convolution (flash-linear-attention's ShortConvolution before q, k, v)
+# ----------------------------------------------------------------------------------------------
+
+
+def short_causal_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, window: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal convolution over time with a carried window of past inputs.
+
+    ``y_t[c] = bias[c] + Σ_{i<W} weight[c, i] · x_{t−W+1+i}[c]``, where inputs before the first one come
+    from `window` (zeros when None: the start of a sequence).
+
+    x ``[B, T, C]``; weight ``[C, W]``; bias ``[C]`` or None; window ``[B, C, W−1]`` (the last W−1 inputs
+    before x). Returns ``(y [B, T, C], new window [B, C, W−1])``: decoding one token at a time with the
+    returned window gives exactly the outputs of the whole sequence at once.
+    """
+    batch, _, channels = x.shape
+    width = weight.shape[-1]
+    inputs = x.transpose(1, 2)
+    if window is None:
+        window = inputs.new_zeros(batch, channels, width - 1)
+    inputs = torch.cat([window.to(inputs.dtype), inputs], dim=-1)
+    y = F.conv1d(inputs, weight.unsqueeze(1).to(inputs.dtype), None if bias is None else bias.to(inputs.dtype),
+                 groups=channels)
+    return y.transpose(1, 2), inputs[..., inputs.shape[-1] - (width - 1):]
+
+
+# ----------------------------------------------------------------------------------------------
 # Per-token gates
 # ----------------------------------------------------------------------------------------------
 
 
-def delta_rule_beta(logits: torch.Tensor) -> torch.Tensor:
-    """Learning rate of the delta rule: ``β_t = sigmoid(W_β x_t)`` ∈ (0, 1), computed in fp32."""
-    return torch.sigmoid(logits.float())
+def delta_rule_beta(logits: torch.Tensor, allow_neg_eigval: bool = False) -> torch.Tensor:
+    """Learning rate of the delta rule: ``β_t = sigmoid(W_β x_t)`` ∈ (0, 1), computed in fp32.
+
+    With `allow_neg_eigval`, ``β_t = 2·sigmoid(W_β x_t)`` ∈ (0, 2): the transition ``I − β_t k_t k_tᵀ``
+    (unit-norm k) may then have a negative eigenvalue (Grazzi et al. 2025, state tracking).
+    """
+    beta = torch.sigmoid(logits.float())
+    return 2.0 * beta if allow_neg_eigval else beta
 
 
 def gated_log_decay(logits: torch.Tensor, a_log: torch.Tensor, dt_bias: torch.Tensor) -> torch.Tensor:

@@ -48,13 +48,17 @@ def padding_mask_2d(attention_mask: torch.Tensor | dict | None) -> torch.Tensor 
 
 
 def softmax_attention_mask(padding_mask: torch.Tensor | None, query_length: int, past_length: int,
-                            batch_size: int, device: torch.device, causal: bool = True) -> torch.Tensor | None:
-    """Boolean ``[B, 1, T, past + T]`` mask (True = attend): no padded keys and, if `causal`, no future keys.
+                            batch_size: int, device: torch.device, causal: bool = True,
+                            sliding_window: int | None = None) -> torch.Tensor | None:
+    """Boolean ``[B, 1, T, past + T]`` mask (True = attend): no padded keys and, if `causal`, no future keys;
+    with `sliding_window` w, no key more than w − 1 positions before the query.
 
     Every query may see its own position, so a padded query row is never empty (no NaN).
-    Returns None when SDPA's own (causal or full) attention does the job (no padding, no past).
+    Returns None when SDPA's own (causal or full) attention does the job (no padding, no past, no window
+    narrower than the sequence).
     """
-    if past_length == 0 and known_unpadded(padding_mask):
+    window_applies = sliding_window is not None and past_length + query_length > sliding_window
+    if past_length == 0 and known_unpadded(padding_mask) and not window_applies:
         return None
     key_length = past_length + query_length
     query_positions = torch.arange(past_length, key_length, device=device)[:, None]
@@ -63,6 +67,8 @@ def softmax_attention_mask(padding_mask: torch.Tensor | None, query_length: int,
         allowed = (key_positions <= query_positions)[None, None].expand(batch_size, 1, -1, -1)
     else:
         allowed = torch.ones(batch_size, 1, query_length, key_length, dtype=torch.bool, device=device)
+    if window_applies:
+        allowed = allowed & (key_positions > query_positions - sliding_window)[None, None]
     if padding_mask is not None:
         allowed = allowed & padding_mask[:, None, None, :].bool()
     return allowed | (key_positions == query_positions)[None, None]
@@ -148,7 +154,8 @@ def prepare_mixer_inputs(
                 f"got {tuple(position_ids.shape)}"
             )
         position_embeddings = rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, inputs_embeds.dtype)
-        attention_mask_4d = softmax_attention_mask(padding_mask, seq_len, past_length, batch_size, device, causal)
+        attention_mask_4d = softmax_attention_mask(padding_mask, seq_len, past_length, batch_size, device, causal,
+                                                   getattr(config, "sliding_window", None))
     return {"token_mask": token_mask, "attention_mask_4d": attention_mask_4d,
             "position_embeddings": position_embeddings, "padding_mask": padding_mask}
 

@@ -28,6 +28,8 @@ from .fast_weight_kernels import (
     divide_by_normalizer,
     draw_orthogonal_random_features,
     gated_log_decay,
+    l2_normalize,
+    short_causal_conv,
     sum_normalize,
 )
 from .token_mixers import (
@@ -130,8 +132,13 @@ def eager_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention written out: ``(output [B, Tq, H, d], weights [B, H, Tq, Tk])``.
 
-    The weights are computed in fp32 and cast to the query dtype; masked keys get exactly zero weight.
+    key/value may have fewer heads than the query (grouped-query attention): each is shared by
+    ``module.num_key_value_groups`` consecutive query heads. The weights are computed in fp32 and cast
+    to the query dtype; masked keys get exactly zero weight.
     """
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is None and module.is_causal and query.shape[2] > 1:
         query_length, key_length = query.shape[2], key.shape[2]
@@ -179,7 +186,9 @@ def warn_layers_without_attention_matrix(layers: list[tuple[str, nn.Module]], wh
 
 
 class FWPSoftmaxAttention(nn.Module):
-    """Multi-head softmax attention with rotary positions: the baseline mixer.
+    """Multi-head softmax attention with rotary positions: the baseline mixer (with the config's
+    grouped-query ``num_key_value_heads``, q/k/v ``attention_bias`` and ``sliding_window`` — the window is
+    in the mask, `inputs_fwp.softmax_attention_mask`).
 
     Causal in decoders; with ``is_causal=False`` (encoders) every token sees the whole sequence.
     The attention function comes from ``config._attn_implementation``:
@@ -197,13 +206,17 @@ class FWPSoftmaxAttention(nn.Module):
         self.layer_idx = layer_idx
         self.is_causal = is_causal
         self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.key_value_heads
+        # transformers' attention functions repeat each key/value head for this many query heads (GQA)
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
         self.head_dim = config.head_dim
         self.scaling = 1 / math.sqrt(self.head_dim)  # exactly SDPA's default scale
         self.rope_theta = config.rope_theta
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        kv_width = self.num_key_value_heads * self.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=config.attention_bias)
+        self.k_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
+        self.v_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
     def forward(
         self,
@@ -216,8 +229,8 @@ class FWPSoftmaxAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         cos, sin = position_embeddings
         q = apply_rotary(split_heads(self.q_proj(hidden_states), self.num_heads), cos, sin)
-        k = apply_rotary(split_heads(self.k_proj(hidden_states), self.num_heads), cos, sin)
-        v = split_heads(self.v_proj(hidden_states), self.num_heads)
+        k = apply_rotary(split_heads(self.k_proj(hidden_states), self.num_key_value_heads), cos, sin)
+        v = split_heads(self.v_proj(hidden_states), self.num_key_value_heads)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         # attention_mask_4d is None only without padding and without past tokens.
@@ -295,17 +308,40 @@ def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
 
 
+class FWPShortConvolution(nn.Conv1d):
+    """Depthwise causal convolution over time of width `kernel_size` on q, k and v (FLA's ShortConvolution).
+
+    The weight has `nn.Conv1d`'s layout ``[channels, 1, kernel_size]``; the math is
+    `fast_weight_kernels.short_causal_conv`, which carries the last ``kernel_size − 1`` inputs.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool) -> None:
+        super().__init__(channels, channels, kernel_size, groups=channels, bias=bias)
+
+    def forward(
+        self, x: torch.Tensor, window: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[B, T, C]``, window ``[B, C, kernel_size − 1]`` or None -> (y ``[B, T, C]``, new window)."""
+        return short_causal_conv(x, self.weight[:, 0], self.bias, window)
+
+
 class FWPFastWeightAttention(nn.Module):
     """Fast-weight programmer layer for every registry entry that runs on `FAST_WEIGHT_LAYER`
     (the sum rules ``linear``/``performer``/``dpfp``, the delta rules ``delta``/``gated_delta``).
 
-    Slow weights project x_t to q_t, k_t, v_t and to the per-token gates the entry names, all in one
-    matmul (in one-token decoding the layer's cost is mostly per-call overhead, not FLOPs):
-    β_t = sigmoid(W_β x_t) per head, and for a decay g_t = −exp(A_log)·softplus(W_a x_t + dt_bias)
-    per head. φ(q), φ(k) come from the entry's feature map (sum-normalised if it says so); the fast
-    weights are programmed by the entry's kernels. With ``is_causal=False`` (encoders) an entry
-    whose `encoder_form` is bidirectional reads the fast weights written by the whole sequence,
-    ``φ(Q)(φ(K)ᵀV)``; the others are recurrences with no order-free form and run left to right.
+    Slow weights project x_t to q_t, k_t (``key_head_dim`` per head), v_t (``value_head_dim``), the
+    per-token gates the entry names and, with ``output_gate``, the output gate — all in one matmul (in
+    one-token decoding the layer's cost is mostly per-call overhead, not FLOPs): β_t = sigmoid(W_β x_t)
+    per head (×2 with ``allow_neg_eigval``), and for a decay g_t = −exp(A_log)·softplus(W_a x_t + dt_bias)
+    per head. With ``use_short_conv`` q, k, v first pass a causal depthwise convolution over time
+    (its last inputs are kept in the cache); ``value_activation`` applies SiLU to v.
+    φ(q), φ(k) come from the feature map (the entry's, or ``config.feature_map`` for the delta rules),
+    then the entry's key normalisation (sum, or ``config.key_normalization``: sum or L2), then with
+    ``scale_queries`` φ(q)·d_dot^{-1/2}. The fast weights are programmed by the entry's kernels; the read
+    is optionally RMS-normalised per head (``output_norm``) and gated by SiLU(W_g x) (``output_gate``).
+    With ``is_causal=False`` (encoders) an entry whose `encoder_form` is bidirectional reads the fast
+    weights written by the whole sequence, ``φ(Q)(φ(K)ᵀV)``; the others are recurrences with no
+    order-free form and run left to right.
     """
 
     def __init__(self, config: FWPConfig, layer_idx: int, attention_type: str, is_causal: bool = True) -> None:
@@ -319,19 +355,33 @@ class FWPFastWeightAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.chunk_size = config.chunk_size
         self.normalize_attention = spec.normalizes(config)
-        self.sum_normalize_features = spec.key_normalization == "sum"
+        self.key_normalization = (config.key_normalization or spec.key_normalization
+                                  if spec.key_normalization is not None else None)
+        self.query_scale = spec.key_dim(config) ** -0.5 if config.scale_queries else None
+        self.allow_neg_eigval = config.allow_neg_eigval
+        self.value_activation = ACT2FN[config.value_activation] if config.value_activation else None
+        key_head_dim, value_head_dim = config.fast_weight_key_head_dim, config.fast_weight_value_head_dim
         self.feature_map = FWPFeatureMap(
             spec.feature_map_name(config),
-            config.head_dim,
+            key_head_dim,
             config.dpfp_nu,
             config.performer_num_features,
             seed=config.performer_seed + layer_idx,
             redraw=config.performer_redraw,
         )
         self.gates = spec.gates
-        self.projection_sizes = [config.hidden_size] * 3 + [config.num_attention_heads] * len(spec.gates)
+        self.key_width, self.value_width = self.num_heads * key_head_dim, self.num_heads * value_head_dim
+        self.qkv_width = 2 * self.key_width + self.value_width
+        self.projection_sizes = [self.key_width, self.key_width, self.value_width] + [self.num_heads] * len(spec.gates)
+        if config.output_gate:
+            self.projection_sizes.append(self.value_width)
         self.qkv_proj = nn.Linear(config.hidden_size, sum(self.projection_sizes), bias=False)
-        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.qkv_conv = (
+            FWPShortConvolution(self.qkv_width, config.conv_size, config.conv_bias) if config.use_short_conv else None
+        )
+        self.o_norm = FWPRMSNorm(value_head_dim, eps=config.rms_norm_eps) if config.output_norm else None
+        self.output_gate = config.output_gate
+        self.o_proj = nn.Linear(self.value_width, config.hidden_size, bias=False)
         if "log_decay" in spec.gates:
             self.A_log = nn.Parameter(torch.zeros(config.num_attention_heads))
             self.dt_bias = nn.Parameter(torch.zeros(config.num_attention_heads))
@@ -351,14 +401,22 @@ class FWPFastWeightAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(φ(q), φ(k), log_scale)`` from q and k stacked on the head dim (q's heads first).
 
-        Sum-normalised entries: ``φ/Σφ`` (one call for q and k). A read divided by its normaliser:
-        FAVOR+ features shifted so that ``φ(q)·φ(k)`` cannot overflow fp32, and the ``log_scale``
-        that `divide_by_normalizer` needs to compute the read of the plain φ (None for maps that need
-        no shift). The unnormalised read has no normaliser to cancel a factor: it uses the plain φ,
-        so its output (which grows with the inputs) can overflow for huge q and k.
+        Sum-normalised entries: ``φ/Σφ`` (one call for q and k); L2: ``φ/|φ|₂``. A read divided by its
+        normaliser: FAVOR+ features shifted so that ``φ(q)·φ(k)`` cannot overflow fp32, and the
+        ``log_scale`` that `divide_by_normalizer` needs to compute the read of the plain φ (None for maps
+        that need no shift). The unnormalised read has no normaliser to cancel a factor: it uses the plain
+        φ, so its output (which grows with the inputs) can overflow for huge q and k. With
+        ``scale_queries`` φ(q) is then multiplied by d_dot^{-1/2}.
         """
-        if self.sum_normalize_features:
+        q, k, log_scale = self._normalized_features(qk)
+        return (q if self.query_scale is None else q * self.query_scale), k, log_scale
+
+    def _normalized_features(self, qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if self.key_normalization == "sum":
             q, k = self.feature_map.sum_normalized(qk).chunk(2, dim=1)
+            return q, k, None
+        if self.key_normalization == "l2":
+            q, k = l2_normalize(self.feature_map(qk)).chunk(2, dim=1)
             return q, k, None
         if self.normalize_attention and self.feature_map.spec.apply_shifted is not None:
             q, k = qk.chunk(2, dim=1)
@@ -382,7 +440,7 @@ class FWPFastWeightAttention(nn.Module):
         gates = {}
         for name, logits in zip(self.gates, gate_logits.split(self.num_heads, dim=-1)):
             if name == "beta":
-                gate = delta_rule_beta(logits)
+                gate = delta_rule_beta(logits, self.allow_neg_eigval)
             else:
                 gate = gated_log_decay(logits, self.A_log, self.dt_bias)
             gate = gate.transpose(1, 2)
@@ -399,15 +457,25 @@ class FWPFastWeightAttention(nn.Module):
         if self.training and self.feature_map.redraw:
             self.feature_map.redraw_projection()
         seq_len = hidden_states.shape[1]
+        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
         projections = self.qkv_proj(hidden_states)
-        width = self.projection_sizes[0]
+        qkv = projections[..., : self.qkv_width]
+        if self.qkv_conv is not None:
+            if token_mask is not None:  # padding must not enter the convolution window of later tokens
+                qkv = qkv * token_mask[..., None].to(qkv.dtype)
+            qkv, conv_window = self.qkv_conv(qkv, cache_layer.conv_window if cache_layer is not None else None)
+            if cache_layer is not None:
+                cache_layer.update_conv_window(conv_window)
         # φ maps q and k in one call (the heads of q, then those of k): fewer ops per decoded token.
-        q, k, read_log_scale = self._features(split_heads(projections[..., : 2 * width], 2 * self.num_heads))
-        v = split_heads(projections[..., 2 * width : 3 * width], self.num_heads)
-        gates = self._gates(projections[..., 3 * width :], token_mask)
+        q, k, read_log_scale = self._features(split_heads(qkv[..., : 2 * self.key_width], 2 * self.num_heads))
+        v = qkv[..., 2 * self.key_width :]
+        if self.value_activation is not None:
+            v = self.value_activation(v)
+        v = split_heads(v, self.num_heads)
+        gate_end = self.qkv_width + self.num_heads * len(self.gates)
+        gates = self._gates(projections[..., self.qkv_width : gate_end], token_mask)
         if token_mask is not None and "beta" not in gates:
             k = k * token_mask[:, None, :, None].to(k.dtype)  # a zero key writes nothing into S nor the normaliser
-        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
         initial_state = cache_layer.state if cache_layer is not None else None
         if self.bidirectional:
             kernel = self.spec.bidirectional
@@ -419,7 +487,12 @@ class FWPFastWeightAttention(nn.Module):
             y = divide_by_normalizer(y, v.dtype, log_scale=read_log_scale)
         if cache_layer is not None:
             cache_layer.update_state(state, seq_len)
-        return self.o_proj(merge_heads(y.to(hidden_states.dtype)))
+        y = y.to(hidden_states.dtype)
+        if self.o_norm is not None:
+            y = self.o_norm(y)
+        if self.output_gate:
+            y = y * F.silu(split_heads(projections[..., gate_end:], self.num_heads))
+        return self.o_proj(merge_heads(y))
 
 
 class FWPBaFastWeights(nn.Module):
@@ -532,6 +605,7 @@ __all__ = [
     "FWPFeatureMap",
     "FWPMLP",
     "FWPRMSNorm",
+    "FWPShortConvolution",
     "FWPSoftmaxAttention",
     "MIXER_LAYERS",
     "apply_rotary",

@@ -55,7 +55,8 @@ class TokenMixerSpec:
         holds_state: True when the layer's cache is a fixed-size fast-weight state (else a growing
             key/value cache).
         feature_map: the φ it always uses, or None when `config.feature_map` chooses it.
-        key_normalization: `"sum"` (φ/Σφ on keys and queries, Schlag et al.) or None.
+        key_normalization: `"sum"` (φ/Σφ on keys and queries, Schlag et al.) or None; an entry that
+            normalises lets `config.key_normalization` choose `"l2"` instead.
         gates: per-token inputs projected from x and passed to the kernel (`"beta"`, `"log_decay"`).
         attention_normalization: whether `config.attention_normalization` applies (divide the read
             by z·φ(q), z = Σ φ(k)).
@@ -96,7 +97,13 @@ class TokenMixerSpec:
         feature_map = self.feature_map_name(config)
         if feature_map is None:
             return config.head_dim
-        return FEATURE_MAPS[feature_map].output_dim(config.head_dim, config.dpfp_nu, config.performer_num_features)
+        return FEATURE_MAPS[feature_map].output_dim(
+            config.fast_weight_key_head_dim, config.dpfp_nu, config.performer_num_features
+        )
+
+    def value_dim(self, config) -> int:
+        """The per-head size of v and of the read."""
+        return config.fast_weight_value_head_dim if self.layer == FAST_WEIGHT_LAYER else config.head_dim
 
     def normalizes(self, config) -> bool:
         """Whether the read is divided by its normaliser z·φ(q) under `config`."""
@@ -106,7 +113,7 @@ class TokenMixerSpec:
         """``(d_key, d_value)`` of one head's fast-weight state, or None for a key/value cache."""
         if not self.holds_state:
             return None
-        return self.key_dim(config), config.head_dim + int(self.normalizes(config))
+        return self.key_dim(config), self.value_dim(config) + int(self.normalizes(config))
 
 
 _SUM_RULE = dict(
@@ -173,7 +180,9 @@ def describe_token_mixer(config, name: str) -> str:
     if feature_map is None:
         return spec.summary
     phi = FEATURE_MAPS[feature_map].label(config.dpfp_nu, config.performer_num_features)
-    normalization = ", sum-normalised" if spec.key_normalization == "sum" else ""
+    key_normalization = (getattr(config, "key_normalization", None) or spec.key_normalization
+                         if spec.key_normalization is not None else None)
+    normalization = {"sum": ", sum-normalised", "l2": ", L2-normalised"}.get(key_normalization, "")
     return f"{spec.summary}; φ = {phi}{normalization}, d_dot = {spec.key_dim(config)}"
 
 
