@@ -2,7 +2,7 @@
 
 The scripts are loaded under a name other than ``__main__`` (so nothing runs); a script that defines
 a function or class of its own carries logic that belongs in `fwp_hf.training` or
-`fwp_hf.experiments`, where it can be imported and tested.
+`fwp_hf.experiments` (or `fwp_hf.conversion`), where it can be imported and tested.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def test_script_is_a_thin_entry_point(script: Path):
     namespace = runpy.run_path(str(script), run_name="script_under_test")
     main = namespace.get("main")
     assert callable(main), f"{script.name} has no main"
-    assert main.__module__.startswith(("fwp_hf.training.", "fwp_hf.experiments.")), main.__module__
+    assert main.__module__.startswith(("fwp_hf.training.", "fwp_hf.experiments.", "fwp_hf.conversion.")), main.__module__
     assert "argv" in inspect.signature(main).parameters  # callable from tests and other code with a list of flags
     own = [name for name, value in namespace.items()
            if (inspect.isfunction(value) or inspect.isclass(value)) and value.__module__ == "script_under_test"]

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 
 from .cache_fwp import FastWeightCacheLayer, FastWeightStateStep, FastWeightStaticCache
 from .configuration_fwp import FWPConfig
+from .conversion.fla import FLACheckpointError, convert_fla_checkpoint, load_fla_checkpoint
 from .fast_weight_kernels import FEATURE_MAPS
 from .modeling_fwp import MODEL_CODE_FILES, FWPForCausalLM, FWPModel, FWPPreTrainedModel
 from .modeling_fwp_seq2seq import SEQ2SEQ_MODEL_CODE_FILES, FWPForConditionalGeneration, FWPSeq2SeqModel
@@ -46,4 +47,7 @@ __all__ = [
     "FastWeightStaticCache",
     "FWPSeq2SeqModel",
     "FWPForConditionalGeneration",
+    "FLACheckpointError",
+    "convert_fla_checkpoint",
+    "load_fla_checkpoint",
 ]
