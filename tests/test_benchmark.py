@@ -11,6 +11,7 @@ import pytest
 
 import fwp_hf
 from fwp_hf.experiments import benchmark
+from fwp_hf.experiments.benchmark import FLA_DELTA_NET_ROW
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -39,6 +40,10 @@ def test_quick_benchmark_writes_results(tmp_path):
         ("delta", 64), ("gpt2", 64), ("delta", 128), ("gpt2", 128), ("delta", 256)
     }
     # The fixed-size state is a property, not a timing: it must hold even in the quick run.
+    # flash-linear-attention's DeltaNet, written as an FLA checkpoint and loaded through the importer, decodes too.
+    fla_rows = [row for row in results["decoding"]["decode"] if row["model"] == FLA_DELTA_NET_ROW]
+    assert len(fla_rows) == 1 and fla_rows[0]["decode_tokens_per_s"] > 0, results["decoding"]["decode"]
+    assert f"| {FLA_DELTA_NET_ROW} |" in markdown
     for row in results["decoding"]["cache"]:
         assert row["bytes_at_32"] == row["bytes_at_256"] > 0, row
     flops = results["flops"]

@@ -11,7 +11,8 @@ shared machine moves both sides together. Sections:
    type vs GPT2LMHeadModel of the same size with SDPA at T = 512, 2048, 4096, and FWP alone at
    T = 8192, 16384; every training step runs in a child process with a memory limit, whose peak
    resident memory is section 5;
-3. decoding tokens/s after a 4096-token prompt vs GPT-2 with its KV cache, and cache bytes at 1k vs 16k;
+3. decoding tokens/s after a 4096-token prompt vs GPT-2 with its KV cache (also for flash-linear-attention's
+   DeltaNet of the same size, converted with `fwp_hf.conversion.fla`), and cache bytes at 1k vs 16k;
 4. achieved GFLOP/s of the chunkwise delta kernel vs torch.matmul on matrices of similar shape;
 5. peak memory of a training step per attention type vs GPT-2.
 """
@@ -25,15 +26,18 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, HfArgumentParser
 
 from .. import FWPConfig, FWPForCausalLM
+from ..conversion.fla import fla_config_to_fwp, fwp_state_dict_to_fla, load_fla_checkpoint
 from ..fast_weight_kernels import append_normalizer_column, elu_plus_one_feature_map, sum_normalize
 from ..token_mixers import ATTENTION_TYPES, FAST_WEIGHT_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS, TokenMixerSpec
 
@@ -42,6 +46,8 @@ FWP_TYPES = ATTENTION_TYPES
 # The type whose figures the report's targets check (the delta rule of Schlag et al., the project's
 # default attention type).
 HEADLINE_TYPE = "delta"
+# The decoding row of flash-linear-attention's DeltaNet (its default layer options) loaded through the importer.
+FLA_DELTA_NET_ROW = "FLA delta_net (converted)"
 GIB = 1024**3
 
 
@@ -238,6 +244,24 @@ def bench_training(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:
 
 
 @torch.no_grad()
+def converted_fla_delta_net(sizes: Sizes, folder: Path) -> torch.nn.Module:
+    """flash-linear-attention's DeltaNet of the benchmark's size (FLA's default layer options: short
+    convolutions, SiLU, L2 norm, output RMSNorm), written as an FLA checkpoint (random weights under FLA's
+    names) and loaded back through the importer — the path a user's FLA checkpoint takes."""
+    fla_config = {
+        "model_type": "delta_net", "architectures": ["DeltaNetForCausalLM"], "vocab_size": sizes.vocab_size,
+        "hidden_size": sizes.hidden_size, "num_hidden_layers": sizes.num_layers, "num_heads": sizes.num_heads,
+        "expand_k": 1.0, "expand_v": 1.0, "use_gate": False, "use_short_conv": True, "conv_size": 4, "use_beta": True,
+        "qk_activation": "silu", "qk_norm": "l2", "hidden_ratio": 4, "intermediate_size": None, "hidden_act": "swish",
+        "norm_eps": 1e-6, "attn": None, "tie_word_embeddings": False,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(fla_config), encoding="utf-8")
+    source = FWPForCausalLM(fla_config_to_fwp(fla_config))
+    save_file(fwp_state_dict_to_fla(source.state_dict(), source.config), str(folder / "model.safetensors"))
+    return load_fla_checkpoint(folder)
+
+
 def decode_tokens_per_s(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """Prefill `prompt`, then `new_tokens` greedy one-token steps with the cache; returns (prefill s, decode tok/s)."""
     start = time.perf_counter()
@@ -268,6 +292,10 @@ def bench_decoding(sizes: Sizes) -> dict:
         model = build_model(kind, sizes, max_length=sizes.decode_prompt + sizes.decode_tokens + 1).eval()
         prefill_s, tokens_per_s = decode_tokens_per_s(model, prompt, sizes.decode_tokens)
         decode.append({"model": kind, "prefill_s": prefill_s, "decode_tokens_per_s": tokens_per_s})
+    with tempfile.TemporaryDirectory() as folder:
+        model = converted_fla_delta_net(sizes, Path(folder))
+    prefill_s, tokens_per_s = decode_tokens_per_s(model, prompt, sizes.decode_tokens)
+    decode.append({"model": FLA_DELTA_NET_ROW, "prefill_s": prefill_s, "decode_tokens_per_s": tokens_per_s})
     cache_rows = []
     for kind in tqdm(FAST_WEIGHT_TYPES, desc="3. cache bytes", leave=False):
         model = build_model(kind, sizes, max_length=max(sizes.cache_lengths)).eval()
