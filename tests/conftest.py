@@ -126,7 +126,7 @@ EXTRA_LM_VARIANTS: dict[str, dict] = {
     "hybrid-all": dict(attention_type=list(ATTENTION_TYPES)),  # one layer of every type
     # FLA's hybrids: grouped-query softmax layers with q/k/v biases and a window narrower than the tests' sequences
     "hybrid-fla": dict(attention_type=["gated_delta", "softmax", "delta"], **FLA_STYLE_SETTINGS, feature_map="silu",
-                       num_key_value_heads=2, attention_bias=True, sliding_window=5),
+                       softmax_num_heads=8, num_key_value_heads=2, attention_bias=True, sliding_window=5),
 }
 LM_VARIANTS: dict[str, dict] = {**_type_variants(), **EXTRA_LM_VARIANTS}
 

@@ -11,7 +11,8 @@ softmax layer with q/k/v biases and its own rope_theta, Gated DeltaNet with and 
 checkpoints and FLA's training-only flags; cached decoding and `generate` with and without the cache; left-padded
 batches; refusals (FLACheckpointError naming the option / parameter / shape) and no half-written output folder;
 the converted folder loaded with remote code where fwp_hf is not importable; a few `Trainer` steps and a
-save/reload; the CLI (from a folder and from a Hub id) copying the tokenizer. The first tests check the
+save/reload; the CLI (from a folder and from a Hub id, pushing the result to the test Hub, where a
+process without fwp_hf loads it) copying the tokenizer. The first tests check the
 reference itself against FLA's own naive kernels and plain torch ops.
 """
 
@@ -99,6 +100,11 @@ LOGIT_CASES = {
     # A list of attn specs, defaults filled in by FLA (kv heads = heads, no bias, no window, theta 10000), layer 0.
     "gated_deltanet-hybrid": (lambda: gated_deltanet(num_heads=2, head_dim=12, num_hidden_layers=3,
                                                      attn=[{"layers": [0], "num_heads": 2}]), 36),
+    # FLA's usual hybrids give the softmax layers their own head count (e.g. 6 GDN heads, 16 attention heads):
+    # here 3 GDN heads of size 8 and 8 grouped-query softmax heads of size 4 over 2 key/value heads.
+    "gated_deltanet-hybrid-head-counts": (
+        lambda: gated_deltanet(num_hidden_layers=3, attn={"layers": [1], "num_heads": 8, "num_kv_heads": 2}), 31
+    ),
 }
 
 
@@ -310,9 +316,6 @@ def test_load_fla_checkpoint_without_overrides(case_checkpoints):
 RARER_OPTIONS = {
     "use_beta": (lambda: delta_net(use_beta=False), "use_beta"),
     "tie_word_embeddings": (lambda: delta_net(tie_word_embeddings=True), "tie_word_embeddings"),
-    # FLA's usual hybrids give the softmax layers their own head count (e.g. 6 GDN heads, 16 attention heads).
-    "hybrid-head-counts": (lambda: gated_deltanet(num_hidden_layers=3, attn={"layers": [1], "num_heads": 4}),
-                           "num_heads"),
 }
 
 
@@ -355,7 +358,8 @@ def test_conv_biases_that_flas_model_would_drop_are_not_used(tmp_path):
 # b. Cache and generate
 # ----------------------------------------------------------------------------------------------
 
-CACHE_CASES = ["delta_net-defaults", "delta_net-hybrid-window-gqa", "gated_deltanet-hybrid", "gated_deltanet-defaults"]
+CACHE_CASES = ["delta_net-defaults", "delta_net-hybrid-window-gqa", "gated_deltanet-hybrid", "gated_deltanet-defaults",
+               "gated_deltanet-hybrid-head-counts"]
 
 
 @pytest.mark.parametrize("case", CACHE_CASES)
@@ -683,25 +687,37 @@ def test_cli_refusal_exits_nonzero_naming_the_parameter(tmp_path):
     assert not (out / "config.json").exists()
 
 
-def test_cli_converts_a_hub_checkpoint(tmp_path):
+def test_cli_converts_a_hub_checkpoint_and_pushes_the_result(tmp_path):
+    """From an FLA repo on the (test) Hub to an FWP repo on it, loaded back where fwp_hf is not importable."""
     from hub_server import HubServer, _Repo
 
     config = gated_deltanet()
     folder, state = make_checkpoint(tmp_path / "fla", config, seed=8, shards=2)
     tokenizer = save_tiny_tokenizer(folder)
-    repo_id = "fla-hub/gated-deltanet-tiny"
+    repo_id, pushed_id = "fla-hub/gated-deltanet-tiny", "tester/gated-deltanet-tiny-fwp"
+    ids = random_ids(2, 17, seed=51)
+    torch.save(ids, tmp_path / "ids.pt")
     with HubServer() as hub:
         repo = hub.repos.setdefault(repo_id, _Repo())
         repo.commit({p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}, [], "upload")
         env = {key: value for key, value in os.environ.items() if key not in ("HF_TOKEN", "HF_HUB_OFFLINE")}
         env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf_home"),
-                   HF_HUB_DISABLE_TELEMETRY="1")
+                   HF_HUB_DISABLE_TELEMETRY="1", HF_TOKEN="hf_test")
         out = tmp_path / "out"
         proc = subprocess.run(
             [sys.executable, str(REPO_ROOT / "scripts" / "convert_fla_checkpoint.py"), "--input", repo_id,
-             "--output_dir", str(out)],
+             "--output_dir", str(out), "--hub_model_id", pushed_id],
             check=False, capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"},
             cwd=tmp_path,
         )
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:] + str(hub.unhandled)
+        assert f"pushed to {hub.url}/{pushed_id}/commit/" in proc.stdout
+        pushed = hub.repos[pushed_id].files
+        assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", *fwp_hf.MODEL_CODE_FILES} <= set(pushed)
+        assert pushed["model.safetensors"] == (out / "model.safetensors").read_bytes()
+        load = run_without_fwp_hf(REMOTE_SCRIPT, ["ids.pt", "out.pt", pushed_id], cwd=tmp_path, extra_env=env)
+        assert load.returncode == 0, load.stderr[-4000:]
     _check_converted_folder(out, config, state, tokenizer, repo_id)
+    result = torch.load(tmp_path / "out.pt")[pushed_id]
+    assert result["module"].startswith("transformers_modules"), result["module"]
+    assert_logits_close(result["logits"], R.fla_reference_logits(config, state, ids), "pushed, loaded with remote code")

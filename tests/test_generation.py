@@ -131,7 +131,7 @@ def test_generate_returns_fixed_size_fast_weight_cache(variant):
         spec = TOKEN_MIXERS[kind]
         if not spec.holds_state:
             assert type(layer) is DynamicLayer
-            assert layer.keys.shape == (2, model.config.key_value_heads, seen, HEAD_DIM)
+            assert layer.keys.shape == (2, model.config.key_value_heads, seen, model.config.softmax_head_dim)
             continue
         assert isinstance(layer, FastWeightCacheLayer), f"layer {idx} ({kind}) is {type(layer).__name__}"
         state = layer.state

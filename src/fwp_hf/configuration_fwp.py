@@ -94,7 +94,9 @@ class FWPConfig(PretrainedConfig):
         output_norm (`bool`): per-head RMSNorm of the read (over `value_head_dim`, eps `rms_norm_eps`).
         output_gate (`bool`): multiply the (normed) read by ``SiLU(W_g x)`` per head.
     Options of the softmax layers (decoder-only models):
-        num_key_value_heads (`int` or None): grouped-query attention (default `num_attention_heads`).
+        softmax_num_heads (`int` or None): their query heads (default `num_attention_heads`; a hybrid's
+            softmax layers may have their own), each of size ``hidden_size // softmax_num_heads``.
+        num_key_value_heads (`int` or None): grouped-query attention (default: as many as query heads).
         attention_bias (`bool`): biases on the q, k and v projections.
         sliding_window (`int` or None): a query sees itself and the `sliding_window` − 1 previous tokens.
     """
@@ -145,6 +147,7 @@ class FWPConfig(PretrainedConfig):
         allow_neg_eigval: bool = False,
         output_norm: bool = False,
         output_gate: bool = False,
+        softmax_num_heads: int | None = None,
         num_key_value_heads: int | None = None,
         attention_bias: bool = False,
         sliding_window: int | None = None,
@@ -189,6 +192,7 @@ class FWPConfig(PretrainedConfig):
         self.allow_neg_eigval = allow_neg_eigval
         self.output_norm = output_norm
         self.output_gate = output_gate
+        self.softmax_num_heads = softmax_num_heads
         self.num_key_value_heads = num_key_value_heads
         self.attention_bias = attention_bias
         self.sliding_window = sliding_window
@@ -228,9 +232,19 @@ class FWPConfig(PretrainedConfig):
         return self.head_dim if self.value_head_dim is None else self.value_head_dim
 
     @property
+    def softmax_heads(self) -> int:
+        """Query heads of the softmax layers."""
+        return self.num_attention_heads if self.softmax_num_heads is None else self.softmax_num_heads
+
+    @property
+    def softmax_head_dim(self) -> int:
+        """Head size of the softmax layers (and of their rotary positions)."""
+        return self.hidden_size // self.softmax_heads
+
+    @property
     def key_value_heads(self) -> int:
         """Key/value heads of softmax layers (grouped-query attention when fewer than the query heads)."""
-        return self.num_attention_heads if self.num_key_value_heads is None else self.num_key_value_heads
+        return self.softmax_heads if self.num_key_value_heads is None else self.num_key_value_heads
 
     # The options of the generic fast-weight layer and of softmax layers, with their off values (see the
     # class docstring): `_validate_layer_options` refuses one that no layer of the model would use.
@@ -238,7 +252,8 @@ class FWPConfig(PretrainedConfig):
         "key_head_dim": None, "value_head_dim": None, "use_short_conv": False, "value_activation": None,
         "scale_queries": False, "output_norm": False, "output_gate": False,
     }
-    SOFTMAX_LAYER_OPTIONS = {"num_key_value_heads": None, "attention_bias": False, "sliding_window": None}
+    SOFTMAX_LAYER_OPTIONS = {"softmax_num_heads": None, "num_key_value_heads": None, "attention_bias": False,
+                             "sliding_window": None}
 
     def layer_options(self, kind: str) -> dict[str, Any]:
         """The options that shape a layer of type `kind` under this config, with their values (what its
@@ -257,8 +272,8 @@ class FWPConfig(PretrainedConfig):
             if "beta" in spec.gates:
                 options["allow_neg_eigval"] = self.allow_neg_eigval
         elif spec.layer == SOFTMAX_ATTENTION_LAYER:
-            options.update(key_value_heads=self.key_value_heads, attention_bias=self.attention_bias,
-                           sliding_window=self.sliding_window)
+            options.update(heads=self.softmax_heads, key_value_heads=self.key_value_heads,
+                           attention_bias=self.attention_bias, sliding_window=self.sliding_window)
         return options
 
     @property
@@ -337,6 +352,7 @@ class FWPConfig(PretrainedConfig):
         "allow_neg_eigval",
         "output_norm",
         "output_gate",
+        "softmax_num_heads",
         "num_key_value_heads",
         "attention_bias",
         "sliding_window",
@@ -492,18 +508,20 @@ class FWPConfig(PretrainedConfig):
             if not isinstance(value, str):
                 raise ValueError(f"FWPConfig.{name} must be a string, got {value!r}")
 
-    def _uses_default_head_dim(self) -> bool:
-        """Whether some layer's head size is ``hidden_size // num_attention_heads`` (then it must divide)."""
+    def _head_counts_that_must_divide_hidden_size(self) -> dict[str, int]:
+        """``{field: heads}`` for every head count whose layers have head size ``hidden_size // heads``."""
+        counts = {}
         for kind in set(self.self_attention_types) | ({self.cross_attention_type} if self.is_encoder_decoder else set()):
-            if TOKEN_MIXERS[kind].layer != FAST_WEIGHT_LAYER:
-                return True
-            if self.key_head_dim is None or self.value_head_dim is None:
-                return True
-        return False
+            layer = TOKEN_MIXERS[kind].layer
+            if layer == SOFTMAX_ATTENTION_LAYER and self.softmax_num_heads is not None:
+                counts["softmax_num_heads"] = self.softmax_num_heads
+            elif layer != FAST_WEIGHT_LAYER or self.key_head_dim is None or self.value_head_dim is None:
+                counts["num_attention_heads"] = self.num_attention_heads
+        return counts
 
     def _validate_layer_options(self) -> None:
         """The fast-weight and softmax layer options: types, allowed values, and that some layer uses each."""
-        for name in ("key_head_dim", "value_head_dim", "num_key_value_heads", "sliding_window"):
+        for name in ("key_head_dim", "value_head_dim", "softmax_num_heads", "num_key_value_heads", "sliding_window"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"FWPConfig.{name} must be a positive integer or None, got {value!r}")
@@ -541,9 +559,10 @@ class FWPConfig(PretrainedConfig):
                 f"FWPConfig: {', '.join(f'{name}={getattr(self, name)!r}' for name in unused)} would change no layer "
                 f"of this model (attention types {sorted(set(self.self_attention_types))}); leave them at their defaults"
             )
-        if self.num_key_value_heads is not None and self.num_attention_heads % self.num_key_value_heads:
+        if self.num_key_value_heads is not None and self.softmax_heads % self.num_key_value_heads:
+            heads = "softmax_num_heads" if self.softmax_num_heads is not None else "num_attention_heads"
             raise ValueError(
-                f"FWPConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads "
+                f"FWPConfig.{heads} ({self.softmax_heads}) must be a multiple of num_key_value_heads "
                 f"({self.num_key_value_heads}) (grouped-query attention)"
             )
 
@@ -568,12 +587,11 @@ class FWPConfig(PretrainedConfig):
                 f"allowed: {_allowed(CROSS_ATTENTION_TYPES)}"
             )
         self._validate_layer_options()
-        if self._uses_default_head_dim() and self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"FWPConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads}) (or give key_head_dim and value_head_dim for a model of fast-weight "
-                "layers only)"
-            )
+        for field, heads in self._head_counts_that_must_divide_hidden_size().items():
+            if self.hidden_size % heads:
+                hint = " (or give key_head_dim and value_head_dim for a model of fast-weight layers only)" * (
+                    field == "num_attention_heads")
+                raise ValueError(f"FWPConfig.hidden_size ({self.hidden_size}) must be divisible by {field} ({heads}){hint}")
         if self.feature_map not in FEATURE_MAPS:
             raise ValueError(f"FWPConfig.feature_map {self.feature_map!r} is unknown; allowed: {_allowed(FEATURE_MAPS)}")
         for kind in dict.fromkeys(self.self_attention_types):
@@ -598,11 +616,12 @@ class FWPConfig(PretrainedConfig):
         if self.hidden_act not in ("silu", "gelu", "relu"):
             raise ValueError(f"FWPConfig.hidden_act {self.hidden_act!r} is unknown; allowed: 'silu', 'gelu', 'relu'")
         rotary = self.rotary_attention_types
-        if rotary and self.head_dim % 2:
+        if rotary and self.softmax_head_dim % 2:
+            heads = "softmax_num_heads" if self.softmax_num_heads is not None else "num_attention_heads"
             raise ValueError(
                 f"FWPConfig: {', '.join(map(repr, rotary))} layers use rotary positions, which need an even head size, "
-                f"but hidden_size ({self.hidden_size}) / num_attention_heads ({self.num_attention_heads}) = "
-                f"{self.head_dim}; choose hidden_size and num_attention_heads with an even quotient"
+                f"but hidden_size ({self.hidden_size}) / {heads} ({self.softmax_heads}) = "
+                f"{self.softmax_head_dim}; choose hidden_size and {heads} with an even quotient"
             )
 
 

@@ -187,7 +187,8 @@ def warn_layers_without_attention_matrix(layers: list[tuple[str, nn.Module]], wh
 
 class FWPSoftmaxAttention(nn.Module):
     """Multi-head softmax attention with rotary positions: the baseline mixer (with the config's
-    grouped-query ``num_key_value_heads``, q/k/v ``attention_bias`` and ``sliding_window`` — the window is
+    ``softmax_num_heads``, grouped-query ``num_key_value_heads``, q/k/v ``attention_bias`` and
+    ``sliding_window`` — the window is
     in the mask, `inputs_fwp.softmax_attention_mask`).
 
     Causal in decoders; with ``is_causal=False`` (encoders) every token sees the whole sequence.
@@ -205,11 +206,11 @@ class FWPSoftmaxAttention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.is_causal = is_causal
-        self.num_heads = config.num_attention_heads
+        self.num_heads = config.softmax_heads
         self.num_key_value_heads = config.key_value_heads
         # transformers' attention functions repeat each key/value head for this many query heads (GQA)
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
-        self.head_dim = config.head_dim
+        self.head_dim = config.softmax_head_dim
         self.scaling = 1 / math.sqrt(self.head_dim)  # exactly SDPA's default scale
         self.rope_theta = config.rope_theta
         kv_width = self.num_key_value_heads * self.head_dim

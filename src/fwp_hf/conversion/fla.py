@@ -95,12 +95,10 @@ def _softmax_settings(fla: dict[str, Any], specs: list[dict[str, Any]]) -> dict[
              f"FLA 'attn' specs with different settings ({settings}) are not supported: fwp_hf's softmax layers "
              "share one setting")
     chosen = settings[0]
-    _require(chosen["num_heads"] == fla["num_heads"],
-             f"FLA 'attn' num_heads={chosen['num_heads']} differs from the model's num_heads={fla['num_heads']}: "
-             "fwp_hf's softmax and delta-rule layers share num_attention_heads")
     _require(fla["hidden_size"] % chosen["num_heads"] == 0,
              f"FLA 'attn' num_heads={chosen['num_heads']} does not divide hidden_size={fla['hidden_size']}")
     return {
+        "softmax_num_heads": None if chosen["num_heads"] == fla["num_heads"] else chosen["num_heads"],
         "num_key_value_heads": None if chosen["num_kv_heads"] == chosen["num_heads"] else chosen["num_kv_heads"],
         "attention_bias": chosen["qkv_bias"],
         "sliding_window": chosen["window_size"],
@@ -233,7 +231,8 @@ def _fla_parameter_groups(config: FWPConfig) -> dict[str, list[tuple[str, tuple[
         groups[ours + "mlp.down_proj.weight"] = [(fla + "mlp.down_proj.weight", (hidden, inter))]
         attn, mixer = fla + "attn.", ours + "mixer."
         if spec.layer == SOFTMAX_ATTENTION_LAYER:
-            q_width, kv_width = heads * config.head_dim, config.key_value_heads * config.head_dim
+            q_width = config.softmax_heads * config.softmax_head_dim
+            kv_width = config.key_value_heads * config.softmax_head_dim
             for name, width in (("q_proj", q_width), ("k_proj", kv_width), ("v_proj", kv_width)):
                 groups[f"{mixer}{name}.weight"] = [(f"{attn}{name}.weight", (width, hidden))]
                 if config.attention_bias:
