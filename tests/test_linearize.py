@@ -277,8 +277,8 @@ def test_all_softmax_student_is_the_teacher(family):
      ("mistral", dict(rope_parameters=dict(rope_type="default", rope_theta=800.0))),
      ("qwen3", dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
      ("llama", dict(rms_norm_eps=1e-1))],
-    ids=["llama-no-scaling", "llama-other-theta", "mistral-no-window", "qwen2-no-window", "mistral-no-scaling", "qwen3-other-theta",
-         "llama-other-eps"],
+    ids=["llama-no-scaling", "llama-other-theta", "mistral-no-window", "qwen2-no-window", "mistral-no-scaling",
+         "qwen3-other-theta", "llama-other-eps"],
 )
 def test_controls_the_exactness_test_would_catch_a_dropped_setting(family, removed):
     """The same weights under a config without one setting give logits far outside the tolerance: a student
