@@ -53,12 +53,21 @@ def randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor
     return torch.randn(*shape, generator=gen) * scale
 
 
+def feature_map_projection(spec, gen: torch.Generator, heads: int = H) -> torch.Tensor | None:
+    """What a map's ``projection`` is: ω of a random-feature map, a (trained-looking) per-head W of a
+    learned one (the identity plus noise), else None."""
+    if spec.random_features:
+        return fwk.draw_orthogonal_random_features(FAVOR_FEATURES, D, generator=gen)
+    if spec.learned:
+        return torch.eye(D).repeat(heads, 1, 1) + 0.3 * randn(gen, heads, D, D)
+    return None
+
+
 def make_feature_map(name: str, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
     """φ of a `PHI` entry through the registry: ``"<FEATURE_MAPS name>[-nu<ν>]"``."""
     base, _, nu = name.partition("-nu")
     spec = fwk.FEATURE_MAPS[base]
-    projection = fwk.draw_orthogonal_random_features(FAVOR_FEATURES, D, generator=gen) if spec.random_features else None
-    return partial(spec.apply, dpfp_nu=int(nu or 1), projection=projection)
+    return partial(spec.apply, dpfp_nu=int(nu or 1), projection=feature_map_projection(spec, gen))
 
 
 def log_decays(gen: torch.Generator, *shape: int) -> torch.Tensor:
@@ -98,7 +107,7 @@ def _sum_case(gen, T, feature_map, log_decay=False, exclusive=False, normalized=
         kernel = partial(fwk.chunk_sum_rule, chunk_size=chunk_size) if chunked else fwk.recurrent_sum_rule
         return kernel(phi(q), phi(k), v, initial_state=initial_state, log_decay=log_decay, exclusive=exclusive)
 
-    feature_dim = phi(torch.zeros(1, D)).shape[-1]
+    feature_dim = phi(torch.zeros(1, H, 1, D)).shape[-1]
     state_shape = (B, H, feature_dim, DV + 1 if normalized else DV)
     return Case(partial(call, True), partial(call, False), tensors), state_shape
 
@@ -122,7 +131,7 @@ def _delta_case(gen, T, feature_map, gated=False):
     def call(kernel, q, k, v, initial_state, **kw):
         return kernel(normalize(phi(q)), normalize(phi(k)), v, initial_state=initial_state, **kw)
 
-    feature_dim = phi(torch.zeros(1, D)).shape[-1]
+    feature_dim = phi(torch.zeros(1, H, 1, D)).shape[-1]
     chunk = partial(call, fwk.chunk_delta_rule)
     return Case(chunk, partial(call, fwk.recurrent_delta_rule), tensors), (B, H, feature_dim, DV)
 
@@ -566,10 +575,10 @@ def test_feature_map_registry_output_dim_is_the_width_of_apply(name, dpfp_nu):
     spec = fwk.FEATURE_MAPS[name]
     assert spec.name == name and spec.label(dpfp_nu, FAVOR_FEATURES)
     gen = generator(16)
-    projection = fwk.draw_orthogonal_random_features(FAVOR_FEATURES, D, generator=gen) if spec.random_features else None
-    x = randn(gen, 2, 3, D)
+    projection = feature_map_projection(spec, gen, heads=3)
+    x = randn(gen, 2, 3, 5, D)  # [batch, heads, time, d]
     phi = spec.apply(x, dpfp_nu=dpfp_nu, projection=projection)
-    assert phi.shape == (2, 3, spec.output_dim(D, dpfp_nu, FAVOR_FEATURES))
+    assert phi.shape == (2, 3, 5, spec.output_dim(D, dpfp_nu, FAVOR_FEATURES))
     assert phi.shape[-1] == fwk.feature_map_output_dim(name, D, dpfp_nu=dpfp_nu, favor_features=FAVOR_FEATURES)
     assert bool(torch.isfinite(phi).all())
     # A map that says it is non-negative is (a valid kernel, fit for φ/Σφ); the others do take negative values.

@@ -86,7 +86,7 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def random_feature_maps(model: FWPForCausalLM) -> list[FWPFeatureMap]:
     """The feature maps of the model that hold a random projection ω (FAVOR+)."""
-    return [m for m in model.modules() if isinstance(m, FWPFeatureMap) and m.projection is not None]
+    return [m for m in model.modules() if isinstance(m, FWPFeatureMap) and m.spec.random_features]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_every_registry_entry_builds_a_model_with_the_state_shape_it_declares(ki
             assert hasattr(layer.mixer, gate) == ("log_decay" in spec.gates), gate
         if getattr(layer.mixer, "feature_map", None) is not None:
             # d_key of the declared state is the width φ really has
-            width = layer.mixer.feature_map(torch.zeros(1, config.head_dim)).shape[-1]
+            width = layer.mixer.feature_map(torch.zeros(1, config.num_attention_heads, 1, config.head_dim)).shape[-1]
             assert spec.key_dim(config) == width
 
     cache = DynamicCache()

@@ -45,11 +45,13 @@ DETERMINISTIC_NORMALIZED_SUM_RULES = [
     name
     for name, spec in TOKEN_MIXERS.items()
     if spec.attention_normalization and spec.feature_map is not None and not FEATURE_MAPS[spec.feature_map].random_features
+    and not FEATURE_MAPS[spec.feature_map].learned
 ]
 SPARSE_FEATURE_SUM_RULES = [
     name
     for name in DETERMINISTIC_NORMALIZED_SUM_RULES
-    if (FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].apply(torch.tensor([1.0, -1.0, 0.5]), dpfp_nu=1, projection=None) == 0).any()
+    if not FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].learned
+    and (FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].apply(torch.tensor([1.0, -1.0, 0.5]), dpfp_nu=1, projection=None) == 0).any()
 ]
 
 

@@ -93,6 +93,19 @@ class FWPConfig(PretrainedConfig):
         allow_neg_eigval (`bool`): β = 2·sigmoid(·) ∈ (0, 2) in the delta rules.
         output_norm (`bool`): per-head RMSNorm of the read (over `value_head_dim`, eps `rms_norm_eps`).
         output_gate (`bool`): multiply the (normed) read by ``SiLU(W_g x)`` per head.
+    Options of the q/k/v projections of softmax and fast-weight layers alike (decoder-only models; what
+    a pretrained Llama / Mistral / Qwen2 / Qwen3 attention layer has, `conversion.linearize`):
+        head_dim (`int` or None): per-head size (default ``hidden_size // num_attention_heads``) of softmax
+            layers, Ba et al.'s memory (which needs ``num_attention_heads · head_dim == hidden_size``) and the
+            fast-weight layers' default `key_head_dim` / `value_head_dim`.
+        attention_bias (`bool`): biases on the q, k and v projections (fast-weight layers: on all their
+            projections, gates included); attention_output_bias (`bool`): a bias on the output projection.
+        use_qk_norm (`bool`): per-head RMSNorm of q and k (eps `rms_norm_eps`) right after their projection.
+        fast_weight_key_value_heads (`int` or None): key/value heads of the fast-weight layers (grouped
+            like grouped-query attention: each serves ``num_attention_heads / fast_weight_key_value_heads``
+            query heads; default one per query head).
+        rope_scaling_parameters (`dict` or None): transformers' rope parameters other than the default
+            (``{"rope_type": "llama3" | "linear" | ..., ...}``) for the rotary positions of softmax layers.
     Options of the softmax layers (decoder-only models):
         softmax_num_heads (`int` or None): their query heads (default `num_attention_heads`; a hybrid's
             softmax layers may have their own), each of size ``hidden_size // softmax_num_heads``.
@@ -147,6 +160,11 @@ class FWPConfig(PretrainedConfig):
         allow_neg_eigval: bool = False,
         output_norm: bool = False,
         output_gate: bool = False,
+        head_dim: int | None = None,
+        attention_output_bias: bool = False,
+        use_qk_norm: bool = False,
+        fast_weight_key_value_heads: int | None = None,
+        rope_scaling_parameters: dict | None = None,
         softmax_num_heads: int | None = None,
         num_key_value_heads: int | None = None,
         attention_bias: bool = False,
@@ -192,6 +210,11 @@ class FWPConfig(PretrainedConfig):
         self.allow_neg_eigval = allow_neg_eigval
         self.output_norm = output_norm
         self.output_gate = output_gate
+        self.head_dim = head_dim
+        self.attention_output_bias = attention_output_bias
+        self.use_qk_norm = use_qk_norm
+        self.fast_weight_key_value_heads = fast_weight_key_value_heads
+        self.rope_scaling_parameters = None if rope_scaling_parameters is None else dict(rope_scaling_parameters)
         self.softmax_num_heads = softmax_num_heads
         self.num_key_value_heads = num_key_value_heads
         self.attention_bias = attention_bias
@@ -218,8 +241,26 @@ class FWPConfig(PretrainedConfig):
 
     @property
     def head_dim(self) -> int:
-        """Head size of softmax layers, Ba et al.'s memory and (by default) the fast-weight layers."""
-        return self.hidden_size // self.num_attention_heads
+        """Head size of softmax layers, Ba et al.'s memory and (by default) the fast-weight layers:
+        the `head_dim` given, else ``hidden_size // num_attention_heads``."""
+        explicit = self.__dict__.get("_head_dim")
+        return self.hidden_size // self.num_attention_heads if explicit is None else explicit
+
+    @head_dim.setter
+    def head_dim(self, value: int | None) -> None:
+        self.__dict__["_head_dim"] = value
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("_head_dim", None)
+        output["head_dim"] = self.__dict__.get("_head_dim")  # None: follows hidden_size / num_attention_heads
+        return output
+
+    @property
+    def fast_weight_kv_heads(self) -> int:
+        """Key/value heads of the fast-weight layers."""
+        heads = self.fast_weight_key_value_heads
+        return self.num_attention_heads if heads is None else heads
 
     @property
     def fast_weight_key_head_dim(self) -> int:
@@ -239,7 +280,7 @@ class FWPConfig(PretrainedConfig):
     @property
     def softmax_head_dim(self) -> int:
         """Head size of the softmax layers (and of their rotary positions)."""
-        return self.hidden_size // self.softmax_heads
+        return self.head_dim if self.softmax_num_heads is None else self.hidden_size // self.softmax_num_heads
 
     @property
     def key_value_heads(self) -> int:
@@ -250,10 +291,11 @@ class FWPConfig(PretrainedConfig):
     # class docstring): `_validate_layer_options` refuses one that no layer of the model would use.
     FAST_WEIGHT_LAYER_OPTIONS = {
         "key_head_dim": None, "value_head_dim": None, "use_short_conv": False, "value_activation": None,
-        "scale_queries": False, "output_norm": False, "output_gate": False,
+        "scale_queries": False, "output_norm": False, "output_gate": False, "fast_weight_key_value_heads": None,
     }
-    SOFTMAX_LAYER_OPTIONS = {"softmax_num_heads": None, "num_key_value_heads": None, "attention_bias": False,
-                             "sliding_window": None}
+    SOFTMAX_LAYER_OPTIONS = {"softmax_num_heads": None, "num_key_value_heads": None, "sliding_window": None,
+                             "rope_scaling_parameters": None}
+    PROJECTION_OPTIONS = {"attention_bias": False, "attention_output_bias": False, "use_qk_norm": False}
 
     def layer_options(self, kind: str) -> dict[str, Any]:
         """The options that shape a layer of type `kind` under this config, with their values (what its
@@ -263,6 +305,8 @@ class FWPConfig(PretrainedConfig):
         if spec.layer == FAST_WEIGHT_LAYER:
             options.update(
                 key_head_dim=self.fast_weight_key_head_dim, value_head_dim=self.fast_weight_value_head_dim,
+                key_value_heads=self.fast_weight_kv_heads, attention_bias=self.attention_bias,
+                attention_output_bias=self.attention_output_bias, use_qk_norm=self.use_qk_norm,
                 value_activation=self.value_activation, scale_queries=self.scale_queries,
                 output_norm=self.output_norm, output_gate=self.output_gate,
                 conv=(self.conv_size, self.conv_bias) if self.use_short_conv else None,
@@ -272,8 +316,12 @@ class FWPConfig(PretrainedConfig):
             if "beta" in spec.gates:
                 options["allow_neg_eigval"] = self.allow_neg_eigval
         elif spec.layer == SOFTMAX_ATTENTION_LAYER:
-            options.update(heads=self.softmax_heads, key_value_heads=self.key_value_heads,
-                           attention_bias=self.attention_bias, sliding_window=self.sliding_window)
+            options.update(heads=self.softmax_heads, head_dim=self.softmax_head_dim,
+                           key_value_heads=self.key_value_heads, attention_bias=self.attention_bias,
+                           attention_output_bias=self.attention_output_bias, use_qk_norm=self.use_qk_norm,
+                           sliding_window=self.sliding_window, rope_scaling=self.rope_scaling_parameters)
+        elif spec.layer == HEBBIAN_MEMORY_LAYER:
+            options.update(head_dim=self.head_dim)
         return options
 
     @property
@@ -352,6 +400,11 @@ class FWPConfig(PretrainedConfig):
         "allow_neg_eigval",
         "output_norm",
         "output_gate",
+        "head_dim",
+        "attention_output_bias",
+        "use_qk_norm",
+        "fast_weight_key_value_heads",
+        "rope_scaling_parameters",
         "softmax_num_heads",
         "num_key_value_heads",
         "attention_bias",
@@ -515,20 +568,38 @@ class FWPConfig(PretrainedConfig):
             layer = TOKEN_MIXERS[kind].layer
             if layer == SOFTMAX_ATTENTION_LAYER and self.softmax_num_heads is not None:
                 counts["softmax_num_heads"] = self.softmax_num_heads
+            elif self.__dict__.get("_head_dim") is not None:
+                continue  # an explicit head_dim (Ba et al.'s memory is checked on its own)
             elif layer != FAST_WEIGHT_LAYER or self.key_head_dim is None or self.value_head_dim is None:
                 counts["num_attention_heads"] = self.num_attention_heads
         return counts
 
+    def _validate_head_dim(self) -> None:
+        if self.__dict__.get("_head_dim") is None:
+            return
+        if self.is_encoder_decoder and self.num_attention_heads * self.head_dim != self.hidden_size:
+            raise ValueError(
+                f"FWPConfig.head_dim ({self.head_dim}) × num_attention_heads ({self.num_attention_heads}) must equal "
+                f"hidden_size ({self.hidden_size}) in the encoder–decoder model (or leave head_dim None)"
+            )
+        hebbian = sorted({k for k in self.self_attention_types if TOKEN_MIXERS[k].layer == HEBBIAN_MEMORY_LAYER})
+        if hebbian and self.num_attention_heads * self.head_dim != self.hidden_size:
+            raise ValueError(
+                f"FWPConfig: {', '.join(map(repr, hebbian))} layers need num_attention_heads ({self.num_attention_heads}) "
+                f"× head_dim ({self.head_dim}) == hidden_size ({self.hidden_size})"
+            )
+
     def _validate_layer_options(self) -> None:
         """The fast-weight and softmax layer options: types, allowed values, and that some layer uses each."""
-        for name in ("key_head_dim", "value_head_dim", "softmax_num_heads", "num_key_value_heads", "sliding_window"):
+        for name in ("key_head_dim", "value_head_dim", "softmax_num_heads", "num_key_value_heads", "sliding_window",
+                     "fast_weight_key_value_heads"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"FWPConfig.{name} must be a positive integer or None, got {value!r}")
         if isinstance(self.conv_size, bool) or not isinstance(self.conv_size, int) or self.conv_size < 1:
             raise ValueError(f"FWPConfig.conv_size must be an integer >= 1, got {self.conv_size!r}")
         for name in ("use_short_conv", "conv_bias", "scale_queries", "allow_neg_eigval", "output_norm", "output_gate",
-                     "attention_bias"):
+                     "attention_bias", "attention_output_bias", "use_qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FWPConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.value_activation not in (None, "silu"):
@@ -538,15 +609,27 @@ class FWPConfig(PretrainedConfig):
                 f"FWPConfig.key_normalization {self.key_normalization!r} is unknown; allowed: None (the rule's own), "
                 "'sum', 'l2'"
             )
+        head_dim = self.__dict__.get("_head_dim")
+        if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0):
+            raise ValueError(f"FWPConfig.head_dim must be a positive integer or None, got {head_dim!r}")
+        allowed_rope = ("default", "linear", "llama3", "yarn")  # frequencies independent of the sequence length
+        rope = self.rope_scaling_parameters
+        if rope is not None and not (isinstance(rope, dict) and rope.get("rope_type") in allowed_rope):
+            raise ValueError(
+                f"FWPConfig.rope_scaling_parameters must be None or transformers' rope parameters with rope_type in "
+                f"{_allowed(allowed_rope)}, got {self.rope_scaling_parameters!r}"
+            )
         layer_specs = [TOKEN_MIXERS[kind] for kind in self.self_attention_types]
         used = {
+            **dict.fromkeys(self.PROJECTION_OPTIONS, any(s.layer in (FAST_WEIGHT_LAYER, SOFTMAX_ATTENTION_LAYER)
+                                                         for s in layer_specs)),
             **dict.fromkeys(self.FAST_WEIGHT_LAYER_OPTIONS, any(s.layer == FAST_WEIGHT_LAYER for s in layer_specs)),
             **dict.fromkeys(self.SOFTMAX_LAYER_OPTIONS, any(s.layer == SOFTMAX_ATTENTION_LAYER for s in layer_specs)),
             "key_normalization": any(s.key_normalization is not None for s in layer_specs),
             "allow_neg_eigval": any("beta" in s.gates for s in layer_specs),
         }
-        off = {**self.FAST_WEIGHT_LAYER_OPTIONS, **self.SOFTMAX_LAYER_OPTIONS, "key_normalization": None,
-               "allow_neg_eigval": False}
+        off = {**self.FAST_WEIGHT_LAYER_OPTIONS, **self.SOFTMAX_LAYER_OPTIONS, **self.PROJECTION_OPTIONS,
+               "key_normalization": None, "allow_neg_eigval": False}
         set_options = [name for name, value in off.items() if getattr(self, name) != value]
         if self.is_encoder_decoder and set_options:
             raise ValueError(
@@ -564,6 +647,12 @@ class FWPConfig(PretrainedConfig):
             raise ValueError(
                 f"FWPConfig.{heads} ({self.softmax_heads}) must be a multiple of num_key_value_heads "
                 f"({self.num_key_value_heads}) (grouped-query attention)"
+            )
+        kv_heads = self.fast_weight_key_value_heads
+        if kv_heads is not None and self.num_attention_heads % kv_heads:
+            raise ValueError(
+                f"FWPConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"fast_weight_key_value_heads ({kv_heads})"
             )
 
     def _validate_fwp(self) -> None:
@@ -587,6 +676,7 @@ class FWPConfig(PretrainedConfig):
                 f"allowed: {_allowed(CROSS_ATTENTION_TYPES)}"
             )
         self._validate_layer_options()
+        self._validate_head_dim()
         for field, heads in self._head_counts_that_must_divide_hidden_size().items():
             if self.hidden_size % heads:
                 hint = " (or give key_head_dim and value_head_dim for a model of fast-weight layers only)" * (

@@ -62,6 +62,21 @@ def dpfp_feature_map(x: torch.Tensor, nu: int) -> torch.Tensor:
     return torch.cat([x_both * x_both.roll(shifts=j, dims=-1) for j in range(1, nu + 1)], dim=-1)
 
 
+def hedgehog_feature_map(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Hedgehog (Zhang et al. 2024): a learned map that mimics softmax attention,
+    ``φ(x) = [softmax(W x), softmax(−W x)]`` (softmax over the feature dim); ``[B, h, T, d] -> [B, h, T, 2d]``.
+
+    weight ``[heads, d, d]``: one W per head; x may stack several groups of those heads on dim 1 (q's
+    heads, then k's), which all use the same W. Every half sums to 1, so φ ≥ 0 and Σφ = 2.
+    """
+    heads = weight.shape[0]
+    if x.dim() != 4 or x.shape[1] % heads:
+        raise ValueError(f"hedgehog feature map: x must be [B, k·{heads} heads, T, d], got {tuple(x.shape)}")
+    weight = weight.to(x.dtype).repeat(x.shape[1] // heads, 1, 1)
+    projected = torch.einsum("bhtd,hed->bhte", x, weight)
+    return torch.cat([projected.softmax(dim=-1), (-projected).softmax(dim=-1)], dim=-1)
+
+
 def _favor_exponents(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
     """The exponents of FAVOR+'s features, ``[ωx̂ − |x̂|²/2, −ωx̂ − |x̂|²/2]`` with ``x̂ = x / d^{1/4}``."""
     dim = projection.shape[1]
@@ -177,7 +192,8 @@ class FeatureMapSpec:
     ``apply_shifted(x, dpfp_nu=ν, projection=ω, per_token=…) -> (φ̃, s)`` is the overflow-free form
     ``φ = φ̃ · e^s`` of a map whose feature products can overflow fp32 (FAVOR+), else None;
     ``key_log_scale(ω)`` is its token-independent shift (the ``s`` of ``per_token=False``).
-    ``nonnegative``: φ ≥ 0 everywhere, so that sum normalisation φ/Σφ is defined (maps that can be
+    ``learned``: ``projection`` is a trained per-head weight ``[heads, d, d]`` (Hedgehog), initialised to
+    the identity. ``nonnegative``: φ ≥ 0 everywhere, so that sum normalisation φ/Σφ is defined (maps that can be
     negative go with L2 normalisation).
     """
 
@@ -186,6 +202,7 @@ class FeatureMapSpec:
     apply: Callable[..., torch.Tensor]
     output_dim: Callable[[int, int, int], int]
     random_features: bool = False
+    learned: bool = False
     nonnegative: bool = True
     apply_shifted: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     key_log_scale: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -226,6 +243,13 @@ FEATURE_MAPS: dict[str, FeatureMapSpec] = {
             label=lambda dpfp_nu, num_features: f"DPFP(ν={dpfp_nu})",
             apply=lambda x, dpfp_nu, projection: dpfp_feature_map(x, dpfp_nu),
             output_dim=lambda head_dim, dpfp_nu, num_features: 2 * dpfp_nu * head_dim,
+        ),
+        FeatureMapSpec(
+            "hedgehog",
+            label=lambda dpfp_nu, num_features: "Hedgehog (learned softmax features)",
+            apply=lambda x, dpfp_nu, projection: hedgehog_feature_map(x, projection),
+            output_dim=lambda head_dim, dpfp_nu, num_features: 2 * head_dim,
+            learned=True,
         ),
         # The q/k activations of flash-linear-attention's DeltaNet (`qk_activation`), meant to be followed by
         # an L2 or sum normalisation (`FWPConfig.key_normalization`): they are not positive maps.

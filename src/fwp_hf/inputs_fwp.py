@@ -153,7 +153,9 @@ def prepare_mixer_inputs(
                 f"position_ids must be [batch, seq_len={seq_len}] with batch 1 or {batch_size}, "
                 f"got {tuple(position_ids.shape)}"
             )
-        position_embeddings = rotary_cos_sin(position_ids, config.softmax_head_dim, config.rope_theta, inputs_embeds.dtype)
+        position_embeddings = rotary_cos_sin(position_ids, config.softmax_head_dim, config.rope_theta, inputs_embeds.dtype,
+                                             getattr(config, "rope_scaling_parameters", None),
+                                             config.max_position_embeddings)
         attention_mask_4d = softmax_attention_mask(padding_mask, seq_len, past_length, batch_size, device, causal,
                                                    getattr(config, "sliding_window", None))
     return {"token_mask": token_mask, "attention_mask_4d": attention_mask_4d,

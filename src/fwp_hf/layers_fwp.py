@@ -8,6 +8,7 @@ projects, masks and routes between the chunkwise form (training, prefill), the r
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -77,14 +78,43 @@ class FWPMLP(nn.Module):
         return self.down_proj(self.act_fn(gate) * up)
 
 
+# Rope types whose frequencies do not depend on the sequence length (transformers' ROPE_INIT_FUNCTIONS).
+ROPE_SCALING_TYPES = ("linear", "llama3", "yarn")
+_SCALED_ROPE: dict[tuple, tuple[torch.Tensor, float]] = {}
+
+
+def scaled_rope_frequencies(
+    rope_scaling_parameters: dict, head_dim: int, theta: float, max_position_embeddings: int | None
+) -> tuple[torch.Tensor, float]:
+    """``(inv_freq [head_dim/2], attention scaling)`` of a scaled rope (e.g. Llama 3's), computed by
+    transformers' own `ROPE_INIT_FUNCTIONS` exactly as the pretrained model's rotary embedding does."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    key = (json.dumps(rope_scaling_parameters, sort_keys=True), head_dim, theta, max_position_embeddings)
+    if key not in _SCALED_ROPE:
+        parameters = {**rope_scaling_parameters, "rope_theta": theta}
+        shim = LlamaConfig(hidden_size=head_dim, num_attention_heads=1, head_dim=head_dim, rope_parameters=parameters,
+                           max_position_embeddings=max_position_embeddings or 2048)
+        _SCALED_ROPE[key] = ROPE_INIT_FUNCTIONS[rope_scaling_parameters["rope_type"]](shim, torch.device("cpu"))
+    return _SCALED_ROPE[key]
+
+
 def rotary_cos_sin(
-    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype,
+    rope_scaling_parameters: dict | None = None, max_position_embeddings: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary embedding tables for ``position_ids [B, T]``: cos, sin ``[B, 1, T, head_dim]``."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    """Rotary embedding tables for ``position_ids [B, T]``: cos, sin ``[B, 1, T, head_dim]``;
+    ``inv_freq = θ^{−2i/d}``, or the frequencies and attention scaling of `rope_scaling_parameters`."""
+    scaling = 1.0
+    if rope_scaling_parameters is None or rope_scaling_parameters.get("rope_type") == "default":
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    else:
+        inv_freq, scaling = scaled_rope_frequencies(rope_scaling_parameters, head_dim, theta, max_position_embeddings)
+        inv_freq = inv_freq.to(position_ids.device)
     angles = position_ids.float().unsqueeze(-1) * inv_freq
     angles = torch.cat([angles, angles], dim=-1).unsqueeze(1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    return (angles.cos() * scaling).to(dtype), (angles.sin() * scaling).to(dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -217,7 +247,10 @@ class FWPSoftmaxAttention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=config.attention_bias)
         self.k_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
         self.v_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_output_bias)
+        # Qwen3's per-head q/k norm, before the rotation
+        self.q_norm = FWPRMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.use_qk_norm else None
+        self.k_norm = FWPRMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.use_qk_norm else None
 
     def forward(
         self,
@@ -229,8 +262,11 @@ class FWPSoftmaxAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         cos, sin = position_embeddings
-        q = apply_rotary(split_heads(self.q_proj(hidden_states), self.num_heads), cos, sin)
-        k = apply_rotary(split_heads(self.k_proj(hidden_states), self.num_key_value_heads), cos, sin)
+        q = split_heads(self.q_proj(hidden_states), self.num_heads)
+        k = split_heads(self.k_proj(hidden_states), self.num_key_value_heads)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         v = split_heads(self.v_proj(hidden_states), self.num_key_value_heads)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
@@ -249,10 +285,12 @@ class FWPFeatureMap(nn.Module):
 
     A random-feature map (FAVOR+) keeps its projection ω ``[m, head_dim]`` as a persistent buffer,
     drawn from ``seed`` so that a model built from the same config is the same model, and saved with it.
+    A learned map (Hedgehog) keeps its weight W ``[num_heads, head_dim, head_dim]`` as a parameter,
+    initialised to the identity.
     """
 
     def __init__(
-        self, kind: str, head_dim: int, dpfp_nu: int, num_features: int, seed: int, redraw: bool
+        self, kind: str, head_dim: int, dpfp_nu: int, num_features: int, seed: int, redraw: bool, num_heads: int = 1
     ) -> None:
         super().__init__()
         self.kind = kind
@@ -262,10 +300,17 @@ class FWPFeatureMap(nn.Module):
         self.num_features = num_features
         self.seed = seed
         self.redraw = redraw and self.spec.random_features
+        self.num_heads = num_heads
         if self.spec.random_features:
             self.register_buffer("projection", self.seeded_projection(), persistent=True)
+        elif self.spec.learned:
+            self.projection = nn.Parameter(self.identity_weight())
         else:
             self.projection = None
+
+    def identity_weight(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """A learned map's initial weight: the identity for every head."""
+        return torch.eye(self.head_dim, device=device).repeat(self.num_heads, 1, 1)
 
     def seeded_projection(self, device: torch.device | str | None = None) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
@@ -335,7 +380,10 @@ class FWPFastWeightAttention(nn.Module):
     one-token decoding the layer's cost is mostly per-call overhead, not FLOPs): β_t = sigmoid(W_β x_t)
     per head (×2 with ``allow_neg_eigval``), and for a decay g_t = −exp(A_log)·softplus(W_a x_t + dt_bias)
     per head. With ``use_short_conv`` q, k, v first pass a causal depthwise convolution over time
-    (its last inputs are kept in the cache); ``value_activation`` applies SiLU to v.
+    (its last inputs are kept in the cache); ``value_activation`` applies SiLU to v. From a pretrained
+    attention layer (`conversion.linearize`): ``attention_bias`` / ``attention_output_bias``, per-head q/k
+    RMSNorm (``use_qk_norm``), and k, v with ``fast_weight_key_value_heads`` heads, each repeated for its
+    group of query heads (every query head keeps its own state).
     φ(q), φ(k) come from the feature map (the entry's, or ``config.feature_map`` for the delta rules),
     then the entry's key normalisation (sum, or ``config.key_normalization``: sum or L2), then with
     ``scale_queries`` φ(q)·d_dot^{-1/2}. The fast weights are programmed by the entry's kernels; the read
@@ -369,20 +417,29 @@ class FWPFastWeightAttention(nn.Module):
             config.performer_num_features,
             seed=config.performer_seed + layer_idx,
             redraw=config.performer_redraw,
+            num_heads=config.num_attention_heads,
         )
         self.gates = spec.gates
-        self.key_width, self.value_width = self.num_heads * key_head_dim, self.num_heads * value_head_dim
-        self.qkv_width = 2 * self.key_width + self.value_width
-        self.projection_sizes = [self.key_width, self.key_width, self.value_width] + [self.num_heads] * len(spec.gates)
+        # k and v may have fewer heads than q (grouped like grouped-query attention; each is repeated
+        # for its group of query heads, so every query head still has its own state).
+        self.num_kv_heads = config.fast_weight_kv_heads
+        self.kv_groups = self.num_heads // self.num_kv_heads
+        self.query_width = self.num_heads * key_head_dim
+        self.key_width, self.value_width = self.num_kv_heads * key_head_dim, self.num_kv_heads * value_head_dim
+        self.qkv_width = self.query_width + self.key_width + self.value_width
+        self.projection_sizes = [self.query_width, self.key_width, self.value_width]
+        self.projection_sizes += [self.num_heads] * len(spec.gates)
         if config.output_gate:
-            self.projection_sizes.append(self.value_width)
-        self.qkv_proj = nn.Linear(config.hidden_size, sum(self.projection_sizes), bias=False)
+            self.projection_sizes.append(self.num_heads * value_head_dim)
+        self.qkv_proj = nn.Linear(config.hidden_size, sum(self.projection_sizes), bias=config.attention_bias)
         self.qkv_conv = (
             FWPShortConvolution(self.qkv_width, config.conv_size, config.conv_bias) if config.use_short_conv else None
         )
+        self.q_norm = FWPRMSNorm(key_head_dim, eps=config.rms_norm_eps) if config.use_qk_norm else None
+        self.k_norm = FWPRMSNorm(key_head_dim, eps=config.rms_norm_eps) if config.use_qk_norm else None
         self.o_norm = FWPRMSNorm(value_head_dim, eps=config.rms_norm_eps) if config.output_norm else None
         self.output_gate = config.output_gate
-        self.o_proj = nn.Linear(self.value_width, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * value_head_dim, config.hidden_size, bias=config.attention_output_bias)
         if "log_decay" in spec.gates:
             self.A_log = nn.Parameter(torch.zeros(config.num_attention_heads))
             self.dt_bias = nn.Parameter(torch.zeros(config.num_attention_heads))
@@ -467,12 +524,23 @@ class FWPFastWeightAttention(nn.Module):
             qkv, conv_window = self.qkv_conv(qkv, cache_layer.conv_window if cache_layer is not None else None)
             if cache_layer is not None:
                 cache_layer.update_conv_window(conv_window)
-        # φ maps q and k in one call (the heads of q, then those of k): fewer ops per decoded token.
-        q, k, read_log_scale = self._features(split_heads(qkv[..., : 2 * self.key_width], 2 * self.num_heads))
-        v = qkv[..., 2 * self.key_width :]
+        qk_width = self.query_width + self.key_width
+        v = qkv[..., qk_width:]
         if self.value_activation is not None:
             v = self.value_activation(v)
-        v = split_heads(v, self.num_heads)
+        v = split_heads(v, self.num_kv_heads)
+        if self.q_norm is None and self.kv_groups == 1:
+            # q and k as one view (the heads of q, then those of k): φ maps both in one call, fewer ops per token
+            qk = split_heads(qkv[..., :qk_width], 2 * self.num_heads)
+        else:
+            q = split_heads(qkv[..., : self.query_width], self.num_heads)
+            k = split_heads(qkv[..., self.query_width : qk_width], self.num_kv_heads)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if self.kv_groups > 1:
+                k, v = k.repeat_interleave(self.kv_groups, dim=1), v.repeat_interleave(self.kv_groups, dim=1)
+            qk = torch.cat([q, k], dim=1)
+        q, k, read_log_scale = self._features(qk)
         gate_end = self.qkv_width + self.num_heads * len(self.gates)
         gates = self._gates(projections[..., self.qkv_width : gate_end], token_mask)
         if token_mask is not None and "beta" not in gates:

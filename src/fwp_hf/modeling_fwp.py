@@ -90,8 +90,10 @@ class FWPPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, FWPFeatureMap) and module.projection is not None:
+        if isinstance(module, FWPFeatureMap) and module.spec.random_features:
             init.copy_(module.projection, module.seeded_projection(module.projection.device))
+        if isinstance(module, FWPFeatureMap) and module.spec.learned:
+            init.copy_(module.projection, module.identity_weight(module.projection.device))
         if isinstance(module, FWPFastWeightAttention) and hasattr(module, "A_log"):
             a_log, dt_bias = module.initial_decay_parameters()
             init.copy_(module.A_log, a_log.to(module.A_log.device))

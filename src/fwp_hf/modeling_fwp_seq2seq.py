@@ -96,6 +96,7 @@ class FWPCrossAttention(nn.Module):
             self.feature_map = FWPFeatureMap(
                 TOKEN_MIXERS[self.kind].feature_map_name(config), config.head_dim, config.dpfp_nu,
                 config.performer_num_features, seed=config.performer_seed + layer_idx, redraw=False,
+                num_heads=config.num_attention_heads,
             )
 
     def _source_memory(self, encoder_hidden_states: torch.Tensor, encoder_token_mask: torch.Tensor | None):

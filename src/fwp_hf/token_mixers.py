@@ -145,6 +145,10 @@ TOKEN_MIXERS: dict[str, TokenMixerSpec] = {
         TokenMixerSpec("performer", "sum rule (Performer)", feature_map="favor", **_SUM_RULE),
         TokenMixerSpec("dpfp", "sum rule (DPFP)", feature_map="dpfp", **_SUM_RULE),
         TokenMixerSpec(
+            "hedgehog", "sum rule with Hedgehog's learned softmax-mimicking feature map (Zhang et al. 2024)",
+            feature_map="hedgehog", **_SUM_RULE,
+        ),
+        TokenMixerSpec(
             "delta", "delta rule with learned per-token rates β (Schlag et al.)", gates=("beta",), **_DELTA_RULE
         ),
         TokenMixerSpec(

@@ -287,14 +287,26 @@ def fla_state_dict_to_fwp(state_dict: dict[str, torch.Tensor], config: FWPConfig
     if wrong:
         problems.append(f"shape mismatch(es): {'; '.join(wrong)}")
     _require(not problems, "cannot map the FLA checkpoint exactly — " + " | ".join(problems))
-    return {ours: torch.cat([state_dict[name] for name, _ in parts], dim=0) if len(parts) > 1 else state_dict[parts[0][0]]
-            for ours, parts in groups.items()}
+    mapped = {ours: torch.cat([state_dict[name] for name, _ in parts], dim=0) if len(parts) > 1
+              else state_dict[parts[0][0]] for ours, parts in groups.items()}
+    if config.attention_bias:
+        # FLA's hybrid `qkv_bias` is for its softmax layers; fwp_hf's `attention_bias` also gives the
+        # fast-weight layers' fused projections a bias, which is zero here (the same function).
+        for i, kind in enumerate(config.layer_attention_types):
+            if TOKEN_MIXERS[kind].layer == FAST_WEIGHT_LAYER:
+                weight = mapped[f"model.layers.{i}.mixer.qkv_proj.weight"]
+                mapped[f"model.layers.{i}.mixer.qkv_proj.bias"] = weight.new_zeros(weight.shape[0])
+    return mapped
 
 
 def fwp_state_dict_to_fla(state_dict: dict[str, torch.Tensor], config: FWPConfig) -> dict[str, torch.Tensor]:
     """The inverse of `fla_state_dict_to_fwp`: an FWP model's weights (of a config from
     `fla_config_to_fwp`) under FLA's parameter names and layouts."""
     fla: dict[str, torch.Tensor] = {}
+    for i, kind in enumerate(config.layer_attention_types):
+        bias = state_dict.get(f"model.layers.{i}.mixer.qkv_proj.bias")
+        if bias is not None and TOKEN_MIXERS[kind].layer == FAST_WEIGHT_LAYER and bool(bias.any()):
+            raise FLACheckpointError(f"layer {i}'s fused projection has a non-zero bias, which FLA's layers do not have")
     for ours, parts in _fla_parameter_groups(config).items():
         pieces = state_dict[ours].split([shape[0] for _, shape in parts], dim=0)
         fla.update({name: piece.contiguous() for (name, _), piece in zip(parts, pieces)})
