@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 from .cache_fwp import FastWeightCacheLayer, FastWeightStateStep, FastWeightStaticCache
 from .configuration_fwp import FWPConfig
 from .conversion.fla import FLACheckpointError, convert_fla_checkpoint, load_fla_checkpoint
+from .conversion.linearize import AttentionTransferModel, LinearizationError, linearize_model
 from .fast_weight_kernels import FEATURE_MAPS
 from .modeling_fwp import MODEL_CODE_FILES, FWPForCausalLM, FWPModel, FWPPreTrainedModel
 from .modeling_fwp_seq2seq import SEQ2SEQ_MODEL_CODE_FILES, FWPForConditionalGeneration, FWPSeq2SeqModel
@@ -50,4 +51,7 @@ __all__ = [
     "FLACheckpointError",
     "convert_fla_checkpoint",
     "load_fla_checkpoint",
+    "AttentionTransferModel",
+    "LinearizationError",
+    "linearize_model",
 ]

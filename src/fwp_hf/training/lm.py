@@ -9,6 +9,7 @@ processes through `accelerate launch`).
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
 import os
@@ -48,9 +49,21 @@ PTB_DESCRIPTION = (
 )
 
 
+# Softmax-transformer baselines `train_lm.py` can build instead of an FWP model (e.g. the teacher that
+# `scripts/linearize.py` converts): transformers' own classes.
+BASELINE_ARCHITECTURES = ("llama",)
+
+
 @dataclass
 class ModelArguments(common.BaseModelArguments):
     """The model: a new decoder-only FWP model from these fields, or `model_name_or_path` to continue from."""
+
+    architecture: str = field(
+        default="fwp",
+        metadata={"help": "fwp (default), or llama: transformers' LlamaForCausalLM of the same sizes (a softmax "
+                          "teacher for scripts/linearize.py; config_overrides then holds LlamaConfig fields, e.g. "
+                          "num_key_value_heads)."},
+    )
 
 
 @dataclass
@@ -147,10 +160,33 @@ def prepare_hub_push(training_args: TrainingArguments) -> bool:
     return True
 
 
+def build_baseline_lm(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase):
+    """transformers' `LlamaForCausalLM` with the model arguments' sizes and `config_overrides` (LlamaConfig fields)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    unknown = sorted(set(overrides) - set(LlamaConfig().to_dict()))
+    if unknown:
+        raise ValueError(f"config_overrides has key(s) {unknown} that LlamaConfig does not have (architecture=llama)")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=model_args.hidden_size, intermediate_size=model_args.intermediate_size,
+        num_hidden_layers=model_args.num_hidden_layers, num_attention_heads=model_args.num_attention_heads,
+        max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, **overrides,
+    )
+    return LlamaForCausalLM(config)
+
+
 def build_lm(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase):
-    """`model_name_or_path` through `AutoModelForCausalLM`, else a new `FWPForCausalLM`."""
+    """`model_name_or_path` through `AutoModelForCausalLM`, else a new `FWPForCausalLM` (or the baseline
+    `architecture`)."""
+    if model_args.architecture not in ("fwp", *BASELINE_ARCHITECTURES):
+        raise ValueError(f"--architecture {model_args.architecture!r} is unknown; allowed: fwp, "
+                         f"{', '.join(BASELINE_ARCHITECTURES)}")
     if model_args.model_name_or_path:
         return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
+    if model_args.architecture != "fwp":
+        return build_baseline_lm(model_args, tokenizer)
     return FWPForCausalLM(common.fwp_config_from_arguments(model_args, tokenizer))
 
 
@@ -323,7 +359,8 @@ def run_lm_training(
     raw = raw_datasets_from_arguments(data_args)
     tokenizer = common.load_or_train_tokenizer(model_args, training_args, raw["train"][data_args.text_column])
     model = build_lm(model_args, tokenizer)
-    logger.info("FWP model with %s layers: %.2fM parameters", model.config.layer_attention_types,
+    logger.info("%s with %s layers: %.2fM parameters", type(model).__name__,
+                getattr(model.config, "layer_attention_types", model.config.num_hidden_layers),
                 model.num_parameters() / 1e6)
     data = prepare_lm_data(raw, tokenizer, data_args, training_args)
     trainer = Trainer(

@@ -28,13 +28,16 @@ from ..token_mixers import TOKEN_MIXERS
 
 def growing_cache_layer_types(model) -> list[str]:
     """The model's layer types whose cache grows with the context (a key/value cache), in layer order."""
+    if not hasattr(model.config, "layer_attention_types"):  # not an FWP model (e.g. a Llama baseline)
+        return [model.config.model_type]
     kinds = dict.fromkeys(model.config.layer_attention_types)
     return [kind for kind in kinds if not TOKEN_MIXERS[kind].holds_state]
 
 
 def supports_carried_state(model) -> bool:
     """True when every layer of the model keeps a fixed-size state (a cache that does not grow)."""
-    return all(TOKEN_MIXERS[kind].holds_state for kind in model.config.layer_attention_types)
+    kinds = getattr(model.config, "layer_attention_types", None)
+    return kinds is not None and all(TOKEN_MIXERS[kind].holds_state for kind in kinds)
 
 
 @torch.no_grad()

@@ -29,6 +29,9 @@ class LMEvaluation:
 def describe_architecture(config) -> str:
     """A short human description of an FWP config's layers, one part per layer type (the registry's
     `describe_token_mixer`), e.g. ``"4 × delta (delta rule …; φ = DPFP(ν=1), …) layers, hidden size 256"``."""
+    if not hasattr(config, "layer_attention_types"):  # a transformers baseline (e.g. the Llama teacher)
+        return (f"here a softmax-attention baseline, not a fast weight programmer: transformers' own "
+                f"{config.model_type} with {config.num_hidden_layers} layers, hidden size {config.hidden_size}")
     kinds = config.layer_attention_types
     parts = [f"{kinds.count(kind)} × {kind} ({describe_token_mixer(config, kind)})" for kind in dict.fromkeys(kinds)]
     return ", ".join(parts) + f" layers, hidden size {config.hidden_size}"
@@ -80,7 +83,7 @@ def render_lm_model_card(
             "fwp_hf",
             "fast-weight-programmer",
             "linear-transformer",
-            f"fwp-{config.layer_attention_types[0]}",
+            f"fwp-{config.layer_attention_types[0]}" if hasattr(config, "layer_attention_types") else config.model_type,
             "custom_code",
         ],
         datasets=[dataset_id],

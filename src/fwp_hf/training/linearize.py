@@ -1,0 +1,234 @@
+"""Linearize a pretrained transformer into an FWP model, then fine-tune it: the library behind
+`scripts/linearize.py`.
+
+run_clm conventions: argument dataclasses parsed by `HfArgumentParser` (a YAML/JSON file and/or
+flags), data as in `train_lm.py` (`--dataset_name`, `--train_file/--validation_file`, or the built-in
+Penn Treebank), `Trainer` owning both training loops:
+
+1. build the student from `--teacher_model_name_or_path` (a folder or a Hub id; Llama, Mistral,
+   Qwen2, Qwen3) — every layer `--attention_type` except `--keep_softmax_layers`;
+2. attention transfer: `--transfer_steps` steps of `AttentionTransferModel` (only the new mixer
+   parameters learn; per-layer MSE against the teacher's attention outputs);
+3. fine-tuning of the whole student with the LM loss for `--max_steps` steps (TrainingArguments);
+
+then validation perplexity at every stage (teacher, student right after copying, after transfer,
+after fine-tuning), an ordinary FWP checkpoint in `--output_dir` (remote code, the teacher's
+tokenizer, a model card naming the teacher and both stages) and `linearization_results.json`.
+`--from_scratch true` trains the same student architecture from a random initialisation for
+`transfer_steps + max_steps` LM steps instead: the baseline the conversion must beat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+
+from .. import FWPForCausalLM
+from ..conversion.linearize import (
+    SUPPORTED_TEACHER_TYPES,
+    AttentionTransferModel,
+    LinearizationError,
+    linearize_model,
+)
+from ..token_mixers import ATTENTION_TYPES
+from . import common
+from .lm import DataTrainingArguments, evaluate_blocks, prepare_lm_data, raw_datasets_from_arguments
+from .model_card import describe_architecture
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LinearizeArguments:
+    """The teacher, the student and the attention-transfer stage."""
+
+    teacher_model_name_or_path: str = field(
+        default=None,
+        metadata={"help": f"Pretrained teacher: a folder or a Hub id ({', '.join(SUPPORTED_TEACHER_TYPES)} families)."},
+    )
+    attention_type: str = field(
+        default="delta", metadata={"help": f"Token mixer of the converted layers: {', '.join(ATTENTION_TYPES)}."}
+    )
+    feature_map: str | None = field(
+        default="hedgehog", metadata={"help": "φ of the delta rules (hedgehog: learned by attention transfer)."}
+    )
+    keep_softmax_layers: list[int] = field(
+        default_factory=list, metadata={"help": "Teacher layers that stay softmax attention (a hybrid), e.g. 1 3."}
+    )
+    config_overrides: str | None = field(
+        default=None, metadata={"help": 'Other FWPConfig fields of the student as JSON, e.g. \'{"chunk_size": 32}\'.'}
+    )
+    transfer_steps: int = field(default=200, metadata={"help": "Attention-transfer steps (0: skip the stage)."})
+    transfer_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of attention transfer."})
+    from_scratch: bool = field(
+        default=False,
+        metadata={"help": "Baseline: the same student architecture, randomly initialised, trained with the LM loss "
+                          "for transfer_steps + max_steps steps (no teacher weights, no attention transfer)."},
+    )
+
+
+def parse_linearize_arguments(argv: Sequence[str] | None = None):
+    return common.parse_run_arguments((LinearizeArguments, DataTrainingArguments, TrainingArguments), argv)
+
+
+def check_linearize_arguments(args: LinearizeArguments, training_args: TrainingArguments) -> None:
+    if not args.teacher_model_name_or_path:
+        raise ValueError("--teacher_model_name_or_path is required (a Llama/Mistral/Qwen2/Qwen3 folder or Hub id)")
+    if args.transfer_steps < 0:
+        raise ValueError(f"--transfer_steps must be >= 0, got {args.transfer_steps}")
+    if training_args.max_steps is None or training_args.max_steps < 0:
+        raise ValueError("--max_steps (the fine-tuning steps) must be >= 0")
+
+
+def _stage_arguments(training_args: TrainingArguments, stage: str, **changes) -> TrainingArguments:
+    """The TrainingArguments of one stage: its own output folder, no checkpoints, the given changes."""
+    values = {f.name: getattr(training_args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    values.update(output_dir=os.path.join(training_args.output_dir, stage), save_strategy="no", push_to_hub=False,
+                  eval_strategy="no", load_best_model_at_end=False, resume_from_checkpoint=None)
+    values.update(changes)
+    return TrainingArguments(**values)
+
+
+def _perplexity(model, arguments: TrainingArguments, evaluation, block_size: int) -> float:
+    trainer = Trainer(model=model, args=arguments, data_collator=default_data_collator)
+    metrics, _ = evaluate_blocks(trainer, {"validation": evaluation}, block_size)
+    return metrics["eval_perplexity"]
+
+
+def _layer_losses(transfer: AttentionTransferModel, dataset, batches: int = 4, batch_size: int = 8) -> list[float]:
+    """Mean per-layer MSE of attention transfer on the first `batches` validation batches."""
+    totals = None
+    with torch.no_grad():
+        for start in range(0, min(len(dataset), batches * batch_size), batch_size):
+            rows = dataset[start : start + batch_size]
+            ids = torch.tensor(rows["input_ids"], device=transfer.student.device)
+            losses = transfer(input_ids=ids)["layer_losses"]
+            totals = losses if totals is None else totals + losses
+    count = max(1, math.ceil(min(len(dataset), batches * batch_size) / batch_size))
+    return (totals / count).tolist()
+
+
+def write_linearized_model_card(output_dir: str, args: LinearizeArguments, student, results: dict) -> None:
+    card_data = ModelCardData(
+        library_name="transformers", pipeline_tag="text-generation",
+        tags=["fwp_hf", "fast-weight-programmer", "linearized", args.attention_type],
+        base_model=None if os.path.isdir(args.teacher_model_name_or_path) else args.teacher_model_name_or_path,
+    )
+    rows = "\n".join(f"| {stage} | {value:.2f} |" for stage, value in results["perplexity"].items())
+    stages = (
+        f"trained from a random initialisation for {results['lm_steps']} steps (the from-scratch baseline)"
+        if args.from_scratch else
+        f"linearized from **{args.teacher_model_name_or_path}**: its embeddings, norms, MLPs and q/k/v/o projections "
+        f"copied; layers {args.keep_softmax_layers or 'none'} kept as softmax attention; then {args.transfer_steps} "
+        "steps of attention transfer (only the new mixer parameters learn to reproduce each teacher attention "
+        f"layer's output, per-layer MSE) and {results['lm_steps']} steps of fine-tuning with the LM loss"
+    )
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {os.path.basename(os.path.abspath(output_dir))}
+
+A fast weight programmer ({describe_architecture(student.config)}; {student.num_parameters():,} parameters),
+{stages}, with `fwp_hf` (`scripts/linearize.py`).
+
+| stage | validation perplexity |
+|---|---|
+{rows}
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("<this folder or repo>", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>", trust_remote_code=False)
+```
+"""
+    ModelCard(content).save(os.path.join(output_dir, "README.md"))
+
+
+def run_linearization(
+    args: LinearizeArguments, data_args: DataTrainingArguments, training_args: TrainingArguments
+) -> dict:
+    """The three stages (or the from-scratch baseline); returns the results written to
+    ``output_dir/linearization_results.json``."""
+    common.setup_logging(training_args)
+    check_linearize_arguments(args, training_args)
+    set_seed(training_args.seed)
+    teacher = AutoModelForCausalLM.from_pretrained(args.teacher_model_name_or_path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.teacher_model_name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    overrides = common.parse_config_overrides(args.config_overrides)
+    student = linearize_model(teacher, args.attention_type, args.feature_map, args.keep_softmax_layers, **overrides)
+    raw = raw_datasets_from_arguments(data_args)
+    data = prepare_lm_data(raw, tokenizer, data_args, training_args)
+    validation = data.evaluation["validation"]
+    evaluate_args = _stage_arguments(training_args, "evaluation")
+    block = data_args.block_size
+    results: dict = {"teacher": args.teacher_model_name_or_path, "attention_type": args.attention_type,
+                     "feature_map": args.feature_map, "keep_softmax_layers": list(args.keep_softmax_layers),
+                     "from_scratch": args.from_scratch, "perplexity": {}, "seconds": {}}
+    results["perplexity"]["teacher"] = _perplexity(teacher, evaluate_args, validation, block)
+    lm_steps = training_args.max_steps
+    if args.from_scratch:
+        student = FWPForCausalLM(student.config)  # the same architecture, randomly initialised
+        results["perplexity"]["student, random initialisation"] = _perplexity(student, evaluate_args, validation, block)
+        lm_steps = args.transfer_steps + training_args.max_steps
+    else:
+        results["perplexity"]["student after copying the teacher's weights"] = _perplexity(
+            student, evaluate_args, validation, block)
+        if args.transfer_steps:
+            transfer = AttentionTransferModel(student, teacher)
+            results["layer_mse_before_transfer"] = _layer_losses(transfer, validation)
+            start = time.perf_counter()
+            stage = _stage_arguments(training_args, "attention_transfer", max_steps=args.transfer_steps,
+                                     learning_rate=args.transfer_learning_rate, weight_decay=0.0)
+            Trainer(model=transfer, args=stage, train_dataset=data.train, data_collator=default_data_collator).train()
+            results["seconds"]["attention transfer"] = time.perf_counter() - start
+            results["layer_mse_after_transfer"] = _layer_losses(transfer, validation)
+            transfer.release()
+            results["perplexity"]["after attention transfer"] = _perplexity(student, evaluate_args, validation, block)
+    results["lm_steps"] = lm_steps
+    if lm_steps:
+        start = time.perf_counter()
+        finetune = _stage_arguments(training_args, "fine_tuning", max_steps=lm_steps)
+        Trainer(model=student, args=finetune, train_dataset=data.train, data_collator=default_data_collator).train()
+        results["seconds"]["fine-tuning" if not args.from_scratch else "training from scratch"] = (
+            time.perf_counter() - start)
+        name = "after fine-tuning" if not args.from_scratch else f"after {lm_steps} steps from scratch"
+        results["perplexity"][name] = _perplexity(student, evaluate_args, validation, block)
+    student.save_pretrained(training_args.output_dir)
+    tokenizer.save_pretrained(training_args.output_dir)
+    write_linearized_model_card(training_args.output_dir, args, student, results)
+    with open(os.path.join(training_args.output_dir, "linearization_results.json"), "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2)
+    for stage, value in results["perplexity"].items():
+        print(f"validation perplexity, {stage}: {value:.2f}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Entry point of `scripts/linearize.py`."""
+    try:
+        return run_linearization(*parse_linearize_arguments(argv))
+    except LinearizationError as error:
+        raise SystemExit(f"linearize: error: {error}") from error
+
+
+__all__ = ["LinearizeArguments", "main", "run_linearization"]

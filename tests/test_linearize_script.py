@@ -1,0 +1,129 @@
+"""`scripts/linearize.py` end to end (`fwp_hf.training.linearize`), and the Llama teacher of `train_lm.py`.
+
+A tiny Llama teacher is trained with `train_lm.py --architecture llama` on the first Penn Treebank
+sentences; `linearize.py` converts it (all-delta with Hedgehog features; a hybrid keeping layer 1 as
+softmax; the from-scratch baseline) with a few steps per stage, and the outputs are checked: every
+stage's perplexity reported and finite, attention transfer lowering every converted layer's MSE,
+an ordinary FWP checkpoint with the teacher's tokenizer and a card naming the teacher, and clear
+errors for a teacher of an unsupported family.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+from fwp_hf import FWPForCausalLM
+from fwp_hf.training.linearize import main as linearize_main
+from fwp_hf.training.lm import main as train_lm_main
+from fwp_hf.training.lm_data import builtin_corpus_texts
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("ptb")
+    files = {"train": folder / "train.txt", "validation": folder / "valid.txt"}
+    files["train"].write_text("\n".join(builtin_corpus_texts("train")[:1500]) + "\n")
+    files["validation"].write_text("\n".join(builtin_corpus_texts("validation")[:150]) + "\n")
+    return files
+
+
+def flags(**values) -> list[str]:
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+COMMON = dict(block_size=32, per_device_train_batch_size=4, per_device_eval_batch_size=8, max_eval_samples=8,
+              report_to="none", disable_tqdm="true", seed=0, logging_steps=1)
+
+
+@pytest.fixture(scope="module")
+def teacher(data_files, tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("teacher")
+    metrics = train_lm_main(flags(
+        output_dir=output_dir, train_file=data_files["train"], validation_file=data_files["validation"],
+        architecture="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        config_overrides=json.dumps({"num_key_value_heads": 2}), tokenizer_vocab_size=400, max_steps=30,
+        learning_rate=3e-3, do_train="true", do_eval="true", save_strategy="no", streaming_eval_max_tokens=600,
+        sample_max_new_tokens=3, **COMMON,
+    ))
+    assert math.isfinite(metrics["eval_perplexity"])
+    assert "eval_carried_state_perplexity" not in metrics  # a KV cache grows: no carried-state evaluation
+    model = AutoModelForCausalLM.from_pretrained(output_dir)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == 2
+    card = (output_dir / "README.md").read_text()
+    assert "softmax-attention baseline, not a fast weight programmer" in card
+    return output_dir
+
+
+def run_linearize(teacher: Path, data_files, output_dir: Path, **values) -> dict:
+    values = {**dict(teacher_model_name_or_path=teacher, output_dir=output_dir, train_file=data_files["train"],
+                     validation_file=data_files["validation"], transfer_steps=12, max_steps=6, learning_rate=2e-3,
+                     **COMMON), **values}
+    return linearize_main(flags(**values))
+
+
+def test_linearize_all_delta_then_fine_tune(teacher, data_files, tmp_path, capsys):
+    output_dir = tmp_path / "student"
+    results = run_linearize(teacher, data_files, output_dir, attention_type="delta", feature_map="hedgehog",
+                            config_overrides=json.dumps({"chunk_size": 16}))
+    stages = list(results["perplexity"])
+    assert stages == ["teacher", "student after copying the teacher's weights", "after attention transfer",
+                      "after fine-tuning"]
+    assert all(math.isfinite(value) for value in results["perplexity"].values())
+    before, after = results["layer_mse_before_transfer"], results["layer_mse_after_transfer"]
+    assert len(before) == len(after) == 3 and all(a < b for a, b in zip(after, before)), (before, after)
+    assert results["perplexity"]["after attention transfer"] < results["perplexity"][
+        "student after copying the teacher's weights"]
+    out = capsys.readouterr().out
+    assert f"validation perplexity, after fine-tuning: {results['perplexity']['after fine-tuning']:.2f}" in out
+
+    student = FWPForCausalLM.from_pretrained(output_dir)
+    assert student.config.layer_attention_types == ["delta"] * 3
+    assert student.config.feature_map == "hedgehog" and student.config.fast_weight_key_value_heads == 2
+    teacher_model = AutoModelForCausalLM.from_pretrained(teacher)
+    # Fine-tuning trains everything, but the embeddings started as the teacher's (not re-initialised).
+    assert torch.allclose(student.model.embed_tokens.weight, teacher_model.model.embed_tokens.weight, atol=0.05)
+    text = "the company said"
+    assert AutoTokenizer.from_pretrained(output_dir)(text)["input_ids"] == AutoTokenizer.from_pretrained(teacher)(
+        text)["input_ids"]
+    card = (output_dir / "README.md").read_text()
+    assert str(teacher) in card and "attention transfer" in card and "fine-tuning" in card
+    saved = json.loads((output_dir / "linearization_results.json").read_text())
+    assert saved["perplexity"] == results["perplexity"]
+    assert json.loads((output_dir / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"]
+
+
+def test_linearize_hybrid_keeps_a_softmax_layer_and_scratch_baseline(teacher, data_files, tmp_path):
+    hybrid = run_linearize(teacher, data_files, tmp_path / "hybrid", attention_type="delta", feature_map="hedgehog",
+                           keep_softmax_layers=1, max_steps=0)
+    assert len(hybrid["layer_mse_before_transfer"]) == 2  # layers 0 and 2; layer 1 is the teacher's softmax layer
+    student = FWPForCausalLM.from_pretrained(tmp_path / "hybrid")
+    assert student.config.layer_attention_types == ["delta", "softmax", "delta"]
+    teacher_model = AutoModelForCausalLM.from_pretrained(teacher)
+    assert torch.equal(student.model.layers[1].mixer.q_proj.weight, teacher_model.model.layers[1].self_attn.q_proj.weight)
+    # The teacher's q/k/v rows of a converted layer are untouched by attention transfer (only gates learn).
+    width = student.model.layers[0].mixer.qkv_width
+    teacher_qkv = torch.cat([teacher_model.model.layers[0].self_attn.get_submodule(p).weight
+                             for p in ("q_proj", "k_proj", "v_proj")])
+    assert torch.equal(student.model.layers[0].mixer.qkv_proj.weight[:width], teacher_qkv)
+
+    scratch = run_linearize(teacher, data_files, tmp_path / "scratch", attention_type="delta", feature_map="hedgehog",
+                            from_scratch="true")
+    assert list(scratch["perplexity"]) == ["teacher", "student, random initialisation", "after 18 steps from scratch"]
+    assert scratch["lm_steps"] == 18
+
+
+def test_unsupported_teacher_gives_a_clear_error(tmp_path, data_files):
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=64))
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(SystemExit, match=r"teacher model_type 'gpt2' is not supported; supported families: "
+                                         r"llama, mistral, qwen2, qwen3"):
+        run_linearize(tmp_path / "gpt2", data_files, tmp_path / "out")
+    assert not (tmp_path / "out" / "config.json").exists()
