@@ -259,7 +259,8 @@ class AttentionTransferModel(nn.Module):
     tokens and hidden units).
 
     Only `transfer_parameter_names(student)` have gradients; in a fused projection the teacher's q/k/v
-    rows get a zero gradient (so Adam without weight decay leaves them exactly as copied). Call
+    rows get a zero gradient, so Adam leaves them exactly as copied — provided the optimizer has no
+    weight decay (AdamW's decay would still shrink them; `training.linearize` sets it to 0). Call
     `release()` afterwards to restore the student's trainable flags and remove the gradient masks.
     """
 
