@@ -188,6 +188,24 @@ def test_exported_prefill_and_decode_steps_generate_like_eager():
         FastWeightStateStep(make_lm("hybrid"))
 
 
+def test_state_step_of_grouped_heads_with_short_convolutions_carries_windows_of_the_right_width():
+    """The explicit states of a model with short convolutions include each layer's window, as wide as the
+    fused q/k/v it convolves (with grouped k/v heads narrower than heads × (2·d_k + d_v)); a step from the
+    zero states equals the plain forward, and stepping on equals the longer forward."""
+    model = make_lm("delta-silu", fast_weight_key_value_heads=2)
+    step = FastWeightStateStep(model)
+    ids = random_ids(2, 10, low=PAD + 1)
+    states = step.zero_states(2)
+    with torch.no_grad():
+        out, *after = step(ids[:, :6], *states)
+        last, *_ = step(ids[:, 6:], *after)
+        full = model(ids).logits
+    assert [tuple(t.shape) for t in after] == [tuple(t.shape) for t in states]
+    assert states[1].shape[1] == sum(model.config.fast_weight_qkv_widths) == model.model.layers[0].mixer.qkv_width
+    assert_close(out, full[:, :6], what="prefill from zero states")
+    assert_close(last, full[:, 6:], what="continued from the returned states")
+
+
 # ----------------------------------------------------------------------------------------------
 # The static fast-weight cache and autograd
 # ----------------------------------------------------------------------------------------------

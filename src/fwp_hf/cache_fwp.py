@@ -57,7 +57,7 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
         # Whether recurrent_states[i] is this layer's own buffer (else a tensor stored by reference,
         # which may be part of an autograd graph or held by the caller: never written in place).
         self.owns_buffer = dict.fromkeys(range(self.number_of_states), False)
-        self.owns_conv_buffer = False
+        self.owns_conv_buffer = dict.fromkeys(range(self.number_of_states), False)  # the same, for conv_states
 
     @property
     def state(self) -> torch.Tensor | None:
@@ -70,22 +70,31 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
         ``conv_states[0]``), or None before the first update, after `reset`, and for layers without one."""
         return self.conv_states[0] if self.has_previous_state[0] and self.is_conv_states_initialized[0] else None
 
+    def _store(self, states: dict, owns: dict, tensor: torch.Tensor, state_idx: int, allocate) -> torch.Tensor:
+        """Put `tensor` into ``states[state_idx]``: copied into this layer's own buffer (static layers;
+        `allocate(tensor)` makes one that fits), or by reference (dynamic layers, and any tensor that
+        carries gradients, so that it stays differentiable)."""
+        keeps_graph = torch.is_grad_enabled() and tensor.requires_grad
+        if self.static and not keeps_graph:
+            buffer = states[state_idx]
+            fits = owns[state_idx] and buffer is not None and (buffer.shape, buffer.dtype, buffer.device) == (
+                tensor.shape, tensor.dtype, tensor.device
+            )
+            if not fits:
+                allocate(tensor)
+            states[state_idx].copy_(tensor)
+        else:
+            states[state_idx] = tensor
+            owns[state_idx] = False
+        return states[state_idx]
+
     def update_conv_window(self, window: torch.Tensor) -> torch.Tensor:
         """Store the convolution window after the new tokens (call before `update_state`, which marks the
         layer as having seen them). Stored like the state: by reference, or copied into a static buffer."""
-        keeps_graph = torch.is_grad_enabled() and window.requires_grad
-        buffer = self.conv_states[0]
-        if self.static and not keeps_graph and self.owns_conv_buffer and buffer is not None and (
-            buffer.shape, buffer.dtype, buffer.device) == (window.shape, window.dtype, window.device):
-            buffer.copy_(window)
-        elif self.static and not keeps_graph:
-            self.conv_states[0] = window.clone()
-            self.owns_conv_buffer = True
-        else:
-            self.conv_states[0] = window
-            self.owns_conv_buffer = False
+        stored = self._store(self.conv_states, self.owns_conv_buffer, window, 0,
+                             lambda tensor: self.lazy_initialization(conv_states=tensor))
         self.is_conv_states_initialized[0] = True
-        return self.conv_states[0]
+        return stored
 
     def update(self, key_states, value_states, *args, **kwargs):
         raise NotImplementedError("A fast-weight cache layer holds a state, not keys and values: use update_state().")
@@ -96,25 +105,15 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
         if conv_states is not None:
             self.conv_states[state_idx] = torch.zeros_like(conv_states)
             self.is_conv_states_initialized[state_idx] = True
-            self.owns_conv_buffer = True
+            self.owns_conv_buffer[state_idx] = True
         if recurrent_states is not None:
             self.owns_buffer[state_idx] = True
             self.device, self.dtype = recurrent_states.device, recurrent_states.dtype
             self.is_initialized = True
 
     def update_recurrent_state(self, recurrent_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
-        keeps_graph = torch.is_grad_enabled() and recurrent_states.requires_grad
-        if self.static and not keeps_graph:
-            buffer = self.recurrent_states[state_idx]
-            fits = self.owns_buffer[state_idx] and (buffer.shape, buffer.dtype, buffer.device) == (
-                recurrent_states.shape, recurrent_states.dtype, recurrent_states.device
-            )
-            if not fits:
-                self.lazy_initialization(recurrent_states=recurrent_states, state_idx=state_idx)
-            self.recurrent_states[state_idx].copy_(recurrent_states)
-        else:
-            self.recurrent_states[state_idx] = recurrent_states
-            self.owns_buffer[state_idx] = False
+        self._store(self.recurrent_states, self.owns_buffer, recurrent_states, state_idx,
+                    lambda tensor: self.lazy_initialization(recurrent_states=tensor, state_idx=state_idx))
         self.is_recurrent_states_initialized[state_idx] = True
         self.has_previous_state[state_idx] = True
         self.device, self.dtype = recurrent_states.device, recurrent_states.dtype
@@ -136,7 +135,7 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
         # Zero only this layer's own buffers; a tensor stored by reference belongs to someone else.
         if self.is_recurrent_states_initialized[0] and not self.owns_buffer[0]:
             self.recurrent_states[0], self.is_recurrent_states_initialized[0] = None, False
-        if self.is_conv_states_initialized[0] and not self.owns_conv_buffer:
+        if self.is_conv_states_initialized[0] and not self.owns_conv_buffer[0]:
             self.conv_states[0], self.is_conv_states_initialized[0] = None, False
         LinearAttentionLayer.reset(self)
         self.seen_tokens = 0
@@ -150,7 +149,7 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
             self.owns_buffer[0] = False  # a new tensor: the next static update allocates a buffer for it
         if self.is_conv_states_initialized[0]:
             self.conv_states[0] = function(self.conv_states[0])
-            self.owns_conv_buffer = False
+            self.owns_conv_buffer[0] = False
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """What this layer carries from one call to the next: the state, then the convolution window if any."""
@@ -265,7 +264,7 @@ def short_conv_channels(config, kind: str) -> int:
     spec = TOKEN_MIXERS[kind]
     if not (getattr(config, "use_short_conv", False) and spec.layer == FAST_WEIGHT_LAYER):
         return 0
-    return config.num_attention_heads * (2 * config.fast_weight_key_head_dim + config.fast_weight_value_head_dim)
+    return sum(config.fast_weight_qkv_widths)
 
 
 class FastWeightStateStep(torch.nn.Module):

@@ -21,6 +21,10 @@ from .token_mixers import (
     TOKEN_MIXERS,
 )
 
+# `rope_scaling_parameters` types: transformers' ROPE_INIT_FUNCTIONS whose frequencies do not depend on
+# the sequence length (so they are computed once, as the pretrained model's rotary embedding does).
+ROPE_SCALING_TYPES = ("default", "linear", "llama3", "yarn")
+
 # The trained length of rotary positions when a model with softmax layers does not give one.
 DEFAULT_MAX_POSITION_EMBEDDINGS = 2048
 
@@ -271,6 +275,12 @@ class FWPConfig(PretrainedConfig):
     def fast_weight_value_head_dim(self) -> int:
         """Per-head size of v (and of the read) in the fast-weight layers."""
         return self.head_dim if self.value_head_dim is None else self.value_head_dim
+
+    @property
+    def fast_weight_qkv_widths(self) -> tuple[int, int, int]:
+        """Widths of q, k and v in a fast-weight layer's fused projection (and its short convolution)."""
+        key_dim, value_dim = self.fast_weight_key_head_dim, self.fast_weight_value_head_dim
+        return self.num_attention_heads * key_dim, self.fast_weight_kv_heads * key_dim, self.fast_weight_kv_heads * value_dim
 
     @property
     def softmax_heads(self) -> int:
@@ -612,12 +622,11 @@ class FWPConfig(PretrainedConfig):
         head_dim = self.__dict__.get("_head_dim")
         if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0):
             raise ValueError(f"FWPConfig.head_dim must be a positive integer or None, got {head_dim!r}")
-        allowed_rope = ("default", "linear", "llama3", "yarn")  # frequencies independent of the sequence length
         rope = self.rope_scaling_parameters
-        if rope is not None and not (isinstance(rope, dict) and rope.get("rope_type") in allowed_rope):
+        if rope is not None and not (isinstance(rope, dict) and rope.get("rope_type") in ROPE_SCALING_TYPES):
             raise ValueError(
                 f"FWPConfig.rope_scaling_parameters must be None or transformers' rope parameters with rope_type in "
-                f"{_allowed(allowed_rope)}, got {self.rope_scaling_parameters!r}"
+                f"{_allowed(ROPE_SCALING_TYPES)}, got {self.rope_scaling_parameters!r}"
             )
         layer_specs = [TOKEN_MIXERS[kind] for kind in self.self_attention_types]
         used = {
@@ -715,4 +724,4 @@ class FWPConfig(PretrainedConfig):
             )
 
 
-__all__ = ["DEFAULT_MAX_POSITION_EMBEDDINGS", "FWPConfig"]
+__all__ = ["DEFAULT_MAX_POSITION_EMBEDDINGS", "FWPConfig", "ROPE_SCALING_TYPES"]

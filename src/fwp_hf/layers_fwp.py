@@ -78,8 +78,6 @@ class FWPMLP(nn.Module):
         return self.down_proj(self.act_fn(gate) * up)
 
 
-# Rope types whose frequencies do not depend on the sequence length (transformers' ROPE_INIT_FUNCTIONS).
-ROPE_SCALING_TYPES = ("linear", "llama3", "yarn")
 _SCALED_ROPE: dict[tuple, tuple[torch.Tensor, float]] = {}
 
 
@@ -424,8 +422,7 @@ class FWPFastWeightAttention(nn.Module):
         # for its group of query heads, so every query head still has its own state).
         self.num_kv_heads = config.fast_weight_kv_heads
         self.kv_groups = self.num_heads // self.num_kv_heads
-        self.query_width = self.num_heads * key_head_dim
-        self.key_width, self.value_width = self.num_kv_heads * key_head_dim, self.num_kv_heads * value_head_dim
+        self.query_width, self.key_width, self.value_width = config.fast_weight_qkv_widths
         self.qkv_width = self.query_width + self.key_width + self.value_width
         self.projection_sizes = [self.query_width, self.key_width, self.value_width]
         self.projection_sizes += [self.num_heads] * len(spec.gates)

@@ -240,27 +240,27 @@ def _fla_parameter_groups(config: FWPConfig) -> dict[str, list[tuple[str, tuple[
             groups[mixer + "o_proj.weight"] = [(attn + "o_proj.weight", (hidden, q_width))]
             continue
         _require(spec.layer == FAST_WEIGHT_LAYER, f"layer {i} ({kind}) has no FLA counterpart")
-        key_width = heads * config.fast_weight_key_head_dim
-        value_width = heads * config.fast_weight_value_head_dim
+        query_width, key_width, value_width = config.fast_weight_qkv_widths
+        read_width = heads * config.fast_weight_value_head_dim  # the output gate's and o_proj's
         gate_sources = {"beta": "b_proj", "log_decay": "a_proj"}
-        projections = [(attn + "q_proj.weight", (key_width, hidden)), (attn + "k_proj.weight", (key_width, hidden)),
+        projections = [(attn + "q_proj.weight", (query_width, hidden)), (attn + "k_proj.weight", (key_width, hidden)),
                        (attn + "v_proj.weight", (value_width, hidden))]
         projections += [(f"{attn}{gate_sources[gate]}.weight", (heads, hidden)) for gate in spec.gates]
         if config.output_gate:
-            projections.append((attn + "g_proj.weight", (value_width, hidden)))
+            projections.append((attn + "g_proj.weight", (read_width, hidden)))
         groups[mixer + "qkv_proj.weight"] = projections
         if config.use_short_conv:
             width = config.conv_size
             groups[mixer + "qkv_conv.weight"] = [(f"{attn}{name}_conv1d.weight", (size, 1, width))
-                                                 for name, size in (("q", key_width), ("k", key_width), ("v", value_width))]
+                                                 for name, size in (("q", query_width), ("k", key_width), ("v", value_width))]
             if config.conv_bias:
                 groups[mixer + "qkv_conv.bias"] = [(f"{attn}{name}_conv1d.bias", (size,))
-                                                   for name, size in (("q", key_width), ("k", key_width), ("v", value_width))]
+                                                   for name, size in (("q", query_width), ("k", key_width), ("v", value_width))]
         if "log_decay" in spec.gates:
             groups[mixer + "A_log"] = [(attn + "A_log", (heads,))]
             groups[mixer + "dt_bias"] = [(attn + "dt_bias", (heads,))]
         groups[mixer + "o_norm.weight"] = [(attn + "o_norm.weight", (config.fast_weight_value_head_dim,))]
-        groups[mixer + "o_proj.weight"] = [(attn + "o_proj.weight", (hidden, value_width))]
+        groups[mixer + "o_proj.weight"] = [(attn + "o_proj.weight", (hidden, read_width))]
     return groups
 
 

@@ -107,8 +107,9 @@ def parse_run_arguments(argument_classes: Sequence[type], argv: Sequence[str] | 
     return parse_config_and_flags(argument_classes, argv, convert_values=config_overrides_as_json)
 
 
-def parse_config_overrides(config_overrides: str | None) -> dict[str, Any]:
-    """The FWPConfig fields of a ``--config_overrides`` JSON object; a ValueError says what is wrong with it."""
+def parse_overrides_json(config_overrides: str | None, config_class: type = FWPConfig) -> dict[str, Any]:
+    """The fields of a ``--config_overrides`` JSON object, each a field of `config_class`; a ValueError says
+    what is wrong with it."""
     if not config_overrides:
         return {}
     try:
@@ -117,9 +118,17 @@ def parse_config_overrides(config_overrides: str | None) -> dict[str, Any]:
         raise ValueError(f"config_overrides must be a JSON object, got {config_overrides!r}: {error}") from error
     if not isinstance(overrides, dict):
         raise ValueError(f"config_overrides must be a JSON object, got {config_overrides!r}")
-    unknown = sorted(set(overrides) - set(FWPConfig().to_dict()))
+    unknown = sorted(set(overrides) - set(config_class().to_dict()))
     if unknown:
-        raise ValueError(f"config_overrides has unknown FWPConfig key(s) {', '.join(map(repr, unknown))}")
+        raise ValueError(
+            f"config_overrides has unknown {config_class.__name__} key(s) {', '.join(map(repr, unknown))}"
+        )
+    return overrides
+
+
+def parse_config_overrides(config_overrides: str | None) -> dict[str, Any]:
+    """The FWPConfig fields of a ``--config_overrides`` JSON object; a ValueError says what is wrong with it."""
+    overrides = parse_overrides_json(config_overrides)
     from_tokenizer = sorted(set(overrides) & set(TOKENIZER_CONFIG_FIELDS))
     if from_tokenizer:
         raise ValueError(

@@ -99,11 +99,10 @@ def check_linearize_arguments(args: LinearizeArguments, training_args: TrainingA
 
 def _stage_arguments(training_args: TrainingArguments, stage: str, **changes) -> TrainingArguments:
     """The TrainingArguments of one stage: its own output folder, no checkpoints, the given changes."""
-    values = {f.name: getattr(training_args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
-    values.update(output_dir=os.path.join(training_args.output_dir, stage), save_strategy="no", push_to_hub=False,
-                  eval_strategy="no", load_best_model_at_end=False, resume_from_checkpoint=None)
-    values.update(changes)
-    return TrainingArguments(**values)
+    return dataclasses.replace(
+        training_args, output_dir=os.path.join(training_args.output_dir, stage), save_strategy="no",
+        push_to_hub=False, eval_strategy="no", load_best_model_at_end=False, resume_from_checkpoint=None, **changes,
+    )
 
 
 def _perplexity(model, arguments: TrainingArguments, evaluation, block_size: int) -> float:

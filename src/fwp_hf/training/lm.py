@@ -9,7 +9,6 @@ processes through `accelerate launch`).
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import math
 import os
@@ -164,10 +163,7 @@ def build_baseline_lm(model_args: ModelArguments, tokenizer: PreTrainedTokenizer
     """transformers' `LlamaForCausalLM` with the model arguments' sizes and `config_overrides` (LlamaConfig fields)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
-    unknown = sorted(set(overrides) - set(LlamaConfig().to_dict()))
-    if unknown:
-        raise ValueError(f"config_overrides has key(s) {unknown} that LlamaConfig does not have (architecture=llama)")
+    overrides = common.parse_overrides_json(model_args.config_overrides, LlamaConfig)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=model_args.hidden_size, intermediate_size=model_args.intermediate_size,
         num_hidden_layers=model_args.num_hidden_layers, num_attention_heads=model_args.num_attention_heads,
