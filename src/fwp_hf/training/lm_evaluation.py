@@ -8,6 +8,10 @@ after every input token, also across segment boundaries):
 - ``carry_state=True``: the fast-weight state (the model's cache) is carried from one segment to
   the next, so the context is unlimited (the papers' evaluation of fast weight programmers).
 
+`perplexity_by_position` scores the same tokens grouped by their position in the stream (the
+long-context curve: does the loss keep falling with more context?), walking the stream through
+`stream_token_losses` as `segment_perplexity` does; `plot_perplexity_by_position` draws such curves.
+
 Carrying the state needs every layer to keep a fixed-size state (the registry's `holds_state`):
 a softmax layer's key/value cache would grow with the whole stream and its rotary positions run past
 `max_position_embeddings`, so carried-state evaluation is refused for models with such layers
@@ -17,7 +21,9 @@ a softmax layer's key/value cache would grow with the whole stream and its rotar
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +46,58 @@ def supports_carried_state(model) -> bool:
     return kinds is not None and all(TOKEN_MIXERS[kind].holds_state for kind in kinds)
 
 
-@torch.no_grad()
+def _check_stream_arguments(model, segment_length: int, carry_state: bool, num_streams: int) -> None:
+    if segment_length < 1 or num_streams < 1:
+        raise ValueError(f"segment_length and num_streams must be >= 1, got {segment_length} and {num_streams}")
+    if carry_state and not supports_carried_state(model):
+        raise ValueError(
+            "carry_state=True needs a model whose every layer keeps a fixed-size state; the key/value cache of "
+            f"its {', '.join(growing_cache_layer_types(model))} layers grows with the stream (layers: "
+            f"{model.config.layer_attention_types})"
+        )
+
+
+def stream_token_losses(
+    model,
+    token_ids: Sequence[int] | torch.Tensor,
+    segment_length: int,
+    carry_state: bool,
+    num_streams: int = 1,
+    max_tokens: int | None = None,
+) -> torch.Tensor:
+    """Next-token losses of `model` on the stream, walked as in the module docstring.
+
+    Returns ``[num_streams, stream_length − 1]`` fp32 losses on the CPU: entry ``[s, t]`` is the loss of
+    predicting token ``t + 1`` of stream ``s`` (stream ``s`` = tokens ``s · stream_length …`` of the
+    stream, ``stream_length = len(token_ids) // num_streams`` after `max_tokens` truncates it).
+    """
+    _check_stream_arguments(model, segment_length, carry_state, num_streams)
+    ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    stream_length = ids.numel() // num_streams
+    if stream_length < 2:
+        raise ValueError(f"{ids.numel()} tokens are too few for {num_streams} streams")
+    device = next(model.parameters()).device
+    streams = ids[: stream_length * num_streams].view(num_streams, stream_length).to(device)
+    was_training = model.training
+    model.eval()
+    cache = DynamicCache() if carry_state else None
+    losses = []
+    try:
+        with torch.no_grad():
+            for start in range(0, stream_length - 1, segment_length):
+                end = min(start + segment_length, stream_length - 1)
+                inputs, targets = streams[:, start:end], streams[:, start + 1 : end + 1]
+                output = model(input_ids=inputs, past_key_values=cache, use_cache=carry_state)
+                cache = output.past_key_values if carry_state else None
+                loss = F.cross_entropy(output.logits.float().transpose(1, 2), targets, reduction="none")
+                losses.append(loss.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(losses, dim=1)
+
+
 def segment_perplexity(
     model,
     token_ids: Sequence[int] | torch.Tensor,
@@ -53,39 +110,74 @@ def segment_perplexity(
 
     Returns ``{"loss", "perplexity", "tokens"}``; `max_tokens` truncates the stream first.
     """
-    if segment_length < 1 or num_streams < 1:
-        raise ValueError(f"segment_length and num_streams must be >= 1, got {segment_length} and {num_streams}")
-    if carry_state and not supports_carried_state(model):
-        raise ValueError(
-            "carry_state=True needs a model whose every layer keeps a fixed-size state; the key/value cache of "
-            f"its {', '.join(growing_cache_layer_types(model))} layers grows with the stream (layers: "
-            f"{model.config.layer_attention_types})"
-        )
-    ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    stream_length = ids.numel() // num_streams
-    if stream_length < 2:
-        raise ValueError(f"{ids.numel()} tokens are too few for {num_streams} streams")
-    device = next(model.parameters()).device
-    streams = ids[: stream_length * num_streams].view(num_streams, stream_length).to(device)
-    was_training = model.training
-    model.eval()
-    cache = DynamicCache() if carry_state else None
-    total_loss, total_tokens = 0.0, 0
-    try:
-        for start in range(0, stream_length - 1, segment_length):
-            end = min(start + segment_length, stream_length - 1)
-            inputs, targets = streams[:, start:end], streams[:, start + 1 : end + 1]
-            output = model(input_ids=inputs, past_key_values=cache, use_cache=carry_state)
-            cache = output.past_key_values if carry_state else None
-            loss = F.cross_entropy(output.logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
-            total_loss += loss.item()
-            total_tokens += targets.numel()
-    finally:
-        model.train(was_training)
-    mean = total_loss / total_tokens
-    return {"loss": mean, "perplexity": math.exp(mean), "tokens": float(total_tokens)}
+    losses = stream_token_losses(model, token_ids, segment_length, carry_state, num_streams, max_tokens)
+    mean = losses.double().sum().item() / losses.numel()
+    return {"loss": mean, "perplexity": math.exp(mean), "tokens": float(losses.numel())}
 
 
-__all__ = ["growing_cache_layer_types", "segment_perplexity", "supports_carried_state"]
+def perplexity_by_position(
+    model,
+    token_ids: Sequence[int] | torch.Tensor,
+    segment_length: int,
+    carry_state: bool,
+    num_streams: int = 1,
+    bucket_size: int = 1024,
+    max_tokens: int | None = None,
+) -> dict[str, Any]:
+    """`segment_perplexity`'s scored tokens grouped by their position in their stream (the long-context curve).
+
+    The target at stream position ``t`` (1 … stream_length − 1) falls into bucket ``t // bucket_size``.
+    Returns ``{"loss", "perplexity", "tokens"}`` over all tokens (as `segment_perplexity`), plus
+    ``"bucket_size"``, ``"segment_length"``, ``"carry_state"`` and per bucket the lists ``"bucket_start"``
+    (first position), ``"bucket_loss"``, ``"bucket_perplexity"`` and ``"bucket_tokens"``: the bucket
+    means weighted by their tokens average to ``"loss"``.
+    """
+    if bucket_size < 1:
+        raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
+    losses = stream_token_losses(model, token_ids, segment_length, carry_state, num_streams, max_tokens).double()
+    positions = torch.arange(1, losses.shape[1] + 1)
+    buckets = positions // bucket_size
+    sums = torch.zeros(int(buckets[-1]) + 1, dtype=torch.float64).index_add_(0, buckets, losses.sum(0))
+    counts = torch.bincount(buckets) * losses.shape[0]
+    keep = counts > 0  # position 0 is never a target: bucket 0 may start at 1
+    bucket_loss = (sums[keep] / counts[keep]).tolist()
+    mean = losses.sum().item() / losses.numel()
+    return {
+        "loss": mean,
+        "perplexity": math.exp(mean),
+        "tokens": float(losses.numel()),
+        "bucket_size": bucket_size,
+        "segment_length": segment_length,
+        "carry_state": carry_state,
+        "bucket_start": [int(index) * bucket_size for index in torch.nonzero(keep).flatten()],
+        "bucket_loss": bucket_loss,
+        "bucket_perplexity": [math.exp(min(loss, 50.0)) for loss in bucket_loss],
+        "bucket_tokens": counts[keep].tolist(),
+    }
+
+
+def plot_perplexity_by_position(curves: dict[str, dict[str, Any]], path: str | os.PathLike) -> None:
+    """Plot `perplexity_by_position` results (one line per label) against the token position; save to `path`."""
+    import matplotlib  # optional: only this plot needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, curve in curves.items():
+        centres = [start + curve["bucket_size"] / 2 for start in curve["bucket_start"]]
+        axes.plot(centres, curve["bucket_perplexity"], marker="o", label=label)
+    axes.set_xlabel("token position in the stream (bucket centre)")
+    axes.set_ylabel("perplexity")
+    axes.set_title("perplexity by position in the stream")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+__all__ = [
+    "growing_cache_layer_types", "perplexity_by_position", "plot_perplexity_by_position", "segment_perplexity",
+    "stream_token_losses", "supports_carried_state",
+]
