@@ -9,6 +9,7 @@ processes through `accelerate launch`).
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
 import os
@@ -32,10 +33,23 @@ from transformers import (
 
 from .. import FWPForCausalLM
 from . import common
+from .carried_state import (
+    CarriedStateTrainer,
+    carried_state_num_streams,
+    check_carry_state_arguments,
+    check_carry_state_model,
+    stream_segments_dataset,
+)
 from .fsdp import enable_fsdp_on_cpu, unsharded_model
 from .hub import check_repo_id, create_hub_repo, push_folder_to_hub
 from .lm_data import BUILTIN_DATASET, group_into_blocks, load_raw_lm_datasets, token_stream, tokenize_texts
-from .lm_evaluation import growing_cache_layer_types, segment_perplexity, supports_carried_state
+from .lm_evaluation import (
+    growing_cache_layer_types,
+    perplexity_by_position,
+    plot_perplexity_by_position,
+    segment_perplexity,
+    supports_carried_state,
+)
 from .model_card import LMEvaluation, render_lm_model_card
 
 logger = logging.getLogger(__name__)
@@ -99,6 +113,19 @@ class DataTrainingArguments:
     )
     streaming_eval_num_streams: int = field(
         default=8, metadata={"help": "Parallel streams (batch) of the segment evaluations."}
+    )
+    carry_state: bool = field(
+        default=False,
+        metadata={
+            "help": "Train with the fast-weight state carried across segments (truncated BPTT): every row of a "
+            "batch continues the same row of the previous micro-batch, from its final state, detached. "
+            "Models whose every layer keeps a fixed-size state only."
+        },
+    )
+    position_bucket_size: int = field(
+        default=1024,
+        metadata={"help": "With carry_state: bucket (in stream positions) of the perplexity-by-position curve "
+                          "written to output_dir/perplexity_by_position.json (and .png)."},
     )
     sample_prompt: str = field(
         default="the company said", metadata={"help": "Prompt of the sample written to the card."}
@@ -191,7 +218,7 @@ class LMData:
     """The tokenised texts (for the stream evaluation) and the blocks the Trainer sees."""
 
     tokenized: datasets.DatasetDict
-    train: datasets.Dataset
+    train: datasets.Dataset  # blocks, or with carry_state the segments of parallel streams (stream_segments_dataset)
     evaluation: dict[str, datasets.Dataset]  # "validation", and "test" where the data has it
 
 
@@ -201,13 +228,24 @@ def prepare_lm_data(
     data_args: DataTrainingArguments,
     training_args: TrainingArguments,
 ) -> LMData:
-    """Tokenise every text (with ``</s>``), cut the stream into blocks, keep ``--max_*_samples`` of them."""
+    """Tokenise every text (with ``</s>``), cut the stream into blocks, keep ``--max_*_samples`` of them.
+
+    With ``carry_state`` the training stream (its first ``max_train_samples · block_size`` tokens) is laid
+    out as one stream per row of the global batch instead (`stream_segments_dataset`).
+    """
     with training_args.main_process_first(desc="tokenizing and grouping"):
         tokenized = tokenize_texts(raw, tokenizer, data_args.text_column, data_args.preprocessing_num_workers)
         blocks = group_into_blocks(tokenized, data_args.block_size, data_args.preprocessing_num_workers)
     evaluation = {split: common.first_rows(blocks[split], data_args.max_eval_samples)
                   for split in ("validation", "test") if split in blocks}
-    return LMData(tokenized, common.first_rows(blocks["train"], data_args.max_train_samples), evaluation)
+    if data_args.carry_state:
+        stream = token_stream(tokenized["train"])
+        if data_args.max_train_samples is not None:
+            stream = stream[: data_args.max_train_samples * data_args.block_size]
+        train = stream_segments_dataset(stream, data_args.block_size, carried_state_num_streams(training_args))
+    else:
+        train = common.first_rows(blocks["train"], data_args.max_train_samples)
+    return LMData(tokenized, train, evaluation)
 
 
 def evaluate_blocks(
@@ -228,12 +266,14 @@ def evaluate_blocks(
 
 
 def evaluate_stream(
-    model, tokenized_validation: datasets.Dataset, data_args: DataTrainingArguments
+    model, tokenized_validation: datasets.Dataset, data_args: DataTrainingArguments, output_dir: str | None = None
 ) -> tuple[dict[str, float], list[LMEvaluation], str]:
     """The validation stream in segments of `block_size`: every segment from an empty state, and (for
     models whose every layer keeps a fixed-size state) with the state carried across segments.
 
-    Returns the metrics, the card's rows and the card's note on them.
+    With ``carry_state`` (a model trained with carried states) the same passes also give the
+    perplexity-by-position curves of both modes, written to `output_dir` as perplexity_by_position.json
+    and .png. Returns the metrics, the card's rows and the card's note on them.
     """
     stream = token_stream(tokenized_validation)
     segments = f"segments of {data_args.block_size}"
@@ -242,21 +282,43 @@ def evaluate_stream(
     modes = {"independent_segments": (False, f"validation stream, independent {segments}")}
     if supports_carried_state(model):
         modes["carried_state"] = (True, f"validation stream, state carried across {segments}")
+        trained = (f"The model was trained with the state carried across segments of {data_args.block_size} "
+                   "(truncated backpropagation through time)." if data_args.carry_state else
+                   "The model was trained on independent blocks, so it never saw an older state.")
         note = ("The two stream rows score the same tokens; the second carries the fast-weight state "
-                "from segment to segment (unlimited context), the first starts every segment empty. "
-                "The model was trained on independent blocks, so it never saw an older state.")
+                "from segment to segment (unlimited context), the first starts every segment empty. " + trained)
     else:
         growing = ", ".join(growing_cache_layer_types(model))
         note = (f"Carried-state (unlimited context) evaluation is skipped: {growing} layers have a key/value "
                 "cache that grows with the stream.")
+    curves = {}
     for mode, (carry_state, name) in modes.items():
-        result = segment_perplexity(
-            model, stream, segment_length=data_args.block_size, carry_state=carry_state,
-            num_streams=data_args.streaming_eval_num_streams, max_tokens=data_args.streaming_eval_max_tokens,
-        )
+        stream_args = {"segment_length": data_args.block_size, "carry_state": carry_state,
+                       "num_streams": data_args.streaming_eval_num_streams,
+                       "max_tokens": data_args.streaming_eval_max_tokens}
+        if data_args.carry_state:
+            curves[mode] = curve = perplexity_by_position(model, stream, bucket_size=data_args.position_bucket_size,
+                                                          **stream_args)
+            result = {key: curve[key] for key in ("loss", "perplexity", "tokens")}
+        else:
+            result = segment_perplexity(model, stream, **stream_args)
         evaluations.append(LMEvaluation(name, "validation", result["loss"], result["perplexity"]))
         metrics.update({f"eval_{mode}_{key}": value for key, value in result.items()})
+    if curves and output_dir is not None:
+        write_perplexity_by_position(curves, output_dir)
     return metrics, evaluations, note
+
+
+PERPLEXITY_BY_POSITION_FILE = "perplexity_by_position"
+
+
+def write_perplexity_by_position(curves: dict[str, dict], output_dir: str) -> None:
+    """`perplexity_by_position` results by evaluation mode into output_dir/perplexity_by_position.json and .png."""
+    path = os.path.join(output_dir, PERPLEXITY_BY_POSITION_FILE)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(f"{path}.json", "w", encoding="utf-8") as handle:
+        json.dump(curves, handle, indent=1)
+    plot_perplexity_by_position({mode.replace("_", " "): curve for mode, curve in curves.items()}, f"{path}.png")
 
 
 def generate_sample(model, tokenizer, prompt: str, max_new_tokens: int, seed: int) -> str:
@@ -348,6 +410,12 @@ def run_lm_training(
     """
     common.setup_logging(training_args)
     check_lm_arguments(data_args, training_args)
+    if data_args.carry_state:
+        if model_args.architecture != "fwp":
+            raise ValueError(f"--carry_state true needs an FWP model whose every layer keeps a fixed-size state; "
+                             f"--architecture {model_args.architecture} is a softmax transformer (a key/value cache "
+                             "that grows with the stream)")
+        check_carry_state_arguments(training_args)
     resume_checkpoint = common.resolve_resume_checkpoint(training_args)
     push = prepare_hub_push(training_args)
     set_seed(training_args.seed)
@@ -358,8 +426,11 @@ def run_lm_training(
     logger.info("%s with %s layers: %.2fM parameters", type(model).__name__,
                 getattr(model.config, "layer_attention_types", model.config.num_hidden_layers),
                 model.num_parameters() / 1e6)
+    if data_args.carry_state:
+        check_carry_state_model(model)
     data = prepare_lm_data(raw, tokenizer, data_args, training_args)
-    trainer = Trainer(
+    trainer_class = CarriedStateTrainer if data_args.carry_state and training_args.do_train else Trainer
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=data.train if training_args.do_train else None,
@@ -385,7 +456,7 @@ def run_lm_training(
     results_note = ""
     if training_args.do_eval and data_args.streaming_eval:
         stream_metrics, stream_evaluations, results_note = evaluate_stream(
-            model, data.tokenized["validation"], data_args
+            model, data.tokenized["validation"], data_args, training_args.output_dir
         )
         metrics.update(stream_metrics)
         evaluations += stream_evaluations
@@ -415,5 +486,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 __all__ = [
     "ModelArguments", "DataTrainingArguments", "parse_lm_arguments", "build_lm", "prepare_lm_data",
-    "evaluate_blocks", "evaluate_stream", "generate_sample", "write_lm_model_card", "run_lm_training", "main"
+    "evaluate_blocks", "evaluate_stream", "write_perplexity_by_position", "generate_sample", "write_lm_model_card",
+    "run_lm_training", "main"
 ]
