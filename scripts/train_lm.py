@@ -3,6 +3,7 @@
     python scripts/train_lm.py configs/lm/tiny.yaml                      # a config file
     python scripts/train_lm.py configs/lm/delta.yaml --max_steps 100     # a config file, flags override it
     python scripts/train_lm.py --output_dir out --do_train --do_eval --attention_type linear   # flags only
+    python scripts/train_lm.py configs/lm/delta_carry.yaml               # state carried across segments
     accelerate launch --multi_gpu --num_processes 2 scripts/train_lm.py configs/lm/tiny.yaml --use_cpu true
                                                               # two CPU processes (gloo); see the README
 

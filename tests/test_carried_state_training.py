@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from itertools import chain
 
 import pytest
 import torch
@@ -33,8 +33,11 @@ from fwp_hf.training.carried_state import CarriedStateTrainer, stream_segments_d
 from fwp_hf.training.lm import parse_lm_arguments, run_lm_training
 from fwp_hf.training.lm_evaluation import perplexity_by_position, plot_perplexity_by_position, segment_perplexity
 
-from conftest import VOCAB, make_lm, random_ids, type_variant
-from test_lm_training import REPO_ROOT, InterruptAtStep, data_files, logged_losses, tiny_flags  # noqa: F401
+import test_lm_training
+from conftest import make_lm, random_ids, type_variant
+from test_lm_training import REPO_ROOT, InterruptAtStep, logged_losses, tiny_flags
+
+data_files = test_lm_training.data_files  # the tiny Penn Treebank files and tokenizer of the LM training tests
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -57,7 +60,7 @@ def test_each_row_continues_its_stream_and_processes_read_disjoint_streams(num_p
     for process in range(num_processes):
         batches = batches_of_process(dataset, rows_per_process, num_processes, process)
         assert all(len(batch) == rows_per_process for batch in batches)
-        rows = [sum((batch[b] for batch in batches), []) for b in range(rows_per_process)]  # each row's tokens in order
+        rows = [list(chain.from_iterable(batch[b] for batch in batches)) for b in range(rows_per_process)]
         for row in rows:
             assert row == list(range(row[0], row[0] + len(row))), "a row is not a contiguous piece of the stream"
         streams_of_process.append(rows)
@@ -153,7 +156,7 @@ def test_training_refuses_hybrids_llama_and_gradient_checkpointing(data_files, t
                                          r"fast-weight state; the softmax layers of this model \(layers: \['delta', "
                                          r"'softmax'\]\)"):
         carried_trainer(hybrid, stream_segments_dataset(range(64), 8, 2), tmp_path)
-    flags = dict(carry_state="true", max_steps=1)
+    flags = {"carry_state": "true", "max_steps": 1}
     with pytest.raises(ValueError, match="the softmax layers of this model"):
         run_lm_training(*parse_lm_arguments(tiny_flags(
             data_files, tmp_path / "h", config_overrides='{"attention_type": ["delta", "softmax"]}', **flags)))
@@ -166,10 +169,10 @@ def test_training_refuses_hybrids_llama_and_gradient_checkpointing(data_files, t
         carried_trainer(make_lm(type_variant("delta")), stream_segments_dataset(range(30), 8, 3), tmp_path)
 
 
-RESUME_FLAGS = dict(  # 20 blocks of 32 = 4 streams × 5 segments: 12 steps cross two epoch ends
-    carry_state="true", max_train_samples=20, max_steps=12, save_strategy="steps", save_steps=4, do_eval="false",
-    sample_max_new_tokens=1,
-)
+RESUME_FLAGS = {  # 20 blocks of 32 = 4 streams × 5 segments: 12 steps cross two epoch ends
+    "carry_state": "true", "max_train_samples": 20, "max_steps": 12, "save_strategy": "steps", "save_steps": 4,
+    "do_eval": "false", "sample_max_new_tokens": 1,
+}
 
 
 def test_interrupted_carried_state_run_resumes_with_the_same_loss_curve(data_files, tmp_path):
@@ -228,7 +231,7 @@ def test_carried_state_run_end_to_end_writes_the_position_curve(data_files, tmp_
 def test_perplexity_by_position_averages_back_to_segment_perplexity(carry_state, tmp_path):
     model = make_lm(type_variant("delta"))
     stream = random_ids(3, 41).flatten()  # 3 streams of 41 tokens: targets at positions 1 … 40
-    args = dict(segment_length=7, carry_state=carry_state, num_streams=3)
+    args = {"segment_length": 7, "carry_state": carry_state, "num_streams": 3}
     curve = perplexity_by_position(model, stream, bucket_size=16, **args)
     reference = segment_perplexity(model, stream, **args)
     assert curve["bucket_start"] == [0, 16, 32] and curve["bucket_tokens"] == [3 * 15, 3 * 16, 3 * 9]
@@ -243,14 +246,14 @@ def test_perplexity_by_position_averages_back_to_segment_perplexity(carry_state,
 def test_two_processes_train_the_same_streams_as_one_process_with_the_global_batch(data_files, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    flags = dict(carry_state="true", max_train_samples=24, max_steps=4, do_eval="false", sample_max_new_tokens=1,
-                 per_device_train_batch_size=2)
+    flags = {"carry_state": "true", "max_train_samples": 24, "max_steps": 4, "do_eval": "false",
+             "sample_max_new_tokens": 1, "per_device_train_batch_size": 2}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
         "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "scripts" / "train_lm.py"),
         "--use_cpu", "true", *tiny_flags(data_files, tmp_path / "ddp", **flags),
     ]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     single = tmp_path / "single"
     run_lm_training(*parse_lm_arguments(tiny_flags(data_files, single, **{**flags, "per_device_train_batch_size": 4})))

@@ -189,9 +189,9 @@ class CarriedStateTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`Trainer.train`; resuming also loads the checkpoint's carried states (`load_carried_state`)."""
-        if isinstance(resume_from_checkpoint, bool):
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint else None
-        if resume_from_checkpoint is not None:
+        if resume_from_checkpoint is True:  # the newest checkpoint; Trainer raises its error when there is none
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
+        if isinstance(resume_from_checkpoint, str):
             self.load_carried_state(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 

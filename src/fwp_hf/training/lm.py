@@ -99,7 +99,10 @@ class DataTrainingArguments:
         metadata={"help": "Percentage of the training texts used for validation when there is no validation set."},
     )
     block_size: int = field(default=256, metadata={"help": "Training and evaluation sequence length in tokens."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training blocks."})
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Keep only this many training blocks (with carry_state: the tokens of that many blocks)."},
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation blocks."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
     streaming_eval: bool = field(
