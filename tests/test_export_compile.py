@@ -146,6 +146,61 @@ def test_generate_compiles_decoding_with_static_fast_weight_cache():
     assert cache.get_seq_length() == 10 + NEW_TOKENS - 1
 
 
+def test_compiled_decoding_step_is_compiled_once_with_fixed_shapes():
+    """With fixed shapes (``dynamic=False``) the decoding step compiles once and is reused by every step and
+    by a later `generate` with a fresh cache: nothing in it depends on a Python value that changes per token
+    (the static layers count tokens in a tensor; `generate` hands a model whose every layer holds a state the
+    new tokens' mask columns only), and a left-padded batch still generates as eagerly."""
+    torch._dynamo.reset()
+    model = make_lm("delta-dpfp")
+    ids = random_ids(2, 10, low=PAD + 1)
+    mask = left_padded_mask(2, 10, 1, 3)
+    compile_config = CompileConfig(backend="eager", fullgraph=True, dynamic=False)
+    compile_config._compile_all_devices = True
+    torch._dynamo.utils.counters.clear()
+    with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        for new_tokens in (8, 12):
+            cache = FastWeightStaticCache(model.config, batch_size=2)
+            compiled = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                      do_sample=False, pad_token_id=PAD, past_key_values=cache,
+                                      compile_config=compile_config)
+            eager = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                   do_sample=False, pad_token_id=PAD)
+            assert torch.equal(compiled, eager)
+            assert cache.get_seq_length() == 10 + new_tokens - 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, torch._dynamo.utils.counters["stats"]
+
+
+def test_static_layer_counts_tokens_in_a_tensor():
+    """A static layer's token count lives in a tensor on the state's device, updated in place (a dynamic
+    layer's is a Python int); both read and set it through `seen_tokens`."""
+    model = make_lm("delta-dpfp")
+    cache = FastWeightStaticCache(model.config, batch_size=1)
+    with torch.no_grad():
+        model(input_ids=random_ids(1, 7), past_key_values=cache, use_cache=True)
+    layer = cache.layers[0]
+    assert torch.is_tensor(layer._token_count) and layer.seen_tokens == 7 == cache.get_seq_length()
+    layer.seen_tokens = 3
+    assert layer.seen_tokens == 3 and torch.is_tensor(layer._token_count)
+    cache.reset()
+    assert cache.get_seq_length() == 0
+    dynamic = DynamicCache()
+    with torch.no_grad():
+        model(input_ids=random_ids(1, 7), past_key_values=dynamic, use_cache=True)
+    assert dynamic.layers[0]._token_count == 7 and not torch.is_tensor(dynamic.layers[0]._token_count)
+
+
+def test_masks_for_compiled_generation_keep_only_what_the_layers_read():
+    """`create_masks_for_generate`: the new tokens' columns for a model whose every layer holds a state
+    (fixed shape from step to step), the whole mask where softmax layers attend to past keys."""
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, :4] = 0
+    step = torch.empty(2, 1, 0)
+    assert torch.equal(make_lm("delta-dpfp").create_masks_for_generate(attention_mask=mask, inputs_embeds=step),
+                       mask[:, -1:])
+    assert make_lm("hybrid").create_masks_for_generate(attention_mask=mask, inputs_embeds=step) is mask
+
+
 def test_generate_with_cache_implementation_static():
     """transformers' `StaticCache` gets static fast-weight state layers; softmax layers refuse its
     fixed-length key/value layers with a clear error (they generate with the default cache)."""

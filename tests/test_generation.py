@@ -147,3 +147,26 @@ def test_generate_returns_fixed_size_fast_weight_cache(variant):
     mask = torch.ones_like(sequences)
     continued = generate(model, sequences, attention_mask=mask, past_key_values=cache, max_new_tokens=4)
     assert torch.equal(continued, generate(model, ids, max_new_tokens=NEW_TOKENS + 4))
+
+
+def test_generate_computes_logits_of_the_last_position_only():
+    """`generate` passes ``logits_to_keep=1``: the LM head never sees more than one position per sequence,
+    also in the prefill of a long prompt (no prompt × vocabulary tensor), and the forward honours the argument."""
+    model = make_lm("delta-dpfp")
+    positions = []
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, output: positions.append(inputs[0].shape[1]))
+    try:
+        with torch.no_grad():
+            model.generate(prompt(300, seed=0, batch=2), max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                           pad_token_id=PAD)
+    finally:
+        hook.remove()
+    assert positions == [1, 1, 1, 1]
+    ids = prompt(20, seed=1)
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        last = model(input_ids=ids, logits_to_keep=1).logits
+        chosen = model(input_ids=ids, logits_to_keep=torch.tensor([3, 7])).logits
+    assert last.shape == (1, 1, model.config.vocab_size) and chosen.shape == (1, 2, model.config.vocab_size)
+    assert_close(last[:, 0], full[:, -1], what="logits_to_keep=1")  # one row vs all rows: matmul rounding may differ
+    assert_close(chosen, full[:, [3, 7]], what="logits_to_keep as positions")

@@ -49,8 +49,11 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
     def __init__(self, static: bool = False, **kwargs) -> None:
         CacheLayerMixin.__init__(self)
         LinearAttentionLayer.__init__(self, number_of_states=1)
-        self.seen_tokens = 0
         self.static = static
+        # Tokens seen: a Python int, or in a static layer a 0-dim int64 tensor on the state's device (from
+        # `lazy_initialization`) counted in place, so that a compiled decoding step neither reads nor
+        # specialises on a Python value that changes every step.
+        self._token_count: int | torch.Tensor = 0
         # Only a static layer is compileable: generate compiles the forward pass for a cache whose
         # every layer is, and builds 4D masks for it (see `FWPForCausalLM.create_masks_for_generate`).
         self.is_compileable = static
@@ -110,6 +113,8 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
             self.owns_buffer[state_idx] = True
             self.device, self.dtype = recurrent_states.device, recurrent_states.dtype
             self.is_initialized = True
+            if not torch.is_tensor(self._token_count):
+                self._token_count = torch.tensor(self._token_count, dtype=torch.int64, device=recurrent_states.device)
 
     def update_recurrent_state(self, recurrent_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
         self._store(self.recurrent_states, self.owns_buffer, recurrent_states, state_idx,
@@ -123,7 +128,22 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
     def update_state(self, state: torch.Tensor, num_new_tokens: int) -> None:
         """Store the state after `num_new_tokens` more tokens."""
         self.update_recurrent_state(state)
-        self.seen_tokens += num_new_tokens
+        if torch.is_tensor(self._token_count):
+            self._token_count.add_(num_new_tokens)
+        else:
+            self._token_count += num_new_tokens
+
+    @property
+    def seen_tokens(self) -> int:
+        """How many tokens the state has seen."""
+        return int(self._token_count)
+
+    @seen_tokens.setter
+    def seen_tokens(self, value: int) -> None:
+        if torch.is_tensor(self._token_count):
+            self._token_count.fill_(value)
+        else:
+            self._token_count = int(value)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.seen_tokens + query_length, 0

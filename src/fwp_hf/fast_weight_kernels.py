@@ -58,8 +58,9 @@ def dpfp_feature_map(x: torch.Tensor, nu: int) -> torch.Tensor:
     """
     if nu < 1:
         raise ValueError(f"dpfp nu must be >= 1, got {nu}")
-    x_both = torch.cat([F.relu(x), F.relu(-x)], dim=-1)
-    return torch.cat([x_both * x_both.roll(shifts=j, dims=-1) for j in range(1, nu + 1)], dim=-1)
+    x_both = F.relu(torch.cat([x, -x], dim=-1))
+    products = [x_both * x_both.roll(shifts=j, dims=-1) for j in range(1, nu + 1)]
+    return products[0] if nu == 1 else torch.cat(products, dim=-1)
 
 
 def hedgehog_feature_map(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -409,6 +410,13 @@ def _check_per_token(name: str, label: str, x: torch.Tensor | None, k: torch.Ten
         raise ValueError(f"{name}: {label} must have shape [batch, heads, time] = {tuple(k.shape[:3])}, got {tuple(x.shape)}")
 
 
+def _concat_time(outputs: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The per-token outputs ``[B, H, 1, D]`` of a recurrent kernel as ``[B, H, T, D]`` (no copy for one token)."""
+    if not outputs:
+        return like.new_zeros(like.shape)
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+
+
 def _zero_state(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return k.new_zeros(k.shape[0], k.shape[1], k.shape[3], v.shape[3], dtype=torch.float32)
 
@@ -456,18 +464,15 @@ def recurrent_sum_rule(
     state = _zero_state(k, v) if initial_state is None else initial_state.float()
     outputs = []
     for t in range(q.shape[2]):
+        step = slice(t, t + 1)  # token t with its time dim kept: [B, H, 1, D]
         if exclusive:
-            outputs.append(_read(q[:, :, t], state))
+            outputs.append(q[:, :, step] @ state)
         if log_decay is not None:
-            state = state * log_decay[:, :, t].float().exp()[..., None, None]
-        state = state + k[:, :, t, :, None] * v[:, :, t, None, :]
+            state = state * log_decay[:, :, step, None].float().exp()
+        state = state + k[:, :, step].transpose(-1, -2) * v[:, :, step]
         if not exclusive:
-            outputs.append(_read(q[:, :, t], state))
-    if outputs:
-        y = torch.stack(outputs, dim=2)
-    else:
-        y = v.new_zeros(v.shape)
-    return y.to(out_dtype), state
+            outputs.append(q[:, :, step] @ state)
+    return _concat_time(outputs, v).to(out_dtype), state
 
 
 def _sum_rule_chunk_states(
@@ -670,14 +675,14 @@ def recurrent_delta_rule(
     state = _zero_state(k, v) if initial_state is None else initial_state.float()
     outputs = []
     for t in range(q.shape[2]):
+        step = slice(t, t + 1)  # token t with its time dim kept: [B, H, 1, D], so reads are plain matmuls
         if decay is not None:
-            state = state * decay[:, :, t, None, None]
-        k_t = k[:, :, t]
-        retrieved = _read(k_t, state)
-        update = beta[:, :, t, None] * (v[:, :, t] - retrieved)
-        state = state + k_t[..., :, None] * update[..., None, :]
-        outputs.append(_read(q[:, :, t], state))
-    y = torch.stack(outputs, dim=2) if outputs else v.new_zeros(v.shape)
+            state = state * decay[:, :, step, None]
+        k_t = k[:, :, step]
+        update = beta[:, :, step, None] * (v[:, :, step] - k_t @ state)
+        state = state + k_t.transpose(-1, -2) * update
+        outputs.append(q[:, :, step] @ state)
+    y = _concat_time(outputs, v)
     return y.to(out_dtype), state
 
 

@@ -5,6 +5,8 @@ Shared by the decoder-only model and both stacks of the encoder–decoder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -91,11 +93,10 @@ def validate_token_inputs(
             raise ValueError(f"{ids_name} is empty (shape {tuple(input_ids.shape)}): pass at least one token per sequence")
         if values_unreadable(input_ids):
             return
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
-            raise ValueError(
-                f"{ids_name} must lie in [0, vocab_size={vocab_size}), got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
+        if input_ids.numel():
+            low, high = (int(value) for value in torch.aminmax(input_ids))
+            if low < 0 or high >= vocab_size:
+                raise ValueError(f"{ids_name} must lie in [0, vocab_size={vocab_size}), got values in [{low}, {high}]")
         return
     if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden_size:
         raise ValueError(
@@ -118,7 +119,7 @@ def prepare_mixer_inputs(
     attention_mask: torch.Tensor | dict | None,
     position_ids: torch.Tensor | None,
     inputs_embeds: torch.Tensor,
-    past_length: int,
+    past_length: int | Callable[[], int],
     causal: bool = True,
     mask_name: str = "attention_mask",
 ) -> dict:
@@ -127,22 +128,34 @@ def prepare_mixer_inputs(
     Returns ``token_mask`` ([B, T] float, None without padding) for fast-weight layers, and for softmax
     layers ``attention_mask_4d`` (see `softmax_attention_mask`) and rotary ``position_embeddings``
     (positions count real tokens only, so left padding does not shift them).
+
+    `past_length` (tokens already in the cache) may be a function that returns it: it is then asked
+    only where it is needed — by softmax layers (positions, masks over past keys) and to check a mask's
+    width — and not while `torch.compile` traces a stack whose every layer holds a state, where it would
+    be a Python value read from the cache that changes every decoding step. There the mask's last T
+    columns are the new tokens' (a mask of the new tokens only, [B, T], is what `generate` passes then).
     """
     batch_size, seq_len = inputs_embeds.shape[:2]
     device = inputs_embeds.device
+    uses_positions = any(TOKEN_MIXERS[kind].uses_rotary for kind in kinds)
     padding_mask = padding_mask_2d(attention_mask)
+    if callable(past_length):
+        past_length = past_length() if uses_positions or not torch.compiler.is_compiling() else None
     if padding_mask is not None:
-        if padding_mask.shape[1] == seq_len and past_length > 0:
-            padding_mask = F.pad(padding_mask, (past_length, 0), value=1)
-        if padding_mask.shape != (batch_size, past_length + seq_len):
+        width = padding_mask.shape[1]
+        allowed = (seq_len,) if past_length is None else (seq_len, past_length + seq_len)
+        if padding_mask.shape[0] != batch_size or width not in allowed:
+            expected = "new tokens" if past_length is None else f"past+new tokens={past_length + seq_len}"
             raise ValueError(
-                f"{mask_name} must have shape [batch={batch_size}, past+new tokens={past_length + seq_len}] "
-                f"(or [batch, new tokens={seq_len}]), got {tuple(padding_mask.shape)}"
+                f"{mask_name} must have shape [batch={batch_size}, {expected}] (or [batch, new tokens={seq_len}]), "
+                f"got {tuple(padding_mask.shape)}"
             )
     token_mask = token_mask_from_padding(padding_mask[:, -seq_len:] if padding_mask is not None else None)
 
     position_embeddings, attention_mask_4d = None, None
-    if any(TOKEN_MIXERS[kind].uses_rotary for kind in kinds):
+    if uses_positions:
+        if padding_mask is not None and padding_mask.shape[1] == seq_len and past_length > 0:
+            padding_mask = F.pad(padding_mask, (past_length, 0), value=1)
         if position_ids is None:
             if padding_mask is not None:
                 position_ids = (padding_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -seq_len:]
@@ -158,8 +171,7 @@ def prepare_mixer_inputs(
                                              config.max_position_embeddings)
         attention_mask_4d = softmax_attention_mask(padding_mask, seq_len, past_length, batch_size, device, causal,
                                                    getattr(config, "sliding_window", None))
-    return {"token_mask": token_mask, "attention_mask_4d": attention_mask_4d,
-            "position_embeddings": position_embeddings, "padding_mask": padding_mask}
+    return {"token_mask": token_mask, "attention_mask_4d": attention_mask_4d, "position_embeddings": position_embeddings}
 
 
 __all__ = [

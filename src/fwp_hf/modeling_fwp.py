@@ -20,6 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .cache_fwp import prepare_fast_weight_cache
 from .configuration_fwp import FWPConfig
 from .inputs_fwp import prepare_mixer_inputs, validate_token_inputs
+from .token_mixers import TOKEN_MIXERS
 from .layers_fwp import (
     FWPBlock,
     FWPFastWeightAttention,
@@ -148,9 +149,8 @@ class FWPModel(FWPPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         kinds = self.config.layer_attention_types
         past_key_values = prepare_fast_weight_cache(past_key_values, kinds, use_cache)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = past_key_values.get_seq_length if past_key_values is not None else 0  # asked where needed
         mixer_inputs = prepare_mixer_inputs(self.config, kinds, attention_mask, position_ids, inputs_embeds, past_length)
-        mixer_inputs.pop("padding_mask")
 
         hidden_states = inputs_embeds
         all_hidden_states = [] if output_hidden_states else None
@@ -204,10 +204,15 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
 
-    def create_masks_for_generate(self, attention_mask=None, **kwargs):
+    def create_masks_for_generate(self, attention_mask=None, inputs_embeds=None, **kwargs):
         """`generate` asks this for the masks of a compileable cache (`FastWeightStaticCache`): every
-        layer takes the 2D padding mask and builds what it needs itself (`inputs_fwp`)."""
-        return attention_mask
+        layer takes the 2D padding mask and builds what it needs itself (`inputs_fwp`). A model whose
+        every layer holds a state needs only the new tokens' columns: passing just those keeps the
+        mask's shape fixed from one decoding step to the next, so a compiled step is compiled once."""
+        all_state = all(TOKEN_MIXERS[kind].holds_state for kind in self.config.layer_attention_types)
+        if attention_mask is None or inputs_embeds is None or not all_state:
+            return attention_mask
+        return attention_mask[:, -inputs_embeds.shape[1] :]
 
     def forward(
         self,

@@ -249,7 +249,6 @@ class FWPEncoder(FWPPreTrainedModel):
         mixer_inputs = prepare_mixer_inputs(
             self.config, self.config.layer_attention_types, attention_mask, None, inputs_embeds, 0, causal=False
         )
-        mixer_inputs.pop("padding_mask")
         hidden_states, all_hidden_states, all_attentions = inputs_embeds, [], []
         for layer in self.layers:
             all_hidden_states.append(hidden_states)
@@ -342,12 +341,11 @@ class FWPDecoder(FWPPreTrainedModel):
         past_key_values = self._prepare_caches(past_key_values, use_cache)
         self_cache = past_key_values.self_attention_cache if past_key_values is not None else None
         cross_cache = past_key_values.cross_attention_cache if past_key_values is not None else None
-        past_length = self_cache.get_seq_length() if self_cache is not None else 0
+        past_length = self_cache.get_seq_length if self_cache is not None else 0  # asked where needed
         kinds = self.config.decoder_layer_attention_types
         mixer_inputs = prepare_mixer_inputs(
             self.config, kinds, attention_mask, position_ids, inputs_embeds, past_length, mask_name="decoder_attention_mask"
         )
-        mixer_inputs.pop("padding_mask")
         encoder_token_mask = _source_token_mask(encoder_attention_mask, *encoder_hidden_states.shape[:2])
 
         hidden_states, all_hidden_states, all_self_attentions, all_cross_attentions = inputs_embeds, [], [], []
