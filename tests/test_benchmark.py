@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import fwp_hf
 from fwp_hf.experiments import benchmark
@@ -65,10 +66,40 @@ def test_quick_benchmark_writes_results(tmp_path):
         value, threshold = target["value"], target["threshold"]
         if isinstance(threshold, bool):
             expected = value is threshold
+        elif value is None:
+            expected = False
         else:
-            expected = value <= threshold if target["unit"] == "GiB" else value >= threshold
+            expected = value >= threshold if target["higher_is_better"] else value <= threshold
         assert target["met"] is expected, target
         assert rows[target["target"]][-1] == ("met" if expected else "MISSED"), rows[target["target"]]
+
+    # 3. serving: every type eagerly, the headline type also compiled, each with its work per token
+    modes = {(row["model"], row["mode"]) for row in results["decoding"]["decode"]}
+    assert ("delta", "compiled") in modes and ("gpt2", "eager") in modes
+    assert {kind for kind, mode in modes if mode == "eager"} >= set(fwp_hf.ATTENTION_TYPES)
+    for row in results["decoding"]["decode"]:
+        assert row["decode_tokens_per_s"] > 0 and row["flops_per_token"] > 2 * row["weight_bytes_per_token"] / 4, row
+    # 6. batched generation: every cell of both models; the state does not grow with the prompt, a KV cache does
+    cells = {(row["model"], row["batch"], row["prompt"]): row for row in results["batched"]}
+    assert set(cells) == {(model, batch, prompt) for model in ("delta", "gpt2") for batch in (1, 2) for prompt in (32, 64)}
+    for row in cells.values():
+        assert "error" not in row and row["decode_tokens_per_s"] > 0 and row["peak_rss_gib"] >= row["decode_rss_gib"] > 0
+    for batch in (1, 2):
+        assert cells[("delta", batch, 32)]["cache_bytes"] == cells[("delta", batch, 64)]["cache_bytes"] > 0
+        assert cells[("gpt2", batch, 64)]["cache_bytes"] > cells[("gpt2", batch, 32)]["cache_bytes"]
+    assert cells[("delta", 2, 64)]["cache_bytes"] == 2 * cells[("delta", 1, 64)]["cache_bytes"]
+    # 7. the larger model: its own sizes, trained and decoded
+    realistic = results["realistic"]
+    assert [row["model"] for row in realistic["training"]] == ["delta", "gpt2"] == [row["model"] for row in realistic["decoding"]]
+    big = benchmark.build_model("delta", benchmark.Sizes.quick().realistic(), 64)
+    assert realistic["training"][0]["parameters"] == big.num_parameters()
+    assert all("error" not in row for row in realistic["training"] + realistic["decoding"])
+    # 8. long prompts: one call each, and the longest in chunks, with the same state size
+    long_rows = {(row["prompt"], row["prefill_chunk_size"]): row for row in results["long_prompts"]}
+    assert set(long_rows) == {(256, None), (1024, None), (1024, 256)}
+    assert len({row["cache_bytes"] for row in long_rows.values()}) == 1
+    for section in ("## 6. Batched generation", "## 7. A GPT-2-small-sized model", "## 8. Very long prompts"):
+        assert section in markdown
 
 
 def test_memory_blow_up_fails_the_measurement_not_the_run():
@@ -82,3 +113,28 @@ def test_delta_flop_count_matches_a_hand_count():
     assert benchmark.delta_chunk_flops(1, 1, 4, 2, 4) == 480
     # T = 5 spans two chunks (the second padded).
     assert benchmark.delta_chunk_flops(2, 3, 5, 2, 4) == 2 * 3 * 2 * 480
+
+
+def test_decode_flop_count_matches_a_hand_count():
+    """2 FLOPs per weight-matrix entry (LM head included, embedding lookup not) plus the state's work: 6 per
+    state entry for a fast-weight layer, 4·context·d_model for a KV-cache layer."""
+    sizes = benchmark.Sizes.quick()  # 2 layers, d_model 32, 4 heads of 8, vocab 256
+    delta = benchmark.build_model("delta", sizes, 64)
+    config = delta.config
+    matrices = sum(module.weight.numel() for module in delta.modules() if isinstance(module, torch.nn.Linear))
+    assert matrices == config.num_hidden_layers * (
+        32 * (3 * 32 + 4) + 32 * 32 + 32 * 2 * config.intermediate_size + config.intermediate_size * 32) + 256 * 32
+    state = 4 * 16 * 8  # per layer: 4 heads × d_dot (DPFP ν=1: 2·8) × d_v
+    assert benchmark.decode_flops_per_token(delta, 100) == 2 * matrices + 2 * 6 * state
+    gpt2 = benchmark.build_model("gpt2", sizes, 128)
+    gpt2_matrices = 2 * (32 * 96 + 32 * 32 + 32 * 128 + 128 * 32) + 256 * 32
+    assert benchmark.decode_flops_per_token(gpt2, 100) == 2 * gpt2_matrices + 4 * 100 * 32 * 2
+
+
+def test_baseline_src_must_hold_an_fwp_hf_package(tmp_path):
+    with pytest.raises(ValueError, match="must be the src folder of an fwp_hf checkout"):
+        benchmark.check_baseline_src(str(tmp_path))
+    src = Path(fwp_hf.__file__).resolve().parents[1]
+    assert benchmark.check_baseline_src(str(src)) == str(Path(fwp_hf.__file__).resolve())
+    row = benchmark.measure_baseline_decoding(benchmark.Sizes.quick(), benchmark.BenchmarkArguments(baseline_src=str(src)))
+    assert row["decode_tokens_per_s"] > 0 and row["prefill_s"] > 0, row

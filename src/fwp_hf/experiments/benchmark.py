@@ -1,6 +1,7 @@
 """Speed and memory benchmark of fwp_hf against softmax attention (GPT-2 with SDPA) and the hardware.
 
-    python scripts/benchmark.py   # full run (~5 min on the 2-core Xeon of the committed run), writes benchmarks/results-cpu.*
+    python scripts/benchmark.py   # full run (~12 min on the 2-core Xeon of the committed run), writes benchmarks/results-cpu.*
+    python scripts/benchmark.py --baseline_src /path/to/earlier/checkout/src   # also time that code's eager decoding
     python scripts/benchmark.py --quick --output_dir /tmp/bench   # seconds-long smoke run
 
 Every figure is a ratio of two measurements taken side by side in this one run, so that a noisy,
@@ -11,10 +12,18 @@ shared machine moves both sides together. Sections:
    type vs GPT2LMHeadModel of the same size with SDPA at T = 512, 2048, 4096, and FWP alone at
    T = 8192, 16384; every training step runs in a child process with a memory limit, whose peak
    resident memory is section 5;
-3. decoding tokens/s after a 4096-token prompt vs GPT-2 with its KV cache (also for flash-linear-attention's
-   DeltaNet of the same size, converted with `fwp_hf.conversion.fla`), and cache bytes at 1k vs 16k;
+3. serving at batch 1: `generate` after a 4096-token prompt, every type eagerly, the delta rule also
+   compiled (`FastWeightStaticCache` + transformers' `compile_config`), GPT-2 with its KV cache, flash-linear-
+   attention's DeltaNet converted with `fwp_hf.conversion.fla`, and (``--baseline_src``) an earlier
+   checkout's eager delta rule; FLOPs per token and their fraction of the measured matmul rate; cache bytes
+   at 1k vs 16k tokens;
 4. achieved GFLOP/s of the chunkwise delta kernel vs torch.matmul on matrices of similar shape;
-5. peak memory of a training step per attention type vs GPT-2.
+5. peak memory of a training step per attention type vs GPT-2;
+6. batched generation: batch 1, 8, 32 after 1k- and 4k-token prompts, delta vs GPT-2 (prefill and decoding
+   timed apart; resident memory while decoding and at the peak), each cell in a child process;
+7. a GPT-2-small-sized model (12 layers, d_model 768, 12 heads, vocab 32000): training tokens/s at T=2048
+   and decoding after a 4k prompt, delta vs GPT-2;
+8. prefill of 16k- and 64k-token prompts (delta only; also 64k in chunks through `prefill_chunk_size`), then decoding.
 """
 
 from __future__ import annotations
@@ -25,21 +34,25 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from queue import Empty
 
 import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from transformers import GPT2Config, GPT2LMHeadModel, HfArgumentParser
+from transformers import CompileConfig, GPT2Config, GPT2LMHeadModel, HfArgumentParser
 
-from .. import FWPConfig, FWPForCausalLM
+from .. import FastWeightStaticCache, FWPConfig, FWPForCausalLM
 from ..conversion.fla import fla_config_to_fwp, fwp_state_dict_to_fla, load_fla_checkpoint
 from ..fast_weight_kernels import append_normalizer_column, elu_plus_one_feature_map, sum_normalize
 from ..token_mixers import ATTENTION_TYPES, FAST_WEIGHT_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS, TokenMixerSpec
+from . import decode_timing
+from .decode_timing import GIB, cache_bytes, current_rss_bytes, peak_rss_bytes, timed_generate
 
 # Every registered token mixer is benchmarked; the cache-size check covers those with a fixed-size state.
 FWP_TYPES = ATTENTION_TYPES
@@ -48,7 +61,8 @@ FWP_TYPES = ATTENTION_TYPES
 HEADLINE_TYPE = "delta"
 # The decoding row of flash-linear-attention's DeltaNet (its default layer options) loaded through the importer.
 FLA_DELTA_NET_ROW = "FLA delta_net (converted)"
-GIB = 1024**3
+# The decoding row of ``--baseline_src``'s code.
+BASELINE_MODE = "eager, baseline code"
 
 
 @dataclass
@@ -63,6 +77,13 @@ class BenchmarkArguments:
     from_json: str | None = field(
         default=None, metadata={"help": "Render the markdown of an earlier run's JSON (with --note) instead of measuring."}
     )
+    baseline_src: str | None = field(
+        default=None,
+        metadata={"help": "The src folder of an earlier fwp_hf checkout (e.g. a `git worktree` of an older commit): "
+                          "its eager decoding of the headline type is timed in child processes, alternating with "
+                          "this code's, and the decoding targets are checked against it."},
+    )
+    baseline_label: str | None = field(default=None, metadata={"help": "How the report names the baseline (e.g. its commit)."})
 
 
 @dataclass
@@ -76,22 +97,52 @@ class Sizes:
     long_lengths: tuple[int, ...] = (8192, 16384)
     train_steps: int = 2
     decode_prompt: int = 4096
-    decode_tokens: int = 128
+    decode_tokens: int = 64
     cache_lengths: tuple[int, int] = (1024, 16384)
     flops_shape: tuple[int, int, int, int] = (2, 4, 4096, 64)
     vocab_size: int = 8192
     hidden_size: int = 256
     num_layers: int = 6
     num_heads: int = 8
+    # 6. batched generation
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    batch_prompts: tuple[int, ...] = (1024, 4096)
+    batch_decode_tokens: int = 16
+    cell_time_limit_s: float = 180.0
+    # 7. a GPT-2-small-sized model
+    realistic_vocab_size: int = 32000
+    realistic_hidden_size: int = 768
+    realistic_num_layers: int = 12
+    realistic_num_heads: int = 12
+    realistic_train_length: int = 2048
+    realistic_train_steps: int = 1
+    realistic_decode_prompt: int = 4096
+    realistic_decode_tokens: int = 8
+    # 8. very long prompts
+    long_prompts: tuple[int, ...] = (16384, 65536)
+    long_prefill_chunk: int = 8192
+    long_decode_tokens: int = 16
+    # dynamo backend of the compiled decoding ("eager" in --quick: the same graph capture, no code generation)
+    compile_backend: str = "inductor"
 
     @classmethod
-    def quick(cls) -> "Sizes":
+    def quick(cls) -> Sizes:
         return cls(
             kernel_shape=(1, 2, 128, 16), kernel_repeats=1, train_models=(HEADLINE_TYPE, "gpt2"),
             train_lengths=(64, 128), long_lengths=(256,),
             train_steps=1, decode_prompt=64, decode_tokens=4, cache_lengths=(32, 256), flops_shape=(1, 2, 256, 16),
             vocab_size=256, hidden_size=32, num_layers=2, num_heads=4,
+            batch_sizes=(1, 2), batch_prompts=(32, 64), batch_decode_tokens=3,
+            realistic_vocab_size=512, realistic_hidden_size=48, realistic_num_layers=2, realistic_num_heads=4,
+            realistic_train_length=64, realistic_decode_prompt=64, realistic_decode_tokens=3,
+            long_prompts=(256, 1024), long_prefill_chunk=256, long_decode_tokens=3, compile_backend="eager",
         )
+
+    def realistic(self) -> Sizes:
+        """These sizes with the GPT-2-small-sized model's width, depth, heads and vocabulary (section 7)."""
+        return replace(self, vocab_size=self.realistic_vocab_size, hidden_size=self.realistic_hidden_size,
+                       num_layers=self.realistic_num_layers, num_heads=self.realistic_num_heads,
+                       train_steps=self.realistic_train_steps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,52 +173,80 @@ def _limit_memory(limit_gib: float) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _train_step_child(kind: str, length: int, sizes: Sizes, threads: int | None, limit_gib: float, queue) -> None:
-    """Child process: time `sizes.train_steps` training steps (after one warm-up) and report peak memory."""
+def _child_main(measure, arguments: tuple, threads: int | None, limit_gib: float, queue) -> None:
+    """Child process: run ``measure(*arguments) -> dict`` under an address-space limit and send its result
+    (or the error that stopped it) back."""
     try:
         _limit_memory(limit_gib)
         if threads:
             torch.set_num_threads(threads)
-        torch.manual_seed(0)
-        model = build_model(kind, sizes, max_length=length)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        ids = torch.randint(0, sizes.vocab_size, (1, length))
-        baseline = _peak_rss_bytes()
-        times = []
-        for _ in range(sizes.train_steps + 1):
-            start = time.perf_counter()
-            model(input_ids=ids, labels=ids).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - start)
-        best = min(times[1:])
-        queue.put({"tokens_per_s": length / best, "step_s": best, "peak_rss_gib": _peak_rss_bytes() / GIB,
-                   "rss_before_steps_gib": baseline / GIB, "parameters": model.num_parameters()})
+        queue.put(measure(*arguments))
     except MemoryError:
         queue.put({"error": f"out of memory under the {limit_gib} GiB limit"})
     except RuntimeError as error:  # torch reports failed allocations as RuntimeError
         queue.put({"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"})
 
 
-def measure_training_step(kind: str, length: int, sizes: Sizes, args: BenchmarkArguments) -> dict:
-    """Run one training measurement in a fresh child process with a memory limit."""
+def run_in_child(measure, arguments: tuple, args: BenchmarkArguments, time_limit_s: float | None = None) -> dict:
+    """``measure(*arguments)`` in a fresh child process with the memory limit of `args` (and a time limit):
+    its peak resident memory is its own, and a blow-up or a run past the limit is a row's error, not the run's."""
     # forkserver: every child starts from a small server process that has imported torch once, so
     # its peak memory is its own (a plain fork would inherit this process's) and it starts fast.
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["torch", "transformers", "fwp_hf"])
     queue = context.Queue()
-    child = context.Process(
-        target=_train_step_child, args=(kind, length, sizes, args.threads, args.child_memory_limit_gib, queue)
-    )
+    child = context.Process(target=_child_main, args=(measure, arguments, args.threads, args.child_memory_limit_gib, queue))
     child.start()
-    child.join()
+    child.join(time_limit_s)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return {"error": f"skipped: still running after {time_limit_s:.0f} s"}
     if child.exitcode != 0:
         return {"error": f"child process died with exit code {child.exitcode} (killed for memory?)"}
-    return queue.get()
+    try:  # a child short of memory may end before its queue's feeder thread sent the result
+        return queue.get(timeout=10)
+    except Empty:
+        return {"error": "child process ended without a result (out of memory?)"}
+
+
+def _train_steps(kind: str, length: int, sizes: Sizes) -> dict:
+    """Time `sizes.train_steps` training steps (after one warm-up) of one model; peak memory of the process."""
+    torch.manual_seed(0)
+    model = build_model(kind, sizes, max_length=length)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, sizes.vocab_size, (1, length))
+    baseline = peak_rss_bytes()
+    times = []
+    for _ in range(sizes.train_steps + 1):
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    best = min(times[1:])
+    return {"tokens_per_s": length / best, "step_s": best, "peak_rss_gib": peak_rss_bytes() / GIB,
+            "rss_before_steps_gib": baseline / GIB, "parameters": model.num_parameters()}
+
+
+def measure_training_step(kind: str, length: int, sizes: Sizes, args: BenchmarkArguments) -> dict:
+    """One training measurement in a fresh child process with a memory limit."""
+    return run_in_child(_train_steps, (kind, length, sizes), args)
+
+
+def _generation_cell(kind: str, sizes: Sizes, batch: int, prompt_length: int, new_tokens: int,
+                     prefill_chunk_size: int | None = None) -> dict:
+    """Greedy generation of one model in this (child) process: `timed_generate`'s figures, the resident
+    memory with the model built, and the process's peak."""
+    torch.manual_seed(0)
+    model = build_model(kind, sizes, max_length=prompt_length + new_tokens + 1).eval()
+    prompt = torch.randint(0, sizes.vocab_size, (batch, prompt_length))
+    model_rss = current_rss_bytes()
+    extra = {} if prefill_chunk_size is None else {"prefill_chunk_size": prefill_chunk_size}
+    result = timed_generate(model, prompt, new_tokens, **extra)
+    # Linux updates the peak (ru_maxrss) lazily: it can trail the resident memory read during decoding.
+    peak = max(peak_rss_bytes() / GIB, result["decode_rss_gib"])
+    return {**result, "model_rss_gib": model_rss / GIB, "peak_rss_gib": peak, "parameters": model.num_parameters()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,51 +341,164 @@ def converted_fla_delta_net(sizes: Sizes, folder: Path) -> torch.nn.Module:
     return load_fla_checkpoint(folder)
 
 
-def decode_tokens_per_s(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """Prefill `prompt`, then `new_tokens` greedy one-token steps with the cache; returns (prefill s, decode tok/s)."""
-    start = time.perf_counter()
-    out = model(input_ids=prompt, use_cache=True)
-    prefill_s = time.perf_counter() - start
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    start = time.perf_counter()
-    for _ in range(new_tokens):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    return prefill_s, new_tokens / (time.perf_counter() - start)
+def compiled_generation(model, batch_size: int, compile_config: CompileConfig) -> dict:
+    """`generate` keyword arguments that compile the decoding steps (transformers' static-cache convention):
+    a fresh `FastWeightStaticCache` of `batch_size` rows and `compile_config`."""
+    return {"past_key_values": FastWeightStaticCache(model.config, batch_size, dtype=model.dtype),
+            "compile_config": compile_config}
 
 
-def cache_bytes(cache) -> int:
-    total = 0
-    for layer in cache.layers:
-        for tensor in (getattr(layer, "state", None), getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if torch.is_tensor(tensor):
-                total += tensor.numel() * tensor.element_size()
-    return total
+def cpu_compile_config(backend: str = "inductor") -> CompileConfig:
+    """One fixed-shape graph for the decoding step; transformers compiles on a CPU only when asked to."""
+    config = CompileConfig(fullgraph=True, dynamic=False, mode="default", backend=backend)
+    config._compile_all_devices = True
+    return config
 
 
-def bench_decoding(sizes: Sizes) -> dict:
+def _weight_matrices(model: torch.nn.Module) -> int:
+    """Entries of the matrices a decoding step multiplies by: every nn.Linear (and GPT-2's Conv1D) weight,
+    the LM head included; the embedding lookup reads one row only."""
+    from transformers.pytorch_utils import Conv1D
+
+    return sum(module.weight.numel() for module in model.modules() if isinstance(module, (torch.nn.Linear, Conv1D)))
+
+
+def decode_flops_per_token(model: torch.nn.Module, context_length: int) -> float:
+    """FLOPs (multiply-add = 2) of one decoding step of one sequence: 2 per weight-matrix entry, plus per layer
+    either 6 per fast-weight state entry (the delta rule's read k·S, rank-1 write and read q·S; an upper bound
+    for the other rules) or, for softmax attention, 4·context·d_model (q·K and the weighted sum of V)."""
+    config = model.config
+    flops = 2.0 * _weight_matrices(model)
+    if isinstance(model, GPT2LMHeadModel):
+        return flops + 4.0 * context_length * config.n_embd * config.n_layer
+    for kind in config.layer_attention_types:
+        spec = TOKEN_MIXERS[kind]
+        if spec.holds_state:
+            flops += 6.0 * config.num_attention_heads * math.prod(spec.state_shape(config))
+        else:
+            flops += 4.0 * context_length * config.hidden_size
+    return flops
+
+
+def _decode_row(label: str, model: torch.nn.Module, mode: str, result: dict, context_length: int) -> dict:
+    return {"model": label, "mode": mode, **result, "flops_per_token": decode_flops_per_token(model, context_length),
+            "weight_bytes_per_token": _weight_matrices(model) * next(model.parameters()).element_size()}
+
+
+def measure_baseline_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
+    """Eager decoding of the headline type by the fwp_hf under ``args.baseline_src``, in a child process
+    (`decode_timing`'s script, the same measurement as this run's)."""
+    config = build_model(HEADLINE_TYPE, sizes, 1).config
+    spec = {"config": {key: getattr(config, key) for key in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "attention_type")},
+        "prompt_length": sizes.decode_prompt, "new_tokens": sizes.decode_tokens, "threads": args.threads, "repeats": 2}
+    process = subprocess.run([sys.executable, decode_timing.__file__, json.dumps(spec)],
+                             env=_baseline_environment(args.baseline_src), capture_output=True, text=True, check=False)
+    if process.returncode != 0:
+        return {"error": process.stderr.strip().splitlines()[-1][:200] if process.stderr.strip() else "failed"}
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def _baseline_environment(baseline_src: str) -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(baseline_src).resolve()), os.environ.get("PYTHONPATH", "")])}
+
+
+def check_baseline_src(baseline_src: str) -> str:
+    """The file of the fwp_hf that a child with `baseline_src` first on its path imports; a ValueError when
+    that is not `baseline_src`'s (checked before any measurement)."""
+    probe = "import fwp_hf, sys; sys.stdout.write(fwp_hf.__file__)"
+    process = subprocess.run([sys.executable, "-c", probe], env=_baseline_environment(baseline_src),
+                             capture_output=True, text=True, check=False)
+    location = process.stdout.strip()
+    if process.returncode != 0 or not Path(location).resolve().is_relative_to(Path(baseline_src).resolve()):
+        raise ValueError(f"--baseline_src {baseline_src!r} must be the src folder of an fwp_hf checkout (a child process "
+                         f"with it first on PYTHONPATH imported {location or 'no fwp_hf'})")
+    return location
+
+
+def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
+    """Section 3: batch-1 `generate` after a `decode_prompt`-token prompt (see the module docstring)."""
     torch.manual_seed(0)
     prompt = torch.randint(0, sizes.vocab_size, (1, sizes.decode_prompt))
-    decode = []
-    for kind in tqdm((*FWP_TYPES, "gpt2"), desc="3. decoding", leave=False):
-        model = build_model(kind, sizes, max_length=sizes.decode_prompt + sizes.decode_tokens + 1).eval()
-        prefill_s, tokens_per_s = decode_tokens_per_s(model, prompt, sizes.decode_tokens)
-        decode.append({"model": kind, "prefill_s": prefill_s, "decode_tokens_per_s": tokens_per_s})
+    max_length = sizes.decode_prompt + sizes.decode_tokens + 1
+    models = {kind: build_model(kind, sizes, max_length).eval() for kind in (*FWP_TYPES, "gpt2")}
+    context = sizes.decode_prompt + sizes.decode_tokens // 2
+    best: dict[str, dict] = {}
+
+    def keep_best(key: str, result: dict) -> None:
+        if key not in best or result["decode_tokens_per_s"] > best[key]["decode_tokens_per_s"]:
+            best[key] = result
+
+    for kind in tqdm((*FWP_TYPES, "gpt2"), desc="3. decoding, eager", leave=False):
+        keep_best(kind, timed_generate(models[kind], prompt, sizes.decode_tokens))
+    compile_config = cpu_compile_config(sizes.compile_backend)
+    headline = models[HEADLINE_TYPE]
+    start = time.perf_counter()  # the first compiled call compiles the decoding step
+    timed_generate(headline, prompt[:, :16], 3, **compiled_generation(headline, 1, compile_config))
+    warmup_s = time.perf_counter() - start
+    baseline = None
+    for repeat in tqdm(range(2), desc="3. decoding: compiled, eager, GPT-2 side by side", leave=False):
+        keep_best("compiled", timed_generate(headline, prompt, sizes.decode_tokens,
+                                             **compiled_generation(headline, 1, compile_config)))
+        keep_best(HEADLINE_TYPE, timed_generate(headline, prompt, sizes.decode_tokens))
+        keep_best("gpt2", timed_generate(models["gpt2"], prompt, sizes.decode_tokens))
+        if args.baseline_src and repeat == 0:
+            baseline = measure_baseline_decoding(sizes, args)
+    decode = [_decode_row(kind, models[kind], "eager", best[kind], context) for kind in (*FWP_TYPES, "gpt2")]
+    decode.append(_decode_row(HEADLINE_TYPE, headline, "compiled", best["compiled"], context))
     with tempfile.TemporaryDirectory() as folder:
-        model = converted_fla_delta_net(sizes, Path(folder))
-    prefill_s, tokens_per_s = decode_tokens_per_s(model, prompt, sizes.decode_tokens)
-    decode.append({"model": FLA_DELTA_NET_ROW, "prefill_s": prefill_s, "decode_tokens_per_s": tokens_per_s})
+        fla = converted_fla_delta_net(sizes, Path(folder)).eval()
+    decode.append(_decode_row(FLA_DELTA_NET_ROW, fla, "eager", timed_generate(fla, prompt, sizes.decode_tokens), context))
+    if baseline is not None:
+        same_model = decode[FWP_TYPES.index(HEADLINE_TYPE)]  # the same architecture and sizes: the same work per token
+        decode.append({"model": f"{HEADLINE_TYPE} at {args.baseline_label or args.baseline_src}", "mode": BASELINE_MODE,
+                       **baseline, **{key: same_model[key] for key in ("flops_per_token", "weight_bytes_per_token")}})
     cache_rows = []
     for kind in tqdm(FAST_WEIGHT_TYPES, desc="3. cache bytes", leave=False):
-        model = build_model(kind, sizes, max_length=max(sizes.cache_lengths)).eval()
+        model = models[kind]
         row = {"model": kind}
         for length in sizes.cache_lengths:
             with torch.no_grad():
-                out = model(input_ids=torch.randint(0, sizes.vocab_size, (1, length)), use_cache=True,
-                            logits_to_keep=1)
+                out = model(input_ids=torch.randint(0, sizes.vocab_size, (1, length)), use_cache=True, logits_to_keep=1)
             row[f"bytes_at_{length}"] = cache_bytes(out.past_key_values)
         cache_rows.append(row)
-    return {"decode": decode, "cache": cache_rows}
+    return {"decode": decode, "cache": cache_rows, "compile_warmup_s": warmup_s}
+
+
+def bench_batched_generation(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:
+    """Section 6: every (prompt length, batch) cell for the headline type and GPT-2, each in a child process."""
+    jobs = [(prompt, batch, kind) for prompt in sizes.batch_prompts for batch in sizes.batch_sizes
+            for kind in (HEADLINE_TYPE, "gpt2")]
+    rows = []
+    for prompt, batch, kind in tqdm(jobs, desc="6. batched generation (child processes)", leave=False):
+        result = run_in_child(_generation_cell, (kind, sizes, batch, prompt, sizes.batch_decode_tokens), args,
+                              sizes.cell_time_limit_s)
+        rows.append({"model": kind, "batch": batch, "prompt": prompt, **result})
+    return rows
+
+
+def bench_realistic_size(sizes: Sizes, args: BenchmarkArguments) -> dict:
+    """Section 7: the GPT-2-small-sized model, training at `realistic_train_length` and decoding after a long prompt."""
+    big = sizes.realistic()
+    training, decoding = [], []
+    for kind in tqdm((HEADLINE_TYPE, "gpt2"), desc="7. GPT-2-small size", leave=False):
+        length = sizes.realistic_train_length
+        training.append({"model": kind, "seq_len": length, **measure_training_step(kind, length, big, args)})
+        cell = (kind, big, 1, sizes.realistic_decode_prompt, sizes.realistic_decode_tokens)
+        decoding.append({"model": kind, "prompt": sizes.realistic_decode_prompt,
+                         **run_in_child(_generation_cell, cell, args, sizes.cell_time_limit_s)})
+    return {"training": training, "decoding": decoding}
+
+
+def bench_long_prompts(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:
+    """Section 8: prefill of very long prompts in one call (and the longest in chunks), then decoding."""
+    jobs = [(prompt, None) for prompt in sizes.long_prompts] + [(max(sizes.long_prompts), sizes.long_prefill_chunk)]
+    rows = []
+    for prompt, chunk in tqdm(jobs, desc="8. long prompts (child processes)", leave=False):
+        cell = (HEADLINE_TYPE, sizes, 1, prompt, sizes.long_decode_tokens, chunk)
+        rows.append({"model": HEADLINE_TYPE, "prompt": prompt, "prefill_chunk_size": chunk,
+                     **run_in_child(_generation_cell, cell, args, sizes.cell_time_limit_s)})
+    return rows
 
 
 def delta_chunk_flops(batch: int, heads: int, length: int, dim: int, chunk: int) -> float:
@@ -381,13 +573,27 @@ def _ratio(rows: list[dict], kind: str, length: int) -> float | None:
     return None
 
 
+def _decode_rate(results: dict, model: str, mode: str = "eager") -> float | None:
+    row = _lookup(results["decoding"]["decode"], model=model, mode=mode)
+    return row.get("decode_tokens_per_s")
+
+
+def _divide(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
 def evaluate_targets(results: dict, sizes: Sizes) -> list[dict]:
-    """The issue's targets, each with the measured value and met/missed."""
+    """The issues' targets, each with the measured value and met/missed."""
     targets = []
 
-    def add(name: str, value: float | None, threshold: float, unit: str = "×", higher_is_better: bool = True):
-        met = value is not None and (value >= threshold if higher_is_better else value <= threshold)
-        targets.append({"target": name, "value": value, "threshold": threshold, "unit": unit, "met": met})
+    def add(name: str, value: float | bool | None, threshold: float | bool, unit: str = "×",
+            higher_is_better: bool = True) -> None:
+        if isinstance(threshold, bool):
+            met = value is threshold
+        else:
+            met = value is not None and (value >= threshold if higher_is_better else value <= threshold)
+        targets.append({"target": name, "value": value, "threshold": threshold, "unit": unit,
+                        "higher_is_better": higher_is_better, "met": met})
 
     headline_kernel = _lookup(results["kernels"], kernel=HEADLINE_TYPE)
     add(f"{HEADLINE_TYPE} chunkwise vs recurrent, fwd+bwd", headline_kernel.get("speedup"), 25.0)
@@ -398,14 +604,47 @@ def evaluate_targets(results: dict, sizes: Sizes) -> list[dict]:
     for length in sizes.long_lengths:
         row = _lookup(results["training"], model=HEADLINE_TYPE, seq_len=length)
         add(f"{HEADLINE_TYPE} training step peak memory at T={length}", row.get("peak_rss_gib"), 8.0, "GiB", False)
-    decode = {row["model"]: row["decode_tokens_per_s"] for row in results["decoding"]["decode"]}
-    add(f"{HEADLINE_TYPE} decode tok/s vs GPT-2 after {sizes.decode_prompt} prompt tokens", decode[HEADLINE_TYPE] / decode["gpt2"], 2.0)
+
+    prompt = sizes.decode_prompt
+    eager, gpt2 = _decode_rate(results, HEADLINE_TYPE), _decode_rate(results, "gpt2")
+    compiled = _decode_rate(results, HEADLINE_TYPE, "compiled")
+    add(f"{HEADLINE_TYPE} eager decode tok/s vs GPT-2 after {prompt} prompt tokens", _divide(eager, gpt2), 2.0)
+    add(f"{HEADLINE_TYPE} compiled decode tok/s vs GPT-2 after {prompt} prompt tokens", _divide(compiled, gpt2), 5.0)
+    baseline = next((row for row in results["decoding"]["decode"] if row["mode"] == BASELINE_MODE), None)
+    if baseline is not None:
+        before = baseline.get("decode_tokens_per_s")
+        add(f"{HEADLINE_TYPE} eager decode tok/s vs the baseline code's eager decode", _divide(eager, before), 1.5)
+        add(f"{HEADLINE_TYPE} compiled decode tok/s vs the baseline code's eager decode", _divide(compiled, before), 3.0)
     small, large = sizes.cache_lengths
     equal = all(row[f"bytes_at_{small}"] == row[f"bytes_at_{large}"] for row in results["decoding"]["cache"])
-    targets.append({"target": f"cache bytes equal at {small} and {large} tokens, every fast-weight type",
-                    "value": equal, "threshold": True, "unit": "", "met": equal})
+    add(f"cache bytes equal at {small} and {large} tokens, every fast-weight type", equal, True, "")
     add(f"chunkwise {HEADLINE_TYPE} GFLOP/s vs torch.matmul GFLOP/s (similar shapes)",
         results["flops"]["fraction_of_matmul"], 0.4, "fraction")
+
+    batch, short, long_prompt = max(sizes.batch_sizes), min(sizes.batch_prompts), max(sizes.batch_prompts)
+    cells = results["batched"]
+    ours = _lookup(cells, model=HEADLINE_TYPE, batch=batch, prompt=long_prompt)
+    theirs = _lookup(cells, model="gpt2", batch=batch, prompt=long_prompt)
+    add(f"{HEADLINE_TYPE} decode tok/s vs GPT-2 at batch {batch} after {long_prompt}-token prompts",
+        _divide(ours.get("decode_tokens_per_s"), theirs.get("decode_tokens_per_s")), 10.0)
+    ours_short = _lookup(cells, model=HEADLINE_TYPE, batch=batch, prompt=short)
+    same_state = "cache_bytes" in ours and ours.get("cache_bytes") == ours_short.get("cache_bytes")
+    add(f"{HEADLINE_TYPE} state bytes equal at batch {batch} after {short}- and {long_prompt}-token prompts", same_state,
+        True, "")
+    add(f"{HEADLINE_TYPE} decoding memory at batch {batch}, {long_prompt}- vs {short}-token prompts",
+        _divide(ours.get("decode_rss_gib"), ours_short.get("decode_rss_gib")), 1.1, "×", False)
+
+    longest = max(sizes.long_prompts)
+    prefills = {row["prompt"]: row for row in results["long_prompts"] if row["prefill_chunk_size"] is None}
+    add(f"{HEADLINE_TYPE} peak memory, {longest}-token prefill then decoding", prefills[longest].get("peak_rss_gib"),
+        2.0, "GiB", False)
+
+    def prefill_memory(row: dict) -> float | None:  # what the prefill added to the process with the model built
+        return row["peak_rss_gib"] - row["model_rss_gib"] if "peak_rss_gib" in row else None
+
+    shortest = min(sizes.long_prompts)
+    add(f"{HEADLINE_TYPE} prefill memory growth {shortest} → {longest} tokens (linear: {longest / shortest:g}×)",
+        _divide(prefill_memory(prefills[longest]), prefill_memory(prefills[shortest])), longest / shortest, "×", False)
     return targets
 
 
@@ -417,6 +656,20 @@ def _fmt(value, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _cell(row: dict, key: str, digits: int = 2, suffix: str = "") -> str:
+    """A table cell: the value, or the row's error in the first cell that lacks it."""
+    return f"{row[key]:.{digits}f}{suffix}" if key in row else "—"
+
+
+def _decode_efficiency(row: dict, matmul_gflops: float) -> tuple[str, str]:
+    """(fraction of the matmul FLOP rate, weight bytes read per second) of a decoding row, as cells."""
+    if "decode_tokens_per_s" not in row or "flops_per_token" not in row:
+        return "—", "—"
+    rate = row["decode_tokens_per_s"]
+    return (f"{100 * row['flops_per_token'] * rate / (matmul_gflops * 1e9):.1f}%",
+            f"{row['weight_bytes_per_token'] * rate / 1e9:.1f}")
 
 
 def render_markdown(results: dict) -> str:
@@ -436,8 +689,8 @@ def render_markdown(results: dict) -> str:
         "|---|---|---|---|",
     ]
     for t in results["targets"]:
-        op = "≥" if t["unit"] != "GiB" else "≤"
-        threshold = "" if isinstance(t["threshold"], bool) else f"{op} {t['threshold']} {t['unit']}".strip()
+        op = "≥" if t.get("higher_is_better", t["unit"] != "GiB") else "≤"
+        threshold = "" if isinstance(t["threshold"], bool) else f"{op} {t['threshold']:g} {t['unit']}".strip()
         lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {threshold} | {'met' if t['met'] else 'MISSED'} |")
     b, h, length, d = sizes["kernel_shape"]
     lines += ["", f"## 1. Kernels: chunkwise vs recurrent, forward+backward (B={b}, H={h}, T={length}, D={d}, fp32)",
@@ -447,28 +700,10 @@ def render_markdown(results: dict) -> str:
     lines += ["", f"## 2 and 5. Training step (forward+backward+AdamW), batch 1, {sizes['num_layers']} layers, "
               f"d_model {sizes['hidden_size']}, {sizes['num_heads']} heads, vocabulary {sizes['vocab_size']}",
               "", "Each measurement runs in its own child process under an address-space limit; peak memory is that "
-              "process's peak resident set (model, optimizer state, activations and the Python runtime).",
-              "", "| model | T | parameters | tokens/s | vs GPT-2 | step s | peak memory GiB |", "|---|---|---|---|---|---|---|"]
-    for row in results["training"]:
-        if "error" in row:
-            lines.append(f"| {row['model']} | {row['seq_len']} | — | — | — | — | {row['error']} |")
-            continue
-        ratio = _ratio(results["training"], row["model"], row["seq_len"]) if row["model"] != "gpt2" else None
-        lines.append(f"| {row['model']} | {row['seq_len']} | {row['parameters'] / 1e6:.2f}M | {row['tokens_per_s']:.0f} | "
-                     f"{_fmt(ratio)}{'×' if ratio else ''} | {row['step_s']:.2f} | {row['peak_rss_gib']:.2f} |")
-    lines += ["", results["crossover"], "",
-              f"## 3. Decoding after a {sizes['decode_prompt']}-token prompt ({sizes['decode_tokens']} greedy tokens, batch 1)",
-              "", "| model | prefill s | decode tokens/s | vs GPT-2 |", "|---|---|---|---|"]
-    gpt2_decode = _lookup(results["decoding"]["decode"], model="gpt2")["decode_tokens_per_s"]
-    for row in results["decoding"]["decode"]:
-        lines.append(f"| {row['model']} | {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | "
-                     f"{row['decode_tokens_per_s'] / gpt2_decode:.2f}× |")
-    small, large = sizes["cache_lengths"]
-    lines += ["", f"Cache bytes after a {small}- and a {large}-token prompt:", "",
-              f"| model | bytes at {small} | bytes at {large} | equal |", "|---|---|---|---|"]
-    for row in results["decoding"]["cache"]:
-        a, b2 = row[f"bytes_at_{small}"], row[f"bytes_at_{large}"]
-        lines.append(f"| {row['model']} | {a:,} | {b2:,} | {'yes' if a == b2 else 'no'} |")
+              "process's peak resident set (model, optimizer state, activations and the Python runtime).", ""]
+    lines += _training_table(results["training"])
+    lines += ["", results["crossover"], ""]
+    lines += _decoding_section(results)
     flops = results["flops"]
     lines += ["", f"## 4. Achieved GFLOP/s of the chunkwise delta kernel (forward, shape {flops['shape']}, "
               f"chunk {flops['chunk_size']})", "",
@@ -478,7 +713,110 @@ def render_markdown(results: dict) -> str:
               f"{flops['matmul_similar_shape_gflops']:.1f} |",
               f"| torch.matmul 1024×1024 (for reference) | {flops['matmul_1024_gflops']:.1f} |",
               f"| kernel / similar-shape matmul | {flops['fraction_of_matmul']:.2f} |", ""]
+    lines += _batched_section(results) + _realistic_section(results) + _long_prompt_section(results)
     return "\n".join(lines)
+
+
+def _training_table(rows: list[dict]) -> list[str]:
+    lines = ["| model | T | parameters | tokens/s | vs GPT-2 | step s | peak memory GiB |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['seq_len']} | — | — | — | — | {row['error']} |")
+            continue
+        ratio = _ratio(rows, row["model"], row["seq_len"]) if row["model"] != "gpt2" else None
+        lines.append(f"| {row['model']} | {row['seq_len']} | {row['parameters'] / 1e6:.2f}M | {row['tokens_per_s']:.0f} | "
+                     f"{_fmt(ratio)}{'×' if ratio else ''} | {row['step_s']:.2f} | {row['peak_rss_gib']:.2f} |")
+    return lines
+
+
+def _decoding_section(results: dict) -> list[str]:
+    sizes, decoding = results["sizes"], results["decoding"]
+    matmul = results["flops"]["matmul_1024_gflops"]
+    gpt2 = _decode_rate(results, "gpt2")
+    lines = [f"## 3. Serving at batch 1: `generate` after a {sizes['decode_prompt']}-token prompt "
+             f"({sizes['decode_tokens']} greedy tokens)", "",
+             "Decoding tokens/s counts the steps after the first new token; prefill is the prompt's forward pass. "
+             "\"compiled\": `generate(..., past_key_values=FastWeightStaticCache(config, 1), compile_config="
+             "CompileConfig(fullgraph=True, dynamic=False, mode=\"default\"))` (with `_compile_all_devices = True` on a "
+             f"CPU); its first call compiled the decoding step in {decoding['compile_warmup_s']:.0f} s (not counted). "
+             "FLOPs per token: 2 per weight-matrix entry plus the state's (or the KV cache's) work "
+             "(`decode_flops_per_token`); \"% of matmul\" divides FLOPs/token × tokens/s by the 1024×1024 matmul rate "
+             f"of section 4 ({matmul:.0f} GFLOP/s). At batch 1 every step reads every weight once, so the "
+             "weight bytes read per second show how close a step is to the memory-bound limit.", "",
+             "| model | mode | prefill s | decode tokens/s | vs GPT-2 | MFLOP/token | % of matmul | weight GB/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in decoding["decode"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['mode']} | — | — | — | — | — | {row['error']} |")
+            continue
+        fraction, bandwidth = _decode_efficiency(row, matmul)
+        ratio = _divide(row["decode_tokens_per_s"], gpt2)
+        lines.append(f"| {row['model']} | {row['mode']} | {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | "
+                     f"{_fmt(ratio)}× | {row['flops_per_token'] / 1e6:.1f} | {fraction} | {bandwidth} |")
+    small, large = sizes["cache_lengths"]
+    lines += ["", f"Cache bytes after a {small}- and a {large}-token prompt:", "",
+              f"| model | bytes at {small} | bytes at {large} | equal |", "|---|---|---|---|"]
+    for row in decoding["cache"]:
+        a, b2 = row[f"bytes_at_{small}"], row[f"bytes_at_{large}"]
+        lines.append(f"| {row['model']} | {a:,} | {b2:,} | {'yes' if a == b2 else 'no'} |")
+    return lines
+
+
+def _generation_columns(row: dict) -> str:
+    """prefill s | decode tokens/s | cache MiB | decoding memory GiB | peak memory GiB (or the row's error)."""
+    if "error" in row:
+        return f"— | — | — | — | {row['error']}"
+    return (f"{row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | {row['cache_bytes'] / 2**20:.1f} | "
+            f"{row['decode_rss_gib']:.2f} | {row['peak_rss_gib']:.2f}")
+
+
+def _batched_section(results: dict) -> list[str]:
+    sizes = results["sizes"]
+    lines = ["", f"## 6. Batched generation ({sizes['batch_decode_tokens']} greedy tokens per sequence, eager)", "",
+             "Each cell runs in its own child process (time limit "
+             f"{sizes['cell_time_limit_s']:.0f} s); decoding memory is the highest resident memory seen during the "
+             "decoding steps (model, cache and runtime), peak memory the process's peak (the prefill's). Decode "
+             "tokens/s counts every sequence of the batch.", "",
+             "| model | batch | prompt | prefill s | decode tokens/s | vs GPT-2 | cache MiB | decoding memory GiB | "
+             "peak memory GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in results["batched"]:
+        gpt2 = _lookup(results["batched"], model="gpt2", batch=row["batch"], prompt=row["prompt"])
+        ratio = _divide(row.get("decode_tokens_per_s"), gpt2.get("decode_tokens_per_s")) if row["model"] != "gpt2" else None
+        columns = _generation_columns(row).split(" | ")
+        columns.insert(2, f"{_fmt(ratio)}{'×' if ratio else ''}")
+        lines.append(f"| {row['model']} | {row['batch']} | {row['prompt']} | {' | '.join(columns)} |")
+    return lines
+
+
+def _realistic_section(results: dict) -> list[str]:
+    sizes, realistic = results["sizes"], results["realistic"]
+    lines = ["", f"## 7. A GPT-2-small-sized model: {sizes['realistic_num_layers']} layers, d_model "
+             f"{sizes['realistic_hidden_size']}, {sizes['realistic_num_heads']} heads, vocabulary "
+             f"{sizes['realistic_vocab_size']}", "", f"Training step at T = {sizes['realistic_train_length']} "
+             f"(best of {sizes['realistic_train_steps']} after one warm-up step; batch 1, AdamW):", ""]
+    lines += _training_table(realistic["training"])
+    lines += ["", f"Decoding after a {sizes['realistic_decode_prompt']}-token prompt ({sizes['realistic_decode_tokens']} "
+              "greedy tokens, batch 1, eager):", "",
+              "| model | prefill s | decode tokens/s | cache MiB | decoding memory GiB | peak memory GiB |",
+              "|---|---|---|---|---|---|"]
+    for row in realistic["decoding"]:
+        lines.append(f"| {row['model']} | {_generation_columns(row)} |")
+    return lines
+
+
+def _long_prompt_section(results: dict) -> list[str]:
+    sizes = results["sizes"]
+    lines = ["", f"## 8. Very long prompts ({HEADLINE_TYPE}, benchmark size, batch 1, then "
+             f"{sizes['long_decode_tokens']} greedy tokens)", "",
+             "`generate` asks for the last position's logits only (`logits_to_keep=1`), so no prompt × vocabulary "
+             "tensor is built; with `prefill_chunk_size` the prompt goes through the model in chunks that carry the "
+             "state, which bounds the prefill's memory by the chunk instead of the prompt.", "",
+             "| prompt | prefill chunks | prefill s | decode tokens/s | cache MiB | decoding memory GiB | "
+             "peak memory GiB |", "|---|---|---|---|---|---|---|"]
+    for row in results["long_prompts"]:
+        chunks = f"{row['prefill_chunk_size']:,}" if row["prefill_chunk_size"] else "one call"
+        lines.append(f"| {row['prompt']:,} | {chunks} | {_generation_columns(row)} |")
+    return lines
 
 
 def crossover_sentence(rows: list[dict], lengths: tuple[int, ...]) -> str:
@@ -507,14 +845,19 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = Sizes.quick() if args.quick else Sizes()
+    baseline_file = check_baseline_src(args.baseline_src) if args.baseline_src else None
     start = time.time()
     command = " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])])
     results = {"quick": args.quick, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "machine": machine_description(torch.get_num_threads()), "sizes": asdict(sizes)}
+               "machine": machine_description(torch.get_num_threads()), "sizes": asdict(sizes),
+               "baseline": {"src": args.baseline_src, "label": args.baseline_label, "fwp_hf": baseline_file}}
     results["kernels"] = bench_kernels(sizes)
     results["flops"] = bench_flops(sizes)
-    results["decoding"] = bench_decoding(sizes)
+    results["decoding"] = bench_decoding(sizes, args)
     results["training"] = bench_training(sizes, args)
+    results["batched"] = bench_batched_generation(sizes, args)
+    results["realistic"] = bench_realistic_size(sizes, args)
+    results["long_prompts"] = bench_long_prompts(sizes, args)
     results["crossover"] = crossover_sentence(results["training"], sizes.train_lengths)
     results["targets"] = evaluate_targets(results, sizes)
     results["wall_s"] = time.time() - start
