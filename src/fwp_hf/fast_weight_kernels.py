@@ -462,17 +462,30 @@ def recurrent_sum_rule(
     out_dtype = q.dtype
     q, k, v = q.float(), k.float(), v.float()
     state = _zero_state(k, v) if initial_state is None else initial_state.float()
+    decay = log_decay.float().exp().unsqueeze(-1) if log_decay is not None else None
+    if q.shape[2] == 1:  # one-token decoding: the step itself, no slicing
+        y, state = _sum_rule_step(q, k, v, decay, state, exclusive)
+        return y.to(out_dtype), state
     outputs = []
     for t in range(q.shape[2]):
         step = slice(t, t + 1)  # token t with its time dim kept: [B, H, 1, D]
-        if exclusive:
-            outputs.append(q[:, :, step] @ state)
-        if log_decay is not None:
-            state = state * log_decay[:, :, step, None].float().exp()
-        state = state + k[:, :, step].transpose(-1, -2) * v[:, :, step]
-        if not exclusive:
-            outputs.append(q[:, :, step] @ state)
+        y_t, state = _sum_rule_step(q[:, :, step], k[:, :, step], v[:, :, step],
+                                    decay[:, :, step] if decay is not None else None, state, exclusive)
+        outputs.append(y_t)
     return _concat_time(outputs, v).to(out_dtype), state
+
+
+def _sum_rule_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor | None, state: torch.Tensor,
+    exclusive: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of :func:`recurrent_sum_rule` (shapes as in `_delta_rule_step`): ``S' = γ S + k vᵀ``,
+    ``y = S'ᵀ q`` (``exclusive``: ``y = Sᵀ q``), the read as an elementwise product summed over Dk."""
+    read_state = state
+    if decay is not None:
+        state = state * decay
+    state = state + k.transpose(-1, -2) * v
+    return (q.transpose(-1, -2) * (read_state if exclusive else state)).sum(dim=-2, keepdim=True), state
 
 
 def _sum_rule_chunk_states(
@@ -673,17 +686,33 @@ def recurrent_delta_rule(
     q, k, v, beta = q.float(), k.float(), v.float(), beta.float()
     decay = log_decay.float().exp() if log_decay is not None else None
     state = _zero_state(k, v) if initial_state is None else initial_state.float()
+    beta = beta.unsqueeze(-1)
+    decay = decay.unsqueeze(-1) if decay is not None else None
+    if q.shape[2] == 1:  # one-token decoding: the step itself, no slicing
+        y, state = _delta_rule_step(q, k, v, beta, decay, state)
+        return y.to(out_dtype), state
     outputs = []
     for t in range(q.shape[2]):
-        step = slice(t, t + 1)  # token t with its time dim kept: [B, H, 1, D], so reads are plain matmuls
-        if decay is not None:
-            state = state * decay[:, :, step, None]
-        k_t = k[:, :, step]
-        update = beta[:, :, step, None] * (v[:, :, step] - k_t @ state)
-        state = state + k_t.transpose(-1, -2) * update
-        outputs.append(q[:, :, step] @ state)
-    y = _concat_time(outputs, v)
-    return y.to(out_dtype), state
+        step = slice(t, t + 1)  # token t with its time dim kept: [B, H, 1, D]
+        y_t, state = _delta_rule_step(q[:, :, step], k[:, :, step], v[:, :, step], beta[:, :, step],
+                                      decay[:, :, step] if decay is not None else None, state)
+        outputs.append(y_t)
+    return _concat_time(outputs, v).to(out_dtype), state
+
+
+def _delta_rule_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, decay: torch.Tensor | None,
+    state: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of :func:`recurrent_delta_rule`: q, k ``[B, H, 1, Dk]``, v ``[B, H, 1, Dv]``, beta and
+    decay (γ = exp(g)) ``[B, H, 1, 1]``, state ``[B, H, Dk, Dv]`` -> ``(y [B, H, 1, Dv], new state)``.
+    Reads are elementwise products summed over Dk: at one token they are a few small ops where a batched
+    matmul is six (expand, reshape, bmm, view), and one-token decoding is bound by the number of ops."""
+    if decay is not None:
+        state = state * decay
+    retrieved = (k.transpose(-1, -2) * state).sum(dim=-2, keepdim=True)
+    state = state + k.transpose(-1, -2) * (beta * (v - retrieved))
+    return (q.transpose(-1, -2) * state).sum(dim=-2, keepdim=True), state
 
 
 def chunk_delta_rule(

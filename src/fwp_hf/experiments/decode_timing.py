@@ -10,6 +10,7 @@ imports nothing from fwp_hf at module level:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import resource
 import sys
@@ -45,15 +46,28 @@ def cache_bytes(cache) -> int:
     return total
 
 
+def release_free_memory() -> None:
+    """Hand the C allocator's free pages back to the OS (glibc's ``malloc_trim``; nothing elsewhere), so that
+    resident memory read afterwards is what live objects hold, not what a freed prefill left cached."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class StepClock(LogitsProcessor):
     """A no-op logits processor that records when `generate` reaches each new token (after the prefill for
-    the first one, after one decoding step for each later one) and the resident memory then."""
+    the first one, after one decoding step for each later one) and the resident memory then. At the first
+    token it first releases the memory the prefill freed (`release_free_memory`), so that the decoding
+    steps' memory is measured apart from the prefill's."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.rss: list[int] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.times:
+            release_free_memory()
         self.times.append(time.perf_counter())
         self.rss.append(current_rss_bytes())
         return scores
@@ -65,7 +79,8 @@ def timed_generate(model, prompt: torch.Tensor, new_tokens: int, **generate_kwar
 
     Returns ``prefill_s`` (the call's start to the first token's logits), ``decode_tokens_per_s``
     (B · (new_tokens − 1) tokens over the decoding steps after the first token), ``decode_rss_gib``
-    (the highest resident memory seen while decoding) and ``cache_bytes`` (the cache at the end).
+    (the highest resident memory seen while decoding, after the prefill's freed memory went back to the OS)
+    and ``cache_bytes`` (the cache at the end).
     """
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be at least 2 (one prefill token, then decoding steps), got {new_tokens}")
