@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,9 +104,17 @@ def test_quick_benchmark_writes_results(tmp_path):
 
 
 def test_memory_blow_up_fails_the_measurement_not_the_run():
+    # Far below what the child has mapped already: every allocation that needs a new mapping fails (a 65k-token
+    # step's activations need many; a few tiny ones might still fit into memory the allocator holds).
     args = benchmark.BenchmarkArguments(child_memory_limit_gib=0.05)
-    row = benchmark.measure_training_step("delta", 64, benchmark.Sizes.quick(), args)
+    row = benchmark.measure_training_step("delta", 1 << 16, benchmark.Sizes.quick(), args)
     assert "error" in row and "tokens_per_s" not in row, row
+
+
+def test_a_child_past_its_time_limit_is_stopped_and_reported():
+    start = time.perf_counter()
+    row = benchmark.run_in_child(time.sleep, (60,), benchmark.BenchmarkArguments(), time_limit_s=2)
+    assert row == {"error": "skipped: still running after 2 s"} and time.perf_counter() - start < 30
 
 
 def test_delta_flop_count_matches_a_hand_count():

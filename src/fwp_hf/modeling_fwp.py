@@ -7,6 +7,7 @@ what each attention type is in `token_mixers.py`, and all the math in `fast_weig
 
 from __future__ import annotations
 
+import inspect
 import shutil
 from pathlib import Path
 
@@ -71,6 +72,14 @@ class FWPPreTrainedModel(PreTrainedModel):
 
     _auto_map = AUTO_MAP
     _code_files = MODEL_CODE_FILES
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # `generate` asks for the forward's signature at every decoding step of a custom-code model (whether it
+        # takes `cache_position`); built from the code each time, that costs as much as several of a one-token
+        # step's ops. A signature computed once answers at once.
+        if "forward" in cls.__dict__:
+            cls.forward.__signature__ = inspect.signature(cls.forward)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         self.config.auto_map = {**self._auto_map, **(getattr(self.config, "auto_map", None) or {})}

@@ -40,7 +40,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from queue import Empty
 
 import torch
 from safetensors.torch import save_file
@@ -173,18 +172,21 @@ def _limit_memory(limit_gib: float) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _child_main(measure, arguments: tuple, threads: int | None, limit_gib: float, queue) -> None:
+def _child_main(measure, arguments: tuple, threads: int | None, limit_gib: float, connection) -> None:
     """Child process: run ``measure(*arguments) -> dict`` under an address-space limit and send its result
-    (or the error that stopped it) back."""
+    (or the error that stopped it) back. The pipe's `send` writes in this thread: a queue would start a
+    feeder thread, which a child at its memory limit may fail to start or leave hanging at exit."""
     try:
         _limit_memory(limit_gib)
         if threads:
             torch.set_num_threads(threads)
-        queue.put(measure(*arguments))
+        result = measure(*arguments)
     except MemoryError:
-        queue.put({"error": f"out of memory under the {limit_gib} GiB limit"})
+        result = {"error": f"out of memory under the {limit_gib} GiB limit"}
     except RuntimeError as error:  # torch reports failed allocations as RuntimeError
-        queue.put({"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"})
+        result = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+    connection.send(result)
+    connection.close()
 
 
 def run_in_child(measure, arguments: tuple, args: BenchmarkArguments, time_limit_s: float | None = None) -> dict:
@@ -194,20 +196,22 @@ def run_in_child(measure, arguments: tuple, args: BenchmarkArguments, time_limit
     # its peak memory is its own (a plain fork would inherit this process's) and it starts fast.
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["torch", "transformers", "fwp_hf"])
-    queue = context.Queue()
-    child = context.Process(target=_child_main, args=(measure, arguments, args.threads, args.child_memory_limit_gib, queue))
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_child_main, args=(measure, arguments, args.threads, args.child_memory_limit_gib, sender))
     child.start()
-    child.join(time_limit_s)
-    if child.is_alive():
-        child.kill()
+    sender.close()  # the child holds the only write end: a child that dies makes the pipe readable (end of file)
+    try:
+        if not receiver.poll(time_limit_s):
+            child.kill()
+            return {"error": f"skipped: still running after {time_limit_s:.0f} s"}
+        try:
+            return receiver.recv()
+        except EOFError:
+            child.join()
+            return {"error": f"child process died with exit code {child.exitcode} without a result (killed for memory?)"}
+    finally:
         child.join()
-        return {"error": f"skipped: still running after {time_limit_s:.0f} s"}
-    if child.exitcode != 0:
-        return {"error": f"child process died with exit code {child.exitcode} (killed for memory?)"}
-    try:  # a child short of memory may end before its queue's feeder thread sent the result
-        return queue.get(timeout=10)
-    except Empty:
-        return {"error": "child process ended without a result (out of memory?)"}
+        receiver.close()
 
 
 def _train_steps(kind: str, length: int, sizes: Sizes) -> dict:
