@@ -17,6 +17,15 @@ spirit of transformers' ``torch_chunk_gated_delta_rule``:
 (the sum rule takes no ``beta``; the recurrent forms accept and ignore ``chunk_size``). The state is always fp32; inputs of lower precision are
 upcast for the computation and the output is cast back to the input dtype.
 
+Packed documents (padding-free training, transformers' ``DataCollatorWithFlattening``): every kernel
+and :func:`short_causal_conv` take ``seq_idx`` ``[B, T]`` (integer document ids, FLA's and Mamba's
+name), one convention everywhere. A new document starts at every ``t > 0`` where
+``seq_idx[:, t] != seq_idx[:, t-1]``; there the state is reset to zero (before that token's read and
+write), so each document computes exactly what it computes alone. ``initial_state`` belongs to a row's
+first document only. The chunkwise forms do this with masks inside the chunk computation (see
+:func:`_chunk_documents`), not with a loop over documents and not with a huge negative log-decay
+(whose cumulative sums would round the small decays away). ``seq_idx=None`` changes nothing.
+
 Math (Schlag, Irie & Schmidhuber 2021; Ba et al. 2016), per head:
 
 * sum rule:     ``S_t = γ_t S_{t-1} + k_t v_tᵀ``            (γ_t = 1 except for ``fast_weights``)
@@ -291,7 +300,8 @@ def feature_map_output_dim(feature_map: str, head_dim: int, *, dpfp_nu: int = 1,
 
 
 def short_causal_conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, window: torch.Tensor | None = None
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, window: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Depthwise causal convolution over time with a carried window of past inputs.
 
@@ -301,6 +311,10 @@ def short_causal_conv(
     x ``[B, T, C]``; weight ``[C, W]``; bias ``[C]`` or None; window ``[B, C, W−1]`` (the last W−1 inputs
     before x). Returns ``(y [B, T, C], new window [B, C, W−1])``: decoding one token at a time with the
     returned window gives exactly the outputs of the whole sequence at once.
+
+    seq_idx ``[B, T]`` (packed documents, see the module docstring): ``x_s`` enters ``y_t`` only if s and t
+    are in one document (the window counts as the row's first document), so each document is convolved
+    as if alone; the returned window keeps only the last document's inputs.
     """
     batch, _, channels = x.shape
     width = weight.shape[-1]
@@ -308,9 +322,32 @@ def short_causal_conv(
     if window is None:
         window = inputs.new_zeros(batch, channels, width - 1)
     inputs = torch.cat([window.to(inputs.dtype), inputs], dim=-1)
+    if seq_idx is not None:
+        _check_seq_idx("short_causal_conv", seq_idx, batch, x.shape[1])
+        return _short_causal_conv_documents(inputs, weight, bias, seq_idx)
     y = F.conv1d(inputs, weight.unsqueeze(1).to(inputs.dtype), None if bias is None else bias.to(inputs.dtype),
                  groups=channels)
     return y.transpose(1, 2), inputs[..., inputs.shape[-1] - (width - 1):]
+
+
+def _short_causal_conv_documents(
+    inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`short_causal_conv` over packed documents: inputs ``[B, C, W−1+T]`` (window first). A sum of W
+    shifted inputs, each masked to the query's document (a plain conv1d cannot mask per output)."""
+    width, seq_len = weight.shape[-1], seq_idx.shape[1]
+    numbers = F.pad(document_numbers(seq_idx), (width - 1, 0), value=0)  # the window: the first document
+    weight = weight.to(inputs.dtype)
+    y = inputs.new_zeros(inputs.shape[0], inputs.shape[1], seq_len)
+    if bias is not None:
+        y = y + bias.to(inputs.dtype)[:, None]
+    current = numbers[:, width - 1:]
+    for i in range(width):  # weight[:, i] multiplies x_{t−W+1+i}
+        same = (numbers[:, i : i + seq_len] == current).to(inputs.dtype)[:, None, :]
+        y = y + weight[:, i, None] * inputs[..., i : i + seq_len] * same
+    window = inputs[..., inputs.shape[-1] - (width - 1):]
+    last = (numbers[:, numbers.shape[1] - (width - 1):] == numbers[:, -1:]).to(inputs.dtype)[:, None, :]
+    return y.transpose(1, 2), window * last
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,6 +473,102 @@ def _chunked(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
+# Packed documents: where the state resets
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_seq_idx(name: str, seq_idx: torch.Tensor | None, batch: int, seq_len: int) -> None:
+    if seq_idx is None:
+        return
+    if seq_idx.dtype.is_floating_point or seq_idx.dtype.is_complex or seq_idx.dtype == torch.bool:
+        raise TypeError(f"{name}: seq_idx must be an integer tensor of document ids, got {seq_idx.dtype}")
+    if tuple(seq_idx.shape) != (batch, seq_len):
+        raise ValueError(f"{name}: seq_idx must have shape [batch, time] = {(batch, seq_len)}, got {tuple(seq_idx.shape)}")
+
+
+def document_starts(seq_idx: torch.Tensor) -> torch.Tensor:
+    """Boolean ``[B, T]``: True where a new document starts, i.e. at ``t > 0`` with
+    ``seq_idx[:, t] != seq_idx[:, t-1]`` (never at t = 0: a row's first document continues its initial state)."""
+    starts = torch.zeros_like(seq_idx, dtype=torch.bool)
+    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    return starts
+
+
+def document_numbers(seq_idx: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` int64: 0 for each row's first document, +1 at every document start (`document_starts`).
+
+    Unlike raw ids these never decrease, so equal numbers mean the same contiguous document (ids that
+    repeat later in a row, e.g. ``[0, 0, 1, 0]``, still start a new document)."""
+    return document_starts(seq_idx).long().cumsum(dim=-1)
+
+
+@dataclass(frozen=True)
+class _ChunkDocuments:
+    """Which interactions of a chunked computation stay inside one document, for chunks of C tokens.
+
+    Shapes carry a head axis of 1 so that they broadcast against ``[B, H, N, C, ...]``:
+
+    * ``same`` ``[B, 1, N, C, C]``: tokens i and j of a chunk belong to the same document;
+    * ``reads_start`` ``[B, 1, N, C, 1]``: token i belongs to the document that the chunk-start state
+      holds (the chunk's first document, if it began before the chunk; for the first chunk the row's
+      first document, which owns ``initial_state``);
+    * ``to_end`` ``[B, 1, N, C, 1]``: token j belongs to the chunk's last document (only its writes
+      reach the next chunk);
+    * ``keeps_state`` ``[B, 1, N, 1, 1]``: no document starts in the chunk (the incoming state is
+      carried on; otherwise it is dropped).
+    """
+
+    same: torch.Tensor
+    reads_start: torch.Tensor
+    to_end: torch.Tensor
+    keeps_state: torch.Tensor
+
+
+def _chunk_documents(seq_idx: torch.Tensor, chunk_size: int) -> _ChunkDocuments:
+    """The masks of :class:`_ChunkDocuments` for ``seq_idx [B, T]`` (T padded up to whole chunks; padded
+    positions continue the row's last document, so they change nothing)."""
+    numbers = document_numbers(seq_idx)
+    pad = (-numbers.shape[1]) % chunk_size
+    if pad:
+        numbers = torch.cat([numbers, numbers[:, -1:].expand(-1, pad)], dim=1)
+    numbers = numbers.reshape(numbers.shape[0], 1, -1, chunk_size)  # [B, 1, N, C]
+    # the document of the token before each chunk (the state's owner); 0 before the first chunk
+    before = torch.cat([numbers.new_zeros(numbers.shape[:2] + (1,)), numbers[..., :-1, -1]], dim=-1)
+    last = numbers[..., -1]
+    return _ChunkDocuments(
+        same=numbers.unsqueeze(-1) == numbers.unsqueeze(-2),
+        reads_start=(numbers == before.unsqueeze(-1)).unsqueeze(-1),
+        to_end=(numbers == last.unsqueeze(-1)).unsqueeze(-1),
+        keeps_state=(last == before)[..., None, None],
+    )
+
+
+def _state_keeps(seq_idx: torch.Tensor | None, seq_len: int) -> list[torch.Tensor | None]:
+    """Per token, the factor ``[B, 1, 1, 1]`` (fp32) a recurrent form multiplies its state by before
+    the token: 0 where a document starts (reset), 1 elsewhere; None for every token without documents."""
+    if seq_idx is None:
+        return [None] * seq_len
+    keeps = (~document_starts(seq_idx)).float()[:, :, None, None, None]  # [B, T, 1, 1, 1]
+    return list(keeps.unbind(dim=1))
+
+
+def _reset(state: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """The state before a token: zeroed where a document starts (`_state_keeps`)."""
+    return state if keep is None else state * keep
+
+
+def _chunk_log_decay_cumsum(log_decay: torch.Tensor, documents: _ChunkDocuments | None) -> torch.Tensor:
+    """``b_i = Σ_{j ≤ i} g_j`` within each chunk (``[B, H, N, C]``); with `documents` only over the j of
+    token i's own document, summed afresh from its start (not a difference of cumulative sums over
+    earlier documents, which would round a document's small decays away after another's large ones)."""
+    if documents is None:
+        return log_decay.cumsum(dim=-1)
+    chunk_size = log_decay.shape[-1]
+    lower = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=log_decay.device).tril()
+    return log_decay.unsqueeze(-2).masked_fill(~(lower & documents.same), 0.0).sum(dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
 # Sum rule (linear attention), optionally with a per-token decay γ_t = exp(g_t)
 # ----------------------------------------------------------------------------------------------
 
@@ -449,28 +582,32 @@ def recurrent_sum_rule(
     initial_state: torch.Tensor | None = None,
     exclusive: bool = False,
     chunk_size: int | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum rule, one token at a time (decoding step and reference).
 
     ``S_t = exp(g_t) S_{t-1} + k_t v_tᵀ``; ``y_t = S_tᵀ q_t`` (``exclusive``: ``y_t = S_{t-1}ᵀ q_t``).
     q, k: ``[B, H, T, Dk]``; v: ``[B, H, T, Dv]``; log_decay g: ``[B, H, T]`` (≤ 0) or None;
-    initial_state: ``[B, H, Dk, Dv]``. Returns ``(y [B, H, T, Dv], S_T [B, H, Dk, Dv] fp32)``.
+    initial_state: ``[B, H, Dk, Dv]``; seq_idx: ``[B, T]`` document ids or None (``S_{t-1} := 0`` where
+    a document starts, see the module docstring). Returns ``(y [B, H, T, Dv], S_T [B, H, Dk, Dv] fp32)``.
     ``chunk_size`` is unused (accepted so that both forms share one signature).
     """
     _check_inputs("recurrent_sum_rule", q, k, v, initial_state)
     _check_per_token("recurrent_sum_rule", "log_decay", log_decay, k)
+    _check_seq_idx("recurrent_sum_rule", seq_idx, k.shape[0], k.shape[2])
     out_dtype = q.dtype
     q, k, v = q.float(), k.float(), v.float()
     state = _zero_state(k, v) if initial_state is None else initial_state.float()
     decay = log_decay.float().exp().unsqueeze(-1) if log_decay is not None else None
-    if q.shape[2] == 1:  # one-token decoding: the step itself, no slicing
+    if q.shape[2] == 1:  # one-token decoding: the step itself, no slicing (no document starts at t = 0)
         y, state = _sum_rule_step(q, k, v, decay, state, exclusive)
         return y.to(out_dtype), state
     outputs = []
-    for t in range(q.shape[2]):
+    for t, keep in enumerate(_state_keeps(seq_idx, q.shape[2])):
         step = slice(t, t + 1)  # token t with its time dim kept: [B, H, 1, D]
         y_t, state = _sum_rule_step(q[:, :, step], k[:, :, step], v[:, :, step],
-                                    decay[:, :, step] if decay is not None else None, state, exclusive)
+                                    decay[:, :, step] if decay is not None else None, _reset(state, keep),
+                                    exclusive)
         outputs.append(y_t)
     return _concat_time(outputs, v).to(out_dtype), state
 
@@ -489,23 +626,37 @@ def _sum_rule_step(
 
 
 def _sum_rule_chunk_states(
-    k: torch.Tensor, v: torch.Tensor, log_decay_cumsum: torch.Tensor | None, initial_state: torch.Tensor
+    k: torch.Tensor, v: torch.Tensor, log_decay_cumsum: torch.Tensor | None, initial_state: torch.Tensor,
+    documents: _ChunkDocuments | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """States at the start of every chunk and the final state.
 
     k: ``[B, H, N, C, Dk]``, v: ``[B, H, N, C, Dv]``, log_decay_cumsum b: ``[B, H, N, C]`` (cumulative
     within each chunk). Chunk n adds ``Σ_j exp(b_last − b_j) k_j v_jᵀ`` after decaying by ``exp(b_last)``.
+    With `documents`, only the writes of the chunk's last document are added (``to_end``) and the
+    incoming state is dropped where a document starts in the chunk (``keeps_state``).
     Returns ``([B, H, N, Dk, Dv], [B, H, Dk, Dv])``.
     """
-    if log_decay_cumsum is None:
+    if log_decay_cumsum is None and documents is None:
         chunk_writes = k.transpose(-1, -2) @ v
         # Without decay the chunk-start states are an exclusive prefix sum: no sequential loop.
         inclusive = torch.cumsum(chunk_writes, dim=2) + initial_state.unsqueeze(2)
         starts = torch.cat([initial_state.unsqueeze(2), inclusive[:, :, :-1]], dim=2)
         return starts, inclusive[:, :, -1]
-    last = log_decay_cumsum[..., -1:]
-    chunk_writes = (k * (last - log_decay_cumsum).exp().unsqueeze(-1)).transpose(-1, -2) @ v
-    chunk_decay = last.exp().unsqueeze(-1)  # [B, H, N, 1, 1]
+    if log_decay_cumsum is None:
+        # Resets make the prefix sum a segmented one; the chunk loop keeps it exact (no subtraction).
+        keys_to_end, chunk_decay = k * documents.to_end, documents.keeps_state.to(k.dtype)
+    else:
+        last = log_decay_cumsum[..., -1:]
+        to_end_log = last - log_decay_cumsum
+        if documents is not None:
+            # Masked before the exp: b_C − b_j of an earlier document's token can be large and positive.
+            to_end_log = to_end_log.masked_fill(~documents.to_end.squeeze(-1), float("-inf"))
+        keys_to_end = k * to_end_log.exp().unsqueeze(-1)
+        chunk_decay = last.exp().unsqueeze(-1)  # [B, H, N, 1, 1]
+        if documents is not None:
+            chunk_decay = chunk_decay * documents.keeps_state
+    chunk_writes = keys_to_end.transpose(-1, -2) @ v
     starts = []
     state = initial_state
     for decay_n, write_n in zip(chunk_decay.unbind(dim=2), chunk_writes.unbind(dim=2)):
@@ -522,19 +673,32 @@ def _sum_rule_chunk_readout(
     log_decay_cumsum: torch.Tensor | None,
     log_decay: torch.Tensor | None,
     exclusive: bool,
+    documents: _ChunkDocuments | None = None,
 ) -> torch.Tensor:
-    """Outputs of the sum rule given the chunk-start states; all inputs chunked ``[B, H, N, C, ...]``."""
+    """Outputs of the sum rule given the chunk-start states; all inputs chunked ``[B, H, N, C, ...]``.
+
+    With `documents`, query i reads key j of its chunk only if both belong to one document (``same``),
+    and reads the chunk-start state only if it belongs to the state's document (``reads_start``).
+    """
     diagonal = -1 if exclusive else 0
     scores = q @ k.transpose(-1, -2)
     if log_decay_cumsum is None:
-        return torch.matmul(scores.tril_(diagonal), v).add_(q @ chunk_starts)
+        if documents is None:
+            return torch.matmul(scores.tril_(diagonal), v).add_(q @ chunk_starts)
+        intra = torch.matmul(scores.tril_(diagonal).masked_fill_(~documents.same, 0.0), v)
+        return intra.add_((q * documents.reads_start) @ chunk_starts)
     chunk_size = q.shape[3]
     causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril(diagonal)
+    if documents is not None:
+        causal = causal & documents.same
     # The read at position i sees the state after step i (inclusive) or after step i-1 (exclusive).
     read_log = log_decay_cumsum - log_decay if exclusive else log_decay_cumsum
     pair_log = (read_log.unsqueeze(-1) - log_decay_cumsum.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
     intra = (scores * pair_log.exp()) @ v
-    inter = (q * read_log.exp().unsqueeze(-1)) @ chunk_starts
+    read_decay = read_log.exp().unsqueeze(-1)
+    if documents is not None:
+        read_decay = read_decay * documents.reads_start
+    inter = (q * read_decay) @ chunk_starts
     return inter + intra
 
 
@@ -547,26 +711,31 @@ def chunk_sum_rule(
     initial_state: torch.Tensor | None = None,
     exclusive: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunkwise-parallel sum rule; same arguments and result as :func:`recurrent_sum_rule`.
 
     Within a chunk the outputs are a masked (and decayed) ``q kᵀ`` times ``v``; across chunks the
-    state at each chunk start is carried, so no ``T × T`` matrix is ever built.
+    state at each chunk start is carried, so no ``T × T`` matrix is ever built. With ``seq_idx`` the
+    intra-chunk matrix is masked to pairs of one document and the chunk-start states to the document
+    that owns them (`_ChunkDocuments`).
     """
     _check_inputs("chunk_sum_rule", q, k, v, initial_state)
     _check_per_token("chunk_sum_rule", "log_decay", log_decay, k)
+    _check_seq_idx("chunk_sum_rule", seq_idx, k.shape[0], k.shape[2])
     out_dtype, seq_len = q.dtype, q.shape[2]
     state = _zero_state(k, v) if initial_state is None else initial_state.float()
     if seq_len == 0:
         return v.new_zeros(v.shape), state
     q, k, v = (_chunked(_pad_time(x.float(), chunk_size), chunk_size) for x in (q, k, v))
+    documents = _chunk_documents(seq_idx, chunk_size) if seq_idx is not None else None
     if log_decay is not None:
         log_decay = _chunked(_pad_time(log_decay.float(), chunk_size), chunk_size)
-        log_decay_cumsum = log_decay.cumsum(dim=-1)
+        log_decay_cumsum = _chunk_log_decay_cumsum(log_decay, documents)
     else:
         log_decay_cumsum = None
-    starts, final_state = _sum_rule_chunk_states(k, v, log_decay_cumsum, state)
-    y = _sum_rule_chunk_readout(q, k, v, starts, log_decay_cumsum, log_decay, exclusive)
+    starts, final_state = _sum_rule_chunk_states(k, v, log_decay_cumsum, state, documents)
+    y = _sum_rule_chunk_readout(q, k, v, starts, log_decay_cumsum, log_decay, exclusive, documents)
     y = y.reshape(y.shape[0], y.shape[1], -1, y.shape[-1])[:, :, :seq_len]
     return y.to(out_dtype), final_state
 
@@ -581,15 +750,18 @@ def normalized_sum_rule(
     eps: float = 1e-6,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     log_scale: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum rule with attention normalisation: ``y_t = S_tᵀ φ(q_t) / (z_t·φ(q_t) + ε)``, ``z_t = Σ φ(k_τ)``.
 
     The normaliser ``z`` is carried as an extra value column of ones, so the state has shape
-    ``[B, H, Dk, Dv + 1]`` and both forms share all the work of the plain sum rule.
+    ``[B, H, Dk, Dv + 1]`` and both forms share all the work of the plain sum rule (``seq_idx``
+    resets z with S at every document start).
     ``log_scale``: q and k are shifted features (see :func:`divide_by_normalizer`).
     """
     kernel = chunk_sum_rule if chunked else recurrent_sum_rule
-    y, state = kernel(q, k, append_normalizer_column(v), initial_state=initial_state, chunk_size=chunk_size)
+    y, state = kernel(q, k, append_normalizer_column(v), initial_state=initial_state, chunk_size=chunk_size,
+                      seq_idx=seq_idx)
     return divide_by_normalizer(y, v.dtype, eps, log_scale), state
 
 
@@ -671,17 +843,20 @@ def recurrent_delta_rule(
     log_decay: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Delta rule (gated when ``log_decay`` is given), one token at a time (decoding step and reference).
 
     ``S' = exp(g_t) S_{t-1}`` (``S' = S_{t-1}`` without decay); ``v̄_t = S'ᵀ k_t``;
     ``S_t = S' + β_t k_t (v_t − v̄_t)ᵀ``; ``y_t = S_tᵀ q_t``.
     q, k: ``[B, H, T, Dk]``; v: ``[B, H, T, Dv]``; beta, log_decay g (≤ 0): ``[B, H, T]``;
-    initial_state ``[B, H, Dk, Dv]``. Returns ``(y [B, H, T, Dv], S_T fp32)``. ``chunk_size`` is unused.
+    initial_state ``[B, H, Dk, Dv]``; seq_idx ``[B, T]`` document ids or None (``S_{t-1} := 0`` where a
+    document starts). Returns ``(y [B, H, T, Dv], S_T fp32)``. ``chunk_size`` is unused.
     """
     _check_inputs("recurrent_delta_rule", q, k, v, initial_state)
     _check_per_token("recurrent_delta_rule", "beta", beta, k)
     _check_per_token("recurrent_delta_rule", "log_decay", log_decay, k)
+    _check_seq_idx("recurrent_delta_rule", seq_idx, k.shape[0], k.shape[2])
     out_dtype = q.dtype
     q, k, v, beta = q.float(), k.float(), v.float(), beta.float()
     decay = log_decay.float().exp() if log_decay is not None else None
@@ -692,10 +867,10 @@ def recurrent_delta_rule(
         y, state = _delta_rule_step(q, k, v, beta, decay, state)
         return y.to(out_dtype), state
     outputs = []
-    for t in range(q.shape[2]):
+    for t, keep in enumerate(_state_keeps(seq_idx, q.shape[2])):
         step = slice(t, t + 1)  # token t with its time dim kept: [B, H, 1, D]
         y_t, state = _delta_rule_step(q[:, :, step], k[:, :, step], v[:, :, step], beta[:, :, step],
-                                      decay[:, :, step] if decay is not None else None, state)
+                                      decay[:, :, step] if decay is not None else None, _reset(state, keep))
         outputs.append(y_t)
     return _concat_time(outputs, v).to(out_dtype), state
 
@@ -724,6 +899,7 @@ def chunk_delta_rule(
     log_decay: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunkwise-parallel delta rule, gated when ``log_decay`` is given (WY representation / UT
     transform); same contract as :func:`recurrent_delta_rule`.
@@ -734,21 +910,29 @@ def chunk_delta_rule(
     a unit lower-triangular matrix, one batched triangular solve for all chunks). Then per chunk
     ``S ← e^{b_C} S + (K ⊙ e^{b_C − b})ᵀ u``, and for all chunks at once
     ``Y = (Q ⊙ e^b) S_start + (tril(Q Kᵀ) ⊙ e^{b_i − b_j}) u``.
+
+    With ``seq_idx`` (`_ChunkDocuments`): the strictly lower ``K Kᵀ`` of T and the intra-chunk scores
+    keep pairs of one document only (T is then block-diagonal per document), ``W̃`` and the read of
+    ``S_start`` keep the rows of tokens of the state's document, and the next chunk's state keeps the
+    writes of the chunk's last document only (and ``S`` only if no document starts in the chunk).
     """
     _check_inputs("chunk_delta_rule", q, k, v, initial_state)
     _check_per_token("chunk_delta_rule", "beta", beta, k)
     _check_per_token("chunk_delta_rule", "log_decay", log_decay, k)
+    _check_seq_idx("chunk_delta_rule", seq_idx, k.shape[0], k.shape[2])
     out_dtype, seq_len = q.dtype, q.shape[2]
     state = _zero_state(k, v) if initial_state is None else initial_state.float()
     if seq_len == 0:
         return v.new_zeros(v.shape), state
     q, k, v = (_chunked(_pad_time(x.float(), chunk_size), chunk_size) for x in (q, k, v))
     beta = _chunked(_pad_time(beta.float(), chunk_size), chunk_size).unsqueeze(-1)
+    documents = _chunk_documents(seq_idx, chunk_size) if seq_idx is not None else None
     if log_decay is None:
-        y, state = _chunk_delta_rule_ungated(q, k, v, beta, state, chunk_size)
+        y, state = _chunk_delta_rule_ungated(q, k, v, beta, state, chunk_size, documents)
     else:
-        log_decay_cumsum = _chunked(_pad_time(log_decay.float(), chunk_size), chunk_size).cumsum(dim=-1)
-        y, state = _chunk_delta_rule_gated(q, k, v, beta, log_decay_cumsum, state)
+        log_decay_chunks = _chunked(_pad_time(log_decay.float(), chunk_size), chunk_size)
+        log_decay_cumsum = _chunk_log_decay_cumsum(log_decay_chunks, documents)
+        y, state = _chunk_delta_rule_gated(q, k, v, beta, log_decay_cumsum, state, documents)
     y = y.reshape(y.shape[0], y.shape[1], -1, y.shape[-1])[:, :, :seq_len]
     return y.to(out_dtype), state
 
@@ -762,9 +946,12 @@ def _unit_lower_triangular_inverse(strict_lower: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk_delta_rule_ungated(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, state: torch.Tensor, chunk_size: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, state: torch.Tensor, chunk_size: int,
+    documents: _ChunkDocuments | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The plain delta rule's chunk loop; chunked inputs ``[B, H, N, C, ...]``, beta ``[B, H, N, C, 1]``."""
+    if documents is not None:
+        return _chunk_delta_rule_ungated_documents(q, k, v, beta, state, documents)
     keys_beta = k * beta
     transform = _unit_lower_triangular_inverse((keys_beta @ k.transpose(-1, -2)).tril_(-1))
     w_keys, u_values = transform @ keys_beta, transform @ (v * beta)
@@ -782,6 +969,34 @@ def _chunk_delta_rule_ungated(
     return torch.matmul(intra_scores, written).add_(q @ starts), state
 
 
+def _chunk_delta_rule_ungated_documents(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, state: torch.Tensor,
+    documents: _ChunkDocuments,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_chunk_delta_rule_ungated` over packed documents (a separate function so that the path without
+    documents stays exactly as it was): ``u = T diag(β) V − T diag(β ⊙ r) K S`` with
+    ``T = (I + tril(diag(β) K Kᵀ ⊙ same, −1))⁻¹`` and r = ``reads_start``; ``Y = (Q ⊙ r) S + (tril(Q Kᵀ) ⊙ same) u``;
+    ``S ← keeps·S + (K ⊙ to_end)ᵀ u``."""
+    keys_beta = k * beta
+    pairs = (keys_beta @ k.transpose(-1, -2)).masked_fill_(~documents.same, 0.0)
+    transform = _unit_lower_triangular_inverse(pairs.tril_(-1))
+    w_keys, u_values = transform @ (keys_beta * documents.reads_start), transform @ (v * beta)
+    keys_to_end = k * documents.to_end
+    keeps = documents.keeps_state.to(k.dtype)
+
+    starts, written = [], []
+    for w_n, u_n, k_n, keep_n in zip(
+        w_keys.unbind(dim=2), u_values.unbind(dim=2), keys_to_end.unbind(dim=2), keeps.unbind(dim=2)
+    ):
+        starts.append(state)
+        written_n = u_n - w_n @ state
+        written.append(written_n)
+        state = keep_n * state + k_n.transpose(-1, -2) @ written_n
+    starts, written = torch.stack(starts, dim=2), torch.stack(written, dim=2)
+    intra_scores = (q @ k.transpose(-1, -2)).tril_().masked_fill_(~documents.same, 0.0)
+    return torch.matmul(intra_scores, written).add_((q * documents.reads_start) @ starts), state
+
+
 def _chunk_delta_rule_gated(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -789,15 +1004,26 @@ def _chunk_delta_rule_gated(
     beta: torch.Tensor,
     log_decay_cumsum: torch.Tensor,
     state: torch.Tensor,
+    documents: _ChunkDocuments | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gated delta rule's chunk loop; ``log_decay_cumsum`` b ``[B, H, N, C]`` (cumulative within chunks)."""
+    """The gated delta rule's chunk loop; ``log_decay_cumsum`` b ``[B, H, N, C]`` (cumulative within chunks).
+    `documents`: pairs of different documents get decay 0 (masked before the exp, so exactly 0), and
+    the factors to and from the chunk-start state are masked as in `_chunk_delta_rule_ungated_documents`."""
     chunk_size = q.shape[3]
     causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
+    if documents is not None:
+        causal = causal & documents.same
     # e^{b_i − b_j} for j ≤ i (≤ 1); masked before exp so that j > i cannot overflow.
     pair_decay = (log_decay_cumsum.unsqueeze(-1) - log_decay_cumsum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()
     decay_from_start = log_decay_cumsum.exp().unsqueeze(-1)  # e^{b_i}: [B, H, N, C, 1]
-    decay_to_end = (log_decay_cumsum[..., -1:] - log_decay_cumsum).exp().unsqueeze(-1)  # e^{b_C − b_j}
+    to_end_log = log_decay_cumsum[..., -1:] - log_decay_cumsum
+    if documents is not None:  # masked before the exp: b_C − b_j of an earlier document's token can be > 0
+        to_end_log = to_end_log.masked_fill(~documents.to_end.squeeze(-1), float("-inf"))
+    decay_to_end = to_end_log.exp().unsqueeze(-1)  # e^{b_C − b_j}
     chunk_decay = log_decay_cumsum[..., -1].exp()[..., None, None]  # e^{b_C}: [B, H, N, 1, 1]
+    if documents is not None:
+        decay_from_start = decay_from_start * documents.reads_start
+        chunk_decay = chunk_decay * documents.keeps_state
 
     keys_beta = k * beta
     transform = _unit_lower_triangular_inverse(((keys_beta @ k.transpose(-1, -2)) * pair_decay).tril_(-1))
@@ -902,22 +1128,26 @@ def recurrent_fast_weights(
     initial_state: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ba et al. fast weights as a token mixer, one token at a time (decoding step and reference).
 
     Per head with drive ``z_t`` (the slow input ``C x_t``): ``h⁰_t = relu(z_t)``; the inner loop reads
     ``A_{t-1}`` (the memory before token t, as in the paper); then ``A_t = λ_t A_{t-1} + η h⁰_t h⁰_tᵀ``
     with ``λ_t = λ`` (1 for masked tokens, which also write nothing).
-    drive: ``[B, H, T, d]``; mask: ``[B, H, T]`` or None; state ``[B, H, d, d]``.
+    drive: ``[B, H, T, d]``; mask: ``[B, H, T]`` or None; state ``[B, H, d, d]``; seq_idx ``[B, T]``
+    document ids or None (``A_{t-1} := 0`` where a document starts, before that token's inner loop reads it).
     Returns ``(h^S [B, H, T, d], A_T fp32)``. ``chunk_size`` is unused.
     """
     _check_fast_weights("recurrent_fast_weights", drive, decay, num_steps, initial_state, mask)
+    _check_seq_idx("recurrent_fast_weights", seq_idx, drive.shape[0], drive.shape[2])
     out_dtype = drive.dtype
     drive = drive.float()
     keys, values, log_decay = _fast_weights_writes(drive, decay, learning_rate, mask)
     state = _zero_state(drive, drive) if initial_state is None else initial_state.float()
     outputs = []
-    for t in range(drive.shape[2]):
+    for t, keep in enumerate(_state_keeps(seq_idx, drive.shape[2])):
+        state = _reset(state, keep)
         memory = state
         read = lambda h: _read(h, memory)  # noqa: E731 - binds this step's memory
         outputs.append(fast_weights_inner_loop(drive[:, :, t], read, num_steps, ln_weight, ln_bias))
@@ -937,6 +1167,7 @@ def chunk_fast_weights(
     initial_state: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunkwise-parallel form of :func:`recurrent_fast_weights` (same contract).
 
@@ -944,9 +1175,11 @@ def chunk_fast_weights(
     on the inner loop, so ``A_{t-1} h = η Σ_{τ<t} λ^{t-1-τ} h⁰_τ (h⁰_τ·h)`` is an exclusive, decayed sum
     rule: the chunk-start states are computed once and every inner step is one parallel read.
     The inner loop itself is sequential in s (it is a fixed point iteration) but runs S times over
-    the whole sequence, not S times per token.
+    the whole sequence, not S times per token. ``seq_idx``: the exclusive sum rule's document masks
+    (`_ChunkDocuments`), computed once for all inner steps.
     """
     _check_fast_weights("chunk_fast_weights", drive, decay, num_steps, initial_state, mask)
+    _check_seq_idx("chunk_fast_weights", seq_idx, drive.shape[0], drive.shape[2])
     out_dtype, seq_len = drive.dtype, drive.shape[2]
     drive = drive.float()
     keys, values, log_decay = _fast_weights_writes(drive, decay, learning_rate, mask)
@@ -955,12 +1188,14 @@ def chunk_fast_weights(
         return drive.to(out_dtype), state
     keys_c, values_c = (_chunked(_pad_time(x, chunk_size), chunk_size) for x in (keys, values))
     log_decay_c = _chunked(_pad_time(log_decay, chunk_size), chunk_size)
-    log_decay_cumsum = log_decay_c.cumsum(dim=-1)
-    starts, final_state = _sum_rule_chunk_states(keys_c, values_c, log_decay_cumsum, state)
+    documents = _chunk_documents(seq_idx, chunk_size) if seq_idx is not None else None
+    log_decay_cumsum = _chunk_log_decay_cumsum(log_decay_c, documents)
+    starts, final_state = _sum_rule_chunk_states(keys_c, values_c, log_decay_cumsum, state, documents)
 
     def read(hidden: torch.Tensor) -> torch.Tensor:
         query = _chunked(_pad_time(hidden, chunk_size), chunk_size)
-        y = _sum_rule_chunk_readout(query, keys_c, values_c, starts, log_decay_cumsum, log_decay_c, exclusive=True)
+        y = _sum_rule_chunk_readout(query, keys_c, values_c, starts, log_decay_cumsum, log_decay_c, exclusive=True,
+                                    documents=documents)
         return y.reshape(y.shape[0], y.shape[1], -1, y.shape[-1])[:, :, :seq_len]
 
     y = fast_weights_inner_loop(drive, read, num_steps, ln_weight, ln_bias)

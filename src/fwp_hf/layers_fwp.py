@@ -363,10 +363,11 @@ class FWPShortConvolution(nn.Conv1d):
         super().__init__(channels, channels, kernel_size, groups=channels, bias=bias)
 
     def forward(
-        self, x: torch.Tensor, window: torch.Tensor | None = None
+        self, x: torch.Tensor, window: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x ``[B, T, C]``, window ``[B, C, kernel_size − 1]`` or None -> (y ``[B, T, C]``, new window)."""
-        return short_causal_conv(x, self.weight[:, 0], self.bias, window)
+        """x ``[B, T, C]``, window ``[B, C, kernel_size − 1]`` or None, seq_idx ``[B, T]`` (packed documents,
+        which the window then never crosses) or None -> (y ``[B, T, C]``, new window)."""
+        return short_causal_conv(x, self.weight[:, 0], self.bias, window, seq_idx=seq_idx)
 
 
 class FWPFastWeightAttention(nn.Module):
@@ -507,8 +508,11 @@ class FWPFastWeightAttention(nn.Module):
         hidden_states: torch.Tensor,
         token_mask: torch.Tensor | None,
         past_key_values: Cache | None,
+        document_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        """``document_ids`` ``[B, T]`` (packed documents, `inputs_fwp.packed_document_ids`): the short
+        convolution and the kernel start every document from an empty window and state."""
         if self.training and self.feature_map.redraw:
             self.feature_map.redraw_projection()
         seq_len = hidden_states.shape[1]
@@ -518,7 +522,8 @@ class FWPFastWeightAttention(nn.Module):
         if self.qkv_conv is not None:
             if token_mask is not None:  # padding must not enter the convolution window of later tokens
                 qkv = qkv * token_mask[..., None].to(qkv.dtype)
-            qkv, conv_window = self.qkv_conv(qkv, cache_layer.conv_window if cache_layer is not None else None)
+            qkv, conv_window = self.qkv_conv(qkv, cache_layer.conv_window if cache_layer is not None else None,
+                                             seq_idx=document_ids)
             if cache_layer is not None:
                 cache_layer.update_conv_window(conv_window)
         qk_width = self.query_width + self.key_width
@@ -548,7 +553,8 @@ class FWPFastWeightAttention(nn.Module):
         else:
             kernel = self.spec.chunk if seq_len > 1 else self.spec.recurrent
         values = append_normalizer_column(v) if self.normalize_attention else v
-        y, state = kernel(q, k, values, initial_state=initial_state, chunk_size=self.chunk_size, **gates)
+        documents = {} if document_ids is None else {"seq_idx": document_ids}  # the encoder's kernel takes none
+        y, state = kernel(q, k, values, initial_state=initial_state, chunk_size=self.chunk_size, **gates, **documents)
         if self.normalize_attention:
             y = divide_by_normalizer(y, v.dtype, log_scale=read_log_scale)
         if cache_layer is not None:
@@ -589,8 +595,10 @@ class FWPBaFastWeights(nn.Module):
         hidden_states: torch.Tensor,
         token_mask: torch.Tensor | None,
         past_key_values: Cache | None,
+        document_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        """``document_ids`` ``[B, T]``: packed documents, each read from an empty memory."""
         seq_len = hidden_states.shape[1]
         drive = split_heads(self.drive_proj(hidden_states), self.num_heads)
         mask = None
@@ -602,7 +610,7 @@ class FWPBaFastWeights(nn.Module):
         y, state = kernel(
             drive, ln_weight=self.inner_norm.weight.float(), ln_bias=self.inner_norm.bias.float(), decay=self.decay,
             learning_rate=self.learning_rate, num_steps=self.inner_steps, initial_state=initial_state, mask=mask,
-            chunk_size=self.chunk_size,
+            chunk_size=self.chunk_size, seq_idx=document_ids,
         )
         if cache_layer is not None:
             cache_layer.update_state(state, seq_len)
@@ -647,10 +655,12 @@ class FWPBlock(GradientCheckpointingLayer):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         past_key_values: Cache | None = None,
         output_attentions: bool = False,
+        document_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns ``(hidden_states, attention weights)``: the weights ``[B, H, Tq, Tk]`` of a softmax
-        mixer under ``attn_implementation="eager"``, else None (SDPA, or a mixer without a T×T matrix)."""
+        mixer under ``attn_implementation="eager"``, else None (SDPA, or a mixer without a T×T matrix).
+        ``document_ids`` ``[B, T]``: packed documents (softmax layers see them in ``attention_mask_4d``)."""
         mixed, attn_weights = mixer_output(
             self.mixer,
             self.input_layernorm(hidden_states),
@@ -659,6 +669,7 @@ class FWPBlock(GradientCheckpointingLayer):
             position_embeddings=position_embeddings,
             past_key_values=past_key_values,
             output_attentions=output_attentions,
+            document_ids=document_ids,
         )
         hidden_states = hidden_states + mixed
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), attn_weights

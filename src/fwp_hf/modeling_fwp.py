@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .cache_fwp import prepare_fast_weight_cache
 from .configuration_fwp import FWPConfig
-from .inputs_fwp import prepare_mixer_inputs, validate_token_inputs
+from .inputs_fwp import PACKING_KWARGS, prepare_mixer_inputs, validate_token_inputs
 from .token_mixers import TOKEN_MIXERS
 from .layers_fwp import (
     FWPBlock,
@@ -143,7 +143,12 @@ class FWPModel(FWPPreTrainedModel):
     ) -> BaseModelOutputWithPast | tuple:
         """``output_attentions=True`` gives ``attentions``, one entry per layer: ``[B, H, Tq, Tk]``
         weights for a softmax layer under ``attn_implementation="eager"`` (None under SDPA, which
-        transformers warns about), None for a fast-weight layer (no T×T matrix; warned once)."""
+        transformers warns about), None for a fast-weight layer (no T×T matrix; warned once).
+
+        Packed documents (padding-free batches of transformers' `DataCollatorWithFlattening`): where
+        ``position_ids`` restart inside a row, or with ``seq_idx`` / ``cu_seq_lens_q/k`` (keywords of
+        `inputs_fwp.PACKING_KWARGS`), every document is computed as if alone: fast-weight states reset at
+        each document start, softmax layers attend within the document (`inputs_fwp.packed_document_ids`)."""
         validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
@@ -159,7 +164,9 @@ class FWPModel(FWPPreTrainedModel):
         kinds = self.config.layer_attention_types
         past_key_values = prepare_fast_weight_cache(past_key_values, kinds, use_cache)
         past_length = past_key_values.get_seq_length if past_key_values is not None else 0  # asked where needed
-        mixer_inputs = prepare_mixer_inputs(self.config, kinds, attention_mask, position_ids, inputs_embeds, past_length)
+        packing = {key: kwargs[key] for key in PACKING_KWARGS if kwargs.get(key) is not None}
+        mixer_inputs = prepare_mixer_inputs(self.config, kinds, attention_mask, position_ids, inputs_embeds, past_length,
+                                            packing=packing)
 
         hidden_states = inputs_embeds
         all_hidden_states = [] if output_hidden_states else None
@@ -238,8 +245,10 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
-        """``attentions`` (with ``output_attentions=True``): see `FWPModel.forward`."""
+        """``attentions`` (with ``output_attentions=True``) and packed documents (``position_ids`` restarting
+        inside a row, ``seq_idx``, ``cu_seq_lens_q/k``, ``max_length_q/k``): see `FWPModel.forward`."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        packing = {key: kwargs.pop(key) for key in PACKING_KWARGS if key in kwargs}
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -250,6 +259,7 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **packing,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
