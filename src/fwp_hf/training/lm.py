@@ -51,6 +51,7 @@ from .lm_evaluation import (
     supports_carried_state,
 )
 from .model_card import LMEvaluation, render_lm_model_card
+from .packing import PackedDocumentsTrainer, packed_documents_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ class DataTrainingArguments:
     block_size: int = field(default=256, metadata={"help": "Training and evaluation sequence length in tokens."})
     max_train_samples: int | None = field(
         default=None,
-        metadata={"help": "Keep only this many training blocks (with carry_state: the tokens of that many blocks)."},
+        metadata={"help": "Keep only this many training blocks (with carry_state: the tokens of that many blocks; "
+                          "with packing: this many documents)."},
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation blocks."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
@@ -123,6 +125,14 @@ class DataTrainingArguments:
             "help": "Train with the fast-weight state carried across segments (truncated BPTT): every row of a "
             "batch continues the same row of the previous micro-batch, from its final state, detached. "
             "Models whose every layer keeps a fixed-size state only."
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Train on whole documents (texts, cut at block_size tokens) packed into one row per batch by "
+            "transformers' DataCollatorWithFlattening, with no padding and no attention or fast-weight state "
+            "across documents; per_device_train_batch_size counts documents. Evaluation stays on blocks."
         },
     )
     position_bucket_size: int = field(
@@ -233,6 +243,7 @@ def prepare_lm_data(
 ) -> LMData:
     """Tokenise every text (with ``</s>``), cut the stream into blocks, keep ``--max_*_samples`` of them.
 
+    With ``packing`` the training examples are the tokenised texts themselves (`packed_documents_dataset`).
     With ``carry_state`` the training stream (its first ``max_train_samples · block_size`` tokens) is laid
     out as one stream per row of the global batch instead (`stream_segments_dataset`).
     """
@@ -246,6 +257,9 @@ def prepare_lm_data(
         if data_args.max_train_samples is not None:
             stream = stream[: data_args.max_train_samples * data_args.block_size]
         train = stream_segments_dataset(stream, data_args.block_size, carried_state_num_streams(training_args))
+    elif data_args.packing:
+        train = packed_documents_dataset(tokenized["train"], data_args.block_size, data_args.max_train_samples,
+                                         data_args.preprocessing_num_workers)
     else:
         train = common.first_rows(blocks["train"], data_args.max_train_samples)
     return LMData(tokenized, train, evaluation)
@@ -413,6 +427,9 @@ def run_lm_training(
     """
     common.setup_logging(training_args)
     check_lm_arguments(data_args, training_args)
+    if data_args.packing and data_args.carry_state:
+        raise ValueError("--packing true and --carry_state true exclude each other: packing trains every document from "
+                         "an empty state, carry_state continues each row's state from the previous batch; pick one")
     if data_args.carry_state:
         if model_args.architecture != "fwp":
             raise ValueError(f"--carry_state true needs an FWP model whose every layer keeps a fixed-size state; "
@@ -432,7 +449,11 @@ def run_lm_training(
     if data_args.carry_state:
         check_carry_state_model(model)
     data = prepare_lm_data(raw, tokenizer, data_args, training_args)
-    trainer_class = CarriedStateTrainer if data_args.carry_state and training_args.do_train else Trainer
+    trainer_class = Trainer
+    if data_args.carry_state and training_args.do_train:
+        trainer_class = CarriedStateTrainer
+    elif data_args.packing and training_args.do_train:
+        trainer_class = PackedDocumentsTrainer
     trainer = trainer_class(
         model=model,
         args=training_args,
