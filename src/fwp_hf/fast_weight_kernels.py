@@ -945,6 +945,29 @@ def _unit_lower_triangular_inverse(strict_lower: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(strict_lower, identity.expand_as(strict_lower), upper=False, unitriangular=True)
 
 
+def _delta_chunk_state_recursion(
+    w_keys: torch.Tensor, u_values: torch.Tensor, keys_to_end: torch.Tensor, state_factor: torch.Tensor | None,
+    state: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one sequential part of the chunkwise delta rules: per chunk n, ``S_n`` (the chunk-start state),
+    ``u_n = Ũ_n − W̃_n S_n`` (what the chunk writes) and ``S_{n+1} = a_n S_n + K̂_nᵀ u_n``.
+
+    w_keys W̃, u_values Ũ, keys_to_end K̂: ``[B, H, N, C, ·]``; state_factor a ``[B, H, N, 1, 1]`` (the
+    chunk's decay, or 0 where a document starts in it) or None for 1. Returns ``(starts [B, H, N, Dk, Dv],
+    written [B, H, N, C, Dv], final state)``. (unbind, not indexing in the loop: indexing's backward would
+    zero-fill a full-size gradient tensor per chunk.)
+    """
+    factors = state_factor.unbind(dim=2) if state_factor is not None else [None] * w_keys.shape[2]
+    starts, written = [], []
+    for w_n, u_n, k_n, factor_n in zip(w_keys.unbind(dim=2), u_values.unbind(dim=2), keys_to_end.unbind(dim=2), factors):
+        starts.append(state)
+        written_n = u_n - w_n @ state
+        written.append(written_n)
+        carried = state if factor_n is None else factor_n * state
+        state = carried + k_n.transpose(-1, -2) @ written_n
+    return torch.stack(starts, dim=2), torch.stack(written, dim=2), state
+
+
 def _chunk_delta_rule_ungated(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, state: torch.Tensor, chunk_size: int,
     documents: _ChunkDocuments | None = None,
@@ -956,15 +979,7 @@ def _chunk_delta_rule_ungated(
     transform = _unit_lower_triangular_inverse((keys_beta @ k.transpose(-1, -2)).tril_(-1))
     w_keys, u_values = transform @ keys_beta, transform @ (v * beta)
 
-    # Only the state recursion is sequential. (unbind, not indexing in the loop: indexing's
-    # backward would zero-fill a full-size gradient tensor per chunk.)
-    starts, written = [], []
-    for w_n, u_n, k_n in zip(w_keys.unbind(dim=2), u_values.unbind(dim=2), k.unbind(dim=2)):
-        starts.append(state)
-        written_n = u_n - w_n @ state
-        written.append(written_n)
-        state = state + k_n.transpose(-1, -2) @ written_n
-    starts, written = torch.stack(starts, dim=2), torch.stack(written, dim=2)
+    starts, written, state = _delta_chunk_state_recursion(w_keys, u_values, k, None, state)
     intra_scores = (q @ k.transpose(-1, -2)).tril_()
     return torch.matmul(intra_scores, written).add_(q @ starts), state
 
@@ -984,15 +999,7 @@ def _chunk_delta_rule_ungated_documents(
     keys_to_end = k * documents.to_end
     keeps = documents.keeps_state.to(k.dtype)
 
-    starts, written = [], []
-    for w_n, u_n, k_n, keep_n in zip(
-        w_keys.unbind(dim=2), u_values.unbind(dim=2), keys_to_end.unbind(dim=2), keeps.unbind(dim=2)
-    ):
-        starts.append(state)
-        written_n = u_n - w_n @ state
-        written.append(written_n)
-        state = keep_n * state + k_n.transpose(-1, -2) @ written_n
-    starts, written = torch.stack(starts, dim=2), torch.stack(written, dim=2)
+    starts, written, state = _delta_chunk_state_recursion(w_keys, u_values, keys_to_end, keeps, state)
     intra_scores = (q @ k.transpose(-1, -2)).tril_().masked_fill_(~documents.same, 0.0)
     return torch.matmul(intra_scores, written).add_((q * documents.reads_start) @ starts), state
 
@@ -1030,15 +1037,7 @@ def _chunk_delta_rule_gated(
     w_keys, u_values = transform @ (keys_beta * decay_from_start), transform @ (v * beta)
     keys_to_end = k * decay_to_end
 
-    starts, written = [], []
-    for w_n, u_n, k_n, decay_n in zip(
-        w_keys.unbind(dim=2), u_values.unbind(dim=2), keys_to_end.unbind(dim=2), chunk_decay.unbind(dim=2)
-    ):
-        starts.append(state)
-        written_n = u_n - w_n @ state
-        written.append(written_n)
-        state = decay_n * state + k_n.transpose(-1, -2) @ written_n
-    starts, written = torch.stack(starts, dim=2), torch.stack(written, dim=2)
+    starts, written, state = _delta_chunk_state_recursion(w_keys, u_values, keys_to_end, chunk_decay, state)
     intra_scores = (q @ k.transpose(-1, -2)) * pair_decay
     return torch.matmul(intra_scores, written).add_((q * decay_from_start) @ starts), state
 
