@@ -57,8 +57,8 @@ class FWPRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # torch's fused rms_norm computes exactly x·rsqrt(mean(x²) + ε) in one op (one-token decoding
-        # runs 2·layers + 1 of these per token, so op count matters there).
+        # torch's rms_norm: the same x·rsqrt(mean(x²) + ε) (bit-identical on CPU, where it is itself a few
+        # ops), and a fused kernel on backends that have one.
         normalized = F.rms_norm(hidden_states.float(), hidden_states.shape[-1:], eps=self.eps)
         return self.weight * normalized.to(hidden_states.dtype)
 

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .cache_fwp import prepare_fast_weight_cache
 from .configuration_fwp import FWPConfig
 from .inputs_fwp import PACKING_KWARGS, prepare_mixer_inputs, validate_token_inputs
-from .token_mixers import TOKEN_MIXERS
+from .token_mixers import every_layer_holds_state
 from .layers_fwp import (
     FWPBlock,
     FWPFastWeightAttention,
@@ -225,8 +225,7 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
         layer takes the 2D padding mask and builds what it needs itself (`inputs_fwp`). A model whose
         every layer holds a state needs only the new tokens' columns: passing just those keeps the
         mask's shape fixed from one decoding step to the next, so a compiled step is compiled once."""
-        all_state = all(TOKEN_MIXERS[kind].holds_state for kind in self.config.layer_attention_types)
-        if attention_mask is None or inputs_embeds is None or not all_state:
+        if attention_mask is None or inputs_embeds is None or not every_layer_holds_state(self.config.layer_attention_types):
             return attention_mask
         return attention_mask[:, -inputs_embeds.shape[1] :]
 

@@ -15,7 +15,7 @@ fast-weight layer projects the gates the entry names.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +170,11 @@ TOKEN_MIXERS: dict[str, TokenMixerSpec] = {
 }
 
 ATTENTION_TYPES: tuple[str, ...] = tuple(TOKEN_MIXERS)
+def every_layer_holds_state(kinds: Iterable[str]) -> bool:
+    """True when every layer type in `kinds` keeps a fixed-size state (no key/value cache that grows)."""
+    return all(TOKEN_MIXERS[kind].holds_state for kind in kinds)
+
+
 FAST_WEIGHT_TYPES: tuple[str, ...] = tuple(name for name, spec in TOKEN_MIXERS.items() if spec.holds_state)
 # Decoder → encoder attention: a mixer that can read a whole source at once.
 CROSS_ATTENTION_TYPES: tuple[str, ...] = tuple(
@@ -197,4 +202,5 @@ __all__ = [
     "TOKEN_MIXERS",
     "TokenMixerSpec",
     "describe_token_mixer",
+    "every_layer_holds_state",
 ]

@@ -158,13 +158,15 @@ def build_model(kind: str, sizes: Sizes, max_length: int) -> torch.nn.Module:
         )
         config._attn_implementation = "sdpa"
         return GPT2LMHeadModel(config)
+    return FWPForCausalLM(FWPConfig(**fwp_config_fields(kind, sizes)))
+
+
+def fwp_config_fields(kind: str, sizes: Sizes) -> dict:
+    """The FWPConfig fields of the benchmark's FWP model of `kind` (also what the baseline child builds)."""
     # SwiGLU with 2.6875·d hidden units has the parameters of GPT-2's 4·d GELU MLP.
-    intermediate = int(round(sizes.hidden_size * 2.6875 / 8)) * 8
-    config = FWPConfig(
-        vocab_size=sizes.vocab_size, hidden_size=sizes.hidden_size, intermediate_size=intermediate,
-        num_hidden_layers=sizes.num_layers, num_attention_heads=sizes.num_heads, attention_type=kind,
-    )
-    return FWPForCausalLM(config)
+    intermediate = round(sizes.hidden_size * 2.6875 / 8) * 8
+    return {"vocab_size": sizes.vocab_size, "hidden_size": sizes.hidden_size, "intermediate_size": intermediate,
+            "num_hidden_layers": sizes.num_layers, "num_attention_heads": sizes.num_heads, "attention_type": kind}
 
 
 def _limit_memory(limit_gib: float) -> None:
@@ -392,10 +394,8 @@ def _decode_row(label: str, model: torch.nn.Module, mode: str, result: dict, con
 def measure_baseline_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
     """Eager decoding of the headline type by the fwp_hf under ``args.baseline_src``, in a child process
     (`decode_timing`'s script, the same measurement as this run's)."""
-    config = build_model(HEADLINE_TYPE, sizes, 1).config
-    spec = {"config": {key: getattr(config, key) for key in (
-        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "attention_type")},
-        "prompt_length": sizes.decode_prompt, "new_tokens": sizes.decode_tokens, "threads": args.threads, "repeats": 2}
+    spec = {"config": fwp_config_fields(HEADLINE_TYPE, sizes), "prompt_length": sizes.decode_prompt,
+            "new_tokens": sizes.decode_tokens, "threads": args.threads, "repeats": 2}
     process = subprocess.run([sys.executable, decode_timing.__file__, json.dumps(spec)],
                              env=_baseline_environment(args.baseline_src), capture_output=True, text=True, check=False)
     if process.returncode != 0:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from ..token_mixers import TOKEN_MIXERS
+from ..token_mixers import TOKEN_MIXERS, every_layer_holds_state
 
 
 def growing_cache_layer_types(model) -> list[str]:
@@ -43,7 +43,7 @@ def growing_cache_layer_types(model) -> list[str]:
 def supports_carried_state(model) -> bool:
     """True when every layer of the model keeps a fixed-size state (a cache that does not grow)."""
     kinds = getattr(model.config, "layer_attention_types", None)
-    return kinds is not None and all(TOKEN_MIXERS[kind].holds_state for kind in kinds)
+    return kinds is not None and every_layer_holds_state(kinds)
 
 
 def _check_stream_arguments(model, segment_length: int, carry_state: bool, num_streams: int) -> None:

@@ -24,6 +24,8 @@ import datasets
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithFlattening, Trainer
 
+from .common import first_rows
+
 
 def packed_documents_dataset(
     tokenized_train: datasets.Dataset,
@@ -50,8 +52,7 @@ def packed_documents_dataset(
         cut, batched=True, num_proc=num_proc, remove_columns=tokenized_train.column_names,
         desc=f"Documents of at most {max_length} tokens",
     )
-    if max_documents is not None:
-        documents = documents.select(range(min(max_documents, len(documents))))
+    documents = first_rows(documents, max_documents)
     if len(documents) == 0:
         raise ValueError("packing: the training split has no documents")
     return documents
