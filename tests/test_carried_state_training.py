@@ -227,6 +227,19 @@ def test_carried_state_run_end_to_end_writes_the_position_curve(data_files, tmp_
     assert "trained with the state carried across segments of 32" in card and "carry_state: true" in card
 
 
+def test_block_trained_run_writes_the_position_curve_too(data_files, tmp_path):
+    # The curve of a model trained on independent blocks is the baseline of the carried-state curve.
+    output_dir = tmp_path / "run"
+    metrics = run_lm_training(*parse_lm_arguments(tiny_flags(
+        data_files, output_dir, max_steps=2, position_bucket_size=200, sample_max_new_tokens=1,
+    )))
+    curves = json.loads((output_dir / "perplexity_by_position.json").read_text())
+    assert set(curves) == {"independent_segments", "carried_state"}
+    for mode, curve in curves.items():
+        assert curve["perplexity"] == pytest.approx(metrics[f"eval_{mode}_perplexity"])
+        assert curve["bucket_start"] == [0, 200, 400]
+
+
 @pytest.mark.parametrize("carry_state", [False, True])
 def test_perplexity_by_position_averages_back_to_segment_perplexity(carry_state, tmp_path):
     model = make_lm(type_variant("delta"))

@@ -47,7 +47,6 @@ from .lm_evaluation import (
     growing_cache_layer_types,
     perplexity_by_position,
     plot_perplexity_by_position,
-    segment_perplexity,
     supports_carried_state,
 )
 from .model_card import LMEvaluation, render_lm_model_card
@@ -137,8 +136,9 @@ class DataTrainingArguments:
     )
     position_bucket_size: int = field(
         default=1024,
-        metadata={"help": "With carry_state: bucket (in stream positions) of the perplexity-by-position curve "
-                          "written to output_dir/perplexity_by_position.json (and .png)."},
+        metadata={"help": "Bucket (in stream positions) of the perplexity-by-position curves of the stream "
+                          "evaluations, written to output_dir/perplexity_by_position.json (and .png) for models "
+                          "that can carry their state."},
     )
     sample_prompt: str = field(
         default="the company said", metadata={"help": "Prompt of the sample written to the card."}
@@ -288,9 +288,9 @@ def evaluate_stream(
     """The validation stream in segments of `block_size`: every segment from an empty state, and (for
     models whose every layer keeps a fixed-size state) with the state carried across segments.
 
-    With ``carry_state`` (a model trained with carried states) the same passes also give the
-    perplexity-by-position curves of both modes, written to `output_dir` as perplexity_by_position.json
-    and .png. Returns the metrics, the card's rows and the card's note on them.
+    For a model that can carry its state, the same passes also give the perplexity-by-position curves
+    of both modes (the long-context curve), written to `output_dir` as perplexity_by_position.json and
+    .png. Returns the metrics, the card's rows and the card's note on them.
     """
     stream = token_stream(tokenized_validation)
     segments = f"segments of {data_args.block_size}"
@@ -313,15 +313,12 @@ def evaluate_stream(
         stream_args = {"segment_length": data_args.block_size, "carry_state": carry_state,
                        "num_streams": data_args.streaming_eval_num_streams,
                        "max_tokens": data_args.streaming_eval_max_tokens}
-        if data_args.carry_state:
-            curves[mode] = curve = perplexity_by_position(model, stream, bucket_size=data_args.position_bucket_size,
-                                                          **stream_args)
-            result = {key: curve[key] for key in ("loss", "perplexity", "tokens")}
-        else:
-            result = segment_perplexity(model, stream, **stream_args)
+        curves[mode] = curve = perplexity_by_position(model, stream, bucket_size=data_args.position_bucket_size,
+                                                      **stream_args)
+        result = {key: curve[key] for key in ("loss", "perplexity", "tokens")}
         evaluations.append(LMEvaluation(name, "validation", result["loss"], result["perplexity"]))
         metrics.update({f"eval_{mode}_{key}": value for key, value in result.items()})
-    if curves and output_dir is not None:
+    if "carried_state" in curves and output_dir is not None:
         write_perplexity_by_position(curves, output_dir)
     return metrics, evaluations, note
 
