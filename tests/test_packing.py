@@ -8,7 +8,7 @@ strong decays of one document do not round away the next one's; the model: for e
 packed row of 3 documents gives each document its logits alone and the token-weighted loss, also
 from ``seq_idx`` / ``cu_seq_lens`` and for two packed rows; ordinary position_ids (monotonic, left
 padding as generate writes it) are not packing; `Trainer` with the flattening collator trains; a
-tiny `run_lm_training(packing=True)`; the errors.
+tiny `run_lm_training(packing=True)`; the errors (a packed row continuing a cache only with softmax layers).
 """
 
 from __future__ import annotations
@@ -289,14 +289,19 @@ def test_ordinary_position_ids_are_not_packing():
     assert numbers.tolist() == [[0, 0, 1, 1, 1, 2]]
 
 
-def test_packed_documents_cannot_continue_a_cache():
-    model = make_lm(type_variant("delta"))
+def test_packed_documents_cannot_continue_a_cache_with_softmax_layers():
+    """(A model whose every layer holds a state continues the row's first document instead:
+    tests/test_document_resets.py.)"""
+    model = make_lm("hybrid")
     batch = flattened(model_documents())
     with torch.no_grad():
         cache = model(random_ids(1, 4), use_cache=True).past_key_values
-        with pytest.raises(ValueError, match="packed documents .* cannot continue a cache that holds 4 tokens"):
+        with pytest.raises(ValueError, match="packed documents .* cannot continue a cache that holds 4 tokens in a "
+                                             "model with softmax layers"):
             model(**batch, past_key_values=cache)
         model(**batch, use_cache=True)  # an empty cache is fine
+        all_state = make_lm(type_variant("delta"))
+        all_state(**batch, past_key_values=all_state(random_ids(1, 4), use_cache=True).past_key_values)
 
 
 def test_bad_packing_keywords_are_clear_errors():

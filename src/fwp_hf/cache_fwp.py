@@ -182,6 +182,21 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
             self.update_conv_window(conv_window)
         self.update_recurrent_state(state)
 
+    def reset_rows(self, rows: torch.Tensor) -> None:
+        """Empty the state and the convolution window of the batch rows where `rows` ``[B]`` (bool) is True, as
+        if a new sequence started there (zeros: what a layer starts from); the other rows keep theirs. The
+        tensors are replaced, never written in place (a tensor stored by reference may be the caller's). The
+        token count is the batch's and stays."""
+        keep = ~rows.to(torch.bool).flatten()
+
+        def reset(tensor: torch.Tensor) -> torch.Tensor:
+            if keep.numel() != tensor.shape[0]:
+                raise ValueError(f"reset_rows got {keep.numel()} rows for a cached batch of {tensor.shape[0]}")
+            mask = keep.to(tensor.device).view(-1, *(1,) * (tensor.dim() - 1))
+            return torch.where(mask, tensor, torch.zeros((), dtype=tensor.dtype, device=tensor.device))
+
+        self._map_state(reset)
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map_state(lambda state: state.index_select(0, beam_idx.to(state.device)))
 
@@ -190,6 +205,18 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         self._map_state(lambda state: state.repeat_interleave(repeats, dim=0))
+
+
+def reset_cache_rows(cache: Cache, rows: torch.Tensor) -> Cache:
+    """`FastWeightCacheLayer.reset_rows` on every layer of `cache`: the rows where `rows` ``[B]`` is True
+    continue from an empty state (e.g. a new document starts at the next segment's first token). A cache
+    with a key/value layer is refused: its keys cannot be dropped for some rows only. Returns `cache`."""
+    for idx, layer in enumerate(cache.layers):
+        if not isinstance(layer, FastWeightCacheLayer):
+            raise TypeError(f"reset_cache_rows needs a fast-weight state in every layer; layer {idx} is a "
+                            f"{type(layer).__name__} (a key/value cache)")
+        layer.reset_rows(rows)
+    return cache
 
 
 def prepare_fast_weight_cache(cache: Cache | None, attention_types: list[str], use_cache: bool) -> Cache | None:
@@ -328,4 +355,7 @@ class FastWeightStateStep(torch.nn.Module):
         return (logits, *(tensor for layer in cache.layers for tensor in layer.tensors()))
 
 
-__all__ = ["FastWeightCacheLayer", "FastWeightStateStep", "FastWeightStaticCache", "prepare_fast_weight_cache"]
+__all__ = [
+    "FastWeightCacheLayer", "FastWeightStateStep", "FastWeightStaticCache", "prepare_fast_weight_cache",
+    "reset_cache_rows",
+]

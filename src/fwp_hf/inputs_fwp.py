@@ -14,7 +14,7 @@ from torch import nn
 from .configuration_fwp import FWPConfig
 from .fast_weight_kernels import document_numbers
 from .layers_fwp import rotary_cos_sin
-from .token_mixers import TOKEN_MIXERS
+from .token_mixers import TOKEN_MIXERS, every_layer_holds_state
 
 
 def values_unreadable(tensor: torch.Tensor) -> bool:
@@ -237,8 +237,12 @@ def prepare_mixer_inputs(
     `packing` (a decoder-only stack: a dict of `PACKING_KWARGS`, possibly empty; None elsewhere): rows may
     pack several documents (`packed_document_ids`, from those keywords or from `position_ids`). Then
     ``document_ids`` ([B, T], else None) goes to every layer: fast-weight layers reset their state at
-    each document start, softmax layers get a block-diagonal causal mask and the given positions. A
-    packed row cannot continue a cache that already holds tokens (a clear error).
+    each document start, softmax layers get a block-diagonal causal mask and the given positions. In a
+    stack whose every layer holds a fixed-size state, a packed row may continue a cache that already holds
+    tokens (carried-state training with resets at document ends): the cache's state and convolution window
+    continue the row's first document, later documents start empty, and the cache afterwards holds the
+    state after the row's last token. With softmax layers that is a clear error (their past keys have no
+    document and their positions would restart).
 
     `past_length` (tokens already in the cache) may be a function that returns it: it is then asked
     only where it is needed — by softmax layers (positions, masks over past keys) and to check a mask's
@@ -249,6 +253,7 @@ def prepare_mixer_inputs(
     batch_size, seq_len = inputs_embeds.shape[:2]
     device = inputs_embeds.device
     uses_positions = any(TOKEN_MIXERS[kind].uses_rotary for kind in kinds)
+    all_state = every_layer_holds_state(kinds)
     padding_mask = padding_mask_2d(attention_mask)
     if callable(past_length):
         past_length = past_length() if uses_positions or not torch.compiler.is_compiling() else None
@@ -265,11 +270,14 @@ def prepare_mixer_inputs(
     document_ids = None
     if packing is not None:
         document_ids = packed_document_ids(position_ids, padding_mask, batch_size, seq_len, **packing)
-    if document_ids is not None and not values_unreadable(document_ids) and past_length:
+    if document_ids is not None and not values_unreadable(document_ids) and past_length and not all_state:
+        growing = ", ".join(dict.fromkeys(kind for kind in kinds if not TOKEN_MIXERS[kind].holds_state))
         raise ValueError(
             f"packed documents (position_ids restarting inside a row, seq_idx or cu_seq_lens) cannot continue a "
-            f"cache that holds {past_length} tokens: pass them without past_key_values (a packed row starts every "
-            "document from an empty state); generation continues one sequence per row"
+            f"cache that holds {past_length} tokens in a model with {growing} layers: their key/value cache holds "
+            "past keys of no document and positions that a packed row would restart. Pass them without "
+            "past_key_values (a packed row starts every document from an empty state); only models whose every "
+            "layer holds a fixed-size state continue a packed row's first document from a cache"
         )
 
     position_embeddings, attention_mask_4d = None, None

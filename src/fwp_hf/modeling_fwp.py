@@ -148,7 +148,9 @@ class FWPModel(FWPPreTrainedModel):
         Packed documents (padding-free batches of transformers' `DataCollatorWithFlattening`): where
         ``position_ids`` restart inside a row, or with ``seq_idx`` / ``cu_seq_lens_q/k`` (keywords of
         `inputs_fwp.PACKING_KWARGS`), every document is computed as if alone: fast-weight states reset at
-        each document start, softmax layers attend within the document (`inputs_fwp.packed_document_ids`)."""
+        each document start, softmax layers attend within the document (`inputs_fwp.packed_document_ids`).
+        A model whose every layer holds a state may also continue a cache with packed rows: the cache then
+        continues each row's first document (`inputs_fwp.prepare_mixer_inputs`)."""
         validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
