@@ -21,6 +21,16 @@ previous micro-batch's final fast-weight states, detached: gradients stop at the
   checkpoint loads it, so the resumed run continues the streams exactly (the Trainer skips the
   batches of the epoch already seen, which with this layout are exactly the segments already read).
 
+Resets at document ends (``--reset_state_at_document_end true``): `stream_segments_dataset` with
+``document_ids`` (the document of every token: one text of the dataset, with its ``</s>``) adds a
+``seq_idx`` column laid out like ``input_ids``. The trainer passes it to the model, whose kernels and
+short convolutions then start every document that begins inside a segment from an empty state and
+window (packed documents continuing a cache: `inputs_fwp.prepare_mixer_inputs`); where a row's first
+token starts a document (its id differs from that of the row's previous token, the last of the
+previous micro-batch), the trainer first drops that row's carried state (`cache_fwp.reset_cache_rows`).
+Each document is thus trained as if alone from its first token, the state otherwise carried as
+before. The last token ids are saved with the states, so a resumed run resets at the same places.
+
 Models with a softmax layer (a key/value cache that grows with the stream) cannot carry a bounded
 state and are refused, as are gradient checkpointing (the model then drops the cache in training)
 and batch layouts the stream layout cannot follow.
@@ -39,7 +49,7 @@ from transformers import DynamicCache, Trainer, TrainerCallback, TrainingArgumen
 from transformers.cache_utils import Cache
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from ..cache_fwp import FastWeightCacheLayer
+from ..cache_fwp import FastWeightCacheLayer, reset_cache_rows
 from .lm_evaluation import growing_cache_layer_types, supports_carried_state
 
 CARRIED_STATE_FILE = "carried_state_rank{rank}.pt"
@@ -88,16 +98,29 @@ def check_carry_state_model(model) -> None:
         )
 
 
-def stream_segments_dataset(token_ids: Sequence[int] | torch.Tensor, segment_length: int, num_streams: int) -> datasets.Dataset:
+def stream_segments_dataset(
+    token_ids: Sequence[int] | torch.Tensor,
+    segment_length: int,
+    num_streams: int,
+    document_ids: Sequence[int] | torch.Tensor | None = None,
+) -> datasets.Dataset:
     """The token stream as `num_streams` parallel streams of ``K`` segments: row ``m · S + s`` (``S`` =
     `num_streams`) holds segment ``m`` of stream ``s``, i.e. tokens ``(s · K + m) · L … + L`` of the stream
     (``L`` = `segment_length`, ``K`` = ``len(token_ids) // (S · L)``; the tail is dropped).
 
-    Columns ``input_ids`` and ``labels`` (equal: the model shifts the labels), each ``[L]`` per row.
+    Columns ``input_ids`` and ``labels`` (equal: the model shifts the labels), each ``[L]`` per row; with
+    `document_ids` (one integer per token, equal within a document, e.g. `lm_data.token_document_ids`)
+    also ``seq_idx``, those ids laid out exactly like ``input_ids`` (the state then resets at every document
+    start, see the module docstring).
     """
     if segment_length < 2 or num_streams < 1:
         raise ValueError(f"segment_length must be >= 2 and num_streams >= 1, got {segment_length} and {num_streams}")
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+    if document_ids is not None:
+        documents = torch.as_tensor(document_ids, dtype=torch.long).flatten()
+        if documents.shape != ids.shape:
+            raise ValueError(f"document_ids must give one document per token: {documents.numel()} ids for "
+                             f"{ids.numel()} tokens")
     segments_per_stream = ids.numel() // (num_streams * segment_length)
     if segments_per_stream < 1:
         raise ValueError(
@@ -105,11 +128,18 @@ def stream_segments_dataset(token_ids: Sequence[int] | torch.Tensor, segment_len
             f"per_device_train_batch_size) of at least one segment of {segment_length} tokens: lower the batch size "
             "or block_size, or give more data"
         )
-    streams = ids[: num_streams * segments_per_stream * segment_length].view(
-        num_streams, segments_per_stream, segment_length
-    )
-    rows = streams.transpose(0, 1).reshape(-1, segment_length).tolist()  # [K · S, L], segment-major
-    return datasets.Dataset.from_dict({"input_ids": rows, "labels": [list(row) for row in rows]})
+
+    def segment_rows(tensor: torch.Tensor) -> list[list[int]]:  # [K · S, L], segment-major
+        streams = tensor[: num_streams * segments_per_stream * segment_length].view(
+            num_streams, segments_per_stream, segment_length
+        )
+        return streams.transpose(0, 1).reshape(-1, segment_length).tolist()
+
+    rows = segment_rows(ids)
+    columns = {"input_ids": rows, "labels": [list(row) for row in rows]}
+    if document_ids is not None:
+        columns["seq_idx"] = segment_rows(documents)
+    return datasets.Dataset.from_dict(columns)
 
 
 def cache_tensors(cache: Cache) -> list[dict[str, Any]]:
@@ -141,7 +171,8 @@ class CarriedStateTrainer(Trainer):
     fast-weight states, detached (truncated BPTT); see the module docstring.
 
     `train_dataset` must be laid out by `stream_segments_dataset` with ``carried_state_num_streams(args)``
-    streams. Evaluation (``model.eval()``) runs as in `Trainer`: independent blocks.
+    streams; with its ``seq_idx`` column (``document_ids``) the state resets at every document start.
+    Evaluation (``model.eval()``) runs as in `Trainer`: independent blocks.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -159,8 +190,15 @@ class CarriedStateTrainer(Trainer):
                 )
             self.segments_per_stream = len(self.train_dataset) // self.num_streams
         self.carried_cache: Cache | None = None  # the states after the last training micro-batch
+        # With document resets: the document of each row's last token of that micro-batch ([B]), else None.
+        self.carried_document_ids: torch.Tensor | None = None
         self.micro_batches_seen = 0  # training micro-batches this process has read, over all epochs
         self.add_callback(CarriedStateCheckpointCallback(self))
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if "seq_idx" not in self._signature_columns:  # a keyword of the model's **kwargs: keep the column
+            self._signature_columns.append("seq_idx")
 
     def _get_train_sampler(self, train_dataset=None) -> SequentialSampler:
         return SequentialSampler(self.train_dataset if train_dataset is None else train_dataset)
@@ -179,11 +217,23 @@ class CarriedStateTrainer(Trainer):
                              f"{self.args.train_batch_size} (one per stream of this process)")
         if self.segment_index == 0:
             self.carried_cache = None  # an epoch begins: the streams restart from an empty state
+            self.carried_document_ids = None
+        document_ids = inputs.get("seq_idx")
+        if document_ids is not None and self.carried_cache is not None:
+            if self.carried_document_ids is None:
+                raise ValueError(
+                    "this micro-batch resets the state at document starts (a seq_idx column) but the carried "
+                    "states came without the documents they end in (a checkpoint of a run without "
+                    "--reset_state_at_document_end?): resume with the settings of the run that wrote them"
+                )
+            starts = document_ids[:, 0] != self.carried_document_ids.to(document_ids.device)
+            reset_cache_rows(self.carried_cache, starts)  # a document starts at the row's first token
         cache = self.carried_cache if self.carried_cache is not None else DynamicCache()
         loss, outputs = super().compute_loss(
             model, {**inputs, "past_key_values": cache, "use_cache": True}, True, num_items_in_batch
         )
         self.carried_cache = detach_cache(outputs.past_key_values)
+        self.carried_document_ids = None if document_ids is None else document_ids[:, -1].detach().clone()
         self.micro_batches_seen += 1
         return (loss, outputs) if return_outputs else loss
 
@@ -209,6 +259,7 @@ class CarriedStateTrainer(Trainer):
                 "micro_batches_seen": self.micro_batches_seen,
                 "global_step": self.state.global_step,
                 "layers": None if self.carried_cache is None else cache_tensors(self.carried_cache),
+                "document_ids": None if self.carried_document_ids is None else self.carried_document_ids.cpu(),
             },
             self.carried_state_path(checkpoint),
         )
@@ -235,6 +286,8 @@ class CarriedStateTrainer(Trainer):
         self.micro_batches_seen = saved["micro_batches_seen"]
         layers = saved["layers"]
         self.carried_cache = None if layers is None else cache_from_tensors(layers, self.args.device)
+        document_ids = saved.get("document_ids")  # absent in checkpoints written before document resets
+        self.carried_document_ids = None if document_ids is None else document_ids.to(self.args.device)
 
 
 class CarriedStateCheckpointCallback(TrainerCallback):

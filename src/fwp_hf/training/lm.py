@@ -42,7 +42,14 @@ from .carried_state import (
 )
 from .fsdp import enable_fsdp_on_cpu, unsharded_model
 from .hub import check_repo_id, create_hub_repo, push_folder_to_hub
-from .lm_data import BUILTIN_DATASET, group_into_blocks, load_raw_lm_datasets, token_stream, tokenize_texts
+from .lm_data import (
+    BUILTIN_DATASET,
+    group_into_blocks,
+    load_raw_lm_datasets,
+    token_document_ids,
+    token_stream,
+    tokenize_texts,
+)
 from .lm_evaluation import (
     growing_cache_layer_types,
     perplexity_by_position,
@@ -126,6 +133,15 @@ class DataTrainingArguments:
             "Models whose every layer keeps a fixed-size state only."
         },
     )
+    reset_state_at_document_end: bool = field(
+        default=False,
+        metadata={
+            "help": "With --carry_state true: empty the fast-weight state (and short-convolution window) at every "
+            "document start, inside a segment or at its first token, so that each document (one text of "
+            "text_column, with its </s>) is trained as if alone from its first token; the state is otherwise "
+            "carried as with --carry_state. The carried-state stream evaluation then resets at the same places."
+        },
+    )
     packing: bool = field(
         default=False,
         metadata={
@@ -147,6 +163,12 @@ class DataTrainingArguments:
     model_card_template: str = field(
         default=str(DEFAULT_CARD_TEMPLATE), metadata={"help": "Jinja2 model card template."}
     )
+
+    def __post_init__(self) -> None:
+        if self.reset_state_at_document_end and not self.carry_state:
+            raise ValueError("--reset_state_at_document_end true needs --carry_state true: it resets the state that "
+                             "carried-state training carries across segments (with --carry_state false every block "
+                             "already starts from an empty state)")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
@@ -245,7 +267,8 @@ def prepare_lm_data(
 
     With ``packing`` the training examples are the tokenised texts themselves (`packed_documents_dataset`).
     With ``carry_state`` the training stream (its first ``max_train_samples · block_size`` tokens) is laid
-    out as one stream per row of the global batch instead (`stream_segments_dataset`).
+    out as one stream per row of the global batch instead (`stream_segments_dataset`); with
+    ``reset_state_at_document_end`` also the document of every token (its ``seq_idx`` column).
     """
     with training_args.main_process_first(desc="tokenizing and grouping"):
         tokenized = tokenize_texts(raw, tokenizer, data_args.text_column, data_args.preprocessing_num_workers)
@@ -256,7 +279,11 @@ def prepare_lm_data(
         stream = token_stream(tokenized["train"])
         if data_args.max_train_samples is not None:
             stream = stream[: data_args.max_train_samples * data_args.block_size]
-        train = stream_segments_dataset(stream, data_args.block_size, carried_state_num_streams(training_args))
+        documents = None
+        if data_args.reset_state_at_document_end:
+            documents = token_document_ids(tokenized["train"])[: len(stream)]
+        train = stream_segments_dataset(stream, data_args.block_size, carried_state_num_streams(training_args),
+                                        documents)
     elif data_args.packing:
         train = packed_documents_dataset(tokenized["train"], data_args.block_size, data_args.max_train_samples,
                                          data_args.preprocessing_num_workers)
@@ -290,18 +317,26 @@ def evaluate_stream(
 
     For a model that can carry its state, the same passes also give the perplexity-by-position curves
     of both modes (the long-context curve), written to `output_dir` as perplexity_by_position.json and
-    .png. Returns the metrics, the card's rows and the card's note on them.
+    .png. With ``reset_state_at_document_end`` the carried state is emptied at every document start, as
+    in training (`lm_evaluation.stream_token_losses` with ``document_ids``); the independent segments
+    stay as they are. Returns the metrics, the card's rows and the card's note on them.
     """
     stream = token_stream(tokenized_validation)
     segments = f"segments of {data_args.block_size}"
     metrics: dict[str, float] = {}
     evaluations = []
+    resets = data_args.reset_state_at_document_end
     modes = {"independent_segments": (False, f"validation stream, independent {segments}")}
     if supports_carried_state(model):
-        modes["carried_state"] = (True, f"validation stream, state carried across {segments}")
+        modes["carried_state"] = (True, f"validation stream, state carried across {segments}"
+                                        + (", emptied at document ends" if resets else ""))
         trained = (f"The model was trained with the state carried across segments of {data_args.block_size} "
                    "(truncated backpropagation through time)." if data_args.carry_state else
                    "The model was trained on independent blocks, so it never saw an older state.")
+        if resets:
+            trained += (" In training and in the carried-state row the state was emptied at every document end "
+                        "(--reset_state_at_document_end; a document is one text with its </s>), so that row "
+                        "scores every document from its own first token only.")
         note = ("The two stream rows score the same tokens; the second carries the fast-weight state "
                 "from segment to segment (unlimited context), the first starts every segment empty. " + trained)
     else:
@@ -312,7 +347,8 @@ def evaluate_stream(
     for mode, (carry_state, name) in modes.items():
         stream_args = {"segment_length": data_args.block_size, "carry_state": carry_state,
                        "num_streams": data_args.streaming_eval_num_streams,
-                       "max_tokens": data_args.streaming_eval_max_tokens}
+                       "max_tokens": data_args.streaming_eval_max_tokens,
+                       "document_ids": token_document_ids(tokenized_validation) if carry_state and resets else None}
         curves[mode] = curve = perplexity_by_position(model, stream, bucket_size=data_args.position_bucket_size,
                                                       **stream_args)
         result = {key: curve[key] for key in ("loss", "perplexity", "tokens")}

@@ -131,6 +131,12 @@ def token_stream(tokenized_split: Dataset) -> list[int]:
     return list(chain.from_iterable(tokenized_split["input_ids"]))
 
 
+def token_document_ids(tokenized_split: Dataset) -> list[int]:
+    """The document (row of the split: one tokenised text with its ``</s>``) of every token of
+    `token_stream`, laid out like it: ``[0, 0, …, 1, 1, …]``."""
+    return [index for index, ids in enumerate(tokenized_split["input_ids"]) for _ in ids]
+
+
 __all__ = [
     "BUILTIN_DATASET",
     "builtin_corpus_texts",
@@ -138,4 +144,5 @@ __all__ = [
     "tokenize_texts",
     "group_into_blocks",
     "token_stream",
+    "token_document_ids",
 ]

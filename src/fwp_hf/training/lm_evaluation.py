@@ -8,6 +8,14 @@ after every input token, also across segment boundaries):
 - ``carry_state=True``: the fast-weight state (the model's cache) is carried from one segment to
   the next, so the context is unlimited (the papers' evaluation of fast weight programmers).
 
+With ``document_ids`` (the document of every token, e.g. `lm_data.token_document_ids`) the state is
+also emptied at every document start: inside a segment (the model's ``seq_idx``: packed documents)
+and, carrying the state, where a document starts at a segment's first token (that row's carried state
+is dropped, `cache_fwp.reset_cache_rows`) — the evaluation of a model trained with
+``--reset_state_at_document_end``. Every document is then scored as if alone from its first token in
+its stream (the prediction of a document's first token still comes from the previous token, the
+``</s>`` of the document before, as without resets).
+
 `perplexity_by_position` scores the same tokens grouped by their position in the stream (the
 long-context curve: does the loss keep falling with more context?), walking the stream through
 `stream_token_losses` as `segment_perplexity` does; `plot_perplexity_by_position` draws such curves.
@@ -29,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from ..cache_fwp import reset_cache_rows
 from ..token_mixers import TOKEN_MIXERS, every_layer_holds_state
 
 
@@ -64,15 +73,24 @@ def stream_token_losses(
     carry_state: bool,
     num_streams: int = 1,
     max_tokens: int | None = None,
+    document_ids: Sequence[int] | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next-token losses of `model` on the stream, walked as in the module docstring.
 
     Returns ``[num_streams, stream_length − 1]`` fp32 losses on the CPU: entry ``[s, t]`` is the loss of
     predicting token ``t + 1`` of stream ``s`` (stream ``s`` = tokens ``s · stream_length …`` of the
     stream, ``stream_length = len(token_ids) // num_streams`` after `max_tokens` truncates it).
+    `document_ids` (one integer per token of `token_ids`, equal within a document): empty the state at
+    every document start (module docstring).
     """
     _check_stream_arguments(model, segment_length, carry_state, num_streams)
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+    documents = None
+    if document_ids is not None:
+        documents = torch.as_tensor(document_ids, dtype=torch.long).flatten()
+        if documents.numel() != ids.numel():
+            raise ValueError(f"document_ids must give one document per token: {documents.numel()} ids for "
+                             f"{ids.numel()} tokens")
     if max_tokens is not None:
         ids = ids[:max_tokens]
     stream_length = ids.numel() // num_streams
@@ -80,6 +98,8 @@ def stream_token_losses(
         raise ValueError(f"{ids.numel()} tokens are too few for {num_streams} streams")
     device = next(model.parameters()).device
     streams = ids[: stream_length * num_streams].view(num_streams, stream_length).to(device)
+    if documents is not None:
+        documents = documents[: stream_length * num_streams].view(num_streams, stream_length).to(device)
     was_training = model.training
     model.eval()
     cache = DynamicCache() if carry_state else None
@@ -89,7 +109,12 @@ def stream_token_losses(
             for start in range(0, stream_length - 1, segment_length):
                 end = min(start + segment_length, stream_length - 1)
                 inputs, targets = streams[:, start:end], streams[:, start + 1 : end + 1]
-                output = model(input_ids=inputs, past_key_values=cache, use_cache=carry_state)
+                packing = {}
+                if documents is not None:
+                    packing["seq_idx"] = documents[:, start:end]
+                    if carry_state and start > 0:  # a document starting at this segment's first token
+                        reset_cache_rows(cache, documents[:, start] != documents[:, start - 1])
+                output = model(input_ids=inputs, past_key_values=cache, use_cache=carry_state, **packing)
                 cache = output.past_key_values if carry_state else None
                 loss = F.cross_entropy(output.logits.float().transpose(1, 2), targets, reduction="none")
                 losses.append(loss.cpu())
@@ -105,12 +130,15 @@ def segment_perplexity(
     carry_state: bool,
     num_streams: int = 1,
     max_tokens: int | None = None,
+    document_ids: Sequence[int] | torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Mean next-token loss and perplexity of `model` on `token_ids` (see the module docstring).
 
-    Returns ``{"loss", "perplexity", "tokens"}``; `max_tokens` truncates the stream first.
+    Returns ``{"loss", "perplexity", "tokens"}``; `max_tokens` truncates the stream first; `document_ids`:
+    the state is emptied at every document start (`stream_token_losses`).
     """
-    losses = stream_token_losses(model, token_ids, segment_length, carry_state, num_streams, max_tokens)
+    losses = stream_token_losses(model, token_ids, segment_length, carry_state, num_streams, max_tokens,
+                                 document_ids)
     mean = losses.double().sum().item() / losses.numel()
     return {"loss": mean, "perplexity": math.exp(mean), "tokens": float(losses.numel())}
 
@@ -123,18 +151,21 @@ def perplexity_by_position(
     num_streams: int = 1,
     bucket_size: int = 1024,
     max_tokens: int | None = None,
+    document_ids: Sequence[int] | torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """`segment_perplexity`'s scored tokens grouped by their position in their stream (the long-context curve).
 
     The target at stream position ``t`` (1 … stream_length − 1) falls into bucket ``t // bucket_size``.
     Returns ``{"loss", "perplexity", "tokens"}`` over all tokens (as `segment_perplexity`), plus
-    ``"bucket_size"``, ``"segment_length"``, ``"carry_state"`` and per bucket the lists ``"bucket_start"``
+    ``"bucket_size"``, ``"segment_length"``, ``"carry_state"``, ``"reset_at_document_starts"`` (whether
+    `document_ids` were given: `stream_token_losses`) and per bucket the lists ``"bucket_start"``
     (first position), ``"bucket_loss"``, ``"bucket_perplexity"`` and ``"bucket_tokens"``: the bucket
     means weighted by their tokens average to ``"loss"``.
     """
     if bucket_size < 1:
         raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
-    losses = stream_token_losses(model, token_ids, segment_length, carry_state, num_streams, max_tokens).double()
+    losses = stream_token_losses(model, token_ids, segment_length, carry_state, num_streams, max_tokens,
+                                 document_ids).double()
     positions = torch.arange(1, losses.shape[1] + 1)
     buckets = positions // bucket_size
     sums = torch.zeros(int(buckets[-1]) + 1, dtype=torch.float64).index_add_(0, buckets, losses.sum(0))
@@ -149,6 +180,7 @@ def perplexity_by_position(
         "bucket_size": bucket_size,
         "segment_length": segment_length,
         "carry_state": carry_state,
+        "reset_at_document_starts": document_ids is not None,
         "bucket_start": [int(index) * bucket_size for index in torch.nonzero(keep).flatten()],
         "bucket_loss": bucket_loss,
         "bucket_perplexity": [math.exp(min(loss, 50.0)) for loss in bucket_loss],
