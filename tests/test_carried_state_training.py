@@ -89,12 +89,14 @@ class RecordingTrainer(CarriedStateTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def carried_trainer(model, dataset, output_dir, trainer_class=CarriedStateTrainer, **overrides) -> CarriedStateTrainer:
+def carried_trainer(model, dataset, output_dir, trainer_class=CarriedStateTrainer, reset_every_segment=False,
+                    **overrides) -> CarriedStateTrainer:
     args = TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=2, report_to="none", disable_tqdm=True,
         save_strategy="no", use_cpu=True, logging_steps=1, seed=0, **overrides,
     )
-    return trainer_class(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
+    return trainer_class(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
+                         reset_every_segment=reset_every_segment)
 
 
 def hand_carried_losses(model, streams: torch.Tensor, length: int, carry: bool) -> list[float]:
@@ -134,6 +136,38 @@ def test_micro_batches_start_from_the_previous_final_state(variant, accumulation
     assert trainer.micro_batch_losses == pytest.approx(expected, rel=1e-5)
     assert carried[0] == pytest.approx(independent[0], rel=1e-6)
     assert min(abs(c - i) for c, i in zip(carried[1:], independent[1:])) > 1e-3  # carrying changes the loss
+
+
+def test_in_order_control_reads_the_same_streams_from_an_empty_state(tmp_path):
+    """reset_every_segment: the micro-batches are the carried run's, in its order, each from an empty state."""
+    length, segments = 8, 3
+    model = make_lm(type_variant("delta"))
+    stream = random_ids(1, 2 * segments * length).flatten()
+    dataset = stream_segments_dataset(stream, length, num_streams=2)
+    trainer = carried_trainer(model, dataset, tmp_path, RecordingTrainer, learning_rate=0.0, max_steps=segments,
+                              reset_every_segment=True)
+    trainer.train()
+    model.eval()
+    independent = hand_carried_losses(model, stream.view(2, segments * length), length, carry=False)
+    assert trainer.micro_batch_losses == pytest.approx(independent, rel=1e-5)
+    carried = hand_carried_losses(model, stream.view(2, segments * length), length, carry=True)
+    assert abs(trainer.micro_batch_losses[-1] - carried[-1]) > 1e-3
+
+
+def test_in_order_control_flags_are_checked(data_files, tmp_path):
+    with pytest.raises(ValueError, match="--reset_state_every_segment true needs --carry_state true"):
+        parse_lm_arguments(tiny_flags(data_files, tmp_path, reset_state_every_segment="true"))
+    with pytest.raises(ValueError, match="--reset_state_every_segment true and --reset_state_at_document_end true "
+                                         "exclude each other"):
+        parse_lm_arguments(tiny_flags(data_files, tmp_path, carry_state="true", reset_state_every_segment="true",
+                                      reset_state_at_document_end="true"))
+    output_dir = tmp_path / "control"
+    metrics = run_lm_training(*parse_lm_arguments(tiny_flags(
+        data_files, output_dir, carry_state="true", reset_state_every_segment="true", max_steps=2,
+        sample_max_new_tokens=1,
+    )))
+    assert metrics["eval_carried_state_perplexity"] > 1
+    assert "every segment from an empty state (--reset_state_every_segment)" in (output_dir / "README.md").read_text()
 
 
 def test_carried_states_take_no_gradient_from_the_next_segment(tmp_path):

@@ -32,12 +32,12 @@ def test_seeds_and_carried_pairs_are_summarised_and_a_finished_comparison_is_reu
                                                                                    monkeypatch):
     delta = tiny_config(tmp_path / "delta.yaml", data_files, "delta")
     softmax = tiny_config(tmp_path / "softmax.yaml", data_files, "softmax")
-    flags = ["--configs", delta, softmax, "--seeds", "0", "1", "--carried_state_configs", delta,
+    flags = ["--configs", delta, softmax, "--seeds", "0", "1", "--carried_state_configs", delta, "--in_order_control", "true",
              "--output_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "docs"), "--title", "tiny"]
     rows = main(flags)
     assert [(row["variant"], row["training"], row["seed"]) for row in rows] == [
-        ("delta", "blocks", 0), ("softmax", "blocks", 0), ("delta", "carried", 0),
-        ("delta", "blocks", 1), ("softmax", "blocks", 1), ("delta", "carried", 1),
+        ("delta", "blocks", 0), ("softmax", "blocks", 0), ("delta", "in_order", 0), ("delta", "carried", 0),
+        ("delta", "blocks", 1), ("softmax", "blocks", 1), ("delta", "in_order", 1), ("delta", "carried", 1),
     ]
     assert (tmp_path / "runs" / "delta_carried" / "seed1" / "comparison_run.json").is_file()
     delta_blocks = [row for row in rows if row["variant"] == "delta" and row["training"] == "blocks"]
@@ -53,7 +53,18 @@ def test_seeds_and_carried_pairs_are_summarised_and_a_finished_comparison_is_reu
     table = (tmp_path / "docs" / "lm_comparison.md").read_text()
     mean, sd = summary["validation_perplexity"]["mean"], summary["validation_perplexity"]["sd"]
     assert f"| delta | " in table and f"{mean:.2f} ± {sd:.2f}" in table
-    assert "## Training with the state carried across segments" in table and "| delta | carried | 2 |" in table
+    assert "## Training with the state carried across segments" in table
+    carried_rows = [line for line in table.splitlines() if line.startswith("| delta | ") and "| 2 |" in line
+                    and ("state carried |" in line or "no state |" in line or "shuffled" in line)]
+    assert [line.split(" | ")[1] for line in carried_rows] == [
+        "blocks (shuffled)", "streams in order, no state", "state carried"]
+    by_seed = {(row["training"], row["seed"]): row for row in rows if row["variant"] == "delta"}
+    differences = [by_seed["carried", seed]["stream_carried_perplexity"]
+                   - by_seed[baseline, seed]["stream_independent_perplexity"]
+                   for baseline in ("blocks", "in_order") for seed in (0, 1)]
+    expected = " | ".join(f"{statistics.fmean(pair):.2f} ± {statistics.stdev(pair):.2f}"
+                          for pair in (differences[:2], differences[2:]))
+    assert carried_rows[-1].endswith(f"| {expected} |")
     for name in ("lm_comparison.png", "lm_comparison_positions.png"):
         assert (tmp_path / "docs" / name).stat().st_size > 1000
 
@@ -78,6 +89,10 @@ def test_summaries_of_one_and_several_values():
 
 
 def test_missing_configs_and_seeds_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="no config files to compare: give --configs and/or --carried_state_configs"):
+        lm_comparison.compare_variants([], str(tmp_path), [])
+    with pytest.raises(ValueError, match="no seeds"):
+        lm_comparison.compare_variants(["configs/lm/delta.yaml"], str(tmp_path), [], seeds=[])
     with pytest.raises(FileNotFoundError, match="config file 'nope.yaml' does not exist"):
         main(["--configs", "configs/lm/delta.yaml", "--carried_state_configs", "nope.yaml",
               "--output_dir", str(tmp_path)])

@@ -170,13 +170,18 @@ class CarriedStateTrainer(Trainer):
     """`Trainer` whose training micro-batches continue the previous micro-batch's streams with its final
     fast-weight states, detached (truncated BPTT); see the module docstring.
 
+    With ``reset_every_segment=True`` nothing is carried: the streams are read in the same order, every
+    segment from an empty state (the data-order control of carried-state training).
+
     `train_dataset` must be laid out by `stream_segments_dataset` with ``carried_state_num_streams(args)``
     streams; with its ``seq_idx`` column (``document_ids``) the state resets at every document start.
     Evaluation (``model.eval()``) runs as in `Trainer`: independent blocks.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, reset_every_segment: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # The data-order control: the same streams in the same order, every segment from an empty state.
+        self.reset_every_segment = reset_every_segment
         check_carry_state_arguments(self.args)
         check_carry_state_model(self.model)
         self.num_streams = carried_state_num_streams(self.args)
@@ -215,8 +220,8 @@ class CarriedStateTrainer(Trainer):
         if rows != self.args.train_batch_size:
             raise ValueError(f"a carried-state micro-batch has {rows} rows, expected per_device_train_batch_size="
                              f"{self.args.train_batch_size} (one per stream of this process)")
-        if self.segment_index == 0:
-            self.carried_cache = None  # an epoch begins: the streams restart from an empty state
+        if self.segment_index == 0 or self.reset_every_segment:
+            self.carried_cache = None  # an epoch begins (the streams restart), or the control carries nothing
             self.carried_document_ids = None
         document_ids = inputs.get("seq_idx")
         if document_ids is not None and self.carried_cache is not None:

@@ -142,6 +142,14 @@ class DataTrainingArguments:
             "carried as with --carry_state. The carried-state stream evaluation then resets at the same places."
         },
     )
+    reset_state_every_segment: bool = field(
+        default=False,
+        metadata={
+            "help": "With --carry_state true: read the streams in the same order but start every segment from an "
+            "empty state (nothing carried) — the data-order control of carried-state training, which separates "
+            "the effect of reading the text in order from that of the carried state."
+        },
+    )
     packing: bool = field(
         default=False,
         metadata={
@@ -169,6 +177,13 @@ class DataTrainingArguments:
             raise ValueError("--reset_state_at_document_end true needs --carry_state true: it resets the state that "
                              "carried-state training carries across segments (with --carry_state false every block "
                              "already starts from an empty state)")
+        if self.reset_state_every_segment and not self.carry_state:
+            raise ValueError("--reset_state_every_segment true needs --carry_state true: it reads the carried-state "
+                             "streams in order without their state (with --carry_state false the blocks are shuffled "
+                             "and every block already starts from an empty state)")
+        if self.reset_state_every_segment and self.reset_state_at_document_end:
+            raise ValueError("--reset_state_every_segment true and --reset_state_at_document_end true exclude each "
+                             "other: with the first no state is carried, so there is none to reset at document ends")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
@@ -330,9 +345,15 @@ def evaluate_stream(
     if supports_carried_state(model):
         modes["carried_state"] = (True, f"validation stream, state carried across {segments}"
                                         + (", emptied at document ends" if resets else ""))
-        trained = (f"The model was trained with the state carried across segments of {data_args.block_size} "
-                   "(truncated backpropagation through time)." if data_args.carry_state else
-                   "The model was trained on independent blocks, so it never saw an older state.")
+        if data_args.carry_state and data_args.reset_state_every_segment:
+            trained = (f"The model was trained on the carried-state streams read in order, in segments of "
+                       f"{data_args.block_size}, but every segment from an empty state "
+                       "(--reset_state_every_segment), so it never saw an older state.")
+        elif data_args.carry_state:
+            trained = (f"The model was trained with the state carried across segments of {data_args.block_size} "
+                       "(truncated backpropagation through time).")
+        else:
+            trained = "The model was trained on independent blocks, so it never saw an older state."
         if resets:
             trained += (" In training and in the carried-state row the state was emptied at every document end "
                         "(--reset_state_at_document_end; a document is one text with its </s>), so that row "
@@ -482,9 +503,10 @@ def run_lm_training(
     if data_args.carry_state:
         check_carry_state_model(model)
     data = prepare_lm_data(raw, tokenizer, data_args, training_args)
-    trainer_class = Trainer
+    trainer_class, trainer_options = Trainer, {}
     if data_args.carry_state and training_args.do_train:
         trainer_class = CarriedStateTrainer
+        trainer_options = {"reset_every_segment": data_args.reset_state_every_segment}
     elif data_args.packing and training_args.do_train:
         trainer_class = PackedDocumentsTrainer
     trainer = trainer_class(
@@ -495,6 +517,7 @@ def run_lm_training(
         processing_class=tokenizer,
         data_collator=default_data_collator,
         callbacks=callbacks,
+        **trainer_options,
     )
     enable_fsdp_on_cpu(trainer)
     metrics: dict[str, float] = {"num_parameters": float(model.num_parameters())}

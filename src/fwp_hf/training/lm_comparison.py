@@ -6,7 +6,9 @@ only in their token mixer (and the intermediate size that equalises the paramete
 variant is trained once per seed; the table gives the mean ± the sample standard deviation over seeds.
 Variants named in ``carried_state_configs`` are also trained with ``--carry_state true`` (the same
 model, data, budget and segment length, the state carried across segments: truncated BPTT), and a
-second table and plot compare the two trainings on the validation stream.
+second table and plot compare the two trainings on the validation stream; with ``in_order_control`` they
+are also trained on the carried-state streams in the same order but without the state
+(``--reset_state_every_segment true``), which separates the data order from the carried state.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from .lm import PERPLEXITY_BY_POSITION_FILE, parse_lm_arguments, raw_datasets_fr
 from .tokenization import save_tokenizer, train_sentencepiece_tokenizer
 
 RUN_RESULT_FILE = "comparison_run.json"
-TRAININGS = {"blocks": [], "carried": ["--carry_state", "true"]}  # training name -> train_lm flags
+TRAININGS = {  # training name -> train_lm flags
+    "blocks": [],
+    "in_order": ["--carry_state", "true", "--reset_state_every_segment", "true"],  # data-order control
+    "carried": ["--carry_state", "true"],
+}
+TRAINING_LABELS = {"blocks": "blocks (shuffled)", "in_order": "streams in order, no state", "carried": "state carried"}
 METRICS = ("validation_perplexity", "test_perplexity", "stream_independent_perplexity", "stream_carried_perplexity")
 
 
@@ -83,23 +90,27 @@ def compare_variants(
     seeds: Sequence[int] = (0,),
     carried_state_configs: Sequence[str] = (),
     reuse_finished_runs: bool = False,
+    in_order_control: bool = False,
 ) -> list[dict]:
-    """Train every config once per seed (and the `carried_state_configs` also with ``--carry_state true``)
-    into ``output_dir/<config name>[_carried]/seed<k>``; return one result row per run.
+    """Train every config once per seed (and the `carried_state_configs` also with ``--carry_state true``
+    and, with `in_order_control`, with the streams in order but no state) into
+    ``output_dir/<config name>[_carried|_in_order]/seed<k>``; return one result row per run.
 
     With `reuse_finished_runs` a run whose folder holds a `comparison_run.json` is read, not trained again
     (an interrupted comparison resumes where it stopped)."""
-    if not config_files:
-        raise ValueError("no config files to compare")
+    if not config_files and not carried_state_configs:
+        raise ValueError("no config files to compare: give --configs and/or --carried_state_configs")
     if not seeds:
         raise ValueError("no seeds: give at least one --seeds value")
     for config_file in [*config_files, *carried_state_configs]:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"config file {config_file!r} does not exist")
-    runs = [(config, "blocks") for config in config_files] + [(config, "carried") for config in carried_state_configs]
+    runs = [(config, "blocks") for config in config_files]
+    for config in carried_state_configs:
+        runs += [(config, "in_order")] * in_order_control + [(config, "carried")]
     tokenizer_dir = os.path.join(output_dir, "tokenizer")
     if not (reuse_finished_runs and os.path.isfile(os.path.join(tokenizer_dir, "tokenizer_config.json"))):
-        train_shared_tokenizer(config_files[0], tokenizer_dir, extra_args)
+        train_shared_tokenizer([*config_files, *carried_state_configs][0], tokenizer_dir, extra_args)
     rows = []
     for seed in seeds:  # seed-major: an interrupted comparison already has every variant's first seeds
         for config_file, training in runs:
@@ -156,10 +167,12 @@ def _format(summary: dict) -> str:
     return f"{summary['mean']:.2f}" if summary["n"] == 1 else f"{summary['mean']:.2f} ± {summary['sd']:.2f}"
 
 
-def _carried_pairs(groups: list[dict]) -> list[tuple[dict, dict]]:
+def _carried_sets(groups: list[dict]) -> list[dict[str, dict]]:
+    """Per variant trained with the carried state and on blocks: its groups by training name."""
     by_key = {(group["variant"], group["training"]): group for group in groups}
-    return [(by_key[(group["variant"], "blocks")], group) for group in groups
-            if group["training"] == "carried" and (group["variant"], "blocks") in by_key]
+    return [{training: by_key[(group["variant"], training)] for training in TRAININGS
+             if (group["variant"], training) in by_key}
+            for group in groups if group["training"] == "carried" and (group["variant"], "blocks") in by_key]
 
 
 def _log_axis(axis, matplotlib) -> None:
@@ -169,24 +182,26 @@ def _log_axis(axis, matplotlib) -> None:
     axis.grid(True, which="both", alpha=0.3)
 
 
-def plot_position_curves(pairs: list[tuple[dict, dict]], path: Path, matplotlib) -> None:
-    """One panel per carried-state variant: perplexity by stream position for block and carried training."""
+def plot_position_curves(sets: list[dict[str, dict]], path: Path, matplotlib) -> None:
+    """One panel per carried-state variant: perplexity by stream position for each of its trainings."""
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    figure, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 4), squeeze=False)
+    figure, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 4), squeeze=False)
     lines = (("blocks", "independent_segments", "block training, independent segments"),
              ("blocks", "carried_state", "block training, state carried"),
+             ("in_order", "independent_segments", "in-order control, independent segments"),
              ("carried", "independent_segments", "carried training, independent segments"),
              ("carried", "carried_state", "carried training, state carried"))
-    for axis, pair in zip(axes[0], pairs):
-        trainings = {"blocks": pair[0], "carried": pair[1]}
+    for axis, trainings in zip(axes[0], sets):
         for training, mode, label in lines:
+            if training not in trainings:
+                continue
             curve = (trainings[training]["perplexity_by_position"] or {}).get(mode)
             if curve is not None:
                 centres = [start + curve["bucket_size"] / 2 for start in curve["bucket_start"]]
                 axis.plot(centres, curve["bucket_perplexity"], marker="o", markersize=3, label=label,
                           linestyle="-" if mode == "carried_state" else ":")
-        axis.set_title(pair[0]["variant"])
+        axis.set_title(trainings["blocks"]["variant"])
         axis.set_xlabel("token position in the validation stream")
         _log_axis(axis, matplotlib)
     axes[0][0].set_ylabel("perplexity (mean over seeds)")
@@ -213,10 +228,14 @@ def write_comparison(rows: list[dict], results_dir: str, title: str, notes: str 
     json_path.write_text(json.dumps({"runs": rows, "summaries": groups}, indent=1) + "\n")
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for group in groups:
+    variants = list(dict.fromkeys(group["variant"] for group in groups))
+    colours = matplotlib.colormaps["tab10" if len(variants) <= 10 else "tab20"]
+    styles = {"blocks": "-", "in_order": ":", "carried": "--"}
+    for group in groups:  # one colour per variant, one line style per training
         steps, perplexities = zip(*group["curve"]) if group["curve"] else ((), ())
-        label = group["variant"] if group["training"] == "blocks" else f"{group['variant']} (carried training)"
-        axis.plot(steps, perplexities, marker="o", label=label, linestyle="-" if group["training"] == "blocks" else "--")
+        label = group["variant"] if group["training"] == "blocks" else f"{group['variant']} ({TRAINING_LABELS[group['training']]})"
+        axis.plot(steps, perplexities, marker="o", markersize=4, label=label, linestyle=styles[group["training"]],
+                  color=colours(variants.index(group["variant"])))
     axis.set_xlabel("training step")
     axis.set_ylabel("validation perplexity (blocks; mean over seeds)")
     _log_axis(axis, matplotlib)
@@ -248,33 +267,33 @@ def write_comparison(rows: list[dict], results_dir: str, title: str, notes: str 
         )
     lines += ["", f"![validation perplexity vs steps]({png_path.name})"]
 
-    pairs = _carried_pairs(groups)
-    if pairs:
+    sets = _carried_sets(groups)
+    if sets:
         positions_path = results / "lm_comparison_positions.png"
-        plot_position_curves(pairs, positions_path, matplotlib)
+        plot_position_curves(sets, positions_path, matplotlib)
         written.append(str(positions_path))
         lines += [
             "",
             "## Training with the state carried across segments",
             "",
-            "The same variants trained on independent blocks and with `--carry_state true` (truncated BPTT); "
-            "the stream columns score the same validation tokens. \"Gain\" is the carried-state training's "
-            "carried-state stream perplexity minus the block training's independent-segments stream perplexity "
-            "(negative: the unlimited context helps).",
+            "The same variants trained on shuffled independent blocks, with `--carry_state true` (truncated BPTT: "
+            "the streams read in order, the state carried) and, where run, on the same streams in the same order "
+            "without the state (`--reset_state_every_segment true`: the data-order control); the stream columns "
+            "score the same validation tokens. The last two columns are the carried-state training's carried-state "
+            "stream perplexity minus the independent-segments stream perplexity of block training and of the "
+            "in-order control, per seed (negative: the unlimited context helps).",
             "",
             "| variant | training | seeds | validation ppl (blocks) | stream, independent segments | "
-            "stream, state carried | gain |",
-            "|---|---|---|---|---|---|---|",
+            "stream, state carried | carried − blocks | carried − in-order control |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for block_group, carried_group in pairs:
-            gain = summarize([
-                carried["stream_carried_perplexity"] - block["stream_independent_perplexity"]
-                for block in _runs_of(rows, block_group) for carried in _runs_of(rows, carried_group)
-                if block["seed"] == carried["seed"] and carried["stream_carried_perplexity"] is not None
-            ])
-            for group, gain_text in ((block_group, ""), (carried_group, _format(gain))):
+        for trainings in sets:
+            gains = [_format(_paired_difference(rows, trainings["carried"], trainings[baseline]))
+                     if baseline in trainings else "n/a" for baseline in ("blocks", "in_order")]
+            for training, group in trainings.items():
+                gain_text = " | ".join(gains) if training == "carried" else " | "
                 lines.append(
-                    f"| {group['variant']} | {group['training']} | {len(group['seeds'])} | "
+                    f"| {group['variant']} | {TRAINING_LABELS[training]} | {len(group['seeds'])} | "
                     f"{_format(group['validation_perplexity'])} | {_format(group['stream_independent_perplexity'])} | "
                     f"{_format(group['stream_carried_perplexity'])} | {gain_text} |"
                 )
@@ -290,6 +309,14 @@ def _runs_of(rows: list[dict], group: dict) -> list[dict]:
     return [row for row in rows if row["variant"] == group["variant"] and row.get("training", "blocks") == group["training"]]
 
 
+def _paired_difference(rows: list[dict], carried_group: dict, baseline_group: dict) -> dict:
+    """Per seed: the carried-state training's carried-state stream perplexity minus the baseline's
+    independent-segments stream perplexity; summarised over the seeds both have."""
+    baselines = {run["seed"]: run["stream_independent_perplexity"] for run in _runs_of(rows, baseline_group)}
+    return summarize([run["stream_carried_perplexity"] - baselines[run["seed"]] for run in _runs_of(rows, carried_group)
+                      if run["seed"] in baselines and run["stream_carried_perplexity"] is not None])
+
+
 @dataclass
 class ComparisonArguments:
     """The flags of `scripts/compare_lm.py`; any other flag goes to every training run."""
@@ -303,6 +330,11 @@ class ComparisonArguments:
         default_factory=list,
         metadata={"help": "Configs also trained with --carry_state true (models whose every layer keeps a state); "
                           "compared with their block training in a second table and a position plot."},
+    )
+    in_order_control: bool = field(
+        default=False,
+        metadata={"help": "Also train the carried_state_configs on the same streams in the same order without the "
+                          "state (--reset_state_every_segment true): the data-order control."},
     )
     reuse_finished_runs: bool = field(
         default=False,
@@ -320,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         args=argv, return_remaining_strings=True
     )
     rows = compare_variants(args.configs, args.output_dir, run_flags, args.seeds, args.carried_state_configs,
-                            args.reuse_finished_runs)
+                            args.reuse_finished_runs, args.in_order_control)
     notes = Path(args.notes_file).read_text(encoding="utf-8") if args.notes_file else ""
     for path in write_comparison(rows, args.results_dir, args.title, notes):
         print(f"wrote {path}")
