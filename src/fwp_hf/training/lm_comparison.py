@@ -227,7 +227,7 @@ def write_comparison(rows: list[dict], results_dir: str, title: str, notes: str 
     groups = group_runs(rows)
     json_path.write_text(json.dumps({"runs": rows, "summaries": groups}, indent=1) + "\n")
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(9.5, 4.5))
     variants = list(dict.fromkeys(group["variant"] for group in groups))
     colours = matplotlib.colormaps["tab10" if len(variants) <= 10 else "tab20"]
     styles = {"blocks": "-", "in_order": ":", "carried": "--"}
@@ -240,7 +240,7 @@ def write_comparison(rows: list[dict], results_dir: str, title: str, notes: str 
     axis.set_ylabel("validation perplexity (blocks; mean over seeds)")
     _log_axis(axis, matplotlib)
     axis.set_title(title, fontsize=9)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(png_path, dpi=120)
     plt.close(figure)
@@ -252,7 +252,8 @@ def write_comparison(rows: list[dict], results_dir: str, title: str, notes: str 
     lines = [
         f"# {title}",
         "",
-        f"Mean ± sample standard deviation over seeds {', '.join(map(str, seeds))} (one row: one run per seed).",
+        (f"Mean ± sample standard deviation over seeds {', '.join(map(str, seeds))} (one run per variant and seed)."
+         if len(seeds) > 1 else f"One run per variant (seed {seeds[0]})."),
         "",
         "| variant | parameters | seeds | validation ppl (blocks) | test ppl (blocks) | stream, independent segments | "
         "stream, state carried | time per run (s) |",
