@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 from itertools import chain
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,24 +210,32 @@ RESUME_FLAGS = {  # 20 blocks of 32 = 4 streams × 5 segments: 12 steps cross tw
 }
 
 
-def test_interrupted_carried_state_run_resumes_with_the_same_loss_curve(data_files, tmp_path):
-    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path / "full", **RESUME_FLAGS)))
+def interrupted_and_resumed(data_files, tmp_path, flags: dict) -> tuple[dict[int, float], Path, dict]:
+    """Train with `flags` uninterrupted, then interrupted at step 9 and resumed from checkpoint-8 (epoch 2,
+    3 segments into the streams); assert that both log the same losses at every step. Returns the
+    uninterrupted losses, the checkpoint and its saved carried state."""
+    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path / "full", **flags)))
     uninterrupted = logged_losses(tmp_path / "full")
-    assert sorted(uninterrupted) == list(range(1, 13))
+    assert sorted(uninterrupted) == list(range(1, flags["max_steps"] + 1))
 
     interrupted = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
-        run_lm_training(*parse_lm_arguments(tiny_flags(data_files, interrupted, **RESUME_FLAGS)),
+        run_lm_training(*parse_lm_arguments(tiny_flags(data_files, interrupted, **flags)),
                         callbacks=[InterruptAtStep(9)])
-    checkpoint = interrupted / "checkpoint-8"  # epoch 2, 3 segments into the streams
+    checkpoint = interrupted / "checkpoint-8"
     saved = torch.load(checkpoint / "carried_state_rank0.pt", weights_only=True)
-    assert (saved["micro_batches_seen"], saved["num_streams"], saved["segments_per_stream"]) == (8, 4, 5)
-    resume = tiny_flags(data_files, interrupted, resume_from_checkpoint=checkpoint, **RESUME_FLAGS)
-    run_lm_training(*parse_lm_arguments(resume))
+    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, interrupted, resume_from_checkpoint=checkpoint,
+                                                   **flags)))
     resumed = logged_losses(interrupted)
-    assert sorted(resumed) == list(range(1, 13))
+    assert sorted(resumed) == sorted(uninterrupted)
     for step, loss in uninterrupted.items():
         assert resumed[step] == pytest.approx(loss, rel=1e-5, abs=1e-5), step
+    return uninterrupted, checkpoint, saved
+
+
+def test_interrupted_carried_state_run_resumes_with_the_same_loss_curve(data_files, tmp_path):
+    uninterrupted, checkpoint, saved = interrupted_and_resumed(data_files, tmp_path, RESUME_FLAGS)
+    assert (saved["micro_batches_seen"], saved["num_streams"], saved["segments_per_stream"]) == (8, 4, 5)
 
     # The comparison can fail: resumed from an empty state instead, step 9 scores differently ...
     emptied = tmp_path / "emptied"

@@ -34,8 +34,8 @@ from fwp_hf.training.lm_evaluation import perplexity_by_position, segment_perple
 
 import test_lm_training
 from conftest import LM_VARIANTS, assert_close, layer_types, make_lm, random_ids, type_variant
-from test_carried_state_training import RESUME_FLAGS, RecordingTrainer, carried_trainer
-from test_lm_training import InterruptAtStep, logged_losses, tiny_flags
+from test_carried_state_training import RESUME_FLAGS, RecordingTrainer, carried_trainer, interrupted_and_resumed
+from test_lm_training import tiny_flags
 
 data_files = test_lm_training.data_files  # the tiny Penn Treebank files and tokenizer of the LM training tests
 
@@ -272,23 +272,8 @@ def test_run_with_resets_evaluates_with_the_same_resets(data_files, tmp_path):
 
 def test_interrupted_run_with_resets_resumes_with_the_same_loss_curve(data_files, tmp_path):
     flags = {**RESUME_FLAGS, "reset_state_at_document_end": "true", "max_steps": 10}
-    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path / "full", **flags)))
-    uninterrupted = logged_losses(tmp_path / "full")
-    assert sorted(uninterrupted) == list(range(1, 11))
-
-    interrupted = tmp_path / "interrupted"
-    with pytest.raises(KeyboardInterrupt):
-        run_lm_training(*parse_lm_arguments(tiny_flags(data_files, interrupted, **flags)),
-                        callbacks=[InterruptAtStep(9)])
-    checkpoint = interrupted / "checkpoint-8"  # epoch 2, 3 segments into the streams
-    saved = torch.load(checkpoint / "carried_state_rank0.pt", weights_only=True)
+    _, checkpoint, saved = interrupted_and_resumed(data_files, tmp_path, flags)
     assert saved["document_ids"] is not None and saved["document_ids"].shape == (4,)  # the trainer got seq_idx
-    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, interrupted, resume_from_checkpoint=checkpoint,
-                                                   **flags)))
-    resumed = logged_losses(interrupted)
-    assert sorted(resumed) == list(range(1, 11))
-    for step, loss in uninterrupted.items():
-        assert resumed[step] == pytest.approx(loss, rel=1e-5, abs=1e-5), step
 
     # A checkpoint whose states come without their documents cannot be resumed with resets.
     bare = tmp_path / "bare" / "checkpoint-8"

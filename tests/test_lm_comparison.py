@@ -52,7 +52,7 @@ def test_seeds_and_carried_pairs_are_summarised_and_a_finished_comparison_is_reu
     assert summary["seeds"] == [0, 1] and len(summary["curve"]) == 2
     table = (tmp_path / "docs" / "lm_comparison.md").read_text()
     mean, sd = summary["validation_perplexity"]["mean"], summary["validation_perplexity"]["sd"]
-    assert f"| delta | " in table and f"{mean:.2f} ± {sd:.2f}" in table
+    assert "| delta | " in table and f"{mean:.2f} ± {sd:.2f}" in table
     assert "## Training with the state carried across segments" in table
     carried_rows = [line for line in table.splitlines() if line.startswith("| delta | ") and "| 2 |" in line
                     and ("state carried |" in line or "no state |" in line or "shuffled" in line)]
