@@ -972,36 +972,28 @@ def _chunk_delta_rule_ungated(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, state: torch.Tensor, chunk_size: int,
     documents: _ChunkDocuments | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plain delta rule's chunk loop; chunked inputs ``[B, H, N, C, ...]``, beta ``[B, H, N, C, 1]``."""
+    """The plain delta rule's chunk loop; chunked inputs ``[B, H, N, C, ...]``, beta ``[B, H, N, C, 1]``.
+
+    With `documents` (packed documents; without them the computation is exactly the plain one):
+    ``T = (I + tril(diag(β) K Kᵀ ⊙ same, −1))⁻¹``, ``u = T diag(β) V − T diag(β ⊙ r) K S`` with r =
+    ``reads_start``; ``Y = (Q ⊙ r) S + (tril(Q Kᵀ) ⊙ same) u``; ``S ← keeps·S + (K ⊙ to_end)ᵀ u``."""
+    keys_beta = k * beta
+    pairs = keys_beta @ k.transpose(-1, -2)
+    keys_reading_start, keys_to_end, queries_reading_start, keeps = keys_beta, k, q, None
     if documents is not None:
-        return _chunk_delta_rule_ungated_documents(q, k, v, beta, state, documents)
-    keys_beta = k * beta
-    transform = _unit_lower_triangular_inverse((keys_beta @ k.transpose(-1, -2)).tril_(-1))
-    w_keys, u_values = transform @ keys_beta, transform @ (v * beta)
-
-    starts, written, state = _delta_chunk_state_recursion(w_keys, u_values, k, None, state)
-    intra_scores = (q @ k.transpose(-1, -2)).tril_()
-    return torch.matmul(intra_scores, written).add_(q @ starts), state
-
-
-def _chunk_delta_rule_ungated_documents(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, state: torch.Tensor,
-    documents: _ChunkDocuments,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_chunk_delta_rule_ungated` over packed documents (a separate function so that the path without
-    documents stays exactly as it was): ``u = T diag(β) V − T diag(β ⊙ r) K S`` with
-    ``T = (I + tril(diag(β) K Kᵀ ⊙ same, −1))⁻¹`` and r = ``reads_start``; ``Y = (Q ⊙ r) S + (tril(Q Kᵀ) ⊙ same) u``;
-    ``S ← keeps·S + (K ⊙ to_end)ᵀ u``."""
-    keys_beta = k * beta
-    pairs = (keys_beta @ k.transpose(-1, -2)).masked_fill_(~documents.same, 0.0)
+        pairs = pairs.masked_fill_(~documents.same, 0.0)
+        keys_reading_start = keys_beta * documents.reads_start
+        keys_to_end = k * documents.to_end
+        queries_reading_start = q * documents.reads_start
+        keeps = documents.keeps_state.to(k.dtype)
     transform = _unit_lower_triangular_inverse(pairs.tril_(-1))
-    w_keys, u_values = transform @ (keys_beta * documents.reads_start), transform @ (v * beta)
-    keys_to_end = k * documents.to_end
-    keeps = documents.keeps_state.to(k.dtype)
+    w_keys, u_values = transform @ keys_reading_start, transform @ (v * beta)
 
     starts, written, state = _delta_chunk_state_recursion(w_keys, u_values, keys_to_end, keeps, state)
-    intra_scores = (q @ k.transpose(-1, -2)).tril_().masked_fill_(~documents.same, 0.0)
-    return torch.matmul(intra_scores, written).add_((q * documents.reads_start) @ starts), state
+    intra_scores = (q @ k.transpose(-1, -2)).tril_()
+    if documents is not None:
+        intra_scores = intra_scores.masked_fill_(~documents.same, 0.0)
+    return torch.matmul(intra_scores, written).add_(queries_reading_start @ starts), state
 
 
 def _chunk_delta_rule_gated(
@@ -1015,7 +1007,7 @@ def _chunk_delta_rule_gated(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gated delta rule's chunk loop; ``log_decay_cumsum`` b ``[B, H, N, C]`` (cumulative within chunks).
     `documents`: pairs of different documents get decay 0 (masked before the exp, so exactly 0), and
-    the factors to and from the chunk-start state are masked as in `_chunk_delta_rule_ungated_documents`."""
+    the factors to and from the chunk-start state are masked as in `_chunk_delta_rule_ungated`."""
     chunk_size = q.shape[3]
     causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
     if documents is not None:
