@@ -14,7 +14,7 @@ from torch import nn
 from .configuration_fwp import FWPConfig
 from .fast_weight_kernels import document_numbers
 from .layers_fwp import rotary_cos_sin
-from .token_mixers import TOKEN_MIXERS, every_layer_holds_state
+from .token_mixers import TOKEN_MIXERS, every_layer_holds_state, growing_cache_types
 
 
 def values_unreadable(tensor: torch.Tensor) -> bool:
@@ -253,7 +253,6 @@ def prepare_mixer_inputs(
     batch_size, seq_len = inputs_embeds.shape[:2]
     device = inputs_embeds.device
     uses_positions = any(TOKEN_MIXERS[kind].uses_rotary for kind in kinds)
-    all_state = every_layer_holds_state(kinds)
     padding_mask = padding_mask_2d(attention_mask)
     if callable(past_length):
         past_length = past_length() if uses_positions or not torch.compiler.is_compiling() else None
@@ -270,8 +269,9 @@ def prepare_mixer_inputs(
     document_ids = None
     if packing is not None:
         document_ids = packed_document_ids(position_ids, padding_mask, batch_size, seq_len, **packing)
-    if document_ids is not None and not values_unreadable(document_ids) and past_length and not all_state:
-        growing = ", ".join(dict.fromkeys(kind for kind in kinds if not TOKEN_MIXERS[kind].holds_state))
+    if (document_ids is not None and not values_unreadable(document_ids) and past_length
+            and not every_layer_holds_state(kinds)):
+        growing = ", ".join(growing_cache_types(kinds))
         raise ValueError(
             f"packed documents (position_ids restarting inside a row, seq_idx or cu_seq_lens) cannot continue a "
             f"cache that holds {past_length} tokens in a model with {growing} layers: their key/value cache holds "

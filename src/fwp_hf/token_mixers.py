@@ -170,16 +170,21 @@ TOKEN_MIXERS: dict[str, TokenMixerSpec] = {
 }
 
 ATTENTION_TYPES: tuple[str, ...] = tuple(TOKEN_MIXERS)
-def every_layer_holds_state(kinds: Iterable[str]) -> bool:
-    """True when every layer type in `kinds` keeps a fixed-size state (no key/value cache that grows)."""
-    return all(TOKEN_MIXERS[kind].holds_state for kind in kinds)
-
-
 FAST_WEIGHT_TYPES: tuple[str, ...] = tuple(name for name, spec in TOKEN_MIXERS.items() if spec.holds_state)
 # Decoder → encoder attention: a mixer that can read a whole source at once.
 CROSS_ATTENTION_TYPES: tuple[str, ...] = tuple(
     name for name, spec in TOKEN_MIXERS.items() if spec.bidirectional is not None or spec.layer == SOFTMAX_ATTENTION_LAYER
 )
+
+
+def growing_cache_types(kinds: Iterable[str]) -> list[str]:
+    """The distinct layer types of `kinds`, in order, whose cache grows with the context (key/value caches)."""
+    return [kind for kind in dict.fromkeys(kinds) if not TOKEN_MIXERS[kind].holds_state]
+
+
+def every_layer_holds_state(kinds: Iterable[str]) -> bool:
+    """True when every layer type in `kinds` keeps a fixed-size state (no key/value cache that grows)."""
+    return all(TOKEN_MIXERS[kind].holds_state for kind in kinds)
 
 
 def describe_token_mixer(config, name: str) -> str:
@@ -203,4 +208,5 @@ __all__ = [
     "TokenMixerSpec",
     "describe_token_mixer",
     "every_layer_holds_state",
+    "growing_cache_types",
 ]

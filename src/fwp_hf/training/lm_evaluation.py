@@ -38,15 +38,14 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from ..cache_fwp import reset_cache_rows
-from ..token_mixers import TOKEN_MIXERS, every_layer_holds_state
+from ..token_mixers import every_layer_holds_state, growing_cache_types
 
 
 def growing_cache_layer_types(model) -> list[str]:
     """The model's layer types whose cache grows with the context (a key/value cache), in layer order."""
     if not hasattr(model.config, "layer_attention_types"):  # not an FWP model (e.g. a Llama baseline)
         return [model.config.model_type]
-    kinds = dict.fromkeys(model.config.layer_attention_types)
-    return [kind for kind in kinds if not TOKEN_MIXERS[kind].holds_state]
+    return growing_cache_types(model.config.layer_attention_types)
 
 
 def supports_carried_state(model) -> bool:
