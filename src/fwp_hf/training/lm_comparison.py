@@ -138,27 +138,33 @@ def group_runs(rows: list[dict]) -> list[dict]:
     perplexity-by-position curves (bucket perplexities averaged over seeds, in log space)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["variant"], row.get("training", "blocks")), []).append(row)
+        groups.setdefault((row["variant"], row["training"]), []).append(row)
     summaries = []
     for (variant, training), runs in groups.items():
         summary = {"variant": variant, "training": training, "attention_type": runs[0]["attention_type"],
-                   "parameters": runs[0]["parameters"], "seeds": [run.get("seed", 0) for run in runs],
+                   "parameters": runs[0]["parameters"], "seeds": [run["seed"] for run in runs],
                    "seconds": statistics.fmean(run["seconds"] for run in runs)}
         summary.update({metric: summarize([run[metric] for run in runs]) for metric in METRICS})
         steps = [step for step, _ in runs[0]["curve"]]
-        summary["curve"] = [(step, math.exp(statistics.fmean(math.log(dict(run["curve"])[step]) for run in runs)))
-                            for step in steps if all(step in dict(run["curve"]) for run in runs)]
+        curves = [dict(run["curve"]) for run in runs]
+        summary["curve"] = [(step, _geometric_mean([curve[step] for curve in curves]))
+                            for step in steps if all(step in curve for curve in curves)]
         positions = [run.get("perplexity_by_position") for run in runs]
         summary["perplexity_by_position"] = None
         if all(positions):
             summary["perplexity_by_position"] = {
                 mode: {**positions[0][mode], "bucket_perplexity": [
-                    math.exp(statistics.fmean(math.log(curves[mode]["bucket_perplexity"][i]) for curves in positions))
-                    for i in range(len(positions[0][mode]["bucket_perplexity"]))]}
+                    _geometric_mean(bucket) for bucket in zip(*(curves[mode]["bucket_perplexity"] for curves in positions))
+                ]}
                 for mode in positions[0]
             }
         summaries.append(summary)
     return summaries
+
+
+def _geometric_mean(perplexities: Sequence[float]) -> float:
+    """Perplexities average in log space (the mean loss)."""
+    return math.exp(statistics.fmean(math.log(value) for value in perplexities))
 
 
 def _format(summary: dict) -> str:
@@ -307,7 +313,7 @@ def write_comparison(rows: list[dict], results_dir: str, title: str, notes: str 
 
 
 def _runs_of(rows: list[dict], group: dict) -> list[dict]:
-    return [row for row in rows if row["variant"] == group["variant"] and row.get("training", "blocks") == group["training"]]
+    return [row for row in rows if row["variant"] == group["variant"] and row["training"] == group["training"]]
 
 
 def _paired_difference(rows: list[dict], carried_group: dict, baseline_group: dict) -> dict:
