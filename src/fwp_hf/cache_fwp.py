@@ -54,13 +54,18 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
         # `lazy_initialization`) counted in place, so that a compiled decoding step neither reads nor
         # specialises on a Python value that changes every step.
         self._token_count: int | torch.Tensor = 0
-        # Only a static layer is compileable: generate compiles the forward pass for a cache whose
-        # every layer is, and builds 4D masks for it (see `FWPForCausalLM.create_masks_for_generate`).
-        self.is_compileable = static
         # Whether recurrent_states[i] is this layer's own buffer (else a tensor stored by reference,
         # which may be part of an autograd graph or held by the caller: never written in place).
         self.owns_buffer = dict.fromkeys(range(self.number_of_states), False)
         self.owns_conv_buffer = dict.fromkeys(range(self.number_of_states), False)  # the same, for conv_states
+
+    @property
+    def is_compileable(self) -> bool:
+        """Only a static layer is compileable: generate compiles the forward pass for a cache whose every
+        layer is, and builds 4D masks for it (see `FWPForCausalLM.create_masks_for_generate`)."""
+        # A property, not an attribute set in __init__: transformers ≥ 5.24 made the base class's a read-only
+        # property (5.23 had a class attribute); a property of our own overrides either.
+        return self.static
 
     @property
     def state(self) -> torch.Tensor | None:

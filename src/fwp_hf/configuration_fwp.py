@@ -113,13 +113,15 @@ class FWPConfig(PretrainedConfig):
     Options of the softmax layers (decoder-only models):
         softmax_num_heads (`int` or None): their query heads (default `num_attention_heads`; a hybrid's
             softmax layers may have their own), each of size ``hidden_size // softmax_num_heads``.
-        num_key_value_heads (`int` or None): grouped-query attention (default: as many as query heads).
+        num_key_value_heads (`int` or None): grouped-query attention; None resolves to as many as the softmax query
+            heads, as in transformers' Llama config.
         attention_bias (`bool`): biases on the q, k and v projections.
         sliding_window (`int` or None): a query sees itself and the `sliding_window` − 1 previous tokens.
     """
 
     model_type = "fwp"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # Trainer drops these output keys from evaluation logits: the cache under both its names (`compat_fwp`).
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     def __init__(
         self,
@@ -220,7 +222,9 @@ class FWPConfig(PretrainedConfig):
         self.fast_weight_key_value_heads = fast_weight_key_value_heads
         self.rope_scaling_parameters = None if rope_scaling_parameters is None else dict(rope_scaling_parameters)
         self.softmax_num_heads = softmax_num_heads
-        self.num_key_value_heads = num_key_value_heads
+        # Resolved as transformers' own configs do (Llama, Qwen): generic code (cache shape checks, serving engines
+        # sizing key/value caches) reads it as a number. None in an older config.json means the same.
+        self.num_key_value_heads = self.softmax_heads if num_key_value_heads is None else num_key_value_heads
         self.attention_bias = attention_bias
         self.sliding_window = sliding_window
         self._validate_fwp()
@@ -295,7 +299,7 @@ class FWPConfig(PretrainedConfig):
     @property
     def key_value_heads(self) -> int:
         """Key/value heads of softmax layers (grouped-query attention when fewer than the query heads)."""
-        return self.softmax_heads if self.num_key_value_heads is None else self.num_key_value_heads
+        return self.softmax_heads if self.num_key_value_heads is None else self.num_key_value_heads  # None: set by hand
 
     # The options of the generic fast-weight layer and of softmax layers, with their off values (see the
     # class docstring): `_validate_layer_options` refuses one that no layer of the model would use.
@@ -639,6 +643,8 @@ class FWPConfig(PretrainedConfig):
         }
         off = {**self.FAST_WEIGHT_LAYER_OPTIONS, **self.SOFTMAX_LAYER_OPTIONS, **self.PROJECTION_OPTIONS,
                "key_normalization": None, "allow_neg_eigval": False}
+        # Always set, like LlamaConfig's (resolved in __init__): a model without softmax layers ignores it.
+        del off["num_key_value_heads"]
         set_options = [name for name, value in off.items() if getattr(self, name) != value]
         if self.is_encoder_decoder and set_options:
             raise ValueError(
@@ -651,7 +657,8 @@ class FWPConfig(PretrainedConfig):
                 f"FWPConfig: {', '.join(f'{name}={getattr(self, name)!r}' for name in unused)} would change no layer "
                 f"of this model (attention types {sorted(set(self.self_attention_types))}); leave them at their defaults"
             )
-        if self.num_key_value_heads is not None and self.softmax_heads % self.num_key_value_heads:
+        has_softmax_layers = any(s.layer == SOFTMAX_ATTENTION_LAYER for s in layer_specs)
+        if has_softmax_layers and self.num_key_value_heads is not None and self.softmax_heads % self.num_key_value_heads:
             heads = "softmax_num_heads" if self.softmax_num_heads is not None else "num_attention_heads"
             raise ValueError(
                 f"FWPConfig.{heads} ({self.softmax_heads}) must be a multiple of num_key_value_heads "

@@ -19,6 +19,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .cache_fwp import prepare_fast_weight_cache
+from .compat_fwp import cache_argument, cache_field, output_cache
 from .configuration_fwp import FWPConfig
 from .inputs_fwp import PACKING_KWARGS, prepare_mixer_inputs, validate_token_inputs
 from .token_mixers import every_layer_holds_state
@@ -34,6 +35,7 @@ from .layers_fwp import (
 # installed (transformers copies sibling imports itself; `save_pretrained` checks and completes the
 # set, and the tests compare saved folders with it).
 MODEL_CODE_FILES = (
+    "compat_fwp.py",
     "configuration_fwp.py",
     "fast_weight_kernels.py",
     "token_mixers.py",
@@ -139,6 +141,7 @@ class FWPModel(FWPPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
         """``output_attentions=True`` gives ``attentions``, one entry per layer: ``[B, H, Tq, Tk]``
@@ -150,7 +153,11 @@ class FWPModel(FWPPreTrainedModel):
         `inputs_fwp.PACKING_KWARGS`), every document is computed as if alone: fast-weight states reset at
         each document start, softmax layers attend within the document (`inputs_fwp.packed_document_ids`).
         A model whose every layer holds a state may also continue a cache with packed rows: the cache then
-        continues each row's first document (`inputs_fwp.prepare_mixer_inputs`)."""
+        continues each row's first document (`inputs_fwp.prepare_mixer_inputs`).
+
+        The cache may be passed as ``cache`` (transformers ≥ 5.24's name) or ``past_key_values``; the output holds
+        it under the name the running transformers declares (`compat_fwp`)."""
+        past_key_values = cache_argument(cache, past_key_values)
         validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
@@ -191,7 +198,7 @@ class FWPModel(FWPPreTrainedModel):
 
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            **cache_field(BaseModelOutputWithPast, past_key_values if use_cache else None),
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
         )
@@ -244,10 +251,13 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         """``attentions`` (with ``output_attentions=True``) and packed documents (``position_ids`` restarting
-        inside a row, ``seq_idx``, ``cu_seq_lens_q/k``, ``max_length_q/k``): see `FWPModel.forward`."""
+        inside a row, ``seq_idx``, ``cu_seq_lens_q/k``, ``max_length_q/k``) and the cache's two names: see
+        `FWPModel.forward`."""
+        past_key_values = cache_argument(cache, past_key_values)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         packing = {key: kwargs.pop(key) for key in PACKING_KWARGS if key in kwargs}
         outputs = self.model(
@@ -277,7 +287,7 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
         output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_field(CausalLMOutputWithPast, output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )

@@ -28,6 +28,7 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .cache_fwp import prepare_fast_weight_cache
+from .compat_fwp import cache_argument, cache_field, output_cache
 from .configuration_fwp import FWPConfig
 from .fast_weight_kernels import bidirectional_sum_rule_state, sum_rule_read
 from .inputs_fwp import padding_mask_2d, prepare_mixer_inputs, token_mask_from_padding, validate_token_inputs
@@ -316,11 +317,14 @@ class FWPDecoder(FWPPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
         """With ``output_attentions=True``: ``attentions`` (self-attention) and ``cross_attentions``, one
         entry per decoder layer each, as in `FWPModel.forward` (softmax cross-attention gives
-        ``[B, H, T_target, T_source]`` under eager attention; linear cross-attention gives None)."""
+        ``[B, H, T_target, T_source]`` under eager attention; linear cross-attention gives None).
+        The cache may be passed as ``cache`` or ``past_key_values`` (`compat_fwp`)."""
+        past_key_values = cache_argument(cache, past_key_values)
         validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens, "decoder_input_ids", "decoder_inputs_embeds")
         if encoder_hidden_states is None:
             raise ValueError("the decoder needs encoder_hidden_states (pass input_ids or encoder_outputs)")
@@ -375,7 +379,7 @@ class FWPDecoder(FWPPreTrainedModel):
         all_hidden_states.append(hidden_states)
         output = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            **cache_field(BaseModelOutputWithPastAndCrossAttentions, past_key_values if use_cache else None),
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(all_self_attentions) if output_attentions else None,
             cross_attentions=tuple(all_cross_attentions) if output_attentions else None,
@@ -433,10 +437,13 @@ class FWPSeq2SeqModel(FWPSeq2SeqPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> Seq2SeqModelOutput | tuple:
         """With ``output_attentions=True``: ``encoder_attentions``, ``decoder_attentions`` and
-        ``cross_attentions``, one entry per layer (see `FWPEncoder.forward`, `FWPDecoder.forward`)."""
+        ``cross_attentions``, one entry per layer (see `FWPEncoder.forward`, `FWPDecoder.forward`); the
+        cache as ``cache`` or ``past_key_values``."""
+        past_key_values = cache_argument(cache, past_key_values)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
@@ -464,7 +471,7 @@ class FWPSeq2SeqModel(FWPSeq2SeqPreTrainedModel):
         )
         output = Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
+            **cache_field(Seq2SeqModelOutput, output_cache(decoder_outputs)),
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
@@ -526,9 +533,11 @@ class FWPForConditionalGeneration(FWPSeq2SeqPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput | tuple:
         """Attention outputs (with ``output_attentions=True``): see `FWPSeq2SeqModel.forward`."""
+        past_key_values = cache_argument(cache, past_key_values)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
@@ -558,7 +567,7 @@ class FWPForConditionalGeneration(FWPSeq2SeqPreTrainedModel, GenerationMixin):
         output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_field(Seq2SeqLMOutput, output_cache(outputs)),
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,

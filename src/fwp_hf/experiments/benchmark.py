@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from transformers import CompileConfig, GPT2Config, GPT2LMHeadModel, HfArgumentParser
 
 from .. import FastWeightStaticCache, FWPConfig, FWPForCausalLM
+from ..compat_fwp import generate_cache_kwargs, output_cache
 from ..conversion.fla import fla_config_to_fwp, fwp_state_dict_to_fla, load_fla_checkpoint
 from ..fast_weight_kernels import append_normalizer_column, elu_plus_one_feature_map, sum_normalize
 from ..token_mixers import ATTENTION_TYPES, FAST_WEIGHT_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS, TokenMixerSpec
@@ -350,7 +351,7 @@ def converted_fla_delta_net(sizes: Sizes, folder: Path) -> torch.nn.Module:
 def compiled_generation(model, batch_size: int, compile_config: CompileConfig) -> dict:
     """`generate` keyword arguments that compile the decoding steps (transformers' static-cache convention):
     a fresh `FastWeightStaticCache` of `batch_size` rows and `compile_config`."""
-    return {"past_key_values": FastWeightStaticCache(model.config, batch_size, dtype=model.dtype),
+    return {**generate_cache_kwargs(FastWeightStaticCache(model.config, batch_size, dtype=model.dtype)),
             "compile_config": compile_config}
 
 
@@ -464,7 +465,7 @@ def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
         for length in sizes.cache_lengths:
             with torch.no_grad():
                 out = model(input_ids=torch.randint(0, sizes.vocab_size, (1, length)), use_cache=True, logits_to_keep=1)
-            row[f"bytes_at_{length}"] = cache_bytes(out.past_key_values)
+            row[f"bytes_at_{length}"] = cache_bytes(output_cache(out))
         cache_rows.append(row)
     return {"decode": decode, "cache": cache_rows, "compile_warmup_s": warmup_s}
 

@@ -36,6 +36,15 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def generation_cache(output):
+    """The cache a `generate` output holds, read under the running transformers' name for it."""
+    try:
+        from fwp_hf.compat_fwp import output_cache
+    except ImportError:  # a baseline checkout from before the cache's rename, which ran on transformers ≤ 5.23
+        return output.past_key_values
+    return output_cache(output)
+
+
 def cache_bytes(cache) -> int:
     """Bytes of the tensors a generation cache holds: fast-weight states and convolution windows, or keys and values."""
     total = 0
@@ -96,7 +105,7 @@ def timed_generate(model, prompt: torch.Tensor, new_tokens: int, **generate_kwar
         "prefill_s": clock.times[0] - start,
         "decode_tokens_per_s": prompt.shape[0] * (new_tokens - 1) / decode_s,
         "decode_rss_gib": max(clock.rss) / GIB,
-        "cache_bytes": cache_bytes(output.past_key_values),
+        "cache_bytes": cache_bytes(generation_cache(output)),
     }
 
 

@@ -50,6 +50,7 @@ from transformers.cache_utils import Cache
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..cache_fwp import FastWeightCacheLayer, reset_cache_rows
+from ..compat_fwp import output_cache
 from .lm_evaluation import growing_cache_layer_types, supports_carried_state
 
 CARRIED_STATE_FILE = "carried_state_rank{rank}.pt"
@@ -237,7 +238,7 @@ class CarriedStateTrainer(Trainer):
         loss, outputs = super().compute_loss(
             model, {**inputs, "past_key_values": cache, "use_cache": True}, True, num_items_in_batch
         )
-        self.carried_cache = detach_cache(outputs.past_key_values)
+        self.carried_cache = detach_cache(output_cache(outputs))
         self.carried_document_ids = None if document_ids is None else document_ids[:, -1].detach().clone()
         self.micro_batches_seen += 1
         return (loss, outputs) if return_outputs else loss

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from ..cache_fwp import reset_cache_rows
+from ..compat_fwp import output_cache
 from ..token_mixers import every_layer_holds_state, growing_cache_types
 
 
@@ -114,7 +115,7 @@ def stream_token_losses(
                     if carry_state and start > 0:  # a document starting at this segment's first token
                         reset_cache_rows(cache, documents[:, start] != documents[:, start - 1])
                 output = model(input_ids=inputs, past_key_values=cache, use_cache=carry_state, **packing)
-                cache = output.past_key_values if carry_state else None
+                cache = output_cache(output) if carry_state else None
                 loss = F.cross_entropy(output.logits.float().transpose(1, 2), targets, reduction="none")
                 losses.append(loss.cpu())
     finally:
