@@ -95,7 +95,7 @@ def test_outputs_name_the_cache_as_transformers_own_models_do():
     assert output_cache(output) is output.to_tuple()[1]
 
 
-def test_no_deprecation_warning_of_fwp_hfs_making():
+def test_no_deprecation_warning_of_fwp_hfs_making(tmp_path):
     """Forward with a cache, generate (decoder-only, compiled-cache kwargs, encoder–decoder) and Trainer's
     evaluation step name the cache as the running transformers expects: nothing logs its deprecation."""
     records: list[str] = []
@@ -119,7 +119,7 @@ def test_no_deprecation_warning_of_fwp_hfs_making():
                 model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=PAD,
                                **generate_cache_kwargs(FastWeightStaticCache(model.config, 1)))
                 make_seq2seq("delta").generate(ids, max_new_tokens=3, do_sample=False)
-            args = TrainingArguments(output_dir="unused", report_to=[], use_cpu=True, per_device_eval_batch_size=1)
+            args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_eval_batch_size=1)
             trainer = Trainer(model=model, args=args)
             loss, logits, _ = trainer.prediction_step(model, {"input_ids": ids, "labels": ids}, False)
     finally:

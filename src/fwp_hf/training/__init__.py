@@ -13,3 +13,28 @@ The model files (`configuration_fwp.py`, `modeling_fwp*.py`, the kernels and the
 at the top of the package and never import from here: a pushed checkpoint ships only those siblings.
 Importing this package imports nothing heavy; import the module you need.
 """
+
+from importlib.util import find_spec as _find_spec
+
+# The `train` extra (pyproject.toml); the models themselves need only torch and transformers.
+_TRAIN_EXTRA_MODULES = {"datasets": "datasets", "accelerate": "accelerate", "evaluate": "evaluate",
+                        "sentencepiece": "sentencepiece"}
+
+
+def _missing_train_packages() -> list[str]:
+    missing = []
+    for module, package in _TRAIN_EXTRA_MODULES.items():
+        try:
+            found = _find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
+
+
+if _missing_train_packages():
+    raise ImportError(
+        f"fwp_hf.training (the scripts, Trainer runs, data and evaluation) needs the 'train' extra; missing: "
+        f"{', '.join(_missing_train_packages())}. Install it with: pip install 'fwp-hf[train]'"
+    )

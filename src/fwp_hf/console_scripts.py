@@ -1,0 +1,44 @@
+"""The installed counterparts of `scripts/` (``[project.scripts]`` in pyproject.toml): ``fwp-train-lm`` runs what
+``python scripts/train_lm.py`` runs, for an install from a wheel or the package index, which has no scripts/
+folder. Each `main` returns its results for library callers; a console command exits 0 on success instead of
+printing them again as its exit status. Like scripts/, nothing in the library imports this module."""
+
+from __future__ import annotations
+
+import importlib
+
+
+def _run(module: str) -> None:
+    importlib.import_module(module).main()
+
+
+def train_lm() -> None:
+    _run("fwp_hf.training.lm")
+
+
+def train_tokenizer() -> None:
+    _run("fwp_hf.training.tokenization")
+
+
+def compare_lm() -> None:
+    _run("fwp_hf.training.lm_comparison")
+
+
+def linearize() -> None:
+    _run("fwp_hf.training.linearize")
+
+
+def prepare_data() -> None:
+    _run("fwp_hf.training.translation_data")
+
+
+def train_translation() -> None:
+    _run("fwp_hf.training.translation")
+
+
+def convert_fla_checkpoint() -> None:
+    _run("fwp_hf.conversion.fla")
+
+
+def benchmark() -> None:
+    _run("fwp_hf.experiments.benchmark")
