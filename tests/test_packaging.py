@@ -21,11 +21,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_lm_training import data_files, tiny_flags  # noqa: F401  (data_files is a fixture)
+import test_lm_training
 
 from fwp_hf import MODEL_CODE_FILES, SEQ2SEQ_MODEL_CODE_FILES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+data_files = test_lm_training.data_files  # the tiny PTB files and tokenizer of the training tests (a fixture)
+tiny_flags = test_lm_training.tiny_flags
 # pyyaml, also in the extra, comes with transformers itself (huggingface_hub needs it).
 TRAIN_EXTRA_MODULES = ("datasets", "accelerate", "evaluate", "sentencepiece")
 
@@ -110,7 +112,8 @@ tokens = model.generate(ids, max_new_tokens=4, do_sample=False)
 model.save_pretrained(sys.argv[1])
 again = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
 assert torch.equal(again.generate(ids, max_new_tokens=4, do_sample=False), tokens)
-loaded = sorted(name for name, module in sys.modules.items() if module is not None and name.split(".")[0] in {modules!r})
+loaded = sorted(name for name, module in sys.modules.items()
+                if module is not None and name.split(".")[0] in {modules!r})
 assert not loaded, loaded
 try:
     import fwp_hf.training.lm

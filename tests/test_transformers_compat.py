@@ -12,11 +12,15 @@ transformers itself (its own Llama model's outputs, its Llama config, a manual g
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from compat_checkpoint import CHECKPOINTS, write_reference_checkpoints
 from conftest import LM_BASE, PAD, make_lm, make_seq2seq, random_ids
+from isolation import run_without_fwp_hf
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
@@ -121,7 +125,7 @@ def test_no_deprecation_warning_of_fwp_hfs_making(tmp_path):
                 make_seq2seq("delta").generate(ids, max_new_tokens=3, do_sample=False)
             args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_eval_batch_size=1)
             trainer = Trainer(model=model, args=args)
-            loss, logits, _ = trainer.prediction_step(model, {"input_ids": ids, "labels": ids}, False)
+            _, logits, _ = trainer.prediction_step(model, {"input_ids": ids, "labels": ids}, False)
     finally:
         hf_logging.get_logger().removeHandler(handler)
     messages = records + [str(warning.message) for warning in caught]
@@ -142,3 +146,45 @@ def test_num_key_value_heads_resolves_as_in_transformers_llama(settings):
     assert fwp.num_key_value_heads == llama.num_key_value_heads
     # An older config.json's null (the default then) still loads, to one k/v head per query head.
     assert FWPConfig.from_dict({**fwp.to_dict(), "num_key_value_heads": None}).num_key_value_heads == heads
+
+
+LOAD_AND_GENERATE = """
+import json, sys
+from pathlib import Path
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+folder = Path(sys.argv[1])
+expected = json.loads((folder / "expected.json").read_text())
+auto = AutoModelForSeq2SeqLM if sys.argv[2] == "seq2seq" else AutoModelForCausalLM
+model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+prompt = torch.tensor(expected["prompt"])
+with torch.no_grad():
+    tokens = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0).tolist()
+assert tokens == expected["tokens"], (tokens, expected)
+print("generated the saved tokens under transformers", transformers.__version__, "; saved under",
+      expected["saved_with_transformers"])
+"""
+
+
+@pytest.fixture(scope="module")
+def reference_checkpoints(tmp_path_factory) -> Path:
+    """The checkpoints `.ci/run` saved under another transformers release (``FWP_REFERENCE_CHECKPOINTS``), or
+    ones saved here and now."""
+    given = os.environ.get("FWP_REFERENCE_CHECKPOINTS")
+    if given:
+        return Path(given)
+    folder = tmp_path_factory.mktemp("reference_checkpoints")
+    write_reference_checkpoints(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_saved_checkpoint_generates_the_same_tokens_without_fwp_hf(reference_checkpoints, name, tmp_path):
+    folder = reference_checkpoints / name
+    assert (folder / "expected.json").is_file(), f"no reference checkpoint in {folder}"
+    run = run_without_fwp_hf(LOAD_AND_GENERATE, [str(folder), name], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "generated the saved tokens" in run.stdout
