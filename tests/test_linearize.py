@@ -289,6 +289,17 @@ def test_controls_the_exactness_test_would_catch_a_dropped_setting(family, remov
     assert max_diff(logits_of(other, ids), logits_of(teacher, ids)) > 1e3 * ATOL
 
 
+def test_all_softmax_student_of_a_teacher_without_a_window():
+    """attention_type="softmax" (no keep_softmax_layers) on a Llama without a sliding window: every layer
+    keeps full attention (this used to fail with KeyError popping the kept windows)."""
+    teacher = make_teacher("llama")
+    config = student_config_from_teacher(teacher.config, attention_type="softmax")
+    assert config.sliding_window is None and config.layer_attention_types == ["softmax"] * 2
+    student = linearize_model(teacher, attention_type="softmax")
+    ids = random_ids(2, 30, seed=1)
+    assert_logits_close(logits_of(student, ids), logits_of(teacher, ids), "all-softmax student of a windowless Llama")
+
+
 def test_kept_layers_with_different_teacher_windows():
     """A Qwen2 teacher whose first layer is full attention and second sliding-window: keeping the sliding
     layer alone gives it its window (keeping the full one, none); keeping both, which

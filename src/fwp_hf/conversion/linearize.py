@@ -95,14 +95,18 @@ def student_config_from_teacher(
         raise LinearizationError(f"keep_softmax_layers {bad} are not layer indices of the teacher (0 … {layers - 1})")
     if getattr(teacher_config, "hidden_act", "silu") not in ("silu", "gelu", "relu"):
         raise LinearizationError(f"teacher hidden_act {teacher_config.hidden_act!r} is not supported (silu, gelu, relu)")
+    kinds = ["softmax" if i in keep else attention_type for i in range(layers)]
+    # The teacher's windows of the layers that stay softmax (the kept ones, or all of them with
+    # attention_type="softmax"); None: full causal attention.
     windows = _teacher_sliding_windows(teacher_config)
-    kept_windows = {windows[i] for i in keep}
+    softmax_layers = [i for i, kind in enumerate(kinds) if kind == "softmax"]
+    kept_windows = {windows[i] for i in softmax_layers}
     if len(kept_windows) > 1:
         raise LinearizationError(
-            f"keep_softmax_layers {keep} mix sliding-window and full attention layers of the teacher "
+            f"the softmax layers {softmax_layers} (keep_softmax_layers, or every layer with attention_type='softmax') "
+            "mix sliding-window and full attention layers of the teacher "
             f"(windows {sorted(kept_windows, key=str)}); FWP's softmax layers share one window"
         )
-    kinds = ["softmax" if i in keep else attention_type for i in range(layers)]
     has_softmax = "softmax" in kinds
     has_fast = any(kind != "softmax" for kind in kinds)
     theta, rope_scaling_parameters = _rope(teacher_config)
