@@ -30,17 +30,23 @@ TEXT = (
     "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, "
     "I thought I would sail about a little and see the watery part of the world. "
 ) * 4
+# Also learned by the tokenizer (not part of TEXT): the sentences of the passkey prompts
+# (fwp_hf.experiments.linearization_eval), so that they take few tokens.
+TOKENIZER_EXTRA = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+                   "I will quiz you about the important information there. The grass is green. The sky is blue. "
+                   "The sun is yellow. Here we go. There and back again. The pass key is 12345. Remember it. "
+                   "What is the pass key? ") * 4
 Q4_1_TENSORS = ("ffn_gate", "ffn_up", "ffn_down")  # quantized when `quantize=True` (rows of 32 = one Q4_1 block)
 
 
-def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (GPT-2 / SmolLM2 style) trained on `TEXT`, specials at ids 0-2."""
+def tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2 / SmolLM2 style) trained on `TEXT` and `TOKENIZER_EXTRA`, specials at ids 0-2."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator([TEXT], trainer)
+    tokenizer.train_from_iterator([TEXT, TOKENIZER_EXTRA], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    unk_token="<|endoftext|>", pad_token="<|im_end|>", chat_template=CHAT_TEMPLATE)
 

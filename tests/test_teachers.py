@@ -150,8 +150,20 @@ def test_linearize_script_takes_a_gguf_teacher(how, gguf_path, text_files, tmp_p
                else dict(teacher_model_name_or_path=gguf_path.parent, teacher_gguf_file=GGUF_NAME))
     output_dir = tmp_path / "student"
     results = linearize_main(flags(**teacher, output_dir=output_dir, train_file=text_files["train"],
-                                   validation_file=text_files["validation"], **COMMON))
+                                   validation_file=text_files["validation"], save_stage_checkpoints=how == "path",
+                                   **COMMON))
     assert results["teacher"] == str(gguf_path) and results["teacher_gguf"]
+    # Per stage: steps, tokens (steps × batch 2 × block 32), wall time, peak memory.
+    assert results["stages"]["attention transfer"]["tokens"] == 2 * 2 * 32
+    assert results["stages"]["fine-tuning"]["tokens"] == 1 * 2 * 32
+    assert all(cost["seconds"] > 0 and cost["peak_memory_mb"] > 0 for cost in results["stages"].values())
+    for stage in ("after_copying", "after_transfer"):
+        assert (output_dir / f"stage_{stage}" / "config.json").is_file() == (how == "path")
+    if how == "path":  # the stage checkpoint after copying holds the teacher's q/k/v rows exactly
+        copied = FWPForCausalLM.from_pretrained(output_dir / "stage_after_copying")
+        teacher_model, _ = load_teacher(gguf_path)
+        q = teacher_model.model.layers[0].self_attn.q_proj.weight
+        assert torch.equal(copied.model.layers[0].mixer.qkv_proj.weight[: q.shape[0]], q)
     assert results["document_separator"] == "<|endoftext|>"  # not the chat turn end <|im_end|>
     student = FWPForCausalLM.from_pretrained(output_dir)
     assert student.config.layer_attention_types == ["delta", "delta"]

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -49,6 +48,7 @@ from ..conversion.linearize import (
 from ..conversion.teachers import TeacherNotFoundError, load_teacher, resolve_teacher_source
 from ..token_mixers import ATTENTION_TYPES
 from . import common
+from .costs import measure
 from .lm import DataTrainingArguments, evaluate_blocks, prepare_lm_data, raw_datasets_from_arguments
 from .lm_data import document_separator_id
 from .model_card import describe_architecture
@@ -84,6 +84,12 @@ class LinearizeArguments:
     )
     transfer_steps: int = field(default=200, metadata={"help": "Attention-transfer steps (0: skip the stage)."})
     transfer_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of attention transfer."})
+    save_stage_checkpoints: bool = field(
+        default=False,
+        metadata={"help": "Also save the student (with the tokenizer) after copying the teacher's weights and after "
+                          "attention transfer, in output_dir/stage_after_copying and output_dir/stage_after_transfer, "
+                          "so that every stage can be evaluated (scripts/evaluate_linearization.py)."},
+    )
     from_scratch: bool = field(
         default=False,
         metadata={"help": "Baseline: the same student architecture, randomly initialised, trained with the LM loss "
@@ -194,7 +200,16 @@ def run_linearization(
                          document_separator_id(tokenizer, data_args.document_separator)),
                      "attention_type": args.attention_type,
                      "feature_map": args.feature_map, "keep_softmax_layers": list(args.keep_softmax_layers),
-                     "from_scratch": args.from_scratch, "perplexity": {}, "seconds": {}}
+                     "from_scratch": args.from_scratch, "perplexity": {}, "seconds": {}, "stages": {}}
+    tokens_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                       * training_args.world_size * block)
+
+    def save_stage(name: str) -> None:
+        if args.save_stage_checkpoints:
+            folder = os.path.join(training_args.output_dir, f"stage_{name}")
+            student.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
     results["perplexity"]["teacher"] = _perplexity(teacher, evaluate_args, validation, block)
     lm_steps = training_args.max_steps
     if args.from_scratch:
@@ -204,24 +219,30 @@ def run_linearization(
     else:
         results["perplexity"]["student after copying the teacher's weights"] = _perplexity(
             student, evaluate_args, validation, block)
+        save_stage("after_copying")
         if args.transfer_steps:
             transfer = AttentionTransferModel(student, teacher)
             results["layer_mse_before_transfer"] = _layer_losses(transfer, validation)
-            start = time.perf_counter()
             stage = _stage_arguments(training_args, "attention_transfer", max_steps=args.transfer_steps,
                                      learning_rate=args.transfer_learning_rate, weight_decay=0.0)
-            Trainer(model=transfer, args=stage, train_dataset=data.train, data_collator=default_data_collator).train()
-            results["seconds"]["attention transfer"] = time.perf_counter() - start
+            with measure() as cost:
+                Trainer(model=transfer, args=stage, train_dataset=data.train,
+                        data_collator=default_data_collator).train()
+            results["seconds"]["attention transfer"] = cost["seconds"]
+            results["stages"]["attention transfer"] = {
+                "steps": args.transfer_steps, "tokens": args.transfer_steps * tokens_per_step, **cost}
             results["layer_mse_after_transfer"] = _layer_losses(transfer, validation)
             transfer.release()
             results["perplexity"]["after attention transfer"] = _perplexity(student, evaluate_args, validation, block)
+            save_stage("after_transfer")
     results["lm_steps"] = lm_steps
     if lm_steps:
-        start = time.perf_counter()
         finetune = _stage_arguments(training_args, "fine_tuning", max_steps=lm_steps)
-        Trainer(model=student, args=finetune, train_dataset=data.train, data_collator=default_data_collator).train()
-        results["seconds"]["fine-tuning" if not args.from_scratch else "training from scratch"] = (
-            time.perf_counter() - start)
+        with measure() as cost:
+            Trainer(model=student, args=finetune, train_dataset=data.train, data_collator=default_data_collator).train()
+        stage_name = "fine-tuning" if not args.from_scratch else "training from scratch"
+        results["seconds"][stage_name] = cost["seconds"]
+        results["stages"][stage_name] = {"steps": lm_steps, "tokens": lm_steps * tokens_per_step, **cost}
         name = "after fine-tuning" if not args.from_scratch else f"after {lm_steps} steps from scratch"
         results["perplexity"][name] = _perplexity(student, evaluate_args, validation, block)
     student.save_pretrained(training_args.output_dir)
