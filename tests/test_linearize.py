@@ -511,6 +511,26 @@ def test_attention_transfer_with_trainer(tmp_path, case):
     assert kl_trained < kl_untrained, (kl_untrained, kl_trained)
 
 
+def test_attention_transfer_runs_only_the_teacher_it_needs():
+    """The targets need the teacher's decoder up to the last converted layer's attention: no LM head (no
+    logits over the vocabulary) and nothing after that layer runs; the losses are those computed by hand."""
+    teacher = make_teacher("llama", num_hidden_layers=3)
+    student = linearize_model(teacher, attention_type="hedgehog", keep_softmax_layers=[2], chunk_size=CHUNK)
+    calls = []
+    watched = {"lm_head": teacher.lm_head, "layer 1 mlp": teacher.model.layers[1].mlp,
+               "layer 2": teacher.model.layers[2], "final norm": teacher.model.norm,
+               "layer 1 attention": teacher.model.layers[1].self_attn}
+    handles = [module.register_forward_hook(lambda *_, name=name: calls.append(name))
+               for name, module in watched.items()]
+    ids = random_ids(2, 24, seed=3)
+    with torch.no_grad():
+        losses = AttentionTransferModel(student, teacher)(ids)["layer_losses"]
+    for handle in handles:
+        handle.remove()
+    assert calls == ["layer 1 attention"]
+    torch.testing.assert_close(losses, layer_losses_by_hand(student, teacher, ids))
+
+
 def _copied_attention_weights_unchanged(student, teacher) -> bool:
     """Every q/k/v/o weight and bias of the teacher is still in the student, unchanged: each teacher tensor's
     rows appear, exactly, as a contiguous block of rows of the student layer's parameter of the same kind."""
