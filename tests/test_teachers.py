@@ -182,3 +182,24 @@ def test_linearize_script_names_a_missing_teacher(text_files, tmp_path):
         with pytest.raises(SystemExit, match="not found"):
             linearize_main(flags(**teacher, output_dir=tmp_path / "out", train_file=text_files["train"], **COMMON))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config", ["smollm2_hedgehog", "smollm2_hybrid"])
+def test_committed_smollm2_configs_parse_and_map_onto_smollm2(config):
+    """The committed SmolLM2 configs parse, and their students map onto SmolLM2-135M's architecture
+    (a config only: 30 layers, 9 query heads over 3 k/v heads, no sliding window)."""
+    from transformers import LlamaConfig
+
+    from fwp_hf.conversion.linearize import student_config_from_teacher
+    from fwp_hf.training.linearize import parse_linearize_arguments
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "linearize" / f"{config}.yaml"
+    args, data_args, training_args = parse_linearize_arguments([str(path)])
+    assert data_args.train_file.endswith("sotu_train.jsonl") and training_args.per_device_train_batch_size == 1
+    smollm2 = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+                          rope_theta=100000.0, tie_word_embeddings=True)
+    student = student_config_from_teacher(smollm2, args.attention_type, args.feature_map, args.keep_softmax_layers)
+    kinds = student.layer_attention_types
+    assert [i for i, kind in enumerate(kinds) if kind == "softmax"] == sorted(args.keep_softmax_layers)
+    assert set(kinds) - {"softmax"} == {"hedgehog"} and student.sliding_window is None

@@ -347,7 +347,7 @@ def render_markdown(results: dict[str, Any], teacher: str = "teacher") -> str:
         prompts = next(iter(chats.values()))["prompts"]
         for index, prompt in enumerate(prompts):
             lines += [f"**{_cell(prompt)}**", "", "| model | answer |", "|---|---|"]
-            lines += [f"| {name} | {_cell(chat['answers'][index])} |" for name, chat in chats.items()
+            lines += [f"| {name} | {_cell(chat['answers'][index]) or '(empty)'} |" for name, chat in chats.items()
                       if index < len(chat["answers"])]
             lines.append("")
 
