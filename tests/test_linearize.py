@@ -289,6 +289,17 @@ def test_controls_the_exactness_test_would_catch_a_dropped_setting(family, remov
     assert max_diff(logits_of(other, ids), logits_of(teacher, ids)) > 1e3 * ATOL
 
 
+def test_all_softmax_student_of_a_teacher_without_a_window():
+    """attention_type="softmax" (no keep_softmax_layers) on a Llama without a sliding window: every layer
+    keeps full attention (this used to fail with KeyError popping the kept windows)."""
+    teacher = make_teacher("llama")
+    config = student_config_from_teacher(teacher.config, attention_type="softmax")
+    assert config.sliding_window is None and config.layer_attention_types == ["softmax"] * 2
+    student = linearize_model(teacher, attention_type="softmax")
+    ids = random_ids(2, 30, seed=1)
+    assert_logits_close(logits_of(student, ids), logits_of(teacher, ids), "all-softmax student of a windowless Llama")
+
+
 def test_kept_layers_with_different_teacher_windows():
     """A Qwen2 teacher whose first layer is full attention and second sliding-window: keeping the sliding
     layer alone gives it its window (keeping the full one, none); keeping both, which
@@ -498,6 +509,26 @@ def test_attention_transfer_with_trainer(tmp_path, case):
     loss_trained, kl_trained = lm_loss_and_kl(student, teacher, text)
     assert loss_trained < loss_untrained, (loss_untrained, loss_trained)
     assert kl_trained < kl_untrained, (kl_untrained, kl_trained)
+
+
+def test_attention_transfer_runs_only_the_teacher_it_needs():
+    """The targets need the teacher's decoder up to the last converted layer's attention: no LM head (no
+    logits over the vocabulary) and nothing after that layer runs; the losses are those computed by hand."""
+    teacher = make_teacher("llama", num_hidden_layers=3)
+    student = linearize_model(teacher, attention_type="hedgehog", keep_softmax_layers=[2], chunk_size=CHUNK)
+    calls = []
+    watched = {"lm_head": teacher.lm_head, "layer 1 mlp": teacher.model.layers[1].mlp,
+               "layer 2": teacher.model.layers[2], "final norm": teacher.model.norm,
+               "layer 1 attention": teacher.model.layers[1].self_attn}
+    handles = [module.register_forward_hook(lambda *_, name=name: calls.append(name))
+               for name, module in watched.items()]
+    ids = random_ids(2, 24, seed=3)
+    with torch.no_grad():
+        losses = AttentionTransferModel(student, teacher)(ids)["layer_losses"]
+    for handle in handles:
+        handle.remove()
+    assert calls == ["layer 1 attention"]
+    torch.testing.assert_close(losses, layer_losses_by_hand(student, teacher, ids))
 
 
 def _copied_attention_weights_unchanged(student, teacher) -> bool:

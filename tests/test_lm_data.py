@@ -7,7 +7,7 @@ from datasets import Dataset, DatasetDict
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from fwp_hf.training.lm_data import group_into_blocks, token_stream, tokenize_texts
+from fwp_hf.training.lm_data import document_separator_id, group_into_blocks, token_stream, tokenize_texts
 
 WORDS = ["<pad>", "<unk>", "<s>", "</s>", "a", "b", "c", "d", "e"]
 
@@ -30,6 +30,34 @@ def test_every_text_ends_with_eos_and_nothing_else_is_added(tokenizer):
     assert tokenized["validation"]["input_ids"] == [[6, 7, 3]]
     assert tokenized["train"].column_names == ["input_ids"]
     assert token_stream(tokenized["train"]) == [4, 5, 6, 3, 7, 3, 8, 8, 4, 5, 3]
+
+
+CHAT_WORDS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "c"]
+CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + ' ' + m['content'] + '<|im_end|>' }}"
+                 "{% endfor %}")
+
+
+def chat_tokenizer(words=CHAT_WORDS, template=CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """An instruct tokenizer as SmolLM2-Instruct's: EOS <|im_end|> ends chat turns, <|endoftext|> separates documents."""
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token=words[0], bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|im_end|>", chat_template=template)
+
+
+def test_documents_end_with_the_document_separator_not_the_chat_turn_end():
+    tokenizer = chat_tokenizer()
+    tokenized = tokenize_texts(splits(["a b", "c"], ["b"]), tokenizer)
+    assert tokenized["train"]["input_ids"] == [[3, 4, 0], [5, 0]]  # <|endoftext|> (0), not <|im_end|> (2)
+    assert tokenize_texts(splits(["a"], ["b"]), tokenizer, document_separator="<|im_end|>")["train"]["input_ids"] == [
+        [3, 2]]  # an explicit choice wins
+    # Without a chat template (or one that does not write the EOS) the EOS is the separator.
+    assert document_separator_id(chat_tokenizer(template=None)) == 2
+    with pytest.raises(ValueError, match="'<sep>' is not a token of the tokenizer's vocabulary"):
+        document_separator_id(tokenizer, "<sep>")
+    no_separator = chat_tokenizer(words=["<unk>", "<|im_start|>", "<|im_end|>", "a"])
+    with pytest.raises(ValueError, match="ends chat turns .* --document_separator"):
+        document_separator_id(no_separator)
 
 
 @pytest.mark.parametrize("block_size", [2, 3, 4, 5, 11, 12])

@@ -8,8 +8,8 @@ from __future__ import annotations
 import importlib
 
 
-def _run(module: str) -> None:
-    importlib.import_module(module).main()
+def _run(module: str, function: str = "main") -> None:
+    getattr(importlib.import_module(module), function)()
 
 
 def train_lm() -> None:
@@ -29,7 +29,15 @@ def linearize() -> None:
 
 
 def prepare_data() -> None:
-    _run("fwp_hf.training.translation_data")
+    _run("fwp_hf.training.lm_text_data", "prepare_data_main")  # both corpora, chosen by --corpus
+
+
+def prepare_teacher() -> None:
+    _run("fwp_hf.conversion.teachers")
+
+
+def evaluate_linearization() -> None:
+    _run("fwp_hf.experiments.linearization_eval")
 
 
 def train_translation() -> None:

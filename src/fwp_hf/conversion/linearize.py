@@ -95,14 +95,18 @@ def student_config_from_teacher(
         raise LinearizationError(f"keep_softmax_layers {bad} are not layer indices of the teacher (0 … {layers - 1})")
     if getattr(teacher_config, "hidden_act", "silu") not in ("silu", "gelu", "relu"):
         raise LinearizationError(f"teacher hidden_act {teacher_config.hidden_act!r} is not supported (silu, gelu, relu)")
+    kinds = ["softmax" if i in keep else attention_type for i in range(layers)]
+    # The teacher's windows of the layers that stay softmax (the kept ones, or all of them with
+    # attention_type="softmax"); None: full causal attention.
     windows = _teacher_sliding_windows(teacher_config)
-    kept_windows = {windows[i] for i in keep}
+    softmax_layers = [i for i, kind in enumerate(kinds) if kind == "softmax"]
+    kept_windows = {windows[i] for i in softmax_layers}
     if len(kept_windows) > 1:
         raise LinearizationError(
-            f"keep_softmax_layers {keep} mix sliding-window and full attention layers of the teacher "
+            f"the softmax layers {softmax_layers} (keep_softmax_layers, or every layer with attention_type='softmax') "
+            "mix sliding-window and full attention layers of the teacher "
             f"(windows {sorted(kept_windows, key=str)}); FWP's softmax layers share one window"
         )
-    kinds = ["softmax" if i in keep else attention_type for i in range(layers)]
     has_softmax = "softmax" in kinds
     has_fast = any(kind != "softmax" for kind in kinds)
     theta, rope_scaling_parameters = _rope(teacher_config)
@@ -251,6 +255,10 @@ def transfer_parameter_names(student: FWPForCausalLM) -> list[str]:
     return names
 
 
+class _TeacherTargetsCaptured(Exception):
+    """Raised by the hook on the last converted layer's teacher attention: the rest of the teacher is not needed."""
+
+
 class AttentionTransferModel(nn.Module):
     """Stage 1 of the linearization, as a model `Trainer` can train: ``forward(input_ids, attention_mask)``
     runs the frozen teacher, takes each converted layer's attention input (the teacher's normed hidden
@@ -295,16 +303,25 @@ class AttentionTransferModel(nn.Module):
         self.config = student.config  # what Trainer reads (e.g. for logging); saving is the caller's
 
     def _teacher_attention(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """{converted layer: (its attention input, its attention output)} of the teacher on the batch.
+
+        Only as much of the teacher runs as the targets need: its decoder (`base_model`, no LM head and
+        no logits over the vocabulary), stopped right after the last converted layer's attention."""
         captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         handles = []
+        last = self.layers[-1]
         for i in self.layers:
             def hook(module, args, kwargs, output, i=i):
                 hidden = kwargs.get("hidden_states", args[0] if args else None)
                 captured[i] = (hidden, output[0] if isinstance(output, tuple) else output)
+                if i == last:
+                    raise _TeacherTargetsCaptured
             handles.append(self.teacher.model.layers[i].self_attn.register_forward_hook(hook, with_kwargs=True))
         try:
             with torch.no_grad():
-                self.teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                self.teacher.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _TeacherTargetsCaptured:
+            pass
         finally:
             for handle in handles:
                 handle.remove()

@@ -5,7 +5,8 @@ run_clm conventions: argument dataclasses parsed by `HfArgumentParser` (a YAML/J
 flags), data as in `train_lm.py` (`--dataset_name`, `--train_file/--validation_file`, or the built-in
 Penn Treebank), `Trainer` owning both training loops:
 
-1. build the student from `--teacher_model_name_or_path` (a folder or a Hub id; Llama, Mistral,
+1. build the student from `--teacher_model_name_or_path` (a Hub id, a folder, or a llama.cpp ``.gguf``
+   file, also given as `--teacher_gguf_file`: `conversion.teachers.load_teacher`; Llama, Mistral,
    Qwen2, Qwen3) — every layer `--attention_type` except `--keep_softmax_layers`;
 2. attention transfer: `--transfer_steps` steps of `AttentionTransferModel` (only the new mixer
    parameters learn; per-layer MSE against the teacher's attention outputs);
@@ -25,15 +26,12 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     Trainer,
     TrainingArguments,
     default_data_collator,
@@ -47,9 +45,12 @@ from ..conversion.linearize import (
     LinearizationError,
     linearize_model,
 )
+from ..conversion.teachers import TeacherNotFoundError, load_teacher, resolve_teacher_source
 from ..token_mixers import ATTENTION_TYPES
 from . import common
+from .costs import measure
 from .lm import DataTrainingArguments, evaluate_blocks, prepare_lm_data, raw_datasets_from_arguments
+from .lm_data import document_separator_id
 from .model_card import describe_architecture
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,13 @@ class LinearizeArguments:
 
     teacher_model_name_or_path: str = field(
         default=None,
-        metadata={"help": f"Pretrained teacher: a folder or a Hub id ({', '.join(SUPPORTED_TEACHER_TYPES)} families)."},
+        metadata={"help": "Pretrained teacher: a Hub id, a local folder, or a llama.cpp .gguf file (dequantized to "
+                          f"fp32; needs the gguf extra) ({', '.join(SUPPORTED_TEACHER_TYPES)} families)."},
+    )
+    teacher_gguf_file: str | None = field(
+        default=None,
+        metadata={"help": "The teacher's .gguf file: a path, or a file name inside --teacher_model_name_or_path "
+                          "(a folder or Hub repo holding GGUF files)."},
     )
     attention_type: str = field(
         default="delta", metadata={"help": f"Token mixer of the converted layers: {', '.join(ATTENTION_TYPES)}."}
@@ -77,6 +84,12 @@ class LinearizeArguments:
     )
     transfer_steps: int = field(default=200, metadata={"help": "Attention-transfer steps (0: skip the stage)."})
     transfer_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of attention transfer."})
+    save_stage_checkpoints: bool = field(
+        default=False,
+        metadata={"help": "Also save the student (with the tokenizer) after copying the teacher's weights and after "
+                          "attention transfer, in output_dir/stage_after_copying and output_dir/stage_after_transfer, "
+                          "so that every stage can be evaluated (scripts/evaluate_linearization.py)."},
+    )
     from_scratch: bool = field(
         default=False,
         metadata={"help": "Baseline: the same student architecture, randomly initialised, trained with the LM loss "
@@ -89,8 +102,7 @@ def parse_linearize_arguments(argv: Sequence[str] | None = None):
 
 
 def check_linearize_arguments(args: LinearizeArguments, training_args: TrainingArguments) -> None:
-    if not args.teacher_model_name_or_path:
-        raise ValueError("--teacher_model_name_or_path is required (a Llama/Mistral/Qwen2/Qwen3 folder or Hub id)")
+    resolve_teacher_source(args.teacher_model_name_or_path, args.teacher_gguf_file)  # names a missing folder/file
     if args.transfer_steps < 0:
         raise ValueError(f"--transfer_steps must be >= 0, got {args.transfer_steps}")
     if training_args.max_steps is None or training_args.max_steps < 0:
@@ -125,16 +137,19 @@ def _layer_losses(transfer: AttentionTransferModel, dataset, batches: int = 4, b
 
 
 def write_linearized_model_card(output_dir: str, args: LinearizeArguments, student, results: dict) -> None:
+    source = resolve_teacher_source(args.teacher_model_name_or_path, args.teacher_gguf_file)
     card_data = ModelCardData(
         library_name="transformers", pipeline_tag="text-generation",
         tags=["fwp_hf", "fast-weight-programmer", "linearized", args.attention_type],
-        base_model=None if os.path.isdir(args.teacher_model_name_or_path) else args.teacher_model_name_or_path,
+        base_model=None if source.is_local or source.gguf_file else source.name_or_path,
     )
+    teacher = source.describe() + (
+        " (a GGUF file: its quantized weights, dequantized to fp32, are the teacher)" if source.gguf_file else "")
     rows = "\n".join(f"| {stage} | {value:.2f} |" for stage, value in results["perplexity"].items())
     stages = (
         f"trained from a random initialisation for {results['lm_steps']} steps (the from-scratch baseline)"
         if args.from_scratch else
-        f"linearized from **{args.teacher_model_name_or_path}**: its embeddings, norms, MLPs and q/k/v/o projections "
+        f"linearized from **{teacher}**: its embeddings, norms, MLPs and q/k/v/o projections "
         f"copied; layers {args.keep_softmax_layers or 'none'} kept as softmax attention; then {args.transfer_steps} "
         "steps of attention transfer (only the new mixer parameters learn to reproduce each teacher attention "
         f"layer's output, per-layer MSE) and {results['lm_steps']} steps of fine-tuning with the LM loss"
@@ -169,8 +184,8 @@ def run_linearization(
     common.setup_logging(training_args)
     check_linearize_arguments(args, training_args)
     set_seed(training_args.seed)
-    teacher = AutoModelForCausalLM.from_pretrained(args.teacher_model_name_or_path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.teacher_model_name_or_path)
+    teacher, tokenizer = load_teacher(args.teacher_model_name_or_path, args.teacher_gguf_file)
+    source = resolve_teacher_source(args.teacher_model_name_or_path, args.teacher_gguf_file)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     overrides = common.parse_config_overrides(args.config_overrides)
@@ -180,9 +195,21 @@ def run_linearization(
     validation = data.evaluation["validation"]
     evaluate_args = _stage_arguments(training_args, "evaluation")
     block = data_args.block_size
-    results: dict = {"teacher": args.teacher_model_name_or_path, "attention_type": args.attention_type,
+    results: dict = {"teacher": source.describe(), "teacher_gguf": source.gguf_file is not None,
+                     "document_separator": tokenizer.convert_ids_to_tokens(
+                         document_separator_id(tokenizer, data_args.document_separator)),
+                     "attention_type": args.attention_type,
                      "feature_map": args.feature_map, "keep_softmax_layers": list(args.keep_softmax_layers),
-                     "from_scratch": args.from_scratch, "perplexity": {}, "seconds": {}}
+                     "from_scratch": args.from_scratch, "perplexity": {}, "seconds": {}, "stages": {}}
+    tokens_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                       * training_args.world_size * block)
+
+    def save_stage(name: str) -> None:
+        if args.save_stage_checkpoints:
+            folder = os.path.join(training_args.output_dir, f"stage_{name}")
+            student.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
     results["perplexity"]["teacher"] = _perplexity(teacher, evaluate_args, validation, block)
     lm_steps = training_args.max_steps
     if args.from_scratch:
@@ -192,24 +219,30 @@ def run_linearization(
     else:
         results["perplexity"]["student after copying the teacher's weights"] = _perplexity(
             student, evaluate_args, validation, block)
+        save_stage("after_copying")
         if args.transfer_steps:
             transfer = AttentionTransferModel(student, teacher)
             results["layer_mse_before_transfer"] = _layer_losses(transfer, validation)
-            start = time.perf_counter()
             stage = _stage_arguments(training_args, "attention_transfer", max_steps=args.transfer_steps,
                                      learning_rate=args.transfer_learning_rate, weight_decay=0.0)
-            Trainer(model=transfer, args=stage, train_dataset=data.train, data_collator=default_data_collator).train()
-            results["seconds"]["attention transfer"] = time.perf_counter() - start
+            with measure() as cost:
+                Trainer(model=transfer, args=stage, train_dataset=data.train,
+                        data_collator=default_data_collator).train()
+            results["seconds"]["attention transfer"] = cost["seconds"]
+            results["stages"]["attention transfer"] = {
+                "steps": args.transfer_steps, "tokens": args.transfer_steps * tokens_per_step, **cost}
             results["layer_mse_after_transfer"] = _layer_losses(transfer, validation)
             transfer.release()
             results["perplexity"]["after attention transfer"] = _perplexity(student, evaluate_args, validation, block)
+            save_stage("after_transfer")
     results["lm_steps"] = lm_steps
     if lm_steps:
-        start = time.perf_counter()
         finetune = _stage_arguments(training_args, "fine_tuning", max_steps=lm_steps)
-        Trainer(model=student, args=finetune, train_dataset=data.train, data_collator=default_data_collator).train()
-        results["seconds"]["fine-tuning" if not args.from_scratch else "training from scratch"] = (
-            time.perf_counter() - start)
+        with measure() as cost:
+            Trainer(model=student, args=finetune, train_dataset=data.train, data_collator=default_data_collator).train()
+        stage_name = "fine-tuning" if not args.from_scratch else "training from scratch"
+        results["seconds"][stage_name] = cost["seconds"]
+        results["stages"][stage_name] = {"steps": lm_steps, "tokens": lm_steps * tokens_per_step, **cost}
         name = "after fine-tuning" if not args.from_scratch else f"after {lm_steps} steps from scratch"
         results["perplexity"][name] = _perplexity(student, evaluate_args, validation, block)
     student.save_pretrained(training_args.output_dir)
@@ -226,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of `scripts/linearize.py`."""
     try:
         return run_linearization(*parse_linearize_arguments(argv))
-    except LinearizationError as error:
+    except (LinearizationError, TeacherNotFoundError, ImportError) as error:
         raise SystemExit(f"linearize: error: {error}") from error
 
 

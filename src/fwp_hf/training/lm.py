@@ -102,6 +102,12 @@ class DataTrainingArguments:
     validation_file: str | None = field(default=None, metadata={"help": "Validation data, same format as train_file."})
     test_file: str | None = field(default=None, metadata={"help": "Test data, same format as train_file."})
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    document_separator: str | None = field(
+        default=None,
+        metadata={"help": "Token appended to every text (document) before the texts are concatenated into blocks. "
+                          "Default: the tokenizer's EOS, or <|endoftext|> (<|end_of_text|>) when the EOS ends chat "
+                          "turns in the tokenizer's chat template (instruct tokenizers such as SmolLM2-Instruct's)."},
+    )
     validation_split_percentage: int = field(
         default=5,
         metadata={"help": "Percentage of the training texts used for validation when there is no validation set."},
@@ -279,7 +285,8 @@ def prepare_lm_data(
     data_args: DataTrainingArguments,
     training_args: TrainingArguments,
 ) -> LMData:
-    """Tokenise every text (with ``</s>``), cut the stream into blocks, keep ``--max_*_samples`` of them.
+    """Tokenise every text (ended by the document separator: `lm_data.document_separator_id`), cut the
+    stream into blocks, keep ``--max_*_samples`` of them.
 
     With ``packing`` the training examples are the tokenised texts themselves (`packed_documents_dataset`).
     With ``carry_state`` the training stream (its first ``max_train_samples · block_size`` tokens) is laid
@@ -287,7 +294,8 @@ def prepare_lm_data(
     ``reset_state_at_document_end`` also the document of every token (its ``seq_idx`` column).
     """
     with training_args.main_process_first(desc="tokenizing and grouping"):
-        tokenized = tokenize_texts(raw, tokenizer, data_args.text_column, data_args.preprocessing_num_workers)
+        tokenized = tokenize_texts(raw, tokenizer, data_args.text_column, data_args.preprocessing_num_workers,
+                                   data_args.document_separator)
         blocks = group_into_blocks(tokenized, data_args.block_size, data_args.preprocessing_num_workers)
     evaluation = {split: common.first_rows(blocks[split], data_args.max_eval_samples)
                   for split in ("validation", "test") if split in blocks}

