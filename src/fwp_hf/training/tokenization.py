@@ -39,6 +39,13 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>"
 MODEL_TYPES = ("unigram", "bpe")
 TEXT_SUFFIXES = (".txt", ".text", ".raw")
 JSON_SUFFIXES = (".json", ".jsonl")
+# A plain chat template for trained tokenizers (chat endpoints such as `transformers serve`'s
+# /v1/chat/completions need one): "role: content" per message, then "assistant:" to prompt a reply. Set
+# `tokenizer.chat_template` to another Jinja template to change it.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 class _ByteFallbackSpmConverter(SpmConverter):
@@ -199,6 +206,7 @@ def tokenizer_from_sentencepiece(model_file: str | os.PathLike) -> PreTrainedTok
     # in the text (Penn Treebank has many) keeps the spaces around it when decoded.
     specials = {name: AddedToken(piece, special=True, normalized=True) for name, piece in SPECIAL_TOKENS.items()}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     tokenizer.sentencepiece_model_file = str(model_file)
     with open(model_file, "rb") as handle:
         tokenizer.sentencepiece_model_proto = handle.read()
@@ -265,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> PreTrainedTokenizerFast:
 
 __all__ = [
     "SPECIAL_TOKENS",
+    "DEFAULT_CHAT_TEMPLATE",
     "MODEL_TYPES",
     "read_training_texts",
     "train_sentencepiece_tokenizer",
