@@ -103,3 +103,11 @@ def test_kernel_swap_is_undone_after_the_block():
     assert "forward" not in vars(mixers[0].qkv_conv)
     torch.testing.assert_close(swapped, before, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_timed_greedy_reports_prefill_and_decode_rates(exported):
+    _, folder, _ = exported
+    timing = OnnxFastWeightLM(folder).timed_greedy(random_ids(2, 8, seed=1, low=3).numpy(), 4)
+    assert timing["prefill_s"] > 0 and timing["decode_tokens_per_s"] > 0
+    with pytest.raises(ValueError, match="new_tokens must be at least 2"):
+        OnnxFastWeightLM(folder).timed_greedy(random_ids(1, 8, seed=1).numpy(), 1)

@@ -321,6 +321,23 @@ class OnnxFastWeightLM:
         logits, *new_states = session.run(None, feeds)
         return logits, new_states
 
+    def timed_greedy(self, input_ids, new_tokens: int) -> dict:
+        """Greedy decoding of `new_tokens` (≥ 2) after ``input_ids [B, T ≥ 2]``, timed as the benchmark's
+        `timed_generate`: ``prefill_s`` (start to the first token's logits) and ``decode_tokens_per_s``
+        (B · (new_tokens − 1) tokens over the one-token steps after the first token)."""
+        import time  # noqa: PLC0415
+
+        if new_tokens < 2:
+            raise ValueError(f"new_tokens must be at least 2 (one prefill token, then decoding steps), got {new_tokens}")
+        start = time.perf_counter()
+        logits, states = self.run(input_ids, self.zero_states(input_ids.shape[0]), decode=False)
+        first = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            token = logits[:, -1].argmax(-1)[:, None].astype(input_ids.dtype)
+            logits, states = self.run(token, states, decode=True)
+        end = time.perf_counter()
+        return {"prefill_s": first - start, "decode_tokens_per_s": input_ids.shape[0] * (new_tokens - 1) / (end - first)}
+
     def greedy(self, input_ids, max_new_tokens: int):
         """Greedy continuation ``[B, max_new_tokens]`` of a prompt ``[B, T ≥ 2]`` (int64 numpy)."""
         import numpy as np  # noqa: PLC0415
