@@ -111,3 +111,16 @@ def test_timed_greedy_reports_prefill_and_decode_rates(exported):
     assert timing["prefill_s"] > 0 and timing["decode_tokens_per_s"] > 0
     with pytest.raises(ValueError, match="new_tokens must be at least 2"):
         OnnxFastWeightLM(folder).timed_greedy(random_ids(1, 8, seed=1).numpy(), 1)
+
+
+def test_export_script_writes_the_programs_and_checks_them(tmp_path, capsys):
+    from fwp_hf.conversion.onnx_export import main
+
+    torch.manual_seed(0)
+    FWPForCausalLM(lm_config_from(dict(attention_type="linear"), num_hidden_layers=1)).save_pretrained(tmp_path / "model")
+    metadata = main(["--model_name_or_path", str(tmp_path / "model"), "--output_dir", str(tmp_path / "onnx"),
+                     "--check_tokens", "8"])
+    assert sorted(path.name for path in (tmp_path / "onnx").iterdir()) == ["decode.onnx", "fwp_onnx.json", "prefill.onnx"]
+    assert metadata["update_rules"] == {"0": "linear"} and metadata["inputs"] == ["input_ids", "state.0"]
+    assert metadata["check"]["greedy_tokens_equal"] and metadata["check"]["prefill_max_abs_logit_difference"] < 1e-4
+    assert '"greedy_tokens_equal": true' in capsys.readouterr().out
