@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -48,6 +49,11 @@ def test_quick_benchmark_writes_results(tmp_path):
     fla_rows = [row for row in results["decoding"]["decode"] if row["model"] == FLA_DELTA_NET_ROW]
     assert len(fla_rows) == 1 and fla_rows[0]["decode_tokens_per_s"] > 0, results["decoding"]["decode"]
     assert f"| {FLA_DELTA_NET_ROW} |" in markdown
+    # The headline model exported to ONNX and decoded by onnxruntime (the `onnx` extra of the test install).
+    (ort_row,) = [row for row in results["decoding"]["decode"] if row["mode"] == benchmark.ONNXRUNTIME_MODE]
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
+        assert ort_row["decode_tokens_per_s"] > 0 and ort_row["prefill_s"] > 0, ort_row
+        assert f"| delta | {benchmark.ONNXRUNTIME_MODE} |" in markdown
     for row in results["decoding"]["cache"]:
         assert row["bytes_at_32"] == row["bytes_at_256"] > 0, row
     flops = results["flops"]

@@ -512,7 +512,7 @@ def test_inputs_embeds_of_another_float_dtype_work_or_are_rejected_clearly(hybri
     [
         ((SEQ,), r"attention_mask must be a 2D padding mask.*got shape \(5,\)"),
         ((BATCH, 1, SEQ), r"attention_mask must be a 2D padding mask.*got shape \(2, 1, 5\)"),
-        ((BATCH, 1, SEQ, SEQ), r"attention_mask must be a 2D padding mask.*got shape \(2, 1, 5, 5\)"),
+        ((BATCH, 1, SEQ, SEQ), r"attention_mask must be a 2D padding mask.*got shape \(2, 1, 5, 5\).*continuous-batching"),
         ((BATCH, SEQ - 1), r"attention_mask must have shape \[batch=2, past\+new tokens=5\].*got \(2, 4\)"),
         ((BATCH, SEQ + 2), r"attention_mask must have shape \[batch=2, past\+new tokens=5\].*got \(2, 7\)"),
         ((BATCH + 1, SEQ), r"attention_mask must have shape \[batch=2, .*got \(3, 5\)"),

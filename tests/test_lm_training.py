@@ -114,6 +114,11 @@ def test_train_lm_end_to_end_writes_a_hub_ready_folder(data_files, tmp_path, cap
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_fwp.FWPForCausalLM"
     assert config["use_cache"] is True, "the Trainer's training-time use_cache=False leaked into the shipped config"
     assert (config["vocab_size"], config["pad_token_id"], config["eos_token_id"]) == (400, 0, 3)
+    # lm-eval's context length (lm_eval.models.utils.resolve_max_length): the first non-None of the config's
+    # n_positions / max_position_embeddings / n_ctx, then the tokenizer's model_max_length. No rotary layers:
+    # max_position_embeddings is None, and the tokenizer says the trained block size (not lm-eval's 2048).
+    assert config["max_position_embeddings"] is None
+    assert AutoTokenizer.from_pretrained(output_dir).model_max_length == 32
 
     card = ModelCard.load(output_dir / "README.md")
     assert card.data.library_name == "transformers"
@@ -276,6 +281,7 @@ def test_accelerate_launch_trains_with_two_processes(data_files, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in log  # 2 processes × 4
+    assert "parallel_mode != ParallelMode.DISTRIBUTED" not in log  # the model card's argument list builds none
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["eval_perplexity"] > 1 and (output_dir / "model.safetensors").is_file()
     assert (output_dir / "tokenizer.json").is_file() and (output_dir / "README.md").is_file()

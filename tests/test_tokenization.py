@@ -74,6 +74,36 @@ def test_decode_recovers_text_with_literal_special_token_strings(saved_tokenizer
     )
 
 
+def test_a_continuation_decoded_alone_keeps_its_leading_space(saved_tokenizer):
+    """Decoding is concatenation: what generation code decodes piecewise (the text-generation pipeline
+    decodes only the new tokens and appends them to the prompt; streaming) joins to the whole text."""
+    tokenizer = AutoTokenizer.from_pretrained(saved_tokenizer)
+    text = "the company said the market fell  sharply"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    for split in range(1, len(ids)):
+        assert tokenizer.decode(ids[:split]) + tokenizer.decode(ids[split:]) == text, split
+    assert tokenizer.decode(tokenizer.encode(" the", add_special_tokens=False)) == " the"
+
+
+def test_text_generation_pipeline_joins_prompt_and_continuation_with_the_space(saved_tokenizer):
+    from transformers import pipeline
+
+    from fwp_hf import FWPConfig, FWPForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(saved_tokenizer)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    config = FWPConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=2, attention_type="delta", pad_token_id=0, eos_token_id=3)
+    model = FWPForCausalLM(config).eval()
+    prompt = "the company said"
+    # Force a continuation that is one ordinary word token ("▁the"): its space must survive.
+    (word,) = tokenizer.encode(" the", add_special_tokens=False)
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    output = generator(prompt, max_new_tokens=1, do_sample=False, sequence_bias={(word,): 100.0})
+    assert output[0]["generated_text"] == "the company said the"
+
+
 def test_joint_translation_vocabulary_from_json_lines(tmp_path):
     pairs = [
         ("the house is small", "la maison est petite"),

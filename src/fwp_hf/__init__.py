@@ -9,7 +9,7 @@ where fwp_hf is not installed).
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from .cache_fwp import FastWeightCacheLayer, FastWeightStateStep, FastWeightStaticCache
-from .configuration_fwp import FWPConfig
+from .configuration_fwp import PEFT_TARGET_MODULES, FWPConfig, declare_peft_target_modules
 from .conversion.fla import FLACheckpointError, convert_fla_checkpoint, load_fla_checkpoint
 from .conversion.linearize import AttentionTransferModel, LinearizationError, linearize_model
 from .fast_weight_kernels import FEATURE_MAPS
@@ -36,6 +36,8 @@ __all__ = [
     "FAST_WEIGHT_TYPES",
     "FEATURE_MAPS",
     "MODEL_CODE_FILES",
+    "PEFT_TARGET_MODULES",
+    "declare_peft_target_modules",
     "SEQ2SEQ_MODEL_CODE_FILES",
     "TOKEN_MIXERS",
     "TokenMixerSpec",

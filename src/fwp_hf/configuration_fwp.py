@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import sys
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -27,6 +28,33 @@ ROPE_SCALING_TYPES = ("default", "linear", "llama3", "yarn")
 
 # The trained length of rotary positions when a model with softmax layers does not give one.
 DEFAULT_MAX_POSITION_EMBEDDINGS = 2048
+
+
+# PEFT's default LoRA targets for model_type "fwp": the input and output projections of every token
+# mixer — softmax layers and encoder–decoder cross-attention `q_proj`, `k_proj`, `v_proj`, `o_proj`;
+# fast-weight layers the fused `qkv_proj` (q, k, v and the β / decay / output-gate rows) and `o_proj`;
+# Ba et al.'s memory `drive_proj` and `o_proj`. A name a model lacks (e.g. `q_proj` in a model without
+# softmax layers) is simply not matched.
+PEFT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "drive_proj", "o_proj")
+
+
+def declare_peft_target_modules() -> bool:
+    """Add model_type "fwp" → `PEFT_TARGET_MODULES` to PEFT's table of default LoRA targets, if peft is loaded.
+
+    PEFT picks `target_modules` for ``LoraConfig()`` from
+    ``peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[config.model_type]``, a table of
+    built-in model types with no hook for a custom one. peft reads ``model.config.to_dict()`` right before it
+    looks the type up, so `FWPConfig.to_dict` calls this: whatever the import order, and in remote-code
+    checkpoints where fwp_hf is not installed (this file ships with them and must not import peft itself,
+    so it only touches a peft that the process already imported). An entry already there is kept.
+    Returns whether peft's table holds an "fwp" entry now.
+    """
+    constants = sys.modules.get("peft.utils.constants")
+    mapping = getattr(constants, "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING", None)
+    if not isinstance(mapping, dict):
+        return False
+    mapping.setdefault(FWPConfig.model_type, list(PEFT_TARGET_MODULES))
+    return True
 
 
 def _allowed(values: tuple[str, ...]) -> str:
@@ -259,6 +287,7 @@ class FWPConfig(PretrainedConfig):
         self.__dict__["_head_dim"] = value
 
     def to_dict(self) -> dict[str, Any]:
+        declare_peft_target_modules()  # peft reads to_dict() before it looks up its default LoRA targets
         output = super().to_dict()
         output.pop("_head_dim", None)
         output["head_dim"] = self.__dict__.get("_head_dim")  # None: follows hidden_size / num_attention_heads

@@ -45,7 +45,9 @@ def padding_mask_2d(attention_mask: torch.Tensor | dict | None) -> torch.Tensor 
     if attention_mask is not None and attention_mask.dim() != 2:
         raise ValueError(
             "attention_mask must be a 2D padding mask [batch, past + new tokens] of 1 (token) and 0 (padding), "
-            f"got shape {tuple(attention_mask.shape)}"
+            f"got shape {tuple(attention_mask.shape)}. FWP models build their own masks: fast-weight layers keep "
+            "one recurrent state per row and cannot follow a 4D (packed or paged, e.g. continuous-batching) mask; "
+            "pack documents with restarting position_ids or seq_idx instead"
         )
     return attention_mask
 

@@ -392,6 +392,28 @@ def _decode_row(label: str, model: torch.nn.Module, mode: str, result: dict, con
             "weight_bytes_per_token": _weight_matrices(model) * next(model.parameters()).element_size()}
 
 
+ONNXRUNTIME_MODE = "onnxruntime (CPU)"
+
+
+def onnxruntime_decode_row(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, context_length: int) -> dict:
+    """The headline model exported to ONNX (`conversion.onnx_export`: `LinearAttention` nodes) and decoded
+    greedily by onnxruntime on the CPU (best of 2); an ``error`` row when the `onnx` extra is missing."""
+    try:
+        from ..conversion.onnx_export import OnnxFastWeightLM, export_onnx  # noqa: PLC0415
+    except ImportError as error:  # pragma: no cover - depends on the installed extras
+        return {"model": HEADLINE_TYPE, "mode": ONNXRUNTIME_MODE, "error": f"not measured: {error}"}
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            export_onnx(model, folder)
+            runtime = OnnxFastWeightLM(folder, threads=torch.get_num_threads())
+        except ImportError as error:  # pragma: no cover
+            return {"model": HEADLINE_TYPE, "mode": ONNXRUNTIME_MODE, "error": f"not measured: {error}"}
+        ids = prompt.numpy()
+        runtime.timed_greedy(ids[:, :16], 3)  # first runs allocate
+        result = max((runtime.timed_greedy(ids, new_tokens) for _ in range(2)), key=lambda r: r["decode_tokens_per_s"])
+    return _decode_row(HEADLINE_TYPE, model, ONNXRUNTIME_MODE, result, context_length)
+
+
 def measure_baseline_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
     """Eager decoding of the headline type by the fwp_hf under ``args.baseline_src``, in a child process
     (`decode_timing`'s script, the same measurement as this run's)."""
@@ -454,6 +476,7 @@ def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         fla = converted_fla_delta_net(sizes, Path(folder)).eval()
     decode.append(_decode_row(FLA_DELTA_NET_ROW, fla, "eager", timed_generate(fla, prompt, sizes.decode_tokens), context))
+    decode.append(onnxruntime_decode_row(headline, prompt, sizes.decode_tokens, context))
     if baseline is not None:
         same_model = decode[FWP_TYPES.index(HEADLINE_TYPE)]  # the same architecture and sizes: the same work per token
         decode.append({"model": f"{HEADLINE_TYPE} at {args.baseline_label or args.baseline_src}", "mode": BASELINE_MODE,
@@ -744,6 +767,9 @@ def _decoding_section(results: dict) -> list[str]:
              "\"compiled\": `generate(..., past_key_values=FastWeightStaticCache(config, 1), compile_config="
              "CompileConfig(fullgraph=True, dynamic=False, mode=\"default\"))` (with `_compile_all_devices = True` on a "
              f"CPU); its first call compiled the decoding step in {decoding['compile_warmup_s']:.0f} s (not counted). "
+             f"\"{ONNXRUNTIME_MODE}\": the same model exported by `scripts/export_onnx.py` (every mixer one opset-27 "
+             "`LinearAttention` node; prefill and one-token decode programs with explicit states), greedy decoding "
+             "with onnxruntime's CPU provider at the same thread count. "
              "FLOPs per token: 2 per weight-matrix entry plus the state's (or the KV cache's) work "
              "(`decode_flops_per_token`); \"% of matmul\" divides FLOPs/token × tokens/s by the 1024×1024 matmul rate "
              f"of section 4 ({matmul:.0f} GFLOP/s). At batch 1 every step reads every weight once, so the "

@@ -428,6 +428,10 @@ def generate_sample(model, tokenizer, prompt: str, max_new_tokens: int, seed: in
 SAMPLE_DECODING = "sampled: top-k 40, temperature 0.8, fixed seed, at least 10 new tokens"
 
 
+# TrainingArguments fields that decide the devices and the process group (`_setup_devices`).
+_DEVICE_FIELDS = ("use_cpu", "ddp_backend")
+
+
 def _training_config_yaml(model_args, data_args, training_args) -> str:
     """The arguments that differ from their defaults, as YAML (for the model card)."""
     changed: dict[str, Any] = {}
@@ -436,11 +440,17 @@ def _training_config_yaml(model_args, data_args, training_args) -> str:
         changed.update(
             {k: v for k, v in asdict(args).items() if v != getattr(defaults, k) and k != "model_card_template"}
         )
-    reference = TrainingArguments(output_dir=training_args.output_dir)
+    # The defaults as TrainingArguments normalises them (`__post_init__`), except the device fields: the
+    # reference is set up on the run's devices, as a TrainingArguments built in a distributed process must
+    # be (else it warns "process group is initialized, but parallel_mode != DISTRIBUTED" although the run
+    # is distributed); those fields are compared with their declared defaults instead.
+    device_fields = {name: getattr(training_args, name) for name in _DEVICE_FIELDS}
+    reference = TrainingArguments(output_dir=training_args.output_dir, **device_fields)
     for item in fields(TrainingArguments):
         if not item.init or item.name in ("output_dir", "hub_token", "resume_from_checkpoint"):
             continue
-        value, default = getattr(training_args, item.name), getattr(reference, item.name)
+        value = getattr(training_args, item.name)
+        default = item.default if item.name in _DEVICE_FIELDS else getattr(reference, item.name)
         value = value.value if isinstance(value, enum.Enum) else value
         default = default.value if isinstance(default, enum.Enum) else default
         if value != default and isinstance(value, (int, float, str, bool, list, type(None))):
@@ -512,6 +522,9 @@ def run_lm_training(
     if data_args.carry_state:
         check_carry_state_model(model)
     data = prepare_lm_data(raw, tokenizer, data_args, training_args)
+    # The context the model was trained on, saved with the tokenizer: what evaluation harnesses fall back to
+    # (lm-eval reads config.max_position_embeddings, None for a model without rotary layers, then this).
+    tokenizer.model_max_length = data_args.block_size
     trainer_class, trainer_options = Trainer, {}
     if data_args.carry_state and training_args.do_train:
         trainer_class = CarriedStateTrainer

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenizers import AddedToken, decoders
+from tokenizers import AddedToken, decoders, normalizers
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import SpmConverter
 
@@ -39,22 +39,43 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>"
 MODEL_TYPES = ("unigram", "bpe")
 TEXT_SUFFIXES = (".txt", ".text", ".raw")
 JSON_SUFFIXES = (".json", ".jsonl")
+# A plain chat template for trained tokenizers (chat endpoints such as `transformers serve`'s
+# /v1/chat/completions need one): "role: content" per message, then "assistant:" to prompt a reply. Set
+# `tokenizer.chat_template` to another Jinja template to change it.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 class _ByteFallbackSpmConverter(SpmConverter):
-    """transformers' sentencepiece converter, keeping byte fallback (unknown characters → byte pieces)."""
+    """transformers' sentencepiece converter, keeping byte fallback (unknown characters → byte pieces) and
+    following the model's whitespace settings.
+
+    A model trained here has no dummy prefix and keeps whitespace as it is (`train_sentencepiece_tokenizer`):
+    a space belongs to the token after it, the first word of a text has none, and decoding is plain
+    concatenation — ``decode(a + b) == decode(a) + decode(b)``, so a continuation decoded on its own (the
+    text-generation pipeline, `transformers serve`, streaming) keeps the space before its first word. A
+    model with sentencepiece's defaults (dummy prefix ``▁`` on every text, whitespace runs collapsed)
+    converts as transformers converts it, its decoder stripping the prefix's space again.
+    """
 
     handle_byte_fallback = True
 
+    def normalizer(self, proto):
+        if proto.normalizer_spec.remove_extra_whitespaces:
+            return super().normalizer(proto)
+        charsmap = proto.normalizer_spec.precompiled_charsmap
+        return normalizers.Sequence([normalizers.Precompiled(charsmap)] if charsmap else [])
+
+    def pre_tokenizer(self, replacement: str, add_prefix_space: bool):
+        return super().pre_tokenizer(replacement, self.proto.normalizer_spec.add_dummy_prefix)
+
     def decoder(self, replacement: str, add_prefix_space: bool):
-        return decoders.Sequence(
-            [
-                decoders.Replace(replacement, " "),
-                decoders.ByteFallback(),
-                decoders.Fuse(),
-                decoders.Strip(content=" ", left=1),
-            ]
-        )
+        steps = [decoders.Replace(replacement, " "), decoders.ByteFallback(), decoders.Fuse()]
+        if self.proto.normalizer_spec.add_dummy_prefix:
+            steps.append(decoders.Strip(content=" ", left=1))
+        return decoders.Sequence(steps)
 
 
 def read_training_texts(
@@ -154,6 +175,9 @@ def train_sentencepiece_tokenizer(
                 model_type=model_type,
                 character_coverage=character_coverage,
                 byte_fallback=True,
+                # Lossless: no "▁" prepended to a text, whitespace kept as written (see _ByteFallbackSpmConverter).
+                add_dummy_prefix=False,
+                remove_extra_whitespaces=False,
                 pad_id=0,
                 unk_id=1,
                 bos_id=2,
@@ -182,6 +206,7 @@ def tokenizer_from_sentencepiece(model_file: str | os.PathLike) -> PreTrainedTok
     # in the text (Penn Treebank has many) keeps the spaces around it when decoded.
     specials = {name: AddedToken(piece, special=True, normalized=True) for name, piece in SPECIAL_TOKENS.items()}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     tokenizer.sentencepiece_model_file = str(model_file)
     with open(model_file, "rb") as handle:
         tokenizer.sentencepiece_model_proto = handle.read()
@@ -248,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> PreTrainedTokenizerFast:
 
 __all__ = [
     "SPECIAL_TOKENS",
+    "DEFAULT_CHAT_TEMPLATE",
     "MODEL_TYPES",
     "read_training_texts",
     "train_sentencepiece_tokenizer",
