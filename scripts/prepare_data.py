@@ -17,7 +17,7 @@ See `--help` (with --corpus), docs/data_card_translation.md, docs/data_card_sotu
 fwp_hf/training/translation_data.py and fwp_hf/training/lm_text_data.py.
 """
 
-from fwp_hf.training.lm_text_data import prepare_data_main
+from fwp_hf.training.lm_text_data import prepare_data_main as main
 
 if __name__ == "__main__":
-    prepare_data_main()
+    main()
