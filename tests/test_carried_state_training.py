@@ -15,8 +15,10 @@ same streams as one process with the global batch.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -210,10 +212,11 @@ RESUME_FLAGS = {  # 20 blocks of 32 = 4 streams × 5 segments: 12 steps cross tw
 }
 
 
-def interrupted_and_resumed(data_files, tmp_path, flags: dict) -> tuple[dict[int, float], Path, dict]:
-    """Train with `flags` uninterrupted, then interrupted at step 9 and resumed from checkpoint-8 (epoch 2,
-    3 segments into the streams); assert that both log the same losses at every step. Returns the
-    uninterrupted losses, the checkpoint and its saved carried state."""
+def interrupted_and_resumed(data_files, tmp_path, flags: dict, checkpoint_step: int = 8,
+                            ) -> tuple[dict[int, float], Path, dict]:
+    """Train with `flags` uninterrupted, then interrupted one step after `checkpoint_step` and resumed from that
+    checkpoint (by default checkpoint-8: epoch 2, 3 segments into the streams); assert that both log the same
+    losses at every step. Returns the uninterrupted losses, the checkpoint and its saved carried state."""
     run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path / "full", **flags)))
     uninterrupted = logged_losses(tmp_path / "full")
     assert sorted(uninterrupted) == list(range(1, flags["max_steps"] + 1))
@@ -221,8 +224,8 @@ def interrupted_and_resumed(data_files, tmp_path, flags: dict) -> tuple[dict[int
     interrupted = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         run_lm_training(*parse_lm_arguments(tiny_flags(data_files, interrupted, **flags)),
-                        callbacks=[InterruptAtStep(9)])
-    checkpoint = interrupted / "checkpoint-8"
+                        callbacks=[InterruptAtStep(checkpoint_step + 1)])
+    checkpoint = interrupted / f"checkpoint-{checkpoint_step}"
     saved = torch.load(checkpoint / "carried_state_rank0.pt", weights_only=True)
     run_lm_training(*parse_lm_arguments(tiny_flags(data_files, interrupted, resume_from_checkpoint=checkpoint,
                                                    **flags)))
@@ -248,10 +251,58 @@ def test_interrupted_carried_state_run_resumes_with_the_same_loss_curve(data_fil
     assert abs(logged_losses(emptied)[9] - uninterrupted[9]) > 1e-3
     # ... so a checkpoint without its state file is refused rather than resumed from an empty state.
     (emptied_checkpoint / "carried_state_rank0.pt").unlink()
-    with pytest.raises(FileNotFoundError, match=r"checkpoint-8/carried_state_rank0.pt' does not exist: resuming a "
-                                                r"--carry_state true run needs the fast-weight states"):
+    with pytest.raises(ValueError, match=r"checkpoint-8' is incomplete \(missing carried_state_rank0.pt\)"):
         run_lm_training(*parse_lm_arguments(tiny_flags(data_files, emptied, resume_from_checkpoint=emptied_checkpoint,
                                                        **RESUME_FLAGS)))
+    trainer = carried_trainer(make_lm(type_variant("delta")), stream_segments_dataset(range(64), 8, 2), tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-8/carried_state_rank0.pt' does not exist: resuming a "
+                                                r"--carry_state true run needs the fast-weight states"):
+        trainer.load_carried_state(str(emptied_checkpoint))
+
+
+def test_resume_inside_an_epoch_under_gradient_accumulation_counts_micro_batches(data_files, tmp_path):
+    # 5 segments per stream read 2 micro-batches per optimizer step: steps of 2, 2, 1 micro-batches per epoch.
+    # checkpoint-4 is one step into epoch 2: 5 + 2 = 7 micro-batches read (not 4 steps × 2 = 8).
+    flags = {**RESUME_FLAGS, "gradient_accumulation_steps": 2, "max_steps": 6}
+    uninterrupted, _, saved = interrupted_and_resumed(data_files, tmp_path, flags, checkpoint_step=4)
+    assert (saved["micro_batches_seen"], saved["global_step"]) == (7, 4)
+    assert len(set(uninterrupted.values())) == len(uninterrupted)  # every step scores differently
+
+
+def test_a_kill_while_checkpointing_leaves_the_run_resumable(data_files, tmp_path, caplog):
+    flags = {**RESUME_FLAGS, "max_steps": 8}
+    run_dir = tmp_path / "run"
+    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, run_dir, **flags)))
+    # A kill after the Trainer's trainer_state.json but before the carried states of checkpoint-8 ...
+    (run_dir / "checkpoint-8" / "carried_state_rank0.pt").unlink()
+    # ... so resuming from "last" skips checkpoint-8, says so, and continues from checkpoint-4.
+    with caplog.at_level(logging.WARNING, logger="fwp_hf"):
+        run_lm_training(*parse_lm_arguments(tiny_flags(data_files, run_dir, resume_from_checkpoint="last",
+                                                       **{**flags, "max_steps": 5})))
+    assert re.search(r"skipping checkpoint \S*checkpoint-8: .*missing carried_state_rank0.pt", caplog.text)
+    assert "checkpoint-4, the newest complete checkpoint" in caplog.text
+    # A state file left empty (killed while torch.save wrote it, before atomic writes) names the file.
+    checkpoint = run_dir / "checkpoint-4"
+    (checkpoint / "carried_state_rank0.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"checkpoint-4'?: carried_state_rank0.pt cannot be read .*resume from an "
+                                         "earlier checkpoint"):
+        run_lm_training(*parse_lm_arguments(tiny_flags(data_files, run_dir, resume_from_checkpoint=checkpoint,
+                                                       **flags)))
+    trainer = carried_trainer(make_lm(type_variant("delta")), stream_segments_dataset(range(64), 8, 2), tmp_path)
+    with pytest.raises(ValueError, match=r"checkpoint-4/carried_state_rank0.pt' cannot be read \(EOFError"):
+        trainer.load_carried_state(str(checkpoint))
+    # Every checkpoint this run wrote holds its state file whole, with no temporary left beside it.
+    for folder in run_dir.glob("checkpoint-*"):
+        assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_carried_state_resume_with_another_block_size_is_refused(data_files, tmp_path):
+    run_dir = tmp_path / "run"
+    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, run_dir, **{**RESUME_FLAGS, "max_steps": 4})))
+    # 20 blocks' tokens, 4 streams: 5 segments of 16 tokens or of 32, so the stream layout alone agrees.
+    with pytest.raises(ValueError, match=r"would change what the run trains: block_size: 32 → 16"):
+        run_lm_training(*parse_lm_arguments(tiny_flags(data_files, run_dir, resume_from_checkpoint="last",
+                                                       **{**RESUME_FLAGS, "block_size": 16})))
 
 
 def test_carried_state_run_end_to_end_writes_the_position_curve(data_files, tmp_path):
