@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler, SequentialSampler
-from transformers import DynamicCache, TrainingArguments, default_data_collator
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, TrainingArguments, default_data_collator
 
 from fwp_hf.training.carried_state import CarriedStateTrainer, stream_segments_dataset
 from fwp_hf.training.lm import parse_lm_arguments, run_lm_training
@@ -305,6 +305,15 @@ def test_a_carried_state_resume_with_another_block_size_is_refused(data_files, t
                                                        **{**RESUME_FLAGS, "block_size": 16})))
 
 
+def validation_stream(data_files, output_dir: Path, max_tokens: int) -> torch.Tensor:
+    """The first `max_tokens` tokens of the validation texts, each followed by </s>, with the run's tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    texts = [line for line in data_files["validation"].read_text().splitlines() if line.strip()]
+    ids = [token for text in texts for token in
+           [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]]
+    return torch.tensor(ids[:max_tokens])
+
+
 def test_carried_state_run_end_to_end_writes_the_position_curve(data_files, tmp_path):
     output_dir = tmp_path / "run"
     metrics = run_lm_training(*parse_lm_arguments(tiny_flags(
@@ -313,8 +322,12 @@ def test_carried_state_run_end_to_end_writes_the_position_curve(data_files, tmp_
     assert metrics["train_samples"] % 4 == 0 and metrics["eval_perplexity"] > 1
     curves = json.loads((output_dir / "perplexity_by_position.json").read_text())
     assert set(curves) == {"independent_segments", "carried_state"}
+    stream = validation_stream(data_files, output_dir, 1200)
+    model = AutoModelForCausalLM.from_pretrained(output_dir).eval()
     for mode, curve in curves.items():
-        assert curve["loss"] == pytest.approx(metrics[f"eval_{mode}_loss"])
+        expected = whole_stream_token_losses(model, stream, 32, mode == "carried_state", 2).mean().item()
+        assert metrics[f"eval_{mode}_loss"] == pytest.approx(expected, rel=1e-4)
+        assert curve["loss"] == pytest.approx(expected, rel=1e-4)
         assert curve["bucket_start"] == list(range(0, 600, 100)) and sum(curve["bucket_tokens"]) == 2 * 599
     assert (output_dir / "perplexity_by_position.png").stat().st_size > 1000
     card = (output_dir / "README.md").read_text()
@@ -329,23 +342,45 @@ def test_block_trained_run_writes_the_position_curve_too(data_files, tmp_path):
     )))
     curves = json.loads((output_dir / "perplexity_by_position.json").read_text())
     assert set(curves) == {"independent_segments", "carried_state"}
+    stream = validation_stream(data_files, output_dir, 1200)
+    model = AutoModelForCausalLM.from_pretrained(output_dir).eval()
     for mode, curve in curves.items():
-        assert curve["perplexity"] == pytest.approx(metrics[f"eval_{mode}_perplexity"])
+        expected = math.exp(whole_stream_token_losses(model, stream, 32, mode == "carried_state", 2).mean().item())
+        assert metrics[f"eval_{mode}_perplexity"] == pytest.approx(expected, rel=1e-4)
+        assert curve["perplexity"] == pytest.approx(expected, rel=1e-4)
         assert curve["bucket_start"] == [0, 200, 400]
 
 
+def whole_stream_token_losses(model, stream: torch.Tensor, segment_length: int, carry_state: bool,
+                              num_streams: int) -> torch.Tensor:
+    """The independent expectation of `stream_token_losses`: ``[S, N − 1]`` next-token losses, with the state
+    carried = one forward pass over each whole stream (a fast-weight model's chunkwise form equals its
+    recurrence), else one forward pass per segment of `segment_length` targets."""
+    streams = stream[: stream.numel() // num_streams * num_streams].view(num_streams, -1)
+    with torch.no_grad():
+        if carry_state:
+            logits = model(streams[:, :-1]).logits
+        else:
+            logits = torch.cat([model(streams[:, start : min(start + segment_length, streams.shape[1] - 1)]).logits
+                                for start in range(0, streams.shape[1] - 1, segment_length)], dim=1)
+    return F.cross_entropy(logits.double().transpose(1, 2), streams[:, 1:], reduction="none")
+
+
 @pytest.mark.parametrize("carry_state", [False, True])
-def test_perplexity_by_position_averages_back_to_segment_perplexity(carry_state, tmp_path):
+def test_perplexity_by_position_equals_hand_computed_bucket_means(carry_state, tmp_path):
     model = make_lm(type_variant("delta"))
     stream = random_ids(3, 41).flatten()  # 3 streams of 41 tokens: targets at positions 1 … 40
+    expected = whole_stream_token_losses(model, stream, 7, carry_state, 3)
     args = {"segment_length": 7, "carry_state": carry_state, "num_streams": 3}
     curve = perplexity_by_position(model, stream, bucket_size=16, **args)
     reference = segment_perplexity(model, stream, **args)
     assert curve["bucket_start"] == [0, 16, 32] and curve["bucket_tokens"] == [3 * 15, 3 * 16, 3 * 9]
-    weighted = sum(loss * tokens for loss, tokens in zip(curve["bucket_loss"], curve["bucket_tokens"]))
-    assert weighted / sum(curve["bucket_tokens"]) == pytest.approx(reference["loss"], rel=1e-6)
-    assert curve["loss"] == pytest.approx(reference["loss"], rel=1e-9) and curve["tokens"] == reference["tokens"]
-    assert curve["bucket_perplexity"] == pytest.approx([math.exp(loss) for loss in curve["bucket_loss"]])
+    # Targets at positions 1-15, 16-31, 32-40 are columns 0-14, 15-30, 31-39 of the [S, N − 1] losses.
+    hand_buckets = [expected[:, :15].mean().item(), expected[:, 15:31].mean().item(), expected[:, 31:].mean().item()]
+    assert curve["bucket_loss"] == pytest.approx(hand_buckets, rel=1e-5)
+    assert curve["bucket_perplexity"] == pytest.approx([math.exp(loss) for loss in hand_buckets], rel=1e-5)
+    assert reference["loss"] == pytest.approx(expected.mean().item(), rel=1e-5) and reference["tokens"] == 120
+    assert curve["loss"] == pytest.approx(expected.mean().item(), rel=1e-5)
     plot_perplexity_by_position({"a": curve, "b": curve}, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
