@@ -68,8 +68,12 @@ def plant(source_root: Path, mutant: Mutant) -> None:
 
 
 def copy_sources(destination: Path) -> Path:
-    """Copy the repository's ``src/`` tree (without caches) to `destination`/src; return `destination`."""
+    """Copy the repository's ``src/`` tree (without caches) to `destination`/src and link every other top-level
+    entry (model_cards/, configs/, ...: files the package finds next to its source) there; return `destination`."""
     shutil.copytree(REPO_ROOT / "src", destination / "src", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for entry in REPO_ROOT.iterdir():
+        if entry.name not in ("src", ".git"):
+            (destination / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
     return destination
 
 
