@@ -15,8 +15,10 @@ same streams as one process with the global batch.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler, SequentialSampler
-from transformers import DynamicCache, TrainingArguments, default_data_collator
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, TrainingArguments, default_data_collator
 
 from fwp_hf.training.carried_state import CarriedStateTrainer, stream_segments_dataset
 from fwp_hf.training.lm import parse_lm_arguments, run_lm_training
@@ -210,10 +212,11 @@ RESUME_FLAGS = {  # 20 blocks of 32 = 4 streams × 5 segments: 12 steps cross tw
 }
 
 
-def interrupted_and_resumed(data_files, tmp_path, flags: dict) -> tuple[dict[int, float], Path, dict]:
-    """Train with `flags` uninterrupted, then interrupted at step 9 and resumed from checkpoint-8 (epoch 2,
-    3 segments into the streams); assert that both log the same losses at every step. Returns the
-    uninterrupted losses, the checkpoint and its saved carried state."""
+def interrupted_and_resumed(data_files, tmp_path, flags: dict, checkpoint_step: int = 8,
+                            ) -> tuple[dict[int, float], Path, dict]:
+    """Train with `flags` uninterrupted, then interrupted one step after `checkpoint_step` and resumed from that
+    checkpoint (by default checkpoint-8: epoch 2, 3 segments into the streams); assert that both log the same
+    losses at every step. Returns the uninterrupted losses, the checkpoint and its saved carried state."""
     run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path / "full", **flags)))
     uninterrupted = logged_losses(tmp_path / "full")
     assert sorted(uninterrupted) == list(range(1, flags["max_steps"] + 1))
@@ -221,8 +224,8 @@ def interrupted_and_resumed(data_files, tmp_path, flags: dict) -> tuple[dict[int
     interrupted = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         run_lm_training(*parse_lm_arguments(tiny_flags(data_files, interrupted, **flags)),
-                        callbacks=[InterruptAtStep(9)])
-    checkpoint = interrupted / "checkpoint-8"
+                        callbacks=[InterruptAtStep(checkpoint_step + 1)])
+    checkpoint = interrupted / f"checkpoint-{checkpoint_step}"
     saved = torch.load(checkpoint / "carried_state_rank0.pt", weights_only=True)
     run_lm_training(*parse_lm_arguments(tiny_flags(data_files, interrupted, resume_from_checkpoint=checkpoint,
                                                    **flags)))
@@ -248,10 +251,67 @@ def test_interrupted_carried_state_run_resumes_with_the_same_loss_curve(data_fil
     assert abs(logged_losses(emptied)[9] - uninterrupted[9]) > 1e-3
     # ... so a checkpoint without its state file is refused rather than resumed from an empty state.
     (emptied_checkpoint / "carried_state_rank0.pt").unlink()
-    with pytest.raises(FileNotFoundError, match=r"checkpoint-8/carried_state_rank0.pt' does not exist: resuming a "
-                                                r"--carry_state true run needs the fast-weight states"):
+    with pytest.raises(ValueError, match=r"checkpoint-8' is incomplete \(missing carried_state_rank0.pt\)"):
         run_lm_training(*parse_lm_arguments(tiny_flags(data_files, emptied, resume_from_checkpoint=emptied_checkpoint,
                                                        **RESUME_FLAGS)))
+    trainer = carried_trainer(make_lm(type_variant("delta")), stream_segments_dataset(range(64), 8, 2), tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-8/carried_state_rank0.pt' does not exist: resuming a "
+                                                r"--carry_state true run needs the fast-weight states"):
+        trainer.load_carried_state(str(emptied_checkpoint))
+
+
+def test_resume_inside_an_epoch_under_gradient_accumulation_counts_micro_batches(data_files, tmp_path):
+    # 5 segments per stream read 2 micro-batches per optimizer step: steps of 2, 2, 1 micro-batches per epoch.
+    # checkpoint-4 is one step into epoch 2: 5 + 2 = 7 micro-batches read (not 4 steps × 2 = 8).
+    flags = {**RESUME_FLAGS, "gradient_accumulation_steps": 2, "max_steps": 6}
+    uninterrupted, _, saved = interrupted_and_resumed(data_files, tmp_path, flags, checkpoint_step=4)
+    assert (saved["micro_batches_seen"], saved["global_step"]) == (7, 4)
+    assert len(set(uninterrupted.values())) == len(uninterrupted)  # every step scores differently
+
+
+def test_a_kill_while_checkpointing_leaves_the_run_resumable(data_files, tmp_path, caplog):
+    flags = {**RESUME_FLAGS, "max_steps": 8}
+    run_dir = tmp_path / "run"
+    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, run_dir, **flags)))
+    # A kill after the Trainer's trainer_state.json but before the carried states of checkpoint-8 ...
+    (run_dir / "checkpoint-8" / "carried_state_rank0.pt").unlink()
+    # ... so resuming from "last" skips checkpoint-8, says so, and continues from checkpoint-4.
+    with caplog.at_level(logging.WARNING, logger="fwp_hf"):
+        run_lm_training(*parse_lm_arguments(tiny_flags(data_files, run_dir, resume_from_checkpoint="last",
+                                                       **{**flags, "max_steps": 5})))
+    assert re.search(r"skipping checkpoint \S*checkpoint-8: .*missing carried_state_rank0.pt", caplog.text)
+    assert "checkpoint-4, the newest complete checkpoint" in caplog.text
+    # A state file left empty (killed while torch.save wrote it, before atomic writes) names the file.
+    checkpoint = run_dir / "checkpoint-4"
+    (checkpoint / "carried_state_rank0.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"checkpoint-4'?: carried_state_rank0.pt cannot be read .*resume from an "
+                                         "earlier checkpoint"):
+        run_lm_training(*parse_lm_arguments(tiny_flags(data_files, run_dir, resume_from_checkpoint=checkpoint,
+                                                       **flags)))
+    trainer = carried_trainer(make_lm(type_variant("delta")), stream_segments_dataset(range(64), 8, 2), tmp_path)
+    with pytest.raises(ValueError, match=r"checkpoint-4/carried_state_rank0.pt' cannot be read \(EOFError"):
+        trainer.load_carried_state(str(checkpoint))
+    # Every checkpoint this run wrote holds its state file whole, with no temporary left beside it.
+    for folder in run_dir.glob("checkpoint-*"):
+        assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_carried_state_resume_with_another_block_size_is_refused(data_files, tmp_path):
+    run_dir = tmp_path / "run"
+    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, run_dir, **{**RESUME_FLAGS, "max_steps": 4})))
+    # 20 blocks' tokens, 4 streams: 5 segments of 16 tokens or of 32, so the stream layout alone agrees.
+    with pytest.raises(ValueError, match=r"would change what the run trains: block_size: 32 → 16"):
+        run_lm_training(*parse_lm_arguments(tiny_flags(data_files, run_dir, resume_from_checkpoint="last",
+                                                       **{**RESUME_FLAGS, "block_size": 16})))
+
+
+def validation_stream(data_files, output_dir: Path, max_tokens: int) -> torch.Tensor:
+    """The first `max_tokens` tokens of the validation texts, each followed by </s>, with the run's tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    texts = [line for line in data_files["validation"].read_text().splitlines() if line.strip()]
+    ids = [token for text in texts for token in
+           [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]]
+    return torch.tensor(ids[:max_tokens])
 
 
 def test_carried_state_run_end_to_end_writes_the_position_curve(data_files, tmp_path):
@@ -262,8 +322,12 @@ def test_carried_state_run_end_to_end_writes_the_position_curve(data_files, tmp_
     assert metrics["train_samples"] % 4 == 0 and metrics["eval_perplexity"] > 1
     curves = json.loads((output_dir / "perplexity_by_position.json").read_text())
     assert set(curves) == {"independent_segments", "carried_state"}
+    stream = validation_stream(data_files, output_dir, 1200)
+    model = AutoModelForCausalLM.from_pretrained(output_dir).eval()
     for mode, curve in curves.items():
-        assert curve["loss"] == pytest.approx(metrics[f"eval_{mode}_loss"])
+        expected = whole_stream_token_losses(model, stream, 32, mode == "carried_state", 2).mean().item()
+        assert metrics[f"eval_{mode}_loss"] == pytest.approx(expected, rel=1e-4)
+        assert curve["loss"] == pytest.approx(expected, rel=1e-4)
         assert curve["bucket_start"] == list(range(0, 600, 100)) and sum(curve["bucket_tokens"]) == 2 * 599
     assert (output_dir / "perplexity_by_position.png").stat().st_size > 1000
     card = (output_dir / "README.md").read_text()
@@ -278,23 +342,45 @@ def test_block_trained_run_writes_the_position_curve_too(data_files, tmp_path):
     )))
     curves = json.loads((output_dir / "perplexity_by_position.json").read_text())
     assert set(curves) == {"independent_segments", "carried_state"}
+    stream = validation_stream(data_files, output_dir, 1200)
+    model = AutoModelForCausalLM.from_pretrained(output_dir).eval()
     for mode, curve in curves.items():
-        assert curve["perplexity"] == pytest.approx(metrics[f"eval_{mode}_perplexity"])
+        expected = math.exp(whole_stream_token_losses(model, stream, 32, mode == "carried_state", 2).mean().item())
+        assert metrics[f"eval_{mode}_perplexity"] == pytest.approx(expected, rel=1e-4)
+        assert curve["perplexity"] == pytest.approx(expected, rel=1e-4)
         assert curve["bucket_start"] == [0, 200, 400]
 
 
+def whole_stream_token_losses(model, stream: torch.Tensor, segment_length: int, carry_state: bool,
+                              num_streams: int) -> torch.Tensor:
+    """The independent expectation of `stream_token_losses`: ``[S, N − 1]`` next-token losses, with the state
+    carried = one forward pass over each whole stream (a fast-weight model's chunkwise form equals its
+    recurrence), else one forward pass per segment of `segment_length` targets."""
+    streams = stream[: stream.numel() // num_streams * num_streams].view(num_streams, -1)
+    with torch.no_grad():
+        if carry_state:
+            logits = model(streams[:, :-1]).logits
+        else:
+            logits = torch.cat([model(streams[:, start : min(start + segment_length, streams.shape[1] - 1)]).logits
+                                for start in range(0, streams.shape[1] - 1, segment_length)], dim=1)
+    return F.cross_entropy(logits.double().transpose(1, 2), streams[:, 1:], reduction="none")
+
+
 @pytest.mark.parametrize("carry_state", [False, True])
-def test_perplexity_by_position_averages_back_to_segment_perplexity(carry_state, tmp_path):
+def test_perplexity_by_position_equals_hand_computed_bucket_means(carry_state, tmp_path):
     model = make_lm(type_variant("delta"))
     stream = random_ids(3, 41).flatten()  # 3 streams of 41 tokens: targets at positions 1 … 40
+    expected = whole_stream_token_losses(model, stream, 7, carry_state, 3)
     args = {"segment_length": 7, "carry_state": carry_state, "num_streams": 3}
     curve = perplexity_by_position(model, stream, bucket_size=16, **args)
     reference = segment_perplexity(model, stream, **args)
     assert curve["bucket_start"] == [0, 16, 32] and curve["bucket_tokens"] == [3 * 15, 3 * 16, 3 * 9]
-    weighted = sum(loss * tokens for loss, tokens in zip(curve["bucket_loss"], curve["bucket_tokens"]))
-    assert weighted / sum(curve["bucket_tokens"]) == pytest.approx(reference["loss"], rel=1e-6)
-    assert curve["loss"] == pytest.approx(reference["loss"], rel=1e-9) and curve["tokens"] == reference["tokens"]
-    assert curve["bucket_perplexity"] == pytest.approx([math.exp(loss) for loss in curve["bucket_loss"]])
+    # Targets at positions 1-15, 16-31, 32-40 are columns 0-14, 15-30, 31-39 of the [S, N − 1] losses.
+    hand_buckets = [expected[:, :15].mean().item(), expected[:, 15:31].mean().item(), expected[:, 31:].mean().item()]
+    assert curve["bucket_loss"] == pytest.approx(hand_buckets, rel=1e-5)
+    assert curve["bucket_perplexity"] == pytest.approx([math.exp(loss) for loss in hand_buckets], rel=1e-5)
+    assert reference["loss"] == pytest.approx(expected.mean().item(), rel=1e-5) and reference["tokens"] == 120
+    assert curve["loss"] == pytest.approx(expected.mean().item(), rel=1e-5)
     plot_perplexity_by_position({"a": curve, "b": curve}, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
 

@@ -14,6 +14,7 @@ Covered:
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import pytest
@@ -22,7 +23,7 @@ from conftest import LM_BASE, SEQ2SEQ_BASE, VOCAB
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.utils import logging as hf_logging
 
-from fwp_hf import TOKEN_MIXERS, FWPConfig, FWPForCausalLM, FWPForConditionalGeneration
+from fwp_hf import FEATURE_MAPS, TOKEN_MIXERS, FWPConfig, FWPForCausalLM, FWPForConditionalGeneration
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -224,3 +225,73 @@ def test_odd_head_sizes_run_for_layers_without_rotary_positions(kind):
 def test_odd_head_sizes_are_refused_at_config_time_for_rotary_layers(kind):
     with pytest.raises(ValueError, match=rf"{kind!r} layers use rotary positions, which need an even head size"):
         AutoConfig.for_model("fwp", **{**LM_BASE, "hidden_size": 36, "num_attention_heads": 4, "attention_type": kind})
+
+
+# ----------------------------------------------------------------------------------------------
+# The weight-meaning list, derived from what the registry says a config's layers compute
+# ----------------------------------------------------------------------------------------------
+
+# Values to try for the fields whose type alone does not say which values are allowed.
+NAMED_VALUES = {
+    "attention_type": list(TOKEN_MIXERS), "decoder_attention_type": list(TOKEN_MIXERS),
+    "cross_attention_type": list(TOKEN_MIXERS), "feature_map": list(FEATURE_MAPS), "hidden_act": ["gelu", "relu"],
+    "value_activation": ["silu"], "key_normalization": ["l2", "sum"],
+    "rope_scaling_parameters": [{"rope_type": "linear", "factor": 2.0}],
+}
+
+
+def candidate_values(name: str, default):
+    if name in NAMED_VALUES:
+        return [value for value in NAMED_VALUES[name] if value != default]
+    if isinstance(default, bool):
+        return [not default]
+    if isinstance(default, int):
+        return [default + 1, 2 * default]
+    if isinstance(default, float):
+        return [default / 2]
+    if default is None:
+        return [1, 2, 8, 16]
+    return []
+
+
+def meaning_witnesses() -> dict[str, tuple[dict, object]]:
+    """Per `FWPConfig.__init__` field: a (config fields, new value) pair where changing the field changes
+    `weights_meaning()` (the registry's account of what each layer computes), for every field where one exists
+    among every attention type, with short convolutions, a hybrid and an encoder–decoder."""
+    bases = [{**LM_BASE, "attention_type": kind} for kind in TOKEN_MIXERS]
+    bases += [{**LM_BASE, "attention_type": kind, "use_short_conv": True} for kind in ("delta", "linear")]
+    bases += [{**LM_BASE, "attention_type": ["delta", "softmax"]}, {**LM_BASE, "attention_type": "performer",
+                                                                       "feature_map": "favor"}]
+    bases += [{**SEQ2SEQ_BASE, "attention_type": kind} for kind in ("delta", "softmax")]
+    parameters = [name for name, parameter in inspect.signature(FWPConfig.__init__).parameters.items()
+                  if name != "self" and parameter.kind is not inspect.Parameter.VAR_KEYWORD]
+    witnesses = {}
+    for base in bases:
+        config = FWPConfig(**base)
+        meaning = config.weights_meaning()
+        for name in parameters:
+            if name in witnesses:
+                continue
+            for value in candidate_values(name, getattr(config, name, None)):
+                try:
+                    changed = FWPConfig(**{**base, name: value}).weights_meaning() != meaning
+                except (ValueError, TypeError, KeyError, IndexError):
+                    continue  # a value this config refuses
+                if changed:
+                    witnesses[name] = (base, value)
+                    break
+    return witnesses
+
+
+def test_every_field_that_changes_what_weights_mean_is_refused_as_a_load_override(tmp_path):
+    witnesses = meaning_witnesses()
+    assert {"scale_queries", "attention_type", "conv_size", "dpfp_nu", "cross_attention_type"} <= set(witnesses)
+    # Fields that cannot change what weights compute never do (the derivation is not vacuous the other way).
+    assert {"chunk_size", "use_cache", "initializer_range", "performer_seed"}.isdisjoint(witnesses)
+    for name, (base, value) in witnesses.items():
+        folder = tmp_path / name
+        FWPConfig(**base).save_pretrained(folder)
+        with pytest.raises(ValueError, match=rf"changes .*\b{name}\b"):
+            FWPConfig.check_loading_keeps_weight_meaning(str(folder), {name: value})
+    # ... and the list holds nothing else.
+    assert set(FWPConfig.WEIGHT_MEANING_FIELDS) == set(witnesses)

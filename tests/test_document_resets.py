@@ -265,9 +265,26 @@ def test_run_with_resets_evaluates_with_the_same_resets(data_files, tmp_path):
     stream, documents = token_stream(validation), token_document_ids(validation)
     assert len(documents) == len(stream) and documents[0] == 0 and documents[-1] == len(validation) - 1
     args = {"segment_length": 32, "carry_state": True, "num_streams": 2, "max_tokens": 1200}
+    expected = each_document_alone_loss(model.eval(), torch.tensor(stream[:1200]), torch.tensor(documents[:1200]), 2)
+    assert metrics["eval_carried_state_loss"] == pytest.approx(expected, rel=1e-4)
     with_resets = segment_perplexity(model, stream, document_ids=documents, **args)
-    assert metrics["eval_carried_state_loss"] == pytest.approx(with_resets["loss"], rel=1e-5)
-    assert abs(segment_perplexity(model, stream, **args)["loss"] - with_resets["loss"]) > 1e-4
+    assert with_resets["loss"] == pytest.approx(expected, rel=1e-4)
+    assert abs(segment_perplexity(model, stream, **args)["loss"] - expected) > 1e-4  # the resets matter
+
+
+def each_document_alone_loss(model, stream: torch.Tensor, documents: torch.Tensor, num_streams: int) -> float:
+    """The independent expectation of the carried-state stream loss with resets: every stream cut into its runs
+    of one document, each run one forward pass from an empty state; the logits at a run's last token predict
+    the next run's first token (as the carried evaluation scores it)."""
+    length = stream.numel() // num_streams
+    losses = []
+    with torch.no_grad():
+        for s in range(num_streams):
+            ids, docs = stream[s * length : (s + 1) * length], documents[s * length : (s + 1) * length]
+            starts = [0, *[t for t in range(1, length) if docs[t] != docs[t - 1]], length]
+            logits = torch.cat([model(ids[None, a:b]).logits[0] for a, b in pairwise(starts)])
+            losses.append(F.cross_entropy(logits[:-1].double(), ids[1:], reduction="none"))
+    return torch.cat(losses).mean().item()
 
 
 def test_interrupted_run_with_resets_resumes_with_the_same_loss_curve(data_files, tmp_path):

@@ -36,6 +36,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Trainer, TrainingArguments
 
 import fwp_hf
+import fwp_hf.conversion.fla
 from fwp_hf import FLACheckpointError, FWPForCausalLM, convert_fla_checkpoint, load_fla_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -313,31 +314,28 @@ def test_load_fla_checkpoint_without_overrides(case_checkpoints):
     assert_logits_close(logits_of(model, ids), R.fla_reference_logits(config, state, ids), "default chunk")
 
 
-RARER_OPTIONS = {
-    "use_beta": (lambda: delta_net(use_beta=False), "use_beta"),
-    "tie_word_embeddings": (lambda: delta_net(tie_word_embeddings=True), "tie_word_embeddings"),
-}
+def test_fla_without_beta_is_refused_by_name(tmp_path):
+    """FLA's ``use_beta=False`` (β fixed to 1) has no fwp_hf counterpart: refused, naming the option."""
+    folder, _ = make_checkpoint(tmp_path / "no-beta", delta_net(use_beta=False), seed=6)
+    with pytest.raises(FLACheckpointError, match=r"use_beta=False"):
+        load(folder)
 
 
-@pytest.mark.parametrize("option", list(RARER_OPTIONS))
-def test_rarer_options_are_imported_exactly_or_refused_by_name(tmp_path, option):
-    """Options FLA supports but the brief does not require: either the logits match FLA's, or the refusal names them."""
-    factory, name = RARER_OPTIONS[option]
-    config = factory()
-    folder, state = make_checkpoint(tmp_path / option, config, seed=6)
+def test_tied_word_embeddings_are_imported_exactly(tmp_path):
+    config = delta_net(tie_word_embeddings=True)
+    folder, state = make_checkpoint(tmp_path / "tied", config, seed=6)
+    assert "lm_head.weight" not in state  # FLA saves the tied matrix once
+    model = load(folder)
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     ids = random_ids(2, 20, seed=14)
-    try:
-        model = load(folder)
-    except FLACheckpointError as error:
-        assert name in str(error)
-        return
-    assert_logits_close(logits_of(model, ids), R.fla_reference_logits(config, state, ids), option)
+    assert_logits_close(logits_of(model, ids), R.fla_reference_logits(config, state, ids), "tied")
 
 
-def test_conv_biases_that_flas_model_would_drop_are_not_used(tmp_path):
+def test_conv_biases_that_flas_model_would_drop_are_refused_by_name(tmp_path):
     """With conv_bias=True in config.json and conv biases in the weights, FLA's DeltaNetForCausalLM still has no conv
-    biases (its block does not pass conv_bias on): from_pretrained drops them as unexpected keys. The importer may
-    refuse them (naming them) but must not compute with them."""
+    biases (its block does not pass conv_bias on): from_pretrained drops them as unexpected keys. The importer refuses
+    them, naming them, rather than compute with weights FLA ignores."""
     config = delta_net(conv_bias=True)
     state = R.random_fla_state_dict(config, seed=9)
     biased = dict(state)
@@ -345,13 +343,30 @@ def test_conv_biases_that_flas_model_would_drop_are_not_used(tmp_path):
         for part, size in (("q", 32), ("k", 32), ("v", 32)):
             biased[f"model.layers.{i}.attn.{part}_conv1d.bias"] = torch.full((size,), 0.5)
     folder = R.write_fla_checkpoint(tmp_path / "biased", config, biased)
-    ids = random_ids(2, 20, seed=15)
-    try:
-        model = load(folder)
-    except FLACheckpointError as error:
-        assert "conv1d.bias" in str(error)
-        return
-    assert_logits_close(logits_of(model, ids), R.fla_reference_logits(config, state, ids), "conv biases dropped")
+    with pytest.raises(FLACheckpointError, match=r"no place in the converted model: model\.layers\.0\.attn\.k_conv1d"):
+        load(folder)
+
+
+@pytest.mark.parametrize(("hidden", "ratio", "expected"), [
+    (32, 4, 256),     # int(85.33) = 85 → rounded up to 256
+    (48, 4, 256),     # int(128.0) = 128 → 256
+    (400, 4, 1280),   # int(1066.67) = 1066 → 1280
+    (384, 4, 1024),   # exactly 1024: no rounding
+    (200, 3, 512),    # int(400.0) = 400 → 512
+])
+def test_mlp_width_without_intermediate_size_follows_flas_rounding(hidden, ratio, expected):
+    """FLA's GatedMLP: intermediate_size = 256 · ceil(int(hidden · ratio · 2/3) / 256) (values worked by hand)."""
+    fla = delta_net(hidden_size=hidden, num_heads=4, intermediate_size=None, hidden_ratio=ratio).to_dict()
+    assert fwp_hf.conversion.fla.fla_config_to_fwp(fla).intermediate_size == expected
+
+
+def test_rounded_mlp_width_loads_and_equals_fla_reference(tmp_path):
+    config = delta_net(intermediate_size=None, hidden_ratio=4)  # hidden 32: width 256
+    folder, state = make_checkpoint(tmp_path / "rounded", config, seed=3)
+    assert state["model.layers.0.mlp.gate_proj.weight"].shape[0] == 256
+    model = load(folder)
+    ids = random_ids(2, 20, seed=4)
+    assert_logits_close(logits_of(model, ids), R.fla_reference_logits(config, state, ids), "rounded MLP width")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,11 +532,86 @@ def test_parameter_mismatches_are_refused_by_name(tmp_path, edit):
 def test_a_failed_conversion_leaves_no_checkpoint_behind(tmp_path, edit):
     config, state, name = _edited_state(edit)
     folder = R.write_fla_checkpoint(tmp_path / "fla", config, state)
-    output = tmp_path / "out"
     with pytest.raises(FLACheckpointError, match=name.replace(".", r"\.")):
-        convert_fla_checkpoint(str(folder), str(output))
-    assert not (output / "config.json").exists()
-    assert not output.exists() or not list(output.glob("*.safetensors"))
+        convert_fla_checkpoint(str(folder), str(tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fla"]  # no output, no staging folder
+
+
+def test_a_failure_while_writing_removes_the_staging_folder(tmp_path, monkeypatch):
+    """The failure comes after the converted weights were written into the staging folder."""
+    folder, _ = make_checkpoint(tmp_path / "fla", delta_net(), seed=2)
+    seen = {}
+
+    def failing_card(source, fla, model):
+        staging = [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+        seen["staging"] = staging
+        seen["files"] = sorted(p.name for p in staging[0].iterdir())
+        raise OSError(28, "No space left on device", str(staging[0] / "README.md"))
+
+    monkeypatch.setattr(fwp_hf.conversion.fla, "render_converted_model_card", failing_card)
+    with pytest.raises(FLACheckpointError, match=r"writing the converted checkpoint .*out' failed \(No space left on "
+                                                 r"device: .*README.md\); nothing was left behind"):
+        convert_fla_checkpoint(str(folder), str(tmp_path / "out"))
+    assert "model.safetensors" in seen["files"]
+    # config.json, what makes a folder loadable, is not there yet: it is written last.
+    assert "config.json" not in seen["files"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fla"]
+
+
+def test_stale_staging_folders_of_killed_runs_are_removed(tmp_path):
+    folder, _ = make_checkpoint(tmp_path / "fla", delta_net(), seed=2)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True)
+    dead_pid = int(finished.stdout)  # a process that has exited: its staging folder is stale
+    stale = tmp_path / f".out.fwp-staging-{dead_pid}-abc"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    running = tmp_path / f".out.fwp-staging-{os.getpid()}-xyz"  # a conversion still running (this process)
+    running.mkdir()
+    other = tmp_path / f".other.fwp-staging-{dead_pid}-abc"  # another output's: not ours to judge
+    other.mkdir()
+    convert_fla_checkpoint(str(folder), str(tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["fla", "out", running.name, other.name])
+
+
+def test_an_unwritable_destination_is_reported_before_loading(tmp_path, monkeypatch):
+    folder, _ = make_checkpoint(tmp_path / "fla", delta_net(), seed=2)
+    (tmp_path / "a-file").write_text("not a folder")
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the destination was checked")
+
+    monkeypatch.setattr(fwp_hf.conversion.fla, "load_fla_checkpoint", must_not_load)
+    with pytest.raises(FLACheckpointError, match=r"cannot write the converted checkpoint to .*a-file/out' .*a-file"):
+        convert_fla_checkpoint(str(folder), str(tmp_path / "a-file" / "out"))
+
+
+def test_unreadable_source_files_are_errors_naming_the_file(tmp_path):
+    folder, _ = make_checkpoint(tmp_path / "fla", delta_net(), seed=2)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(FLACheckpointError, match=r"fla/model.safetensors' cannot be read .*truncated"):
+        load(folder)
+    (folder / "config.json").write_text("{ not json")
+    with pytest.raises(FLACheckpointError, match=r"fla/config.json' is not a JSON file"):
+        convert_fla_checkpoint(str(folder), str(tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fla"]
+
+
+def test_converted_folder_has_the_users_umask_modes_and_keeps_a_bf16_source_bf16(tmp_path):
+    config = delta_net()
+    state = {name: tensor.to(torch.bfloat16) for name, tensor in R.random_fla_state_dict(config, seed=2).items()}
+    folder = R.write_fla_checkpoint(tmp_path / "fla-bf16", config, state)
+    previous = os.umask(0o027)
+    try:
+        out = convert_fla_checkpoint(str(folder), str(tmp_path / "out"))
+    finally:
+        os.umask(previous)
+    assert out.stat().st_mode & 0o777 == 0o750
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o640}
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {p.dtype for p in load_fla_checkpoint(str(folder)).parameters()} == {torch.bfloat16}
 
 
 def test_a_failed_conversion_into_an_existing_folder_leaves_it_as_it_was(tmp_path):

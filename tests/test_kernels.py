@@ -622,6 +622,15 @@ def test_delta_rule_beta_is_a_sigmoid_in_fp32():
     torch.testing.assert_close(beta, torch.sigmoid(logits.float()))
 
 
+def test_delta_rule_beta_with_negative_eigenvalues_is_twice_the_sigmoid():
+    """``allow_neg_eigval``: β = 2·sigmoid ∈ (0, 2), so ``I − β k kᵀ`` (unit k) has the eigenvalue 1 − β < 0
+    for β > 1 (Grazzi et al.); a large logit gives β ≈ 2."""
+    logits = randn(generator(20), 2, 5, H, scale=3.0)
+    beta = fwk.delta_rule_beta(logits, allow_neg_eigval=True)
+    torch.testing.assert_close(beta, 2 * torch.sigmoid(logits))
+    assert fwk.delta_rule_beta(torch.tensor([20.0]), allow_neg_eigval=True).item() == pytest.approx(2.0)
+
+
 def _kernel_pairs() -> dict[str, tuple[Callable, Callable]]:
     pairs = {}
     for spec in TOKEN_MIXERS.values():

@@ -531,6 +531,66 @@ def test_attention_transfer_runs_only_the_teacher_it_needs():
     torch.testing.assert_close(losses, layer_losses_by_hand(student, teacher, ids))
 
 
+@torch.no_grad()
+def token_errors_by_hand(student, teacher, ids: torch.Tensor) -> torch.Tensor:
+    """[converted layers, T]: per token of one unpadded row, the mean over hidden units of the squared error
+    between the student mixer's output and the teacher attention output (on the teacher's normed states)."""
+    outputs = {}
+    handles = [layer.self_attn.register_forward_hook(
+        lambda module, args, output, i=i: outputs.__setitem__(i, output[0] if isinstance(output, tuple) else output))
+        for i, layer in enumerate(teacher.model.layers)]
+    try:
+        hidden_states = teacher(ids[None], output_hidden_states=True, use_cache=False).hidden_states
+    finally:
+        for handle in handles:
+            handle.remove()
+    errors = []
+    for i, kind in enumerate(student.config.layer_attention_types):
+        if kind != "softmax":
+            normed = teacher.model.layers[i].input_layernorm(hidden_states[i])
+            mixed = student.model.layers[i].mixer(normed, token_mask=None, past_key_values=None)
+            errors.append((mixed - outputs[i]).pow(2).mean(-1)[0])
+    return torch.stack(errors)
+
+
+def test_transfer_loss_of_a_padded_batch_counts_real_tokens_only():
+    teacher = make_teacher("llama", num_hidden_layers=2)
+    student = linearize_model(teacher, attention_type="delta", chunk_size=CHUNK).eval()
+    transfer = AttentionTransferModel(student, teacher).eval()
+    ids = random_ids(2, 12, seed=3)
+    lengths = [12, 7]  # row 1 is right-padded after 7 tokens
+    mask = torch.zeros(2, 12, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    ids = ids.masked_fill(mask == 0, PAD)
+    with torch.no_grad():
+        losses = transfer(ids, attention_mask=mask)["layer_losses"]
+    # Each row alone, its real tokens only: 12 + 7 tokens, each weighing the same.
+    errors = torch.cat([token_errors_by_hand(student, teacher, ids[row, :length])
+                        for row, length in enumerate(lengths)], dim=1)
+    assert errors.shape == (2, 19)
+    torch.testing.assert_close(losses, errors.mean(dim=1), rtol=1e-4, atol=1e-6)
+
+
+def test_release_gives_every_student_parameter_its_gradient_back():
+    teacher = make_teacher("llama", num_hidden_layers=2)
+    student = linearize_model(teacher, attention_type="delta", chunk_size=CHUNK)
+    student.model.embed_tokens.weight.requires_grad_(False)  # a flag of the caller's: kept
+    transfer = AttentionTransferModel(student, teacher)
+    trainable = {name for name, p in student.named_parameters() if p.requires_grad}
+    assert trainable == set(transfer_parameter_names(student))
+    transfer.release()
+    frozen = {name for name, p in student.named_parameters() if not p.requires_grad}
+    assert frozen == {"model.embed_tokens.weight"}
+    # The gradient masks are gone too: the copied q/k/v rows of the fused projection get gradients again.
+    student.train()
+    ids = random_ids(2, 10, seed=4)
+    student(ids, labels=ids).loss.backward()
+    mixer = student.model.layers[0].mixer
+    assert mixer.qkv_proj.weight.grad[: mixer.qkv_width].abs().sum() > 0
+    assert student.lm_head.weight.grad is not None and student.lm_head.weight.grad.abs().sum() > 0
+
+
 def _copied_attention_weights_unchanged(student, teacher) -> bool:
     """Every q/k/v/o weight and bias of the teacher is still in the student, unchanged: each teacher tensor's
     rows appear, exactly, as a contiguous block of rows of the student layer's parameter of the same kind."""

@@ -88,8 +88,10 @@ def test_linearize_all_delta_then_fine_tune(teacher, data_files, tmp_path, capsy
     assert student.config.layer_attention_types == ["delta"] * 3
     assert student.config.feature_map == "hedgehog" and student.config.fast_weight_key_value_heads == 2
     teacher_model = AutoModelForCausalLM.from_pretrained(teacher)
-    # Fine-tuning trains everything, but the embeddings started as the teacher's (not re-initialised).
-    assert torch.allclose(student.model.embed_tokens.weight, teacher_model.model.embed_tokens.weight, atol=0.05)
+    # Fine-tuning trains everything (the embeddings moved: attention transfer froze them, release() gave them
+    # back), but the embeddings started as the teacher's (not re-initialised).
+    moved = (student.model.embed_tokens.weight - teacher_model.model.embed_tokens.weight).abs().max().item()
+    assert 0 < moved < 0.05, moved
     text = "the company said"
     assert AutoTokenizer.from_pretrained(output_dir)(text)["input_ids"] == AutoTokenizer.from_pretrained(teacher)(
         text)["input_ids"]

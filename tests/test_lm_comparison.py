@@ -88,6 +88,26 @@ def test_summaries_of_one_and_several_values():
     assert group["curve"] == [(1, pytest.approx(20.0))]  # geometric mean of the curves' perplexities
 
 
+def test_perplexity_by_position_buckets_average_over_seeds_in_log_space():
+    def curve(bucket_perplexity):
+        return {"bucket_size": 100, "bucket_start": [0, 100], "bucket_tokens": [99, 100],
+                "bucket_perplexity": bucket_perplexity}
+
+    rows = [{"variant": "v", "training": "carried", "attention_type": "delta", "parameters": 1, "seed": seed,
+             "seconds": 1.0, "curve": [(1, 5.0)], "validation_perplexity": 5.0, "test_perplexity": None,
+             "stream_independent_perplexity": None, "stream_carried_perplexity": None,
+             "perplexity_by_position": {"carried_state": curve(carried), "independent_segments": curve(independent)}}
+            for seed, carried, independent in ((0, [10.0, 100.0], [2.0, 3.0]), (1, [40.0, 1.0], [8.0, 3.0]))]
+    (group,) = group_runs(rows)
+    positions = group["perplexity_by_position"]
+    # √(10·40) = 20, √(100·1) = 10 (the arithmetic means would be 25 and 50.5); √(2·8) = 4, √(3·3) = 3.
+    assert positions["carried_state"]["bucket_perplexity"] == pytest.approx([20.0, 10.0])
+    assert positions["independent_segments"]["bucket_perplexity"] == pytest.approx([4.0, 3.0])
+    assert positions["carried_state"]["bucket_start"] == [0, 100]
+    rows[1]["perplexity_by_position"] = None  # a seed without the curve: no mean curve
+    assert group_runs(rows)[0]["perplexity_by_position"] is None
+
+
 def test_missing_configs_and_seeds_are_refused(tmp_path):
     with pytest.raises(ValueError, match="no config files to compare: give --configs and/or --carried_state_configs"):
         lm_comparison.compare_variants([], str(tmp_path), [])

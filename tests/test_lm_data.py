@@ -7,7 +7,14 @@ from datasets import Dataset, DatasetDict
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from fwp_hf.training.lm_data import document_separator_id, group_into_blocks, token_stream, tokenize_texts
+import fwp_hf.training.data_files
+from fwp_hf.training.lm_data import (
+    document_separator_id,
+    group_into_blocks,
+    load_raw_lm_datasets,
+    token_stream,
+    tokenize_texts,
+)
 
 WORDS = ["<pad>", "<unk>", "<s>", "</s>", "a", "b", "c", "d", "e"]
 
@@ -79,3 +86,18 @@ def test_too_few_tokens_or_a_block_of_one_are_errors(tokenizer):
         group_into_blocks(tokenized, 4)
     with pytest.raises(ValueError, match="block_size must be at least 2, got 1"):
         group_into_blocks(tokenized, 1)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 3])  # 3: the bad byte and a split character cross chunk ends
+def test_non_utf8_training_data_is_refused_naming_the_file_and_byte(tmp_path, monkeypatch, chunk_bytes):
+    monkeypatch.setattr(fwp_hf.training.data_files, "_CHUNK_BYTES", chunk_bytes)
+    train = tmp_path / "train.txt"
+    # 14 + 9 bytes of UTF-8 (é and ö are 2 bytes each), then Latin-1 "café": byte 23 + 3 = 26 is 0xe9.
+    train.write_bytes("héllo wörld\nline two\n".encode() + "café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"train_file '.*train.txt' is not UTF-8 text: byte 26 \(line 3\) is e9"):
+        load_raw_lm_datasets(train_file=str(train))
+    train.write_bytes("ok\n".encode() + "é".encode()[:1])  # a character cut off at the end
+    with pytest.raises(ValueError, match=r"byte 3 \(line 2\) is c3 \(unexpected end of data\)"):
+        load_raw_lm_datasets(train_file=str(train))
+    train.write_bytes("héllo\nwörld\n".encode() * 3)
+    assert load_raw_lm_datasets(train_file=str(train), validation_split_percentage=50)["train"].num_rows == 3

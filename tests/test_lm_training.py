@@ -12,6 +12,7 @@ Penn Treebank splits have the standard sizes.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -28,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from fwp_hf import MODEL_CODE_FILES, FWPConfig
 from fwp_hf.token_mixers import ATTENTION_TYPES, TOKEN_MIXERS, describe_token_mixer
+from fwp_hf.training.common import DATA_LAYOUT_FILE, write_atomically
 from fwp_hf.training.lm import main, parse_lm_arguments, run_lm_training
 from fwp_hf.training.lm_comparison import ComparisonArguments
 from fwp_hf.training.lm_data import (
@@ -166,7 +168,7 @@ def test_interrupted_run_resumes_with_the_same_loss_curve(data_files, tmp_path):
     assert len(set(uninterrupted.values())) > 1  # the curve moves: the comparison is not vacuous
 
 
-def test_corrupt_or_half_written_checkpoints_give_clear_errors(data_files, tmp_path):
+def test_corrupt_or_half_written_checkpoints_give_clear_errors(data_files, tmp_path, caplog):
     run_dir = tmp_path / "run"
     run_lm_training(
         *parse_lm_arguments(
@@ -174,16 +176,24 @@ def test_corrupt_or_half_written_checkpoints_give_clear_errors(data_files, tmp_p
         )
     )
     good = run_dir / "checkpoint-2"
-    half = run_dir / "checkpoint-4"
+    assert json.loads((good / DATA_LAYOUT_FILE).read_text())["block_size"] == 32
+    half = run_dir / "checkpoint-4"  # a run killed while writing its second checkpoint
     half.mkdir()
     shutil.copy(good / "config.json", half / "config.json")
-    args = parse_lm_arguments(tiny_flags(data_files, run_dir, max_steps=6, resume_from_checkpoint="last"))
+    explicit = parse_lm_arguments(tiny_flags(data_files, run_dir, max_steps=6, resume_from_checkpoint=half))
     with pytest.raises(
         ValueError, match=r"checkpoint-4' is incomplete \(missing trainer_state.json.*model.safetensors"
     ):
+        run_lm_training(*explicit)
+    # "last" skips the half-written newest checkpoint, saying so, and resumes from the complete one.
+    args = parse_lm_arguments(tiny_flags(data_files, run_dir, max_steps=3, resume_from_checkpoint="last",
+                                         do_eval="false", sample_max_new_tokens=1))
+    with caplog.at_level(logging.WARNING, logger="fwp_hf"):
         run_lm_training(*args)
+    assert re.search(r"skipping checkpoint \S*checkpoint-4: .*incomplete \(missing trainer_state.json", caplog.text)
+    assert "resuming from" in caplog.text and "checkpoint-2, the newest complete checkpoint" in caplog.text
+    assert sorted(logged_losses(run_dir)) == [1, 2, 3]  # steps 1-2 from checkpoint-2's state, then step 3
 
-    shutil.rmtree(half)
     corrupt = tmp_path / "corrupt"
     shutil.copytree(good, corrupt)
     weights = corrupt / "model.safetensors"
@@ -194,9 +204,57 @@ def test_corrupt_or_half_written_checkpoints_give_clear_errors(data_files, tmp_p
     (corrupt / "trainer_state.json").write_text("{ half a json")
     with pytest.raises(ValueError, match="trainer_state.json is not valid JSON"):
         run_lm_training(*args)
+    shutil.rmtree(corrupt)
+    shutil.copytree(good, corrupt)
+    (corrupt / "optimizer.pt").write_bytes(b"")  # killed while torch.save wrote it
+    with pytest.raises(ValueError, match=r"corrupt'?: optimizer.pt cannot be read .*resume from an earlier checkpoint"):
+        run_lm_training(*args)
     args = parse_lm_arguments(tiny_flags(data_files, tmp_path / "fresh", resume_from_checkpoint="last"))
     with pytest.raises(ValueError, match="has no checkpoint-\\* folder"):
         run_lm_training(*args)
+    (tmp_path / "broken").mkdir()
+    shutil.copytree(half, tmp_path / "broken" / "checkpoint-4")
+    args = parse_lm_arguments(tiny_flags(data_files, tmp_path / "broken", resume_from_checkpoint="last"))
+    with pytest.raises(ValueError, match="no checkpoint in .* can be resumed from: checkpoint directory .*incomplete"):
+        run_lm_training(*args)
+
+
+def test_write_atomically_keeps_the_old_file_when_the_writer_dies(tmp_path):
+    target = tmp_path / "state.pt"
+    write_atomically(target, lambda temporary: torch.save({"step": 1}, temporary))
+    assert torch.load(target, weights_only=True) == {"step": 1}
+
+    def dies_halfway(temporary):
+        Path(temporary).write_bytes(b"PK\x03\x04 half")
+        raise KeyboardInterrupt  # Ctrl-C (or a kill) while writing
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(target, dies_halfway)
+    assert torch.load(target, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary left behind
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"attention_type": "dpfp"}, r"attention_type: 'linear' → 'dpfp'"),
+        ({"num_attention_heads": 4}, r"num_attention_heads: 2 → 4"),
+        ({"config_overrides": '{"scale_queries": true}'}, r"scale_queries: False → True"),
+        ({"block_size": 16}, r"block_size: 32 → 16"),
+        ({"max_train_samples": 3}, r"max_train_samples: None → 3"),
+    ],
+)
+def test_resume_refuses_another_model_meaning_or_data_layout(data_files, tmp_path, change, message):
+    flags = dict(attention_type="linear", max_steps=1, save_strategy="steps", save_steps=1, do_eval="false",
+                 sample_max_new_tokens=1)
+    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path, **flags)))
+    resumed = {**flags, "max_steps": 2, "resume_from_checkpoint": "last", **change}
+    with pytest.raises(ValueError, match=r"resuming from .*checkpoint-1' would change what the run trains: .*" + message):
+        run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path, **resumed)))
+    # Changing nothing that matters (here the kernel block length) resumes.
+    run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path, **{**flags, "max_steps": 2, "chunk_size": 8,
+                                                                            "resume_from_checkpoint": "last"})))
+    assert sorted(logged_losses(tmp_path)) == [1, 2]
 
 
 def test_config_files_and_bad_input_give_clear_errors(data_files, tmp_path):

@@ -521,3 +521,22 @@ def test_bf16_logits_of_tiny_sum_rule_models_stay_within_the_documented_bound(su
     # measured: DPFP 0.063, elu 0.003 (seeds 0-4: DPFP up to 0.063, elu up to 0.003)
     bound = 0.1 if sum_rule in SPARSE_FEATURE_SUM_RULES else 0.01
     assert (bf16 - reference).abs().max() <= bound
+
+
+def test_favor_layer_with_a_large_head_equals_the_plain_formula():
+    """A FAVOR+ sum-rule layer whose head size (128) makes the key shift c > 0: its output is the plain
+    (unshifted) normalised read in float64, so the shifts cancel with the right signs inside the layer."""
+    config = lm_config_from(dict(attention_type=FAVOR_SUM_RULE), hidden_size=256, num_attention_heads=2,
+                            performer_num_features=256, chunk_size=8)
+    torch.manual_seed(0)
+    layer = FWPFastWeightAttention(config, 0, FAVOR_SUM_RULE).eval()
+    omega = layer.feature_map.projection
+    assert fwk.favor_key_log_scale(omega).item() > 5.0  # the regime where the shift's sign matters
+    hidden = torch.randn(2, 19, 256, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = layer(hidden, token_mask=None, past_key_values=None)
+        q, k, v = layer.qkv_proj(hidden)[..., : layer.qkv_width].split(layer.projection_sizes[:3], dim=-1)
+        read = normalized_read_by_hand(favor_by_hand(split_heads(q, 2), omega), favor_by_hand(split_heads(k, 2), omega),
+                                       split_heads(v, 2))
+        expected = layer.o_proj(merge_heads(read).float())
+    assert_close(y, expected, rtol=1e-4, what="FAVOR+ layer, head size 128")

@@ -20,14 +20,20 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    DataCollatorWithFlattening,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+)
 
 from conftest import LM_VARIANTS, assert_close, make_lm, random_ids, type_variant
 from fwp_hf import fast_weight_kernels as fwk
 from fwp_hf.inputs_fwp import packed_document_ids
 from fwp_hf.training.lm import parse_lm_arguments, run_lm_training
 from fwp_hf.training.lm_data import builtin_corpus_texts
-from fwp_hf.training.packing import packed_documents_dataset
+from fwp_hf.training.packing import PackedDocumentsTrainer, packed_documents_dataset
 from fwp_hf.training.tokenization import save_tokenizer, train_sentencepiece_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -188,6 +194,20 @@ def test_short_convolution_does_not_mix_documents(with_window):
         assert_close(new_window[row : row + 1], alone_window, rtol=RTOL, what=f"row {row} window")
 
 
+@pytest.mark.parametrize("last_length", [1, 2])
+def test_short_convolution_window_after_a_short_last_document_holds_only_it(last_length):
+    """A last document shorter than the window (W − 1 = 3): the returned window is zeros, then its inputs only
+    (what decoding that document alone would continue from), not the previous document's inputs."""
+    g = gen(8)
+    channels, width, length = 3, 4, 6
+    x = torch.randn(1, length, channels, generator=g)
+    seq_idx = torch.tensor([[0] * (length - last_length) + [1] * last_length])
+    _, window = fwk.short_causal_conv(x, torch.randn(channels, width, generator=g), None, None, seq_idx=seq_idx)
+    expected = torch.zeros(1, channels, width - 1)
+    expected[0, :, width - 1 - last_length:] = x[0, length - last_length:].T
+    torch.testing.assert_close(window, expected)
+
+
 @pytest.mark.parametrize("kernel_name", ["chunk_sum_rule", "recurrent_sum_rule", "chunk_delta_rule",
                                          "recurrent_delta_rule"])
 def test_bad_seq_idx_is_a_clear_error(kernel_name):
@@ -340,6 +360,24 @@ def test_trainer_with_flattening_collator_trains(tmp_path):
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses))) and result.global_step == 3
     assert any(not torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def test_packed_trainer_packs_training_batches_and_evaluates_blocks(tmp_path):
+    """Training batches: one flattened row, positions restarting per document; evaluation batches: the blocks of
+    the Trainer's own collator, unchanged (and the trainer's collator is that one again afterwards)."""
+    model = make_lm("hybrid-fla")
+    train = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9], [10, 11, 12, 13]]})
+    blocks = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 3, "labels": [[5, 6, 7, 8]] * 3})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=3, per_device_eval_batch_size=3,
+                             report_to="none", use_cpu=True, disable_tqdm=True, train_sampling_strategy="sequential")
+    trainer = PackedDocumentsTrainer(model=model, args=args, train_dataset=train, eval_dataset=blocks,
+                                     data_collator=default_data_collator)
+    train_batch = next(iter(trainer.get_train_dataloader()))
+    assert train_batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11, 12, 13]]
+    assert train_batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
+    assert trainer.data_collator is default_data_collator
+    eval_batch = next(iter(trainer.get_eval_dataloader()))
+    assert set(eval_batch) == {"input_ids", "labels"} and eval_batch["input_ids"].shape == (3, 4)
 
 
 def test_packed_documents_dataset_cuts_long_documents():

@@ -129,6 +129,11 @@ def test_resume_from_last_checkpoint_and_time_limit(toy_files, tmp_path: Path, c
     assert re.search(reused, caplog.text)
     state = json.loads((output / "trainer_state.json").read_text())
     assert state["global_step"] == 5 and state["log_history"][0]["step"] <= 3  # history from before the resume
+    # A resume that would give the checkpoint's weights another meaning is refused, naming the field.
+    with pytest.raises(ValueError, match=r"checkpoint-3' would change what the run trains: cross_attention_type: "
+                                         r"'softmax' → 'linear'"):
+        main([*flags, "--max_steps", "7", "--resume_from_checkpoint", str(output / "checkpoint-3"),
+              "--cross_attention_type", "linear"])
     boxed = main([*flags, "--output_dir", str(tmp_path / "boxed"), "--max_train_minutes", "1e-6",
                   "--max_source_length", "6", "--max_target_length", "64"])
     assert boxed["train_stopped_by_time_limit"] == 1 and boxed["train_steps"] == 1

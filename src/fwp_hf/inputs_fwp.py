@@ -186,7 +186,9 @@ def validate_token_inputs(
     input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, embeddings: nn.Embedding,
     ids_name: str = "input_ids", embeds_name: str = "inputs_embeds",
 ) -> None:
-    """Clear errors for token ids or embeddings a model cannot take (instead of a deep indexing error)."""
+    """Clear errors for token ids or embeddings a model cannot take (instead of a deep indexing error or NaN
+    outputs at other positions): ids outside the vocabulary, embeddings of another shape or dtype, or
+    non-finite embeddings. Value checks are skipped while tracing (`values_unreadable`)."""
     vocab_size, hidden_size = embeddings.weight.shape
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError(f"pass exactly one of {ids_name} or {embeds_name}")
@@ -216,6 +218,16 @@ def validate_token_inputs(
         raise TypeError(
             f"{embeds_name} has dtype {inputs_embeds.dtype} but the model runs in {embeddings.weight.dtype}; "
             "cast them (or the model) first"
+        )
+    # Causality holds for finite inputs only: a NaN/inf at position t would reach earlier positions (0 · NaN
+    # is NaN in the chunkwise matrix products of fast-weight layers, back to the start of t's chunk, and in
+    # softmax layers' attention products over the row), so non-finite embeddings are refused here.
+    if not values_unreadable(inputs_embeds) and not bool(torch.isfinite(inputs_embeds).all()):
+        row, position = (int(index) for index in (~torch.isfinite(inputs_embeds)).any(-1).nonzero()[0])
+        raise ValueError(
+            f"{embeds_name} holds non-finite values (NaN or inf), first at row {row}, position {position}: they "
+            "would spread to other positions (outputs are causal for finite inputs only); pass finite embeddings "
+            "(padding positions too: any finite value, e.g. 0, with attention_mask 0)"
         )
 
 

@@ -338,8 +338,28 @@ def resolve_fla_folder(path_or_repo_id: str | os.PathLike, revision: str | None 
 def read_fla_config(folder: Path) -> dict[str, Any]:
     config_file = folder / "config.json"
     _require(config_file.is_file(), f"{str(folder)!r} has no config.json")
-    with open(config_file, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(config_file, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise FLACheckpointError(f"{str(config_file)!r} is not a JSON file ({error}); an FLA checkpoint folder needs "
+                                 "the config.json that FLA's save_pretrained writes") from error
+    except OSError as error:
+        raise FLACheckpointError(f"{str(config_file)!r} cannot be read ({error.strerror or error})") from error
+    _require(isinstance(config, dict), f"{str(config_file)!r} holds a JSON {type(config).__name__}, not an object")
+    return config
+
+
+def _read_weights_file(loader, path: Path) -> dict[str, torch.Tensor]:
+    """`loader(path)`, an unreadable file (truncated, not a weights file, no permission) an `FLACheckpointError`
+    naming it."""
+    try:
+        return loader(str(path))
+    except Exception as error:  # safetensors and torch raise their own types for truncated/corrupt files
+        raise FLACheckpointError(
+            f"{str(path)!r} cannot be read ({type(error).__name__}: {error}): it is truncated or not a weights "
+            "file; download or copy it again"
+        ) from error
 
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -349,18 +369,22 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
                                ("pytorch_model.bin.index.json", _load_torch_file)):
         index_file = folder / index_name
         if index_file.is_file():
-            with open(index_file, encoding="utf-8") as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
+            try:
+                with open(index_file, encoding="utf-8") as handle:
+                    shards = sorted(set(json.load(handle)["weight_map"].values()))
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError, TypeError) as error:
+                raise FLACheckpointError(f"{str(index_file)!r} is not a shard index (JSON with a 'weight_map' "
+                                         f"object): {error!r}") from error
             missing = [shard for shard in shards if not (folder / shard).is_file()]
             _require(not missing, f"{index_name} names shard(s) that are not in {str(folder)!r}: {', '.join(missing)}")
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
-                state.update(loader(str(folder / shard)))
+                state.update(_read_weights_file(loader, folder / shard))
             return state
     if (folder / "model.safetensors").is_file():
-        return load_file(str(folder / "model.safetensors"))
+        return _read_weights_file(load_file, folder / "model.safetensors")
     if (folder / "pytorch_model.bin").is_file():
-        return _load_torch_file(str(folder / "pytorch_model.bin"))
+        return _read_weights_file(_load_torch_file, folder / "pytorch_model.bin")
     raise FLACheckpointError(f"{str(folder)!r} has no model.safetensors, pytorch_model.bin or sharded index")
 
 
@@ -382,14 +406,14 @@ def _resolve_dtype(dtype: torch.dtype | str, state_dict: dict[str, torch.Tensor]
 def load_fla_checkpoint(
     path_or_repo_id: str | os.PathLike,
     *,
-    dtype: torch.dtype | str = "float32",
+    dtype: torch.dtype | str = "auto",
     revision: str | None = None,
     token: str | bool | None = None,
     **config_overrides: Any,
 ) -> FWPForCausalLM:
     """An FLA DeltaNet / Gated DeltaNet checkpoint (folder or Hub id) as an `FWPForCausalLM`, in memory.
 
-    `dtype`: the model's dtype (``"auto"``: the checkpoint's). `config_overrides` go to `FWPConfig`
+    `dtype`: the model's dtype (``"auto"``, the default: the checkpoint's, so a bf16 source stays bf16). `config_overrides` go to `FWPConfig`
     (settings that do not change what the weights compute, e.g. ``chunk_size``).
     Raises `FLACheckpointError` for anything that cannot be mapped exactly.
     """
@@ -450,6 +474,45 @@ does not implement exactly. Licence and training data: those of the source check
     return ModelCard(content)
 
 
+STAGING_MARK = ".fwp-staging-"  # hidden staging folders: .<output name>.fwp-staging-<pid>-<random>
+
+
+def _process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_staging_folders(output_dir: Path) -> list[Path]:
+    """Delete the staging folders of earlier conversions into `output_dir` whose process is gone (killed
+    before it could clean up); return them. Folders of a conversion still running are kept."""
+    removed = []
+    prefix = f".{output_dir.name}{STAGING_MARK}"
+    if not output_dir.parent.is_dir():
+        return removed
+    for candidate in output_dir.parent.iterdir():
+        if not (candidate.name.startswith(prefix) and candidate.is_dir()):
+            continue
+        pid = candidate.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _process_is_alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _user_permissions(directory: Path) -> None:
+    """Give `directory` and its files the modes a new folder gets from the user's umask (mkdtemp makes 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for file in directory.rglob("*"):
+        file.chmod((0o777 if file.is_dir() else 0o666) & ~umask)
+
+
 def convert_fla_checkpoint(
     path_or_repo_id: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -463,26 +526,50 @@ def convert_fla_checkpoint(
     config.json (with ``auto_map``), safetensors, the model code, the tokenizer files of the source
     when present, and a model card naming the source. `dtype` ``"auto"`` keeps the source's.
 
-    The folder is written under a temporary name and renamed when complete, so a failure leaves no
-    half-written checkpoint; an existing non-empty `output_dir` is refused.
+    Nothing half-written is left behind: the folder is written under a hidden staging name next to
+    `output_dir` (created before the checkpoint is loaded, so an unwritable destination is reported
+    first), config.json (what makes a folder loadable) last, then renamed; any exception removes it,
+    and staging folders that killed earlier runs left are removed at the start. An existing non-empty
+    `output_dir` is refused. The result gets the user's umask modes.
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise FLACheckpointError(f"output_dir {str(output_dir)!r} exists and is not an empty folder; choose a new one")
-    folder = resolve_fla_folder(path_or_repo_id, revision=revision, token=token)
-    model = load_fla_checkpoint(folder, dtype=dtype, **config_overrides)
-    fla = read_fla_config(folder)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        model.save_pretrained(staging)
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging_folders(output_dir)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}{STAGING_MARK}{os.getpid()}-",
+                                        dir=output_dir.parent))
+    except OSError as error:
+        raise FLACheckpointError(
+            f"cannot write the converted checkpoint to {str(output_dir)!r} ({error.strerror or error}: "
+            f"{error.filename or output_dir.parent}); choose an output_dir in a folder you can write to"
+        ) from error
+    try:
+        folder = resolve_fla_folder(path_or_repo_id, revision=revision, token=token)
+        model = load_fla_checkpoint(folder, dtype=dtype, **config_overrides)
+        fla = read_fla_config(folder)
+        pending = staging / ".pending"  # save_pretrained writes config.json first; it moves up last
+        model.save_pretrained(pending)
+        for file in sorted(pending.iterdir()):
+            if file.name != "config.json":
+                file.rename(staging / file.name)
         for name in TOKENIZER_FILES:  # the source's generation settings replace the defaults just written
             if (folder / name).is_file():
                 shutil.copy(folder / name, staging / name)
         render_converted_model_card(str(path_or_repo_id), fla, model).save(staging / "README.md")
+        (pending / "config.json").rename(staging / "config.json")
+        pending.rmdir()
+        _user_permissions(staging)
         if output_dir.exists():
             output_dir.rmdir()  # empty, checked above
         staging.rename(output_dir)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FLACheckpointError(
+            f"writing the converted checkpoint {str(output_dir)!r} failed ({error.strerror or error}: "
+            f"{error.filename or staging}); nothing was left behind"
+        ) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

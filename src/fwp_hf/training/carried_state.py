@@ -39,6 +39,7 @@ and batch layouts the stream layout cannot follow.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,10 +48,11 @@ import torch
 from torch.utils.data import SequentialSampler
 from transformers import DynamicCache, Trainer, TrainerCallback, TrainingArguments
 from transformers.cache_utils import Cache
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..cache_fwp import FastWeightCacheLayer, reset_cache_rows
 from ..compat_fwp import output_cache
+from .common import last_complete_checkpoint, write_atomically
 from .lm_evaluation import growing_cache_layer_types, supports_carried_state
 
 CARRIED_STATE_FILE = "carried_state_rank{rank}.pt"
@@ -245,30 +247,33 @@ class CarriedStateTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`Trainer.train`; resuming also loads the checkpoint's carried states (`load_carried_state`)."""
-        if resume_from_checkpoint is True:  # the newest checkpoint; Trainer raises its error when there is none
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
+        if resume_from_checkpoint is True:  # the newest complete checkpoint (with this run's carried states)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, self.carried_state_files())
         if isinstance(resume_from_checkpoint, str):
             self.load_carried_state(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def carried_state_files(self) -> list[str]:
+        """The carried-state file names of every process (each checkpoint of this run has all of them)."""
+        return [CARRIED_STATE_FILE.format(rank=rank) for rank in range(self.args.world_size)]
 
     def carried_state_path(self, checkpoint: str) -> str:
         """This process's carried-state file in `checkpoint`."""
         return os.path.join(checkpoint, CARRIED_STATE_FILE.format(rank=self.args.process_index))
 
     def save_carried_state(self, checkpoint: str) -> None:
-        """Write this process's carried states and stream position into the checkpoint folder."""
+        """Write this process's carried states and stream position into the checkpoint folder (atomically:
+        a kill while writing leaves no half-written file)."""
         os.makedirs(checkpoint, exist_ok=True)
-        torch.save(
-            {
-                "num_streams": self.num_streams,
-                "segments_per_stream": self.segments_per_stream,
-                "micro_batches_seen": self.micro_batches_seen,
-                "global_step": self.state.global_step,
-                "layers": None if self.carried_cache is None else cache_tensors(self.carried_cache),
-                "document_ids": None if self.carried_document_ids is None else self.carried_document_ids.cpu(),
-            },
-            self.carried_state_path(checkpoint),
-        )
+        saved = {
+            "num_streams": self.num_streams,
+            "segments_per_stream": self.segments_per_stream,
+            "micro_batches_seen": self.micro_batches_seen,
+            "global_step": self.state.global_step,
+            "layers": None if self.carried_cache is None else cache_tensors(self.carried_cache),
+            "document_ids": None if self.carried_document_ids is None else self.carried_document_ids.cpu(),
+        }
+        write_atomically(self.carried_state_path(checkpoint), lambda temporary: torch.save(saved, temporary))
 
     def load_carried_state(self, checkpoint: str) -> None:
         """Read this process's carried states and stream position from a checkpoint folder; a missing file
@@ -281,7 +286,13 @@ class CarriedStateTrainer(Trainer):
                 "would restart from an empty state. Resume from a checkpoint of a carried-state run with the same "
                 "number of processes"
             )
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except (EOFError, RuntimeError, OSError, pickle.UnpicklingError) as error:
+            raise ValueError(
+                f"{path!r} cannot be read ({type(error).__name__}: {error}): it is corrupt or was half-written; resume "
+                "from an earlier checkpoint of this run (or delete this one and resume from the last)"
+            ) from error
         layout = (saved["num_streams"], saved["segments_per_stream"])
         if layout != (self.num_streams, self.segments_per_stream):
             raise ValueError(

@@ -6,8 +6,9 @@
   arguments, ``--config_overrides`` and the tokenizer's vocabulary.
 - `load_or_train_tokenizer`: the run's tokenizer; a sentencepiece tokenizer is trained on the texts
   it is given when there is none.
-- `setup_logging`, `resolve_resume_checkpoint` (``--resume_from_checkpoint last``) with
-  `check_checkpoint`, `first_rows` (``--max_*_samples``), `train_and_save` (the Trainer's training step) and
+- `setup_logging`, `resolve_resume_checkpoint` (``--resume_from_checkpoint last``: the newest complete
+  checkpoint) with `check_checkpoint`, `check_resume_matches_checkpoint` (a resume must keep what the
+  weights mean and the data layout; `DataLayoutCallback` records the layout), `write_atomically`, `first_rows` (``--max_*_samples``), `train_and_save` (the Trainer's training step) and
   `save_model_for_inference` (the model folder, with `use_cache` back on).
 """
 
@@ -16,16 +17,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
 import transformers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import (
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import FEATURE_MAPS, FWPConfig
 from ..token_mixers import ATTENTION_TYPES
@@ -36,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CHECKPOINT_REQUIRED_FILES = ("trainer_state.json", "config.json", "optimizer.pt", "scheduler.pt")
+# Written by `DataLayoutCallback` into every checkpoint: the settings that lay the training data out.
+DATA_LAYOUT_FILE = "data_layout.json"
 # FWPConfig fields that come from the tokenizer, never from the arguments.
 TOKENIZER_CONFIG_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
 
@@ -209,24 +222,53 @@ def setup_logging(training_args: TrainingArguments) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-def check_checkpoint(checkpoint: str) -> None:
-    """Raise a ValueError naming what is missing or unreadable in a Trainer checkpoint folder."""
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(temporary_path)`` and rename the result to `path` (``os.replace``, atomic on POSIX).
+
+    A kill while writing leaves `path` as it was (absent or the old file), never half-written; the
+    temporary file (``.<name>.tmp-*`` next to `path`) is removed when `write` raises.
+    """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())  # on disk before the rename makes it visible
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def check_checkpoint(checkpoint: str, required_files: Sequence[str] = ()) -> None:
+    """Raise a ValueError naming what is missing or unreadable in a Trainer checkpoint folder.
+
+    Besides the Trainer's files, `required_files` (file names, e.g. the carried states) must be there.
+    JSON files must parse, the weights must load and every torch file (``*.pt``, ``*.pth``, a zip archive)
+    must have an intact archive directory (a truncated or empty file fails that).
+    """
     path = Path(checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {checkpoint!r} does not exist")
-    missing = [name for name in CHECKPOINT_REQUIRED_FILES if not (path / name).is_file()]
+    missing = [name for name in (*CHECKPOINT_REQUIRED_FILES, *required_files) if not (path / name).is_file()]
     weights = [path / name for name in CHECKPOINT_WEIGHT_FILES if (path / name).is_file()]
     if not weights:
         missing.append(" or ".join(CHECKPOINT_WEIGHT_FILES))
     hint = "it is corrupt or was half-written; resume from an earlier checkpoint or delete it"
     if missing:
         raise ValueError(f"checkpoint directory {checkpoint!r} is incomplete (missing {', '.join(missing)}): {hint}")
-    try:
-        json.loads((path / "trainer_state.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(
-            f"checkpoint {checkpoint!r}: trainer_state.json is not valid JSON ({error}): {hint}"
-        ) from error
+    for name in ("trainer_state.json", "config.json"):
+        try:
+            json.loads((path / name).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"checkpoint {checkpoint!r}: {name} is not valid JSON ({error}): {hint}") from error
+    for torch_file in sorted([*path.glob("*.pt"), *path.glob("*.pth")]):
+        try:
+            with zipfile.ZipFile(torch_file) as archive:
+                archive.namelist()
+        except (zipfile.BadZipFile, OSError) as error:
+            raise ValueError(f"checkpoint {checkpoint!r}: {torch_file.name} cannot be read ({error}): {hint}") from error
     if weights[0].suffix == ".safetensors":
         from safetensors import safe_open  # noqa: PLC0415
 
@@ -240,20 +282,112 @@ def check_checkpoint(checkpoint: str) -> None:
             ) from error
 
 
-def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
-    """The checkpoint to resume from: an explicit path, ``"last"`` (the newest in output_dir), or None."""
+def checkpoint_folders(output_dir: str) -> list[str]:
+    """The ``checkpoint-<step>`` folders of `output_dir`, newest (highest step) first."""
+    steps = {}
+    for name in os.listdir(output_dir):
+        match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            steps[os.path.join(output_dir, name)] = int(match.group(1))
+    return sorted(steps, key=steps.get, reverse=True)
+
+
+def last_complete_checkpoint(output_dir: str, required_files: Sequence[str] = ()) -> str:
+    """The newest checkpoint of `output_dir` that `check_checkpoint` accepts; newer ones that it refuses (a
+    run killed while writing them) are skipped with a warning naming them and what is wrong."""
+    folders = checkpoint_folders(output_dir) if os.path.isdir(output_dir) else []
+    if not folders:
+        raise ValueError(f"resume from the last checkpoint was asked, but output_dir {output_dir!r} has no "
+                         "checkpoint-* folder")
+    problems = []
+    for folder in folders:
+        try:
+            check_checkpoint(folder, required_files)
+        except (ValueError, FileNotFoundError) as error:
+            logger.warning("skipping checkpoint %s: %s", folder, error)
+            problems.append(str(error))
+            continue
+        if problems:
+            logger.warning("resuming from %s, the newest complete checkpoint", folder)
+        return folder
+    raise ValueError(f"no checkpoint in {output_dir!r} can be resumed from: " + "; ".join(problems))
+
+
+def resolve_resume_checkpoint(training_args: TrainingArguments, required_files: Sequence[str] = ()) -> str | None:
+    """The checkpoint to resume from: an explicit path, ``"last"`` (the newest complete one in output_dir:
+    `last_complete_checkpoint`), or None. `required_files`: files the run adds to every checkpoint."""
     requested = training_args.resume_from_checkpoint
     if requested is None or requested in ("", "False", "false"):
         return None
     if requested in ("last", "True", "true"):
-        if not os.path.isdir(training_args.output_dir) or get_last_checkpoint(training_args.output_dir) is None:
-            raise ValueError(
-                f"resume_from_checkpoint={requested!r} but output_dir {training_args.output_dir!r} "
-                "has no checkpoint-* folder"
-            )
-        requested = get_last_checkpoint(training_args.output_dir)
-    check_checkpoint(requested)
+        return last_complete_checkpoint(training_args.output_dir, required_files)
+    check_checkpoint(requested, required_files)
     return requested
+
+
+def weight_meaning_mismatches(saved_config: dict[str, Any], config: PretrainedConfig) -> list[str]:
+    """The fields in which `config` (the model a run builds) gives weights another meaning than
+    `saved_config` (a checkpoint's config.json as a dict), as ``"name: saved → now"`` strings.
+
+    For FWP models the fields are `FWPConfig.WEIGHT_MEANING_FIELDS`, judged by `weight_meaning_changes`
+    (which counts a field only where some layer uses it); other models are compared on those of the same
+    fields that their config has. Another ``model_type`` is always a mismatch.
+    """
+    if saved_config.get("model_type") != config.model_type:
+        return [f"model_type: {saved_config.get('model_type')!r} → {config.model_type!r}"]
+    if isinstance(config, FWPConfig):
+        saved = FWPConfig.from_dict(saved_config)
+        changed = saved.weight_meaning_changes(config)
+    else:
+        saved = type(config).from_dict(saved_config)
+        changed = [name for name in FWPConfig.WEIGHT_MEANING_FIELDS
+                   if hasattr(config, name) and getattr(saved, name, None) != getattr(config, name)]
+    return [f"{name}: {getattr(saved, name, None)!r} → {getattr(config, name, None)!r}" for name in changed]
+
+
+def check_resume_matches_checkpoint(checkpoint: str, config: PretrainedConfig,
+                                    data_layout: dict[str, Any] | None = None) -> None:
+    """Refuse to resume from `checkpoint` with a model whose config gives its weights another meaning
+    (`weight_meaning_mismatches`) or with another data layout than the checkpoint's `DATA_LAYOUT_FILE`
+    (block size, packing, ...: the Trainer skips the batches already seen by count, so another layout
+    would continue from another place). Checkpoints written before the layout file are not layout-checked."""
+    with open(os.path.join(checkpoint, "config.json"), encoding="utf-8") as handle:
+        saved_config = json.load(handle)
+    problems = weight_meaning_mismatches(saved_config, config)
+    layout_file = os.path.join(checkpoint, DATA_LAYOUT_FILE)
+    if data_layout is not None and os.path.isfile(layout_file):
+        try:
+            with open(layout_file, encoding="utf-8") as handle:
+                saved_layout = json.load(handle)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{layout_file!r} is not valid JSON ({error}): it is corrupt; resume from an earlier "
+                             "checkpoint or delete it") from error
+        problems += [f"{name}: {saved_layout.get(name)!r} → {value!r}" for name, value in data_layout.items()
+                     if saved_layout.get(name) != value]
+    elif data_layout is not None:
+        logger.warning("%s has no %s (written before data layouts were recorded): the data layout of the resumed "
+                       "run cannot be checked against it", checkpoint, DATA_LAYOUT_FILE)
+    if problems:
+        raise ValueError(
+            f"resuming from {checkpoint!r} would change what the run trains: {'; '.join(problems)} (checkpoint → "
+            "this run). Resume with the checkpoint's settings, or start a new run (another output_dir, without "
+            "--resume_from_checkpoint)"
+        )
+
+
+class DataLayoutCallback(TrainerCallback):
+    """Writes `data_layout` (the settings that fix which training example each step reads) as `DATA_LAYOUT_FILE`
+    into every checkpoint folder, atomically, for `check_resume_matches_checkpoint`."""
+
+    def __init__(self, data_layout: dict[str, Any]) -> None:
+        self.data_layout = dict(data_layout)
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            text = json.dumps(self.data_layout, indent=2, sort_keys=True) + "\n"
+            write_atomically(os.path.join(checkpoint, DATA_LAYOUT_FILE),
+                             lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
 
 
 def first_rows(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
@@ -298,8 +432,14 @@ __all__ = [
     "fwp_config_from_arguments",
     "load_or_train_tokenizer",
     "setup_logging",
+    "DATA_LAYOUT_FILE",
+    "DataLayoutCallback",
     "check_checkpoint",
+    "check_resume_matches_checkpoint",
+    "last_complete_checkpoint",
     "resolve_resume_checkpoint",
+    "weight_meaning_mismatches",
+    "write_atomically",
     "first_rows",
     "save_model_for_inference",
     "train_and_save",

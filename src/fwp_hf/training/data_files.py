@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+_CHUNK_BYTES = 1 << 20
+
+
+def _check_utf8(file: Path, name: str) -> bool:
+    """Decode `file` as strict UTF-8 in chunks; return whether it holds more than white space. Invalid
+    bytes raise a ValueError naming the file, the byte offset and the line."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    consumed, lines, has_text = 0, 1, False
+    with file.open("rb") as handle:
+        while True:
+            chunk = handle.read(_CHUNK_BYTES)
+            pending = decoder.getstate()[0]  # bytes of a character split across chunks, decoded with `chunk`
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as error:
+                data = pending + chunk
+                offset = consumed - len(pending) + error.start
+                line = lines + data[: error.start].count(b"\n")
+                raise ValueError(
+                    f"{name} {str(file)!r} is not UTF-8 text: byte {offset} (line {line}) is "
+                    f"{data[error.start:error.end].hex(' ')} ({error.reason}); convert the file to UTF-8, e.g. "
+                    f"iconv -f latin1 -t utf-8"
+                ) from error
+            has_text = has_text or bool(text.strip())
+            lines += chunk.count(b"\n")
+            consumed += len(chunk)
+            if not chunk:
+                return has_text
+
 
 def check_data_file(path: str | os.PathLike, name: str, suffixes: Sequence[str]) -> Path:
-    """`path` as a Path once it is a file with one of `suffixes` that holds more than white space.
+    """`path` as a Path once it is a file with one of `suffixes` that is UTF-8 text holding more than white space.
 
     Raises FileNotFoundError or ValueError with `name` (the flag, e.g. ``"train_file"``) and the path.
     """
@@ -19,9 +49,8 @@ def check_data_file(path: str | os.PathLike, name: str, suffixes: Sequence[str])
         raise ValueError(
             f"{name} {str(path)!r} has an unsupported extension {file.suffix!r}; allowed: {', '.join(suffixes)}"
         )
-    with file.open(encoding="utf-8", errors="replace") as handle:
-        if not any(line.strip() for line in handle):
-            raise ValueError(f"{name} {str(path)!r} is empty")
+    if not _check_utf8(file, name):
+        raise ValueError(f"{name} {str(path)!r} is empty")
     return file
 
 

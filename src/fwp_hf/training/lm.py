@@ -34,6 +34,7 @@ from transformers import (
 from .. import FWPForCausalLM
 from . import common
 from .carried_state import (
+    CARRIED_STATE_FILE,
     CarriedStateTrainer,
     carried_state_num_streams,
     check_carry_state_arguments,
@@ -488,6 +489,15 @@ def write_lm_model_card(
     card.save(os.path.join(training_args.output_dir, "README.md"))
 
 
+def training_data_layout(data_args: DataTrainingArguments) -> dict[str, Any]:
+    """The data arguments that fix which training tokens each step reads (recorded in every checkpoint; a
+    resumed run must match them, `common.check_resume_matches_checkpoint`)."""
+    return {name: getattr(data_args, name) for name in (
+        "block_size", "max_train_samples", "packing", "carry_state", "reset_state_at_document_end",
+        "reset_state_every_segment",
+    )}
+
+
 def run_lm_training(
     model_args: ModelArguments,
     data_args: DataTrainingArguments,
@@ -509,7 +519,9 @@ def run_lm_training(
                              f"--architecture {model_args.architecture} is a softmax transformer (a key/value cache "
                              "that grows with the stream)")
         check_carry_state_arguments(training_args)
-    resume_checkpoint = common.resolve_resume_checkpoint(training_args)
+    carried_state_files = ([CARRIED_STATE_FILE.format(rank=rank) for rank in range(training_args.world_size)]
+                           if data_args.carry_state and training_args.do_train else [])
+    resume_checkpoint = common.resolve_resume_checkpoint(training_args, carried_state_files)
     push = prepare_hub_push(training_args)
     set_seed(training_args.seed)
 
@@ -521,6 +533,9 @@ def run_lm_training(
                 model.num_parameters() / 1e6)
     if data_args.carry_state:
         check_carry_state_model(model)
+    layout = training_data_layout(data_args)
+    if resume_checkpoint is not None and training_args.do_train:
+        common.check_resume_matches_checkpoint(resume_checkpoint, model.config, layout)
     data = prepare_lm_data(raw, tokenizer, data_args, training_args)
     # The context the model was trained on, saved with the tokenizer: what evaluation harnesses fall back to
     # (lm-eval reads config.max_position_embeddings, None for a model without rotary layers, then this).
@@ -538,7 +553,7 @@ def run_lm_training(
         eval_dataset=data.evaluation["validation"] if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=default_data_collator,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), common.DataLayoutCallback(layout)],
         **trainer_options,
     )
     enable_fsdp_on_cpu(trainer)
@@ -589,5 +604,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 __all__ = [
     "ModelArguments", "DataTrainingArguments", "parse_lm_arguments", "build_lm", "prepare_lm_data",
     "evaluate_blocks", "evaluate_stream", "write_perplexity_by_position", "generate_sample", "write_lm_model_card",
-    "run_lm_training", "main"
+    "training_data_layout", "run_lm_training", "main"
 ]

@@ -393,6 +393,8 @@ def run_translation_training(model_args: ModelArguments, data_args: DataTraining
     texts = translation_texts(selected["train"], langs) if "train" in selected else None
     tokenizer = common.load_or_train_tokenizer(model_args, training_args, texts)
     model = build_model(model_args, tokenizer)
+    if resume_checkpoint is not None and training_args.do_train:
+        common.check_resume_matches_checkpoint(resume_checkpoint, model.config)
     logger.info("seq2seq model %s: %.2fM parameters", type(model).__name__, model.num_parameters() / 1e6)
     max_generated, num_beams = set_generation_arguments(data_args, training_args)
     with training_args.main_process_first(desc="tokenizing"):
