@@ -539,8 +539,16 @@ class FWPConfig(PretrainedConfig):
             overrides = {key: value for key, value in load_kwargs.items() if key in cls.WEIGHT_MEANING_FIELDS}
             if not overrides:
                 return
-            requested = cls.from_dict(saved_dict, **overrides)
             source = f"the override(s) {', '.join(f'{key}={value!r}' for key, value in overrides.items())}"
+            try:
+                requested = cls.from_dict(saved_dict, **overrides)
+            except ValueError as error:  # e.g. fewer softmax heads than the saved num_key_value_heads
+                changed = [key for key, value in overrides.items() if getattr(saved, key, None) != value]
+                raise ValueError(
+                    f"loading {pretrained_model_name_or_path!s} with {source} changes {', '.join(changed)}, which would "
+                    f"change what its weights compute, into a config that is not even valid ({error}); load it "
+                    "without that change, or build a new model with from_config and train it"
+                ) from error
         changed = saved.weight_meaning_changes(requested)
         if changed:
             details = "; ".join(
