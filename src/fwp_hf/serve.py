@@ -46,6 +46,12 @@ def register_with_transformers() -> list[str]:
     return registered
 
 
+# At import, not only in `main`: from transformers 5.25 on the server loads the model in a process it spawns,
+# which imports the entry point's module (this one, or the console script that imports it) afresh; the
+# registration must happen there too.
+register_with_transformers()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: ``fwp-serve [MODEL] [options of transformers serve]``."""
     args = list(sys.argv[1:] if argv is None else argv)
