@@ -5,9 +5,10 @@ A checkpoint pushed with ``trust_remote_code`` ships these files and keeps runni
 transformers its users install later, so the model files lean on as few transformers internals as they can,
 and every one they do lean on is listed here.
 
-Internals used (tested on transformers 5.5 — the oldest release `pyproject.toml` admits —, 5.23 — the pinned
-one —, 5.24 and 5.25):
-- ``cache_utils.LinearAttentionLayer`` (from 5.5) and ``CacheLayerMixin``: `FastWeightCacheLayer` subclasses
+Internals used (tested on transformers 5.21 — the oldest release `pyproject.toml` admits —, 5.23 — the pinned
+one —, 5.24 and 5.25; 5.5–5.20 have a ``LinearAttentionLayer`` without the multi-state interface and
+``Cache.get_recurrent_state`` used here):
+- ``cache_utils.LinearAttentionLayer`` and ``CacheLayerMixin``: `FastWeightCacheLayer` subclasses
   them so that ``Cache.get_recurrent_state`` / ``update_recurrent_state`` and generate's cache bookkeeping
   (``reorder_cache``, ``batch_select_indices``, ``is_compileable``, ``get_mask_sizes``, ``get_seq_length``)
   work on a fast-weight state. ``is_compileable`` is a class attribute up to 5.23 and a read-only property

@@ -328,7 +328,8 @@ class FWPConfig(PretrainedConfig):
     @property
     def key_value_heads(self) -> int:
         """Key/value heads of softmax layers (grouped-query attention when fewer than the query heads)."""
-        return self.softmax_heads if self.num_key_value_heads is None else self.num_key_value_heads  # None: set by hand
+        # None only where set by hand after __init__ (which resolves it).
+        return self.softmax_heads if self.num_key_value_heads is None else self.num_key_value_heads
 
     # The options of the generic fast-weight layer and of softmax layers, with their off values (see the
     # class docstring): `_validate_layer_options` refuses one that no layer of the model would use.
@@ -695,7 +696,8 @@ class FWPConfig(PretrainedConfig):
                 f"of this model (attention types {sorted(set(self.self_attention_types))}); leave them at their defaults"
             )
         has_softmax_layers = any(s.layer == SOFTMAX_ATTENTION_LAYER for s in layer_specs)
-        if has_softmax_layers and self.num_key_value_heads is not None and self.softmax_heads % self.num_key_value_heads:
+        if (has_softmax_layers and self.num_key_value_heads is not None
+                and self.softmax_heads % self.num_key_value_heads):
             heads = "softmax_num_heads" if self.softmax_num_heads is not None else "num_attention_heads"
             raise ValueError(
                 f"FWPConfig.{heads} ({self.softmax_heads}) must be a multiple of num_key_value_heads "
