@@ -102,6 +102,7 @@ def write_llama_gguf(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast
     config = model.config
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny llama")
+    writer.add_license("apache-2.0")
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)

@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from fwp_hf import FWPForCausalLM
+from fwp_hf import MODEL_CODE_FILES, FWPForCausalLM
 from fwp_hf.training.linearize import main as linearize_main
 from fwp_hf.training.lm import main as train_lm_main
 from fwp_hf.training.lm_data import builtin_corpus_texts
+
+from hub_server import HubServer
+from isolation import run_without_fwp_hf
+from test_lm_hub import REPO_ROOT, hub_env
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -129,3 +137,63 @@ def test_unsupported_teacher_gives_a_clear_error(tmp_path, data_files):
                                          r"llama, mistral, qwen2, qwen3"):
         run_linearize(tmp_path / "gpt2", data_files, tmp_path / "out")
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_lora_fine_tuning_trains_adapters_only_and_saves_a_plain_student(teacher, data_files, tmp_path):
+    """`--finetune_lora_rank`: peft adapters on the mixers' projections, merged before saving: the embeddings and
+    MLPs stay the teacher's, the projections move, and the folder is an ordinary FWP checkpoint."""
+    output_dir = tmp_path / "lora"
+    results = run_linearize(teacher, data_files, output_dir, attention_type="delta", feature_map="hedgehog",
+                            transfer_steps=2, max_steps=4, finetune_lora_rank=4, learning_rate=1e-2)
+    finetune = results["stages"]["fine-tuning"]
+    student = FWPForCausalLM.from_pretrained(output_dir)
+    assert finetune["lora_rank"] == 4 and 0 < finetune["trainable_parameters"] < student.num_parameters() / 5
+    teacher_model = AutoModelForCausalLM.from_pretrained(teacher)
+    assert torch.equal(student.model.embed_tokens.weight, teacher_model.model.embed_tokens.weight)
+    assert torch.equal(student.model.layers[0].mlp.down_proj.weight, teacher_model.model.layers[0].mlp.down_proj.weight)
+    assert not torch.equal(student.model.layers[0].mixer.o_proj.weight, teacher_model.model.layers[0].self_attn.o_proj.weight)
+    saved = set(safetensors.torch.load_file(output_dir / "model.safetensors"))
+    assert not any("lora" in name or "base_model" in name for name in saved), sorted(saved)[:5]
+    assert "LoRA adapters of rank 4" in (output_dir / "README.md").read_text()
+    with pytest.raises(ValueError, match="--finetune_lora_rank must be >= 0"):
+        run_linearize(teacher, data_files, tmp_path / "bad", finetune_lora_rank=-1)
+
+
+def test_a_linearized_student_pushes_and_loads_from_the_hub_without_fwp_hf(teacher, data_files, tmp_path):
+    """A tiny student, as the SmolLM2 students are shipped: pushed with its tokenizer, code and card, then loaded
+    with trust_remote_code=True where fwp_hf is not installed; it generates the local student's tokens."""
+    output_dir = tmp_path / "student"
+    with HubServer() as hub:
+        env = hub_env(tmp_path, hub.url)  # huggingface_hub reads the endpoint at import: a process of its own
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+        values = {**dict(teacher_model_name_or_path=teacher, output_dir=output_dir, train_file=data_files["train"],
+                         validation_file=data_files["validation"], attention_type="delta", feature_map="hedgehog",
+                         transfer_steps=2, max_steps=2, push_to_hub="true", hub_model_id="tester/student"), **COMMON}
+        run = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "linearize.py"), *flags(**values)],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert f"pushed to {hub.url}/tester/student/commit/" in run.stdout
+        pushed = set(hub.repos["tester/student"].files)
+        assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", *MODEL_CODE_FILES} <= pushed
+        load = run_without_fwp_hf(GENERATE_SCRIPT, ["tester/student", "out.pt"], cwd=tmp_path, extra_env=env)
+        assert load.returncode == 0, load.stderr[-4000:]
+    result = torch.load(tmp_path / "out.pt")
+    assert result["module"].startswith("transformers_modules"), result["module"]
+    local = FWPForCausalLM.from_pretrained(output_dir).eval()
+    ids = AutoTokenizer.from_pretrained(output_dir)("the company said", return_tensors="pt")["input_ids"]
+    expected = local.generate(ids, max_new_tokens=6, do_sample=False)
+    assert result["tokens"] == expected[0].tolist()
+
+
+GENERATE_SCRIPT = """
+import sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+repo_id, out_path = sys.argv[1:3]
+model = AutoModelForCausalLM.from_pretrained(repo_id, trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=False)
+ids = tokenizer("the company said", return_tensors="pt")["input_ids"]
+tokens = model.generate(ids, max_new_tokens=6, do_sample=False)[0].tolist()
+torch.save({"tokens": tokens, "module": type(model).__module__}, out_path)
+"""

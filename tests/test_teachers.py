@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from gguf_fixture import TEXT, dequantized_reference, tiny_llama_and_tokenizer, write_llama_gguf
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fwp_hf import FWPForCausalLM
@@ -27,6 +28,7 @@ from fwp_hf.conversion.teachers import (
     dequantized_teacher,
     load_teacher,
     resolve_teacher_source,
+    teacher_facts,
 )
 from fwp_hf.conversion.teachers import main as prepare_teacher_main
 from fwp_hf.training.linearize import main as linearize_main
@@ -89,6 +91,12 @@ def test_gguf_teacher_saves_as_an_ordinary_folder(source, gguf_path, tmp_path):
         assert torch.allclose(reloaded(ids).logits, raw(ids).logits, atol=1e-6)
     assert reloaded_tokenizer(TEXT[:200], add_special_tokens=False)["input_ids"] == ids[0].tolist()
     assert reloaded.config.tie_word_embeddings
+    # The folder keeps what the GGUF metadata said (licence, quantization) in its card, for the students' cards.
+    facts = teacher_facts(resolve_teacher_source(folder))
+    assert facts == teacher_facts(resolve_teacher_source(gguf_path))
+    assert (facts.license, facts.quantization, facts.origin) == ("apache-2.0", "GGUF Q4_1, dequantized to fp32",
+                                                                 str(gguf_path))
+    assert teacher_facts(resolve_teacher_source(tmp_path / "plain")).license is None  # no card: not stated
     with pytest.raises(SystemExit) as exit_info:  # never writes into a folder that holds something
         prepare_teacher_main(["--teacher_gguf_file", str(gguf_path), "--output_dir", str(folder)])
     assert exit_info.value.code == 2
@@ -172,7 +180,10 @@ def test_linearize_script_takes_a_gguf_teacher(how, gguf_path, text_files, tmp_p
     assert tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
     assert tokenizer.chat_template == teacher_tokenizer.chat_template
     card = (output_dir / "README.md").read_text()
-    assert str(gguf_path) in card and "quantized weights" in card
+    # The card names the teacher's licence and quantization (from the GGUF metadata) in its text and metadata.
+    assert str(gguf_path) in card and "weights: GGUF Q4_1, dequantized to fp32" in card
+    assert "licence is **apache-2.0**" in card and ModelCard(card).data.license == "apache-2.0"
+    assert results["teacher_license"] == "apache-2.0"
 
 
 def test_linearize_script_names_a_missing_teacher(text_files, tmp_path):

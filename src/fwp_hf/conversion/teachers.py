@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 GGUF_SUFFIX = ".gguf"
 GGUF_EXTRA_HINT = "pip install 'fwp-hf[gguf]' (or: pip install 'gguf>=0.10')"
+logger = logging.getLogger(__name__)
 # A Hub repo id: "name" or "owner/name", letters, digits, '-', '_', '.' (huggingface_hub's rule, simplified).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -116,6 +118,62 @@ def require_gguf() -> None:
         raise ImportError(f"reading a GGUF teacher needs the PyPI package `gguf`: {GGUF_EXTRA_HINT}") from error
 
 
+@dataclass(frozen=True)
+class TeacherFacts:
+    """What a student's card must say about its teacher: where it comes from, its licence (None: not stated
+    where the teacher came from) and, for a GGUF teacher, the quantization whose weights it really holds."""
+
+    origin: str
+    license: str | None = None
+    quantization: str | None = None
+
+    def card_metadata(self) -> dict[str, str]:
+        """The facts as model-card metadata (`license`, `teacher`, `teacher_quantization`)."""
+        facts = {"teacher": self.origin, "license": self.license, "teacher_quantization": self.quantization}
+        return {key: value for key, value in facts.items() if value is not None}
+
+
+def _gguf_facts(path: str) -> tuple[str | None, str | None]:
+    """``(licence, quantization)`` from a GGUF file's metadata (`general.license`, `general.file_type`)."""
+    require_gguf()
+    import gguf  # noqa: PLC0415 - optional dependency, only for GGUF teachers
+
+    fields = gguf.GGUFReader(path).fields
+    license_field, file_type_field = fields.get("general.license"), fields.get("general.file_type")
+    licence = str(license_field.contents()) if license_field is not None else None
+    quantization = None
+    if file_type_field is not None:
+        file_type = int(file_type_field.contents())
+        try:
+            name = gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_")
+        except ValueError:
+            name = f"file type {file_type}"
+        quantization = f"GGUF {name}, dequantized to fp32"
+    return licence, quantization
+
+
+def teacher_facts(source: TeacherSource) -> TeacherFacts:
+    """The licence and quantization of a teacher: a GGUF file's metadata; a folder's or Hub repo's model
+    card (README.md: its `license` and `teacher_quantization` metadata, as `save_teacher_folder` writes them
+    for a teacher saved from GGUF)."""
+    if source.gguf_file is not None:
+        return TeacherFacts(source.describe(), *_gguf_facts(os.path.join(source.name_or_path, source.gguf_file)))
+    card_path = os.path.join(source.name_or_path, "README.md") if source.is_local else source.name_or_path
+    if source.is_local and not os.path.isfile(card_path):
+        return TeacherFacts(source.describe())
+    from huggingface_hub import ModelCard  # noqa: PLC0415 - only needed to read a card
+
+    try:
+        card = ModelCard.load(card_path)
+    except (OSError, ValueError) as error:  # a Hub repo without a card (or unreachable): say where it is not stated
+        logger.warning("could not read the teacher's model card (%s): its licence is not stated in the student's card",
+                       error)
+        return TeacherFacts(source.describe())
+    data = card.data.to_dict()
+    origin = data.get("teacher") or source.describe()
+    return TeacherFacts(origin, data.get("license"), data.get("teacher_quantization"))
+
+
 def dequantized_teacher(model: PreTrainedModel) -> PreTrainedModel:
     """An ordinary model of `model`'s class holding its (already dequantized) tensors, without the
     GGUF quantization flag, so that `save_pretrained` works. Returns `model` itself when it is not
@@ -181,13 +239,23 @@ def load_teacher(
 
 
 def save_teacher_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                        output_dir: str | os.PathLike) -> Path:
-    """Write the teacher (model, tokenizer, generation config) as an ordinary folder; return it."""
+                        output_dir: str | os.PathLike, facts: TeacherFacts | None = None) -> Path:
+    """Write the teacher (model, tokenizer, generation config) as an ordinary folder; return it. With
+    `facts`, also a README.md whose metadata keeps the teacher's origin, licence and quantization (a GGUF
+    teacher's folder no longer has the GGUF metadata they came from; `teacher_facts` reads them back)."""
     output = Path(output_dir)
     if output.exists() and any(output.iterdir()):
         raise FileExistsError(f"{output} exists and is not empty; choose a new folder for the teacher")
     dequantized_teacher(model).save_pretrained(output)
     tokenizer.save_pretrained(output)
+    if facts is not None:
+        from huggingface_hub import ModelCard, ModelCardData  # noqa: PLC0415 - only needed to write a card
+
+        quantization = f" Its weights are the quantized model's ({facts.quantization})." if facts.quantization else ""
+        content = (f"---\n{ModelCardData(**facts.card_metadata()).to_yaml()}\n---\n\n"
+                   f"# Teacher saved from {facts.origin}\n\nWritten by fwp_hf's `save_teacher_folder` "
+                   f"(`scripts/prepare_teacher.py`).{quantization}\n")
+        ModelCard(content).save(output / "README.md")
     return output
 
 
@@ -204,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     try:
         model, tokenizer = load_teacher(args.teacher_model_name_or_path, args.teacher_gguf_file)
-        output = save_teacher_folder(model, tokenizer, args.output_dir)
+        source = resolve_teacher_source(args.teacher_model_name_or_path, args.teacher_gguf_file)
+        output = save_teacher_folder(model, tokenizer, args.output_dir, teacher_facts(source))
     except (ValueError, ImportError, FileNotFoundError, FileExistsError) as error:
         parser.exit(2, f"prepare_teacher: error: {error}\n")
     print(f"wrote {output} ({model.num_parameters():,} parameters, from {model.config.name_or_path})")
@@ -212,6 +281,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 __all__ = [
-    "GGUF_EXTRA_HINT", "TeacherNotFoundError", "TeacherSource", "dequantized_teacher", "load_teacher",
-    "require_gguf", "resolve_teacher_source", "save_teacher_folder",
+    "GGUF_EXTRA_HINT", "TeacherFacts", "TeacherNotFoundError", "TeacherSource", "dequantized_teacher",
+    "load_teacher", "require_gguf", "resolve_teacher_source", "save_teacher_folder", "teacher_facts",
 ]
