@@ -6,11 +6,10 @@ import json
 import statistics
 
 import pytest
+from test_lm_training import data_files  # noqa: F401 - the module-scoped PTB snippet fixture
 
 from fwp_hf.training import lm_comparison
 from fwp_hf.training.lm_comparison import group_runs, main, summarize
-
-from test_lm_training import data_files  # noqa: F401 - the module-scoped PTB snippet fixture
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -96,7 +96,7 @@ def test_non_utf8_training_data_is_refused_naming_the_file_and_byte(tmp_path, mo
     train.write_bytes("héllo wörld\nline two\n".encode() + "café\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"train_file '.*train.txt' is not UTF-8 text: byte 26 \(line 3\) is e9"):
         load_raw_lm_datasets(train_file=str(train))
-    train.write_bytes("ok\n".encode() + "é".encode()[:1])  # a character cut off at the end
+    train.write_bytes(b"ok\n" + "é".encode()[:1])  # a character cut off at the end
     with pytest.raises(ValueError, match=r"byte 3 \(line 2\) is c3 \(unexpected end of data\)"):
         load_raw_lm_datasets(train_file=str(train))
     train.write_bytes("héllo\nwörld\n".encode() * 3)

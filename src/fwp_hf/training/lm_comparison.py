@@ -224,8 +224,8 @@ def write_comparison(rows: list[dict], results_dir: str, title: str, notes: str 
     import matplotlib  # noqa: PLC0415 - optional dependency of the examples
 
     matplotlib.use("Agg")
-    import matplotlib.ticker  # noqa: PLC0415
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.ticker  # noqa: PLC0415
 
     results = Path(results_dir)
     results.mkdir(parents=True, exist_ok=True)
