@@ -40,7 +40,8 @@ Q4_1_TENSORS = ("ffn_gate", "ffn_up", "ffn_down")  # quantized when `quantize=Tr
 
 
 def tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (GPT-2 / SmolLM2 style) trained on `TEXT` and `TOKENIZER_EXTRA`, specials at ids 0-2."""
+    """A byte-level BPE tokenizer (GPT-2 / SmolLM2 style) trained on `TEXT` and `TOKENIZER_EXTRA`, specials at
+    ids 0-2."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -76,7 +77,8 @@ def _llama_cpp_permute(weights: np.ndarray, heads: int) -> np.ndarray:
 def _gguf_tensors(model: LlamaForCausalLM) -> dict[str, np.ndarray]:
     config = model.config
     state = {name: tensor.detach().float().numpy() for name, tensor in model.state_dict().items()}
-    tensors = {"token_embd.weight": state["model.embed_tokens.weight"], "output_norm.weight": state["model.norm.weight"]}
+    tensors = {"token_embd.weight": state["model.embed_tokens.weight"],
+               "output_norm.weight": state["model.norm.weight"]}
     if not config.tie_word_embeddings:
         tensors["output.weight"] = state["lm_head.weight"]
     for i in range(config.num_hidden_layers):

@@ -6,11 +6,10 @@ import json
 import statistics
 
 import pytest
+from test_lm_training import data_files  # noqa: F401 - the module-scoped PTB snippet fixture
 
 from fwp_hf.training import lm_comparison
 from fwp_hf.training.lm_comparison import group_runs, main, summarize
-
-from test_lm_training import data_files  # noqa: F401 - the module-scoped PTB snippet fixture
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -32,8 +31,9 @@ def test_seeds_and_carried_pairs_are_summarised_and_a_finished_comparison_is_reu
                                                                                    monkeypatch):
     delta = tiny_config(tmp_path / "delta.yaml", data_files, "delta")
     softmax = tiny_config(tmp_path / "softmax.yaml", data_files, "softmax")
-    flags = ["--configs", delta, softmax, "--seeds", "0", "1", "--carried_state_configs", delta, "--in_order_control", "true",
-             "--output_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "docs"), "--title", "tiny"]
+    flags = ["--configs", delta, softmax, "--seeds", "0", "1", "--carried_state_configs", delta,
+             "--in_order_control", "true", "--output_dir", str(tmp_path / "runs"),
+             "--results_dir", str(tmp_path / "docs"), "--title", "tiny"]
     rows = main(flags)
     assert [(row["variant"], row["training"], row["seed"]) for row in rows] == [
         ("delta", "blocks", 0), ("softmax", "blocks", 0), ("delta", "in_order", 0), ("delta", "carried", 0),
@@ -45,7 +45,8 @@ def test_seeds_and_carried_pairs_are_summarised_and_a_finished_comparison_is_reu
     assert rows[1]["stream_carried_perplexity"] is None and rows[1]["perplexity_by_position"] is None  # softmax
 
     saved = json.loads((tmp_path / "docs" / "lm_comparison.json").read_text())
-    summary = next(group for group in saved["summaries"] if (group["variant"], group["training"]) == ("delta", "blocks"))
+    summary = next(group for group in saved["summaries"]
+                   if (group["variant"], group["training"]) == ("delta", "blocks"))
     values = [row["validation_perplexity"] for row in delta_blocks]
     assert summary["validation_perplexity"]["mean"] == pytest.approx(statistics.fmean(values))
     assert summary["validation_perplexity"]["sd"] == pytest.approx(statistics.stdev(values))

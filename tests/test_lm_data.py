@@ -28,7 +28,9 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 
 def splits(train: list[str], validation: list[str]) -> DatasetDict:
-    return DatasetDict({"train": Dataset.from_dict({"text": train}), "validation": Dataset.from_dict({"text": validation})})
+    return DatasetDict(
+        {"train": Dataset.from_dict({"text": train}), "validation": Dataset.from_dict({"text": validation})}
+    )
 
 
 def test_every_text_ends_with_eos_and_nothing_else_is_added(tokenizer):
@@ -45,7 +47,8 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + ' ' + m
 
 
 def chat_tokenizer(words=CHAT_WORDS, template=CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
-    """An instruct tokenizer as SmolLM2-Instruct's: EOS <|im_end|> ends chat turns, <|endoftext|> separates documents."""
+    """An instruct tokenizer as SmolLM2-Instruct's: EOS <|im_end|> ends chat turns, <|endoftext|> separates
+    documents."""
     word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
     word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token=words[0], bos_token="<|im_start|>",
@@ -96,7 +99,7 @@ def test_non_utf8_training_data_is_refused_naming_the_file_and_byte(tmp_path, mo
     train.write_bytes("héllo wörld\nline two\n".encode() + "café\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"train_file '.*train.txt' is not UTF-8 text: byte 26 \(line 3\) is e9"):
         load_raw_lm_datasets(train_file=str(train))
-    train.write_bytes("ok\n".encode() + "é".encode()[:1])  # a character cut off at the end
+    train.write_bytes(b"ok\n" + "é".encode()[:1])  # a character cut off at the end
     with pytest.raises(ValueError, match=r"byte 3 \(line 2\) is c3 \(unexpected end of data\)"):
         load_raw_lm_datasets(train_file=str(train))
     train.write_bytes("héllo\nwörld\n".encode() * 3)

@@ -117,10 +117,12 @@ def test_export_script_writes_the_programs_and_checks_them(tmp_path, capsys):
     from fwp_hf.conversion.onnx_export import main
 
     torch.manual_seed(0)
-    FWPForCausalLM(lm_config_from(dict(attention_type="linear"), num_hidden_layers=1)).save_pretrained(tmp_path / "model")
+    model = FWPForCausalLM(lm_config_from(dict(attention_type="linear"), num_hidden_layers=1))
+    model.save_pretrained(tmp_path / "model")
     metadata = main(["--model_name_or_path", str(tmp_path / "model"), "--output_dir", str(tmp_path / "onnx"),
                      "--check_tokens", "8"])
-    assert sorted(path.name for path in (tmp_path / "onnx").iterdir()) == ["decode.onnx", "fwp_onnx.json", "prefill.onnx"]
+    written = sorted(path.name for path in (tmp_path / "onnx").iterdir())
+    assert written == ["decode.onnx", "fwp_onnx.json", "prefill.onnx"]
     assert metadata["update_rules"] == {"0": "linear"} and metadata["inputs"] == ["input_ids", "state.0"]
     assert metadata["check"]["greedy_tokens_equal"] and metadata["check"]["prefill_max_abs_logit_difference"] < 1e-4
     assert '"greedy_tokens_equal": true' in capsys.readouterr().out

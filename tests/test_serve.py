@@ -67,11 +67,13 @@ def post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-@pytest.mark.skipif(not is_serve_available(), reason="transformers' serving extra is not installed (pip install -e '.[serve]')")
+@pytest.mark.skipif(not is_serve_available(),
+                    reason="transformers' serving extra is not installed (pip install -e '.[serve]')")
 def test_served_checkpoint_answers_completion_and_chat_like_generate(checkpoint, tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf_modules"),
+           "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
@@ -87,7 +89,9 @@ def test_served_checkpoint_answers_completion_and_chat_like_generate(checkpoint,
                 with urllib.request.urlopen(f"{base}/health", timeout=2):
                     break
             except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, "server did not start: " + (tmp_path / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, (
+                    "server did not start: " + (tmp_path / "server.log").read_text()[-3000:]
+                )
                 time.sleep(0.5)
 
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)

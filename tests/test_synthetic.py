@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from fwp_hf.experiments import associative_retrieval, synthetic_retrieval
-from fwp_hf.fast_weight_kernels import dpfp_feature_map, elu_plus_one_feature_map
 from fwp_hf.experiments.synthetic import (
     BA_VOCAB,
     FastWeightsRNN,
@@ -24,6 +23,7 @@ from fwp_hf.experiments.synthetic import (
     parse_retrieval_method,
     retrieval_loss,
 )
+from fwp_hf.fast_weight_kernels import dpfp_feature_map, elu_plus_one_feature_map
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -48,7 +48,8 @@ def toy_pairs() -> list[dict[str, str]]:
 
 
 def write_jsonl(path: Path, pairs: list[dict[str, str]]) -> str:
-    path.write_text("".join(json.dumps({"translation": pair}, ensure_ascii=False) + "\n" for pair in pairs), encoding="utf-8")
+    path.write_text("".join(json.dumps({"translation": pair}, ensure_ascii=False) + "\n" for pair in pairs),
+                    encoding="utf-8")
     return str(path)
 
 
@@ -119,7 +120,8 @@ def test_trainer_steps_with_generation_write_bleu_chrf_and_copy_baseline(toy_fil
 
 def test_resume_from_last_checkpoint_and_time_limit(toy_files, tmp_path: Path, caplog):
     output = tmp_path / "run"
-    flags = [TINY_CONFIG, "--output_dir", str(output), *data_flags(toy_files), "--do_eval", "false", "--do_predict", "false"]
+    flags = [TINY_CONFIG, "--output_dir", str(output), *data_flags(toy_files),
+             "--do_eval", "false", "--do_predict", "false"]
     main([*flags, "--max_steps", "3"])
     assert (output / "checkpoint-3").is_dir()
     resumed = main([*flags, "--max_steps", "5", "--resume_from_checkpoint", "last", "--tokenizer_vocab_size", "500"])
@@ -161,7 +163,8 @@ def test_small_configs_have_equal_size_and_differ_only_in_self_attention():
 
 
 def test_missing_language_key_is_named_with_the_keys_present(toy_files, tmp_path: Path):
-    with pytest.raises(ValueError, match=r"target_lang 'de' is not a language of the train split \(languages present: en, fr\)"):
+    with pytest.raises(ValueError,
+                       match=r"target_lang 'de' is not a language of the train split \(languages present: en, fr\)"):
         main([TINY_CONFIG, "--output_dir", str(tmp_path / "run"), *data_flags(toy_files), "--target_lang", "de"])
     pairs = toy_pairs()[:3]
     del pairs[1]["fr"]
@@ -182,7 +185,8 @@ def test_hub_style_translation_feature_is_checked_from_arrow():
         features=features,
     )
     check_translation_split(hub_like, "train", "en", "de")
-    with pytest.raises(ValueError, match=r"source_lang 'fr' is not a language of the train split \(languages present: de, en\)"):
+    with pytest.raises(ValueError,
+                       match=r"source_lang 'fr' is not a language of the train split \(languages present: de, en\)"):
         check_translation_split(hub_like, "train", "fr", "de")
 
 

@@ -1,7 +1,8 @@
 """The installed counterparts of `scripts/` (``[project.scripts]`` in pyproject.toml): ``fwp-train-lm`` runs what
 ``python scripts/train_lm.py`` runs, for an install from a wheel or the package index, which has no scripts/
 folder. Each `main` returns its results for library callers; a console command exits 0 on success instead of
-printing them again as its exit status. Like scripts/, nothing in the library imports this module. (``fwp-serve`` is `fwp_hf.serve.main` itself.)"""
+printing them again as its exit status. Like scripts/, nothing in the library imports this module. (``fwp-serve``
+is `fwp_hf.serve.main` itself.)"""
 
 from __future__ import annotations
 

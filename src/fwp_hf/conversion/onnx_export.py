@@ -328,7 +328,9 @@ class OnnxFastWeightLM:
         import time  # noqa: PLC0415
 
         if new_tokens < 2:
-            raise ValueError(f"new_tokens must be at least 2 (one prefill token, then decoding steps), got {new_tokens}")
+            raise ValueError(
+                f"new_tokens must be at least 2 (one prefill token, then decoding steps), got {new_tokens}"
+            )
         start = time.perf_counter()
         logits, states = self.run(input_ids, self.zero_states(input_ids.shape[0]), decode=False)
         first = time.perf_counter()
@@ -336,7 +338,8 @@ class OnnxFastWeightLM:
             token = logits[:, -1].argmax(-1)[:, None].astype(input_ids.dtype)
             logits, states = self.run(token, states, decode=True)
         end = time.perf_counter()
-        return {"prefill_s": first - start, "decode_tokens_per_s": input_ids.shape[0] * (new_tokens - 1) / (end - first)}
+        return {"prefill_s": first - start,
+                "decode_tokens_per_s": input_ids.shape[0] * (new_tokens - 1) / (end - first)}
 
     def greedy(self, input_ids, max_new_tokens: int):
         """Greedy continuation ``[B, max_new_tokens]`` of a prompt ``[B, T ≥ 2]`` (int64 numpy)."""
@@ -360,7 +363,9 @@ class OnnxExportArguments:
     model_name_or_path: str = field(metadata={"help": "FWP checkpoint folder or Hub id (an FWPForCausalLM)."})
     output_dir: str = field(metadata={"help": "Folder for prefill.onnx, decode.onnx and fwp_onnx.json."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Load the checkpoint's own model code."})
-    check_tokens: int = field(default=32, metadata={"help": "Greedy steps to compare onnxruntime with PyTorch (0: skip)."})
+    check_tokens: int = field(
+        default=32, metadata={"help": "Greedy steps to compare onnxruntime with PyTorch (0: skip)."}
+    )
 
 
 def compare_with_pytorch(model, folder, prompt: torch.Tensor, new_tokens: int) -> dict:

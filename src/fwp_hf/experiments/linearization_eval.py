@@ -360,7 +360,8 @@ def render_markdown(results: dict[str, Any], teacher: str = "teacher") -> str:
                 lines.append(f"| {name} | {stage} | {cost.get('steps', '—')} | {cost.get('tokens', '—'):,} | "
                              f"{cost['seconds']:.0f} | {cost['peak_memory_mb']:.0f} |")
         lines.append("")
-    lines += ["### Evaluation cost", "", "| model | measurement | wall time (s) | peak memory (MB) |", "|---|---|---|---|"]
+    lines += ["### Evaluation cost", "", "| model | measurement | wall time (s) | peak memory (MB) |",
+              "|---|---|---|---|"]
     for name, m in models.items():
         costs = {f"perplexity @ {c}": v["cost"] for c, v in m.get("heldout_perplexity", {}).items()}
         if "long_context" in m:
@@ -401,7 +402,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--long_max_tokens", type=int, default=65536)
     parser.add_argument("--bucket_size", type=int, default=4096)
     parser.add_argument("--segment_length", type=int, default=2048, help="Segments of a carried-state stream.")
-    parser.add_argument("--window", type=int, default=8192, help="Sliding re-encoding window (models that cannot carry).")
+    parser.add_argument("--window", type=int, default=8192,
+                        help="Sliding re-encoding window (models that cannot carry).")
     parser.add_argument("--stride", type=int, default=2048, help="Sliding re-encoding stride.")
     parser.add_argument("--passkey_lengths", type=int, nargs="*", default=[1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--passkey_trials", type=int, default=20)
@@ -409,7 +411,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no_chat", action="store_true", help="Skip the chat answers.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--training_results", default=None,
-                        help="linearization_results.json of this student: its per-stage training cost goes to the JSON.")
+                        help="linearization_results.json of this student: its per-stage training cost goes "
+                             "to the JSON.")
     parser.add_argument("--render_markdown", default=None, help="Write the JSON's tables to this markdown file.")
     parser.add_argument("--teacher_name", default="teacher", help="Row that retention is relative to.")
     return parser.parse_args(argv)

@@ -157,7 +157,8 @@ def run_mutants(mutants: Sequence[Mutant], timeout_s: float = 300, baseline: boo
 
 def render_report(results: Sequence[MutantResult], total_seconds: float, command: str) -> str:
     """The Markdown report: a summary line and one row per mutant."""
-    counts = {outcome: sum(result.outcome == outcome for result in results) for outcome in ("caught", "survived", "error")}
+    counts = {outcome: sum(result.outcome == outcome for result in results)
+              for outcome in ("caught", "survived", "error")}
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                                 check=False).stdout.strip() or "unknown"
@@ -376,5 +377,5 @@ def main(argv: Sequence[str] | None = None) -> list[MutantResult]:
     return results
 
 
-__all__ = ["MUTANTS", "Mutant", "MutantResult", "MutationError", "baseline_selections", "copy_sources", "main", "plant", "render_report",
-           "run_mutants", "run_tests"]
+__all__ = ["MUTANTS", "Mutant", "MutantResult", "MutationError", "baseline_selections", "copy_sources", "main", "plant",
+           "render_report", "run_mutants", "run_tests"]

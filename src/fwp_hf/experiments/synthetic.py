@@ -337,7 +337,10 @@ class FastWeightsRNN(nn.Module):
         log_decay = math.log(self.decay)
         for t in range(seq_len):
             drive = self.recurrent(hidden) + inputs[:, t]
-            read = lambda h, a=memory: torch.einsum("bk,bkv->bv", h, a)  # A_{t-1} h (A is symmetric)
+
+            def read(h: torch.Tensor, a: torch.Tensor = memory) -> torch.Tensor:  # binds this step's A_{t-1}
+                return torch.einsum("bk,bkv->bv", h, a)  # A_{t-1} h (A is symmetric)
+
             hidden = fast_weights_inner_loop(drive, read, self.inner_steps, self.ln_weight, self.ln_bias)
             memory = hebbian_update(memory, self.fast_learning_rate * hidden, hidden, log_decay)
         return self.head(hidden)

@@ -1,8 +1,9 @@
-"""Schlag et al. 2021 §4.1: associative retrieval — memory capacity (setting 1) and update rules (setting 2).
+r"""Schlag et al. 2021 §4.1: associative retrieval — memory capacity (setting 1) and update rules (setting 2).
 
     python scripts/synthetic_retrieval.py --config configs/synthetic/retrieval_setting1.yaml
     python scripts/synthetic_retrieval.py --config configs/synthetic/retrieval_setting2.yaml
-    python scripts/synthetic_retrieval.py --config configs/synthetic/retrieval_setting1.yaml --quick true --output_dir /tmp/q
+    python scripts/synthetic_retrieval.py --config configs/synthetic/retrieval_setting1.yaml \
+        --quick true --output_dir /tmp/q
 
 For every method (``softmax``, ``linear``, ``dpfp<ν>``, ``favor<m>``, optionally prefixed ``sum_`` /
 ``delta_``) and every number of keys S, a fresh :class:`fwp_hf.experiments.synthetic.RetrievalModel` is trained

@@ -57,7 +57,8 @@ def train_shared_tokenizer(config_file: str, output_dir: str, extra_args: list[s
 
 def run_variant(config_file: str, training: str, seed: int, run_dir: str, tokenizer_dir: str,
                 extra_args: list[str]) -> dict:
-    """Train one (config, training, seed) into `run_dir`; its result row is also written to run_dir/comparison_run.json."""
+    """Train one (config, training, seed) into `run_dir`; its result row is also written to
+    run_dir/comparison_run.json."""
     args = [config_file, *extra_args, *TRAININGS[training], "--seed", str(seed), "--output_dir", run_dir,
             "--tokenizer_name", tokenizer_dir]
     start = time.perf_counter()
@@ -154,7 +155,8 @@ def group_runs(rows: list[dict]) -> list[dict]:
         if all(positions):
             summary["perplexity_by_position"] = {
                 mode: {**positions[0][mode], "bucket_perplexity": [
-                    _geometric_mean(bucket) for bucket in zip(*(curves[mode]["bucket_perplexity"] for curves in positions))
+                    _geometric_mean(bucket)
+                    for bucket in zip(*(curves[mode]["bucket_perplexity"] for curves in positions))
                 ]}
                 for mode in positions[0]
             }
@@ -224,8 +226,8 @@ def write_comparison(rows: list[dict], results_dir: str, title: str, notes: str 
     import matplotlib  # noqa: PLC0415 - optional dependency of the examples
 
     matplotlib.use("Agg")
-    import matplotlib.ticker  # noqa: PLC0415
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.ticker  # noqa: PLC0415
 
     results = Path(results_dir)
     results.mkdir(parents=True, exist_ok=True)
@@ -239,7 +241,8 @@ def write_comparison(rows: list[dict], results_dir: str, title: str, notes: str 
     styles = {"blocks": "-", "in_order": ":", "carried": "--"}
     for group in groups:  # one colour per variant, one line style per training
         steps, perplexities = zip(*group["curve"]) if group["curve"] else ((), ())
-        label = group["variant"] if group["training"] == "blocks" else f"{group['variant']} ({TRAINING_LABELS[group['training']]})"
+        label = (group["variant"] if group["training"] == "blocks"
+                 else f"{group['variant']} ({TRAINING_LABELS[group['training']]})")
         axis.plot(steps, perplexities, marker="o", markersize=4, label=label, linestyle=styles[group["training"]],
                   color=colours(variants.index(group["variant"])))
     axis.set_xlabel("training step")

