@@ -20,16 +20,15 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from hub_server import HubServer
+from isolation import run_without_fwp_hf
+from test_lm_hub import REPO_ROOT, hub_env
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from fwp_hf import MODEL_CODE_FILES, FWPForCausalLM
 from fwp_hf.training.linearize import main as linearize_main
 from fwp_hf.training.lm import main as train_lm_main
 from fwp_hf.training.lm_data import builtin_corpus_texts
-
-from hub_server import HubServer
-from isolation import run_without_fwp_hf
-from test_lm_hub import REPO_ROOT, hub_env
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -117,7 +116,8 @@ def test_linearize_hybrid_keeps_a_softmax_layer_and_scratch_baseline(teacher, da
     student = FWPForCausalLM.from_pretrained(tmp_path / "hybrid")
     assert student.config.layer_attention_types == ["delta", "softmax", "delta"]
     teacher_model = AutoModelForCausalLM.from_pretrained(teacher)
-    assert torch.equal(student.model.layers[1].mixer.q_proj.weight, teacher_model.model.layers[1].self_attn.q_proj.weight)
+    assert torch.equal(student.model.layers[1].mixer.q_proj.weight,
+                       teacher_model.model.layers[1].self_attn.q_proj.weight)
     # The teacher's q/k/v rows of a converted layer are untouched by attention transfer (only gates learn).
     width = student.model.layers[0].mixer.qkv_width
     teacher_qkv = torch.cat([teacher_model.model.layers[0].self_attn.get_submodule(p).weight
@@ -149,9 +149,10 @@ def test_lora_fine_tuning_trains_adapters_only_and_saves_a_plain_student(teacher
     student = FWPForCausalLM.from_pretrained(output_dir)
     assert finetune["lora_rank"] == 4 and 0 < finetune["trainable_parameters"] < student.num_parameters() / 5
     teacher_model = AutoModelForCausalLM.from_pretrained(teacher)
+    student_layer, teacher_layer = student.model.layers[0], teacher_model.model.layers[0]
     assert torch.equal(student.model.embed_tokens.weight, teacher_model.model.embed_tokens.weight)
-    assert torch.equal(student.model.layers[0].mlp.down_proj.weight, teacher_model.model.layers[0].mlp.down_proj.weight)
-    assert not torch.equal(student.model.layers[0].mixer.o_proj.weight, teacher_model.model.layers[0].self_attn.o_proj.weight)
+    assert torch.equal(student_layer.mlp.down_proj.weight, teacher_layer.mlp.down_proj.weight)
+    assert not torch.equal(student_layer.mixer.o_proj.weight, teacher_layer.self_attn.o_proj.weight)
     saved = set(safetensors.torch.load_file(output_dir / "model.safetensors"))
     assert not any("lora" in name or "base_model" in name for name in saved), sorted(saved)[:5]
     assert "LoRA adapters of rank 4" in (output_dir / "README.md").read_text()
