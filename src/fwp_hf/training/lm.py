@@ -35,14 +35,6 @@ from ..shared import MODEL_CARD_TEMPLATES
 from ..shared.hub import check_repo_id, create_hub_repo, push_folder_to_hub
 from ..shared.model_card import LMEvaluation, render_lm_model_card
 from . import common
-from .carried_state import (
-    CARRIED_STATE_FILE,
-    CarriedStateTrainer,
-    carried_state_num_streams,
-    check_carry_state_arguments,
-    check_carry_state_model,
-    stream_segments_dataset,
-)
 from .fsdp import enable_fsdp_on_cpu, unsharded_model
 from .lm_data import (
     BUILTIN_DATASET,
@@ -58,7 +50,7 @@ from .lm_evaluation import (
     plot_perplexity_by_position,
     supports_carried_state,
 )
-from .packing import PackedDocumentsTrainer, packed_documents_dataset
+from .lm_modes import TrainingMode, select_training_mode, training_mode_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -180,17 +172,12 @@ class DataTrainingArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.reset_state_at_document_end and not self.carry_state:
-            raise ValueError("--reset_state_at_document_end true needs --carry_state true: it resets the state that "
-                             "carried-state training carries across segments (with --carry_state false every block "
-                             "already starts from an empty state)")
-        if self.reset_state_every_segment and not self.carry_state:
-            raise ValueError("--reset_state_every_segment true needs --carry_state true: it reads the carried-state "
-                             "streams in order without their state (with --carry_state false the blocks are shuffled "
-                             "and every block already starts from an empty state)")
-        if self.reset_state_every_segment and self.reset_state_at_document_end:
-            raise ValueError("--reset_state_every_segment true and --reset_state_at_document_end true exclude each "
-                             "other: with the first no state is carried, so there is none to reset at document ends")
+        select_training_mode(self)  # refuses flags of two modes, or a mode's option without its mode
+
+    @property
+    def training_mode(self) -> TrainingMode:
+        """The training mode these arguments select (`lm_modes`)."""
+        return select_training_mode(self)
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
@@ -275,7 +262,7 @@ class LMData:
     """The tokenised texts (for the stream evaluation) and the blocks the Trainer sees."""
 
     tokenized: datasets.DatasetDict
-    train: datasets.Dataset  # blocks, or with carry_state the segments of parallel streams (stream_segments_dataset)
+    train: datasets.Dataset  # what the training mode trains on: blocks, documents or stream segments
     evaluation: dict[str, datasets.Dataset]  # "validation", and "test" where the data has it
 
 
@@ -286,12 +273,8 @@ def prepare_lm_data(
     training_args: TrainingArguments,
 ) -> LMData:
     """Tokenise every text (ended by the document separator: `lm_data.document_separator_id`), cut the
-    stream into blocks, keep ``--max_*_samples`` of them.
-
-    With ``packing`` the training examples are the tokenised texts themselves (`packed_documents_dataset`).
-    With ``carry_state`` the training stream (its first ``max_train_samples · block_size`` tokens) is laid
-    out as one stream per row of the global batch instead (`stream_segments_dataset`); with
-    ``reset_state_at_document_end`` also the document of every token (its ``seq_idx`` column).
+    stream into blocks, keep ``--max_eval_samples`` of the evaluation blocks; the training dataset is the
+    training mode's (`lm_modes.TrainingMode.training_dataset`: blocks, packed documents or stream segments).
     """
     with training_args.main_process_first(desc="tokenizing and grouping"):
         tokenized = tokenize_texts(raw, tokenizer, data_args.text_column, data_args.preprocessing_num_workers,
@@ -299,20 +282,7 @@ def prepare_lm_data(
         blocks = group_into_blocks(tokenized, data_args.block_size, data_args.preprocessing_num_workers)
     evaluation = {split: common.first_rows(blocks[split], data_args.max_eval_samples)
                   for split in ("validation", "test") if split in blocks}
-    if data_args.carry_state:
-        stream = token_stream(tokenized["train"])
-        if data_args.max_train_samples is not None:
-            stream = stream[: data_args.max_train_samples * data_args.block_size]
-        documents = None
-        if data_args.reset_state_at_document_end:
-            documents = token_document_ids(tokenized["train"])[: len(stream)]
-        train = stream_segments_dataset(stream, data_args.block_size, carried_state_num_streams(training_args),
-                                        documents)
-    elif data_args.packing:
-        train = packed_documents_dataset(tokenized["train"], data_args.block_size, data_args.max_train_samples,
-                                         data_args.preprocessing_num_workers)
-    else:
-        train = common.first_rows(blocks["train"], data_args.max_train_samples)
+    train = data_args.training_mode.training_dataset(tokenized["train"], blocks["train"], training_args)
     return LMData(tokenized, train, evaluation)
 
 
@@ -341,34 +311,23 @@ def evaluate_stream(
 
     For a model that can carry its state, the same passes also give the perplexity-by-position curves
     of both modes (the long-context curve), written to `output_dir` as perplexity_by_position.json and
-    .png. With ``reset_state_at_document_end`` the carried state is emptied at every document start, as
-    in training (`lm_evaluation.stream_token_losses` with ``document_ids``); the independent segments
+    .png. When the training mode resets at document ends (``reset_state_at_document_end``) the carried
+    state is emptied at every document start, as in training (`lm_evaluation.stream_token_losses` with ``document_ids``); the independent segments
     stay as they are. Returns the metrics, the card's rows and the card's note on them.
     """
     stream = token_stream(tokenized_validation)
     segments = f"segments of {data_args.block_size}"
     metrics: dict[str, float] = {}
     evaluations = []
-    resets = data_args.reset_state_at_document_end
+    training_mode = data_args.training_mode
+    resets = training_mode.resets_at_document_ends
     modes = {"independent_segments": (False, f"validation stream, independent {segments}")}
     if supports_carried_state(model):
         modes["carried_state"] = (True, f"validation stream, state carried across {segments}"
                                         + (", emptied at document ends" if resets else ""))
-        if data_args.carry_state and data_args.reset_state_every_segment:
-            trained = (f"The model was trained on the carried-state streams read in order, in segments of "
-                       f"{data_args.block_size}, but every segment from an empty state "
-                       "(--reset_state_every_segment), so it never saw an older state.")
-        elif data_args.carry_state:
-            trained = (f"The model was trained with the state carried across segments of {data_args.block_size} "
-                       "(truncated backpropagation through time).")
-        else:
-            trained = "The model was trained on independent blocks, so it never saw an older state."
-        if resets:
-            trained += (" In training and in the carried-state row the state was emptied at every document end "
-                        "(--reset_state_at_document_end; a document is one text with its </s>), so that row "
-                        "scores every document from its own first token only.")
         note = ("The two stream rows score the same tokens; the second carries the fast-weight state "
-                "from segment to segment (unlimited context), the first starts every segment empty. " + trained)
+                "from segment to segment (unlimited context), the first starts every segment empty. "
+                + training_mode.trained_note())
     else:
         growing = ", ".join(growing_cache_layer_types(model))
         note = (f"Carried-state (unlimited context) evaluation is skipped: {growing} layers have a key/value "
@@ -491,10 +450,8 @@ def write_lm_model_card(
 def training_data_layout(data_args: DataTrainingArguments) -> dict[str, Any]:
     """The data arguments that fix which training tokens each step reads (recorded in every checkpoint; a
     resumed run must match them, `common.check_resume_matches_checkpoint`)."""
-    return {name: getattr(data_args, name) for name in (
-        "block_size", "max_train_samples", "packing", "carry_state", "reset_state_at_document_end",
-        "reset_state_every_segment",
-    )}
+    return {name: getattr(data_args, name)
+            for name in ("block_size", "max_train_samples", *training_mode_arguments())}
 
 
 def run_lm_training(
@@ -509,18 +466,10 @@ def run_lm_training(
     """
     common.setup_logging(training_args)
     check_lm_arguments(data_args, training_args)
-    if data_args.packing and data_args.carry_state:
-        raise ValueError("--packing true and --carry_state true exclude each other: packing trains every document from "
-                         "an empty state, carry_state continues each row's state from the previous batch; pick one")
-    if data_args.carry_state:
-        if model_args.architecture != "fwp":
-            raise ValueError(f"--carry_state true needs an FWP model whose every layer keeps a fixed-size state; "
-                             f"--architecture {model_args.architecture} is a softmax transformer (a key/value cache "
-                             "that grows with the stream)")
-        check_carry_state_arguments(training_args)
-    carried_state_files = ([CARRIED_STATE_FILE.format(rank=rank) for rank in range(training_args.world_size)]
-                           if data_args.carry_state and training_args.do_train else [])
-    resume_checkpoint = common.resolve_resume_checkpoint(training_args, carried_state_files)
+    training_mode = data_args.training_mode
+    training_mode.check_arguments(model_args, training_args)
+    mode_files = training_mode.checkpoint_files(training_args) if training_args.do_train else []
+    resume_checkpoint = common.resolve_resume_checkpoint(training_args, mode_files)
     push = prepare_hub_push(training_args)
     set_seed(training_args.seed)
 
@@ -530,8 +479,7 @@ def run_lm_training(
     logger.info("%s with %s layers: %.2fM parameters", type(model).__name__,
                 getattr(model.config, "layer_attention_types", model.config.num_hidden_layers),
                 model.num_parameters() / 1e6)
-    if data_args.carry_state:
-        check_carry_state_model(model)
+    training_mode.check_model(model)
     layout = training_data_layout(data_args)
     if resume_checkpoint is not None and training_args.do_train:
         common.check_resume_matches_checkpoint(resume_checkpoint, model.config, layout)
@@ -539,12 +487,7 @@ def run_lm_training(
     # The context the model was trained on, saved with the tokenizer: what evaluation harnesses fall back to
     # (lm-eval reads config.max_position_embeddings, None for a model without rotary layers, then this).
     tokenizer.model_max_length = data_args.block_size
-    trainer_class, trainer_options = Trainer, {}
-    if data_args.carry_state and training_args.do_train:
-        trainer_class = CarriedStateTrainer
-        trainer_options = {"reset_every_segment": data_args.reset_state_every_segment}
-    elif data_args.packing and training_args.do_train:
-        trainer_class = PackedDocumentsTrainer
+    trainer_class, trainer_options = training_mode.trainer_class() if training_args.do_train else (Trainer, {})
     trainer = trainer_class(
         model=model,
         args=training_args,
