@@ -129,8 +129,8 @@ def test_a_wrong_import_is_reported(module, source, rule):
 @pytest.mark.parametrize(
     ("module", "source"),
     [
-        (f"{PACKAGE}.layers_fwp", "import math\nimport torch.nn.functional as F\nfrom .cache_fwp import x\n"
-                                  "from transformers.cache_utils import Cache\n"),
+        (f"{PACKAGE}.layers_fwp", ("import math\nimport torch.nn.functional as F\nfrom .cache_fwp import x\n"
+                                   "from transformers.cache_utils import Cache\n")),
         (f"{PACKAGE}.training.lm", "from ..shared.hub import push_folder_to_hub\nfrom ..conversion import fla\n"),
         (f"{PACKAGE}.experiments.benchmark", "from .benchmark_report import render\nfrom ..training import lm\n"),
         (f"{PACKAGE}.console_scripts", "import importlib\nimportlib.import_module('fwp_hf.experiments.benchmark')\n"),

@@ -61,19 +61,19 @@ def test_flags_select_one_mode(flags, mode):
     ("flags", "refusal"),
     [
         ({"packing": True, "carry_state": True},
-         "--packing true and --carry_state true exclude each other: packing trains every document from an empty "
-         "state, carry_state continues each row's state from the previous batch; pick one"),
+         ("--packing true and --carry_state true exclude each other: packing trains every document from an empty "
+          "state, carry_state continues each row's state from the previous batch; pick one")),
         ({"reset_state_at_document_end": True},
-         "--reset_state_at_document_end true needs --carry_state true: it resets the state that carried-state "
-         "training carries across segments (with --carry_state false every block already starts from an empty "
-         "state)"),
+         ("--reset_state_at_document_end true needs --carry_state true: it resets the state that carried-state "
+          "training carries across segments (with --carry_state false every block already starts from an empty "
+          "state)")),
         ({"packing": True, "reset_state_every_segment": True},
-         "--reset_state_every_segment true needs --carry_state true: it reads the carried-state streams in order "
-         "without their state (with --carry_state false the blocks are shuffled and every block already starts "
-         "from an empty state)"),
+         ("--reset_state_every_segment true needs --carry_state true: it reads the carried-state streams in order "
+          "without their state (with --carry_state false the blocks are shuffled and every block already starts "
+          "from an empty state)")),
         ({"carry_state": True, "reset_state_every_segment": True, "reset_state_at_document_end": True},
-         "--reset_state_every_segment true and --reset_state_at_document_end true exclude each other: with the "
-         "first no state is carried, so there is none to reset at document ends"),
+         ("--reset_state_every_segment true and --reset_state_at_document_end true exclude each other: with the "
+          "first no state is carried, so there is none to reset at document ends")),
     ],
 )
 def test_flags_that_exclude_each_other_are_refused_when_the_arguments_are_built(flags, refusal):
