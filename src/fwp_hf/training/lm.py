@@ -3,7 +3,9 @@
 Modelled on transformers' `examples/pytorch/language-modeling/run_clm.py`: three argument
 dataclasses parsed by `HfArgumentParser` (from a YAML/JSON file, flags, or a file followed by flags
 that override it), `Trainer` owning the loop (checkpoints, resuming, evaluation, logging, several
-processes through `accelerate launch`).
+processes through `accelerate launch`). How the training data is laid out and read (independent
+blocks, packed documents, carried state) is the training mode's (`lm_modes`); `run_lm_training` asks
+`DataTrainingArguments.training_mode` and does not branch on the mode's flags.
 """
 
 from __future__ import annotations
@@ -310,20 +312,21 @@ def evaluate_stream(
     models whose every layer keeps a fixed-size state) with the state carried across segments.
 
     For a model that can carry its state, the same passes also give the perplexity-by-position curves
-    of both modes (the long-context curve), written to `output_dir` as perplexity_by_position.json and
-    .png. When the training mode resets at document ends (``reset_state_at_document_end``) the carried
-    state is emptied at every document start, as in training (`lm_evaluation.stream_token_losses` with ``document_ids``); the independent segments
-    stay as they are. Returns the metrics, the card's rows and the card's note on them.
+    of both evaluations (the long-context curve), written to `output_dir` as perplexity_by_position.json
+    and .png. When the training mode resets at document ends (``reset_state_at_document_end``) the carried
+    state is emptied at every document start, as in training (`lm_evaluation.stream_token_losses` with
+    ``document_ids``); the independent segments stay as they are. The card's note on the rows ends with the
+    training mode's `trained_note`. Returns the metrics, the card's rows and that note.
     """
     stream = token_stream(tokenized_validation)
     segments = f"segments of {data_args.block_size}"
     metrics: dict[str, float] = {}
-    evaluations = []
+    evaluations: list[LMEvaluation] = []
     training_mode = data_args.training_mode
     resets = training_mode.resets_at_document_ends
-    modes = {"independent_segments": (False, f"validation stream, independent {segments}")}
+    stream_evaluations = {"independent_segments": (False, f"validation stream, independent {segments}")}
     if supports_carried_state(model):
-        modes["carried_state"] = (True, f"validation stream, state carried across {segments}"
+        stream_evaluations["carried_state"] = (True, f"validation stream, state carried across {segments}"
                                         + (", emptied at document ends" if resets else ""))
         note = ("The two stream rows score the same tokens; the second carries the fast-weight state "
                 "from segment to segment (unlimited context), the first starts every segment empty. "
@@ -333,16 +336,16 @@ def evaluate_stream(
         note = (f"Carried-state (unlimited context) evaluation is skipped: {growing} layers have a key/value "
                 "cache that grows with the stream.")
     curves = {}
-    for mode, (carry_state, name) in modes.items():
+    for evaluation, (carry_state, name) in stream_evaluations.items():
         stream_args = {"segment_length": data_args.block_size, "carry_state": carry_state,
                        "num_streams": data_args.streaming_eval_num_streams,
                        "max_tokens": data_args.streaming_eval_max_tokens,
                        "document_ids": token_document_ids(tokenized_validation) if carry_state and resets else None}
-        curves[mode] = curve = perplexity_by_position(model, stream, bucket_size=data_args.position_bucket_size,
+        curves[evaluation] = curve = perplexity_by_position(model, stream, bucket_size=data_args.position_bucket_size,
                                                       **stream_args)
         result = {key: curve[key] for key in ("loss", "perplexity", "tokens")}
         evaluations.append(LMEvaluation(name, "validation", result["loss"], result["perplexity"]))
-        metrics.update({f"eval_{mode}_{key}": value for key, value in result.items()})
+        metrics.update({f"eval_{evaluation}_{key}": value for key, value in result.items()})
     if "carried_state" in curves and output_dir is not None:
         write_perplexity_by_position(curves, output_dir)
     return metrics, evaluations, note
