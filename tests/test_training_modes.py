@@ -141,6 +141,9 @@ def test_a_new_mode_is_one_class(monkeypatch):
         summary = "curriculum sorts the documents by length"
         options: ClassVar[dict[str, str]] = {"curriculum_steps": "it sets how fast the curriculum grows"}
 
+        def training_dataset(self, tokenized_train, train_blocks, training_args):
+            return tokenized_train.sort("length")
+
     monkeypatch.setattr(lm_modes, "TRAINING_MODES", (*lm_modes.TRAINING_MODES, CurriculumTraining))
     base = {"packing": False, "carry_state": False, "reset_state_at_document_end": False,
             "reset_state_every_segment": False, "curriculum": False, "curriculum_steps": False,

@@ -20,6 +20,7 @@ data layout and the refusals of stray options follow from those declarations.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import datasets
@@ -38,9 +39,10 @@ from .lm_data import token_document_ids, token_stream
 from .packing import PackedDocumentsTrainer, packed_documents_dataset
 
 
-class TrainingMode:
+class TrainingMode(ABC):
     """One way of training the language model; the base is what every mode shares (the plain `Trainer`, no
-    refusals, no files of its own in checkpoints). `data_args` is `lm.DataTrainingArguments`."""
+    refusals, no files of its own in checkpoints); a mode must say what it trains on (`training_dataset`).
+    `data_args` is `lm.DataTrainingArguments`."""
 
     # The boolean data argument that selects this mode (None: the mode used when no flag is set).
     flag: ClassVar[str | None] = None
@@ -62,12 +64,12 @@ class TrainingMode:
     def check_model(self, model) -> None:
         """Refuse a model this mode cannot train."""
 
+    @abstractmethod
     def training_dataset(
         self, tokenized_train: datasets.Dataset, train_blocks: datasets.Dataset, training_args: TrainingArguments
     ) -> datasets.Dataset:
         """The Trainer's training dataset from the tokenised texts (one per document, each ended by the
         document separator) or their ``block_size`` blocks; ``max_train_samples`` applied."""
-        raise NotImplementedError
 
     def trainer_class(self) -> tuple[type[Trainer], dict[str, Any]]:
         """The Trainer subclass that trains in this mode and its extra keyword arguments."""
