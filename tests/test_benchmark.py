@@ -15,8 +15,10 @@ import torch
 import fwp_hf
 from fwp_hf.experiments import benchmark
 from fwp_hf.experiments.benchmark import FLA_DELTA_NET_ROW
+from fwp_hf.experiments.benchmark_targets import BASELINE_MODE, evaluate_targets, is_met
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+COMMITTED_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results-cpu.json"
 
 
 def test_quick_benchmark_writes_results(tmp_path):
@@ -107,6 +109,28 @@ def test_quick_benchmark_writes_results(tmp_path):
     assert len({row["cache_bytes"] for row in long_rows.values()}) == 1
     for section in ("## 6. Batched generation", "## 7. A GPT-2-small-sized model", "## 8. Very long prompts"):
         assert section in markdown
+
+
+def test_the_target_table_gives_the_committed_runs_verdicts():
+    """The committed full run (with a --baseline_src row) was judged by checks written inline before the targets
+    became a table: the table gives the same records, a target repeated over lengths included; without the
+    baseline row its two targets drop out."""
+    results = json.loads(COMMITTED_RESULTS.read_text())
+    sizes = benchmark.Sizes(**{key: tuple(value) if isinstance(value, list) else value
+                               for key, value in results["sizes"].items()})
+    assert evaluate_targets(results, sizes) == results["targets"]
+    decode = [row for row in results["decoding"]["decode"] if row["mode"] != BASELINE_MODE]
+    without_baseline = evaluate_targets({**results, "decoding": {**results["decoding"], "decode": decode}}, sizes)
+    assert without_baseline == [t for t in results["targets"] if "baseline code" not in t["target"]]
+    assert len(without_baseline) == len(results["targets"]) - 2
+
+
+def test_a_target_is_met_on_its_side_of_the_threshold():
+    assert is_met(2.0, 2.0, "≥") and not is_met(1.9, 2.0, "≥") and not is_met(None, 1.0, "≥")
+    assert is_met(1.1, 1.1, "≤") and not is_met(1.2, 1.1, "≤") and not is_met(None, 1.1, "≤")
+    assert is_met(True, True, "is") and not is_met(False, True, "is") and not is_met(1, True, "is")
+    with pytest.raises(ValueError, match="a target's direction is '≥', '≤' or 'is', got '>'"):
+        is_met(1.0, 1.0, ">")
 
 
 def test_memory_blow_up_fails_the_measurement_not_the_run():

@@ -30,6 +30,8 @@ from fwp_hf import (
     FWPModel,
     TokenMixerSpec,
 )
+from fwp_hf.compat_fwp import output_cache
+from fwp_hf.experiments.decode_timing import cache_bytes
 
 BATCH, SEQ = 2, 5
 
@@ -63,13 +65,21 @@ CONFIG_BUILDERS = pytest.mark.parametrize(
 SAVED_TYPES = ("softmax", "linear", "performer", "dpfp", "delta", "gated_delta", "fast_weights")
 
 
-def test_package_constants_are_derived_from_the_registry():
+def test_saved_types_stay_registered_and_fast_weight_types_keep_a_fixed_size_cache():
+    """Every name of ATTENTION_TYPES builds a model; FAST_WEIGHT_TYPES are exactly those whose cache holds as
+    many bytes after 8 tokens as after 4 (a softmax layer's key/value cache grows)."""
     assert type(AutoConfig.for_model("fwp", **LM_BASE)) is FWPConfig
-    assert ATTENTION_TYPES == tuple(TOKEN_MIXERS)
     assert set(SAVED_TYPES) <= set(ATTENTION_TYPES)
-    assert FAST_WEIGHT_TYPES == tuple(name for name, spec in TOKEN_MIXERS.items() if spec.holds_state)
     assert set(CROSS_ATTENTION_TYPES) <= set(ATTENTION_TYPES)
-    assert all(FEATURE_MAPS[name].name == name for name in FEATURE_MAPS)
+    fixed_size = []
+    for kind in ATTENTION_TYPES:
+        model = FWPForCausalLM(tiny_config(attention_type=kind)).eval()
+        with torch.no_grad():
+            held = {cache_bytes(output_cache(model(torch.ones(1, length, dtype=torch.long), use_cache=True)))
+                    for length in (4, 8)}
+        if len(held) == 1:
+            fixed_size.append(kind)
+    assert tuple(fixed_size) == FAST_WEIGHT_TYPES
 
 
 @pytest.mark.parametrize("kind", list(TOKEN_MIXERS))

@@ -41,7 +41,7 @@ def saved_lm(folder, **fields) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Item 5: a different architecture must not load silently
+# A saved config whose weights meant something else does not load silently
 # ----------------------------------------------------------------------------------------------
 
 # (saved fields, load-time override, the field the error must name)
@@ -144,7 +144,7 @@ def test_weight_meaning_fields_are_config_fields():
 
 
 # ----------------------------------------------------------------------------------------------
-# Item 9: "maximum length" is a warning for models with positional limits only
+# The "maximum length" warning only for models with positional limits
 # ----------------------------------------------------------------------------------------------
 
 
@@ -207,7 +207,7 @@ def test_max_position_embeddings_default():
 
 
 # ----------------------------------------------------------------------------------------------
-# Item 3: odd head sizes
+# Odd head sizes: accepted without rotary positions, refused with them
 # ----------------------------------------------------------------------------------------------
 
 

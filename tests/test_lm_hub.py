@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fwp_hf import MODEL_CODE_FILES
-from fwp_hf.training.hub import HubPushError, push_folder_to_hub
+from fwp_hf.shared.hub import HubPushError, push_folder_to_hub
 from fwp_hf.training.lm_data import builtin_corpus_texts
 
 from hub_server import HubServer

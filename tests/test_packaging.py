@@ -53,7 +53,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_holds_what_the_library_reads_at_run_time(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     needed = {
-        "fwp_hf/training/model_cards/fwp_lm_card.md",
+        "fwp_hf/shared/model_cards/fwp_lm_card.md",
         "fwp_hf/training/evaluate_metrics/sacrebleu.py",
         "fwp_hf/training/evaluate_metrics/chrf.py",
         *(f"fwp_hf/{name}" for name in SEQ2SEQ_MODEL_CODE_FILES),

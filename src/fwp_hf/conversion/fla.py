@@ -35,6 +35,8 @@ from safetensors.torch import load_file
 
 from ..configuration_fwp import FWPConfig
 from ..modeling_fwp import FWPForCausalLM
+from ..shared.hub import HubPushError, check_repo_id, push_folder_to_hub
+from ..shared.model_card import describe_architecture
 from ..token_mixers import FAST_WEIGHT_LAYER, SOFTMAX_ATTENTION_LAYER, TOKEN_MIXERS
 
 
@@ -441,8 +443,6 @@ def load_fla_checkpoint(
 
 def render_converted_model_card(source: str, fla: dict[str, Any], model: FWPForCausalLM) -> ModelCard:
     """The README of a converted folder: where it came from and what was verified."""
-    from ..training.model_card import describe_architecture
-
     is_hub_id = not Path(source).exists()
     card_data = ModelCardData(
         library_name="transformers",
@@ -589,8 +589,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
                         help="also push the converted folder to this Hub repo (owner/name; HF_TOKEN or --hub_token)")
     parser.add_argument("--hub_token", default=None, help="Hub token for --hub_model_id (default: the logged-in one)")
     args = parser.parse_args(argv)
-    from ..training.hub import HubPushError, check_repo_id, push_folder_to_hub
-
     if args.hub_model_id is not None:
         try:
             check_repo_id(args.hub_model_id)

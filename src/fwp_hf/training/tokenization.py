@@ -29,7 +29,7 @@ from tokenizers import AddedToken, decoders, normalizers
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import SpmConverter
 
-from .cli import parse_config_and_flags
+from ..shared.cli import parse_config_and_flags
 from .data_files import check_data_file
 from .lm_data import builtin_corpus_texts
 
