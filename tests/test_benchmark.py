@@ -90,16 +90,19 @@ def test_quick_benchmark_writes_results(tmp_path):
         assert row["decode_tokens_per_s"] > 0 and row["flops_per_token"] > 2 * row["weight_bytes_per_token"] / 4, row
     # 6. batched generation: every cell of both models; the state does not grow with the prompt, a KV cache does
     cells = {(row["model"], row["batch"], row["prompt"]): row for row in results["batched"]}
-    assert set(cells) == {(model, batch, prompt) for model in ("delta", "gpt2") for batch in (1, 2) for prompt in (32, 64)}
+    assert set(cells) == {(model, batch, prompt)
+                          for model in ("delta", "gpt2") for batch in (1, 2) for prompt in (32, 64)}
     for row in cells.values():
-        assert "error" not in row and row["decode_tokens_per_s"] > 0 and row["peak_rss_gib"] >= row["decode_rss_gib"] > 0
+        assert "error" not in row and row["decode_tokens_per_s"] > 0
+        assert row["peak_rss_gib"] >= row["decode_rss_gib"] > 0
     for batch in (1, 2):
         assert cells[("delta", batch, 32)]["cache_bytes"] == cells[("delta", batch, 64)]["cache_bytes"] > 0
         assert cells[("gpt2", batch, 64)]["cache_bytes"] > cells[("gpt2", batch, 32)]["cache_bytes"]
     assert cells[("delta", 2, 64)]["cache_bytes"] == 2 * cells[("delta", 1, 64)]["cache_bytes"]
     # 7. the larger model: its own sizes, trained and decoded
     realistic = results["realistic"]
-    assert [row["model"] for row in realistic["training"]] == ["delta", "gpt2"] == [row["model"] for row in realistic["decoding"]]
+    assert [row["model"] for row in realistic["training"]] == ["delta", "gpt2"]
+    assert [row["model"] for row in realistic["decoding"]] == ["delta", "gpt2"]
     big = benchmark.build_model("delta", benchmark.Sizes.quick().realistic(), 64)
     assert realistic["training"][0]["parameters"] == big.num_parameters()
     assert all("error" not in row for row in realistic["training"] + realistic["decoding"])
@@ -175,5 +178,6 @@ def test_baseline_src_must_hold_an_fwp_hf_package(tmp_path):
         benchmark.check_baseline_src(str(tmp_path))
     src = Path(fwp_hf.__file__).resolve().parents[1]
     assert benchmark.check_baseline_src(str(src)) == str(Path(fwp_hf.__file__).resolve())
-    row = benchmark.measure_baseline_decoding(benchmark.Sizes.quick(), benchmark.BenchmarkArguments(baseline_src=str(src)))
+    arguments = benchmark.BenchmarkArguments(baseline_src=str(src))
+    row = benchmark.measure_baseline_decoding(benchmark.Sizes.quick(), arguments)
     assert row["decode_tokens_per_s"] > 0 and row["prefill_s"] > 0, row

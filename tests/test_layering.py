@@ -4,7 +4,8 @@ imports inside functions count too, and so do ``importlib.import_module("...")``
 - the model files (`SEQ2SEQ_MODEL_CODE_FILES`, which holds `MODEL_CODE_FILES`) ship inside every checkpoint
   and are loaded there as loose siblings, so they import only each other, torch, transformers, safetensors
   and the standard library;
-- `shared` (Hub push, model cards, config-file + flags parsing) serves both wings, so it imports neither of them (nor `experiments`);
+- `shared` (Hub push, model cards, config-file + flags parsing) serves both wings, so it imports neither of
+  them (nor `experiments`);
 - `training` is what stands behind `scripts/`: only `training` itself, `experiments` and the installed entry
   points import it — in particular `conversion` (library code) never does, nor does the package root, so
   ``import fwp_hf`` needs no `train` extra;

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import HubServer
+from isolation import run_without_fwp_hf
 from transformers import AutoModelForCausalLM
 
 from fwp_hf import MODEL_CODE_FILES
 from fwp_hf.shared.hub import HubPushError, push_folder_to_hub
 from fwp_hf.training.lm_data import builtin_corpus_texts
-
-from hub_server import HubServer
-from isolation import run_without_fwp_hf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "tester/fwp-tiny"

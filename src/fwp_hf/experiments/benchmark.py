@@ -1,6 +1,6 @@
 """Speed and memory benchmark of fwp_hf against softmax attention (GPT-2 with SDPA) and the hardware.
 
-    python scripts/benchmark.py   # full run (~12 min on the 2-core Xeon of the committed run), writes benchmarks/results-cpu.*
+    python scripts/benchmark.py   # full run (~12 min on the committed run's 2-core Xeon): benchmarks/results-cpu.*
     python scripts/benchmark.py --baseline_src /path/to/earlier/checkout/src   # also time that code's eager decoding
     python scripts/benchmark.py --quick --output_dir /tmp/bench   # seconds-long smoke run
 
@@ -75,7 +75,8 @@ class BenchmarkArguments:
     )
     note: str | None = field(default=None, metadata={"help": "A sentence on the run's conditions for the report."})
     from_json: str | None = field(
-        default=None, metadata={"help": "Render the markdown of an earlier run's JSON (with --note) instead of measuring."}
+        default=None,
+        metadata={"help": "Render the markdown of an earlier run's JSON (with --note) instead of measuring."},
     )
     baseline_src: str | None = field(
         default=None,
@@ -83,7 +84,9 @@ class BenchmarkArguments:
                           "its eager decoding of the headline type is timed in child processes, alternating with "
                           "this code's, and the decoding targets are checked against it."},
     )
-    baseline_label: str | None = field(default=None, metadata={"help": "How the report names the baseline (e.g. its commit)."})
+    baseline_label: str | None = field(
+        default=None, metadata={"help": "How the report names the baseline (e.g. its commit)."}
+    )
 
 
 @dataclass
@@ -200,7 +203,9 @@ def run_in_child(measure, arguments: tuple, args: BenchmarkArguments, time_limit
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["torch", "transformers", "fwp_hf"])
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(measure, arguments, args.threads, args.child_memory_limit_gib, sender))
+    child = context.Process(
+        target=_child_main, args=(measure, arguments, args.threads, args.child_memory_limit_gib, sender)
+    )
     child.start()
     sender.close()  # the child holds the only write end: a child that dies makes the pipe readable (end of file)
     try:
@@ -211,7 +216,8 @@ def run_in_child(measure, arguments: tuple, args: BenchmarkArguments, time_limit
             return receiver.recv()
         except EOFError:
             child.join()
-            return {"error": f"child process died with exit code {child.exitcode} without a result (killed for memory?)"}
+            return {"error": f"child process died with exit code {child.exitcode} without a result "
+                             "(killed for memory?)"}
     finally:
         child.join()
         receiver.close()
@@ -424,7 +430,8 @@ def measure_baseline_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
 
 
 def _baseline_environment(baseline_src: str) -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(baseline_src).resolve()), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(Path(baseline_src).resolve()), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def check_baseline_src(baseline_src: str) -> str:
@@ -435,7 +442,8 @@ def check_baseline_src(baseline_src: str) -> str:
                              capture_output=True, text=True, check=False)
     location = process.stdout.strip()
     if process.returncode != 0 or not Path(location).resolve().is_relative_to(Path(baseline_src).resolve()):
-        raise ValueError(f"--baseline_src {baseline_src!r} must be the src folder of an fwp_hf checkout (a child process "
+        raise ValueError(f"--baseline_src {baseline_src!r} must be the src folder of an fwp_hf checkout (a child "
+                         "process "
                          f"with it first on PYTHONPATH imported {location or 'no fwp_hf'})")
     return location
 
@@ -472,7 +480,8 @@ def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
     decode.append(_decode_row(HEADLINE_TYPE, headline, "compiled", best["compiled"], context))
     with tempfile.TemporaryDirectory() as folder:
         fla = converted_fla_delta_net(sizes, Path(folder)).eval()
-    decode.append(_decode_row(FLA_DELTA_NET_ROW, fla, "eager", timed_generate(fla, prompt, sizes.decode_tokens), context))
+    fla_timing = timed_generate(fla, prompt, sizes.decode_tokens)
+    decode.append(_decode_row(FLA_DELTA_NET_ROW, fla, "eager", fla_timing, context))
     decode.append(onnxruntime_decode_row(headline, prompt, sizes.decode_tokens, context))
     if baseline is not None:
         same_model = decode[FWP_TYPES.index(HEADLINE_TYPE)]  # the same architecture and sizes: the same work per token

@@ -50,7 +50,8 @@ def render_markdown(results: dict) -> str:
     for t in results["targets"]:
         op = "≥" if t.get("higher_is_better", t["unit"] != "GiB") else "≤"
         threshold = "" if isinstance(t["threshold"], bool) else f"{op} {t['threshold']:g} {t['unit']}".strip()
-        lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {threshold} | {'met' if t['met'] else 'MISSED'} |")
+        verdict = "met" if t["met"] else "MISSED"
+        lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {threshold} | {verdict} |")
     b, h, length, d = sizes["kernel_shape"]
     lines += ["", f"## 1. Kernels: chunkwise vs recurrent, forward+backward (B={b}, H={h}, T={length}, D={d}, fp32)",
               "", "| kernel | chunkwise s | recurrent s | speed-up |", "|---|---|---|---|"]
@@ -67,8 +68,10 @@ def render_markdown(results: dict) -> str:
     lines += ["", f"## 4. Achieved GFLOP/s of the chunkwise delta kernel (forward, shape {flops['shape']}, "
               f"chunk {flops['chunk_size']})", "",
               "| measurement | GFLOP/s |", "|---|---|",
-              f"| chunkwise delta rule (FLOPs of the algorithm, see `delta_chunk_flops`) | {flops['kernel_gflops']:.1f} |",
-              f"| torch.matmul, batched [{flops['chunk_size']}×{flops['shape'][3]}]·[{flops['shape'][3]}×{flops['chunk_size']}] | "
+              "| chunkwise delta rule (FLOPs of the algorithm, see `delta_chunk_flops`) | "
+              f"{flops['kernel_gflops']:.1f} |",
+              f"| torch.matmul, batched [{flops['chunk_size']}×{flops['shape'][3]}]·"
+              f"[{flops['shape'][3]}×{flops['chunk_size']}] | "
               f"{flops['matmul_similar_shape_gflops']:.1f} |",
               f"| torch.matmul 1024×1024 (for reference) | {flops['matmul_1024_gflops']:.1f} |",
               f"| kernel / similar-shape matmul | {flops['fraction_of_matmul']:.2f} |", ""]
@@ -77,13 +80,15 @@ def render_markdown(results: dict) -> str:
 
 
 def _training_table(rows: list[dict]) -> list[str]:
-    lines = ["| model | T | parameters | tokens/s | vs GPT-2 | step s | peak memory GiB |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | T | parameters | tokens/s | vs GPT-2 | step s | peak memory GiB |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['model']} | {row['seq_len']} | — | — | — | — | {row['error']} |")
             continue
         ratio = training_ratio(rows, row["model"], row["seq_len"]) if row["model"] != "gpt2" else None
-        lines.append(f"| {row['model']} | {row['seq_len']} | {row['parameters'] / 1e6:.2f}M | {row['tokens_per_s']:.0f} | "
+        lines.append(f"| {row['model']} | {row['seq_len']} | {row['parameters'] / 1e6:.2f}M | "
+                     f"{row['tokens_per_s']:.0f} | "
                      f"{_fmt(ratio)}{'×' if ratio else ''} | {row['step_s']:.2f} | {row['peak_rss_gib']:.2f} |")
     return lines
 
@@ -96,7 +101,8 @@ def _decoding_section(results: dict) -> list[str]:
              f"({sizes['decode_tokens']} greedy tokens)", "",
              "Decoding tokens/s counts the steps after the first new token; prefill is the prompt's forward pass. "
              "\"compiled\": `generate(..., past_key_values=FastWeightStaticCache(config, 1), compile_config="
-             "CompileConfig(fullgraph=True, dynamic=False, mode=\"default\"))` (with `_compile_all_devices = True` on a "
+             "CompileConfig(fullgraph=True, dynamic=False, mode=\"default\"))` (with `_compile_all_devices = True` "
+             "on a "
              f"CPU); its first call compiled the decoding step in {decoding['compile_warmup_s']:.0f} s (not counted). "
              f"\"{ONNXRUNTIME_MODE}\": the same model exported by `scripts/export_onnx.py` (every mixer one opset-27 "
              "`LinearAttention` node; prefill and one-token decode programs with explicit states), greedy decoding "
@@ -143,7 +149,8 @@ def _batched_section(results: dict) -> list[str]:
              "peak memory GiB |", "|---|---|---|---|---|---|---|---|---|"]
     for row in results["batched"]:
         gpt2 = lookup(results["batched"], model="gpt2", batch=row["batch"], prompt=row["prompt"])
-        ratio = divide(row.get("decode_tokens_per_s"), gpt2.get("decode_tokens_per_s")) if row["model"] != "gpt2" else None
+        ratio = (divide(row.get("decode_tokens_per_s"), gpt2.get("decode_tokens_per_s"))
+                 if row["model"] != "gpt2" else None)
         columns = _generation_columns(row).split(" | ")
         columns.insert(2, f"{_fmt(ratio)}{'×' if ratio else ''}")
         lines.append(f"| {row['model']} | {row['batch']} | {row['prompt']} | {' | '.join(columns)} |")
@@ -157,7 +164,8 @@ def _realistic_section(results: dict) -> list[str]:
              f"{sizes['realistic_vocab_size']}", "", f"Training step at T = {sizes['realistic_train_length']} "
              f"(best of {sizes['realistic_train_steps']} after one warm-up step; batch 1, AdamW):", ""]
     lines += _training_table(realistic["training"])
-    lines += ["", f"Decoding after a {sizes['realistic_decode_prompt']}-token prompt ({sizes['realistic_decode_tokens']} "
+    lines += ["", f"Decoding after a {sizes['realistic_decode_prompt']}-token prompt "
+              f"({sizes['realistic_decode_tokens']} "
               "greedy tokens, batch 1, eager):", "",
               "| model | prefill s | decode tokens/s | cache MiB | decoding memory GiB | peak memory GiB |",
               "|---|---|---|---|---|---|"]
@@ -190,7 +198,8 @@ def crossover_sentence(rows: list[dict], lengths: tuple[int, ...]) -> str:
     faster = [length for length, r in ratios if r >= 1.0]
     listing = ", ".join(f"{r:.2f}× at T={length}" for length, r in ratios)
     if len(faster) == len(ratios):
-        return f"Crossover: {HEADLINE_TYPE} trains faster than GPT-2 already at the shortest length measured ({listing})."
+        return (f"Crossover: {HEADLINE_TYPE} trains faster than GPT-2 already at the shortest length measured "
+                f"({listing}).")
     if not faster:
         return f"Crossover: {HEADLINE_TYPE} is slower than GPT-2 at every length measured ({listing})."
     return f"Crossover: {HEADLINE_TYPE} overtakes GPT-2 between the measured lengths ({listing})."

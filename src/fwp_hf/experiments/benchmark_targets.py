@@ -100,7 +100,8 @@ def _batched(results: dict, f: dict, model: str, prompt_key: str) -> dict:
 
 
 def _state_bytes_equal(results: dict, f: dict) -> bool:
-    ours, ours_short = _batched(results, f, f["headline"], "long_prompt"), _batched(results, f, f["headline"], "short_prompt")
+    ours = _batched(results, f, f["headline"], "long_prompt")
+    ours_short = _batched(results, f, f["headline"], "short_prompt")
     return "cache_bytes" in ours and ours.get("cache_bytes") == ours_short.get("cache_bytes")
 
 

@@ -40,8 +40,8 @@ from ..fast_weight_kernels import (
     hebbian_update,
     sum_normalize,
 )
-from ..token_mixers import TOKEN_MIXERS
 from ..shared.cli import parse_config_and_flags
+from ..token_mixers import TOKEN_MIXERS
 
 # ==============================================================================================
 # Schlag et al. 2021 §4.1: associative retrieval with a fast-weight memory

@@ -1,8 +1,8 @@
 """Model cards of trained FWP language models: Hub YAML metadata (with `model-index`) and text.
 
 The card is rendered by `huggingface_hub.ModelCard.from_template` from a Jinja2 template (the
-default ships in the package, `fwp_hf/shared/model_cards/fwp_lm_card.md`); the metadata block comes from `ModelCardData`, whose
-`eval_results` become the `model-index` the Hub shows as results.
+default ships in the package, `fwp_hf/shared/model_cards/fwp_lm_card.md`); the metadata block comes from
+`ModelCardData`, whose `eval_results` become the `model-index` the Hub shows as results.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
   it is given when there is none.
 - `setup_logging`, `resolve_resume_checkpoint` (``--resume_from_checkpoint last``: the newest complete
   checkpoint) with `check_checkpoint`, `check_resume_matches_checkpoint` (a resume must keep what the
-  weights mean and the data layout; `DataLayoutCallback` records the layout), `write_atomically`, `first_rows` (``--max_*_samples``), `train_and_save` (the Trainer's training step) and
+  weights mean and the data layout; `DataLayoutCallback` records the layout), `write_atomically`,
+  `first_rows` (``--max_*_samples``), `train_and_save` (the Trainer's training step) and
   `save_model_for_inference` (the model folder, with `use_cache` back on).
 """
 
@@ -39,8 +40,8 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import FEATURE_MAPS, FWPConfig
-from ..token_mixers import ATTENTION_TYPES
 from ..shared.cli import config_overrides_as_json, parse_config_and_flags
+from ..token_mixers import ATTENTION_TYPES
 from .tokenization import MODEL_TYPES, save_tokenizer, train_sentencepiece_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -196,7 +197,8 @@ def load_or_train_tokenizer(
             raise ValueError(
                 "no tokenizer: give --tokenizer_name or --model_name_or_path, or training data to train one on"
             )
-        logger.info("Training a %d-token sentencepiece tokenizer on the training split", model_args.tokenizer_vocab_size)
+        logger.info("Training a %d-token sentencepiece tokenizer on the training split",
+                    model_args.tokenizer_vocab_size)
         tokenizer = train_sentencepiece_tokenizer(
             texts, vocab_size=model_args.tokenizer_vocab_size, model_type=model_args.tokenizer_model_type
         )
@@ -268,7 +270,8 @@ def check_checkpoint(checkpoint: str, required_files: Sequence[str] = ()) -> Non
             with zipfile.ZipFile(torch_file) as archive:
                 archive.namelist()
         except (zipfile.BadZipFile, OSError) as error:
-            raise ValueError(f"checkpoint {checkpoint!r}: {torch_file.name} cannot be read ({error}): {hint}") from error
+            raise ValueError(
+                f"checkpoint {checkpoint!r}: {torch_file.name} cannot be read ({error}): {hint}") from error
     if weights[0].suffix == ".safetensors":
         from safetensors import safe_open  # noqa: PLC0415
 
