@@ -218,7 +218,7 @@ def test_student_config_maps_the_teacher(family):
     actual = {name: getattr(config, name) for name in expected}
     assert actual == expected
     assert config.layer_attention_types == ["softmax"] * n
-    scaling = config.rope_scaling_parameters
+    scaling = config.softmax_attention.rope_scaling
     if rope_type == "default":
         assert not scaling or scaling.get("rope_type") == "default", scaling
     else:
@@ -294,7 +294,7 @@ def test_all_softmax_student_of_a_teacher_without_a_window():
     keeps full attention (this used to fail with KeyError popping the kept windows)."""
     teacher = make_teacher("llama")
     config = student_config_from_teacher(teacher.config, attention_type="softmax")
-    assert config.sliding_window is None and config.layer_attention_types == ["softmax"] * 2
+    assert config.softmax_attention.sliding_window is None and config.layer_attention_types == ["softmax"] * 2
     student = linearize_model(teacher, attention_type="softmax")
     ids = random_ids(2, 30, seed=1)
     assert_logits_close(logits_of(student, ids), logits_of(teacher, ids), "all-softmax student of a windowless Llama")
@@ -309,10 +309,10 @@ def test_kept_layers_with_different_teacher_windows():
     with pytest.raises(LinearizationError, match="keep_softmax_layers"):
         linearize_model(teacher, keep_softmax_layers=[0, 1])
     student = linearize_model(teacher, attention_type="delta", keep_softmax_layers=[1], chunk_size=CHUNK)
-    assert student.config.sliding_window == QWEN_WINDOW
+    assert student.config.softmax_attention.sliding_window == QWEN_WINDOW
     assert student.config.layer_attention_types == ["delta", "softmax"]
     full = linearize_model(teacher, attention_type="delta", keep_softmax_layers=[0], chunk_size=CHUNK)
-    assert full.config.sliding_window is None
+    assert full.config.softmax_attention.sliding_window is None
 
 
 def test_sdpa_teacher_gives_the_same_student():
@@ -661,7 +661,7 @@ def test_hedgehog_weight_is_identity_initialised_and_learned(variant):
     model = make_fwp(HEDGEHOG_MODELS[variant])
     weights = hedgehog_weights(model)
     assert len(weights) == 2
-    head_dim = model.config.fast_weight_key_head_dim
+    head_dim = model.config.fast_weight.head_dims(model.config.head_dim)[0]
     for weight in weights:
         assert isinstance(weight, torch.nn.Parameter) and weight.requires_grad
         assert weight.shape == (4, head_dim, head_dim)

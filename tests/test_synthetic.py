@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fwp_hf.experiments import associative_retrieval, synthetic_retrieval
-from fwp_hf.fast_weight_kernels import dpfp_feature_map, elu_plus_one_feature_map
+from fwp_hf.feature_maps_fwp import dpfp_feature_map, elu_plus_one_feature_map
 from fwp_hf.experiments.synthetic import (
     BA_VOCAB,
     FastWeightsRNN,
