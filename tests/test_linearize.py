@@ -196,12 +196,12 @@ def expected_student_settings(family: str, teacher) -> dict:
         "num_key_value_heads": config.num_key_value_heads,
         "head_dim": getattr(config, "head_dim", None) or 32 // 4,
         "attention_bias": family in ("llama", "qwen2", "qwen2-sliding"),
-        "attention_output_bias": family == "llama",
-        "use_qk_norm": family == "qwen3",
+        "softmax_attention.output_bias": family == "llama",
+        "softmax_attention.qk_norm": family == "qwen3",
         "rms_norm_eps": 1e-5,
         "hidden_act": config.hidden_act,
         "tie_word_embeddings": config.tie_word_embeddings,
-        "sliding_window": {"mistral": SLIDING_WINDOW, "qwen2-sliding": QWEN_WINDOW}.get(family),
+        "softmax_attention.sliding_window": {"mistral": SLIDING_WINDOW, "qwen2-sliding": QWEN_WINDOW}.get(family),
         "rope_theta": rope["rope_theta"],
         "rope_type": rope["rope_type"],
     }
@@ -215,7 +215,7 @@ def test_student_config_maps_the_teacher(family):
     assert isinstance(config, FWPConfig)
     expected = expected_student_settings(family, teacher)
     rope_type = expected.pop("rope_type")
-    actual = {name: getattr(config, name) for name in expected}
+    actual = {name: config.field_value(name) for name in expected}
     assert actual == expected
     assert config.layer_attention_types == ["softmax"] * n
     scaling = config.softmax_attention.rope_scaling
@@ -619,14 +619,14 @@ def test_hedgehog_feature_map_math():
     spec = FEATURE_MAPS["hedgehog"]
     assert spec.nonnegative
     heads, dim = 3, 5
-    assert spec.output_dim(dim, 1, 0) == 2 * dim
+    assert spec.output_dim(dim, spec.options()) == 2 * dim
     x = 2.0 * torch.randn(2, heads, 7, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     identity = torch.eye(dim, dtype=torch.float64).repeat(heads, 1, 1)
-    phi = spec.apply(x, dpfp_nu=1, projection=identity)
+    phi = spec.apply(x, spec.options(), {"projection": identity})
     assert phi.shape == (2, heads, 7, 2 * dim)
     torch.testing.assert_close(phi, torch.cat([x.softmax(-1), (-x).softmax(-1)], dim=-1))
     weight = torch.randn(heads, dim, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    phi = spec.apply(x, dpfp_nu=1, projection=weight)
+    phi = spec.apply(x, spec.options(), {"projection": weight})
     wx = torch.stack([x[:, h] @ weight[h].T for h in range(heads)], dim=1)  # W_h x per head
     torch.testing.assert_close(phi, torch.cat([wx.softmax(-1), (-wx).softmax(-1)], dim=-1))
     assert (phi >= 0).all()
