@@ -302,8 +302,11 @@ def meaning_witnesses() -> dict[str, tuple[dict, object]]:
     among every attention type, with short convolutions, a hybrid and an encoder–decoder."""
     bases = [{**LM_BASE, "attention_type": kind} for kind in TOKEN_MIXERS]
     bases += [{**LM_BASE, "attention_type": kind, "fast_weight": {"use_short_conv": True}} for kind in ("delta", "linear")]
-    bases += [{**LM_BASE, "attention_type": ["delta", "softmax"]},
-              {**LM_BASE, "attention_type": "performer", "fast_weight": {"feature_map": "favor"}}]
+    bases += [{**LM_BASE, "attention_type": ["delta", "softmax"]}]
+    # every feature map where the config picks it (so that each map's own options are tried)
+    bases += [{**LM_BASE, "attention_type": "delta",
+               "fast_weight": {"feature_map": name, **({} if spec.nonnegative else {"key_normalization": "l2"})}}
+              for name, spec in FEATURE_MAPS.items()]
     bases += [{**SEQ2SEQ_BASE, "attention_type": kind} for kind in ("delta", "softmax")]
     witnesses = {}
     for base in bases:

@@ -202,6 +202,7 @@ class FWPConfig(PretrainedConfig):
         for key, group in LAYER_OPTION_GROUPS.items():
             setattr(self, key, groups[key])
         self.feature_maps = groups[FEATURE_MAPS_KEY]
+        self._validate_group_fields()  # before the resolutions below read them
         self.chunk_size = chunk_size
         self.max_position_embeddings = max_position_embeddings
         self.initializer_range = initializer_range
@@ -601,13 +602,16 @@ class FWPConfig(PretrainedConfig):
                 f"× head_dim ({self.head_dim}) == hidden_size ({self.hidden_size})"
             )
 
-    def _validate_groups(self) -> None:
-        """Each option group validates its fields; then its layer options (off by default) must be used by
-        some layer of the model (the group ↔ registry link: `TokenMixerSpec.options`, `OptionGroup.option_applies`)."""
+    def _validate_group_fields(self) -> None:
         for key in LAYER_OPTION_GROUPS:
             getattr(self, key).validate(f"FWPConfig.{key}")
         for name, options in self.feature_maps.items():
             options.validate(f"FWPConfig.{FEATURE_MAPS_KEY}.{name}")
+
+    def _validate_groups(self) -> None:
+        """Each option group validates its fields; then its layer options (off by default) must be used by
+        some layer of the model (the group ↔ registry link: `TokenMixerSpec.options`, `OptionGroup.option_applies`)."""
+        self._validate_group_fields()
         specs = [TOKEN_MIXERS[kind] for kind in self.self_attention_types]
         set_options = {f"{key}.{name}": any(group.option_applies(name, spec) for spec in specs)
                        for key in LAYER_OPTION_GROUPS
