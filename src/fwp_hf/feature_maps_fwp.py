@@ -21,7 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fast_weight_kernels import sum_normalize
-from .options_fwp import OptionGroup, boolean, integer, integer_at_least, option, positive_integer
+from .options_fwp import (
+    OptionGroup,
+    boolean,
+    integer,
+    integer_at_least,
+    option,
+    positive_integer,
+    positive_integer_or_none,
+)
 
 # ----------------------------------------------------------------------------------------------
 # The maps' math
@@ -172,6 +180,30 @@ class FavorOptions(OptionGroup):
     redraw: bool = option(False, check=boolean, weight_meaning=False)
 
 
+@dataclass
+class T2ROptions(OptionGroup):
+    """T2R (Kasai et al. 2021, "Finetuning Pretrained Transformers into RNNs"; FLA's ``T2RFeatureMap``):
+    feature_dim: d_dot, the width of ``relu(W x + b)`` (None: the head size); bias: learn b as well."""
+
+    feature_dim: int | None = option(None, check=positive_integer_or_none, weight_meaning=True)
+    bias: bool = option(False, check=boolean, weight_meaning=True)
+
+
+def t2r_feature_map(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """T2R: a learned ``φ(x) = relu(W x + b)``, one W ``[d_dot, d]`` (and b ``[d_dot]``) for every head, as in
+    FLA; ``[..., d] -> [..., d_dot]``. φ ≥ 0."""
+    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype)).relu()
+
+
+def _t2r_weights(options: T2ROptions, head_dim: int, num_heads: int, generator: torch.Generator | None) -> Weights:
+    """``nn.Linear``'s initialisation: W and b uniform in ±head_dim^{-1/2}."""
+    feature_dim, bound = options.feature_dim or head_dim, head_dim**-0.5
+    weights = {"projection": (2 * torch.rand(feature_dim, head_dim, generator=generator) - 1) * bound}
+    if options.bias:
+        weights["bias"] = (2 * torch.rand(feature_dim, generator=generator) - 1) * bound
+    return weights
+
+
 # ----------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------
@@ -268,6 +300,14 @@ FEATURE_MAPS: dict[str, FeatureMapSpec] = {
             apply=lambda x, options, weights: hedgehog_feature_map(x, weights["projection"]),
             output_dim=lambda head_dim, options: 2 * head_dim,
             weights=_identity_per_head,
+        ),
+        FeatureMapSpec(
+            "t2r",
+            label=lambda options: f"T2R (learned relu(Wx{' + b' if options.bias else ''}))",
+            apply=lambda x, options, weights: t2r_feature_map(x, weights["projection"], weights.get("bias")),
+            output_dim=lambda head_dim, options: options.feature_dim or head_dim,
+            options=T2ROptions,
+            weights=_t2r_weights,
         ),
         # The q/k activations of flash-linear-attention's DeltaNet (`qk_activation`), meant to be followed by
         # an L2 or sum normalisation (`fast_weight.key_normalization`): they are not positive maps.
@@ -402,6 +442,7 @@ __all__ = [
     "FeatureMapSpec",
     "FWPFeatureMap",
     "NoFeatureMapOptions",
+    "T2ROptions",
     "default_feature_map_options",
     "dpfp_feature_map",
     "draw_orthogonal_random_features",
@@ -411,4 +452,5 @@ __all__ = [
     "favor_key_log_scale",
     "feature_map_output_dim",
     "hedgehog_feature_map",
+    "t2r_feature_map",
 ]
