@@ -213,10 +213,10 @@ def warn_layers_without_attention_matrix(layers: list[tuple[str, nn.Module]], wh
 
 
 class FWPSoftmaxAttention(nn.Module):
-    """Multi-head softmax attention with rotary positions: the baseline mixer (with the config's
-    ``softmax_num_heads``, grouped-query ``num_key_value_heads``, q/k/v ``attention_bias`` and
-    ``sliding_window`` — the window is
-    in the mask, `inputs_fwp.softmax_attention_mask`).
+    """Multi-head softmax attention with rotary positions: the baseline mixer (with the options of its group,
+    ``config.softmax_attention``: heads, output bias, q/k norm and ``sliding_window`` — the window is in the
+    mask, `inputs_fwp.softmax_attention_mask` —, and the config's grouped-query ``num_key_value_heads`` and q/k/v
+    ``attention_bias``).
 
     Causal in decoders; with ``is_causal=False`` (encoders) every token sees the whole sequence.
     The attention function comes from ``config._attn_implementation``:
@@ -311,7 +311,8 @@ class FWPShortConvolution(nn.Conv1d):
 
 class FWPFastWeightAttention(nn.Module):
     """Fast-weight programmer layer for every registry entry that runs on `FAST_WEIGHT_LAYER`
-    (the sum rules ``linear``/``performer``/``dpfp``, the delta rules ``delta``/``gated_delta``).
+    (the sum rules ``linear``/``performer``/``dpfp``/``hedgehog``, the delta rules ``delta``/``gated_delta``),
+    with the options of its group, ``config.fast_weight`` (`options_fwp.FastWeightLayerOptions`).
 
     Slow weights project x_t to q_t, k_t (``key_head_dim`` per head), v_t (``value_head_dim``), the
     per-token gates the entry names and, with ``output_gate``, the output gate — all in one matmul (in
@@ -319,8 +320,8 @@ class FWPFastWeightAttention(nn.Module):
     per head (×2 with ``allow_neg_eigval``), and for a decay g_t = −exp(A_log)·softplus(W_a x_t + dt_bias)
     per head. With ``use_short_conv`` q, k, v first pass a causal depthwise convolution over time
     (its last inputs are kept in the cache); ``value_activation`` applies SiLU to v. From a pretrained
-    attention layer (`conversion.linearize`): ``attention_bias`` / ``attention_output_bias``, per-head q/k
-    RMSNorm (``use_qk_norm``), and k, v with ``fast_weight_key_value_heads`` heads, each repeated for its
+    attention layer (`conversion.linearize`): the config's ``attention_bias`` / ``output_bias``, per-head q/k
+    RMSNorm (``qk_norm``), and k, v with ``key_value_heads`` heads, each repeated for its
     group of query heads (every query head keeps its own state).
     φ(q), φ(k) come from the feature map (the entry's, or ``fast_weight.feature_map`` for the delta rules),
     then the entry's key normalisation (sum, or ``fast_weight.key_normalization``: sum or L2), then with

@@ -2,7 +2,8 @@
 
 Structure follows transformers' Llama: Config → PreTrainedModel → Model → ForCausalLM. The layers
 live in `layers_fwp.py`, the cache in `cache_fwp.py`, input checks and masks in `inputs_fwp.py`,
-what each attention type is in `token_mixers.py`, and all the math in `fast_weight_kernels.py`.
+what each attention type is in `token_mixers.py`, the options of each layer kind in `options_fwp.py`,
+the feature maps φ in `feature_maps_fwp.py`, and the update rules in `fast_weight_kernels.py`.
 """
 
 from __future__ import annotations
