@@ -163,16 +163,17 @@ def test_every_feature_map_option_refuses_a_value_of_the_wrong_kind(map_name, na
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"fast_weight": {"conv_sizes": 3}}, r"FWPConfig\.fast_weight has unknown option\(s\) 'conv_sizes'; allowed: "
-                                            r"'feature_map', .*'conv_size'"),
+        ({"fast_weight": {"conv_sizes": 3}}, (r"FWPConfig\.fast_weight has unknown option\(s\) 'conv_sizes'; allowed: "
+                                             r"'feature_map', .*'conv_size'")),
         ({"softmax_attention": "window"}, r"FWPConfig\.softmax_attention must be a dict of its options"),
         ({"feature_maps": {"dpfq": {}}}, r"FWPConfig\.feature_maps has unknown feature map\(s\) 'dpfq'; allowed: "
                                         + re.escape(", ".join(map(repr, FEATURE_MAPS)))),
-        ({"feature_maps": {"dpfp": {"mu": 2}}}, r"FWPConfig\.feature_maps\.dpfp has unknown option\(s\) 'mu'; "
-                                               r"allowed: 'nu'"),
+        ({"feature_maps": {"dpfp": {"mu": 2}}}, (r"FWPConfig\.feature_maps\.dpfp has unknown option\(s\) 'mu'; "
+                                                r"allowed: 'nu'")),
         ({"hebbian_memory": {"decay": 1.5}}, r"FWPConfig\.hebbian_memory\.decay must be in \(0, 1\], got 1\.5"),
         ({"fast_weight": {"key_normalization": "l1"}},
-         r"FWPConfig\.fast_weight\.key_normalization 'l1' is unknown; allowed: None, 'sum', 'l2' \(None: the rule's own\)"),
+         r"FWPConfig\.fast_weight\.key_normalization 'l1' is unknown; allowed: None, 'sum', 'l2' "
+         r"\(None: the rule's own\)"),
         ({"attention_type": "linear", "fast_weight": {"use_short_conv": True}, "is_encoder_decoder": True},
          r"fast_weight\.use_short_conv are options of decoder-only models"),
         ({"attention_type": "softmax", "fast_weight": {"output_gate": True}},

@@ -610,7 +610,8 @@ class FWPConfig(PretrainedConfig):
 
     def _validate_groups(self) -> None:
         """Each option group validates its fields; then its layer options (off by default) must be used by
-        some layer of the model (the group ↔ registry link: `TokenMixerSpec.options`, `OptionGroup.option_applies`)."""
+        some layer of the model (the group ↔ registry link: `TokenMixerSpec.options`,
+        `OptionGroup.option_applies`)."""
         self._validate_group_fields()
         specs = [TOKEN_MIXERS[kind] for kind in self.self_attention_types]
         set_options = {f"{key}.{name}": any(group.option_applies(name, spec) for spec in specs)
@@ -633,7 +634,7 @@ class FWPConfig(PretrainedConfig):
         has_softmax_layers = any(s.layer == SOFTMAX_ATTENTION_LAYER for s in specs)
         softmax_heads = self.softmax_attention.heads(self.num_attention_heads)
         if has_softmax_layers and self.num_key_value_heads is not None and softmax_heads % self.num_key_value_heads:
-            heads = "softmax_attention.num_heads" if self.softmax_attention.num_heads is not None else "num_attention_heads"
+            heads = self._softmax_heads_field()
             raise ValueError(
                 f"FWPConfig.{heads} ({softmax_heads}) must be a multiple of num_key_value_heads "
                 f"({self.num_key_value_heads}) (grouped-query attention)"
@@ -659,7 +660,8 @@ class FWPConfig(PretrainedConfig):
                 raise ValueError(
                     f"FWPConfig: {kind!r} layers sum-normalise φ (φ/Σφ), which needs φ ≥ 0, but feature_map "
                     f"{spec.feature_map_name(self)!r} can be negative; set fast_weight.key_normalization='l2' or a "
-                    f"fast_weight.feature_map from {_allowed(tuple(n for n, m in FEATURE_MAPS.items() if m.nonnegative))}"
+                    "fast_weight.feature_map from "
+                    f"{_allowed(tuple(n for n, m in FEATURE_MAPS.items() if m.nonnegative))}"
                 )
 
     def _validate_fwp(self) -> None:
@@ -691,15 +693,22 @@ class FWPConfig(PretrainedConfig):
                 raise ValueError(f"FWPConfig.hidden_size ({self.hidden_size}) must be divisible by {field} ({heads}){hint}")
         self._validate_feature_maps()
         if self.hidden_act not in HIDDEN_ACTIVATIONS:
-            raise ValueError(f"FWPConfig.hidden_act {self.hidden_act!r} is unknown; allowed: {_allowed(HIDDEN_ACTIVATIONS)}")
+            raise ValueError(
+                f"FWPConfig.hidden_act {self.hidden_act!r} is unknown; allowed: {_allowed(HIDDEN_ACTIVATIONS)}"
+            )
         rotary = self.rotary_attention_types
         if rotary and self.softmax_head_dim % 2:
-            heads = "softmax_attention.num_heads" if self.softmax_attention.num_heads is not None else "num_attention_heads"
+            heads = self._softmax_heads_field()
             raise ValueError(
                 f"FWPConfig: {', '.join(map(repr, rotary))} layers use rotary positions, which need an even head size, "
-                f"but hidden_size ({self.hidden_size}) / {heads} ({self.softmax_attention.heads(self.num_attention_heads)}) = "
+                f"but hidden_size ({self.hidden_size}) / {heads} "
+                f"({self.softmax_attention.heads(self.num_attention_heads)}) = "
                 f"{self.softmax_head_dim}; choose hidden_size and {heads} with an even quotient"
             )
+
+    def _softmax_heads_field(self) -> str:
+        """The field that sets the softmax layers' query heads (for error messages)."""
+        return "softmax_attention.num_heads" if self.softmax_attention.num_heads is not None else "num_attention_heads"
 
 
 _GROUP_KEYS: dict[type[OptionGroup], str] = {group: key for key, group in LAYER_OPTION_GROUPS.items()}
@@ -785,7 +794,8 @@ def nest_legacy_keys(values: dict[str, Any], kinds: set[str], keep_objects: bool
             _merge_into(target, path[1:], value)
     for key in LAYER_OPTION_GROUPS:
         values[key] = LAYER_OPTION_GROUPS[key].build(groups[key], f"FWPConfig.{key}") if keep_objects else groups[key]
-    values[FEATURE_MAPS_KEY] = build_feature_maps(groups[FEATURE_MAPS_KEY]) if keep_objects else groups[FEATURE_MAPS_KEY]
+    maps = groups[FEATURE_MAPS_KEY]
+    values[FEATURE_MAPS_KEY] = build_feature_maps(maps) if keep_objects else maps
     return values
 
 

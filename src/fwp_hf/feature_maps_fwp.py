@@ -256,7 +256,8 @@ class FeatureMapSpec:
         return self.apply_shifted(x, options, weights, per_token)
 
 
-def _identity_per_head(options: OptionGroup, head_dim: int, num_heads: int, generator: torch.Generator | None) -> Weights:
+def _identity_per_head(options: OptionGroup, head_dim: int, num_heads: int,
+                       generator: torch.Generator | None) -> Weights:
     return {"projection": torch.eye(head_dim).repeat(num_heads, 1, 1)}
 
 
@@ -438,9 +439,9 @@ class FWPFeatureMap(nn.Module):
 __all__ = [
     "FEATURE_MAPS",
     "DPFPOptions",
+    "FWPFeatureMap",
     "FavorOptions",
     "FeatureMapSpec",
-    "FWPFeatureMap",
     "NoFeatureMapOptions",
     "T2ROptions",
     "default_feature_map_options",

@@ -363,7 +363,8 @@ class FWPFastWeightAttention(nn.Module):
             self.projection_sizes.append(self.num_heads * value_head_dim)
         self.qkv_proj = nn.Linear(config.hidden_size, sum(self.projection_sizes), bias=config.attention_bias)
         conv_channels = options.short_conv_channels(self.num_heads, config.head_dim)
-        self.qkv_conv = FWPShortConvolution(conv_channels, options.conv_size, options.conv_bias) if conv_channels else None
+        self.qkv_conv = (FWPShortConvolution(conv_channels, options.conv_size, options.conv_bias)
+                         if conv_channels else None)
         self.q_norm = FWPRMSNorm(key_head_dim, eps=config.rms_norm_eps) if options.qk_norm else None
         self.k_norm = FWPRMSNorm(key_head_dim, eps=config.rms_norm_eps) if options.qk_norm else None
         self.o_norm = FWPRMSNorm(value_head_dim, eps=config.rms_norm_eps) if options.output_norm else None

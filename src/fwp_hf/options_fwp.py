@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any
 
 # Metadata keys of an option field.
 CHECK = "check"  # value -> None when fine, else what is allowed ("must be ...")
@@ -126,7 +126,7 @@ class OptionGroup:
     """A group of options, one dataclass field each (declared with `option`)."""
 
     @classmethod
-    def build(cls, value: Any, where: str) -> "OptionGroup":
+    def build(cls, value: Any, where: str) -> OptionGroup:
         """The group from None (all defaults), a group (copied) or a dict of field values (a config.json's
         nested object); `where` (``"FWPConfig.fast_weight"``) names it in errors."""
         if value is None:
