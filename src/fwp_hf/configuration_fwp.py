@@ -24,6 +24,7 @@ from .options_fwp import (
     HebbianMemoryOptions,
     OptionGroup,
     SoftmaxAttentionOptions,
+    refuse_unknown_keys,
 )
 from .token_mixers import (
     ATTENTION_TYPES,
@@ -747,12 +748,7 @@ def build_feature_maps(value: Any) -> dict[str, OptionGroup]:
         value = {}
     if not isinstance(value, dict):
         raise ValueError(f"FWPConfig.{FEATURE_MAPS_KEY} must be a dict {{feature map: its options}}, got {value!r}")
-    unknown = sorted(set(value) - set(FEATURE_MAPS))
-    if unknown:
-        raise ValueError(
-            f"FWPConfig.{FEATURE_MAPS_KEY} has unknown feature map(s) {', '.join(map(repr, unknown))}; allowed: "
-            f"{_allowed(FEATURE_MAPS)}"
-        )
+    refuse_unknown_keys(value, tuple(FEATURE_MAPS), f"FWPConfig.{FEATURE_MAPS_KEY}", "feature map")
     return {name: spec.options.build(value.get(name), f"FWPConfig.{FEATURE_MAPS_KEY}.{name}")
             for name, spec in FEATURE_MAPS.items()}
 

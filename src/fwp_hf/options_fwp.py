@@ -135,12 +135,7 @@ class OptionGroup:
             return cls(**value.to_dict())
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be a dict of its options (or None), got {value!r}")
-        unknown = sorted(set(value) - set(cls.field_names()))
-        if unknown:
-            raise ValueError(
-                f"{where} has unknown option(s) {', '.join(map(repr, unknown))}; allowed: "
-                f"{', '.join(map(repr, cls.field_names())) or 'none'}"
-            )
+        refuse_unknown_keys(value, cls.field_names(), where, "option")
         return cls(**value)
 
     @classmethod
@@ -180,6 +175,17 @@ class OptionGroup:
                 if problem.startswith("is "):
                     raise ValueError(f"{where}.{f.name} {value!r} {problem}")
                 raise ValueError(f"{where}.{f.name} {problem}, got {value!r}")
+
+
+def refuse_unknown_keys(given: dict[str, Any], allowed: Any, where: str, what: str) -> None:
+    """A ValueError naming the keys of `given` that are not in `allowed` (``"<where> has unknown <what>(s) ...;
+    allowed: ..."``)."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{where} has unknown {what}(s) {', '.join(map(repr, unknown))}; allowed: "
+            f"{', '.join(map(repr, allowed)) or 'none'}"
+        )
 
 
 def _copy_value(value: Any) -> Any:
