@@ -343,11 +343,11 @@ def weight_meaning_mismatches(saved_config: dict[str, Any], config: PretrainedCo
         return [f"model_type: {saved_config.get('model_type')!r} → {config.model_type!r}"]
     if isinstance(config, FWPConfig):
         saved = FWPConfig.from_dict(saved_config)
-        changed = saved.weight_meaning_changes(config)
-    else:
-        saved = type(config).from_dict(saved_config)
-        changed = [name for name in FWPConfig.WEIGHT_MEANING_FIELDS
-                   if hasattr(config, name) and getattr(saved, name, None) != getattr(config, name)]
+        return [f"{name}: {saved.field_value(name)!r} → {config.field_value(name)!r}"
+                for name in saved.weight_meaning_changes(config)]
+    saved = type(config).from_dict(saved_config)
+    changed = [name for name in FWPConfig.WEIGHT_MEANING_FIELDS  # the top-level ones other configs may have
+               if "." not in name and hasattr(config, name) and getattr(saved, name, None) != getattr(config, name)]
     return [f"{name}: {getattr(saved, name, None)!r} → {getattr(config, name, None)!r}" for name in changed]
 
 
