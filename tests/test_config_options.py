@@ -189,3 +189,17 @@ def test_every_feature_map_option_refuses_a_value_of_the_wrong_kind(map_name, na
 def test_group_errors_name_the_group_the_field_and_what_is_allowed(fields, message):
     with pytest.raises(ValueError, match=message):
         FWPConfig(**{**BASE, **fields})
+
+
+def test_a_group_override_of_the_importers_keeps_the_fields_they_set():
+    """The linearizer's student config (a Qwen3 teacher: q/k norm) with an override of one fast-weight option keeps
+    the group's other fields, which the teacher's weights need."""
+    from transformers import Qwen3Config
+
+    from fwp_hf.conversion.linearize import student_config_from_teacher
+
+    teacher = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    student = student_config_from_teacher(teacher, "delta", fast_weight={"use_short_conv": True})
+    assert student.fast_weight.use_short_conv and student.fast_weight.qk_norm
+    assert student.fast_weight.key_value_heads == 2

@@ -205,7 +205,7 @@ def fla_config_to_fwp(fla: dict[str, Any], **overrides: Any) -> FWPConfig:
         max_position_embeddings=fla.get("max_position_embeddings") if softmax_layers else None,
         **softmax,
     )
-    config.update(overrides)
+    config = FWPConfig.merged_config_dict(config, overrides)  # a group override changes the fields it names
     try:
         return FWPConfig(**config)
     except ValueError as error:

@@ -145,7 +145,8 @@ def student_config_from_teacher(
                                            rope_scaling=rope_scaling_parameters)
         values.update(num_key_value_heads=None if kv_heads == heads else kv_heads,
                       max_position_embeddings=getattr(teacher_config, "max_position_embeddings", None))
-    values.update(overrides)
+    # an override of a group changes the fields it names (flat keys of older configs are read too)
+    values = FWPConfig.merged_config_dict(values, overrides)
     try:
         return FWPConfig(**values)
     except ValueError as error:
