@@ -87,7 +87,7 @@ TYPE_SETTINGS: dict[str, dict] = {
 
 
 def config_picks_feature_map(name: str) -> bool:
-    """Whether entry `name`'s φ is chosen by `config.feature_map` (the delta rules)."""
+    """Whether entry `name`'s φ is chosen by `config.fast_weight.feature_map` (the delta rules)."""
     return TOKEN_MIXERS[name].config_chooses_feature_map
 
 
@@ -163,7 +163,7 @@ def _variants_by_feature_map(predicate) -> list[str]:
 FEATURE_MAP_LM_VARIANTS = _variants_by_feature_map(lambda spec: True)
 RANDOM_FEATURE_LM_VARIANTS = _variants_by_feature_map(lambda spec: spec.random_features)
 
-DEFAULT_FEATURE_MAP = FWPConfig().feature_map
+DEFAULT_FEATURE_MAP = FWPConfig().fast_weight.feature_map
 DEFAULT_CROSS_ATTENTION = FWPConfig().cross_attention_type
 
 

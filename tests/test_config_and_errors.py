@@ -17,6 +17,7 @@ import re
 import pytest
 import torch
 from conftest import HIDDEN, LM_BASE, VOCAB, config_picks_feature_map, feature_map_settings
+from fwp_hf.options_fwp import LEGACY_FLAT_KEYS
 from transformers import AutoConfig, DynamicCache
 
 from fwp_hf import (
@@ -106,7 +107,6 @@ SIZE_FIELDS = (
     "num_hidden_layers",
     "num_attention_heads",
     "chunk_size",
-    "performer_num_features",
     "max_position_embeddings",
 )
 
@@ -117,28 +117,28 @@ INVALID_CONFIGS = [
     ("attention_type-wrong-case", dict(attention_type="Softmax"),
      rf"attention_type 'Softmax' is unknown; allowed: {allowed_list(ATTENTION_TYPES)} \(or a list"),
     ("feature_map-unknown", dict(feature_map="softplus"),
-     rf"feature_map 'softplus' is unknown; allowed: {allowed_list(FEATURE_MAPS)}$"),
+     rf"fast_weight\.feature_map 'softplus' is unknown; allowed: {allowed_list(FEATURE_MAPS)}$"),
     ("feature_map-unknown-non-delta", dict(attention_type="linear", feature_map="softplus"),
-     rf"feature_map 'softplus' is unknown; allowed: {allowed_list(FEATURE_MAPS)}$"),
-    ("dpfp_nu-0", dict(dpfp_nu=0), r"dpfp_nu must be an integer >= 1, got 0"),
-    ("dpfp_nu-neg", dict(dpfp_nu=-1), r"dpfp_nu must be an integer >= 1, got -1"),
-    ("dpfp_nu-float", dict(dpfp_nu=1.5), r"dpfp_nu must be an integer >= 1, got 1\.5"),
-    ("dpfp_nu-bool", dict(dpfp_nu=True), r"dpfp_nu must be an integer >= 1, got True"),
+     rf"fast_weight\.feature_map 'softplus' is unknown; allowed: {allowed_list(FEATURE_MAPS)}$"),
+    ("dpfp_nu-0", dict(dpfp_nu=0), r"feature_maps\.dpfp\.nu must be an integer >= 1, got 0"),
+    ("dpfp_nu-neg", dict(dpfp_nu=-1), r"feature_maps\.dpfp\.nu must be an integer >= 1, got -1"),
+    ("dpfp_nu-float", dict(dpfp_nu=1.5), r"feature_maps\.dpfp\.nu must be an integer >= 1, got 1\.5"),
+    ("dpfp_nu-bool", dict(dpfp_nu=True), r"feature_maps\.dpfp\.nu must be an integer >= 1, got True"),
     ("heads-not-dividing", dict(hidden_size=16, num_attention_heads=3),
      r"hidden_size \(16\) must be divisible by num_attention_heads \(3\)"),
     ("heads-not-dividing-2", dict(hidden_size=18, num_attention_heads=4),
      r"hidden_size \(18\) must be divisible by num_attention_heads \(4\)"),
-    ("decay-0", dict(fast_weights_decay=0.0), r"fast_weights_decay.*must be in \(0, 1\], got 0\.0"),
-    ("decay-neg", dict(fast_weights_decay=-0.1), r"fast_weights_decay.*must be in \(0, 1\], got -0\.1"),
-    ("decay-above-1", dict(fast_weights_decay=1.5), r"fast_weights_decay.*must be in \(0, 1\], got 1\.5"),
-    ("decay-nan", dict(fast_weights_decay=float("nan")), r"fast_weights_decay.*must be in \(0, 1\]"),
-    ("lr-0", dict(fast_weights_learning_rate=0.0), r"fast_weights_learning_rate.*must be > 0, got 0\.0"),
-    ("lr-neg", dict(fast_weights_learning_rate=-0.5), r"fast_weights_learning_rate.*must be > 0, got -0\.5"),
-    ("lr-nan", dict(fast_weights_learning_rate=float("nan")), r"fast_weights_learning_rate.*must be > 0"),
+    ("decay-0", dict(fast_weights_decay=0.0), r"hebbian_memory\.decay must be in \(0, 1\], got 0\.0"),
+    ("decay-neg", dict(fast_weights_decay=-0.1), r"hebbian_memory\.decay must be in \(0, 1\], got -0\.1"),
+    ("decay-above-1", dict(fast_weights_decay=1.5), r"hebbian_memory\.decay must be in \(0, 1\], got 1\.5"),
+    ("decay-nan", dict(fast_weights_decay=float("nan")), r"hebbian_memory\.decay must be in \(0, 1\]"),
+    ("lr-0", dict(fast_weights_learning_rate=0.0), r"hebbian_memory\.learning_rate must be > 0, got 0\.0"),
+    ("lr-neg", dict(fast_weights_learning_rate=-0.5), r"hebbian_memory\.learning_rate must be > 0, got -0\.5"),
+    ("lr-nan", dict(fast_weights_learning_rate=float("nan")), r"hebbian_memory\.learning_rate must be > 0"),
     ("inner_steps-neg", dict(fast_weights_inner_steps=-1),
-     r"fast_weights_inner_steps.*must be an integer >= 0, got -1"),
+     r"hebbian_memory\.inner_steps must be an integer >= 0, got -1"),
     ("inner_steps-float", dict(fast_weights_inner_steps=1.5),
-     r"fast_weights_inner_steps.*must be an integer >= 0, got 1\.5"),
+     r"hebbian_memory\.inner_steps must be an integer >= 0, got 1\.5"),
     ("hybrid-too-long", dict(attention_type=["softmax", "delta", "delta"]),
      r"attention_type is a hybrid list of 3 entries but num_hidden_layers is 2"),
     ("hybrid-too-short", dict(attention_type=["delta"]),
@@ -156,13 +156,17 @@ INVALID_CONFIGS = [
     for field in SIZE_FIELDS
     for value in (0, -1)
 ] + [
+    (f"performer_num_features-{value}", {"performer_num_features": value},
+     rf"feature_maps\.favor\.num_features must be a positive integer, got {value}")
+    for value in (0, -1)
+] + [
     ("chunk_size-float", dict(chunk_size=2.5), r"chunk_size must be a positive integer, got 2\.5"),
     ("hidden_size-bool", dict(hidden_size=True), r"hidden_size must be a positive integer, got True"),
     # A string (or another wrong type) where a number or a bool belongs: a ValueError naming the field.
     ("lr-string", dict(fast_weights_learning_rate="0.5"),
-     r"fast_weights_learning_rate must be a number \(int or float\), got '0\.5'"),
-    ("decay-string", dict(fast_weights_decay="0.9"), r"fast_weights_decay must be a number \(int or float\), got '0\.9'"),
-    ("decay-none", dict(fast_weights_decay=None), r"fast_weights_decay must be a number \(int or float\), got None"),
+     r"hebbian_memory\.learning_rate must be a number \(int or float\), got '0\.5'"),
+    ("decay-string", dict(fast_weights_decay="0.9"), r"hebbian_memory\.decay must be a number \(int or float\), got '0\.9'"),
+    ("decay-none", dict(fast_weights_decay=None), r"hebbian_memory\.decay must be a number \(int or float\), got None"),
     ("rope_theta-string", dict(rope_theta="10000"), r"rope_theta must be a number \(int or float\), got '10000'"),
     ("rope_theta-0", dict(rope_theta=0.0), r"rope_theta must be a finite number > 0, got 0\.0"),
     ("rms_norm_eps-string", dict(rms_norm_eps="1e-6"), r"rms_norm_eps must be a number \(int or float\), got '1e-6'"),
@@ -170,18 +174,18 @@ INVALID_CONFIGS = [
     ("initializer_range-string", dict(initializer_range="0.02"),
      r"initializer_range must be a number \(int or float\), got '0\.02'"),
     ("initializer_range-neg", dict(initializer_range=-0.02), r"initializer_range must be a finite number >= 0, got -0\.02"),
-    ("performer_seed-string", dict(performer_seed="0"), r"performer_seed must be an integer, got '0'"),
+    ("performer_seed-string", dict(performer_seed="0"), r"feature_maps\.favor\.seed must be an integer, got '0'"),
     ("performer_num_features-string", dict(performer_num_features="8"),
-     r"performer_num_features must be a positive integer, got '8'"),
+     r"feature_maps\.favor\.num_features must be a positive integer, got '8'"),
     ("inner_steps-string", dict(fast_weights_inner_steps="1"),
-     r"fast_weights_inner_steps.*must be an integer >= 0, got '1'"),
-    ("dpfp_nu-string", dict(dpfp_nu="2"), r"dpfp_nu must be an integer >= 1, got '2'"),
+     r"hebbian_memory\.inner_steps must be an integer >= 0, got '1'"),
+    ("dpfp_nu-string", dict(dpfp_nu="2"), r"feature_maps\.dpfp\.nu must be an integer >= 1, got '2'"),
     ("attention_normalization-string", dict(attention_normalization="false"),
-     r"attention_normalization must be True or False, got 'false'"),
-    ("attention_normalization-int", dict(attention_normalization=0), r"attention_normalization must be True or False, got 0"),
-    ("performer_redraw-string", dict(performer_redraw="true"), r"performer_redraw must be True or False, got 'true'"),
+     r"fast_weight\.attention_normalization must be True or False, got 'false'"),
+    ("attention_normalization-int", dict(attention_normalization=0), r"fast_weight\.attention_normalization must be True or False, got 0"),
+    ("performer_redraw-string", dict(performer_redraw="true"), r"feature_maps\.favor\.redraw must be True or False, got 'true'"),
     ("use_cache-string", dict(use_cache="yes"), r"use_cache must be True or False, got 'yes'"),
-    ("feature_map-list", dict(feature_map=["dpfp"]), r"feature_map must be a string, got \['dpfp'\]"),
+    ("feature_map-list", dict(feature_map=["dpfp"]), r"fast_weight\.feature_map must be a string, got \['dpfp'\]"),
     ("max_position_embeddings-string", dict(max_position_embeddings="2048"),
      r"max_position_embeddings must be a positive integer, got '2048'"),
     # Rotary positions rotate pairs of channels: softmax layers need an even head size (36 / 4 = 9).
@@ -230,7 +234,7 @@ def test_invalid_config_raises_value_error(build, overrides, message):
 def test_boundary_values_are_accepted(build, overrides):
     config = build(**{**LM_BASE, **overrides})
     for key, value in overrides.items():
-        assert getattr(config, key) == value
+        assert config.field_value(".".join(LEGACY_FLAT_KEYS[key][0]) if key in LEGACY_FLAT_KEYS else key) == value
 
 
 @pytest.mark.parametrize("loader", ["from_dict", "from_pretrained"])
@@ -320,15 +324,9 @@ NON_DEFAULT_FIELDS = dict(
     num_hidden_layers=3,
     num_attention_heads=3,
     attention_type=["softmax", "performer", "fast_weights"],
-    feature_map="elu",
-    dpfp_nu=2,
-    performer_num_features=12,
-    performer_seed=7,
-    performer_redraw=True,
-    attention_normalization=False,
-    fast_weights_decay=0.8,
-    fast_weights_learning_rate=0.25,
-    fast_weights_inner_steps=2,
+    fast_weight={"feature_map": "elu", "attention_normalization": False},
+    feature_maps={"dpfp": {"nu": 2}, "favor": {"num_features": 12, "seed": 7, "redraw": True}},
+    hebbian_memory={"decay": 0.8, "learning_rate": 0.25, "inner_steps": 2},
     chunk_size=8,
     hidden_act="gelu",
     max_position_embeddings=128,
@@ -343,17 +341,28 @@ NON_DEFAULT_FIELDS = dict(
 )
 
 
+def leaves(values: dict, prefix: str = "") -> dict:
+    """``{"fast_weight.feature_map": "elu", ...}``: the non-dict values of a nested dict by dotted path."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def test_non_default_fields_really_differ_from_defaults():
     defaults = FWPConfig()
-    for key, value in NON_DEFAULT_FIELDS.items():
-        assert getattr(defaults, key) != value, key
+    for path, value in leaves(NON_DEFAULT_FIELDS).items():
+        assert defaults.field_value(path) != value, path
 
 
 def assert_same_config(loaded: FWPConfig, original: FWPConfig) -> None:
     assert type(loaded) is FWPConfig
-    for key, value in NON_DEFAULT_FIELDS.items():
-        assert getattr(loaded, key) == value, key
-        assert type(getattr(loaded, key)) is type(value), key
+    for path, value in leaves(NON_DEFAULT_FIELDS).items():
+        assert loaded.field_value(path) == value, path
+        assert type(loaded.field_value(path)) is type(value), path
     ignore = {"_name_or_path", "transformers_version", "auto_map"}
     loaded_dict = {k: v for k, v in loaded.to_dict().items() if k not in ignore}
     original_dict = {k: v for k, v in original.to_dict().items() if k not in ignore}

@@ -15,11 +15,14 @@ Covered:
 from __future__ import annotations
 
 import inspect
+import re
 import logging
 
 import pytest
 import torch
 from conftest import LM_BASE, SEQ2SEQ_BASE, VOCAB
+
+from fwp_hf.options_fwp import LEGACY_FLAT_KEYS
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.utils import logging as hf_logging
 
@@ -30,6 +33,14 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 IDS = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(0))
 ROTARY_TYPES = [kind for kind, spec in TOKEN_MIXERS.items() if spec.uses_rotary]
 NON_ROTARY_TYPES = [kind for kind, spec in TOKEN_MIXERS.items() if not spec.uses_rotary]
+
+
+def leaves(values: dict, prefix: str = "") -> dict:
+    """The non-dict values of a nested dict by dotted path (``{"fast_weight.conv_size": 2}``)."""
+    out = {}
+    for key, value in values.items():
+        out.update(leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out
 
 
 def saved_lm(folder, **fields) -> torch.Tensor:
@@ -44,18 +55,18 @@ def saved_lm(folder, **fields) -> torch.Tensor:
 # A saved config whose weights meant something else does not load silently
 # ----------------------------------------------------------------------------------------------
 
-# (saved fields, load-time override, the field the error must name)
+# (saved fields, load-time override — flat keys of older configs or a group's fields —, the field the error must name)
 MEANING_CHANGES = [
     (dict(attention_type="linear"), dict(attention_type="dpfp"), "attention_type"),
     (dict(attention_type="linear"), dict(attention_type="performer"), "attention_type"),
-    (dict(attention_type="delta", feature_map="dpfp"), dict(feature_map="elu"), "feature_map"),
-    (dict(attention_type="gated_delta", feature_map="favor"), dict(feature_map="dpfp"), "feature_map"),
-    (dict(attention_type="dpfp", dpfp_nu=1), dict(dpfp_nu=2), "dpfp_nu"),
-    (dict(attention_type="delta", feature_map="dpfp"), dict(dpfp_nu=3), "dpfp_nu"),
-    (dict(attention_type="performer"), dict(performer_num_features=4), "performer_num_features"),
-    (dict(attention_type="linear"), dict(attention_normalization=False), "attention_normalization"),
-    (dict(attention_type="fast_weights"), dict(fast_weights_decay=0.5), "fast_weights_decay"),
-    (dict(attention_type="fast_weights"), dict(fast_weights_inner_steps=3), "fast_weights_inner_steps"),
+    (dict(attention_type="delta", feature_map="dpfp"), dict(feature_map="elu"), "fast_weight.feature_map"),
+    (dict(attention_type="gated_delta", feature_map="favor"), dict(feature_map="dpfp"), "fast_weight.feature_map"),
+    (dict(attention_type="dpfp", dpfp_nu=1), dict(dpfp_nu=2), "feature_maps.dpfp.nu"),
+    (dict(attention_type="delta", feature_map="dpfp"), dict(dpfp_nu=3), "feature_maps.dpfp.nu"),
+    (dict(attention_type="performer"), dict(feature_maps={"favor": {"num_features": 4}}), "feature_maps.favor.num_features"),
+    (dict(attention_type="linear"), dict(fast_weight={"attention_normalization": False}), "fast_weight.attention_normalization"),
+    (dict(attention_type="fast_weights"), dict(fast_weights_decay=0.5), "hebbian_memory.decay"),
+    (dict(attention_type="fast_weights"), dict(hebbian_memory={"inner_steps": 3}), "hebbian_memory.inner_steps"),
     (dict(attention_type="softmax"), dict(rope_theta=500.0), "rope_theta"),
     (dict(attention_type="delta"), dict(num_attention_heads=8), "num_attention_heads"),
     (dict(attention_type="delta"), dict(num_hidden_layers=1), "num_hidden_layers"),
@@ -68,11 +79,12 @@ MEANING_CHANGES = [
                          ids=[f"{s['attention_type']}-{f}" for s, _, f in MEANING_CHANGES])
 def test_an_override_that_changes_what_the_weights_mean_raises(tmp_path, saved, override, field):
     saved_lm(tmp_path, **saved)
-    saved_value = getattr(FWPConfig(**{**LM_BASE, **saved}), field)
-    with pytest.raises(ValueError, match=rf"changes {field}\b") as excinfo:
+    saved_value = FWPConfig(**{**LM_BASE, **saved}).field_value(field)
+    requested_value = FWPConfig(**FWPConfig.merged_config_dict({**LM_BASE, **saved}, override)).field_value(field)
+    with pytest.raises(ValueError, match=rf"changes {re.escape(field)}\b") as excinfo:
         FWPForCausalLM.from_pretrained(tmp_path, **override)
-    assert f"{field}={saved_value!r} saved, {override[field]!r} requested" in str(excinfo.value)
-    with pytest.raises(ValueError, match=rf"changes {field}\b"):  # the Auto class goes the same way
+    assert f"{field}={saved_value!r} saved, {requested_value!r} requested" in str(excinfo.value)
+    with pytest.raises(ValueError, match=rf"changes {re.escape(field)}\b"):  # the Auto class goes the same way
         AutoModelForCausalLM.from_pretrained(tmp_path, **override)
 
 
@@ -81,7 +93,7 @@ def test_an_override_that_changes_what_the_weights_mean_raises(tmp_path, saved, 
 def test_a_config_that_differs_from_the_saved_one_raises(tmp_path, saved, override, field):
     saved_lm(tmp_path, **saved)
     other = FWPConfig.from_pretrained(tmp_path, **override)
-    with pytest.raises(ValueError, match=rf"config= .*changes {field}\b"):
+    with pytest.raises(ValueError, match=rf"config= .*changes {re.escape(field)}\b"):
         FWPForCausalLM.from_pretrained(tmp_path, config=other)
 
 
@@ -96,6 +108,7 @@ def test_a_config_that_differs_from_the_saved_one_raises(tmp_path, saved, overri
         (dict(attention_type="softmax"), dict(max_position_embeddings=16)),
         (dict(attention_type="delta"), dict(attention_type=["delta", "delta"])),  # the same layers, spelt out
         (dict(attention_type="delta"), dict(fast_weights_decay=0.5, rope_theta=50.0)),  # not used by delta
+        (dict(attention_type="delta", feature_map="elu"), dict(feature_maps={"dpfp": {"nu": 3}})),  # the new shape
     ],
     ids=lambda value: ",".join(f"{k}={v}" for k, v in value.items()),
 )
@@ -103,8 +116,11 @@ def test_harmless_overrides_still_load_and_compute_the_same(tmp_path, saved, ove
     expected = saved_lm(tmp_path, **saved)
     model = FWPForCausalLM.from_pretrained(tmp_path, **override).eval()
     for key, value in override.items():
-        if key != "max_position_embeddings":
-            assert getattr(model.config, key) == value
+        if isinstance(value, dict):  # a group's fields
+            for path, field_value in leaves(value, f"{key}.").items():
+                assert model.config.field_value(path) == field_value
+        elif key != "max_position_embeddings":
+            assert model.config.field_value(".".join(LEGACY_FLAT_KEYS[key][0]) if key in LEGACY_FLAT_KEYS else key) == value
     same_config = FWPConfig.from_pretrained(tmp_path, **override)
     loaded_with_config = FWPForCausalLM.from_pretrained(tmp_path, config=same_config).config.to_dict()
     assert {k: v for k, v in loaded_with_config.items() if k != "_name_or_path"} == {
@@ -138,8 +154,12 @@ def test_encoder_decoder_fields_are_checked_too(tmp_path, override, field):
 
 
 def test_weight_meaning_fields_are_config_fields():
-    config = FWPConfig()
-    assert all(hasattr(config, name) for name in FWPConfig.WEIGHT_MEANING_FIELDS)
+    saved = FWPConfig().to_dict()
+    for name in FWPConfig.WEIGHT_MEANING_FIELDS:
+        place = saved
+        for part in name.split("."):  # a top-level key, or a place in a group of the saved config
+            assert isinstance(place, dict) and part in place, name
+            place = place[part]
     assert {"chunk_size", "use_cache", "max_position_embeddings"}.isdisjoint(FWPConfig.WEIGHT_MEANING_FIELDS)
 
 
@@ -234,10 +254,12 @@ def test_odd_head_sizes_are_refused_at_config_time_for_rotary_layers(kind):
 # Values to try for the fields whose type alone does not say which values are allowed.
 NAMED_VALUES = {
     "attention_type": list(TOKEN_MIXERS), "decoder_attention_type": list(TOKEN_MIXERS),
-    "cross_attention_type": list(TOKEN_MIXERS), "feature_map": list(FEATURE_MAPS), "hidden_act": ["gelu", "relu"],
-    "value_activation": ["silu"], "key_normalization": ["l2", "sum"],
-    "rope_scaling_parameters": [{"rope_type": "linear", "factor": 2.0}],
+    "cross_attention_type": list(TOKEN_MIXERS), "fast_weight.feature_map": list(FEATURE_MAPS),
+    "hidden_act": ["gelu", "relu"], "fast_weight.value_activation": ["silu"],
+    "fast_weight.key_normalization": ["l2", "sum"],
+    "softmax_attention.rope_scaling": [{"rope_type": "linear", "factor": 2.0}],
 }
+GROUP_KEYS = ("fast_weight", "softmax_attention", "hebbian_memory", "feature_maps")
 
 
 def candidate_values(name: str, default):
@@ -254,27 +276,49 @@ def candidate_values(name: str, default):
     return []
 
 
+def as_override(name: str, value) -> dict:
+    """The load-time override that sets field `name` (``"fast_weight.conv_size"``: ``{"fast_weight":
+    {"conv_size": value}}``)."""
+    *parents, leaf = name.split(".")
+    override = {leaf: value}
+    for parent in reversed(parents):
+        override = {parent: override}
+    return override
+
+
+def every_field() -> list[str]:
+    """Every field of FWPConfig: the top-level arguments of `__init__`, and every field of every group."""
+    parameters = [name for name, parameter in inspect.signature(FWPConfig.__init__).parameters.items()
+                  if name != "self" and parameter.kind is not inspect.Parameter.VAR_KEYWORD and name not in GROUP_KEYS]
+    saved = FWPConfig().to_dict()
+    groups = [f"{key}.{name}" for key in GROUP_KEYS[:3] for name in saved[key]]
+    maps = [f"feature_maps.{m}.{name}" for m, options in saved["feature_maps"].items() for name in options]
+    return parameters + groups + maps
+
+
 def meaning_witnesses() -> dict[str, tuple[dict, object]]:
-    """Per `FWPConfig.__init__` field: a (config fields, new value) pair where changing the field changes
+    """Per field of FWPConfig (`every_field`): a (config fields, new value) pair where changing the field changes
     `weights_meaning()` (the registry's account of what each layer computes), for every field where one exists
     among every attention type, with short convolutions, a hybrid and an encoder–decoder."""
     bases = [{**LM_BASE, "attention_type": kind} for kind in TOKEN_MIXERS]
-    bases += [{**LM_BASE, "attention_type": kind, "use_short_conv": True} for kind in ("delta", "linear")]
-    bases += [{**LM_BASE, "attention_type": ["delta", "softmax"]}, {**LM_BASE, "attention_type": "performer",
-                                                                       "feature_map": "favor"}]
+    bases += [{**LM_BASE, "attention_type": kind, "fast_weight": {"use_short_conv": True}} for kind in ("delta", "linear")]
+    bases += [{**LM_BASE, "attention_type": ["delta", "softmax"]}]
+    # every feature map where the config picks it (so that each map's own options are tried)
+    bases += [{**LM_BASE, "attention_type": "delta",
+               "fast_weight": {"feature_map": name, **({} if spec.nonnegative else {"key_normalization": "l2"})}}
+              for name, spec in FEATURE_MAPS.items()]
     bases += [{**SEQ2SEQ_BASE, "attention_type": kind} for kind in ("delta", "softmax")]
-    parameters = [name for name, parameter in inspect.signature(FWPConfig.__init__).parameters.items()
-                  if name != "self" and parameter.kind is not inspect.Parameter.VAR_KEYWORD]
     witnesses = {}
     for base in bases:
         config = FWPConfig(**base)
         meaning = config.weights_meaning()
-        for name in parameters:
+        for name in every_field():
             if name in witnesses:
                 continue
-            for value in candidate_values(name, getattr(config, name, None)):
+            for value in candidate_values(name, config.field_value(name)):
                 try:
-                    changed = FWPConfig(**{**base, name: value}).weights_meaning() != meaning
+                    changed = FWPConfig(**FWPConfig.merged_config_dict(base, as_override(name, value)))
+                    changed = changed.weights_meaning() != meaning
                 except (ValueError, TypeError, KeyError, IndexError):
                     continue  # a value this config refuses
                 if changed:
@@ -285,13 +329,25 @@ def meaning_witnesses() -> dict[str, tuple[dict, object]]:
 
 def test_every_field_that_changes_what_weights_mean_is_refused_as_a_load_override(tmp_path):
     witnesses = meaning_witnesses()
-    assert {"scale_queries", "attention_type", "conv_size", "dpfp_nu", "cross_attention_type"} <= set(witnesses)
+    assert {"fast_weight.scale_queries", "attention_type", "fast_weight.conv_size", "feature_maps.dpfp.nu",
+            "cross_attention_type", "hebbian_memory.decay", "softmax_attention.sliding_window"} <= set(witnesses)
     # Fields that cannot change what weights compute never do (the derivation is not vacuous the other way).
-    assert {"chunk_size", "use_cache", "initializer_range", "performer_seed"}.isdisjoint(witnesses)
+    assert {"chunk_size", "use_cache", "initializer_range", "feature_maps.favor.seed",
+            "feature_maps.favor.redraw"}.isdisjoint(witnesses)
     for name, (base, value) in witnesses.items():
         folder = tmp_path / name
         FWPConfig(**base).save_pretrained(folder)
-        with pytest.raises(ValueError, match=rf"changes .*\b{name}\b"):
-            FWPConfig.check_loading_keeps_weight_meaning(str(folder), {name: value})
-    # ... and the list holds nothing else.
+        with pytest.raises(ValueError, match=rf"changes .*\b{re.escape(name)}\b"):
+            FWPConfig.check_loading_keeps_weight_meaning(str(folder), as_override(name, value))
+    # The list derived from the fields' declarations is exactly the fields that change what weights mean.
     assert set(FWPConfig.WEIGHT_MEANING_FIELDS) == set(witnesses)
+
+
+def test_harmless_fields_pass_as_load_overrides(tmp_path):
+    """Every field not in WEIGHT_MEANING_FIELDS passes as a load-time override (with a value the config takes)."""
+    FWPConfig(**LM_BASE, attention_type="performer").save_pretrained(tmp_path)
+    harmless = [name for name in every_field() if name not in FWPConfig.WEIGHT_MEANING_FIELDS]
+    assert {"chunk_size", "use_cache", "feature_maps.favor.seed", "feature_maps.favor.redraw"} <= set(harmless)
+    for name in harmless:
+        value = candidate_values(name, FWPConfig(**LM_BASE, attention_type="performer").field_value(name))[0]
+        FWPConfig.check_loading_keeps_weight_meaning(str(tmp_path), as_override(name, value))

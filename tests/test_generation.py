@@ -131,13 +131,13 @@ def test_generate_returns_fixed_size_fast_weight_cache(variant):
         spec = TOKEN_MIXERS[kind]
         if not spec.holds_state:
             assert type(layer) is DynamicLayer
-            assert layer.keys.shape == (2, model.config.key_value_heads, seen, model.config.softmax_head_dim)
+            assert layer.keys.shape == (2, model.config.num_key_value_heads, seen, model.config.softmax_head_dim)
             continue
         assert isinstance(layer, FastWeightCacheLayer), f"layer {idx} ({kind}) is {type(layer).__name__}"
         state = layer.state
         assert state.dim() == 4 and state.dtype == torch.float32
         assert state.shape == (2, HEADS, *spec.state_shape(model.config))
-        value_dim = model.config.value_head_dim or HEAD_DIM
+        value_dim = model.config.fast_weight.value_head_dim or HEAD_DIM
         assert state.shape[-1] == value_dim + int(spec.normalizes(model.config)), "d_value (+1: the normaliser column)"
         assert state.shape == reference.layers[idx].state.shape
         assert_close(state, reference.layers[idx].state, what=f"state of layer {idx} after generate")

@@ -27,13 +27,14 @@ from conftest import assert_close
 
 from fwp_hf import TOKEN_MIXERS
 from fwp_hf import fast_weight_kernels as fwk
+from fwp_hf import feature_maps_fwp as fm
 
 B, H, D, DV = 2, 2, 8, 6
 CHUNK = 16
 RTOL = 1e-5  # forms agree to ~1e-5 of the output scale in fp32 (observed: < 1e-6)
 FAVOR_FEATURES = 12  # 1.5 blocks of D orthogonal directions
 # φ of the kernel cases: every registered feature map, and DPFP with larger ν.
-PHI = [*fwk.FEATURE_MAPS, "dpfp-nu2", "dpfp-nu3"]
+PHI = [*fm.FEATURE_MAPS, "dpfp-nu2", "dpfp-nu3"]
 TIME_KEYS = {"q", "k", "v", "beta", "log_decay", "drive", "mask"}  # tensors with a time axis (dim 2)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -53,21 +54,32 @@ def randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor
     return torch.randn(*shape, generator=gen) * scale
 
 
-def feature_map_projection(spec, gen: torch.Generator, heads: int = H) -> torch.Tensor | None:
-    """What a map's ``projection`` is: ω of a random-feature map, a (trained-looking) per-head W of a
-    learned one (the identity plus noise), else None."""
-    if spec.random_features:
-        return fwk.draw_orthogonal_random_features(FAVOR_FEATURES, D, generator=gen)
+def feature_map_options(spec, dpfp_nu: int = 1):
+    """A map's options for these tests: ν for DPFP, `FAVOR_FEATURES` for FAVOR+, else its defaults."""
+    if spec.options is fm.DPFPOptions:
+        return fm.DPFPOptions(nu=dpfp_nu)
+    if spec.options is fm.FavorOptions:
+        return fm.FavorOptions(num_features=FAVOR_FEATURES)
+    return spec.options()
+
+
+def feature_map_weights(spec, options, gen: torch.Generator, heads: int = H) -> dict[str, torch.Tensor]:
+    """What a map's weights are: ω of a random-feature map (drawn from `gen`), a trained-looking version of
+    a learned one's (its initial weights plus noise), else none."""
+    if spec.weights is None:
+        return {}
+    weights = spec.weights(options, D, heads, gen)
     if spec.learned:
-        return torch.eye(D).repeat(heads, 1, 1) + 0.3 * randn(gen, heads, D, D)
-    return None
+        weights = {name: value + 0.3 * randn(gen, *value.shape) for name, value in weights.items()}
+    return weights
 
 
 def make_feature_map(name: str, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
     """φ of a `PHI` entry through the registry: ``"<FEATURE_MAPS name>[-nu<ν>]"``."""
     base, _, nu = name.partition("-nu")
-    spec = fwk.FEATURE_MAPS[base]
-    return partial(spec.apply, dpfp_nu=int(nu or 1), projection=feature_map_projection(spec, gen))
+    spec = fm.FEATURE_MAPS[base]
+    options = feature_map_options(spec, int(nu or 1))
+    return partial(spec.apply, options=options, weights=feature_map_weights(spec, options, gen))
 
 
 def log_decays(gen: torch.Generator, *shape: int) -> torch.Tensor:
@@ -125,7 +137,7 @@ def _delta_case(gen, T, feature_map, gated=False):
 
     # Normalised features, as the model uses them (keeps the delta rule contractive): φ/Σφ for a φ ≥ 0,
     # φ/|φ|₂ for the maps that can be negative (FLA's q/k activations).
-    nonnegative = fwk.FEATURE_MAPS[feature_map.split("-")[0]].nonnegative
+    nonnegative = fm.FEATURE_MAPS[feature_map.split("-")[0]].nonnegative
     normalize = fwk.sum_normalize if nonnegative else fwk.l2_normalize
 
     def call(kernel, q, k, v, initial_state, **kw):
@@ -486,31 +498,31 @@ def naive_dpfp(x: torch.Tensor, nu: int) -> torch.Tensor:
 @pytest.mark.parametrize("nu", [1, 2, 3])
 def test_dpfp_matches_explicit_definition(nu):
     x = randn(generator(5), 3, 4, D)
-    phi = fwk.dpfp_feature_map(x, nu)
+    phi = fm.dpfp_feature_map(x, nu)
     assert phi.shape == (3, 4, 2 * nu * D)
-    assert phi.shape[-1] == fwk.feature_map_output_dim("dpfp", D, dpfp_nu=nu)
+    assert phi.shape[-1] == fm.feature_map_output_dim("dpfp", D, fm.DPFPOptions(nu=nu))
     expected = torch.stack([naive_dpfp(row, nu) for row in x.reshape(-1, D)]).reshape(phi.shape)
     torch.testing.assert_close(phi, expected)
 
 
 def test_dpfp_rejects_nu_below_one():
     with pytest.raises(ValueError, match="nu"):
-        fwk.dpfp_feature_map(torch.randn(2, D), 0)
+        fm.dpfp_feature_map(torch.randn(2, D), 0)
 
 
 def test_elu_plus_one_is_positive_and_shape_preserving():
     x = randn(generator(6), 4, D, scale=5.0)
-    phi = fwk.elu_plus_one_feature_map(x)
+    phi = fm.elu_plus_one_feature_map(x)
     assert phi.shape == x.shape and bool((phi > 0).all())
     torch.testing.assert_close(phi, torch.where(x > 0, x + 1, x.exp()))
 
 
 def test_favor_is_positive_with_dim_2m_and_estimates_softmax_kernel():
     gen, m = generator(8), 4096
-    projection = fwk.draw_orthogonal_random_features(m, D, generator=gen)
+    projection = fm.draw_orthogonal_random_features(m, D, generator=gen)
     q, k = randn(gen, 16, D, scale=0.5), randn(gen, 16, D, scale=0.5)
-    phi_q, phi_k = fwk.favor_feature_map(q, projection), fwk.favor_feature_map(k, projection)
-    assert phi_q.shape == (16, 2 * m) and phi_q.shape[-1] == fwk.feature_map_output_dim("favor", D, favor_features=m)
+    phi_q, phi_k = fm.favor_feature_map(q, projection), fm.favor_feature_map(k, projection)
+    assert phi_q.shape == (16, 2 * m) and phi_q.shape[-1] == fm.feature_map_output_dim("favor", D, fm.FavorOptions(num_features=m))
     assert bool((phi_q > 0).all()) and bool((phi_k > 0).all())
     estimate = (phi_q * phi_k).sum(-1)
     exact = ((q * k).sum(-1) / math.sqrt(D)).exp()
@@ -519,22 +531,22 @@ def test_favor_is_positive_with_dim_2m_and_estimates_softmax_kernel():
 
 
 def test_favor_rejects_wrong_input_dim():
-    projection = fwk.draw_orthogonal_random_features(4, D, generator=generator(0))
+    projection = fm.draw_orthogonal_random_features(4, D, generator=generator(0))
     with pytest.raises(ValueError, match="projection"):
-        fwk.favor_feature_map(torch.randn(3, D + 1), projection)
+        fm.favor_feature_map(torch.randn(3, D + 1), projection)
 
 
 def test_favor_does_not_overflow_for_huge_inputs():
-    projection = fwk.draw_orthogonal_random_features(16, D, generator=generator(0))
-    phi = fwk.favor_feature_map(torch.full((2, D), 1e4), projection)
+    projection = fm.draw_orthogonal_random_features(16, D, generator=generator(0))
+    phi = fm.favor_feature_map(torch.full((2, D), 1e4), projection)
     assert bool(torch.isfinite(phi).all())
 
 
 def test_orthogonal_random_features():
     m = 20  # 2.5 blocks of D
-    first = fwk.draw_orthogonal_random_features(m, D, generator=generator(11))
-    again = fwk.draw_orthogonal_random_features(m, D, generator=generator(11))
-    other = fwk.draw_orthogonal_random_features(m, D, generator=generator(12))
+    first = fm.draw_orthogonal_random_features(m, D, generator=generator(11))
+    again = fm.draw_orthogonal_random_features(m, D, generator=generator(11))
+    other = fm.draw_orthogonal_random_features(m, D, generator=generator(12))
     assert first.shape == (m, D)
     torch.testing.assert_close(first, again, rtol=0, atol=0)
     assert not torch.allclose(first, other)
@@ -543,7 +555,7 @@ def test_orthogonal_random_features():
         block = directions[start : start + D]
         torch.testing.assert_close(block @ block.t(), torch.eye(len(block)), rtol=0, atol=1e-5)
     # rows are marginally N(0, I): mean squared norm ≈ D
-    many = fwk.draw_orthogonal_random_features(4096, D, generator=generator(13))
+    many = fm.draw_orthogonal_random_features(4096, D, generator=generator(13))
     assert abs(many.pow(2).sum(-1).mean().item() - D) < 0.05 * D
 
 
@@ -556,30 +568,31 @@ def test_sum_normalize():
 
 
 @pytest.mark.parametrize(
-    ("name", "kwargs", "expected"),
-    [("elu", {}, D), ("dpfp", {"dpfp_nu": 3}, 6 * D), ("dpfp", {}, 2 * D), ("favor", {"favor_features": 12}, 24)],
+    ("name", "options", "expected"),
+    [("elu", None, D), ("dpfp", fm.DPFPOptions(nu=3), 6 * D), ("dpfp", None, 2 * D),
+     ("favor", fm.FavorOptions(num_features=12), 24)],
 )
-def test_feature_map_output_dim(name, kwargs, expected):
-    assert fwk.feature_map_output_dim(name, D, **kwargs) == expected
+def test_feature_map_output_dim(name, options, expected):
+    assert fm.feature_map_output_dim(name, D, options) == expected
 
 
 def test_feature_map_output_dim_rejects_unknown_name():
-    allowed = ", ".join(repr(name) for name in fwk.FEATURE_MAPS)
+    allowed = ", ".join(repr(name) for name in fm.FEATURE_MAPS)
     with pytest.raises(ValueError, match=rf"'softmax'.*allowed: {re.escape(allowed)}$"):
-        fwk.feature_map_output_dim("softmax", D)
+        fm.feature_map_output_dim("softmax", D)
 
 
 @pytest.mark.parametrize("dpfp_nu", [1, 3])
-@pytest.mark.parametrize("name", list(fwk.FEATURE_MAPS))
+@pytest.mark.parametrize("name", list(fm.FEATURE_MAPS))
 def test_feature_map_registry_output_dim_is_the_width_of_apply(name, dpfp_nu):
-    spec = fwk.FEATURE_MAPS[name]
-    assert spec.name == name and spec.label(dpfp_nu, FAVOR_FEATURES)
+    spec = fm.FEATURE_MAPS[name]
+    options = feature_map_options(spec, dpfp_nu)
+    assert spec.name == name and spec.label(options)
     gen = generator(16)
-    projection = feature_map_projection(spec, gen, heads=3)
     x = randn(gen, 2, 3, 5, D)  # [batch, heads, time, d]
-    phi = spec.apply(x, dpfp_nu=dpfp_nu, projection=projection)
-    assert phi.shape == (2, 3, 5, spec.output_dim(D, dpfp_nu, FAVOR_FEATURES))
-    assert phi.shape[-1] == fwk.feature_map_output_dim(name, D, dpfp_nu=dpfp_nu, favor_features=FAVOR_FEATURES)
+    phi = spec.apply(x, options, feature_map_weights(spec, options, gen, heads=3))
+    assert phi.shape == (2, 3, 5, spec.output_dim(D, options))
+    assert phi.shape[-1] == fm.feature_map_output_dim(name, D, options)
     assert bool(torch.isfinite(phi).all())
     # A map that says it is non-negative is (a valid kernel, fit for φ/Σφ); the others do take negative values.
     assert bool((phi >= 0).all()) if spec.nonnegative else bool((phi < 0).any()), "φ ≥ 0 exactly when it says so"

@@ -196,12 +196,12 @@ def expected_student_settings(family: str, teacher) -> dict:
         "num_key_value_heads": config.num_key_value_heads,
         "head_dim": getattr(config, "head_dim", None) or 32 // 4,
         "attention_bias": family in ("llama", "qwen2", "qwen2-sliding"),
-        "attention_output_bias": family == "llama",
-        "use_qk_norm": family == "qwen3",
+        "softmax_attention.output_bias": family == "llama",
+        "softmax_attention.qk_norm": family == "qwen3",
         "rms_norm_eps": 1e-5,
         "hidden_act": config.hidden_act,
         "tie_word_embeddings": config.tie_word_embeddings,
-        "sliding_window": {"mistral": SLIDING_WINDOW, "qwen2-sliding": QWEN_WINDOW}.get(family),
+        "softmax_attention.sliding_window": {"mistral": SLIDING_WINDOW, "qwen2-sliding": QWEN_WINDOW}.get(family),
         "rope_theta": rope["rope_theta"],
         "rope_type": rope["rope_type"],
     }
@@ -215,10 +215,10 @@ def test_student_config_maps_the_teacher(family):
     assert isinstance(config, FWPConfig)
     expected = expected_student_settings(family, teacher)
     rope_type = expected.pop("rope_type")
-    actual = {name: getattr(config, name) for name in expected}
+    actual = {name: config.field_value(name) for name in expected}
     assert actual == expected
     assert config.layer_attention_types == ["softmax"] * n
-    scaling = config.rope_scaling_parameters
+    scaling = config.softmax_attention.rope_scaling
     if rope_type == "default":
         assert not scaling or scaling.get("rope_type") == "default", scaling
     else:
@@ -294,7 +294,7 @@ def test_all_softmax_student_of_a_teacher_without_a_window():
     keeps full attention (this used to fail with KeyError popping the kept windows)."""
     teacher = make_teacher("llama")
     config = student_config_from_teacher(teacher.config, attention_type="softmax")
-    assert config.sliding_window is None and config.layer_attention_types == ["softmax"] * 2
+    assert config.softmax_attention.sliding_window is None and config.layer_attention_types == ["softmax"] * 2
     student = linearize_model(teacher, attention_type="softmax")
     ids = random_ids(2, 30, seed=1)
     assert_logits_close(logits_of(student, ids), logits_of(teacher, ids), "all-softmax student of a windowless Llama")
@@ -309,10 +309,10 @@ def test_kept_layers_with_different_teacher_windows():
     with pytest.raises(LinearizationError, match="keep_softmax_layers"):
         linearize_model(teacher, keep_softmax_layers=[0, 1])
     student = linearize_model(teacher, attention_type="delta", keep_softmax_layers=[1], chunk_size=CHUNK)
-    assert student.config.sliding_window == QWEN_WINDOW
+    assert student.config.softmax_attention.sliding_window == QWEN_WINDOW
     assert student.config.layer_attention_types == ["delta", "softmax"]
     full = linearize_model(teacher, attention_type="delta", keep_softmax_layers=[0], chunk_size=CHUNK)
-    assert full.config.sliding_window is None
+    assert full.config.softmax_attention.sliding_window is None
 
 
 def test_sdpa_teacher_gives_the_same_student():
@@ -619,14 +619,14 @@ def test_hedgehog_feature_map_math():
     spec = FEATURE_MAPS["hedgehog"]
     assert spec.nonnegative
     heads, dim = 3, 5
-    assert spec.output_dim(dim, 1, 0) == 2 * dim
+    assert spec.output_dim(dim, spec.options()) == 2 * dim
     x = 2.0 * torch.randn(2, heads, 7, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     identity = torch.eye(dim, dtype=torch.float64).repeat(heads, 1, 1)
-    phi = spec.apply(x, dpfp_nu=1, projection=identity)
+    phi = spec.apply(x, spec.options(), {"projection": identity})
     assert phi.shape == (2, heads, 7, 2 * dim)
     torch.testing.assert_close(phi, torch.cat([x.softmax(-1), (-x).softmax(-1)], dim=-1))
     weight = torch.randn(heads, dim, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    phi = spec.apply(x, dpfp_nu=1, projection=weight)
+    phi = spec.apply(x, spec.options(), {"projection": weight})
     wx = torch.stack([x[:, h] @ weight[h].T for h in range(heads)], dim=1)  # W_h x per head
     torch.testing.assert_close(phi, torch.cat([wx.softmax(-1), (-wx).softmax(-1)], dim=-1))
     assert (phi >= 0).all()
@@ -661,7 +661,7 @@ def test_hedgehog_weight_is_identity_initialised_and_learned(variant):
     model = make_fwp(HEDGEHOG_MODELS[variant])
     weights = hedgehog_weights(model)
     assert len(weights) == 2
-    head_dim = model.config.fast_weight_key_head_dim
+    head_dim = model.config.fast_weight.head_dims(model.config.head_dim)[0]
     for weight in weights:
         assert isinstance(weight, torch.nn.Parameter) and weight.requires_grad
         assert weight.shape == (4, head_dim, head_dim)

@@ -93,7 +93,7 @@ def test_linearize_all_delta_then_fine_tune(teacher, data_files, tmp_path, capsy
 
     student = FWPForCausalLM.from_pretrained(output_dir)
     assert student.config.layer_attention_types == ["delta"] * 3
-    assert student.config.feature_map == "hedgehog" and student.config.fast_weight_key_value_heads == 2
+    assert student.config.fast_weight.feature_map == "hedgehog" and student.config.fast_weight.key_value_heads == 2
     teacher_model = AutoModelForCausalLM.from_pretrained(teacher)
     # Fine-tuning trains everything (the embeddings moved: attention transfer froze them, release() gave them
     # back), but the embeddings started as the teacher's (not re-initialised).

@@ -52,7 +52,8 @@ from fwp_hf import (
     FWPModel,
 )
 from fwp_hf.cache_fwp import prepare_fast_weight_cache
-from fwp_hf.layers_fwp import MIXER_LAYERS, FWPBlock, FWPFeatureMap
+from fwp_hf.feature_maps_fwp import FWPFeatureMap
+from fwp_hf.layers_fwp import MIXER_LAYERS, FWPBlock
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -369,13 +370,13 @@ def test_save_and_load_keeps_a_redrawn_performer_projection(variant, tmp_path):
     feature_maps = random_feature_maps(model)
     assert feature_maps
     for feature_map in feature_maps:
-        assert torch.equal(feature_map.projection, feature_map.seeded_projection())
+        assert torch.equal(feature_map.projection, feature_map.initial_weights()["projection"])
     model.train()
     model(random_ids(1, 9))  # a training forward redraws ω
     model.eval()
     redrawn = [feature_map.projection.clone() for feature_map in feature_maps]
     for feature_map, projection in zip(feature_maps, redrawn):
-        assert not torch.equal(projection, feature_map.seeded_projection())
+        assert not torch.equal(projection, feature_map.initial_weights()["projection"])
     ids = random_ids(2, 17)
     logits = logits_of(model, ids)
     # Eval forwards do not redraw.

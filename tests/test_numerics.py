@@ -19,6 +19,7 @@ from conftest import SEQ2SEQ_BASE, LM_VARIANTS, assert_close, layer_types, lm_co
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import fwp_hf.fast_weight_kernels as fwk
+import fwp_hf.feature_maps_fwp as fm
 from fwp_hf import FEATURE_MAPS, TOKEN_MIXERS
 from fwp_hf.layers_fwp import FWPFastWeightAttention, merge_heads, split_heads
 from fwp_hf.modeling_fwp_seq2seq import FWPCrossAttention
@@ -51,7 +52,7 @@ SPARSE_FEATURE_SUM_RULES = [
     name
     for name in DETERMINISTIC_NORMALIZED_SUM_RULES
     if not FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].learned
-    and (FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].apply(torch.tensor([1.0, -1.0, 0.5]), dpfp_nu=1, projection=None) == 0).any()
+    and (FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].apply(torch.tensor([1.0, -1.0, 0.5]), FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].options(), {}) == 0).any()
 ]
 
 
@@ -126,7 +127,7 @@ LARGE_RTOL = 2e-4
 
 def _omega(dim: int, num_features: int = 256) -> torch.Tensor:
     """ω with m = 256 features (Performer's usual m): its longest rows make the largest features."""
-    return fwk.draw_orthogonal_random_features(num_features, dim, torch.Generator().manual_seed(dim))
+    return fm.draw_orthogonal_random_features(num_features, dim, torch.Generator().manual_seed(dim))
 
 
 @pytest.mark.parametrize("dim, norm", LARGE_CASES, ids=LARGE_IDS)
@@ -134,7 +135,7 @@ def _omega(dim: int, num_features: int = 256) -> torch.Tensor:
 def test_shifted_favor_features_times_their_scale_are_the_plain_features(dim, norm, per_token):
     omega = _omega(dim)
     x = large_inputs(omega, (2, 3, 7), norm, seed=1)
-    shifted, log_scale = fwk.favor_feature_map_shifted(x, omega, per_token=per_token)
+    shifted, log_scale = fm.favor_feature_map_shifted(x, omega, per_token=per_token)
     assert torch.isfinite(shifted).all() and not log_scale.requires_grad
     if per_token:
         assert log_scale.shape == (2, 3, 7, 1)
@@ -142,7 +143,7 @@ def test_shifted_favor_features_times_their_scale_are_the_plain_features(dim, no
         torch.testing.assert_close(shifted.amax(dim=-1), torch.full((2, 3, 7), (2 * 256) ** -0.5))
     else:
         assert log_scale.dim() == 0
-        assert shifted.max() <= math.exp(fwk.FAVOR_KEY_LOG_HEADROOM)
+        assert shifted.max() <= math.exp(fm.FAVOR_KEY_LOG_HEADROOM)
     # φ̃ = φ e^{−s}, token by token (relative to each token's largest feature; the exponents are ~100,
     # so fp32 rounds them to ~1e-5)
     expected = favor_by_hand(x, omega) * torch.exp(-log_scale.double())
@@ -152,11 +153,11 @@ def test_shifted_favor_features_times_their_scale_are_the_plain_features(dim, no
 
 
 def test_favor_key_shift_is_zero_for_small_heads_and_bounds_keys_for_large_ones():
-    assert fwk.favor_key_log_scale(_omega(64)).item() == 0.0  # the keys are left exactly as they are
+    assert fm.favor_key_log_scale(_omega(64)).item() == 0.0  # the keys are left exactly as they are
     omega = _omega(256)
     half_sq_norms = 0.5 * omega.pow(2).sum(dim=-1)
     assert half_sq_norms.max() > 88  # exp overflows fp32 here: a plain feature can be inf
-    assert fwk.favor_key_log_scale(omega).item() == pytest.approx(half_sq_norms.max().item() - fwk.FAVOR_KEY_LOG_HEADROOM)
+    assert fm.favor_key_log_scale(omega).item() == pytest.approx(half_sq_norms.max().item() - fm.FAVOR_KEY_LOG_HEADROOM)
 
 
 @pytest.mark.parametrize("log_scale", [-60.0, -20.0, 0.0, 30.0, 60.0])
@@ -186,7 +187,7 @@ def test_epsilon_of_the_normalisations_follows_the_shift(log_scale):
 def test_gradients_through_shifted_features_are_those_of_the_plain_features():
     """The shifts carry no gradient (the reads are invariant to them), so the gradients of the
     normalised read and of φ/Σφ are exactly those of the plain formulas (float64)."""
-    omega = fwk.draw_orthogonal_random_features(16, 8, torch.Generator().manual_seed(0)).double()
+    omega = fm.draw_orthogonal_random_features(16, 8, torch.Generator().manual_seed(0)).double()
     generator = torch.Generator().manual_seed(1)
     q, k = (torch.randn(1, 2, 10, 8, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(2))
     v = torch.randn(1, 2, 10, 4, generator=generator, dtype=torch.float64)
@@ -198,10 +199,10 @@ def test_gradients_through_shifted_features_are_those_of_the_plain_features():
         return read.pow(2).sum() + fwk.sum_normalize(phi_q, log_scale=query_log_scale).pow(3).sum()
 
     plain = torch.autograd.grad(
-        loss(fwk.favor_feature_map(q, omega), fwk.favor_feature_map(k, omega), None, None), (q, k)
+        loss(fm.favor_feature_map(q, omega), fm.favor_feature_map(k, omega), None, None), (q, k)
     )
-    phi_q, query_shift = fwk.favor_feature_map_shifted(q, omega, per_token=True)
-    phi_k, key_shift = fwk.favor_feature_map_shifted(k, omega, per_token=False)
+    phi_q, query_shift = fm.favor_feature_map_shifted(q, omega, per_token=True)
+    phi_k, key_shift = fm.favor_feature_map_shifted(k, omega, per_token=False)
     shifted = torch.autograd.grad(loss(phi_q, phi_k, query_shift + key_shift, query_shift), (q, k))
     for a, b in zip(shifted, plain):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
@@ -224,7 +225,7 @@ def _large_qkv(dim: int, norm: float, length: int = 20):
 def test_plain_favor_read_overflows_for_these_inputs(dim, norm):
     """The inputs of the tests below are in the regime of the bug: the plain fp32 formula is not finite."""
     omega, q, k, v = _large_qkv(dim, norm)
-    y, _ = fwk.normalized_sum_rule(fwk.favor_feature_map(q, omega), fwk.favor_feature_map(k, omega), v)
+    y, _ = fwk.normalized_sum_rule(fm.favor_feature_map(q, omega), fm.favor_feature_map(k, omega), v)
     assert not torch.isfinite(y).all()
 
 
@@ -233,8 +234,8 @@ def test_plain_favor_read_overflows_for_these_inputs(dim, norm):
 def test_favor_normalized_sum_rule_is_finite_and_exact_for_large_inputs(dim, norm, form):
     omega, q, k, v = _large_qkv(dim, norm)
     expected = normalized_read_by_hand(favor_by_hand(q, omega), favor_by_hand(k, omega), v)
-    phi_q, query_shift = fwk.favor_feature_map_shifted(q, omega, per_token=True)
-    phi_k, key_shift = fwk.favor_feature_map_shifted(k, omega, per_token=False)
+    phi_q, query_shift = fm.favor_feature_map_shifted(q, omega, per_token=True)
+    phi_k, key_shift = fm.favor_feature_map_shifted(k, omega, per_token=False)
     log_scale = query_shift + key_shift
     if form == "prefill-then-decode":
         # The key shift is the same at every step, so a state written by a prefill continues exactly.
@@ -260,8 +261,8 @@ def test_favor_normalized_sum_rule_is_finite_and_exact_for_large_inputs(dim, nor
 def test_favor_bidirectional_read_is_finite_and_exact_for_large_inputs(dim, norm):
     omega, q, k, v = _large_qkv(dim, norm)
     expected = normalized_read_by_hand(favor_by_hand(q, omega), favor_by_hand(k, omega), v, causal=False)
-    phi_q, query_shift = fwk.favor_feature_map_shifted(q, omega, per_token=True)
-    phi_k, key_shift = fwk.favor_feature_map_shifted(k, omega, per_token=False)
+    phi_q, query_shift = fm.favor_feature_map_shifted(q, omega, per_token=True)
+    phi_k, key_shift = fm.favor_feature_map_shifted(k, omega, per_token=False)
     y, _ = fwk.bidirectional_sum_rule(phi_q, phi_k, v, log_scale=query_shift + key_shift)
     assert torch.isfinite(y).all()
     assert_close(y.double(), expected, rtol=LARGE_RTOL, what="bidirectional read")
@@ -281,7 +282,7 @@ def test_favor_delta_rule_is_finite_and_exact_for_large_inputs(dim, norm, chunke
     )
     features = []
     for x in (q, k):
-        phi, shift = fwk.favor_feature_map_shifted(x, omega, per_token=True)
+        phi, shift = fm.favor_feature_map_shifted(x, omega, per_token=True)
         features.append(fwk.sum_normalize(phi, log_scale=shift))
     kernel = fwk.chunk_delta_rule if chunked else fwk.recurrent_delta_rule
     y, _ = kernel(*features, v, beta=beta, chunk_size=8)
@@ -294,8 +295,8 @@ def test_favor_normalized_read_stays_finite_beyond_the_range_it_is_exact_in():
     documented limit of `favor_feature_map_shifted`); the read stays finite — a query that only sees
     such keys reads 0, as from an empty memory, not 0/0."""
     omega, q, k, v = _large_qkv(256, 30.0)
-    phi_q, query_shift = fwk.favor_feature_map_shifted(q, omega, per_token=True)
-    phi_k, key_shift = fwk.favor_feature_map_shifted(k, omega, per_token=False)
+    phi_q, query_shift = fm.favor_feature_map_shifted(q, omega, per_token=True)
+    phi_k, key_shift = fm.favor_feature_map_shifted(k, omega, per_token=False)
     assert (phi_k.amax(dim=-1) == 0).any()  # the regime this test is about
     y, _ = fwk.normalized_sum_rule(phi_q, phi_k, v, log_scale=query_shift + key_shift, chunk_size=8)
     assert torch.isfinite(y).all()
@@ -393,7 +394,7 @@ def test_performer_with_large_activations_is_finite_and_computes_the_favor_read(
     assert q.norm(dim=-1).max() > 22 and k.norm(dim=-1).max() > 22
     # the plain fp32 φ(q)·φ(k) overflows for these activations
     omega = layer.feature_map.projection
-    plain_scores = fwk.favor_feature_map(q.float(), omega) @ fwk.favor_feature_map(k.float(), omega).transpose(-1, -2)
+    plain_scores = fm.favor_feature_map(q.float(), omega) @ fm.favor_feature_map(k.float(), omega).transpose(-1, -2)
     assert not torch.isfinite(plain_scores).all()
 
     assert torch.isfinite(output).all()
@@ -417,7 +418,7 @@ def _delta_layer_by_hand(layer: FWPFastWeightAttention, hidden: torch.Tensor) ->
     q, k, v, gate_logits = projections_by_hand(layer, hidden)
     feature_map = FEATURE_MAPS[layer.feature_map.kind]
     phi_q, phi_k = (
-        feature_map.apply(x.float(), dpfp_nu=layer.feature_map.dpfp_nu, projection=layer.feature_map.projection)
+        feature_map.apply(x.float(), layer.feature_map.options, layer.feature_map.weights)
         for x in (q, k)
     )
     phi_q, phi_k = (phi / phi.sum(dim=-1, keepdim=True).clamp_min(EPS) for phi in (phi_q, phi_k))
@@ -464,7 +465,7 @@ def test_favor_cross_attention_with_large_activations_is_finite_and_computes_the
     q = split_heads(target @ cross.q_proj.weight.double().T, cross.num_heads)
     k = split_heads(source @ cross.k_proj.weight.double().T, cross.num_heads)
     v = split_heads(source @ cross.v_proj.weight.double().T, cross.num_heads)
-    plain = fwk.favor_feature_map(q.float(), omega) @ fwk.favor_feature_map(k.float(), omega).transpose(-1, -2)
+    plain = fm.favor_feature_map(q.float(), omega) @ fm.favor_feature_map(k.float(), omega).transpose(-1, -2)
     assert not torch.isfinite(plain).all()  # the regime of the bug
     y = normalized_read_by_hand(favor_by_hand(q, omega), favor_by_hand(k, omega), v, causal=False)
     expected = merge_heads(y) @ cross.o_proj.weight.double().T
@@ -531,7 +532,7 @@ def test_favor_layer_with_a_large_head_equals_the_plain_formula():
     torch.manual_seed(0)
     layer = FWPFastWeightAttention(config, 0, FAVOR_SUM_RULE).eval()
     omega = layer.feature_map.projection
-    assert fwk.favor_key_log_scale(omega).item() > 5.0  # the regime where the shift's sign matters
+    assert fm.favor_key_log_scale(omega).item() > 5.0  # the regime where the shift's sign matters
     hidden = torch.randn(2, 19, 256, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         y = layer(hidden, token_mask=None, past_key_values=None)

@@ -23,7 +23,7 @@ from fwp_hf.experiments.synthetic import (
     parse_retrieval_method,
     retrieval_loss,
 )
-from fwp_hf.fast_weight_kernels import dpfp_feature_map, elu_plus_one_feature_map
+from fwp_hf.feature_maps_fwp import dpfp_feature_map, elu_plus_one_feature_map
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

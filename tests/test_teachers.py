@@ -126,7 +126,7 @@ def test_softmax_student_of_a_teacher_without_sliding_window_is_the_teacher(gguf
     teacher, tokenizer = load_teacher(gguf_path)
     assert getattr(teacher.config, "sliding_window", None) is None
     student = linearize_model(teacher, attention_type="softmax").eval()
-    assert student.config.sliding_window is None
+    assert student.config.softmax_attention.sliding_window is None
     ids = ids_of(TEXT[:200], tokenizer)
     with torch.no_grad():
         assert torch.allclose(student(ids).logits, teacher(ids).logits, atol=1e-5, rtol=1e-5)
@@ -213,4 +213,4 @@ def test_committed_smollm2_configs_parse_and_map_onto_smollm2(config):
     student = student_config_from_teacher(smollm2, args.attention_type, args.feature_map, args.keep_softmax_layers)
     kinds = student.layer_attention_types
     assert [i for i, kind in enumerate(kinds) if kind == "softmax"] == sorted(args.keep_softmax_layers)
-    assert set(kinds) - {"softmax"} == {"hedgehog"} and student.sliding_window is None
+    assert set(kinds) - {"softmax"} == {"hedgehog"} and student.softmax_attention.sliding_window is None

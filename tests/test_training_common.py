@@ -64,7 +64,7 @@ def test_config_from_arguments_and_overrides(pipeline):
     arguments, config_from_arguments = PIPELINES[pipeline]
     model_args = arguments(hidden_size=64, config_overrides='{"fast_weights_decay": 0.9, "hidden_size": 32}')
     config = config_from_arguments(model_args, SentencepieceIds(500))
-    assert (config.hidden_size, config.fast_weights_decay, config.vocab_size) == (32, 0.9, 500)  # overrides win
+    assert (config.hidden_size, config.hebbian_memory.decay, config.vocab_size) == (32, 0.9, 500)  # overrides win
     assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (0, 2, 3)
     assert config.is_encoder_decoder == (pipeline == "translation")
 

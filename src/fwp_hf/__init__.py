@@ -12,7 +12,7 @@ from .cache_fwp import FastWeightCacheLayer, FastWeightStateStep, FastWeightStat
 from .configuration_fwp import PEFT_TARGET_MODULES, FWPConfig, declare_peft_target_modules
 from .conversion.fla import FLACheckpointError, convert_fla_checkpoint, load_fla_checkpoint
 from .conversion.linearize import AttentionTransferModel, LinearizationError, linearize_model
-from .fast_weight_kernels import FEATURE_MAPS
+from .feature_maps_fwp import FEATURE_MAPS
 from .modeling_fwp import MODEL_CODE_FILES, FWPForCausalLM, FWPModel, FWPPreTrainedModel
 from .modeling_fwp_seq2seq import SEQ2SEQ_MODEL_CODE_FILES, FWPForConditionalGeneration, FWPSeq2SeqModel
 from .token_mixers import ATTENTION_TYPES, CROSS_ATTENTION_TYPES, FAST_WEIGHT_TYPES, TOKEN_MIXERS, TokenMixerSpec

@@ -305,7 +305,7 @@ class FastWeightStaticCache(Cache):
             layer.lazy_initialization(recurrent_states=torch.zeros(shape, dtype=torch.float32, device=device))
             channels = short_conv_channels(config, kind)
             if channels:
-                window = torch.zeros(batch_size, channels, config.conv_size - 1, dtype=dtype, device=device)
+                window = torch.zeros(batch_size, channels, config.fast_weight.conv_size - 1, dtype=dtype, device=device)
                 layer.lazy_initialization(conv_states=window)
             layers.append(layer)
         super().__init__(layers=layers)
@@ -313,10 +313,9 @@ class FastWeightStaticCache(Cache):
 
 def short_conv_channels(config, kind: str) -> int:
     """Channels of the short convolution of a `kind` layer under `config` (q, k and v), 0 without one."""
-    spec = TOKEN_MIXERS[kind]
-    if not (getattr(config, "use_short_conv", False) and spec.layer == FAST_WEIGHT_LAYER):
+    if TOKEN_MIXERS[kind].layer != FAST_WEIGHT_LAYER:
         return 0
-    return sum(config.fast_weight_qkv_widths)
+    return config.fast_weight.short_conv_channels(config.num_attention_heads, config.head_dim)
 
 
 class FastWeightStateStep(torch.nn.Module):

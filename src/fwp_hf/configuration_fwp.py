@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 from transformers import PretrainedConfig
 from transformers.utils import CONFIG_NAME, cached_file
 
-from .fast_weight_kernels import FEATURE_MAPS
+from .feature_maps_fwp import FEATURE_MAPS
+from .options_fwp import (
+    FEATURE_MAPS_KEY,
+    HIDDEN_ACTIVATIONS,
+    LAYER_OPTION_GROUPS,
+    LEGACY_FLAT_KEYS,
+    ROPE_SCALING_TYPES,
+    FastWeightLayerOptions,
+    HebbianMemoryOptions,
+    OptionGroup,
+    SoftmaxAttentionOptions,
+    refuse_unknown_keys,
+)
 from .token_mixers import (
     ATTENTION_TYPES,
     CROSS_ATTENTION_TYPES,
@@ -22,9 +35,8 @@ from .token_mixers import (
     TOKEN_MIXERS,
 )
 
-# `rope_scaling_parameters` types: transformers' ROPE_INIT_FUNCTIONS whose frequencies do not depend on
-# the sequence length (so they are computed once, as the pretrained model's rotary embedding does).
-ROPE_SCALING_TYPES = ("default", "linear", "llama3", "yarn")
+# Marks a top-level field of `FWPConfig.__init__` that fixes what the weights compute (`weight_meaning_fields`).
+WEIGHT_MEANING = "weight_meaning"
 
 # The trained length of rotary positions when a model with softmax layers does not give one.
 DEFAULT_MAX_POSITION_EMBEDDINGS = 2048
@@ -66,7 +78,8 @@ def _per_layer(kinds: str | list[str], num_layers: int) -> list[str]:
 
 
 class FWPConfig(PretrainedConfig):
-    r"""Configuration of an FWP language model (`FWPModel`, `FWPForCausalLM`).
+    r"""Configuration of an FWP language model (`FWPModel`, `FWPForCausalLM`) or encoder–decoder
+    (`FWPForConditionalGeneration`).
 
     A decoder-only stack of pre-norm blocks (RMSNorm → token mixer → residual, RMSNorm → SwiGLU MLP
     → residual). The token mixer of each layer is chosen by `attention_type`, one of the names in
@@ -74,11 +87,12 @@ class FWPConfig(PretrainedConfig):
 
     - `"softmax"`: causal multi-head softmax attention (torch SDPA) with rotary positions.
     - `"linear"`: sum rule with φ = elu + 1 (Katharopoulos et al.).
-    - `"performer"`: sum rule with FAVOR+ random features (`performer_num_features` = m).
-    - `"dpfp"`: sum rule with DPFP(ν), ν = `dpfp_nu`.
-    - `"delta"`: Schlag et al.'s delta rule with learned per-token rates β; `feature_map` picks φ.
+    - `"performer"`: sum rule with FAVOR+ random features (``feature_maps["favor"].num_features`` = m).
+    - `"dpfp"`: sum rule with DPFP(ν), ν = ``feature_maps["dpfp"].nu``.
+    - `"hedgehog"`: sum rule with Hedgehog's learned softmax-mimicking feature map (Zhang et al. 2024).
+    - `"delta"`: Schlag et al.'s delta rule with learned per-token rates β; ``fast_weight.feature_map`` picks φ.
     - `"gated_delta"`: the delta rule with a learned per-head, per-token decay α_t = exp(g_t),
-      g_t = −exp(A_log)·softplus(W_a x_t + dt_bias) (Yang et al. 2025); `feature_map` picks φ.
+      g_t = −exp(A_log)·softplus(W_a x_t + dt_bias) (Yang et al. 2025); ``fast_weight.feature_map`` picks φ.
     - `"fast_weights"`: Ba et al.'s decaying Hebbian memory with an inner loop with layer norm.
 
     `attention_type` may also be a list with one entry per layer (a hybrid model, e.g. a few
@@ -87,64 +101,45 @@ class FWPConfig(PretrainedConfig):
     With `is_encoder_decoder=True` (T5-style, `FWPForConditionalGeneration`) `num_hidden_layers` and
     `attention_type` describe the encoder, `num_decoder_layers` and `decoder_attention_type` (default:
     the same as the encoder) the decoder, and `cross_attention_type` (`"softmax"`, or a sum rule that
-    reads the whole source at once: `"linear"`, `"performer"`, `"dpfp"`) the decoder's attention over
-    the encoder output. Encoders run softmax and the sum rules without a
-    causal mask; the delta rules and Ba et al.'s memory are recurrences with no order-free form and
-    read the source left to right (`TokenMixerSpec.encoder_form`).
+    reads the whole source at once: `"linear"`, `"performer"`, `"dpfp"`, `"hedgehog"`) the decoder's
+    attention over the encoder output. Encoders run softmax and the sum rules without a causal mask; the
+    delta rules and Ba et al.'s memory are recurrences with no order-free form and read the source left to
+    right (`TokenMixerSpec.encoder_form`).
+
+    The options of each layer kind are one nested group each (`options_fwp`; a dict in config.json):
+    `fast_weight` (`FastWeightLayerOptions`: φ of the delta rules, the sum rules' normalisation, and FLA's /
+    pretrained models' options: head dims, k/v heads, short convolution, key normalisation, query scale,
+    β ∈ (0, 2), output norm / gate / bias, q/k norm), `softmax_attention` (`SoftmaxAttentionOptions`: heads,
+    sliding window, rope scaling, output bias, q/k norm), `hebbian_memory` (`HebbianMemoryOptions`: Ba et
+    al.'s λ, η, S) and `feature_maps` (each map's options by name, `feature_maps_fwp.FEATURE_MAPS`: DPFP's ν,
+    FAVOR+'s m, seed and redraw). A group may be given as a dict of some of its fields (the rest default),
+    e.g. ``FWPConfig(attention_type="delta", fast_weight={"use_short_conv": True})``. Flat keys of older
+    configs (``dpfp_nu=2``, ``use_short_conv=True``, ...: `options_fwp.LEGACY_FLAT_KEYS`) are accepted
+    everywhere a config is read and written back in the nested shape.
 
     Args:
         vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads:
-            usual transformer sizes; `hidden_size` must be divisible by `num_attention_heads`.
+            usual transformer sizes; `hidden_size` must be divisible by `num_attention_heads` (unless
+            `head_dim`, or the fast-weight layers' own head dims, are given).
         attention_type (`str` or `list[str]`): token mixer, see above.
-        feature_map (`str`): φ of the delta rules, one of `"elu"`, `"favor"`, `"dpfp"`.
-        dpfp_nu (`int`): ν of DPFP; d_dot = 2·ν·head_dim.
-        performer_num_features (`int`): m random features of FAVOR+; d_dot = 2m.
-        performer_seed (`int`): seed of the orthogonal projection ω (drawn per layer, saved with the model).
-        performer_redraw (`bool`): draw a new ω at every training forward pass.
-        attention_normalization (`bool`): sum rule divides by z_t·φ(q_t) with z_t = Σ φ(k_τ).
-        fast_weights_decay (`float`): λ in (0, 1]; fast_weights_learning_rate (`float`): η > 0;
-        fast_weights_inner_steps (`int`): S ≥ 0 inner-loop steps.
+        hidden_act (`str`): the MLP's activation, one of `options_fwp.HIDDEN_ACTIVATIONS`.
+        head_dim (`int` or None): per-head size (default ``hidden_size // num_attention_heads``) of softmax
+            layers, Ba et al.'s memory (which needs ``num_attention_heads · head_dim == hidden_size``) and the
+            fast-weight layers' default key / value head dims.
+        num_key_value_heads (`int` or None): grouped-query attention in softmax layers; None resolves to as
+            many as their query heads, as in transformers' Llama config.
+        attention_bias (`bool`): biases on the q, k and v projections of softmax and fast-weight layers
+            (fast-weight layers: on all their input projections, gates included). Decoder-only models.
+        rope_theta (`float`): base of the rotary positions of softmax layers.
+        rms_norm_eps (`float`), tie_word_embeddings (`bool`), initializer_range (`float`), use_cache (`bool`).
+        num_decoder_layers, decoder_attention_type, cross_attention_type: encoder–decoder only, see above.
+        fast_weight, softmax_attention, hebbian_memory, feature_maps: the option groups, see above.
         chunk_size (`int`): chunk length of the chunkwise-parallel kernels.
         max_position_embeddings (`int` or None): the positional limit of a model with rotary (softmax)
             layers (default 2048; generation warns past it). None for a model without such layers: the
             fast-weight layers have no positional limit, and a value given (or saved) for one is dropped.
-        num_decoder_layers, decoder_attention_type, cross_attention_type: encoder–decoder only, see above;
-            `cross_attention_type` is `"softmax"` or a sum rule (`"linear"`, `"performer"`, `"dpfp"`).
-
-    Options of the fast-weight layers (sum and delta rules), all off by default; they are what
-    flash-linear-attention's DeltaNet / Gated DeltaNet layers use (`fla_checkpoints` maps those
-    checkpoints onto them). Decoder-only models (`FWPForCausalLM`) only.
-        key_head_dim, value_head_dim (`int` or None): per-head size of q/k (before φ) and of v
-            (default ``hidden_size // num_attention_heads``); the state is ``d_dot × value_head_dim``.
-        use_short_conv (`bool`), conv_size (`int`), conv_bias (`bool`): a depthwise causal convolution of
-            width `conv_size` over time on q, k and v before φ (its last inputs are carried in the cache).
-        value_activation (`str` or None): `"silu"` applies SiLU to v (after the convolution), as FLA does.
-        key_normalization (`str` or None): for the delta rules, `"sum"` (φ/Σφ, Schlag et al.; the default)
-            or `"l2"` (φ/|φ|₂, FLA's default).
-        scale_queries (`bool`): multiply φ(q) by ``d_dot^{-1/2}`` after normalisation (FLA's kernels do).
-        allow_neg_eigval (`bool`): β = 2·sigmoid(·) ∈ (0, 2) in the delta rules.
-        output_norm (`bool`): per-head RMSNorm of the read (over `value_head_dim`, eps `rms_norm_eps`).
-        output_gate (`bool`): multiply the (normed) read by ``SiLU(W_g x)`` per head.
-    Options of the q/k/v projections of softmax and fast-weight layers alike (decoder-only models; what
-    a pretrained Llama / Mistral / Qwen2 / Qwen3 attention layer has, `conversion.linearize`):
-        head_dim (`int` or None): per-head size (default ``hidden_size // num_attention_heads``) of softmax
-            layers, Ba et al.'s memory (which needs ``num_attention_heads · head_dim == hidden_size``) and the
-            fast-weight layers' default `key_head_dim` / `value_head_dim`.
-        attention_bias (`bool`): biases on the q, k and v projections (fast-weight layers: on all their
-            projections, gates included); attention_output_bias (`bool`): a bias on the output projection.
-        use_qk_norm (`bool`): per-head RMSNorm of q and k (eps `rms_norm_eps`) right after their projection.
-        fast_weight_key_value_heads (`int` or None): key/value heads of the fast-weight layers (grouped
-            like grouped-query attention: each serves ``num_attention_heads / fast_weight_key_value_heads``
-            query heads; default one per query head).
-        rope_scaling_parameters (`dict` or None): transformers' rope parameters other than the default
-            (``{"rope_type": "llama3" | "linear" | ..., ...}``) for the rotary positions of softmax layers.
-    Options of the softmax layers (decoder-only models):
-        softmax_num_heads (`int` or None): their query heads (default `num_attention_heads`; a hybrid's
-            softmax layers may have their own), each of size ``hidden_size // softmax_num_heads``.
-        num_key_value_heads (`int` or None): grouped-query attention; None resolves to as many as the softmax query
-            heads, as in transformers' Llama config.
-        attention_bias (`bool`): biases on the q, k and v projections.
-        sliding_window (`int` or None): a query sees itself and the `sliding_window` − 1 previous tokens.
+        kwargs: transformers' generic fields (``pad_token_id``, ``bos_token_id``, ``eos_token_id`` — None
+            unless given —, ``dtype``, ...) and the flat keys of older configs.
     """
 
     model_type = "fwp"
@@ -153,127 +148,148 @@ class FWPConfig(PretrainedConfig):
 
     def __init__(
         self,
-        vocab_size: int = 32000,
-        hidden_size: int = 512,
-        intermediate_size: int = 1408,
-        num_hidden_layers: int = 6,
-        num_attention_heads: int = 8,
-        attention_type: str | list[str] = "delta",
-        feature_map: str = "dpfp",
-        dpfp_nu: int = 1,
-        performer_num_features: int = 64,
-        performer_seed: int = 0,
-        performer_redraw: bool = False,
-        attention_normalization: bool = True,
-        fast_weights_decay: float = 0.95,
-        fast_weights_learning_rate: float = 0.5,
-        fast_weights_inner_steps: int = 1,
+        vocab_size: Annotated[int, WEIGHT_MEANING] = 32000,
+        hidden_size: Annotated[int, WEIGHT_MEANING] = 512,
+        intermediate_size: Annotated[int, WEIGHT_MEANING] = 1408,
+        num_hidden_layers: Annotated[int, WEIGHT_MEANING] = 6,
+        num_attention_heads: Annotated[int, WEIGHT_MEANING] = 8,
+        attention_type: Annotated[str | list[str], WEIGHT_MEANING] = "delta",
+        hidden_act: Annotated[str, WEIGHT_MEANING] = "silu",
+        head_dim: Annotated[int | None, WEIGHT_MEANING] = None,
+        num_key_value_heads: Annotated[int | None, WEIGHT_MEANING] = None,
+        attention_bias: Annotated[bool, WEIGHT_MEANING] = False,
+        rope_theta: Annotated[float, WEIGHT_MEANING] = 10000.0,
+        rms_norm_eps: Annotated[float, WEIGHT_MEANING] = 1e-6,
+        tie_word_embeddings: Annotated[bool, WEIGHT_MEANING] = True,
+        is_encoder_decoder: Annotated[bool, WEIGHT_MEANING] = False,
+        num_decoder_layers: Annotated[int | None, WEIGHT_MEANING] = None,
+        decoder_attention_type: Annotated[str | list[str] | None, WEIGHT_MEANING] = None,
+        cross_attention_type: Annotated[str, WEIGHT_MEANING] = "softmax",
+        fast_weight: FastWeightLayerOptions | dict | None = None,
+        softmax_attention: SoftmaxAttentionOptions | dict | None = None,
+        hebbian_memory: HebbianMemoryOptions | dict | None = None,
+        feature_maps: dict[str, OptionGroup | dict] | None = None,
         chunk_size: int = 64,
-        hidden_act: str = "silu",
         max_position_embeddings: int | None = None,
-        rope_theta: float = 10000.0,
         initializer_range: float = 0.02,
-        rms_norm_eps: float = 1e-6,
         use_cache: bool = True,
-        tie_word_embeddings: bool = True,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        is_encoder_decoder: bool = False,
-        num_decoder_layers: int | None = None,
-        decoder_attention_type: str | list[str] | None = None,
-        cross_attention_type: str = "softmax",
-        key_head_dim: int | None = None,
-        value_head_dim: int | None = None,
-        use_short_conv: bool = False,
-        conv_size: int = 4,
-        conv_bias: bool = False,
-        value_activation: str | None = None,
-        key_normalization: str | None = None,
-        scale_queries: bool = False,
-        allow_neg_eigval: bool = False,
-        output_norm: bool = False,
-        output_gate: bool = False,
-        head_dim: int | None = None,
-        attention_output_bias: bool = False,
-        use_qk_norm: bool = False,
-        fast_weight_key_value_heads: int | None = None,
-        rope_scaling_parameters: dict | None = None,
-        softmax_num_heads: int | None = None,
-        num_key_value_heads: int | None = None,
-        attention_bias: bool = False,
-        sliding_window: int | None = None,
         **kwargs: Any,
     ) -> None:
+        legacy = {key: kwargs.pop(key) for key in list(kwargs) if key in LEGACY_FLAT_KEYS}
+        groups = nest_legacy_keys(
+            {"fast_weight": fast_weight, "softmax_attention": softmax_attention, "hebbian_memory": hebbian_memory,
+             FEATURE_MAPS_KEY: feature_maps, **legacy},
+            kinds_of_model(attention_type, decoder_attention_type, is_encoder_decoder),
+        )
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            kwargs.setdefault(name, None)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
         self.attention_type = list(attention_type) if isinstance(attention_type, (list, tuple)) else attention_type
-        self.feature_map = feature_map
-        self.dpfp_nu = dpfp_nu
-        self.performer_num_features = performer_num_features
-        self.performer_seed = performer_seed
-        self.performer_redraw = performer_redraw
-        self.attention_normalization = attention_normalization
-        self.fast_weights_decay = fast_weights_decay
-        self.fast_weights_learning_rate = fast_weights_learning_rate
-        self.fast_weights_inner_steps = fast_weights_inner_steps
-        self.chunk_size = chunk_size
         self.hidden_act = hidden_act
-        self.max_position_embeddings = max_position_embeddings
+        self.head_dim = head_dim
+        self.attention_bias = attention_bias
         self.rope_theta = rope_theta
-        self.initializer_range = initializer_range
         self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
+        self.is_encoder_decoder = is_encoder_decoder
         self.num_decoder_layers = num_hidden_layers if num_decoder_layers is None else num_decoder_layers
         if isinstance(decoder_attention_type, (list, tuple)):
             decoder_attention_type = list(decoder_attention_type)
         self.decoder_attention_type = decoder_attention_type
         self.cross_attention_type = cross_attention_type
-        self.is_encoder_decoder = is_encoder_decoder
-        self.key_head_dim = key_head_dim
-        self.value_head_dim = value_head_dim
-        self.use_short_conv = use_short_conv
-        self.conv_size = conv_size
-        self.conv_bias = conv_bias
-        self.value_activation = value_activation
-        self.key_normalization = key_normalization
-        self.scale_queries = scale_queries
-        self.allow_neg_eigval = allow_neg_eigval
-        self.output_norm = output_norm
-        self.output_gate = output_gate
-        self.head_dim = head_dim
-        self.attention_output_bias = attention_output_bias
-        self.use_qk_norm = use_qk_norm
-        self.fast_weight_key_value_heads = fast_weight_key_value_heads
-        self.rope_scaling_parameters = None if rope_scaling_parameters is None else dict(rope_scaling_parameters)
-        self.softmax_num_heads = softmax_num_heads
+        for key, group in LAYER_OPTION_GROUPS.items():
+            setattr(self, key, groups[key])
+        self.feature_maps = groups[FEATURE_MAPS_KEY]
+        self._validate_group_fields()  # before the resolutions below read them
+        self.chunk_size = chunk_size
+        self.max_position_embeddings = max_position_embeddings
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
         # Resolved as transformers' own configs do (Llama, Qwen): generic code (cache shape checks, serving engines
         # sizing key/value caches) reads it as a number. None in an older config.json means the same.
-        self.num_key_value_heads = self.softmax_heads if num_key_value_heads is None else num_key_value_heads
-        self.attention_bias = attention_bias
-        self.sliding_window = sliding_window
+        self.num_key_value_heads = (self.softmax_attention.heads(num_attention_heads) if num_key_value_heads is None
+                                    else num_key_value_heads)
         self._validate_fwp()
         self._resolve_max_position_embeddings()
         super().__init__(
-            pad_token_id=pad_token_id,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
             tie_word_embeddings=tie_word_embeddings,
             is_encoder_decoder=is_encoder_decoder,
             **kwargs,
         )
 
+    def __setattr__(self, key: str, value: Any) -> None:
+        # A group set from a dict (a load-time override, `config.fast_weight = {...}`) becomes the typed group;
+        # a flat key of older configs has a place in a group now, and setting it would change nothing.
+        if key in LAYER_OPTION_GROUPS:
+            value = LAYER_OPTION_GROUPS[key].build(value, f"FWPConfig.{key}")
+        elif key == FEATURE_MAPS_KEY:
+            value = build_feature_maps(value)
+        elif key in LEGACY_FLAT_KEYS:
+            places = " and ".join("config." + ".".join(path) for path in LEGACY_FLAT_KEYS[key])
+            raise AttributeError(f"FWPConfig.{key} is an option of a layer kind now: set {places}")
+        super().__setattr__(key, value)
+
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
-        # transformers applies load-time overrides with setattr after __init__: validate them too.
-        result = super().from_dict(config_dict, **kwargs)
-        config = result[0] if isinstance(result, tuple) else result
-        config._validate_fwp()
-        config._resolve_max_position_embeddings()
-        return result
+        """`PretrainedConfig.from_dict`, reading older flat keys (`LEGACY_FLAT_KEYS`) in `config_dict` and in
+        the load-time overrides `kwargs`; an override of a group (``fast_weight={"conv_size": 2}``) changes
+        only the fields it names. Overrides go through `__init__`'s validation."""
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if cls._is_config_key(key)}
+        return super().from_dict(cls.merged_config_dict(config_dict, overrides), **kwargs)
+
+    @classmethod
+    def _is_config_key(cls, key: str) -> bool:
+        return key in LEGACY_FLAT_KEYS or key in inspect.signature(cls.__init__).parameters
+
+    @classmethod
+    def merged_config_dict(cls, config_dict: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        """`config_dict` with `overrides` over it, both with their flat keys of older configs nested; a group
+        override changes the fields it names (a feature map's, the fields of that map)."""
+
+        def nested(values: dict[str, Any], kinds: set[str]) -> dict[str, Any]:
+            values = {key: (value.to_dict() if isinstance(value, OptionGroup) else value)
+                      for key, value in values.items()}
+            return nest_legacy_keys(values, kinds, keep_objects=False)
+
+        in_groups = {key: value for key, value in overrides.items()
+                     if key in LEGACY_FLAT_KEYS or key in LAYER_OPTION_GROUPS or key == FEATURE_MAPS_KEY}
+        merged = {**config_dict, **{key: value for key, value in overrides.items() if key not in in_groups}}
+        kinds = kinds_of_model(merged.get("attention_type", "delta"), merged.get("decoder_attention_type"),
+                               merged.get("is_encoder_decoder", False))
+        merged = nested(merged, kinds)
+        changes = nested(in_groups, kinds)
+        for key in (*LAYER_OPTION_GROUPS, FEATURE_MAPS_KEY):
+            change = changes.get(key)
+            if change is None:
+                continue
+            if not isinstance(change, dict):
+                raise ValueError(f"FWPConfig.{key} must be a dict of its options, got {change!r}")
+            merged[key] = _merge_nested(merged.get(key) or {}, change)
+        return merged
+
+    def update_from_string(self, update_str: str) -> None:
+        """``"key=value,key=value"`` (transformers' format), where a key is a top-level field, a flat key of
+        older configs (``dpfp_nu``) or a dotted place in a group (``fast_weight.conv_size``,
+        ``feature_maps.dpfp.nu``); values are parsed by the type of the current one. Validated as a whole."""
+        overrides: dict[str, Any] = {}
+        for item in update_str.split(","):
+            key, _, text = item.partition("=")
+            path = LEGACY_FLAT_KEYS[key][0] if key in LEGACY_FLAT_KEYS else tuple(key.split("."))
+            current = self.to_dict()
+            for part in path:
+                if not isinstance(current, dict) or part not in current:
+                    raise ValueError(f"key {key} isn't in the original config dict")
+                current = current[part]
+            value = _parse_like(text, current, key)
+            if key in LEGACY_FLAT_KEYS:
+                overrides[key] = value
+            else:
+                _merge_into(overrides, path, value)
+        updated = type(self).from_dict(self.to_dict(), **overrides)
+        self.__dict__.update(updated.__dict__)
 
     @property
     def head_dim(self) -> int:
@@ -291,79 +307,45 @@ class FWPConfig(PretrainedConfig):
         output = super().to_dict()
         output.pop("_head_dim", None)
         output["head_dim"] = self.__dict__.get("_head_dim")  # None: follows hidden_size / num_attention_heads
+        for key in LAYER_OPTION_GROUPS:
+            output[key] = getattr(self, key).to_dict()
+        # the maps with options (a map without any has nothing to save)
+        output[FEATURE_MAPS_KEY] = {name: options.to_dict() for name, options in self.feature_maps.items()
+                                    if options.field_names()}
         return output
-
-    @property
-    def fast_weight_kv_heads(self) -> int:
-        """Key/value heads of the fast-weight layers."""
-        heads = self.fast_weight_key_value_heads
-        return self.num_attention_heads if heads is None else heads
-
-    @property
-    def fast_weight_key_head_dim(self) -> int:
-        """Per-head size of q and k (before φ) in the fast-weight layers."""
-        return self.head_dim if self.key_head_dim is None else self.key_head_dim
-
-    @property
-    def fast_weight_value_head_dim(self) -> int:
-        """Per-head size of v (and of the read) in the fast-weight layers."""
-        return self.head_dim if self.value_head_dim is None else self.value_head_dim
-
-    @property
-    def fast_weight_qkv_widths(self) -> tuple[int, int, int]:
-        """Widths of q, k and v in a fast-weight layer's fused projection (and its short convolution)."""
-        key_dim, value_dim = self.fast_weight_key_head_dim, self.fast_weight_value_head_dim
-        return self.num_attention_heads * key_dim, self.fast_weight_kv_heads * key_dim, self.fast_weight_kv_heads * value_dim
-
-    @property
-    def softmax_heads(self) -> int:
-        """Query heads of the softmax layers."""
-        return self.num_attention_heads if self.softmax_num_heads is None else self.softmax_num_heads
 
     @property
     def softmax_head_dim(self) -> int:
         """Head size of the softmax layers (and of their rotary positions)."""
-        return self.head_dim if self.softmax_num_heads is None else self.hidden_size // self.softmax_num_heads
+        heads = self.softmax_attention.num_heads
+        return self.head_dim if heads is None else self.hidden_size // heads
 
-    @property
-    def key_value_heads(self) -> int:
-        """Key/value heads of softmax layers (grouped-query attention when fewer than the query heads)."""
-        # None only where set by hand after __init__ (which resolves it).
-        return self.softmax_heads if self.num_key_value_heads is None else self.num_key_value_heads
-
-    # The options of the generic fast-weight layer and of softmax layers, with their off values (see the
-    # class docstring): `_validate_layer_options` refuses one that no layer of the model would use.
-    FAST_WEIGHT_LAYER_OPTIONS = {
-        "key_head_dim": None, "value_head_dim": None, "use_short_conv": False, "value_activation": None,
-        "scale_queries": False, "output_norm": False, "output_gate": False, "fast_weight_key_value_heads": None,
-    }
-    SOFTMAX_LAYER_OPTIONS = {"softmax_num_heads": None, "num_key_value_heads": None, "sliding_window": None,
-                             "rope_scaling_parameters": None}
-    PROJECTION_OPTIONS = {"attention_bias": False, "attention_output_bias": False, "use_qk_norm": False}
+    def options_of(self, kind: str) -> OptionGroup:
+        """The option group that layers of type `kind` read (``config.fast_weight`` for ``"delta"``)."""
+        return getattr(self, _GROUP_KEYS[TOKEN_MIXERS[kind].options])
 
     def layer_options(self, kind: str) -> dict[str, Any]:
-        """The options that shape a layer of type `kind` under this config, with their values (what its
-        weights mean beyond the type; e.g. ``{"use_short_conv": True, "conv_size": 4, ...}``)."""
+        """The options that shape a layer of type `kind` under this config, with their values resolved (what
+        its weights mean beyond the type; e.g. ``{"use_short_conv": True, "conv_size": 4, ...}``): the
+        weight-meaning fields of its group that apply to it, head sizes and heads resolved, and the
+        top-level options that its layer reads."""
         spec = TOKEN_MIXERS[kind]
-        options: dict[str, Any] = {}
+        group = self.options_of(kind)
+        options: dict[str, Any] = {
+            name: getattr(group, name) for name in group.weight_meaning_fields()
+            if group.option_applies(name, spec) and name not in ("feature_map", "attention_normalization")
+        }
         if spec.layer == FAST_WEIGHT_LAYER:
-            options.update(
-                key_head_dim=self.fast_weight_key_head_dim, value_head_dim=self.fast_weight_value_head_dim,
-                key_value_heads=self.fast_weight_kv_heads, attention_bias=self.attention_bias,
-                attention_output_bias=self.attention_output_bias, use_qk_norm=self.use_qk_norm,
-                value_activation=self.value_activation, scale_queries=self.scale_queries,
-                output_norm=self.output_norm, output_gate=self.output_gate,
-                conv=(self.conv_size, self.conv_bias) if self.use_short_conv else None,
-            )
+            key_head_dim, value_head_dim = group.head_dims(self.head_dim)
+            options.update(key_head_dim=key_head_dim, value_head_dim=value_head_dim,
+                           key_value_heads=group.kv_heads(self.num_attention_heads), attention_bias=self.attention_bias)
+            options.update(use_short_conv=(group.conv_size, group.conv_bias) if group.use_short_conv else None)
+            del options["conv_size"], options["conv_bias"]
             if spec.key_normalization is not None:
-                options["key_normalization"] = self.key_normalization or spec.key_normalization
-            if "beta" in spec.gates:
-                options["allow_neg_eigval"] = self.allow_neg_eigval
+                options["key_normalization"] = group.key_normalization_of(spec)
         elif spec.layer == SOFTMAX_ATTENTION_LAYER:
-            options.update(heads=self.softmax_heads, head_dim=self.softmax_head_dim,
-                           key_value_heads=self.key_value_heads, attention_bias=self.attention_bias,
-                           attention_output_bias=self.attention_output_bias, use_qk_norm=self.use_qk_norm,
-                           sliding_window=self.sliding_window, rope_scaling=self.rope_scaling_parameters)
+            options.update(num_heads=group.heads(self.num_attention_heads), head_dim=self.softmax_head_dim,
+                           key_value_heads=self.num_key_value_heads, attention_bias=self.attention_bias)
         elif spec.layer == HEBBIAN_MEMORY_LAYER:
             options.update(head_dim=self.head_dim)
         return options
@@ -404,63 +386,22 @@ class FWPConfig(PretrainedConfig):
             self.max_position_embeddings = DEFAULT_MAX_POSITION_EMBEDDINGS
 
     # ------------------------------------------------------------------------------------------
-    # What the weights mean: a load-time override of these fields would silently change the function
-    # that a checkpoint's weights compute, so `FWPPreTrainedModel.from_pretrained` refuses it.
-    # Not listed, because they do not change the function of the same weights: chunk_size (a kernel
-    # block length), max_position_embeddings (rotary positions are computed for any position),
-    # performer_seed (ω is saved with the weights), performer_redraw (training only), initializer_range
-    # (initialisation only), use_cache, special token ids, dropout-like and generation fields.
+    # What the weights mean: a load-time override of a `WEIGHT_MEANING_FIELDS` field would silently change
+    # the function that a checkpoint's weights compute, so `FWPPreTrainedModel.from_pretrained` refuses it.
+    # The list is derived (`weight_meaning_fields`): the top-level fields annotated WEIGHT_MEANING in
+    # `__init__`, and the group fields (``fast_weight.conv_size``, ``feature_maps.dpfp.nu``) whose `option`
+    # declares it. Not in it, because they do not change the function of the same weights: chunk_size (a
+    # kernel block length), max_position_embeddings (rotary positions are computed for any position), FAVOR+'s
+    # seed (ω is saved with the weights) and redraw (training only), initializer_range, use_cache, token ids.
     # ------------------------------------------------------------------------------------------
-    WEIGHT_MEANING_FIELDS = (
-        "is_encoder_decoder",
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_decoder_layers",
-        "num_attention_heads",
-        "attention_type",
-        "decoder_attention_type",
-        "cross_attention_type",
-        "feature_map",
-        "dpfp_nu",
-        "performer_num_features",
-        "attention_normalization",
-        "fast_weights_decay",
-        "fast_weights_learning_rate",
-        "fast_weights_inner_steps",
-        "hidden_act",
-        "rope_theta",
-        "rms_norm_eps",
-        "tie_word_embeddings",
-        "key_head_dim",
-        "value_head_dim",
-        "use_short_conv",
-        "conv_size",
-        "conv_bias",
-        "value_activation",
-        "key_normalization",
-        "scale_queries",
-        "allow_neg_eigval",
-        "output_norm",
-        "output_gate",
-        "head_dim",
-        "attention_output_bias",
-        "use_qk_norm",
-        "fast_weight_key_value_heads",
-        "rope_scaling_parameters",
-        "softmax_num_heads",
-        "num_key_value_heads",
-        "attention_bias",
-        "sliding_window",
-    )
 
     def weights_meaning(self) -> dict[str, Any]:
         """What a model with this config computes from its weights, layer by layer (from the registry).
 
         Two configs with equal `weights_meaning()` give the same function for the same weights; e.g.
-        `feature_map` counts only where a layer lets the config choose φ, `dpfp_nu` only where φ is
-        DPFP, `fast_weights_*` only for Ba et al.'s memory, `rope_theta` only for rotary layers.
+        ``fast_weight.feature_map`` counts only where a layer lets the config choose φ, a map's options only
+        where a layer uses that map, ``hebbian_memory`` only for Ba et al.'s memory, `rope_theta` only for
+        rotary layers.
         """
 
         def layer(kind: str) -> tuple:
@@ -468,15 +409,12 @@ class FWPConfig(PretrainedConfig):
             feature_map = spec.feature_map_name(self)
             phi = None
             if feature_map is not None:
-                phi = FEATURE_MAPS[feature_map].label(self.dpfp_nu, self.performer_num_features)
-            hebbian = (
-                (self.fast_weights_decay, self.fast_weights_learning_rate, self.fast_weights_inner_steps)
-                if spec.layer == HEBBIAN_MEMORY_LAYER
-                else None
-            )
+                map_options = self.feature_maps[feature_map]
+                phi = (feature_map, tuple((name, getattr(map_options, name))
+                                          for name in map_options.weight_meaning_fields()))
             rope = self.rope_theta if spec.uses_rotary else None
             options = tuple(sorted(self.layer_options(kind).items()))
-            return kind, phi, spec.normalizes(self), hebbian, rope, options
+            return kind, phi, spec.normalizes(self), rope, options
 
         meaning: dict[str, Any] = {
             name: getattr(self, name)
@@ -489,24 +427,44 @@ class FWPConfig(PretrainedConfig):
             meaning["cross_attention"] = layer(self.cross_attention_type)
         return meaning
 
+    def field_value(self, name: str) -> Any:
+        """The value of a `WEIGHT_MEANING_FIELDS` name: a top-level field, ``group.field`` or
+        ``feature_maps.map.field``."""
+        path = name.split(".")
+        value = getattr(self, path[0], None)
+        for part in path[1:]:
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        return value
+
+    def with_field(self, name: str, value: Any) -> "FWPConfig":
+        """A copy of this config with field `name` (as in `field_value`) set to `value`, unvalidated."""
+        changed = copy.deepcopy(self)
+        path = name.split(".")
+        if len(path) == 1:
+            setattr(changed, name, value)
+            return changed
+        target = getattr(changed, path[0])
+        for part in path[1:-1]:
+            target = target[part] if isinstance(target, dict) else getattr(target, part)
+        setattr(target, path[-1], value)
+        return changed
+
     def weight_meaning_changes(self, other: "FWPConfig") -> list[str]:
         """The `WEIGHT_MEANING_FIELDS` whose value in `other` changes what this config's weights compute."""
         if self.weights_meaning() == other.weights_meaning():
             return []
         changed = []
         for name in self.WEIGHT_MEANING_FIELDS:
-            if getattr(self, name, None) == getattr(other, name, None):
+            if self.field_value(name) == other.field_value(name):
                 continue
-            alone = copy.copy(self)
-            setattr(alone, name, getattr(other, name, None))
             try:
-                matters = alone.weights_meaning() != self.weights_meaning()
-            except (TypeError, ValueError, KeyError, IndexError):  # e.g. a layer count without its type list
+                matters = self.with_field(name, other.field_value(name)).weights_meaning() != self.weights_meaning()
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError):  # e.g. a layer count without its list
                 matters = True
             if matters:
                 changed.append(name)
         return changed or [name for name in self.WEIGHT_MEANING_FIELDS
-                           if getattr(self, name, None) != getattr(other, name, None)]
+                           if self.field_value(name) != other.field_value(name)]
 
     @classmethod
     def check_loading_keeps_weight_meaning(cls, pretrained_model_name_or_path, load_kwargs: dict[str, Any]) -> None:
@@ -537,14 +495,14 @@ class FWPConfig(PretrainedConfig):
         if isinstance(requested, PretrainedConfig):
             source = "config= (a config that differs from its config.json)"
         else:
-            overrides = {key: value for key, value in load_kwargs.items() if key in cls.WEIGHT_MEANING_FIELDS}
+            overrides = {key: value for key, value in load_kwargs.items() if cls._is_config_key(key)}
             if not overrides:
                 return
             source = f"the override(s) {', '.join(f'{key}={value!r}' for key, value in overrides.items())}"
             try:
                 requested = cls.from_dict(saved_dict, **overrides)
             except ValueError as error:  # e.g. fewer softmax heads than the saved num_key_value_heads
-                changed = [key for key, value in overrides.items() if getattr(saved, key, None) != value]
+                changed = list(overrides)
                 raise ValueError(
                     f"loading {pretrained_model_name_or_path!s} with {source} changes {', '.join(changed)}, which would "
                     f"change what its weights compute, into a config that is not even valid ({error}); load it "
@@ -553,7 +511,7 @@ class FWPConfig(PretrainedConfig):
         changed = saved.weight_meaning_changes(requested)
         if changed:
             details = "; ".join(
-                f"{name}={getattr(saved, name, None)!r} saved, {getattr(requested, name, None)!r} requested"
+                f"{name}={saved.field_value(name)!r} saved, {requested.field_value(name)!r} requested"
                 for name in changed
             )
             raise ValueError(
@@ -580,21 +538,17 @@ class FWPConfig(PretrainedConfig):
                 )
 
     def _validate_types(self) -> None:
-        """Every numeric or boolean field has the right type (a ValueError naming it, never a raw TypeError)."""
+        """Every top-level numeric or boolean field has the right type (a ValueError naming it, never a raw
+        TypeError)."""
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "chunk_size", "performer_num_features", "max_position_embeddings", "num_decoder_layers"):
+                     "chunk_size", "max_position_embeddings", "num_decoder_layers"):
             value = getattr(self, name)
             if name == "max_position_embeddings" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 allowed = " (or None: no positional limit)" if name == "max_position_embeddings" else ""
                 raise ValueError(f"FWPConfig.{name} must be a positive integer, got {value!r}{allowed}")
-        for name in ("performer_seed",):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"FWPConfig.{name} must be an integer, got {value!r}")
-        for name in ("fast_weights_decay", "fast_weights_learning_rate", "rope_theta", "rms_norm_eps",
-                     "initializer_range"):
+        for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"FWPConfig.{name} must be a number (int or float), got {value!r}")
@@ -604,25 +558,33 @@ class FWPConfig(PretrainedConfig):
                 raise ValueError(f"FWPConfig.{name} must be a finite number > 0, got {value!r}")
         if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
             raise ValueError(f"FWPConfig.initializer_range must be a finite number >= 0, got {self.initializer_range!r}")
-        for name in ("performer_redraw", "attention_normalization", "use_cache", "is_encoder_decoder"):
+        for name in ("use_cache", "is_encoder_decoder", "attention_bias"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"FWPConfig.{name} must be True or False, got {value!r}")
-        for name in ("feature_map", "hidden_act", "cross_attention_type"):
+        for name in ("hidden_act", "cross_attention_type"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise ValueError(f"FWPConfig.{name} must be a string, got {value!r}")
+        for name in ("num_key_value_heads",):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"FWPConfig.{name} must be a positive integer or None, got {value!r}")
+        head_dim = self.__dict__.get("_head_dim")
+        if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0):
+            raise ValueError(f"FWPConfig.head_dim must be a positive integer or None, got {head_dim!r}")
 
     def _head_counts_that_must_divide_hidden_size(self) -> dict[str, int]:
         """``{field: heads}`` for every head count whose layers have head size ``hidden_size // heads``."""
         counts = {}
         for kind in set(self.self_attention_types) | ({self.cross_attention_type} if self.is_encoder_decoder else set()):
             layer = TOKEN_MIXERS[kind].layer
-            if layer == SOFTMAX_ATTENTION_LAYER and self.softmax_num_heads is not None:
-                counts["softmax_num_heads"] = self.softmax_num_heads
+            if layer == SOFTMAX_ATTENTION_LAYER and self.softmax_attention.num_heads is not None:
+                counts["softmax_attention.num_heads"] = self.softmax_attention.num_heads
             elif self.__dict__.get("_head_dim") is not None:
                 continue  # an explicit head_dim (Ba et al.'s memory is checked on its own)
-            elif layer != FAST_WEIGHT_LAYER or self.key_head_dim is None or self.value_head_dim is None:
+            elif (layer != FAST_WEIGHT_LAYER or self.fast_weight.key_head_dim is None
+                  or self.fast_weight.value_head_dim is None):
                 counts["num_attention_heads"] = self.num_attention_heads
         return counts
 
@@ -641,74 +603,67 @@ class FWPConfig(PretrainedConfig):
                 f"× head_dim ({self.head_dim}) == hidden_size ({self.hidden_size})"
             )
 
-    def _validate_layer_options(self) -> None:
-        """The fast-weight and softmax layer options: types, allowed values, and that some layer uses each."""
-        for name in ("key_head_dim", "value_head_dim", "softmax_num_heads", "num_key_value_heads", "sliding_window",
-                     "fast_weight_key_value_heads"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(f"FWPConfig.{name} must be a positive integer or None, got {value!r}")
-        if isinstance(self.conv_size, bool) or not isinstance(self.conv_size, int) or self.conv_size < 1:
-            raise ValueError(f"FWPConfig.conv_size must be an integer >= 1, got {self.conv_size!r}")
-        for name in ("use_short_conv", "conv_bias", "scale_queries", "allow_neg_eigval", "output_norm", "output_gate",
-                     "attention_bias", "attention_output_bias", "use_qk_norm"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"FWPConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        if self.value_activation not in (None, "silu"):
-            raise ValueError(f"FWPConfig.value_activation {self.value_activation!r} is unknown; allowed: None, 'silu'")
-        if self.key_normalization not in (None, "sum", "l2"):
-            raise ValueError(
-                f"FWPConfig.key_normalization {self.key_normalization!r} is unknown; allowed: None (the rule's own), "
-                "'sum', 'l2'"
-            )
-        head_dim = self.__dict__.get("_head_dim")
-        if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0):
-            raise ValueError(f"FWPConfig.head_dim must be a positive integer or None, got {head_dim!r}")
-        rope = self.rope_scaling_parameters
-        if rope is not None and not (isinstance(rope, dict) and rope.get("rope_type") in ROPE_SCALING_TYPES):
-            raise ValueError(
-                f"FWPConfig.rope_scaling_parameters must be None or transformers' rope parameters with rope_type in "
-                f"{_allowed(ROPE_SCALING_TYPES)}, got {self.rope_scaling_parameters!r}"
-            )
-        layer_specs = [TOKEN_MIXERS[kind] for kind in self.self_attention_types]
-        used = {
-            **dict.fromkeys(self.PROJECTION_OPTIONS, any(s.layer in (FAST_WEIGHT_LAYER, SOFTMAX_ATTENTION_LAYER)
-                                                         for s in layer_specs)),
-            **dict.fromkeys(self.FAST_WEIGHT_LAYER_OPTIONS, any(s.layer == FAST_WEIGHT_LAYER for s in layer_specs)),
-            **dict.fromkeys(self.SOFTMAX_LAYER_OPTIONS, any(s.layer == SOFTMAX_ATTENTION_LAYER for s in layer_specs)),
-            "key_normalization": any(s.key_normalization is not None for s in layer_specs),
-            "allow_neg_eigval": any("beta" in s.gates for s in layer_specs),
-        }
-        off = {**self.FAST_WEIGHT_LAYER_OPTIONS, **self.SOFTMAX_LAYER_OPTIONS, **self.PROJECTION_OPTIONS,
-               "key_normalization": None, "allow_neg_eigval": False}
-        # Always set, like LlamaConfig's (resolved in __init__): a model without softmax layers ignores it.
-        del off["num_key_value_heads"]
-        set_options = [name for name, value in off.items() if getattr(self, name) != value]
+    def _validate_group_fields(self) -> None:
+        for key in LAYER_OPTION_GROUPS:
+            getattr(self, key).validate(f"FWPConfig.{key}")
+        for name, options in self.feature_maps.items():
+            options.validate(f"FWPConfig.{FEATURE_MAPS_KEY}.{name}")
+
+    def _validate_groups(self) -> None:
+        """Each option group validates its fields; then its layer options (off by default) must be used by
+        some layer of the model (the group ↔ registry link: `TokenMixerSpec.options`,
+        `OptionGroup.option_applies`)."""
+        self._validate_group_fields()
+        specs = [TOKEN_MIXERS[kind] for kind in self.self_attention_types]
+        set_options = {f"{key}.{name}": any(group.option_applies(name, spec) for spec in specs)
+                       for key in LAYER_OPTION_GROUPS
+                       for group in (getattr(self, key),) for name in group.changed_layer_options()}
+        if self.attention_bias:
+            set_options["attention_bias"] = any(s.layer in (FAST_WEIGHT_LAYER, SOFTMAX_ATTENTION_LAYER) for s in specs)
         if self.is_encoder_decoder and set_options:
             raise ValueError(
                 f"FWPConfig: {', '.join(set_options)} are options of decoder-only models (FWPForCausalLM); "
                 "the encoder–decoder model does not take them"
             )
-        unused = [name for name in set_options if not used[name]]
+        unused = [name for name, used in set_options.items() if not used]
         if unused:
             raise ValueError(
-                f"FWPConfig: {', '.join(f'{name}={getattr(self, name)!r}' for name in unused)} would change no layer "
-                f"of this model (attention types {sorted(set(self.self_attention_types))}); leave them at their defaults"
+                f"FWPConfig: {', '.join(f'{name}={self.field_value(name)!r}' for name in unused)} would change no "
+                f"layer of this model (attention types {sorted(set(self.self_attention_types))}); leave them at "
+                "their defaults"
             )
-        has_softmax_layers = any(s.layer == SOFTMAX_ATTENTION_LAYER for s in layer_specs)
-        if (has_softmax_layers and self.num_key_value_heads is not None
-                and self.softmax_heads % self.num_key_value_heads):
-            heads = "softmax_num_heads" if self.softmax_num_heads is not None else "num_attention_heads"
+        has_softmax_layers = any(s.layer == SOFTMAX_ATTENTION_LAYER for s in specs)
+        softmax_heads = self.softmax_attention.heads(self.num_attention_heads)
+        if has_softmax_layers and self.num_key_value_heads is not None and softmax_heads % self.num_key_value_heads:
+            heads = self._softmax_heads_field()
             raise ValueError(
-                f"FWPConfig.{heads} ({self.softmax_heads}) must be a multiple of num_key_value_heads "
+                f"FWPConfig.{heads} ({softmax_heads}) must be a multiple of num_key_value_heads "
                 f"({self.num_key_value_heads}) (grouped-query attention)"
             )
-        kv_heads = self.fast_weight_key_value_heads
+        kv_heads = self.fast_weight.key_value_heads
         if kv_heads is not None and self.num_attention_heads % kv_heads:
             raise ValueError(
                 f"FWPConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                f"fast_weight_key_value_heads ({kv_heads})"
+                f"fast_weight.key_value_heads ({kv_heads})"
             )
+
+    def _validate_feature_maps(self) -> None:
+        feature_map = self.fast_weight.feature_map
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(
+                f"FWPConfig.fast_weight.feature_map {feature_map!r} is unknown; allowed: {_allowed(FEATURE_MAPS)}"
+            )
+        for kind in dict.fromkeys(self.self_attention_types):
+            spec = TOKEN_MIXERS[kind]
+            if spec.layer != FAST_WEIGHT_LAYER or self.fast_weight.key_normalization_of(spec) != "sum":
+                continue
+            if not FEATURE_MAPS[spec.feature_map_name(self)].nonnegative:
+                raise ValueError(
+                    f"FWPConfig: {kind!r} layers sum-normalise φ (φ/Σφ), which needs φ ≥ 0, but feature_map "
+                    f"{spec.feature_map_name(self)!r} can be negative; set fast_weight.key_normalization='l2' or a "
+                    "fast_weight.feature_map from "
+                    f"{_allowed(tuple(n for n, m in FEATURE_MAPS.items() if m.nonnegative))}"
+                )
 
     def _validate_fwp(self) -> None:
         self._validate_types()
@@ -730,44 +685,156 @@ class FWPConfig(PretrainedConfig):
                 f"FWPConfig.cross_attention_type {self.cross_attention_type!r} {problem}; "
                 f"allowed: {_allowed(CROSS_ATTENTION_TYPES)}"
             )
-        self._validate_layer_options()
+        self._validate_groups()
         self._validate_head_dim()
         for field, heads in self._head_counts_that_must_divide_hidden_size().items():
+            hint = (" (or give fast_weight.key_head_dim and value_head_dim for a model of fast-weight layers only)"
+                    if field == "num_attention_heads" else "")
             if self.hidden_size % heads:
-                hint = " (or give key_head_dim and value_head_dim for a model of fast-weight layers only)" * (
-                    field == "num_attention_heads")
                 raise ValueError(f"FWPConfig.hidden_size ({self.hidden_size}) must be divisible by {field} ({heads}){hint}")
-        if self.feature_map not in FEATURE_MAPS:
-            raise ValueError(f"FWPConfig.feature_map {self.feature_map!r} is unknown; allowed: {_allowed(FEATURE_MAPS)}")
-        for kind in dict.fromkeys(self.self_attention_types):
-            spec, normalization = TOKEN_MIXERS[kind], self.layer_options(kind).get("key_normalization")
-            if normalization == "sum" and not FEATURE_MAPS[spec.feature_map_name(self)].nonnegative:
-                raise ValueError(
-                    f"FWPConfig: {kind!r} layers sum-normalise φ (φ/Σφ), which needs φ ≥ 0, but feature_map "
-                    f"{spec.feature_map_name(self)!r} can be negative; set key_normalization='l2' or a feature_map "
-                    f"from {_allowed(tuple(n for n, m in FEATURE_MAPS.items() if m.nonnegative))}"
-                )
-        if isinstance(self.dpfp_nu, bool) or not isinstance(self.dpfp_nu, int) or self.dpfp_nu < 1:
-            raise ValueError(f"FWPConfig.dpfp_nu must be an integer >= 1, got {self.dpfp_nu!r}")
-        if not 0.0 < self.fast_weights_decay <= 1.0:
-            raise ValueError(f"FWPConfig.fast_weights_decay (λ) must be in (0, 1], got {self.fast_weights_decay!r}")
-        if not self.fast_weights_learning_rate > 0.0:
+        self._validate_feature_maps()
+        if self.hidden_act not in HIDDEN_ACTIVATIONS:
             raise ValueError(
-                f"FWPConfig.fast_weights_learning_rate (η) must be > 0, got {self.fast_weights_learning_rate!r}"
+                f"FWPConfig.hidden_act {self.hidden_act!r} is unknown; allowed: {_allowed(HIDDEN_ACTIVATIONS)}"
             )
-        steps = self.fast_weights_inner_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"FWPConfig.fast_weights_inner_steps (S) must be an integer >= 0, got {steps!r}")
-        if self.hidden_act not in ("silu", "gelu", "relu"):
-            raise ValueError(f"FWPConfig.hidden_act {self.hidden_act!r} is unknown; allowed: 'silu', 'gelu', 'relu'")
         rotary = self.rotary_attention_types
         if rotary and self.softmax_head_dim % 2:
-            heads = "softmax_num_heads" if self.softmax_num_heads is not None else "num_attention_heads"
+            heads = self._softmax_heads_field()
             raise ValueError(
                 f"FWPConfig: {', '.join(map(repr, rotary))} layers use rotary positions, which need an even head size, "
-                f"but hidden_size ({self.hidden_size}) / {heads} ({self.softmax_heads}) = "
+                f"but hidden_size ({self.hidden_size}) / {heads} "
+                f"({self.softmax_attention.heads(self.num_attention_heads)}) = "
                 f"{self.softmax_head_dim}; choose hidden_size and {heads} with an even quotient"
             )
 
+    def _softmax_heads_field(self) -> str:
+        """The field that sets the softmax layers' query heads (for error messages)."""
+        return "softmax_attention.num_heads" if self.softmax_attention.num_heads is not None else "num_attention_heads"
 
-__all__ = ["DEFAULT_MAX_POSITION_EMBEDDINGS", "FWPConfig", "ROPE_SCALING_TYPES"]
+
+_GROUP_KEYS: dict[type[OptionGroup], str] = {group: key for key, group in LAYER_OPTION_GROUPS.items()}
+
+
+def weight_meaning_fields() -> tuple[str, ...]:
+    """The fields that fix what weights compute: top-level fields annotated WEIGHT_MEANING in
+    `FWPConfig.__init__`, then ``group.field`` and ``feature_maps.map.field`` for group fields declared so."""
+    parameters = inspect.signature(FWPConfig.__init__, eval_str=True).parameters.values()
+    top_level = [p.name for p in parameters if WEIGHT_MEANING in getattr(p.annotation, "__metadata__", ())]
+    in_groups = [f"{key}.{name}" for key, group in LAYER_OPTION_GROUPS.items()
+                 for name in group.weight_meaning_fields()]
+    in_maps = [f"{FEATURE_MAPS_KEY}.{map_name}.{name}" for map_name, spec in FEATURE_MAPS.items()
+               for name in spec.options.weight_meaning_fields()]
+    return tuple(top_level + in_groups + in_maps)
+
+
+FWPConfig.WEIGHT_MEANING_FIELDS = weight_meaning_fields()
+
+
+def kinds_of_model(attention_type: Any, decoder_attention_type: Any, is_encoder_decoder: Any) -> set[str]:
+    """The self-attention types named by these (unvalidated) fields."""
+    kinds = set()
+    for value in (attention_type, decoder_attention_type if is_encoder_decoder else None):
+        if isinstance(value, str):
+            kinds.add(value)
+        elif isinstance(value, (list, tuple)):
+            kinds.update(kind for kind in value if isinstance(kind, str))
+    return kinds
+
+
+def build_feature_maps(value: Any) -> dict[str, OptionGroup]:
+    """``FWPConfig.feature_maps``: every `FEATURE_MAPS` entry's options, from a dict ``{map: options or dict}``
+    of those given (the others default)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"FWPConfig.{FEATURE_MAPS_KEY} must be a dict {{feature map: its options}}, got {value!r}")
+    refuse_unknown_keys(value, tuple(FEATURE_MAPS), f"FWPConfig.{FEATURE_MAPS_KEY}", "feature map")
+    return {name: spec.options.build(value.get(name), f"FWPConfig.{FEATURE_MAPS_KEY}.{name}")
+            for name, spec in FEATURE_MAPS.items()}
+
+
+def nest_legacy_keys(values: dict[str, Any], kinds: set[str], keep_objects: bool = True) -> dict[str, Any]:
+    """`values` with the flat keys of older configs (`LEGACY_FLAT_KEYS`) moved to their places in the groups.
+
+    A flat key with several places (``attention_output_bias``: the fast-weight and the softmax layers') goes
+    to the groups of the layer kinds in `kinds` (all of them if none is there, so that validation names an
+    unused option). With `keep_objects` (the constructor) the groups come back built (`OptionGroup`s), else
+    as dicts (a config dict)."""
+    values = dict(values)
+    legacy = {key: values.pop(key) for key in list(values) if key in LEGACY_FLAT_KEYS}
+    groups: dict[str, dict[str, Any]] = {}
+    for key in (*LAYER_OPTION_GROUPS, FEATURE_MAPS_KEY):
+        given = values.get(key)
+        if isinstance(given, OptionGroup):
+            given = given.to_dict()
+        elif key == FEATURE_MAPS_KEY and isinstance(given, dict):
+            given = {name: (o.to_dict() if isinstance(o, OptionGroup) else o) for name, o in given.items()}
+        groups[key] = copy.deepcopy(given) if given is not None else {}
+    used_groups = {_GROUP_KEYS[TOKEN_MIXERS[kind].options] for kind in kinds if kind in TOKEN_MIXERS}
+    for key, value in legacy.items():
+        places = LEGACY_FLAT_KEYS[key]
+        if len(places) > 1 and any(path[0] in used_groups for path in places):
+            places = tuple(path for path in places if path[0] in used_groups)
+        for path in places:
+            target = groups[path[0]]
+            if not isinstance(target, dict):
+                raise ValueError(f"FWPConfig.{path[0]} must be a dict of its options, got {target!r}")
+            given = target
+            for part in path[1:]:
+                given = given.get(part, _MISSING) if isinstance(given, dict) else _MISSING
+            if given is not _MISSING and given is not value and given != value:
+                raise ValueError(
+                    f"FWPConfig: {key}={value!r} (a flat key of older configs) and {'.'.join(path)}={given!r} are "
+                    "both given; give one of them"
+                )
+            _merge_into(target, path[1:], value)
+    for key in LAYER_OPTION_GROUPS:
+        values[key] = LAYER_OPTION_GROUPS[key].build(groups[key], f"FWPConfig.{key}") if keep_objects else groups[key]
+    maps = groups[FEATURE_MAPS_KEY]
+    values[FEATURE_MAPS_KEY] = build_feature_maps(maps) if keep_objects else maps
+    return values
+
+
+_MISSING = object()
+
+
+def _merge_into(target: dict[str, Any], path: tuple[str, ...] | list[str], value: Any) -> None:
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ValueError(f"FWPConfig: {'.'.join(path)} is not a place in a group of options")
+    target[path[-1]] = value
+
+
+def _merge_nested(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `change` over it, dicts merged key by key (a feature map's options field by field)."""
+    merged = copy.deepcopy(base)
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "rope_scaling":
+            merged[key] = _merge_nested(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _parse_like(text: str, current: Any, key: str) -> Any:
+    """`text` as a value of the type of `current` (transformers' `update_from_string` rules; None: JSON)."""
+    if isinstance(current, bool):
+        if text.lower() in ("true", "1", "y", "yes"):
+            return True
+        if text.lower() in ("false", "0", "n", "no"):
+            return False
+        raise ValueError(f"can't derive true or false from {text} (key {key})")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, str):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+__all__ = ["DEFAULT_MAX_POSITION_EMBEDDINGS", "FWPConfig", "ROPE_SCALING_TYPES", "WEIGHT_MEANING"]

@@ -307,10 +307,10 @@ def prepare_mixer_inputs(
                 position_ids = torch.arange(past_length, past_length + seq_len, device=device)[None]
         _check_position_ids(position_ids, batch_size, seq_len)
         position_embeddings = rotary_cos_sin(position_ids, config.softmax_head_dim, config.rope_theta, inputs_embeds.dtype,
-                                             getattr(config, "rope_scaling_parameters", None),
+                                             config.softmax_attention.rope_scaling,
                                              config.max_position_embeddings)
         attention_mask_4d = softmax_attention_mask(padding_mask, seq_len, past_length, batch_size, device, causal,
-                                                   getattr(config, "sliding_window", None), document_ids)
+                                                   config.softmax_attention.sliding_window, document_ids)
     inputs = {"token_mask": token_mask, "attention_mask_4d": attention_mask_4d,
               "position_embeddings": position_embeddings}
     if packing is not None:  # only stacks that can pack take the key (the encoder–decoder's layers do not)

@@ -23,22 +23,21 @@ from transformers.utils import logging
 
 from .configuration_fwp import FWPConfig
 from .fast_weight_kernels import (
-    FEATURE_MAPS,
     append_normalizer_column,
     delta_rule_beta,
     divide_by_normalizer,
-    draw_orthogonal_random_features,
     gated_log_decay,
     l2_normalize,
     short_causal_conv,
-    sum_normalize,
 )
+from .feature_maps_fwp import FWPFeatureMap
 from .token_mixers import (
     ENCODER_BIDIRECTIONAL,
     FAST_WEIGHT_LAYER,
     HEBBIAN_MEMORY_LAYER,
     SOFTMAX_ATTENTION_LAYER,
     TOKEN_MIXERS,
+    TokenMixerSpec,
 )
 
 logger = logging.get_logger(__name__)
@@ -214,10 +213,10 @@ def warn_layers_without_attention_matrix(layers: list[tuple[str, nn.Module]], wh
 
 
 class FWPSoftmaxAttention(nn.Module):
-    """Multi-head softmax attention with rotary positions: the baseline mixer (with the config's
-    ``softmax_num_heads``, grouped-query ``num_key_value_heads``, q/k/v ``attention_bias`` and
-    ``sliding_window`` — the window is
-    in the mask, `inputs_fwp.softmax_attention_mask`).
+    """Multi-head softmax attention with rotary positions: the baseline mixer (with the options of its group,
+    ``config.softmax_attention``: heads, output bias, q/k norm and ``sliding_window`` — the window is in the
+    mask, `inputs_fwp.softmax_attention_mask` —, and the config's grouped-query ``num_key_value_heads`` and q/k/v
+    ``attention_bias``).
 
     Causal in decoders; with ``is_causal=False`` (encoders) every token sees the whole sequence.
     The attention function comes from ``config._attn_implementation``:
@@ -234,8 +233,9 @@ class FWPSoftmaxAttention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.is_causal = is_causal
-        self.num_heads = config.softmax_heads
-        self.num_key_value_heads = config.key_value_heads
+        options = config.softmax_attention
+        self.num_heads = options.heads(config.num_attention_heads)
+        self.num_key_value_heads = config.num_key_value_heads
         # transformers' attention functions repeat each key/value head for this many query heads (GQA)
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
         self.head_dim = config.softmax_head_dim
@@ -245,10 +245,10 @@ class FWPSoftmaxAttention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=config.attention_bias)
         self.k_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
         self.v_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_output_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=options.output_bias)
         # Qwen3's per-head q/k norm, before the rotation
-        self.q_norm = FWPRMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.use_qk_norm else None
-        self.k_norm = FWPRMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.use_qk_norm else None
+        self.q_norm = FWPRMSNorm(self.head_dim, eps=config.rms_norm_eps) if options.qk_norm else None
+        self.k_norm = FWPRMSNorm(self.head_dim, eps=config.rms_norm_eps) if options.qk_norm else None
 
     def forward(
         self,
@@ -278,74 +278,13 @@ class FWPSoftmaxAttention(nn.Module):
         return self.o_proj(y.reshape(*hidden_states.shape[:2], -1)), weights
 
 
-class FWPFeatureMap(nn.Module):
-    """φ of a fast-weight layer, one of `fast_weight_kernels.FEATURE_MAPS` (elu+1, DPFP(ν), FAVOR+).
-
-    A random-feature map (FAVOR+) keeps its projection ω ``[m, head_dim]`` as a persistent buffer,
-    drawn from ``seed`` so that a model built from the same config is the same model, and saved with it.
-    A learned map (Hedgehog) keeps its weight W ``[num_heads, head_dim, head_dim]`` as a parameter,
-    initialised to the identity.
-    """
-
-    def __init__(
-        self, kind: str, head_dim: int, dpfp_nu: int, num_features: int, seed: int, redraw: bool, num_heads: int = 1
-    ) -> None:
-        super().__init__()
-        self.kind = kind
-        self.spec = FEATURE_MAPS[kind]
-        self.head_dim = head_dim
-        self.dpfp_nu = dpfp_nu
-        self.num_features = num_features
-        self.seed = seed
-        self.redraw = redraw and self.spec.random_features
-        self.num_heads = num_heads
-        if self.spec.random_features:
-            self.register_buffer("projection", self.seeded_projection(), persistent=True)
-        elif self.spec.learned:
-            self.projection = nn.Parameter(self.identity_weight())
-        else:
-            self.projection = None
-
-    def identity_weight(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """A learned map's initial weight: the identity for every head."""
-        return torch.eye(self.head_dim, device=device).repeat(self.num_heads, 1, 1)
-
-    def seeded_projection(self, device: torch.device | str | None = None) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed)
-        return draw_orthogonal_random_features(self.num_features, self.head_dim, generator).to(device)
-
-    @torch.no_grad()
-    def redraw_projection(self) -> None:
-        """Draw a fresh ω from torch's global RNG (Performer's redraw during training)."""
-        fresh = draw_orthogonal_random_features(self.num_features, self.head_dim, device=self.projection.device)
-        self.projection.copy_(fresh)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spec.apply(x, dpfp_nu=self.dpfp_nu, projection=self.projection)
-
-    def shifted(self, x: torch.Tensor, per_token: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(φ̃, s)`` with ``φ(x) = φ̃ · e^s`` (``s`` None for maps that need no shift); see
-        `fast_weight_kernels.FeatureMapSpec.shifted`."""
-        return self.spec.shifted(x, dpfp_nu=self.dpfp_nu, projection=self.projection, per_token=per_token)
-
-    def sum_normalized(self, x: torch.Tensor) -> torch.Tensor:
-        """``φ(x) / Σ φ(x)``, computed from per-token shifted features (no overflow for large x)."""
-        features, log_scale = self.shifted(x, per_token=True)
-        return sum_normalize(features, log_scale=log_scale)
-
-    def key_features(self, x: torch.Tensor) -> torch.Tensor:
-        """φ(k) for a read divided by its normaliser: ``φ(k) e^{−c}`` with one shift c for all tokens."""
-        return self.shifted(x, per_token=False)[0]
-
-    def query_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """φ(q) for a read divided by its normaliser, over keys from `key_features`: ``(φ(q) e^{−s_q},
-        s_q + c)``; the second is the ``log_scale`` that `divide_by_normalizer` / `sum_rule_read` need
-        (None where no shift is applied). The shifts cancel, so the read is the one of the plain φ —
-        without the fp32 overflow of ``φ(q)·φ(k)`` that FAVOR+ has for large q and k."""
-        features, query_shift = self.shifted(x, per_token=True)
-        if query_shift is None:
-            return features, None
-        return features, query_shift + self.spec.key_log_scale(self.projection).to(query_shift)
+def build_feature_map(config: FWPConfig, spec: TokenMixerSpec, head_dim: int, layer_idx: int,
+                      allow_redraw: bool = True) -> FWPFeatureMap:
+    """The φ of layer `layer_idx` of registry entry `spec` (self- or cross-attention): its map under the config
+    (`FastWeightLayerOptions.feature_map_of`) with that map's options (``config.feature_maps``)."""
+    kind = config.fast_weight.feature_map_of(spec)
+    return FWPFeatureMap(kind, config.feature_maps[kind], head_dim, config.num_attention_heads, layer_idx,
+                         allow_redraw=allow_redraw)
 
 
 def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -372,7 +311,8 @@ class FWPShortConvolution(nn.Conv1d):
 
 class FWPFastWeightAttention(nn.Module):
     """Fast-weight programmer layer for every registry entry that runs on `FAST_WEIGHT_LAYER`
-    (the sum rules ``linear``/``performer``/``dpfp``, the delta rules ``delta``/``gated_delta``).
+    (the sum rules ``linear``/``performer``/``dpfp``/``hedgehog``, the delta rules ``delta``/``gated_delta``),
+    with the options of its group, ``config.fast_weight`` (`options_fwp.FastWeightLayerOptions`).
 
     Slow weights project x_t to q_t, k_t (``key_head_dim`` per head), v_t (``value_head_dim``), the
     per-token gates the entry names and, with ``output_gate``, the output gate — all in one matmul (in
@@ -380,11 +320,11 @@ class FWPFastWeightAttention(nn.Module):
     per head (×2 with ``allow_neg_eigval``), and for a decay g_t = −exp(A_log)·softplus(W_a x_t + dt_bias)
     per head. With ``use_short_conv`` q, k, v first pass a causal depthwise convolution over time
     (its last inputs are kept in the cache); ``value_activation`` applies SiLU to v. From a pretrained
-    attention layer (`conversion.linearize`): ``attention_bias`` / ``attention_output_bias``, per-head q/k
-    RMSNorm (``use_qk_norm``), and k, v with ``fast_weight_key_value_heads`` heads, each repeated for its
+    attention layer (`conversion.linearize`): the config's ``attention_bias`` / ``output_bias``, per-head q/k
+    RMSNorm (``qk_norm``), and k, v with ``key_value_heads`` heads, each repeated for its
     group of query heads (every query head keeps its own state).
-    φ(q), φ(k) come from the feature map (the entry's, or ``config.feature_map`` for the delta rules),
-    then the entry's key normalisation (sum, or ``config.key_normalization``: sum or L2), then with
+    φ(q), φ(k) come from the feature map (the entry's, or ``fast_weight.feature_map`` for the delta rules),
+    then the entry's key normalisation (sum, or ``fast_weight.key_normalization``: sum or L2), then with
     ``scale_queries`` φ(q)·d_dot^{-1/2}. The fast weights are programmed by the entry's kernels; the read
     is optionally RMS-normalised per head (``output_norm``) and gated by SiLU(W_g x) (``output_gate``).
     With ``is_causal=False`` (encoders) an entry whose `encoder_form` is bidirectional reads the fast
@@ -400,44 +340,36 @@ class FWPFastWeightAttention(nn.Module):
         self.attention_type = attention_type
         self.is_causal = is_causal
         self.bidirectional = not is_causal and spec.encoder_form == ENCODER_BIDIRECTIONAL
+        options = config.fast_weight
         self.num_heads = config.num_attention_heads
         self.chunk_size = config.chunk_size
         self.normalize_attention = spec.normalizes(config)
-        self.key_normalization = (config.key_normalization or spec.key_normalization
-                                  if spec.key_normalization is not None else None)
-        self.query_scale = spec.key_dim(config) ** -0.5 if config.scale_queries else None
-        self.allow_neg_eigval = config.allow_neg_eigval
-        self.value_activation = ACT2FN[config.value_activation] if config.value_activation else None
-        key_head_dim, value_head_dim = config.fast_weight_key_head_dim, config.fast_weight_value_head_dim
-        self.feature_map = FWPFeatureMap(
-            spec.feature_map_name(config),
-            key_head_dim,
-            config.dpfp_nu,
-            config.performer_num_features,
-            seed=config.performer_seed + layer_idx,
-            redraw=config.performer_redraw,
-            num_heads=config.num_attention_heads,
-        )
+        self.key_normalization = options.key_normalization_of(spec)
+        self.query_scale = spec.key_dim(config) ** -0.5 if options.scale_queries else None
+        self.allow_neg_eigval = options.allow_neg_eigval
+        self.value_activation = ACT2FN[options.value_activation] if options.value_activation else None
+        key_head_dim, value_head_dim = options.head_dims(config.head_dim)
+        self.feature_map = build_feature_map(config, spec, key_head_dim, layer_idx)
         self.gates = spec.gates
         # k and v may have fewer heads than q (grouped like grouped-query attention; each is repeated
         # for its group of query heads, so every query head still has its own state).
-        self.num_kv_heads = config.fast_weight_kv_heads
+        self.num_kv_heads = options.kv_heads(self.num_heads)
         self.kv_groups = self.num_heads // self.num_kv_heads
-        self.query_width, self.key_width, self.value_width = config.fast_weight_qkv_widths
+        self.query_width, self.key_width, self.value_width = options.qkv_widths(self.num_heads, config.head_dim)
         self.qkv_width = self.query_width + self.key_width + self.value_width
         self.projection_sizes = [self.query_width, self.key_width, self.value_width]
         self.projection_sizes += [self.num_heads] * len(spec.gates)
-        if config.output_gate:
+        if options.output_gate:
             self.projection_sizes.append(self.num_heads * value_head_dim)
         self.qkv_proj = nn.Linear(config.hidden_size, sum(self.projection_sizes), bias=config.attention_bias)
-        self.qkv_conv = (
-            FWPShortConvolution(self.qkv_width, config.conv_size, config.conv_bias) if config.use_short_conv else None
-        )
-        self.q_norm = FWPRMSNorm(key_head_dim, eps=config.rms_norm_eps) if config.use_qk_norm else None
-        self.k_norm = FWPRMSNorm(key_head_dim, eps=config.rms_norm_eps) if config.use_qk_norm else None
-        self.o_norm = FWPRMSNorm(value_head_dim, eps=config.rms_norm_eps) if config.output_norm else None
-        self.output_gate = config.output_gate
-        self.o_proj = nn.Linear(self.num_heads * value_head_dim, config.hidden_size, bias=config.attention_output_bias)
+        conv_channels = options.short_conv_channels(self.num_heads, config.head_dim)
+        self.qkv_conv = (FWPShortConvolution(conv_channels, options.conv_size, options.conv_bias)
+                         if conv_channels else None)
+        self.q_norm = FWPRMSNorm(key_head_dim, eps=config.rms_norm_eps) if options.qk_norm else None
+        self.k_norm = FWPRMSNorm(key_head_dim, eps=config.rms_norm_eps) if options.qk_norm else None
+        self.o_norm = FWPRMSNorm(value_head_dim, eps=config.rms_norm_eps) if options.output_norm else None
+        self.output_gate = options.output_gate
+        self.o_proj = nn.Linear(self.num_heads * value_head_dim, config.hidden_size, bias=options.output_bias)
         if "log_decay" in spec.gates:
             self.A_log = nn.Parameter(torch.zeros(config.num_attention_heads))
             self.dt_bias = nn.Parameter(torch.zeros(config.num_attention_heads))
@@ -583,9 +515,10 @@ class FWPBaFastWeights(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.chunk_size = config.chunk_size
-        self.decay = config.fast_weights_decay
-        self.learning_rate = config.fast_weights_learning_rate
-        self.inner_steps = config.fast_weights_inner_steps
+        options = config.hebbian_memory
+        self.decay = options.decay
+        self.learning_rate = options.learning_rate
+        self.inner_steps = options.inner_steps
         self.drive_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.inner_norm = nn.LayerNorm(config.head_dim)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -679,7 +612,6 @@ __all__ = [
     "FWPBaFastWeights",
     "FWPBlock",
     "FWPFastWeightAttention",
-    "FWPFeatureMap",
     "FWPMLP",
     "FWPRMSNorm",
     "FWPShortConvolution",

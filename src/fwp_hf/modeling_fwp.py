@@ -2,7 +2,8 @@
 
 Structure follows transformers' Llama: Config → PreTrainedModel → Model → ForCausalLM. The layers
 live in `layers_fwp.py`, the cache in `cache_fwp.py`, input checks and masks in `inputs_fwp.py`,
-what each attention type is in `token_mixers.py`, and all the math in `fast_weight_kernels.py`.
+what each attention type is in `token_mixers.py`, the options of each layer kind in `options_fwp.py`,
+the feature maps φ in `feature_maps_fwp.py`, and the update rules in `fast_weight_kernels.py`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .cache_fwp import prepare_fast_weight_cache
 from .compat_fwp import cache_argument, cache_field, output_cache
 from .configuration_fwp import FWPConfig
+from .feature_maps_fwp import FWPFeatureMap
 from .inputs_fwp import PACKING_KWARGS, prepare_mixer_inputs, validate_token_inputs
 from .token_mixers import every_layer_holds_state
 from .layers_fwp import (
     FWPBlock,
     FWPFastWeightAttention,
-    FWPFeatureMap,
     FWPRMSNorm,
     warn_layers_without_attention_matrix,
 )
@@ -38,6 +39,8 @@ MODEL_CODE_FILES = (
     "compat_fwp.py",
     "configuration_fwp.py",
     "fast_weight_kernels.py",
+    "options_fwp.py",
+    "feature_maps_fwp.py",
     "token_mixers.py",
     "cache_fwp.py",
     "layers_fwp.py",
@@ -102,10 +105,9 @@ class FWPPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, FWPFeatureMap) and module.spec.random_features:
-            init.copy_(module.projection, module.seeded_projection(module.projection.device))
-        if isinstance(module, FWPFeatureMap) and module.spec.learned:
-            init.copy_(module.projection, module.identity_weight(module.projection.device))
+        if isinstance(module, FWPFeatureMap):
+            for name, value in module.initial_weights().items():
+                init.copy_(getattr(module, name), value.to(getattr(module, name).device))
         if isinstance(module, FWPFastWeightAttention) and hasattr(module, "A_log"):
             a_log, dt_bias = module.initial_decay_parameters()
             init.copy_(module.A_log, a_log.to(module.A_log.device))

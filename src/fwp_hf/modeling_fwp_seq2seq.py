@@ -35,9 +35,9 @@ from .inputs_fwp import padding_mask_2d, prepare_mixer_inputs, token_mask_from_p
 from .layers_fwp import (
     FWPMLP,
     FWPBlock,
-    FWPFeatureMap,
     FWPRMSNorm,
     attention_function_kwargs,
+    build_feature_map,
     build_token_mixer,
     eager_attention_forward,
     merge_heads,
@@ -94,11 +94,8 @@ class FWPCrossAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         if self.uses_fast_weights:
-            self.feature_map = FWPFeatureMap(
-                TOKEN_MIXERS[self.kind].feature_map_name(config), config.head_dim, config.dpfp_nu,
-                config.performer_num_features, seed=config.performer_seed + layer_idx, redraw=False,
-                num_heads=config.num_attention_heads,
-            )
+            self.feature_map = build_feature_map(config, TOKEN_MIXERS[self.kind], config.head_dim, layer_idx,
+                                                 allow_redraw=False)
 
     def _source_memory(self, encoder_hidden_states: torch.Tensor, encoder_token_mask: torch.Tensor | None):
         k = split_heads(self.k_proj(encoder_hidden_states), self.num_heads)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .fast_weight_kernels import (
-    FEATURE_MAPS,
     bidirectional_sum_rule_with_normalizer_column,
     chunk_delta_rule,
     chunk_fast_weights,
@@ -29,6 +28,8 @@ from .fast_weight_kernels import (
     recurrent_fast_weights,
     recurrent_sum_rule,
 )
+from .feature_maps_fwp import FEATURE_MAPS
+from .options_fwp import FastWeightLayerOptions, HebbianMemoryOptions, OptionGroup, SoftmaxAttentionOptions
 
 # Layer classes that run a mixer (`layers_fwp.MIXER_LAYERS` maps these to modules).
 SOFTMAX_ATTENTION_LAYER = "softmax_attention"
@@ -52,13 +53,14 @@ class TokenMixerSpec:
         summary: one line for the README table, config docs and model cards.
         layer: the layer class that runs it (`SOFTMAX_ATTENTION_LAYER`, `FAST_WEIGHT_LAYER`,
             `HEBBIAN_MEMORY_LAYER`).
+        options: its option group (`options_fwp`), the config's nested options its layers read.
         holds_state: True when the layer's cache is a fixed-size fast-weight state (else a growing
             key/value cache).
-        feature_map: the φ it always uses, or None when `config.feature_map` chooses it.
+        feature_map: the φ it always uses, or None when ``config.fast_weight.feature_map`` chooses it.
         key_normalization: `"sum"` (φ/Σφ on keys and queries, Schlag et al.) or None; an entry that
-            normalises lets `config.key_normalization` choose `"l2"` instead.
+            normalises lets ``config.fast_weight.key_normalization`` choose `"l2"` instead.
         gates: per-token inputs projected from x and passed to the kernel (`"beta"`, `"log_decay"`).
-        attention_normalization: whether `config.attention_normalization` applies (divide the read
+        attention_normalization: whether ``config.fast_weight.attention_normalization`` applies (divide the read
             by z·φ(q), z = Σ φ(k)).
         chunk, recurrent: the chunkwise (training, prefill) and recurrent (decoding) kernels.
         bidirectional: the order-free kernel an encoder uses, or None.
@@ -71,6 +73,7 @@ class TokenMixerSpec:
     summary: str
     layer: str
     holds_state: bool
+    options: type[OptionGroup]
     feature_map: str | None = None
     key_normalization: str | None = None
     gates: tuple[str, ...] = ()
@@ -83,31 +86,30 @@ class TokenMixerSpec:
 
     @property
     def config_chooses_feature_map(self) -> bool:
-        """Whether `config.feature_map` picks this mixer's φ (the delta rules)."""
+        """Whether ``config.fast_weight.feature_map`` picks this mixer's φ (the delta rules)."""
         return self.layer == FAST_WEIGHT_LAYER and self.feature_map is None
 
     def feature_map_name(self, config) -> str | None:
         """The φ a layer of this type uses under `config` (None for mixers without one)."""
         if self.layer != FAST_WEIGHT_LAYER:
             return None
-        return config.feature_map if self.config_chooses_feature_map else self.feature_map
+        return config.fast_weight.feature_map_of(self)
 
     def key_dim(self, config) -> int:
         """d_dot: the size of φ(k) (the head size for mixers without a feature map)."""
         feature_map = self.feature_map_name(config)
         if feature_map is None:
             return config.head_dim
-        return FEATURE_MAPS[feature_map].output_dim(
-            config.fast_weight_key_head_dim, config.dpfp_nu, config.performer_num_features
-        )
+        key_head_dim = config.fast_weight.head_dims(config.head_dim)[0]
+        return FEATURE_MAPS[feature_map].output_dim(key_head_dim, config.feature_maps[feature_map])
 
     def value_dim(self, config) -> int:
         """The per-head size of v and of the read."""
-        return config.fast_weight_value_head_dim if self.layer == FAST_WEIGHT_LAYER else config.head_dim
+        return config.fast_weight.head_dims(config.head_dim)[1] if self.layer == FAST_WEIGHT_LAYER else config.head_dim
 
     def normalizes(self, config) -> bool:
         """Whether the read is divided by its normaliser z·φ(q) under `config`."""
-        return self.attention_normalization and config.attention_normalization
+        return self.attention_normalization and config.fast_weight.attention_normalization
 
     def state_shape(self, config) -> tuple[int, int] | None:
         """``(d_key, d_value)`` of one head's fast-weight state, or None for a key/value cache."""
@@ -118,6 +120,7 @@ class TokenMixerSpec:
 
 _SUM_RULE = dict(
     layer=FAST_WEIGHT_LAYER,
+    options=FastWeightLayerOptions,
     holds_state=True,
     attention_normalization=True,
     chunk=chunk_sum_rule,
@@ -127,6 +130,7 @@ _SUM_RULE = dict(
 )
 _DELTA_RULE = dict(
     layer=FAST_WEIGHT_LAYER,
+    options=FastWeightLayerOptions,
     holds_state=True,
     key_normalization="sum",
     chunk=chunk_delta_rule,
@@ -139,7 +143,7 @@ TOKEN_MIXERS: dict[str, TokenMixerSpec] = {
     for spec in (
         TokenMixerSpec(
             "softmax", "causal softmax attention (SDPA, rotary positions) — the baseline",
-            layer=SOFTMAX_ATTENTION_LAYER, holds_state=False, uses_rotary=True,
+            layer=SOFTMAX_ATTENTION_LAYER, holds_state=False, options=SoftmaxAttentionOptions, uses_rotary=True,
         ),
         TokenMixerSpec("linear", "sum rule (linear attention)", feature_map="elu", **_SUM_RULE),
         TokenMixerSpec("performer", "sum rule (Performer)", feature_map="favor", **_SUM_RULE),
@@ -162,6 +166,7 @@ TOKEN_MIXERS: dict[str, TokenMixerSpec] = {
             "Ba et al.'s decaying Hebbian memory read by an inner loop with layer norm",
             layer=HEBBIAN_MEMORY_LAYER,
             holds_state=True,
+            options=HebbianMemoryOptions,
             chunk=chunk_fast_weights,
             recurrent=recurrent_fast_weights,
             encoder_form=ENCODER_LEFT_TO_RIGHT,
@@ -193,10 +198,9 @@ def describe_token_mixer(config, name: str) -> str:
     feature_map = spec.feature_map_name(config)
     if feature_map is None:
         return spec.summary
-    phi = FEATURE_MAPS[feature_map].label(config.dpfp_nu, config.performer_num_features)
-    key_normalization = (getattr(config, "key_normalization", None) or spec.key_normalization
-                         if spec.key_normalization is not None else None)
-    normalization = {"sum": ", sum-normalised", "l2": ", L2-normalised"}.get(key_normalization, "")
+    phi = FEATURE_MAPS[feature_map].label(config.feature_maps[feature_map])
+    normalization = {"sum": ", sum-normalised", "l2": ", L2-normalised"}.get(
+        config.fast_weight.key_normalization_of(spec), "")
     return f"{spec.summary}; φ = {phi}{normalization}, d_dot = {spec.key_dim(config)}"
 
 

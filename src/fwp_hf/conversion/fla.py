@@ -80,7 +80,8 @@ def _attention_specs(fla: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _softmax_settings(fla: dict[str, Any], specs: list[dict[str, Any]]) -> dict[str, Any]:
-    """fwp_hf's softmax-layer options from FLA's hybrid ``attn`` specs (one setting for all of them)."""
+    """fwp_hf's softmax-layer settings from FLA's hybrid ``attn`` specs (one setting for all of them): the
+    ``softmax_attention`` group and the top-level fields that softmax layers read."""
     settings = []
     for spec in specs:
         _require("layers" in spec and "num_heads" in spec, f"FLA 'attn' spec {spec!r} lacks 'layers' or 'num_heads'")
@@ -100,10 +101,12 @@ def _softmax_settings(fla: dict[str, Any], specs: list[dict[str, Any]]) -> dict[
     _require(fla["hidden_size"] % chosen["num_heads"] == 0,
              f"FLA 'attn' num_heads={chosen['num_heads']} does not divide hidden_size={fla['hidden_size']}")
     return {
-        "softmax_num_heads": None if chosen["num_heads"] == fla["num_heads"] else chosen["num_heads"],
+        "softmax_attention": {
+            "num_heads": None if chosen["num_heads"] == fla["num_heads"] else chosen["num_heads"],
+            "sliding_window": chosen["window_size"],
+        },
         "num_key_value_heads": None if chosen["num_kv_heads"] == chosen["num_heads"] else chosen["num_kv_heads"],
         "attention_bias": chosen["qkv_bias"],
-        "sliding_window": chosen["window_size"],
         "rope_theta": chosen["rope_theta"],
     }
 
@@ -171,6 +174,7 @@ def fla_config_to_fwp(fla: dict[str, Any], **overrides: Any) -> FWPConfig:
     key_head_dim, value_head_dim = _head_dims(fla)
     qk_activation = fla.get("qk_activation", "silu") if model_type == "delta_net" else "silu"
     qk_norm = fla.get("qk_norm", "l2") if model_type == "delta_net" else "l2"
+    use_short_conv = bool(fla.get("use_short_conv", True))
     config = dict(
         vocab_size=fla["vocab_size"],
         hidden_size=fla["hidden_size"],
@@ -178,18 +182,21 @@ def fla_config_to_fwp(fla: dict[str, Any], **overrides: Any) -> FWPConfig:
         num_hidden_layers=layers,
         num_attention_heads=fla["num_heads"],
         attention_type=attention_type,
-        feature_map=FLA_QK_ACTIVATIONS[qk_activation],
-        key_normalization=qk_norm,
-        scale_queries=True,
-        value_activation="silu",
-        key_head_dim=key_head_dim,
-        value_head_dim=value_head_dim,
-        use_short_conv=bool(fla.get("use_short_conv", True)),
-        conv_size=fla.get("conv_size", 4),
-        conv_bias=False,  # FLA's blocks never pass a conv_bias to their layers (a config key of that name is inert)
-        allow_neg_eigval=bool(fla.get("allow_neg_eigval", False)),
-        output_norm=True,  # FLA's layers always normalise the read (`o_norm`), whatever use_output_norm says
-        output_gate=bool(fla.get("use_gate", model_type == "gated_deltanet")),
+        fast_weight=dict(
+            feature_map=FLA_QK_ACTIVATIONS[qk_activation],
+            key_normalization=qk_norm,
+            scale_queries=True,
+            value_activation="silu",
+            key_head_dim=key_head_dim,
+            value_head_dim=value_head_dim,
+            use_short_conv=use_short_conv,
+            # FLA's default width where it has no convolution: the config then says nothing it does not use
+            conv_size=fla.get("conv_size", 4) if use_short_conv else 4,
+            conv_bias=False,  # FLA's blocks never pass a conv_bias to their layers (a config key of that name is inert)
+            allow_neg_eigval=bool(fla.get("allow_neg_eigval", False)),
+            output_norm=True,  # FLA's layers always normalise the read (`o_norm`), whatever use_output_norm says
+            output_gate=bool(fla.get("use_gate", model_type == "gated_deltanet")),
+        ),
         hidden_act="silu",
         rms_norm_eps=fla.get("norm_eps", 1e-6),
         tie_word_embeddings=bool(fla.get("tie_word_embeddings", False)),
@@ -200,9 +207,7 @@ def fla_config_to_fwp(fla: dict[str, Any], **overrides: Any) -> FWPConfig:
         max_position_embeddings=fla.get("max_position_embeddings") if softmax_layers else None,
         **softmax,
     )
-    if not config["use_short_conv"]:
-        config.update(conv_size=4)
-    config.update(overrides)
+    config = FWPConfig.merged_config_dict(config, overrides)  # a group override changes the fields it names
     try:
         return FWPConfig(**config)
     except ValueError as error:
@@ -233,8 +238,8 @@ def _fla_parameter_groups(config: FWPConfig) -> dict[str, list[tuple[str, tuple[
         groups[ours + "mlp.down_proj.weight"] = [(fla + "mlp.down_proj.weight", (hidden, inter))]
         attn, mixer = fla + "attn.", ours + "mixer."
         if spec.layer == SOFTMAX_ATTENTION_LAYER:
-            q_width = config.softmax_heads * config.softmax_head_dim
-            kv_width = config.key_value_heads * config.softmax_head_dim
+            q_width = config.softmax_attention.heads(config.num_attention_heads) * config.softmax_head_dim
+            kv_width = config.num_key_value_heads * config.softmax_head_dim
             for name, width in (("q_proj", q_width), ("k_proj", kv_width), ("v_proj", kv_width)):
                 groups[f"{mixer}{name}.weight"] = [(f"{attn}{name}.weight", (width, hidden))]
                 if config.attention_bias:
@@ -242,26 +247,28 @@ def _fla_parameter_groups(config: FWPConfig) -> dict[str, list[tuple[str, tuple[
             groups[mixer + "o_proj.weight"] = [(attn + "o_proj.weight", (hidden, q_width))]
             continue
         _require(spec.layer == FAST_WEIGHT_LAYER, f"layer {i} ({kind}) has no FLA counterpart")
-        query_width, key_width, value_width = config.fast_weight_qkv_widths
-        read_width = heads * config.fast_weight_value_head_dim  # the output gate's and o_proj's
+        options = config.fast_weight
+        query_width, key_width, value_width = options.qkv_widths(heads, config.head_dim)
+        value_head_dim = options.head_dims(config.head_dim)[1]
+        read_width = heads * value_head_dim  # the output gate's and o_proj's
         gate_sources = {"beta": "b_proj", "log_decay": "a_proj"}
         projections = [(attn + "q_proj.weight", (query_width, hidden)), (attn + "k_proj.weight", (key_width, hidden)),
                        (attn + "v_proj.weight", (value_width, hidden))]
         projections += [(f"{attn}{gate_sources[gate]}.weight", (heads, hidden)) for gate in spec.gates]
-        if config.output_gate:
+        if options.output_gate:
             projections.append((attn + "g_proj.weight", (read_width, hidden)))
         groups[mixer + "qkv_proj.weight"] = projections
-        if config.use_short_conv:
-            width = config.conv_size
+        if options.use_short_conv:
+            width = options.conv_size
             groups[mixer + "qkv_conv.weight"] = [(f"{attn}{name}_conv1d.weight", (size, 1, width))
                                                  for name, size in (("q", query_width), ("k", key_width), ("v", value_width))]
-            if config.conv_bias:
+            if options.conv_bias:
                 groups[mixer + "qkv_conv.bias"] = [(f"{attn}{name}_conv1d.bias", (size,))
                                                    for name, size in (("q", query_width), ("k", key_width), ("v", value_width))]
         if "log_decay" in spec.gates:
             groups[mixer + "A_log"] = [(attn + "A_log", (heads,))]
             groups[mixer + "dt_bias"] = [(attn + "dt_bias", (heads,))]
-        groups[mixer + "o_norm.weight"] = [(attn + "o_norm.weight", (config.fast_weight_value_head_dim,))]
+        groups[mixer + "o_norm.weight"] = [(attn + "o_norm.weight", (value_head_dim,))]
         groups[mixer + "o_proj.weight"] = [(attn + "o_proj.weight", (hidden, read_width))]
     return groups
 

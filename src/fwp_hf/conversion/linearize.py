@@ -24,6 +24,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..configuration_fwp import FWPConfig
+from ..options_fwp import HIDDEN_ACTIVATIONS
 from ..modeling_fwp import FWPForCausalLM
 from ..token_mixers import FAST_WEIGHT_LAYER, SOFTMAX_ATTENTION_LAYER, TOKEN_MIXERS
 
@@ -93,8 +94,10 @@ def student_config_from_teacher(
     bad = [i for i in keep if not isinstance(i, int) or not 0 <= i < layers]
     if bad:
         raise LinearizationError(f"keep_softmax_layers {bad} are not layer indices of the teacher (0 … {layers - 1})")
-    if getattr(teacher_config, "hidden_act", "silu") not in ("silu", "gelu", "relu"):
-        raise LinearizationError(f"teacher hidden_act {teacher_config.hidden_act!r} is not supported (silu, gelu, relu)")
+    if getattr(teacher_config, "hidden_act", "silu") not in HIDDEN_ACTIVATIONS:
+        raise LinearizationError(
+            f"teacher hidden_act {teacher_config.hidden_act!r} is not supported ({', '.join(HIDDEN_ACTIVATIONS)})"
+        )
     kinds = ["softmax" if i in keep else attention_type for i in range(layers)]
     # The teacher's windows of the layers that stay softmax (the kept ones, or all of them with
     # attention_type="softmax"); None: full causal attention.
@@ -127,24 +130,23 @@ def student_config_from_teacher(
         tie_word_embeddings=bool(getattr(teacher_config, "tie_word_embeddings", False)),
         rope_theta=theta,
         attention_bias=qkv_bias,
-        attention_output_bias=o_bias,
-        use_qk_norm=model_type == "qwen3",
         pad_token_id=getattr(teacher_config, "pad_token_id", None),
         bos_token_id=getattr(teacher_config, "bos_token_id", None),
         eos_token_id=getattr(teacher_config, "eos_token_id", None),
     )
-    if feature_map is not None:
-        values["feature_map"] = feature_map
+    # The teacher's attention layer, as the option group of each layer kind the student has.
+    projection = dict(output_bias=o_bias, qk_norm=model_type == "qwen3")
+    if has_fast:
+        values["fast_weight"] = dict(projection, key_value_heads=None if kv_heads == heads else kv_heads)
+        if feature_map is not None:
+            values["fast_weight"]["feature_map"] = feature_map
     if has_softmax:
-        values.update(
-            num_key_value_heads=None if kv_heads == heads else kv_heads,
-            sliding_window=kept_windows.pop(),
-            rope_scaling_parameters=rope_scaling_parameters,
-            max_position_embeddings=getattr(teacher_config, "max_position_embeddings", None),
-        )
-    if has_fast and kv_heads != heads:
-        values["fast_weight_key_value_heads"] = kv_heads
-    values.update(overrides)
+        values["softmax_attention"] = dict(projection, sliding_window=kept_windows.pop(),
+                                           rope_scaling=rope_scaling_parameters)
+        values.update(num_key_value_heads=None if kv_heads == heads else kv_heads,
+                      max_position_embeddings=getattr(teacher_config, "max_position_embeddings", None))
+    # an override of a group changes the fields it names (flat keys of older configs are read too)
+    values = FWPConfig.merged_config_dict(values, overrides)
     try:
         return FWPConfig(**values)
     except ValueError as error:
@@ -246,7 +248,7 @@ def transfer_parameter_names(student: FWPForCausalLM) -> list[str]:
         mixer = student.model.layers[i].mixer
         prefix = f"model.layers.{i}.mixer."
         if mixer.feature_map.spec.learned:
-            names.append(prefix + "feature_map.projection")
+            names += [f"{prefix}feature_map.{name}" for name in mixer.feature_map.weight_names]
         if mixer.gates:
             names.append(prefix + "qkv_proj.weight")
             if mixer.qkv_proj.bias is not None:

@@ -52,7 +52,8 @@ from transformers import CompileConfig, GPT2Config, GPT2LMHeadModel, HfArgumentP
 from .. import FastWeightStaticCache, FWPConfig, FWPForCausalLM
 from ..compat_fwp import generate_cache_kwargs, output_cache
 from ..conversion.fla import fla_config_to_fwp, fwp_state_dict_to_fla, load_fla_checkpoint
-from ..fast_weight_kernels import append_normalizer_column, elu_plus_one_feature_map, sum_normalize
+from ..fast_weight_kernels import append_normalizer_column, sum_normalize
+from ..feature_maps_fwp import elu_plus_one_feature_map
 from ..token_mixers import ATTENTION_TYPES, FAST_WEIGHT_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS, TokenMixerSpec
 from . import decode_timing
 from .benchmark_report import crossover_sentence, write_report

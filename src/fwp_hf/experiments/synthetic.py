@@ -31,15 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..fast_weight_kernels import (
-    FEATURE_MAPS,
     append_normalizer_column,
     divide_by_normalizer,
-    draw_orthogonal_random_features,
     fast_weights_inner_loop,
-    feature_map_output_dim,
     hebbian_update,
     sum_normalize,
 )
+from ..feature_maps_fwp import FEATURE_MAPS, DPFPOptions, FavorOptions, draw_orthogonal_random_features
 from ..shared.cli import parse_config_and_flags
 from ..token_mixers import TOKEN_MIXERS
 
@@ -167,6 +165,9 @@ class RetrievalModel(nn.Module):
         self.key_dim, self.memory, self.feature_map = key_dim, memory, feature_map
         self.update_rule = RETRIEVAL_UPDATE_RULES[memory]
         self.dpfp_nu, self.favor_features = dpfp_nu, favor_features
+        options = {"dpfp": DPFPOptions(nu=dpfp_nu), "favor": FavorOptions(num_features=favor_features)}
+        self.feature_map_options = options.get(feature_map) or (
+            FEATURE_MAPS[feature_map].options() if feature_map in FEATURE_MAPS else None)
         self.key_embedding = nn.Embedding(num_keys, embedding_dim)
         nn.init.normal_(self.key_embedding.weight, std=1.0)
         write_dim = embedding_dim + self.num_values
@@ -183,12 +184,10 @@ class RetrievalModel(nn.Module):
         """d_dot, the size of φ's output (``key_dim`` for softmax)."""
         if self.update_rule is None:
             return self.key_dim
-        return feature_map_output_dim(
-            self.feature_map, self.key_dim, dpfp_nu=self.dpfp_nu, favor_features=self.favor_features
-        )
+        return FEATURE_MAPS[self.feature_map].output_dim(self.key_dim, self.feature_map_options)
 
     def _features(self, x: torch.Tensor, projection: torch.Tensor | None) -> torch.Tensor:
-        features = FEATURE_MAPS[self.feature_map].apply(x, dpfp_nu=self.dpfp_nu, projection=projection)
+        features = FEATURE_MAPS[self.feature_map].apply(x, self.feature_map_options, {"projection": projection})
         return sum_normalize(features) if self.update_rule.key_normalization == "sum" else features
 
     def forward(self, key_ids: torch.Tensor, value_ids: torch.Tensor, query_ids: torch.Tensor) -> torch.Tensor:

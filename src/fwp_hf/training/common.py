@@ -40,6 +40,7 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import FEATURE_MAPS, FWPConfig
+from ..options_fwp import LEGACY_FLAT_KEYS
 from ..shared.cli import config_overrides_as_json, parse_config_and_flags
 from ..token_mixers import ATTENTION_TYPES
 from .tokenization import MODEL_TYPES, save_tokenizer, train_sentencepiece_tokenizer
@@ -107,7 +108,8 @@ class BaseModelArguments:
         default=None,
         metadata={
             "help": "Other FWPConfig fields as a JSON object (a mapping in a YAML config), e.g. "
-            '\'{"attention_type": ["delta", "softmax"], "fast_weights_decay": 0.9}\'.'
+            '\'{"attention_type": ["delta", "softmax"], "hebbian_memory": {"decay": 0.9}}\' (older flat keys '
+            'such as "fast_weights_decay" are read too).'
         },
     )
 
@@ -132,7 +134,10 @@ def parse_overrides_json(config_overrides: str | None, config_class: type = FWPC
         raise ValueError(f"config_overrides must be a JSON object, got {config_overrides!r}: {error}") from error
     if not isinstance(overrides, dict):
         raise ValueError(f"config_overrides must be a JSON object, got {config_overrides!r}")
-    unknown = sorted(set(overrides) - set(config_class().to_dict()))
+    known = set(config_class().to_dict())
+    if issubclass(config_class, FWPConfig):
+        known |= set(LEGACY_FLAT_KEYS)  # flat keys of configs written before the option groups
+    unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(
             f"config_overrides has unknown {config_class.__name__} key(s) {', '.join(map(repr, unknown))}"
@@ -157,7 +162,8 @@ def fwp_config_from_arguments(
     """An `FWPConfig`: the model arguments that are config fields, `config_overrides` over them, the
     tokenizer's size and special ids, and `fixed` (e.g. ``is_encoder_decoder=True``)."""
     values = {name: getattr(model_args, name) for name in model_args.CONFIG_FIELDS}
-    values.update(parse_config_overrides(model_args.config_overrides))
+    # the overrides over the flags, a group's fields one by one (`{"fast_weight": {...}}` over `--feature_map`)
+    values = FWPConfig.merged_config_dict(values, parse_config_overrides(model_args.config_overrides))
     return FWPConfig(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -340,11 +346,11 @@ def weight_meaning_mismatches(saved_config: dict[str, Any], config: PretrainedCo
         return [f"model_type: {saved_config.get('model_type')!r} → {config.model_type!r}"]
     if isinstance(config, FWPConfig):
         saved = FWPConfig.from_dict(saved_config)
-        changed = saved.weight_meaning_changes(config)
-    else:
-        saved = type(config).from_dict(saved_config)
-        changed = [name for name in FWPConfig.WEIGHT_MEANING_FIELDS
-                   if hasattr(config, name) and getattr(saved, name, None) != getattr(config, name)]
+        return [f"{name}: {saved.field_value(name)!r} → {config.field_value(name)!r}"
+                for name in saved.weight_meaning_changes(config)]
+    saved = type(config).from_dict(saved_config)
+    changed = [name for name in FWPConfig.WEIGHT_MEANING_FIELDS  # the top-level ones other configs may have
+               if "." not in name and hasattr(config, name) and getattr(saved, name, None) != getattr(config, name)]
     return [f"{name}: {getattr(saved, name, None)!r} → {getattr(config, name, None)!r}" for name in changed]
 
 
