@@ -45,9 +45,10 @@ from ..conversion.linearize import (
     LinearizationError,
     linearize_model,
 )
-from ..conversion.teachers import TeacherNotFoundError, load_teacher, resolve_teacher_source
+from ..conversion.teachers import TeacherHubError, TeacherNotFoundError, load_teacher, resolve_teacher_source
 from ..token_mixers import ATTENTION_TYPES
 from . import common
+from .cli import argument_errors_exit
 from .costs import measure
 from .lm import DataTrainingArguments, evaluate_blocks, prepare_lm_data, raw_datasets_from_arguments
 from .lm_data import document_separator_id
@@ -256,10 +257,12 @@ def run_linearization(
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Entry point of `scripts/linearize.py`."""
+    """Entry point of `scripts/linearize.py`: a bad flag, a missing teacher or an unreachable Hub is one line."""
+    with argument_errors_exit("linearize.py"):
+        arguments = parse_linearize_arguments(argv)
     try:
-        return run_linearization(*parse_linearize_arguments(argv))
-    except (LinearizationError, TeacherNotFoundError, ImportError) as error:
+        return run_linearization(*arguments)
+    except (LinearizationError, TeacherNotFoundError, TeacherHubError, ImportError) as error:
         raise SystemExit(f"linearize: error: {error}") from error
 
 

