@@ -171,7 +171,7 @@ A fast weight programmer ({describe_architecture(student.config)}; {student.num_
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("<this folder or repo>", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>", trust_remote_code=False)
+tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>", config=model.config)
 ```
 """
     ModelCard(content).save(os.path.join(output_dir, "README.md"))

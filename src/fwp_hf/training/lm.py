@@ -451,13 +451,13 @@ _DEVICE_FIELDS = ("use_cpu", "ddp_backend")
 
 
 def _training_config_yaml(model_args, data_args, training_args) -> str:
-    """The arguments that differ from their defaults, as YAML (for the model card)."""
-    changed: dict[str, Any] = {}
-    for args in (model_args, data_args):
-        defaults = type(args)()
-        changed.update(
-            {k: v for k, v in asdict(args).items() if v != getattr(defaults, k) and k != "model_card_template"}
-        )
+    """The model arguments (all of them: they define the model, defaults included) and the data and training
+    arguments that differ from their defaults, as YAML (for the model card)."""
+    changed: dict[str, Any] = {k: v for k, v in asdict(model_args).items() if v is not None}
+    defaults = type(data_args)()
+    changed.update(
+        {k: v for k, v in asdict(data_args).items() if v != getattr(defaults, k) and k != "model_card_template"}
+    )
     # The defaults as TrainingArguments normalises them (`__post_init__`), except the device fields: the
     # reference is set up on the run's devices, as a TrainingArguments built in a distributed process must
     # be (else it warns "process group is initialized, but parallel_mode != DISTRIBUTED" although the run
