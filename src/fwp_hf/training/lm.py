@@ -20,6 +20,7 @@ from typing import Any
 
 import datasets
 import torch
+import transformers
 import yaml
 from transformers import (
     AutoModelForCausalLM,
@@ -30,6 +31,7 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import FWPForCausalLM
 from . import common
@@ -352,7 +354,8 @@ def evaluate_blocks(
 
 
 def evaluate_stream(
-    model, tokenized_validation: datasets.Dataset, data_args: DataTrainingArguments, output_dir: str | None = None
+    model, tokenized_validation: datasets.Dataset, data_args: DataTrainingArguments, output_dir: str | None = None,
+    show_progress: bool = False,
 ) -> tuple[dict[str, float], list[LMEvaluation], str]:
     """The validation stream in segments of `block_size`: every segment from an empty state, and (for
     models whose every layer keeps a fixed-size state) with the state carried across segments.
@@ -396,7 +399,8 @@ def evaluate_stream(
         stream_args = {"segment_length": data_args.block_size, "carry_state": carry_state,
                        "num_streams": data_args.streaming_eval_num_streams,
                        "max_tokens": data_args.streaming_eval_max_tokens,
-                       "document_ids": token_document_ids(tokenized_validation) if carry_state and resets else None}
+                       "document_ids": token_document_ids(tokenized_validation) if carry_state and resets else None,
+                       "show_progress": show_progress}
         curves[mode] = curve = perplexity_by_position(model, stream, bucket_size=data_args.position_bucket_size,
                                                       **stream_args)
         result = {key: curve[key] for key in ("loss", "perplexity", "tokens")}
@@ -463,9 +467,16 @@ def _training_config_yaml(model_args, data_args, training_args) -> str:
     # be (else it warns "process group is initialized, but parallel_mode != DISTRIBUTED" although the run
     # is distributed); those fields are compared with their declared defaults instead.
     device_fields = {name: getattr(training_args, name) for name in _DEVICE_FIELDS}
-    reference = TrainingArguments(output_dir=training_args.output_dir, **device_fields)
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_warning()  # not "PyTorch: setting up devices" again, after the sample
+    try:
+        reference = TrainingArguments(output_dir=training_args.output_dir, **device_fields)
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
     for item in fields(TrainingArguments):
-        if not item.init or item.name in ("output_dir", "hub_token", "resume_from_checkpoint"):
+        # dataloader_pin_memory: set from the machine (common.pin_memory_only_with_an_accelerator), not by the user.
+        if not item.init or item.name in ("output_dir", "hub_token", "resume_from_checkpoint",
+                                          "dataloader_pin_memory"):
             continue
         value = getattr(training_args, item.name)
         default = item.default if item.name in _DEVICE_FIELDS else getattr(reference, item.name)
@@ -581,18 +592,26 @@ def run_lm_training(
     results_note = ""
     if training_args.do_eval and data_args.streaming_eval:
         stream_metrics, stream_evaluations, results_note = evaluate_stream(
-            model, data.tokenized["validation"], data_args, training_args.output_dir
+            model, data.tokenized["validation"], data_args, training_args.output_dir,
+            show_progress=not training_args.disable_tqdm,
         )
         metrics.update(stream_metrics)
         evaluations += stream_evaluations
     for name in ("eval_independent_segments_perplexity", "eval_carried_state_perplexity"):
         if name in metrics:
             print(f"{name}: {metrics[name]:.2f}")
+    if "eval_carried_state_perplexity" in metrics:
+        print(f"  ({results_note})")  # why the carried-state number can be the higher one
     if "eval_perplexity" in metrics:
         print(f"validation perplexity: {metrics['eval_perplexity']:.2f}")
     sample = generate_sample(model, tokenizer, data_args.sample_prompt, data_args.sample_max_new_tokens,
                              training_args.seed)
     print(f"sample: {sample}")
+    checkpoints = sorted(Path(training_args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+    if checkpoints:
+        print(f"model folder: {training_args.output_dir} (what push_to_hub uploads; the {len(checkpoints)} "
+              f"{PREFIX_CHECKPOINT_DIR}-*/ folders in it hold optimizer states for --resume_from_checkpoint and "
+              "are not uploaded)")
     trainer.save_metrics("all", metrics)
     if not training_args.do_train:
         common.save_model_for_inference(trainer)
