@@ -39,7 +39,12 @@ from fwp_hf.training.lm_data import (
     token_stream,
     tokenize_texts,
 )
-from fwp_hf.training.lm_evaluation import segment_perplexity, stream_token_losses
+from fwp_hf.training.lm_evaluation import (
+    losses_by_position,
+    plot_perplexity_by_position,
+    segment_perplexity,
+    stream_token_losses,
+)
 from fwp_hf.training.tokenization import save_tokenizer, train_sentencepiece_tokenizer
 
 from conftest import make_lm, random_ids, type_variant
@@ -326,6 +331,20 @@ def test_stream_evaluation_reports_progress(capsys):
     assert "stream evaluation (state carried, 2 × 49 tokens)" in err and "7/7" in err
     stream_token_losses(model, stream, segment_length=7, carry_state=False, num_streams=2)
     assert capsys.readouterr().err == ""  # silent by default (library calls)
+
+
+def test_perplexity_by_position_plot_says_its_x_axis_is_one_streams_positions(tmp_path, monkeypatch):
+    """With N parallel streams the curve's positions are those of one stream (each point pools that position
+    range of every stream), not the count of all scored tokens: the axis label says so."""
+    import matplotlib.figure
+
+    labels = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda figure, path, **kwargs: labels.append(figure.axes[0].get_xlabel()))
+    curve = losses_by_position(torch.rand(8, 63), bucket_size=16)
+    assert curve["num_streams"] == 8
+    plot_perplexity_by_position({"carried state": curve}, tmp_path / "plot.png")
+    assert labels == ["token position within each of the 8 streams (bucket centre)"]
 
 
 def test_accelerate_launch_trains_with_two_processes(data_files, tmp_path):
