@@ -74,3 +74,22 @@ def test_linearize_with_a_hub_id_and_no_network_is_one_clean_line(tmp_path, monk
     captured = capsys.readouterr()
     assert "Retry" not in captured.out + captured.err  # asked once, not five retries per file
     assert not (tmp_path / "out").exists()
+
+
+def test_every_script_parser_turns_prefix_matching_off():
+    """Every (Hf)ArgumentParser built in the library passes allow_abbrev=False (a static check of the source)."""
+    import ast
+    from pathlib import Path
+
+    source_root = Path(__file__).resolve().parents[1] / "src" / "fwp_hf"
+    parsers = []
+    for path in sorted(source_root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name in ("ArgumentParser", "HfArgumentParser"):
+                    keywords = {k.arg: k.value for k in node.keywords}
+                    off = isinstance(keywords.get("allow_abbrev"), ast.Constant) and keywords["allow_abbrev"].value is False
+                    parsers.append((f"{path.relative_to(source_root)}:{node.lineno}", off))
+    assert len(parsers) >= 9, parsers
+    assert [where for where, off in parsers if not off] == []
