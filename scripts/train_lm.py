@@ -5,7 +5,7 @@
     python scripts/train_lm.py --output_dir out --do_train --do_eval --attention_type linear   # flags only
     python scripts/train_lm.py configs/lm/delta_carry.yaml               # state carried across segments
     accelerate launch --multi_gpu --num_processes 2 scripts/train_lm.py configs/lm/tiny.yaml --use_cpu true
-                                                              # two CPU processes (gloo); see the README
+                                                              # two CPU processes (gloo); see docs/train_lm.md
 
 Without data arguments it trains on the built-in Penn Treebank (offline). Without --tokenizer_name it
 trains a sentencepiece tokenizer on the training split. The output folder holds the weights, config

@@ -35,15 +35,17 @@ else:
 
 
 def run_without_fwp_hf(
-    script: str, args: list[str], cwd: Path, extra_env: dict[str, str] | None = None, timeout: float = 300
+    script: str, args: list[str], cwd: Path, extra_env: dict[str, str] | None = None, timeout: float = 300,
+    verbosity: str = "error",
 ) -> subprocess.CompletedProcess:
-    """Write `script` (prefixed with the fwp_hf blocker) into `cwd` and run it with `args`."""
+    """Write `script` (prefixed with the fwp_hf blocker) into `cwd` and run it with `args` (transformers'
+    log level `verbosity`)."""
     path = Path(cwd) / "run_without_fwp_hf.py"
     path.write_text(BLOCK_FWP_HF + "\n" + script)
     env = {**os.environ, **(extra_env or {})}
     env.pop("PYTHONPATH", None)
     env.setdefault("HF_MODULES_CACHE", str(Path(cwd) / "hf_modules"))
-    env.update(TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
+    env.update(TRANSFORMERS_VERBOSITY=verbosity, OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, str(path), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -26,19 +26,18 @@ from itertools import chain
 from pathlib import Path
 
 import pytest
+import test_lm_training
 import torch
 import torch.nn.functional as F
 from accelerate.data_loader import BatchSamplerShard
+from conftest import make_lm, random_ids, type_variant
+from test_lm_training import REPO_ROOT, InterruptAtStep, logged_losses, tiny_flags
 from torch.utils.data import BatchSampler, SequentialSampler
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, TrainingArguments, default_data_collator
 
 from fwp_hf.training.carried_state import CarriedStateTrainer, stream_segments_dataset
 from fwp_hf.training.lm import parse_lm_arguments, run_lm_training
 from fwp_hf.training.lm_evaluation import perplexity_by_position, plot_perplexity_by_position, segment_perplexity
-
-import test_lm_training
-from conftest import make_lm, random_ids, type_variant
-from test_lm_training import REPO_ROOT, InterruptAtStep, logged_losses, tiny_flags
 
 data_files = test_lm_training.data_files  # the tiny Penn Treebank files and tokenizer of the LM training tests
 
@@ -199,7 +198,7 @@ def test_training_refuses_hybrids_llama_and_gradient_checkpointing(data_files, t
             data_files, tmp_path / "h", config_overrides='{"attention_type": ["delta", "softmax"]}', **flags)))
     with pytest.raises(ValueError, match="--carry_state true needs an FWP model .* --architecture llama"):
         run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path / "l", architecture="llama", **flags)))
-    with pytest.raises(ValueError, match="--carry_state true cannot be combined with --gradient_checkpointing"):
+    with pytest.raises(ValueError, match=r"--carry_state true cannot be combined with --activation_checkpointing \(formerly --gradient_checkpointing\)"):
         run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path / "g", gradient_checkpointing="true",
                                                        **flags)))
     with pytest.raises(ValueError, match="has 3 rows, not a multiple of the 2 streams"):

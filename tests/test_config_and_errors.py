@@ -17,7 +17,6 @@ import re
 import pytest
 import torch
 from conftest import HIDDEN, LM_BASE, VOCAB, config_picks_feature_map, feature_map_settings
-from fwp_hf.options_fwp import LEGACY_FLAT_KEYS
 from transformers import AutoConfig, DynamicCache
 
 from fwp_hf import (
@@ -33,6 +32,7 @@ from fwp_hf import (
 )
 from fwp_hf.compat_fwp import output_cache
 from fwp_hf.experiments.decode_timing import cache_bytes
+from fwp_hf.options_fwp import LEGACY_FLAT_KEYS
 
 BATCH, SEQ = 2, 5
 

@@ -15,18 +15,17 @@ Covered:
 from __future__ import annotations
 
 import inspect
-import re
 import logging
+import re
 
 import pytest
 import torch
 from conftest import LM_BASE, SEQ2SEQ_BASE, VOCAB
-
-from fwp_hf.options_fwp import LEGACY_FLAT_KEYS
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.utils import logging as hf_logging
 
 from fwp_hf import FEATURE_MAPS, TOKEN_MIXERS, FWPConfig, FWPForCausalLM, FWPForConditionalGeneration
+from fwp_hf.options_fwp import LEGACY_FLAT_KEYS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -21,8 +21,12 @@ import shutil
 from itertools import pairwise
 
 import pytest
+import test_lm_training
 import torch
 import torch.nn.functional as F
+from conftest import LM_VARIANTS, assert_close, layer_types, make_lm, random_ids, type_variant
+from test_carried_state_training import RESUME_FLAGS, RecordingTrainer, carried_trainer, interrupted_and_resumed
+from test_lm_training import tiny_flags
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from fwp_hf.cache_fwp import reset_cache_rows
@@ -31,11 +35,6 @@ from fwp_hf.training.carried_state import stream_segments_dataset
 from fwp_hf.training.lm import DataTrainingArguments, parse_lm_arguments, run_lm_training
 from fwp_hf.training.lm_data import load_raw_lm_datasets, token_document_ids, token_stream, tokenize_texts
 from fwp_hf.training.lm_evaluation import perplexity_by_position, segment_perplexity, stream_token_losses
-
-import test_lm_training
-from conftest import LM_VARIANTS, assert_close, layer_types, make_lm, random_ids, type_variant
-from test_carried_state_training import RESUME_FLAGS, RecordingTrainer, carried_trainer, interrupted_and_resumed
-from test_lm_training import tiny_flags
 
 data_files = test_lm_training.data_files  # the tiny Penn Treebank files and tokenizer of the LM training tests
 

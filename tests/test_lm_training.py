@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import make_lm, random_ids, type_variant
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -39,10 +40,13 @@ from fwp_hf.training.lm_data import (
     token_stream,
     tokenize_texts,
 )
-from fwp_hf.training.lm_evaluation import segment_perplexity
+from fwp_hf.training.lm_evaluation import (
+    losses_by_position,
+    plot_perplexity_by_position,
+    segment_perplexity,
+    stream_token_losses,
+)
 from fwp_hf.training.tokenization import save_tokenizer, train_sentencepiece_tokenizer
-
-from conftest import make_lm, random_ids, type_variant
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,12 +95,20 @@ def tiny_flags(data_files: dict[str, Path], output_dir: Path, **overrides) -> li
     return [item for key, value in values.items() if value is not None for item in (f"--{key}", str(value))]
 
 
-def test_train_lm_end_to_end_writes_a_hub_ready_folder(data_files, tmp_path, capsys):
+def test_train_lm_end_to_end_writes_a_hub_ready_folder(data_files, tmp_path, capfd, recwarn):
     output_dir = tmp_path / "run"
-    metrics = main(tiny_flags(data_files, output_dir, tokenizer_name=None, tokenizer_vocab_size=400))
-    out = capsys.readouterr().out
+    metrics = main(tiny_flags(data_files, output_dir, tokenizer_name=None, tokenizer_vocab_size=400,
+                              save_strategy="steps", save_steps=4))
+    out, err = capfd.readouterr()
     assert f"validation perplexity: {metrics['eval_perplexity']:.2f}" in out
     assert "sample: the company said" in out
+    # No noise a newcomer would stumble on: no pin_memory warning on a CPU, no stray transformers log line after
+    # the sample; the carried-state number comes with why it may be higher; the folder says what is shared.
+    assert not [w for w in recwarn if "pin_memory" in str(w.message)]
+    assert "setting up devices" not in (out + err).split("sample: ")[-1]
+    assert "never saw an older state" in out.split("eval_carried_state_perplexity")[-1].split("sample:")[0]
+    assert "checkpoint-*/ folders in it hold optimizer states for --resume_from_checkpoint and are not uploaded" in out
+    assert json.loads((output_dir / "perplexity_by_position.json").read_text())["carried_state"]["num_streams"] == 2
     assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
     assert metrics["eval_carried_state_tokens"] == metrics["eval_independent_segments_tokens"] > 1000
 
@@ -306,6 +318,32 @@ def test_carried_state_evaluation_equals_one_pass_over_the_stream(attention_type
     assert whole["tokens"] == carried["tokens"] == independent["tokens"] == 96
     assert carried["loss"] == pytest.approx(whole["loss"], rel=1e-5)
     assert abs(independent["loss"] - whole["loss"]) > 1e-3
+
+
+def test_stream_evaluation_reports_progress(capsys):
+    """The stream evaluations walk the validation text segment by segment for minutes on a loaded CPU: with
+    show_progress (train_lm.py: unless --disable_tqdm) a progress bar says how far they are, on stderr."""
+    model = make_lm(type_variant("delta"))
+    stream = random_ids(2, 49).flatten().tolist()
+    stream_token_losses(model, stream, segment_length=7, carry_state=True, num_streams=2, show_progress=True)
+    err = capsys.readouterr().err
+    assert "stream evaluation (state carried, 2 × 49 tokens)" in err and "7/7" in err
+    stream_token_losses(model, stream, segment_length=7, carry_state=False, num_streams=2)
+    assert capsys.readouterr().err == ""  # silent by default (library calls)
+
+
+def test_perplexity_by_position_plot_says_its_x_axis_is_one_streams_positions(tmp_path, monkeypatch):
+    """With N parallel streams the curve's positions are those of one stream (each point pools that position
+    range of every stream), not the count of all scored tokens: the axis label says so."""
+    import matplotlib.figure
+
+    labels = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda figure, path, **kwargs: labels.append(figure.axes[0].get_xlabel()))
+    curve = losses_by_position(torch.rand(8, 63), bucket_size=16)
+    assert curve["num_streams"] == 8
+    plot_perplexity_by_position({"carried state": curve}, tmp_path / "plot.png")
+    assert labels == ["token position within each of the 8 streams (bucket centre)"]
 
 
 def test_accelerate_launch_trains_with_two_processes(data_files, tmp_path):

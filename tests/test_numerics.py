@@ -15,7 +15,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SEQ2SEQ_BASE, LM_VARIANTS, assert_close, layer_types, lm_config, lm_config_from, make_lm, random_ids
+from conftest import (
+    LM_VARIANTS,
+    SEQ2SEQ_BASE,
+    assert_close,
+    layer_types,
+    lm_config,
+    lm_config_from,
+    make_lm,
+    random_ids,
+)
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import fwp_hf.fast_weight_kernels as fwk

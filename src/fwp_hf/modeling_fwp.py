@@ -24,13 +24,13 @@ from .compat_fwp import cache_argument, cache_field, output_cache
 from .configuration_fwp import FWPConfig
 from .feature_maps_fwp import FWPFeatureMap
 from .inputs_fwp import PACKING_KWARGS, prepare_mixer_inputs, validate_token_inputs
-from .token_mixers import every_layer_holds_state
 from .layers_fwp import (
     FWPBlock,
     FWPFastWeightAttention,
     FWPRMSNorm,
     warn_layers_without_attention_matrix,
 )
+from .token_mixers import every_layer_holds_state
 
 # The files a checkpoint ships so that `trust_remote_code=True` loads it where fwp_hf is not
 # installed (transformers copies sibling imports itself; `save_pretrained` checks and completes the

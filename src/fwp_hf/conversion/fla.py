@@ -585,6 +585,7 @@ def convert_fla_checkpoint(
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Convert a flash-linear-attention DeltaNet / Gated DeltaNet checkpoint (folder or Hub id) "
         "into an FWP checkpoint that runs on any CPU (AutoModelForCausalLM with trust_remote_code=True)."
     )

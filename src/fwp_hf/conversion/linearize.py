@@ -24,8 +24,8 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..configuration_fwp import FWPConfig
-from ..options_fwp import HIDDEN_ACTIVATIONS
 from ..modeling_fwp import FWPForCausalLM
+from ..options_fwp import HIDDEN_ACTIVATIONS
 from ..token_mixers import FAST_WEIGHT_LAYER, SOFTMAX_ATTENTION_LAYER, TOKEN_MIXERS
 
 SUPPORTED_TEACHER_TYPES = ("llama", "mistral", "qwen2", "qwen3")

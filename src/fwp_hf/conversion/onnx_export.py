@@ -386,9 +386,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of `scripts/export_onnx.py`."""
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
-    from ..shared.cli import parse_config_and_flags  # noqa: PLC0415
+    from ..shared.cli import argument_errors_exit, parse_config_and_flags  # noqa: PLC0415
 
-    (args,) = parse_config_and_flags([OnnxExportArguments], sys.argv[1:] if argv is None else argv)
+    with argument_errors_exit("export_onnx.py"):
+        (args,) = parse_config_and_flags([OnnxExportArguments], sys.argv[1:] if argv is None else argv)
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code,
                                                  dtype=torch.float32)
     metadata = export_onnx(model, args.output_dir)

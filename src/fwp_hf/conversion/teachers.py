@@ -40,6 +40,37 @@ class TeacherNotFoundError(FileNotFoundError):
     """A local teacher folder or GGUF file that does not exist; the message names the path."""
 
 
+class TeacherHubError(OSError):
+    """A Hub teacher that cannot be fetched (no network, no such repo); the message names the id and what to do."""
+
+
+def check_hub_teacher_reachable(repo_id: str) -> None:
+    """Ask the Hub about `repo_id` once before transformers downloads it: without a network transformers
+    retries every file five times, printing each retry, before its OSError. A teacher already in the
+    local cache, or ``HF_HUB_OFFLINE=1``, skips the question (transformers reads the cache then).
+
+    Raises `TeacherHubError` when the Hub cannot be reached or has no such repo; other HTTP answers (a gated
+    or private repo) are left to transformers, whose message says what to do."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache  # noqa: PLC0415
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError  # noqa: PLC0415
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    try:
+        HfApi().model_info(repo_id)
+    except RepositoryNotFoundError as error:
+        raise TeacherHubError(f"teacher {repo_id!r} is not a local folder and the Hub has no such model repo "
+                              "(or it is private: log in with `hf auth login`)") from error
+    except HfHubHTTPError:
+        return
+    except Exception as error:  # noqa: BLE001 - httpx/requests connection errors, timeouts, offline mode
+        raise TeacherHubError(
+            f"teacher {repo_id!r} is not a local folder, and the Hub ({constants.ENDPOINT}) cannot be reached "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else error}): a Hub id needs the "
+            "internet; without it pass a local folder or a .gguf file (scripts/prepare_teacher.py saves one), or "
+            "set HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache") from error
+
+
 @dataclass(frozen=True)
 class TeacherSource:
     """Where a teacher comes from: `name_or_path` (a Hub id or a local folder) and, for a GGUF teacher,
@@ -224,13 +255,15 @@ def load_teacher(
     if source.gguf_file is not None:
         require_gguf()
         extra["gguf_file"] = source.gguf_file
+    if not source.is_local:
+        check_hub_teacher_reachable(source.name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(source.name_or_path, dtype=dtype, **extra)
         tokenizer = AutoTokenizer.from_pretrained(source.name_or_path, **extra)
     except OSError as error:
         if source.is_local:
             raise
-        raise OSError(f"teacher {source.name_or_path!r} is not a local folder (no such directory) and could not be "
+        raise TeacherHubError(f"teacher {source.name_or_path!r} is not a local folder (no such directory) and could not be "
                       f"loaded from the Hub: {error}") from error
     if source.gguf_file is not None:
         model = dequantized_teacher(model)
@@ -262,7 +295,7 @@ def save_teacher_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 def main(argv: Sequence[str] | None = None) -> Path:
     """Entry point of `scripts/prepare_teacher.py`: load a teacher (Hub id, folder, GGUF) and save it as a folder."""
     parser = argparse.ArgumentParser(
-        description="Save a teacher (a Hub id, a folder, or a llama.cpp .gguf file, dequantized to fp32) as an "
+        allow_abbrev=False, description="Save a teacher (a Hub id, a folder, or a llama.cpp .gguf file, dequantized to fp32) as an "
         "ordinary transformers folder with its tokenizer, for scripts/linearize.py.")
     parser.add_argument("--teacher_model_name_or_path", default=None,
                         help="Hub id, local folder, or .gguf file of the teacher")
@@ -274,13 +307,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
         model, tokenizer = load_teacher(args.teacher_model_name_or_path, args.teacher_gguf_file)
         source = resolve_teacher_source(args.teacher_model_name_or_path, args.teacher_gguf_file)
         output = save_teacher_folder(model, tokenizer, args.output_dir, teacher_facts(source))
-    except (ValueError, ImportError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, ImportError, FileNotFoundError, FileExistsError, TeacherHubError) as error:
         parser.exit(2, f"prepare_teacher: error: {error}\n")
     print(f"wrote {output} ({model.num_parameters():,} parameters, from {model.config.name_or_path})")
     return output
 
 
 __all__ = [
-    "GGUF_EXTRA_HINT", "TeacherFacts", "TeacherNotFoundError", "TeacherSource", "dequantized_teacher",
-    "load_teacher", "require_gguf", "resolve_teacher_source", "save_teacher_folder", "teacher_facts",
+    "GGUF_EXTRA_HINT", "TeacherFacts", "TeacherHubError", "TeacherNotFoundError", "TeacherSource",
+    "check_hub_teacher_reachable", "dequantized_teacher", "load_teacher", "require_gguf", "resolve_teacher_source",
+    "save_teacher_folder", "teacher_facts",
 ]

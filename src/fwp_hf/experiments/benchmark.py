@@ -595,7 +595,7 @@ def machine_description(threads: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = HfArgumentParser(BenchmarkArguments, allow_abbrev=False).parse_args_into_dataclasses(args=argv)
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
         results["note"] = args.note or results.get("note")

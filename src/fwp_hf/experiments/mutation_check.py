@@ -348,7 +348,7 @@ class MutationCheckArguments:
 def main(argv: Sequence[str] | None = None) -> list[MutantResult]:
     from transformers import HfArgumentParser
 
-    (args,) = HfArgumentParser(MutationCheckArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = HfArgumentParser(MutationCheckArguments, allow_abbrev=False).parse_args_into_dataclasses(args=argv)
     names = [mutant.name for mutant in MUTANTS]
     unknown = sorted(set(args.only) - set(names))
     if unknown:

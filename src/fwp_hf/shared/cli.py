@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any
 
@@ -12,6 +14,26 @@ import yaml
 from transformers import HfArgumentParser
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def script_argument_parser(argument_classes: Sequence[type] | type) -> HfArgumentParser:
+    """The `HfArgumentParser` of a script, with prefix matching off: argparse would otherwise take a misspelt
+    ``--carry_stat true`` for ``--carry_state true`` (or any flag the prefix starts) without a word."""
+    return HfArgumentParser(argument_classes, allow_abbrev=False)
+
+
+@contextmanager
+def argument_errors_exit(prog: str | None = None) -> Iterator[None]:
+    """Turn a ValueError raised while reading or checking a script's arguments into what argparse does with a
+    bad flag: ``<prog>: error: <message>`` on stderr and exit status 2, without a traceback.
+
+    Only the argument step of a script runs inside it; errors of the run itself keep their traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as error:
+        name = prog or os.path.basename(sys.argv[0]) or "fwp_hf"
+        print(f"{name}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
 
 
 def allowed_argument_names(argument_classes: Sequence[type]) -> list[str]:
@@ -68,7 +90,7 @@ def parse_config_and_flags(
     reshape the file's values first (e.g. a mapping for a field that takes a JSON string).
     """
     argv = list(argv)
-    parser = HfArgumentParser(argument_classes)
+    parser = script_argument_parser(argument_classes)
     config_file = _pop_config_file(argv)
     if config_file is not None:
         values = read_config_file(config_file, allowed_argument_names(argument_classes))

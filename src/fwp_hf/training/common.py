@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
+import torch
 import transformers
 from transformers import (
     AutoTokenizer,
@@ -120,7 +121,18 @@ def parse_run_arguments(argument_classes: Sequence[type], argv: Sequence[str] | 
     An unknown key in the file raises a ValueError naming it; ``config_overrides`` may be a mapping there.
     """
     argv = sys.argv[1:] if argv is None else argv
-    return parse_config_and_flags(argument_classes, argv, convert_values=config_overrides_as_json)
+    parsed = parse_config_and_flags(argument_classes, argv, convert_values=config_overrides_as_json)
+    for arguments in parsed:
+        if isinstance(arguments, TrainingArguments):
+            pin_memory_only_with_an_accelerator(arguments)
+    return parsed
+
+
+def pin_memory_only_with_an_accelerator(training_args: TrainingArguments) -> None:
+    """Turn `dataloader_pin_memory` (default True) off where nothing would use pinned memory (no accelerator, or
+    ``--use_cpu``): torch's DataLoader warns at every training and evaluation start otherwise."""
+    if training_args.dataloader_pin_memory and (training_args.use_cpu or not torch.accelerator.is_available()):
+        training_args.dataloader_pin_memory = False
 
 
 def parse_overrides_json(config_overrides: str | None, config_class: type = FWPConfig) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,4 +71,9 @@ def download_cache_dir(name: str) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fwp_hf" / name
 
 
-__all__ = ["check_data_file", "download_cache_dir", "file_sha256"]
+def print_progress(message: str) -> None:
+    """A stage of a data builder (`prepare_data.py`), on stderr: stdout keeps the result lines."""
+    print(message, file=sys.stderr, flush=True)
+
+
+__all__ = ["check_data_file", "download_cache_dir", "file_sha256", "print_progress"]

@@ -50,12 +50,14 @@ from ..conversion.linearize import (
 )
 from ..conversion.teachers import (
     TeacherFacts,
+    TeacherHubError,
     TeacherNotFoundError,
     TeacherSource,
     load_teacher,
     resolve_teacher_source,
     teacher_facts,
 )
+from ..shared.cli import argument_errors_exit
 from ..shared.hub import HubPushError, check_repo_id, push_folder_to_hub
 from ..shared.model_card import describe_architecture
 from ..token_mixers import ATTENTION_TYPES
@@ -238,7 +240,7 @@ Data: {_data_description(data_args)}, in blocks of {data_args.block_size} tokens
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("<this folder or repo>", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>", trust_remote_code=False)
+tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>", config=model.config)
 ```
 """
     ModelCard(content).save(os.path.join(output_dir, "README.md"))
@@ -339,10 +341,12 @@ def run_linearization(
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Entry point of `scripts/linearize.py`."""
+    """Entry point of `scripts/linearize.py`: a bad flag, a missing teacher or an unreachable Hub is one line."""
+    with argument_errors_exit("linearize.py"):
+        arguments = parse_linearize_arguments(argv)
     try:
-        return run_linearization(*parse_linearize_arguments(argv))
-    except (LinearizationError, TeacherNotFoundError, ImportError, HubPushError) as error:
+        return run_linearization(*arguments)
+    except (LinearizationError, TeacherNotFoundError, TeacherHubError, ImportError, HubPushError) as error:
         raise SystemExit(f"linearize: error: {error}") from error
 
 

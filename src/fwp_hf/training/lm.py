@@ -17,10 +17,12 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
+import transformers
 import yaml
 from transformers import (
     AutoModelForCausalLM,
@@ -31,9 +33,11 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import FWPForCausalLM
 from ..shared import MODEL_CARD_TEMPLATES
+from ..shared.cli import argument_errors_exit
 from ..shared.hub import check_repo_id, create_hub_repo, push_folder_to_hub
 from ..shared.model_card import LMEvaluation, render_lm_model_card
 from . import common
@@ -219,6 +223,14 @@ def check_lm_arguments(data_args: DataTrainingArguments, training_args: Training
         )
 
 
+def check_run_arguments(
+    model_args: ModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments
+) -> None:
+    """Every refusal that the arguments alone decide (a ValueError naming the flags), before any work."""
+    check_lm_arguments(data_args, training_args)
+    data_args.training_mode.check_arguments(model_args, training_args)
+
+
 def prepare_hub_push(training_args: TrainingArguments) -> bool:
     """With ``--push_to_hub``: check the repo id and create the repo now (a bad token or endpoint fails
     before training), and turn the Trainer's own pushes off (the folder is pushed once, with its card,
@@ -306,7 +318,8 @@ def evaluate_blocks(
 
 
 def evaluate_stream(
-    model, tokenized_validation: datasets.Dataset, data_args: DataTrainingArguments, output_dir: str | None = None
+    model, tokenized_validation: datasets.Dataset, data_args: DataTrainingArguments, output_dir: str | None = None,
+    show_progress: bool = False,
 ) -> tuple[dict[str, float], list[LMEvaluation], str]:
     """The validation stream in segments of `block_size`: every segment from an empty state, and (for
     models whose every layer keeps a fixed-size state) with the state carried across segments.
@@ -340,7 +353,8 @@ def evaluate_stream(
         stream_args = {"segment_length": data_args.block_size, "carry_state": carry_state,
                        "num_streams": data_args.streaming_eval_num_streams,
                        "max_tokens": data_args.streaming_eval_max_tokens,
-                       "document_ids": token_document_ids(tokenized_validation) if carry_state and resets else None}
+                       "document_ids": token_document_ids(tokenized_validation) if carry_state and resets else None,
+                       "show_progress": show_progress}
         curves[evaluation] = curve = perplexity_by_position(model, stream, bucket_size=data_args.position_bucket_size,
                                                       **stream_args)
         result = {key: curve[key] for key in ("loss", "perplexity", "tokens")}
@@ -395,21 +409,28 @@ _DEVICE_FIELDS = ("use_cpu", "ddp_backend")
 
 
 def _training_config_yaml(model_args, data_args, training_args) -> str:
-    """The arguments that differ from their defaults, as YAML (for the model card)."""
-    changed: dict[str, Any] = {}
-    for args in (model_args, data_args):
-        defaults = type(args)()
-        changed.update(
-            {k: v for k, v in asdict(args).items() if v != getattr(defaults, k) and k != "model_card_template"}
-        )
+    """The model arguments (all of them: they define the model, defaults included) and the data and training
+    arguments that differ from their defaults, as YAML (for the model card)."""
+    changed: dict[str, Any] = {k: v for k, v in asdict(model_args).items() if v is not None}
+    defaults = type(data_args)()
+    changed.update(
+        {k: v for k, v in asdict(data_args).items() if v != getattr(defaults, k) and k != "model_card_template"}
+    )
     # The defaults as TrainingArguments normalises them (`__post_init__`), except the device fields: the
     # reference is set up on the run's devices, as a TrainingArguments built in a distributed process must
     # be (else it warns "process group is initialized, but parallel_mode != DISTRIBUTED" although the run
     # is distributed); those fields are compared with their declared defaults instead.
     device_fields = {name: getattr(training_args, name) for name in _DEVICE_FIELDS}
-    reference = TrainingArguments(output_dir=training_args.output_dir, **device_fields)
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_warning()  # not "PyTorch: setting up devices" again, after the sample
+    try:
+        reference = TrainingArguments(output_dir=training_args.output_dir, **device_fields)
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
     for item in fields(TrainingArguments):
-        if not item.init or item.name in ("output_dir", "hub_token", "resume_from_checkpoint"):
+        # dataloader_pin_memory: set from the machine (common.pin_memory_only_with_an_accelerator), not by the user.
+        if not item.init or item.name in ("output_dir", "hub_token", "resume_from_checkpoint",
+                                          "dataloader_pin_memory"):
             continue
         value = getattr(training_args, item.name)
         default = item.default if item.name in _DEVICE_FIELDS else getattr(reference, item.name)
@@ -468,9 +489,8 @@ def run_lm_training(
     `callbacks` are passed to the `Trainer`.
     """
     common.setup_logging(training_args)
-    check_lm_arguments(data_args, training_args)
+    check_run_arguments(model_args, data_args, training_args)
     training_mode = data_args.training_mode
-    training_mode.check_arguments(model_args, training_args)
     mode_files = training_mode.checkpoint_files(training_args) if training_args.do_train else []
     resume_checkpoint = common.resolve_resume_checkpoint(training_args, mode_files)
     push = prepare_hub_push(training_args)
@@ -518,18 +538,26 @@ def run_lm_training(
     results_note = ""
     if training_args.do_eval and data_args.streaming_eval:
         stream_metrics, stream_evaluations, results_note = evaluate_stream(
-            model, data.tokenized["validation"], data_args, training_args.output_dir
+            model, data.tokenized["validation"], data_args, training_args.output_dir,
+            show_progress=not training_args.disable_tqdm,
         )
         metrics.update(stream_metrics)
         evaluations += stream_evaluations
     for name in ("eval_independent_segments_perplexity", "eval_carried_state_perplexity"):
         if name in metrics:
             print(f"{name}: {metrics[name]:.2f}")
+    if "eval_carried_state_perplexity" in metrics:
+        print(f"  ({results_note})")  # why the carried-state number can be the higher one
     if "eval_perplexity" in metrics:
         print(f"validation perplexity: {metrics['eval_perplexity']:.2f}")
     sample = generate_sample(model, tokenizer, data_args.sample_prompt, data_args.sample_max_new_tokens,
                              training_args.seed)
     print(f"sample: {sample}")
+    checkpoints = sorted(Path(training_args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+    if checkpoints:
+        print(f"model folder: {training_args.output_dir} (what push_to_hub uploads; the {len(checkpoints)} "
+              f"{PREFIX_CHECKPOINT_DIR}-*/ folders in it hold optimizer states for --resume_from_checkpoint and "
+              "are not uploaded)")
     trainer.save_metrics("all", metrics)
     if not training_args.do_train:
         common.save_model_for_inference(trainer)
@@ -542,12 +570,15 @@ def run_lm_training(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Entry point of `scripts/train_lm.py`."""
-    return run_lm_training(*parse_lm_arguments(argv))
+    """Entry point of `scripts/train_lm.py`: a bad flag or a refused combination is one line and exit status 2."""
+    with argument_errors_exit("train_lm.py"):
+        arguments = parse_lm_arguments(argv)
+        check_run_arguments(*arguments)
+    return run_lm_training(*arguments)
 
 
 __all__ = [
     "ModelArguments", "DataTrainingArguments", "parse_lm_arguments", "build_lm", "prepare_lm_data",
     "evaluate_blocks", "evaluate_stream", "write_perplexity_by_position", "generate_sample", "write_lm_model_card",
-    "training_data_layout", "run_lm_training", "main"
+    "training_data_layout", "check_run_arguments", "run_lm_training", "main"
 ]

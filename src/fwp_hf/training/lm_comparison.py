@@ -358,7 +358,7 @@ class ComparisonArguments:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Entry point of `scripts/compare_lm.py`: train every config and seed, write the tables, plots and JSON."""
-    args, run_flags = HfArgumentParser(ComparisonArguments).parse_args_into_dataclasses(
+    args, run_flags = HfArgumentParser(ComparisonArguments, allow_abbrev=False).parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
     )
     rows = compare_variants(args.configs, args.output_dir, run_flags, args.seeds, args.carried_state_configs,

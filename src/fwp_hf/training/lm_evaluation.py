@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from ..cache_fwp import reset_cache_rows
@@ -74,8 +75,10 @@ def stream_token_losses(
     num_streams: int = 1,
     max_tokens: int | None = None,
     document_ids: Sequence[int] | torch.Tensor | None = None,
+    show_progress: bool = False,
 ) -> torch.Tensor:
-    """Next-token losses of `model` on the stream, walked as in the module docstring.
+    """Next-token losses of `model` on the stream, walked as in the module docstring (`show_progress`: a
+    progress bar over the segments, on stderr).
 
     Returns ``[num_streams, stream_length − 1]`` fp32 losses on the CPU: entry ``[s, t]`` is the loss of
     predicting token ``t + 1`` of stream ``s`` (stream ``s`` = tokens ``s · stream_length …`` of the
@@ -104,9 +107,13 @@ def stream_token_losses(
     model.eval()
     cache = DynamicCache() if carry_state else None
     losses = []
+    starts = range(0, stream_length - 1, segment_length)
+    mode = "state carried" if carry_state else "independent segments"
+    progress = tqdm(starts, desc=f"stream evaluation ({mode}, {num_streams} × {stream_length} tokens)",
+                    unit="segment", disable=not show_progress)
     try:
         with torch.no_grad():
-            for start in range(0, stream_length - 1, segment_length):
+            for start in progress:
                 end = min(start + segment_length, stream_length - 1)
                 inputs, targets = streams[:, start:end], streams[:, start + 1 : end + 1]
                 packing = {}
@@ -152,6 +159,7 @@ def perplexity_by_position(
     bucket_size: int = 1024,
     max_tokens: int | None = None,
     document_ids: Sequence[int] | torch.Tensor | None = None,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """`segment_perplexity`'s scored tokens grouped by their position in their stream (the long-context curve).
 
@@ -165,7 +173,7 @@ def perplexity_by_position(
     if bucket_size < 1:
         raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
     losses = stream_token_losses(model, token_ids, segment_length, carry_state, num_streams, max_tokens,
-                                 document_ids)
+                                 document_ids, show_progress)
     return {**losses_by_position(losses, bucket_size), "segment_length": segment_length, "carry_state": carry_state,
             "reset_at_document_starts": document_ids is not None}
 
@@ -175,7 +183,8 @@ def losses_by_position(losses: torch.Tensor, bucket_size: int) -> dict[str, Any]
     ``t + 1``, as `stream_token_losses` returns them) grouped by position: the target at position ``t``
     falls into bucket ``t // bucket_size``. Returns ``{"loss", "perplexity", "tokens", "bucket_size"}`` and
     per bucket ``"bucket_start"`` (first position), ``"bucket_loss"``, ``"bucket_perplexity"``,
-    ``"bucket_tokens"`` (the bucket means weighted by their tokens average to ``"loss"``)."""
+    ``"bucket_tokens"`` (the bucket means weighted by their tokens average to ``"loss"``), and ``"num_streams"``
+    (the positions are those of one stream: each bucket pools that position range of every stream)."""
     if bucket_size < 1:
         raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
     losses = losses.double()
@@ -195,6 +204,7 @@ def losses_by_position(losses: torch.Tensor, bucket_size: int) -> dict[str, Any]
         "bucket_loss": bucket_loss,
         "bucket_perplexity": [math.exp(min(loss, 50.0)) for loss in bucket_loss],
         "bucket_tokens": counts[keep].tolist(),
+        "num_streams": losses.shape[0],
     }
 
 
@@ -209,9 +219,14 @@ def plot_perplexity_by_position(curves: dict[str, dict[str, Any]], path: str | o
     for label, curve in curves.items():
         centres = [start + curve["bucket_size"] / 2 for start in curve["bucket_start"]]
         axes.plot(centres, curve["bucket_perplexity"], marker="o", label=label)
-    axes.set_xlabel("token position in the stream (bucket centre)")
+    # The x-axis covers one stream's positions, not all scored tokens: with N streams each point pools the same
+    # position range of every stream (curves saved before "num_streams" was recorded say nothing about N).
+    streams = {curve.get("num_streams") for curve in curves.values()}
+    per_stream = (f"position within each of the {streams.pop()} streams" if len(streams) == 1 and None not in streams
+                  else "position within one stream")
+    axes.set_xlabel(f"token {per_stream} (bucket centre)")
     axes.set_ylabel("perplexity")
-    axes.set_title("perplexity by position in the stream")
+    axes.set_title("perplexity by position in the stream (x: one stream's positions)", fontsize=10)
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()

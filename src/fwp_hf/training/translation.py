@@ -37,6 +37,7 @@ from transformers import (
 from transformers.trainer_utils import has_length
 
 from .. import CROSS_ATTENTION_TYPES, FWPConfig, FWPForConditionalGeneration
+from ..shared.cli import argument_errors_exit
 from . import common
 from .data_files import check_data_file
 from .evaluate_metrics import METRICS_DIR
@@ -509,8 +510,10 @@ def _predict_and_score(trainer: Seq2SeqTrainer, tokenizer: PreTrainedTokenizerBa
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Entry point of `scripts/train_translation.py`."""
-    return run_translation_training(*parse_translation_arguments(argv))
+    """Entry point of `scripts/train_translation.py`: a bad flag is one line and exit status 2."""
+    with argument_errors_exit("train_translation.py"):
+        arguments = parse_translation_arguments(argv)
+    return run_translation_training(*arguments)
 
 
 __all__ = [

