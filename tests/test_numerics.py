@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import SEQ2SEQ_BASE, LM_VARIANTS, assert_close, layer_types, lm_config, lm_config_from, make_lm, random_ids
+import sum_rule_reference
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import fwp_hf.fast_weight_kernels as fwk
@@ -224,7 +225,7 @@ def _large_qkv(dim: int, norm: float, length: int = 20):
 def test_plain_favor_read_overflows_for_these_inputs(dim, norm):
     """The inputs of the tests below are in the regime of the bug: the plain fp32 formula is not finite."""
     omega, q, k, v = _large_qkv(dim, norm)
-    y, _ = fwk.normalized_sum_rule(fwk.favor_feature_map(q, omega), fwk.favor_feature_map(k, omega), v)
+    y, _ = sum_rule_reference.normalized_sum_rule(fwk.favor_feature_map(q, omega), fwk.favor_feature_map(k, omega), v)
     assert not torch.isfinite(y).all()
 
 
@@ -239,19 +240,19 @@ def test_favor_normalized_sum_rule_is_finite_and_exact_for_large_inputs(dim, nor
     if form == "prefill-then-decode":
         # The key shift is the same at every step, so a state written by a prefill continues exactly.
         split = 13
-        y_prefill, state = fwk.normalized_sum_rule(
+        y_prefill, state = sum_rule_reference.normalized_sum_rule(
             phi_q[:, :, :split], phi_k[:, :, :split], v[:, :, :split], log_scale=log_scale[:, :, :split], chunk_size=4
         )
         steps = []
         for t in range(split, q.shape[2]):
-            y_t, state = fwk.normalized_sum_rule(
+            y_t, state = sum_rule_reference.normalized_sum_rule(
                 phi_q[:, :, t : t + 1], phi_k[:, :, t : t + 1], v[:, :, t : t + 1],
                 initial_state=state, chunked=False, log_scale=log_scale[:, :, t : t + 1],
             )
             steps.append(y_t)
         y = torch.cat([y_prefill, *steps], dim=2)
     else:
-        y, _ = fwk.normalized_sum_rule(phi_q, phi_k, v, chunked=form == "chunk", log_scale=log_scale, chunk_size=8)
+        y, _ = sum_rule_reference.normalized_sum_rule(phi_q, phi_k, v, chunked=form == "chunk", log_scale=log_scale, chunk_size=8)
     assert torch.isfinite(y).all()
     assert_close(y.double(), expected, rtol=LARGE_RTOL, what=form)
 
@@ -262,11 +263,11 @@ def test_favor_bidirectional_read_is_finite_and_exact_for_large_inputs(dim, norm
     expected = normalized_read_by_hand(favor_by_hand(q, omega), favor_by_hand(k, omega), v, causal=False)
     phi_q, query_shift = fwk.favor_feature_map_shifted(q, omega, per_token=True)
     phi_k, key_shift = fwk.favor_feature_map_shifted(k, omega, per_token=False)
-    y, _ = fwk.bidirectional_sum_rule(phi_q, phi_k, v, log_scale=query_shift + key_shift)
+    y, _ = sum_rule_reference.bidirectional_sum_rule(phi_q, phi_k, v, log_scale=query_shift + key_shift)
     assert torch.isfinite(y).all()
     assert_close(y.double(), expected, rtol=LARGE_RTOL, what="bidirectional read")
     # and as the encoder layer runs it: the causal kernels' signature, the normaliser column, the division
-    y_col, _ = fwk.bidirectional_sum_rule_with_normalizer_column(phi_q, phi_k, fwk.append_normalizer_column(v))
+    y_col, _ = fwk.BIDIRECTIONAL_SUM_RULE(phi_q, phi_k, fwk.append_normalizer_column(v))
     y_col = fwk.divide_by_normalizer(y_col, v.dtype, log_scale=query_shift + key_shift)
     assert_close(y_col.double(), expected, rtol=LARGE_RTOL, what="bidirectional read with the normaliser column")
 
@@ -297,7 +298,7 @@ def test_favor_normalized_read_stays_finite_beyond_the_range_it_is_exact_in():
     phi_q, query_shift = fwk.favor_feature_map_shifted(q, omega, per_token=True)
     phi_k, key_shift = fwk.favor_feature_map_shifted(k, omega, per_token=False)
     assert (phi_k.amax(dim=-1) == 0).any()  # the regime this test is about
-    y, _ = fwk.normalized_sum_rule(phi_q, phi_k, v, log_scale=query_shift + key_shift, chunk_size=8)
+    y, _ = sum_rule_reference.normalized_sum_rule(phi_q, phi_k, v, log_scale=query_shift + key_shift, chunk_size=8)
     assert torch.isfinite(y).all()
     unseen = (phi_k.amax(dim=-1) > 0).long().cumsum(dim=-1) == 0  # queries that see no representable key
     assert unseen.any() and (y[unseen] == 0).all()

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .fast_weight_kernels import (
+    BIDIRECTIONAL_SUM_RULE,
     FEATURE_MAPS,
-    bidirectional_sum_rule_with_normalizer_column,
     chunk_delta_rule,
     chunk_fast_weights,
     chunk_sum_rule,
@@ -122,7 +122,7 @@ _SUM_RULE = dict(
     attention_normalization=True,
     chunk=chunk_sum_rule,
     recurrent=recurrent_sum_rule,
-    bidirectional=bidirectional_sum_rule_with_normalizer_column,
+    bidirectional=BIDIRECTIONAL_SUM_RULE,
     encoder_form=ENCODER_BIDIRECTIONAL,
 )
 _DELTA_RULE = dict(
