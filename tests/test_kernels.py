@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import pytest
+import sum_rule_reference
 import torch
 import torch.nn.functional as F
 from conftest import assert_close
-import sum_rule_reference
 
 from fwp_hf import TOKEN_MIXERS
 from fwp_hf import fast_weight_kernels as fwk

@@ -13,15 +13,24 @@ import copy
 import math
 
 import pytest
+import sum_rule_reference
 import torch
 import torch.nn.functional as F
-from conftest import SEQ2SEQ_BASE, LM_VARIANTS, assert_close, layer_types, lm_config, lm_config_from, make_lm, random_ids
-import sum_rule_reference
+from conftest import (
+    LM_VARIANTS,
+    SEQ2SEQ_BASE,
+    assert_close,
+    layer_types,
+    lm_config,
+    lm_config_from,
+    make_lm,
+    random_ids,
+)
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import fwp_hf.fast_weight_kernels as fwk
 from fwp_hf import FEATURE_MAPS, TOKEN_MIXERS
-from fwp_hf.layers_fwp import FWPFastWeightAttention, merge_heads, split_heads
+from fwp_hf.layers_fwp import FWPFastWeightAttention, MixerInputs, merge_heads, split_heads
 from fwp_hf.modeling_fwp_seq2seq import FWPCrossAttention
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -314,7 +323,7 @@ def mixer_calls(model, ids: torch.Tensor) -> list[tuple[FWPFastWeightAttention, 
     calls = []
 
     def record(module, args, kwargs, output):
-        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = (args[0] if args else kwargs["inputs"]).hidden_states
         calls.append((module, hidden.detach(), (output[0] if isinstance(output, tuple) else output).detach()))
 
     hooks = [
@@ -461,7 +470,7 @@ def test_favor_cross_attention_with_large_activations_is_finite_and_computes_the
         out = model(input_ids=random_ids(2, 15, low=3), decoder_input_ids=random_ids(2, 9, seed=2, low=3))
     hook.remove()
     (args, output), = calls
-    target, source = args[0].double(), args[1].double()
+    target, source = args[0].hidden_states.double(), args[0].encoder_hidden_states.double()
     q = split_heads(target @ cross.q_proj.weight.double().T, cross.num_heads)
     k = split_heads(source @ cross.k_proj.weight.double().T, cross.num_heads)
     v = split_heads(source @ cross.v_proj.weight.double().T, cross.num_heads)
@@ -535,7 +544,7 @@ def test_favor_layer_with_a_large_head_equals_the_plain_formula():
     assert fwk.favor_key_log_scale(omega).item() > 5.0  # the regime where the shift's sign matters
     hidden = torch.randn(2, 19, 256, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        y = layer(hidden, token_mask=None, past_key_values=None)
+        y, _ = layer(MixerInputs(hidden))
         q, k, v = layer.qkv_proj(hidden)[..., : layer.qkv_width].split(layer.projection_sizes[:3], dim=-1)
         read = normalized_read_by_hand(favor_by_hand(split_heads(q, 2), omega), favor_by_hand(split_heads(k, 2), omega),
                                        split_heads(v, 2))

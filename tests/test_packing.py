@@ -18,8 +18,10 @@ from pathlib import Path
 
 import datasets
 import pytest
+import sum_rule_reference
 import torch
 import torch.nn.functional as F
+from conftest import LM_VARIANTS, assert_close, make_lm, random_ids, type_variant
 from transformers import (
     DataCollatorWithFlattening,
     Trainer,
@@ -28,8 +30,6 @@ from transformers import (
     default_data_collator,
 )
 
-from conftest import LM_VARIANTS, assert_close, make_lm, random_ids, type_variant
-import sum_rule_reference
 from fwp_hf import fast_weight_kernels as fwk
 from fwp_hf.inputs_fwp import packed_document_ids
 from fwp_hf.training.lm import parse_lm_arguments, run_lm_training

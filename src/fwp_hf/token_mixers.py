@@ -82,6 +82,23 @@ class TokenMixerSpec:
     uses_rotary: bool = False
 
     @property
+    def has_attention_matrix(self) -> bool:
+        """Whether the mixer computes a T×T attention matrix it can return (softmax attention); mixers
+        that hold a fast-weight state have none (their ``attentions`` entries are None)."""
+        return self.layer == SOFTMAX_ATTENTION_LAYER
+
+    def kernel(self, seq_len: int, causal: bool = True) -> Callable[..., Any]:
+        """The kernel a layer of this type runs on `seq_len` new tokens: the order-free form
+        (`bidirectional`) for a non-causal layer (an encoder, cross-attention) whose `encoder_form` is
+        bidirectional; otherwise the chunkwise form for several tokens and the recurrent one for one
+        (a recurrence with no order-free form runs left to right in an encoder too)."""
+        if self.chunk is None:
+            raise ValueError(f"attention type {self.name!r} runs no fast-weight kernel (its layer is {self.layer!r})")
+        if not causal and self.encoder_form == ENCODER_BIDIRECTIONAL:
+            return self.bidirectional
+        return self.chunk if seq_len > 1 else self.recurrent
+
+    @property
     def config_chooses_feature_map(self) -> bool:
         """Whether `config.feature_map` picks this mixer's φ (the delta rules)."""
         return self.layer == FAST_WEIGHT_LAYER and self.feature_map is None
