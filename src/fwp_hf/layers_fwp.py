@@ -2,8 +2,12 @@
 
 Which mixer a layer runs, and with which feature map, gates, normalisation and kernels, comes from
 the registry in `token_mixers.py`; the math comes from `fast_weight_kernels.py`. This file only
-projects, masks and routes between the chunkwise form (training, prefill), the recurrent form
-(one-token decoding) and an encoder's order-free form.
+projects and masks; the registry entry picks the kernel (`TokenMixerSpec.kernel`: chunkwise for
+training and prefill, recurrent for one-token decoding, order-free in an encoder).
+
+Every token mixer has one interface: ``mixer(MixerInputs(...)) -> (y, attention weights or None)``
+(`MixerInputs` holds everything a stack passes; each mixer reads the fields it needs), and whether a
+type has a T×T matrix to return is declared by its registry entry (`TokenMixerSpec.has_attention_matrix`).
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ class FWPCrossAttention(nn.Module):
             )
 
     def _order_free_kernel(self) -> OrderFreeKernel:
-        """The order-free kernel of the registry entry of `cross_attention_type` (sum rules)."""
+        """The order-free kernel of the registry entry of `cross_attention_type` (the sum rules; a
+        non-causal kernel reads a whole source, whatever its length)."""
         return TOKEN_MIXERS[self.kind].kernel(0, causal=False)
 
     def _source_memory(self, inputs: MixerInputs):

@@ -10,7 +10,10 @@ recurrent form with the family signature ``kernel(q, k, v, *, beta=None, log_dec
 initial_state=None, chunk_size=...) -> (y, final_state)``) and one `TokenMixerSpec` entry in
 `TOKEN_MIXERS` below, plus a config in `configs/lm/` and its tests in `tests/conftest.py`'s lists.
 A rule whose per-token inputs are β and/or a log-decay needs no model code: the generic
-fast-weight layer projects the gates the entry names.
+fast-weight layer projects the gates the entry names, and asks the entry which kernel to run
+(`TokenMixerSpec.kernel`). A rule with an order-free form also names it (`bidirectional`, an
+`OrderFreeKernel`: write the fast weights of a whole sequence, read them): encoders then run it, and
+the decoder's cross-attention may use the type.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ class TokenMixerSpec:
         attention_normalization: whether `config.attention_normalization` applies (divide the read
             by z·φ(q), z = Σ φ(k)).
         chunk, recurrent: the chunkwise (training, prefill) and recurrent (decoding) kernels.
-        bidirectional: the order-free kernel an encoder uses, or None.
+        bidirectional: the order-free kernel (`fast_weight_kernels.OrderFreeKernel`: ``write(φ(K), V) -> S``,
+            ``read(φ(Q), S)``) that encoders and the decoder's cross-attention use, or None.
         encoder_form: `ENCODER_BIDIRECTIONAL` or `ENCODER_LEFT_TO_RIGHT` (what a non-causal
             encoder layer of this type computes).
         uses_rotary: the layer needs rotary position embeddings and a 4D attention mask.
