@@ -286,6 +286,20 @@ def test_normalized_sum_rule_matches_linear_attention_formula():
         assert_close_scaled(state[..., -1], k.sum(2), what="normaliser column")
 
 
+def test_order_free_sum_rule_reads_the_whole_sequence_in_two_steps_a_cache_can_split():
+    """`BIDIRECTIONAL_SUM_RULE`: every query reads ``Σ_j φ(q)·φ(k_j) [v_j, 1]`` over all keys (q may be
+    shorter than k); ``write`` then ``read`` give what one call gives; no initial state."""
+    gen = generator(4)
+    q, k = (F.elu(randn(gen, B, H, T, D)) + 1 for T in (5, 11))
+    values = fwk.append_normalizer_column(randn(gen, B, H, 11, DV))
+    expected = (q.double() @ k.double().transpose(-1, -2)) @ values.double()
+    y, state = fwk.BIDIRECTIONAL_SUM_RULE(q, k, values)
+    assert_close_scaled(y, expected.float(), what="order-free read")
+    assert torch.equal(fwk.BIDIRECTIONAL_SUM_RULE.read(q, fwk.BIDIRECTIONAL_SUM_RULE.write(k, values)), y)
+    with pytest.raises(ValueError, match="reads one whole sequence; it takes no initial_state"):
+        fwk.BIDIRECTIONAL_SUM_RULE(q, k, values, initial_state=state)
+
+
 @pytest.mark.parametrize("num_steps", [0, 1, 3])
 def test_fast_weights_match_ba_et_al_loop(num_steps):
     gen, T, decay, lr = generator(3), 13, 0.8, 0.3
