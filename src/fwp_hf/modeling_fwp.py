@@ -136,7 +136,9 @@ class FWPStack(FWPPreTrainedModel):
     """Token embeddings, a stack of blocks and a final RMSNorm: the frame that `FWPModel`, `FWPEncoder`
     and `FWPDecoder` share, with the one stack loop (`run_layers`) and the resolution of the output
     options. `build_layers` builds the blocks (called between the embeddings and the norm, so that
-    modules are created, and randomly initialised, in that order)."""
+    modules are created, and randomly initialised, in that order). ``get/set_input_embeddings`` are
+    transformers' own (they find ``embed_tokens``), as are the heads' input and output embeddings
+    (``model.embed_tokens`` or the base model's, ``lm_head``)."""
 
     # What each block's attention-weights entries are called in the warning about layers without a
     # T×T matrix (one name per entry a block returns; `FWPDecoder`: self- and cross-attention).
@@ -150,12 +152,6 @@ class FWPStack(FWPPreTrainedModel):
         self.norm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
 
     def embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, *names: str) -> torch.Tensor:
         """Checked inputs (`inputs_fwp.validate_token_inputs`; `names` of the two arguments in errors) as
@@ -278,18 +274,6 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
 
     def create_masks_for_generate(self, attention_mask=None, inputs_embeds=None, **kwargs):
         """`generate` asks this for the masks of a compileable cache (`FastWeightStaticCache`): every
