@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import pytest
+import sum_rule_reference
 import torch
 import torch.nn.functional as F
 from conftest import assert_close
@@ -113,7 +114,7 @@ def _sum_case(gen, T, feature_map, log_decay=False, exclusive=False, normalized=
 
     def call(chunked, q, k, v, initial_state, log_decay=None, chunk_size=CHUNK):
         if normalized:
-            return fwk.normalized_sum_rule(
+            return sum_rule_reference.normalized_sum_rule(
                 phi(q), phi(k), v, initial_state=initial_state, chunked=chunked, chunk_size=chunk_size
             )
         kernel = partial(fwk.chunk_sum_rule, chunk_size=chunk_size) if chunked else fwk.recurrent_sum_rule
@@ -292,9 +293,23 @@ def test_normalized_sum_rule_matches_linear_attention_formula():
     scores = (q.double() @ k.double().transpose(-1, -2)).tril()
     expected = (scores @ v.double()) / (scores.sum(-1, keepdim=True) + 1e-6)
     for chunked in (False, True):
-        y, state = fwk.normalized_sum_rule(q, k, v, chunked=chunked, chunk_size=CHUNK)
+        y, state = sum_rule_reference.normalized_sum_rule(q, k, v, chunked=chunked, chunk_size=CHUNK)
         assert_close_scaled(y, expected.float(), what=f"chunked={chunked}")
         assert_close_scaled(state[..., -1], k.sum(2), what="normaliser column")
+
+
+def test_order_free_sum_rule_reads_the_whole_sequence_in_two_steps_a_cache_can_split():
+    """`BIDIRECTIONAL_SUM_RULE`: every query reads ``Σ_j φ(q)·φ(k_j) [v_j, 1]`` over all keys (q may be
+    shorter than k); ``write`` then ``read`` give what one call gives; no initial state."""
+    gen = generator(4)
+    q, k = (F.elu(randn(gen, B, H, T, D)) + 1 for T in (5, 11))
+    values = fwk.append_normalizer_column(randn(gen, B, H, 11, DV))
+    expected = (q.double() @ k.double().transpose(-1, -2)) @ values.double()
+    y, state = fwk.BIDIRECTIONAL_SUM_RULE(q, k, values)
+    assert_close_scaled(y, expected.float(), what="order-free read")
+    assert torch.equal(fwk.BIDIRECTIONAL_SUM_RULE.read(q, fwk.BIDIRECTIONAL_SUM_RULE.write(k, values)), y)
+    with pytest.raises(ValueError, match="reads one whole sequence; it takes no initial_state"):
+        fwk.BIDIRECTIONAL_SUM_RULE(q, k, values, initial_state=state)
 
 
 @pytest.mark.parametrize("num_steps", [0, 1, 3])
@@ -795,7 +810,7 @@ def test_normalized_sum_rule_checks_state_shape():
     q, k, v = _qkv()
     for chunked in (True, False):
         with pytest.raises(ValueError, match="initial_state"):
-            fwk.normalized_sum_rule(q, k, v, initial_state=torch.zeros(B, H, D, DV), chunked=chunked)
+            sum_rule_reference.normalized_sum_rule(q, k, v, initial_state=torch.zeros(B, H, D, DV), chunked=chunked)
 
 
 FW_KERNELS = ["chunk_fast_weights", "recurrent_fast_weights"]

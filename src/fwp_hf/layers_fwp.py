@@ -2,14 +2,19 @@
 
 Which mixer a layer runs, and with which feature map, gates, normalisation and kernels, comes from
 the registry in `token_mixers.py`; the math comes from `fast_weight_kernels.py`. This file only
-projects, masks and routes between the chunkwise form (training, prefill), the recurrent form
-(one-token decoding) and an encoder's order-free form.
+projects and masks; the registry entry picks the kernel (`TokenMixerSpec.kernel`: chunkwise for
+training and prefill, recurrent for one-token decoding, order-free in an encoder).
+
+Every token mixer has one interface: ``mixer(MixerInputs(...)) -> (y, attention weights or None)``
+(`MixerInputs` holds everything a stack passes; each mixer reads the fields it needs), and whether a
+type has a T×T matrix to return is declared by its registry entry (`TokenMixerSpec.has_attention_matrix`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -186,24 +191,58 @@ def attention_function_kwargs(output_attentions: bool) -> dict:
     return {"output_attentions": True} if output_attentions else {}
 
 
-def mixer_output(
-    mixer: nn.Module, hidden_states: torch.Tensor, output_attentions: bool = False, **inputs
+@dataclass
+class MixerInputs:
+    """What every token mixer's ``forward`` takes; each mixer reads the fields it needs and returns
+    ``(y [B, T, hidden], attention weights [B, H, Tq, Tk] or None)``.
+
+    Attributes:
+        hidden_states: ``[B, T, hidden]``, the normalised input of the mixer.
+        token_mask: ``[B, T]`` float, 1 for real tokens and 0 for padding (None without padding):
+            padded tokens write nothing into a fast-weight state.
+        attention_mask_4d: boolean ``[B, 1, T, T_past + T]`` (softmax layers; `inputs_fwp.softmax_attention_mask`).
+        position_embeddings: rotary ``(cos, sin)``, each ``[B, 1, T, head_dim]`` (softmax layers).
+        cache: the `Cache` whose layer ``layer_idx`` the mixer reads and updates (a decoder's
+            cross-attention gets the cross-attention half), or None.
+        output_attentions: return the T×T weights where the mixer has them (softmax under eager attention).
+        document_ids: ``[B, T]`` packed documents (`inputs_fwp.packed_document_ids`): fast-weight
+            mixers start every document from an empty state (softmax layers see them in the mask).
+        encoder_hidden_states: cross-attention: the source it reads, ``[B, S, hidden]``.
+        encoder_token_mask: cross-attention: ``[B, S]``, 1 for real source tokens (None without padding).
+    """
+
+    hidden_states: torch.Tensor
+    token_mask: torch.Tensor | None = None
+    attention_mask_4d: torch.Tensor | None = None
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+    cache: Cache | None = None
+    output_attentions: bool = False
+    document_ids: torch.Tensor | None = None
+    encoder_hidden_states: torch.Tensor | None = None
+    encoder_token_mask: torch.Tensor | None = None
+
+    def cache_layer(self, layer_idx: int):
+        """The mixer's layer of `cache` (None without a cache)."""
+        return self.cache.layers[layer_idx] if self.cache is not None else None
+
+
+def residual_mix(
+    mixer: nn.Module, norm: nn.Module, hidden_states: torch.Tensor, **inputs
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run a token mixer: ``(output, attention weights or None)``. Softmax attention
-    (``has_attention_matrix``) returns both; fast-weight mixers return their output only."""
-    if getattr(mixer, "has_attention_matrix", False):
-        return mixer(hidden_states, output_attentions=output_attentions, **inputs)
-    return mixer(hidden_states, **inputs), None
+    """``(x + mixer(norm(x)), the mixer's attention weights or None)``; `inputs` are the other
+    `MixerInputs` fields."""
+    mixed, weights = mixer(MixerInputs(norm(hidden_states), **inputs))
+    return hidden_states + mixed, weights
 
 
-def warn_layers_without_attention_matrix(layers: list[tuple[str, nn.Module]], where: str) -> None:
+def warn_layers_without_attention_matrix(attention_types: list[str], where: str) -> None:
     """Say once (per set of layers) which layers have no T×T attention matrix to return.
 
-    `layers` holds ``(label, module)`` pairs, in the order of the ``attentions`` tuple; a module has a
-    matrix when it has ``has_attention_matrix = True`` (softmax attention). Fast-weight mixers hold a
-    fixed-size state instead: their entries are None.
+    `attention_types` holds the type of each layer, in the order of the ``attentions`` tuple; the
+    registry entry says whether that type has a matrix (`TokenMixerSpec.has_attention_matrix`).
+    Fast-weight mixers hold a fixed-size state instead: their entries are None.
     """
-    missing = [label for label, module in layers if not getattr(module, "has_attention_matrix", False)]
+    missing = [f"{i} ({kind})" for i, kind in enumerate(attention_types) if not TOKEN_MIXERS[kind].has_attention_matrix]
     if missing:
         logger.warning_once(
             f"output_attentions=True: {where} {', '.join(missing)} have no T×T attention matrix (fast-weight "
@@ -223,8 +262,6 @@ class FWPSoftmaxAttention(nn.Module):
     SDPA by default, or ``"eager"``, which also returns the attention weights ``[B, H, Tq, Tk]``.
     Returns ``(output, weights)``; weights are None under SDPA.
     """
-
-    has_attention_matrix = True
 
     def __init__(
         self, config: FWPConfig, layer_idx: int, attention_type: str | None = None, is_causal: bool = True
@@ -250,30 +287,24 @@ class FWPSoftmaxAttention(nn.Module):
         self.q_norm = FWPRMSNorm(self.head_dim, eps=config.rms_norm_eps) if options.qk_norm else None
         self.k_norm = FWPRMSNorm(self.head_dim, eps=config.rms_norm_eps) if options.qk_norm else None
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        attention_mask_4d: torch.Tensor | None,
-        past_key_values: Cache | None,
-        output_attentions: bool = False,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        cos, sin = position_embeddings
+    def forward(self, inputs: MixerInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden_states = inputs.hidden_states
+        cos, sin = inputs.position_embeddings
         q = split_heads(self.q_proj(hidden_states), self.num_heads)
         k = split_heads(self.k_proj(hidden_states), self.num_key_value_heads)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         v = split_heads(self.v_proj(hidden_states), self.num_key_value_heads)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if inputs.cache is not None:
+            k, v = inputs.cache.update(k, v, self.layer_idx)
         # attention_mask_4d is None only without padding and without past tokens.
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
         y, weights = attention_interface(
-            self, q, k, v, attention_mask_4d, scaling=self.scaling, **attention_function_kwargs(output_attentions)
+            self, q, k, v, inputs.attention_mask_4d, scaling=self.scaling,
+            **attention_function_kwargs(inputs.output_attentions),
         )
         return self.o_proj(y.reshape(*hidden_states.shape[:2], -1)), weights
 
@@ -435,29 +466,32 @@ class FWPFastWeightAttention(nn.Module):
             gates[name] = gate if token_mask is None else gate * token_mask[:, None, :]
         return gates
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        token_mask: torch.Tensor | None,
-        past_key_values: Cache | None,
-        document_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        """``document_ids`` ``[B, T]`` (packed documents, `inputs_fwp.packed_document_ids`): the short
-        convolution and the kernel start every document from an empty window and state."""
-        if self.training and self.feature_map.redraw:
-            self.feature_map.redraw_projection()
-        seq_len = hidden_states.shape[1]
-        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
-        projections = self.qkv_proj(hidden_states)
-        qkv = projections[..., : self.qkv_width]
-        if self.qkv_conv is not None:
-            if token_mask is not None:  # padding must not enter the convolution window of later tokens
-                qkv = qkv * token_mask[..., None].to(qkv.dtype)
-            qkv, conv_window = self.qkv_conv(qkv, cache_layer.conv_window if cache_layer is not None else None,
-                                             seq_idx=document_ids)
-            if cache_layer is not None:
-                cache_layer.update_conv_window(conv_window)
+    def _project(self, inputs: MixerInputs, cache_layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One matmul for everything projected from x: ``(q|k|v [B, T, qkv_width], gate logits
+        [B, T, H·len(gates)], output-gate logits [B, T, H·d_v] (empty without ``output_gate``))``; q, k, v
+        then pass the short convolution (`_short_conv`)."""
+        projections = self.qkv_proj(inputs.hidden_states)
+        gate_end = self.qkv_width + self.num_heads * len(self.gates)
+        qkv = self._short_conv(projections[..., : self.qkv_width], inputs, cache_layer)
+        return qkv, projections[..., self.qkv_width : gate_end], projections[..., gate_end:]
+
+    def _short_conv(self, qkv: torch.Tensor, inputs: MixerInputs, cache_layer) -> torch.Tensor:
+        """The causal depthwise convolution over q, k, v (``use_short_conv``), continuing the cache's
+        window and starting every packed document from an empty one; identity without a convolution."""
+        if self.qkv_conv is None:
+            return qkv
+        if inputs.token_mask is not None:  # padding must not enter the convolution window of later tokens
+            qkv = qkv * inputs.token_mask[..., None].to(qkv.dtype)
+        window = cache_layer.conv_window if cache_layer is not None else None
+        qkv, window = self.qkv_conv(qkv, window, seq_idx=inputs.document_ids)
+        if cache_layer is not None:
+            cache_layer.update_conv_window(window)
+        return qkv
+
+    def _heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(qk [B, 2H, T, d_k], v [B, H, T, d_v])``: q's heads, then k's, stacked for one φ call;
+        v through ``value_activation``; per-head q/k RMSNorm (``use_qk_norm``); k and v repeated for their
+        group of query heads when they have fewer heads than q."""
         qk_width = self.query_width + self.key_width
         v = qkv[..., qk_width:]
         if self.value_activation is not None:
@@ -465,38 +499,60 @@ class FWPFastWeightAttention(nn.Module):
         v = split_heads(v, self.num_kv_heads)
         if self.q_norm is None and self.kv_groups == 1:
             # q and k as one view (the heads of q, then those of k): φ maps both in one call, fewer ops per token
-            qk = split_heads(qkv[..., :qk_width], 2 * self.num_heads)
-        else:
-            q = split_heads(qkv[..., : self.query_width], self.num_heads)
-            k = split_heads(qkv[..., self.query_width : qk_width], self.num_kv_heads)
-            if self.q_norm is not None:
-                q, k = self.q_norm(q), self.k_norm(k)
-            if self.kv_groups > 1:
-                k, v = k.repeat_interleave(self.kv_groups, dim=1), v.repeat_interleave(self.kv_groups, dim=1)
-            qk = torch.cat([q, k], dim=1)
-        q, k, read_log_scale = self._features(qk)
-        gate_end = self.qkv_width + self.num_heads * len(self.gates)
-        gates = self._gates(projections[..., self.qkv_width : gate_end], token_mask)
-        if token_mask is not None and "beta" not in gates:
-            k = k * token_mask[:, None, :, None].to(k.dtype)  # a zero key writes nothing into S nor the normaliser
-        initial_state = cache_layer.state if cache_layer is not None else None
-        if self.bidirectional:
-            kernel = self.spec.bidirectional
-        else:
-            kernel = self.spec.chunk if seq_len > 1 else self.spec.recurrent
+            return split_heads(qkv[..., :qk_width], 2 * self.num_heads), v
+        q = split_heads(qkv[..., : self.query_width], self.num_heads)
+        k = split_heads(qkv[..., self.query_width : qk_width], self.num_kv_heads)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.kv_groups > 1:
+            k, v = k.repeat_interleave(self.kv_groups, dim=1), v.repeat_interleave(self.kv_groups, dim=1)
+        return torch.cat([q, k], dim=1), v
+
+    def _program_and_read(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: dict[str, torch.Tensor],
+        read_log_scale: torch.Tensor | None, inputs: MixerInputs, cache_layer,
+    ) -> torch.Tensor:
+        """Write the fast weights and read them with the kernel the registry entry picks
+        (`TokenMixerSpec.kernel`), from the cached state; ``[B, H, T, d_v]``. A normalised read carries
+        its normaliser ``z`` as a value column of ones and is divided by ``z·φ(q)`` afterwards."""
+        seq_len = q.shape[2]
+        if inputs.token_mask is not None and "beta" not in gates:
+            # a zero key writes nothing into S nor the normaliser
+            k = k * inputs.token_mask[:, None, :, None].to(k.dtype)
+        kernel = self.spec.kernel(seq_len, causal=self.is_causal)
         values = append_normalizer_column(v) if self.normalize_attention else v
-        documents = {} if document_ids is None else {"seq_idx": document_ids}  # the encoder's kernel takes none
+        # the encoder's order-free kernel takes no documents
+        documents = {} if inputs.document_ids is None else {"seq_idx": inputs.document_ids}
+        initial_state = cache_layer.state if cache_layer is not None else None
         y, state = kernel(q, k, values, initial_state=initial_state, chunk_size=self.chunk_size, **gates, **documents)
         if self.normalize_attention:
             y = divide_by_normalizer(y, v.dtype, log_scale=read_log_scale)
         if cache_layer is not None:
             cache_layer.update_state(state, seq_len)
-        y = y.to(hidden_states.dtype)
+        return y
+
+    def _read_out(self, y: torch.Tensor, output_gate_logits: torch.Tensor) -> torch.Tensor:
+        """``o_proj`` of the read ``[B, H, T, d_v]``, per head RMS-normalised (``output_norm``) and gated by
+        SiLU(W_g x) (``output_gate``)."""
         if self.o_norm is not None:
             y = self.o_norm(y)
         if self.output_gate:
-            y = y * F.silu(split_heads(projections[..., gate_end:], self.num_heads))
+            y = y * F.silu(split_heads(output_gate_logits, self.num_heads))
         return self.o_proj(merge_heads(y))
+
+    def forward(self, inputs: MixerInputs) -> tuple[torch.Tensor, None]:
+        """``(y [B, T, hidden], None)``: a fast-weight layer has no T×T attention matrix. With
+        ``inputs.document_ids`` (packed documents) the short convolution and the kernel start every
+        document from an empty window and state."""
+        if self.training and self.feature_map.redraw:
+            self.feature_map.redraw_projection()
+        cache_layer = inputs.cache_layer(self.layer_idx)
+        qkv, gate_logits, output_gate_logits = self._project(inputs, cache_layer)
+        qk, v = self._heads(qkv)
+        q, k, read_log_scale = self._features(qk)
+        gates = self._gates(gate_logits, inputs.token_mask)
+        y = self._program_and_read(q, k, v, gates, read_log_scale, inputs, cache_layer)
+        return self._read_out(y.to(inputs.hidden_states.dtype), output_gate_logits), None
 
 
 class FWPBaFastWeights(nn.Module):
@@ -523,31 +579,26 @@ class FWPBaFastWeights(nn.Module):
         self.inner_norm = nn.LayerNorm(config.head_dim)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        token_mask: torch.Tensor | None,
-        past_key_values: Cache | None,
-        document_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        """``document_ids`` ``[B, T]``: packed documents, each read from an empty memory."""
+    def forward(self, inputs: MixerInputs) -> tuple[torch.Tensor, None]:
+        """``(y [B, T, hidden], None)``; ``inputs.document_ids`` ``[B, T]``: packed documents, each read
+        from an empty memory."""
+        hidden_states = inputs.hidden_states
         seq_len = hidden_states.shape[1]
         drive = split_heads(self.drive_proj(hidden_states), self.num_heads)
         mask = None
-        if token_mask is not None:
-            mask = token_mask[:, None, :].expand(-1, self.num_heads, -1)
-        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        if inputs.token_mask is not None:
+            mask = inputs.token_mask[:, None, :].expand(-1, self.num_heads, -1)
+        cache_layer = inputs.cache_layer(self.layer_idx)
         initial_state = cache_layer.state if cache_layer is not None else None
-        kernel = self.spec.chunk if seq_len > 1 else self.spec.recurrent
+        kernel = self.spec.kernel(seq_len)  # a recurrence with no order-free form: left to right in an encoder too
         y, state = kernel(
             drive, ln_weight=self.inner_norm.weight.float(), ln_bias=self.inner_norm.bias.float(), decay=self.decay,
             learning_rate=self.learning_rate, num_steps=self.inner_steps, initial_state=initial_state, mask=mask,
-            chunk_size=self.chunk_size, seq_idx=document_ids,
+            chunk_size=self.chunk_size, seq_idx=inputs.document_ids,
         )
         if cache_layer is not None:
             cache_layer.update_state(state, seq_len)
-        return self.o_proj(merge_heads(y.to(hidden_states.dtype)))
+        return self.o_proj(merge_heads(y.to(hidden_states.dtype))), None
 
 
 # The module class of each `TokenMixerSpec.layer`.
@@ -580,31 +631,25 @@ class FWPBlock(GradientCheckpointingLayer):
         self.post_attention_layernorm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = FWPMLP(config)
 
+    def attention_types(self) -> tuple[str, ...]:
+        """The attention type behind each attention-weights entry `forward` returns."""
+        return (self.attention_type,)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
-        token_mask: torch.Tensor | None = None,
-        attention_mask_4d: torch.Tensor | None = None,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         past_key_values: Cache | None = None,
         output_attentions: bool = False,
-        document_ids: torch.Tensor | None = None,
-        **kwargs,
+        **mixer_inputs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns ``(hidden_states, attention weights)``: the weights ``[B, H, Tq, Tk]`` of a softmax
         mixer under ``attn_implementation="eager"``, else None (SDPA, or a mixer without a T×T matrix).
-        ``document_ids`` ``[B, T]``: packed documents (softmax layers see them in ``attention_mask_4d``)."""
-        mixed, attn_weights = mixer_output(
-            self.mixer,
-            self.input_layernorm(hidden_states),
-            token_mask=token_mask,
-            attention_mask_4d=attention_mask_4d,
-            position_embeddings=position_embeddings,
-            past_key_values=past_key_values,
-            output_attentions=output_attentions,
-            document_ids=document_ids,
+        `mixer_inputs`: the other `MixerInputs` fields the stack prepares (`inputs_fwp.prepare_mixer_inputs`:
+        token mask, 4D mask, rotary tables, packed ``document_ids``)."""
+        hidden_states, attn_weights = residual_mix(
+            self.mixer, self.input_layernorm, hidden_states, cache=past_key_values,
+            output_attentions=output_attentions, **mixer_inputs,
         )
-        hidden_states = hidden_states + mixed
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), attn_weights
 
 
@@ -617,10 +662,12 @@ __all__ = [
     "FWPShortConvolution",
     "FWPSoftmaxAttention",
     "MIXER_LAYERS",
+    "MixerInputs",
     "apply_rotary",
     "build_token_mixer",
     "eager_attention_forward",
     "merge_heads",
+    "residual_mix",
     "rotary_cos_sin",
     "split_heads",
 ]

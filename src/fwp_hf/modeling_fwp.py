@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -114,23 +116,101 @@ class FWPPreTrainedModel(PreTrainedModel):
             init.copy_(module.dt_bias, dt_bias.to(module.dt_bias.device))
 
 
-class FWPModel(FWPPreTrainedModel):
-    """The bare FWP decoder: embeddings, `num_hidden_layers` blocks and a final RMSNorm."""
+@dataclass
+class StackOutput:
+    """What `run_stack` returns.
 
-    def __init__(self, config: FWPConfig) -> None:
+    Attributes:
+        last_hidden_state: ``[B, T, hidden]``, after the final norm.
+        hidden_states: with ``output_hidden_states``, ``num_layers + 1`` entries: the input of every
+            block, then the final normalised output (as transformers' models return them); else None.
+        attentions: one entry per attention the blocks return (self-attention; a decoder's blocks also
+            cross-attention): with ``output_attentions`` a tuple of ``num_layers`` weights (None for a
+            layer without a T×T matrix), else None.
+    """
+
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[tuple[torch.Tensor | None, ...] | None, ...]
+
+
+class FWPStack(FWPPreTrainedModel):
+    """Token embeddings, a stack of blocks and a final RMSNorm: the frame that `FWPModel`, `FWPEncoder`
+    and `FWPDecoder` share, with the one stack loop (`run_layers`) and the resolution of the output
+    options. `build_layers` builds the blocks (called between the embeddings and the norm, so that
+    modules are created, and randomly initialised, in that order). ``get/set_input_embeddings`` are
+    transformers' own (they find ``embed_tokens``), as are the heads' input and output embeddings
+    (``model.embed_tokens`` or the base model's, ``lm_head``)."""
+
+    # What each block's attention-weights entries are called in the warning about layers without a
+    # T×T matrix (one name per entry a block returns; `FWPDecoder`: self- and cross-attention).
+    attention_names: tuple[str, ...] = ("layers",)
+
+    def __init__(self, config: FWPConfig, build_layers: Callable[[], list[nn.Module]]) -> None:
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.layers = nn.ModuleList([FWPBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList(build_layers())
         self.norm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
+    def embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, *names: str) -> torch.Tensor:
+        """Checked inputs (`inputs_fwp.validate_token_inputs`; `names` of the two arguments in errors) as
+        embeddings ``[B, T, hidden]``."""
+        validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens, *names)
+        return self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
+    def output_options(
+        self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+    ) -> tuple[bool, bool, bool]:
+        """``(output_attentions, output_hidden_states, return_dict)``: the call's, else the config's."""
+        config = self.config
+        return (
+            config.output_attentions if output_attentions is None else output_attentions,
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.return_dict if return_dict is None else return_dict,
+        )
+
+    def wants_cache(self, use_cache: bool | None) -> bool:
+        """The call's ``use_cache``, else the config's; never while training with gradient checkpointing
+        (recomputing a block would update its cache a second time)."""
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        return use_cache and not (self.gradient_checkpointing and self.training)
+
+    def run_layers(
+        self, hidden_states: torch.Tensor, *, output_attentions: bool, output_hidden_states: bool, **layer_inputs
+    ) -> StackOutput:
+        """Run the blocks in order, then the final norm, collecting what ``output_hidden_states`` /
+        ``output_attentions`` ask for.
+
+        Every block is called as ``block(hidden_states, output_attentions=..., **layer_inputs)`` and returns
+        ``(hidden_states, *attention weights)``, one weights entry per attention it runs, whose types it
+        names in ``block.attention_types()`` (the registry says which have a T×T matrix).
+        """
+        all_hidden_states, all_weights = [], [[] for _ in self.attention_names]
+        for layer in self.layers:
+            all_hidden_states.append(hidden_states)
+            hidden_states, *weights = layer(hidden_states, output_attentions=output_attentions, **layer_inputs)
+            for collected, entry in zip(all_weights, weights, strict=True):
+                collected.append(entry)
+        if output_attentions:
+            for index, where in enumerate(self.attention_names):
+                warn_layers_without_attention_matrix([layer.attention_types()[index] for layer in self.layers], where)
+        hidden_states = self.norm(hidden_states)
+        all_hidden_states.append(hidden_states)
+        return StackOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(tuple(collected) if output_attentions else None for collected in all_weights),
+        )
+
+
+class FWPModel(FWPStack):
+    """The bare FWP decoder: embeddings, `num_hidden_layers` blocks and a final RMSNorm."""
+
+    def __init__(self, config: FWPConfig) -> None:
+        super().__init__(config, lambda: [FWPBlock(config, i) for i in range(config.num_hidden_layers)])
 
     def forward(
         self,
@@ -160,18 +240,11 @@ class FWPModel(FWPPreTrainedModel):
         The cache may be passed as ``cache`` (transformers ≥ 5.24's name) or ``past_key_values``; the output holds
         it under the name the running transformers declares (`compat_fwp`)."""
         past_key_values = cache_argument(cache, past_key_values)
-        validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.gradient_checkpointing and self.training:
-            use_cache = False
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        inputs_embeds = self.embed(input_ids, inputs_embeds)
+        use_cache = self.wants_cache(use_cache)
+        output_attentions, output_hidden_states, return_dict = self.output_options(
+            output_attentions, output_hidden_states, return_dict
         )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
         kinds = self.config.layer_attention_types
         past_key_values = prepare_fast_weight_cache(past_key_values, kinds, use_cache)
         past_length = past_key_values.get_seq_length if past_key_values is not None else 0  # asked where needed
@@ -179,30 +252,15 @@ class FWPModel(FWPPreTrainedModel):
         mixer_inputs = prepare_mixer_inputs(self.config, kinds, attention_mask, position_ids, inputs_embeds, past_length,
                                             packing=packing)
 
-        hidden_states = inputs_embeds
-        all_hidden_states = [] if output_hidden_states else None
-        all_attentions = [] if output_attentions else None
-        for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            hidden_states, attn_weights = layer(
-                hidden_states, past_key_values=past_key_values, output_attentions=output_attentions, **mixer_inputs
-            )
-            if output_attentions:
-                all_attentions.append(attn_weights)
-        if output_attentions:
-            warn_layers_without_attention_matrix(
-                [(f"{i} ({layer.attention_type})", layer.mixer) for i, layer in enumerate(self.layers)], "layers"
-            )
-        hidden_states = self.norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states.append(hidden_states)
-
+        stack = self.run_layers(
+            inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            past_key_values=past_key_values, **mixer_inputs,
+        )
         output = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
+            last_hidden_state=stack.last_hidden_state,
             **cache_field(BaseModelOutputWithPast, past_key_values if use_cache else None),
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
+            hidden_states=stack.hidden_states,
+            attentions=stack.attentions[0],
         )
         return output if return_dict else output.to_tuple()
 
@@ -218,18 +276,6 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
 
     def create_masks_for_generate(self, attention_mask=None, inputs_embeds=None, **kwargs):
         """`generate` asks this for the masks of a compileable cache (`FastWeightStaticCache`): every
@@ -296,4 +342,4 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["AUTO_MAP", "MODEL_CODE_FILES", "FWPPreTrainedModel", "FWPModel", "FWPForCausalLM"]
+__all__ = ["AUTO_MAP", "MODEL_CODE_FILES", "FWPPreTrainedModel", "FWPModel", "FWPForCausalLM", "FWPStack", "StackOutput"]

@@ -30,22 +30,22 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .cache_fwp import prepare_fast_weight_cache
 from .compat_fwp import cache_argument, cache_field, output_cache
 from .configuration_fwp import FWPConfig
-from .fast_weight_kernels import bidirectional_sum_rule_state, sum_rule_read
-from .inputs_fwp import padding_mask_2d, prepare_mixer_inputs, token_mask_from_padding, validate_token_inputs
+from .fast_weight_kernels import OrderFreeKernel, append_normalizer_column, divide_by_normalizer
+from .inputs_fwp import padding_mask_2d, prepare_mixer_inputs, token_mask_from_padding
 from .layers_fwp import (
     FWPMLP,
     FWPBlock,
     FWPRMSNorm,
+    MixerInputs,
     attention_function_kwargs,
     build_feature_map,
     build_token_mixer,
     eager_attention_forward,
     merge_heads,
-    mixer_output,
+    residual_mix,
     split_heads,
-    warn_layers_without_attention_matrix,
 )
-from .modeling_fwp import MODEL_CODE_FILES, FWPPreTrainedModel
+from .modeling_fwp import MODEL_CODE_FILES, FWPPreTrainedModel, FWPStack
 from .token_mixers import TOKEN_MIXERS
 
 SEQ2SEQ_MODEL_CODE_FILES = (*MODEL_CODE_FILES, "modeling_fwp_seq2seq.py")
@@ -97,56 +97,67 @@ class FWPCrossAttention(nn.Module):
             self.feature_map = build_feature_map(config, TOKEN_MIXERS[self.kind], config.head_dim, layer_idx,
                                                  allow_redraw=False)
 
-    def _source_memory(self, encoder_hidden_states: torch.Tensor, encoder_token_mask: torch.Tensor | None):
-        k = split_heads(self.k_proj(encoder_hidden_states), self.num_heads)
-        v = split_heads(self.v_proj(encoder_hidden_states), self.num_heads)
+    def _order_free_kernel(self) -> OrderFreeKernel:
+        """The order-free kernel of the registry entry of `cross_attention_type` (the sum rules; a
+        non-causal kernel reads a whole source, whatever its length)."""
+        return TOKEN_MIXERS[self.kind].kernel(0, causal=False)
+
+    def _source_memory(self, inputs: MixerInputs):
+        """The encoder side, computed once per source: softmax keys and values ``[B, H, S, d]``, or the
+        fast weights ``S = write(φ(K), [V, 1])`` ``[B, H, d_dot, d + 1]`` (padded source tokens write
+        nothing; φ(k) is shifted so that φ(q)·φ(k) cannot overflow, FAVOR+)."""
+        k = split_heads(self.k_proj(inputs.encoder_hidden_states), self.num_heads)
+        v = split_heads(self.v_proj(inputs.encoder_hidden_states), self.num_heads)
         if not self.uses_fast_weights:
             return k, v
-        k = self.feature_map.key_features(k)  # shifted so that φ(q)·φ(k) cannot overflow (FAVOR+)
-        if encoder_token_mask is not None:
-            k = k * encoder_token_mask[:, None, :, None].to(k.dtype)  # padded source tokens write nothing
-        return bidirectional_sum_rule_state(k, v, normalize=True)
+        k = self.feature_map.key_features(k)
+        if inputs.encoder_token_mask is not None:
+            k = k * inputs.encoder_token_mask[:, None, :, None].to(k.dtype)
+        return self._order_free_kernel().write(k, append_normalizer_column(v))
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_token_mask: torch.Tensor | None,
-        cross_attention_cache: Cache | None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        cache_layer = cross_attention_cache.layers[self.layer_idx] if cross_attention_cache is not None else None
-        weights = None
-        if not self.uses_fast_weights:
-            if cache_layer is not None and cache_layer.keys is not None:
-                k, v = cache_layer.keys, cache_layer.values
-            else:
-                k, v = self._source_memory(encoder_hidden_states, encoder_token_mask)
-                if cache_layer is not None:
-                    cache_layer.update(k, v)
-            q = split_heads(self.q_proj(hidden_states), self.num_heads)
-            mask = None
-            if encoder_token_mask is not None:
-                mask = encoder_token_mask[:, None, None, :].bool()
-            # Written out in this module (not behind a helper): transformers' _can_set_attn_implementation
-            # allows set_attn_implementation only when a module's source contains this call.
-            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-                self.config._attn_implementation, eager_attention_forward
-            )
-            y, weights = attention_interface(
-                self, q, k, v, mask, scaling=self.scaling, **attention_function_kwargs(output_attentions)
-            )
-            y = y.transpose(1, 2)  # back to [B, H, T, d], as the fast-weight read returns it
+    def _softmax_read(self, inputs: MixerInputs, cache_layer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``softmax(q kᵀ/√d) v`` over the unpadded source tokens: ``(y [B, H, T, d], weights or None)``."""
+        if cache_layer is not None and cache_layer.keys is not None:
+            k, v = cache_layer.keys, cache_layer.values
         else:
-            if cache_layer is not None and cache_layer.state is not None:
-                state = cache_layer.state
-            else:
-                state = self._source_memory(encoder_hidden_states, encoder_token_mask)
-                if cache_layer is not None:
-                    cache_layer.update_state(state, encoder_hidden_states.shape[1])
-            q, log_scale = self.feature_map.query_features(split_heads(self.q_proj(hidden_states), self.num_heads))
-            y = sum_rule_read(q, state, normalize=True, log_scale=log_scale)
-        return self.o_proj(merge_heads(y.to(hidden_states.dtype))), weights
+            k, v = self._source_memory(inputs)
+            if cache_layer is not None:
+                cache_layer.update(k, v)
+        q = split_heads(self.q_proj(inputs.hidden_states), self.num_heads)
+        mask = None
+        if inputs.encoder_token_mask is not None:
+            mask = inputs.encoder_token_mask[:, None, None, :].bool()
+        # Written out in this module (not behind a helper): transformers' _can_set_attn_implementation
+        # allows set_attn_implementation only when a module's source contains this call.
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        y, weights = attention_interface(
+            self, q, k, v, mask, scaling=self.scaling, **attention_function_kwargs(inputs.output_attentions)
+        )
+        return y.transpose(1, 2), weights  # back to [B, H, T, d], as the fast-weight read returns it
+
+    def _fast_weight_read(self, inputs: MixerInputs, cache_layer) -> torch.Tensor:
+        """``φ(q)ᵀS / (z·φ(q) + ε)`` from the source's fast weights: ``[B, H, T, d]``."""
+        if cache_layer is not None and cache_layer.state is not None:
+            state = cache_layer.state
+        else:
+            state = self._source_memory(inputs)
+            if cache_layer is not None:
+                cache_layer.update_state(state, inputs.encoder_hidden_states.shape[1])
+        q, log_scale = self.feature_map.query_features(split_heads(self.q_proj(inputs.hidden_states), self.num_heads))
+        y = self._order_free_kernel().read(q.float(), state)  # fp32: divided before any rounding
+        return divide_by_normalizer(y, q.dtype, log_scale=log_scale)
+
+    def forward(self, inputs: MixerInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Reads ``inputs.encoder_hidden_states`` (``encoder_token_mask``: padded source tokens) from the
+        decoder's ``inputs.hidden_states``; ``inputs.cache`` is the cross-attention half of the cache."""
+        cache_layer = inputs.cache_layer(self.layer_idx)
+        if self.uses_fast_weights:
+            y, weights = self._fast_weight_read(inputs, cache_layer), None
+        else:
+            y, weights = self._softmax_read(inputs, cache_layer)
+        return self.o_proj(merge_heads(y.to(inputs.hidden_states.dtype))), weights
 
 
 class FWPSeq2SeqDecoderLayer(GradientCheckpointingLayer):
@@ -162,35 +173,32 @@ class FWPSeq2SeqDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = FWPMLP(config)
 
+    def attention_types(self) -> tuple[str, ...]:
+        """The attention type behind each attention-weights entry `forward` returns (self, cross)."""
+        return self.attention_type, self.cross_attn.kind
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_token_mask: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
-        attention_mask_4d: torch.Tensor | None = None,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         past_key_values: Cache | None = None,
         cross_attention_cache: Cache | None = None,
         output_attentions: bool = False,
+        **mixer_inputs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns ``(hidden_states, self-attention weights, cross-attention weights)``; the weights
-        are None unless the (cross-)attention is softmax and runs eagerly."""
-        mixed, self_weights = mixer_output(
-            self.mixer,
-            self.input_layernorm(hidden_states),
-            token_mask=token_mask,
-            attention_mask_4d=attention_mask_4d,
-            position_embeddings=position_embeddings,
-            past_key_values=past_key_values,
-            output_attentions=output_attentions,
+        are None unless the (cross-)attention is softmax and runs eagerly. `mixer_inputs`: the self
+        mixer's other `MixerInputs` fields (`inputs_fwp.prepare_mixer_inputs`)."""
+        hidden_states, self_weights = residual_mix(
+            self.mixer, self.input_layernorm, hidden_states, cache=past_key_values,
+            output_attentions=output_attentions, **mixer_inputs,
         )
-        hidden_states = hidden_states + mixed
-        crossed, cross_weights = self.cross_attn(
-            self.cross_attention_layernorm(hidden_states), encoder_hidden_states, encoder_token_mask,
-            cross_attention_cache, output_attentions=output_attentions,
+        hidden_states, cross_weights = residual_mix(
+            self.cross_attn, self.cross_attention_layernorm, hidden_states, cache=cross_attention_cache,
+            output_attentions=output_attentions, encoder_hidden_states=encoder_hidden_states,
+            encoder_token_mask=encoder_token_mask,
         )
-        hidden_states = hidden_states + crossed
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), self_weights, cross_weights
 
 
@@ -205,24 +213,16 @@ def _source_token_mask(attention_mask: torch.Tensor | dict | None, batch: int, l
     return token_mask_from_padding(mask)
 
 
-class FWPEncoder(FWPPreTrainedModel):
+class FWPEncoder(FWPStack):
     """The encoder stack: embeddings, `num_hidden_layers` non-causal blocks, final RMSNorm."""
 
+    attention_names = ("encoder layers",)
+
     def __init__(self, config: FWPConfig) -> None:
-        super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList(
-            [FWPBlock(config, i, kind, is_causal=False) for i, kind in enumerate(config.layer_attention_types)]
+        super().__init__(
+            config,
+            lambda: [FWPBlock(config, i, kind, is_causal=False) for i, kind in enumerate(config.layer_attention_types)],
         )
-        self.norm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.gradient_checkpointing = False
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
 
     def forward(
         self,
@@ -236,55 +236,30 @@ class FWPEncoder(FWPPreTrainedModel):
     ) -> BaseModelOutput | tuple:
         """``attentions`` (with ``output_attentions=True``): one entry per encoder layer, as in
         `FWPModel.forward` (non-causal weights for softmax layers under eager attention)."""
-        validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        inputs_embeds = self.embed(input_ids, inputs_embeds)
+        output_attentions, output_hidden_states, return_dict = self.output_options(
+            output_attentions, output_hidden_states, return_dict
         )
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
         mixer_inputs = prepare_mixer_inputs(
             self.config, self.config.layer_attention_types, attention_mask, None, inputs_embeds, 0, causal=False
         )
-        hidden_states, all_hidden_states, all_attentions = inputs_embeds, [], []
-        for layer in self.layers:
-            all_hidden_states.append(hidden_states)
-            hidden_states, attn_weights = layer(
-                hidden_states, past_key_values=None, output_attentions=output_attentions, **mixer_inputs
-            )
-            all_attentions.append(attn_weights)
-        if output_attentions:
-            warn_layers_without_attention_matrix(
-                [(f"{i} ({layer.attention_type})", layer.mixer) for i, layer in enumerate(self.layers)],
-                "encoder layers",
-            )
-        hidden_states = self.norm(hidden_states)
-        all_hidden_states.append(hidden_states)
+        stack = self.run_layers(
+            inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            past_key_values=None, **mixer_inputs,
+        )
         output = BaseModelOutput(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
+            last_hidden_state=stack.last_hidden_state, hidden_states=stack.hidden_states, attentions=stack.attentions[0]
         )
         return output if return_dict else output.to_tuple()
 
 
-class FWPDecoder(FWPPreTrainedModel):
+class FWPDecoder(FWPStack):
     """The decoder stack: embeddings, `num_decoder_layers` blocks with cross-attention, final RMSNorm."""
 
+    attention_names = ("decoder layers", "cross-attention layers")
+
     def __init__(self, config: FWPConfig) -> None:
-        super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList([FWPSeq2SeqDecoderLayer(config, i) for i in range(config.num_decoder_layers)])
-        self.norm = FWPRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.gradient_checkpointing = False
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
+        super().__init__(config, lambda: [FWPSeq2SeqDecoderLayer(config, i) for i in range(config.num_decoder_layers)])
 
     def _prepare_caches(self, past_key_values: Cache | None, use_cache: bool) -> EncoderDecoderCache | None:
         if past_key_values is None:
@@ -322,19 +297,13 @@ class FWPDecoder(FWPPreTrainedModel):
         ``[B, H, T_target, T_source]`` under eager attention; linear cross-attention gives None).
         The cache may be passed as ``cache`` or ``past_key_values`` (`compat_fwp`)."""
         past_key_values = cache_argument(cache, past_key_values)
-        validate_token_inputs(input_ids, inputs_embeds, self.embed_tokens, "decoder_input_ids", "decoder_inputs_embeds")
+        inputs_embeds = self.embed(input_ids, inputs_embeds, "decoder_input_ids", "decoder_inputs_embeds")
         if encoder_hidden_states is None:
             raise ValueError("the decoder needs encoder_hidden_states (pass input_ids or encoder_outputs)")
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.gradient_checkpointing and self.training:
-            use_cache = False
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        use_cache = self.wants_cache(use_cache)
+        output_attentions, output_hidden_states, return_dict = self.output_options(
+            output_attentions, output_hidden_states, return_dict
         )
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
         if encoder_hidden_states.shape[0] != inputs_embeds.shape[0]:
             raise ValueError(
                 f"encoder output has batch {encoder_hidden_states.shape[0]}, decoder inputs have {inputs_embeds.shape[0]}"
@@ -349,37 +318,18 @@ class FWPDecoder(FWPPreTrainedModel):
         )
         encoder_token_mask = _source_token_mask(encoder_attention_mask, *encoder_hidden_states.shape[:2])
 
-        hidden_states, all_hidden_states, all_self_attentions, all_cross_attentions = inputs_embeds, [], [], []
-        for layer in self.layers:
-            all_hidden_states.append(hidden_states)
-            hidden_states, self_weights, cross_weights = layer(
-                hidden_states,
-                encoder_hidden_states=encoder_hidden_states,
-                encoder_token_mask=encoder_token_mask,
-                past_key_values=self_cache,
-                cross_attention_cache=cross_cache,
-                output_attentions=output_attentions,
-                **mixer_inputs,
-            )
-            all_self_attentions.append(self_weights)
-            all_cross_attentions.append(cross_weights)
-        if output_attentions:
-            warn_layers_without_attention_matrix(
-                [(f"{i} ({layer.attention_type})", layer.mixer) for i, layer in enumerate(self.layers)],
-                "decoder layers",
-            )
-            warn_layers_without_attention_matrix(
-                [(f"{i} ({self.config.cross_attention_type})", layer.cross_attn) for i, layer in enumerate(self.layers)],
-                "cross-attention layers",
-            )
-        hidden_states = self.norm(hidden_states)
-        all_hidden_states.append(hidden_states)
+        stack = self.run_layers(
+            inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            encoder_hidden_states=encoder_hidden_states, encoder_token_mask=encoder_token_mask,
+            past_key_values=self_cache, cross_attention_cache=cross_cache, **mixer_inputs,
+        )
+        self_attentions, cross_attentions = stack.attentions
         output = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states,
+            last_hidden_state=stack.last_hidden_state,
             **cache_field(BaseModelOutputWithPastAndCrossAttentions, past_key_values if use_cache else None),
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_self_attentions) if output_attentions else None,
-            cross_attentions=tuple(all_cross_attentions) if output_attentions else None,
+            hidden_states=stack.hidden_states,
+            attentions=self_attentions,
+            cross_attentions=cross_attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -490,18 +440,6 @@ class FWPForConditionalGeneration(FWPSeq2SeqPreTrainedModel, GenerationMixin):
         self.model = FWPSeq2SeqModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.shared
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
 
     def get_encoder(self, modality: str | None = None) -> FWPEncoder:
         return self.model.encoder

@@ -10,7 +10,10 @@ recurrent form with the family signature ``kernel(q, k, v, *, beta=None, log_dec
 initial_state=None, chunk_size=...) -> (y, final_state)``) and one `TokenMixerSpec` entry in
 `TOKEN_MIXERS` below, plus a config in `configs/lm/` and its tests in `tests/conftest.py`'s lists.
 A rule whose per-token inputs are β and/or a log-decay needs no model code: the generic
-fast-weight layer projects the gates the entry names.
+fast-weight layer projects the gates the entry names, and asks the entry which kernel to run
+(`TokenMixerSpec.kernel`). A rule with an order-free form also names it (`bidirectional`, an
+`OrderFreeKernel`: write the fast weights of a whole sequence, read them): encoders then run it, and
+the decoder's cross-attention may use the type.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .fast_weight_kernels import (
-    bidirectional_sum_rule_with_normalizer_column,
+    BIDIRECTIONAL_SUM_RULE,
     chunk_delta_rule,
     chunk_fast_weights,
     chunk_sum_rule,
@@ -63,7 +66,8 @@ class TokenMixerSpec:
         attention_normalization: whether ``config.fast_weight.attention_normalization`` applies (divide the read
             by z·φ(q), z = Σ φ(k)).
         chunk, recurrent: the chunkwise (training, prefill) and recurrent (decoding) kernels.
-        bidirectional: the order-free kernel an encoder uses, or None.
+        bidirectional: the order-free kernel (`fast_weight_kernels.OrderFreeKernel`: ``write(φ(K), V) -> S``,
+            ``read(φ(Q), S)``) that encoders and the decoder's cross-attention use, or None.
         encoder_form: `ENCODER_BIDIRECTIONAL` or `ENCODER_LEFT_TO_RIGHT` (what a non-causal
             encoder layer of this type computes).
         uses_rotary: the layer needs rotary position embeddings and a 4D attention mask.
@@ -83,6 +87,23 @@ class TokenMixerSpec:
     bidirectional: Callable[..., Any] | None = None
     encoder_form: str = ENCODER_BIDIRECTIONAL
     uses_rotary: bool = False
+
+    @property
+    def has_attention_matrix(self) -> bool:
+        """Whether the mixer computes a T×T attention matrix it can return (softmax attention); mixers
+        that hold a fast-weight state have none (their ``attentions`` entries are None)."""
+        return self.layer == SOFTMAX_ATTENTION_LAYER
+
+    def kernel(self, seq_len: int, causal: bool = True) -> Callable[..., Any]:
+        """The kernel a layer of this type runs on `seq_len` new tokens: the order-free form
+        (`bidirectional`) for a non-causal layer (an encoder, cross-attention) whose `encoder_form` is
+        bidirectional; otherwise the chunkwise form for several tokens and the recurrent one for one
+        (a recurrence with no order-free form runs left to right in an encoder too)."""
+        if self.chunk is None:
+            raise ValueError(f"attention type {self.name!r} runs no fast-weight kernel (its layer is {self.layer!r})")
+        if not causal and self.encoder_form == ENCODER_BIDIRECTIONAL:
+            return self.bidirectional
+        return self.chunk if seq_len > 1 else self.recurrent
 
     @property
     def config_chooses_feature_map(self) -> bool:
@@ -125,7 +146,7 @@ _SUM_RULE = dict(
     attention_normalization=True,
     chunk=chunk_sum_rule,
     recurrent=recurrent_sum_rule,
-    bidirectional=bidirectional_sum_rule_with_normalizer_column,
+    bidirectional=BIDIRECTIONAL_SUM_RULE,
     encoder_form=ENCODER_BIDIRECTIONAL,
 )
 _DELTA_RULE = dict(

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..configuration_fwp import FWPConfig
+from ..layers_fwp import MixerInputs
 from ..modeling_fwp import FWPForCausalLM
 from ..options_fwp import HIDDEN_ACTIVATIONS
 from ..token_mixers import FAST_WEIGHT_LAYER, SOFTMAX_ATTENTION_LAYER, TOKEN_MIXERS
@@ -337,7 +338,7 @@ class AttentionTransferModel(nn.Module):
         for i in self.layers:
             hidden, target = captured[i]
             mixer = self.student.model.layers[i].mixer
-            output = mixer(hidden.to(self.student.dtype), token_mask=token_mask, past_key_values=None)
+            output, _ = mixer(MixerInputs(hidden.to(self.student.dtype), token_mask=token_mask))
             error = (output.float() - target.float()).pow(2).mean(dim=-1)
             losses.append((error * weights).sum() / weights.sum())
         layer_losses = torch.stack(losses)
