@@ -59,8 +59,9 @@ def test_every_mixer_answers_one_call_with_its_output_and_weights_where_it_has_t
     assert y.shape == hidden.shape and torch.isfinite(y).all()
     assert (weights is not None) == spec.has_attention_matrix
     if weights is not None:
-        assert weights.shape == (2, config.softmax_heads, LENGTH, LENGTH)
-        assert_close(weights.sum(-1), torch.ones(2, config.softmax_heads, LENGTH), what="rows sum to 1")
+        heads = config.softmax_attention.heads(config.num_attention_heads)
+        assert weights.shape == (2, heads, LENGTH, LENGTH)
+        assert_close(weights.sum(-1), torch.ones(2, heads, LENGTH), what="rows sum to 1")
     # without output_attentions the same output (eager softmax still hands its weights over, as
     # transformers' eager function does; the stack keeps them only when asked)
     y_plain, _ = layer.mixer(mixer_inputs(config, kind, hidden))
