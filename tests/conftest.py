@@ -113,7 +113,8 @@ def _type_variants() -> dict[str, dict]:
     variants = {}
     for name in TOKEN_MIXERS:
         if config_picks_feature_map(name):
-            variants.update({f"{name}-{fm}": dict(type_settings(name), **feature_map_settings(fm)) for fm in FEATURE_MAPS})
+            variants.update({f"{name}-{fm}": dict(type_settings(name), **feature_map_settings(fm))
+                             for fm in FEATURE_MAPS})
         else:
             variants[name] = type_settings(name)
     return variants

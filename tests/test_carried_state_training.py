@@ -198,7 +198,8 @@ def test_training_refuses_hybrids_llama_and_gradient_checkpointing(data_files, t
             data_files, tmp_path / "h", config_overrides='{"attention_type": ["delta", "softmax"]}', **flags)))
     with pytest.raises(ValueError, match="--carry_state true needs an FWP model .* --architecture llama"):
         run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path / "l", architecture="llama", **flags)))
-    with pytest.raises(ValueError, match=r"--carry_state true cannot be combined with --activation_checkpointing \(formerly --gradient_checkpointing\)"):
+    with pytest.raises(ValueError, match=r"--carry_state true cannot be combined with --activation_checkpointing "
+                                         r"\(formerly --gradient_checkpointing\)"):
         run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path / "g", gradient_checkpointing="true",
                                                        **flags)))
     with pytest.raises(ValueError, match="has 3 rows, not a multiple of the 2 streams"):

@@ -89,7 +89,8 @@ def test_every_script_parser_turns_prefix_matching_off():
                 name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
                 if name in ("ArgumentParser", "HfArgumentParser"):
                     keywords = {k.arg: k.value for k in node.keywords}
-                    off = isinstance(keywords.get("allow_abbrev"), ast.Constant) and keywords["allow_abbrev"].value is False
+                    allow_abbrev = keywords.get("allow_abbrev")
+                    off = isinstance(allow_abbrev, ast.Constant) and allow_abbrev.value is False
                     parsers.append((f"{path.relative_to(source_root)}:{node.lineno}", off))
     assert len(parsers) >= 9, parsers
     assert [where for where, off in parsers if not off] == []

@@ -165,7 +165,8 @@ INVALID_CONFIGS = [
     # A string (or another wrong type) where a number or a bool belongs: a ValueError naming the field.
     ("lr-string", dict(fast_weights_learning_rate="0.5"),
      r"hebbian_memory\.learning_rate must be a number \(int or float\), got '0\.5'"),
-    ("decay-string", dict(fast_weights_decay="0.9"), r"hebbian_memory\.decay must be a number \(int or float\), got '0\.9'"),
+    ("decay-string", dict(fast_weights_decay="0.9"),
+     r"hebbian_memory\.decay must be a number \(int or float\), got '0\.9'"),
     ("decay-none", dict(fast_weights_decay=None), r"hebbian_memory\.decay must be a number \(int or float\), got None"),
     ("rope_theta-string", dict(rope_theta="10000"), r"rope_theta must be a number \(int or float\), got '10000'"),
     ("rope_theta-0", dict(rope_theta=0.0), r"rope_theta must be a finite number > 0, got 0\.0"),
@@ -173,7 +174,8 @@ INVALID_CONFIGS = [
     ("rms_norm_eps-neg", dict(rms_norm_eps=-1e-6), r"rms_norm_eps must be a finite number > 0, got -1e-06"),
     ("initializer_range-string", dict(initializer_range="0.02"),
      r"initializer_range must be a number \(int or float\), got '0\.02'"),
-    ("initializer_range-neg", dict(initializer_range=-0.02), r"initializer_range must be a finite number >= 0, got -0\.02"),
+    ("initializer_range-neg", dict(initializer_range=-0.02),
+     r"initializer_range must be a finite number >= 0, got -0\.02"),
     ("performer_seed-string", dict(performer_seed="0"), r"feature_maps\.favor\.seed must be an integer, got '0'"),
     ("performer_num_features-string", dict(performer_num_features="8"),
      r"feature_maps\.favor\.num_features must be a positive integer, got '8'"),
@@ -182,8 +184,10 @@ INVALID_CONFIGS = [
     ("dpfp_nu-string", dict(dpfp_nu="2"), r"feature_maps\.dpfp\.nu must be an integer >= 1, got '2'"),
     ("attention_normalization-string", dict(attention_normalization="false"),
      r"fast_weight\.attention_normalization must be True or False, got 'false'"),
-    ("attention_normalization-int", dict(attention_normalization=0), r"fast_weight\.attention_normalization must be True or False, got 0"),
-    ("performer_redraw-string", dict(performer_redraw="true"), r"feature_maps\.favor\.redraw must be True or False, got 'true'"),
+    ("attention_normalization-int", dict(attention_normalization=0),
+     r"fast_weight\.attention_normalization must be True or False, got 0"),
+    ("performer_redraw-string", dict(performer_redraw="true"),
+     r"feature_maps\.favor\.redraw must be True or False, got 'true'"),
     ("use_cache-string", dict(use_cache="yes"), r"use_cache must be True or False, got 'yes'"),
     ("feature_map-list", dict(feature_map=["dpfp"]), r"fast_weight\.feature_map must be a string, got \['dpfp'\]"),
     ("max_position_embeddings-string", dict(max_position_embeddings="2048"),
@@ -511,7 +515,8 @@ def test_bad_inputs_embeds(hybrid_model, shape, dtype, exc_type, message):
 def test_inputs_embeds_of_another_float_dtype_are_rejected_clearly(hybrid_model):
     embeds = hybrid_model.get_input_embeddings()(good_ids()).detach()
     assert_clear_error(lambda: hybrid_model(inputs_embeds=embeds.double()),
-                       r"inputs_embeds has dtype torch.float64 but the model runs in torch.float32; cast them", TypeError)
+                       r"inputs_embeds has dtype torch.float64 but the model runs in torch.float32; cast them",
+                       TypeError)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -549,7 +554,8 @@ def test_an_all_padding_row_is_accepted_and_leaves_the_other_rows_and_its_state_
     [
         ((SEQ,), r"attention_mask must be a 2D padding mask.*got shape \(5,\)"),
         ((BATCH, 1, SEQ), r"attention_mask must be a 2D padding mask.*got shape \(2, 1, 5\)"),
-        ((BATCH, 1, SEQ, SEQ), r"attention_mask must be a 2D padding mask.*got shape \(2, 1, 5, 5\).*continuous-batching"),
+        ((BATCH, 1, SEQ, SEQ),
+         r"attention_mask must be a 2D padding mask.*got shape \(2, 1, 5, 5\).*continuous-batching"),
         ((BATCH, SEQ - 1), r"attention_mask must have shape \[batch=2, past\+new tokens=5\].*got \(2, 4\)"),
         ((BATCH, SEQ + 2), r"attention_mask must have shape \[batch=2, past\+new tokens=5\].*got \(2, 7\)"),
         ((BATCH + 1, SEQ), r"attention_mask must have shape \[batch=2, .*got \(3, 5\)"),
@@ -661,7 +667,8 @@ def test_key_value_cache_in_a_fast_weight_slot(softmax_model, delta_model):
 def test_position_ids_of_wrong_shape(request, model_name, position_ids):
     model = request.getfixturevalue(model_name)
     assert_clear_error(lambda: model(good_ids(), position_ids=position_ids),
-                       r"position_ids must be \[batch, seq_len=5\] with batch 1 or 2, got " + re.escape(str(tuple(position_ids.shape))))
+                       r"position_ids must be \[batch, seq_len=5\] with batch 1 or 2, got "
+                       + re.escape(str(tuple(position_ids.shape))))
 
 
 def test_position_ids_of_wrong_batch_size(softmax_model):

@@ -62,8 +62,10 @@ MEANING_CHANGES = [
     (dict(attention_type="gated_delta", feature_map="favor"), dict(feature_map="dpfp"), "fast_weight.feature_map"),
     (dict(attention_type="dpfp", dpfp_nu=1), dict(dpfp_nu=2), "feature_maps.dpfp.nu"),
     (dict(attention_type="delta", feature_map="dpfp"), dict(dpfp_nu=3), "feature_maps.dpfp.nu"),
-    (dict(attention_type="performer"), dict(feature_maps={"favor": {"num_features": 4}}), "feature_maps.favor.num_features"),
-    (dict(attention_type="linear"), dict(fast_weight={"attention_normalization": False}), "fast_weight.attention_normalization"),
+    (dict(attention_type="performer"), dict(feature_maps={"favor": {"num_features": 4}}),
+     "feature_maps.favor.num_features"),
+    (dict(attention_type="linear"), dict(fast_weight={"attention_normalization": False}),
+     "fast_weight.attention_normalization"),
     (dict(attention_type="fast_weights"), dict(fast_weights_decay=0.5), "hebbian_memory.decay"),
     (dict(attention_type="fast_weights"), dict(hebbian_memory={"inner_steps": 3}), "hebbian_memory.inner_steps"),
     (dict(attention_type="softmax"), dict(rope_theta=500.0), "rope_theta"),
@@ -119,7 +121,8 @@ def test_harmless_overrides_still_load_and_compute_the_same(tmp_path, saved, ove
             for path, field_value in leaves(value, f"{key}.").items():
                 assert model.config.field_value(path) == field_value
         elif key != "max_position_embeddings":
-            assert model.config.field_value(".".join(LEGACY_FLAT_KEYS[key][0]) if key in LEGACY_FLAT_KEYS else key) == value
+            path = ".".join(LEGACY_FLAT_KEYS[key][0]) if key in LEGACY_FLAT_KEYS else key
+            assert model.config.field_value(path) == value
     same_config = FWPConfig.from_pretrained(tmp_path, **override)
     loaded_with_config = FWPForCausalLM.from_pretrained(tmp_path, config=same_config).config.to_dict()
     assert {k: v for k, v in loaded_with_config.items() if k != "_name_or_path"} == {
@@ -300,7 +303,8 @@ def meaning_witnesses() -> dict[str, tuple[dict, object]]:
     `weights_meaning()` (the registry's account of what each layer computes), for every field where one exists
     among every attention type, with short convolutions, a hybrid and an encoder–decoder."""
     bases = [{**LM_BASE, "attention_type": kind} for kind in TOKEN_MIXERS]
-    bases += [{**LM_BASE, "attention_type": kind, "fast_weight": {"use_short_conv": True}} for kind in ("delta", "linear")]
+    bases += [{**LM_BASE, "attention_type": kind, "fast_weight": {"use_short_conv": True}}
+              for kind in ("delta", "linear")]
     bases += [{**LM_BASE, "attention_type": ["delta", "softmax"]}]
     # every feature map where the config picks it (so that each map's own options are tried)
     bases += [{**LM_BASE, "attention_type": "delta",

@@ -256,7 +256,9 @@ def test_state_step_of_grouped_heads_with_short_convolutions_carries_windows_of_
         last, *_ = step(ids[:, 6:], *after)
         full = model(ids).logits
     assert [tuple(t.shape) for t in after] == [tuple(t.shape) for t in states]
-    assert states[1].shape[1] == model.config.fast_weight.short_conv_channels(model.config.num_attention_heads, model.config.head_dim) == model.model.layers[0].mixer.qkv_width
+    conv_channels = model.config.fast_weight.short_conv_channels(model.config.num_attention_heads,
+                                                                 model.config.head_dim)
+    assert states[1].shape[1] == conv_channels == model.model.layers[0].mixer.qkv_width
     assert_close(out, full[:, :6], what="prefill from zero states")
     assert_close(last, full[:, 6:], what="continued from the returned states")
 

@@ -803,7 +803,8 @@ def test_cli_converts_a_hub_checkpoint_and_pushes_the_result(tmp_path):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:] + str(hub.unhandled)
         assert f"pushed to {hub.url}/{pushed_id}/commit/" in proc.stdout
         pushed = hub.repos[pushed_id].files
-        assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", *fwp_hf.MODEL_CODE_FILES} <= set(pushed)
+        expected = {"config.json", "model.safetensors", "README.md", "tokenizer.json", *fwp_hf.MODEL_CODE_FILES}
+        assert expected <= set(pushed)
         assert pushed["model.safetensors"] == (out / "model.safetensors").read_bytes()
         load = run_without_fwp_hf(REMOTE_SCRIPT, ["ids.pt", "out.pt", pushed_id], cwd=tmp_path, extra_env=env)
         assert load.returncode == 0, load.stderr[-4000:]

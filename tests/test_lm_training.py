@@ -261,7 +261,8 @@ def test_resume_refuses_another_model_meaning_or_data_layout(data_files, tmp_pat
                  sample_max_new_tokens=1)
     run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path, **flags)))
     resumed = {**flags, "max_steps": 2, "resume_from_checkpoint": "last", **change}
-    with pytest.raises(ValueError, match=r"resuming from .*checkpoint-1' would change what the run trains: .*" + message):
+    with pytest.raises(ValueError,
+                       match=r"resuming from .*checkpoint-1' would change what the run trains: .*" + message):
         run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path, **resumed)))
     # Changing nothing that matters (here the kernel block length) resumes.
     run_lm_training(*parse_lm_arguments(tiny_flags(data_files, tmp_path, **{**flags, "max_steps": 2, "chunk_size": 8,
@@ -442,7 +443,8 @@ def test_fsdp_auto_wrap_finds_the_block_class_by_default_and_rejects_the_old_nam
 
     model = make_lm(type_variant("delta"))
     for fsdp_config in (None, {"transformer_layer_cls_to_wrap": ["FWPBlock"]}):
-        args = TrainingArguments(output_dir="unused", use_cpu=True, fsdp="full_shard auto_wrap", fsdp_config=fsdp_config)
+        args = TrainingArguments(output_dir="unused", use_cpu=True, fsdp="full_shard auto_wrap",
+                                 fsdp_config=fsdp_config)
         policy = fsdp2_prepare_auto_wrap_policy(FullyShardedDataParallelPlugin(**args.fsdp_plugin_args), model)
         wrapped = [type(module).__name__ for module in model.modules() if policy(module)]
         assert wrapped == ["FWPBlock"] * model.config.num_hidden_layers, fsdp_config  # from _no_split_modules

@@ -215,7 +215,8 @@ def test_encoder_and_decoder_stacks_return_every_block_input_and_per_layer_self_
     def run():
         out.update(o=model(source, decoder_input_ids=target, output_hidden_states=True, output_attentions=True))
 
-    decoder_out = block_outputs(model.model.decoder, lambda: encoder_out.extend(block_outputs(model.model.encoder, run)))
+    decoder_out = block_outputs(model.model.decoder,
+                                lambda: encoder_out.extend(block_outputs(model.model.encoder, run)))
     out = out["o"]
     embed = model.get_input_embeddings()
     check_stack_outputs(model.model.encoder, embed(source), encoder_out, out.encoder_hidden_states,

@@ -462,7 +462,8 @@ def test_bf16_forward_keeps_fp32_states(variant):
     ids = random_ids(2, 19)
     block_calls = []
     hooks = [
-        block.register_forward_hook(lambda _, args, kwargs, out: block_calls.append((args, kwargs, out)), with_kwargs=True)
+        block.register_forward_hook(lambda _, args, kwargs, out: block_calls.append((args, kwargs, out)),
+                                    with_kwargs=True)
         for block in model.model.layers
     ]
     with torch.no_grad():

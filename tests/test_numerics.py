@@ -55,14 +55,16 @@ SUM_NORMALIZED_VARIANTS = [
 DETERMINISTIC_NORMALIZED_SUM_RULES = [
     name
     for name, spec in TOKEN_MIXERS.items()
-    if spec.attention_normalization and spec.feature_map is not None and not FEATURE_MAPS[spec.feature_map].random_features
+    if spec.attention_normalization and spec.feature_map is not None
+    and not FEATURE_MAPS[spec.feature_map].random_features
     and not FEATURE_MAPS[spec.feature_map].learned
 ]
 SPARSE_FEATURE_SUM_RULES = [
     name
     for name in DETERMINISTIC_NORMALIZED_SUM_RULES
     if not FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].learned
-    and (FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].apply(torch.tensor([1.0, -1.0, 0.5]), FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].options(), {}) == 0).any()
+    and (FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].apply(
+        torch.tensor([1.0, -1.0, 0.5]), FEATURE_MAPS[TOKEN_MIXERS[name].feature_map].options(), {}) == 0).any()
 ]
 
 
@@ -184,7 +186,8 @@ def test_epsilon_of_the_normalisations_follows_the_shift(log_scale):
     scale = torch.full((1, 1, 6, 1), log_scale)
     actual = fwk.divide_by_normalizer(shifted.float(), torch.float32, log_scale=scale)
     assert_close(actual.double(), expected, rtol=1e-5, what="divide_by_normalizer")
-    read = fwk.sum_rule_read(torch.eye(6).reshape(1, 1, 6, 6), shifted.float()[0, 0].reshape(1, 1, 6, 6), log_scale=scale)
+    read = fwk.sum_rule_read(torch.eye(6).reshape(1, 1, 6, 6), shifted.float()[0, 0].reshape(1, 1, 6, 6),
+                             log_scale=scale)
     assert_close(read.double(), expected, rtol=1e-5, what="sum_rule_read")
 
     phi = torch.rand(2, 6, 8, generator=generator, dtype=torch.float64) * normalizer.reshape(1, 6, 1) / 8
@@ -262,7 +265,8 @@ def test_favor_normalized_sum_rule_is_finite_and_exact_for_large_inputs(dim, nor
             steps.append(y_t)
         y = torch.cat([y_prefill, *steps], dim=2)
     else:
-        y, _ = sum_rule_reference.normalized_sum_rule(phi_q, phi_k, v, chunked=form == "chunk", log_scale=log_scale, chunk_size=8)
+        y, _ = sum_rule_reference.normalized_sum_rule(phi_q, phi_k, v, chunked=form == "chunk", log_scale=log_scale,
+                                                      chunk_size=8)
     assert torch.isfinite(y).all()
     assert_close(y.double(), expected, rtol=LARGE_RTOL, what=form)
 

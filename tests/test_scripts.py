@@ -21,7 +21,9 @@ def test_script_is_a_thin_entry_point(script: Path):
     namespace = runpy.run_path(str(script), run_name="script_under_test")
     main = namespace.get("main")
     assert callable(main), f"{script.name} has no main"
-    assert main.__module__.startswith(("fwp_hf.training.", "fwp_hf.experiments.", "fwp_hf.conversion.")), main.__module__
+    assert main.__module__.startswith(
+        ("fwp_hf.training.", "fwp_hf.experiments.", "fwp_hf.conversion.")
+    ), main.__module__
     assert "argv" in inspect.signature(main).parameters  # callable from tests and other code with a list of flags
     own = [name for name, value in namespace.items()
            if (inspect.isfunction(value) or inspect.isclass(value)) and value.__module__ == "script_under_test"]

@@ -200,7 +200,7 @@ class FWPConfig(PretrainedConfig):
             decoder_attention_type = list(decoder_attention_type)
         self.decoder_attention_type = decoder_attention_type
         self.cross_attention_type = cross_attention_type
-        for key, group in LAYER_OPTION_GROUPS.items():
+        for key in LAYER_OPTION_GROUPS:
             setattr(self, key, groups[key])
         self.feature_maps = groups[FEATURE_MAPS_KEY]
         self._validate_group_fields()  # before the resolutions below read them
@@ -504,9 +504,9 @@ class FWPConfig(PretrainedConfig):
             except ValueError as error:  # e.g. fewer softmax heads than the saved num_key_value_heads
                 changed = list(overrides)
                 raise ValueError(
-                    f"loading {pretrained_model_name_or_path!s} with {source} changes {', '.join(changed)}, which would "
-                    f"change what its weights compute, into a config that is not even valid ({error}); load it "
-                    "without that change, or build a new model with from_config and train it"
+                    f"loading {pretrained_model_name_or_path!s} with {source} changes {', '.join(changed)}, "
+                    f"which would change what its weights compute, into a config that is not even valid ({error}); "
+                    "load it without that change, or build a new model with from_config and train it"
                 ) from error
         changed = saved.weight_meaning_changes(requested)
         if changed:
@@ -557,7 +557,9 @@ class FWPConfig(PretrainedConfig):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"FWPConfig.{name} must be a finite number > 0, got {value!r}")
         if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
-            raise ValueError(f"FWPConfig.initializer_range must be a finite number >= 0, got {self.initializer_range!r}")
+            raise ValueError(
+                f"FWPConfig.initializer_range must be a finite number >= 0, got {self.initializer_range!r}"
+            )
         for name in ("use_cache", "is_encoder_decoder", "attention_bias"):
             value = getattr(self, name)
             if not isinstance(value, bool):
@@ -577,7 +579,8 @@ class FWPConfig(PretrainedConfig):
     def _head_counts_that_must_divide_hidden_size(self) -> dict[str, int]:
         """``{field: heads}`` for every head count whose layers have head size ``hidden_size // heads``."""
         counts = {}
-        for kind in set(self.self_attention_types) | ({self.cross_attention_type} if self.is_encoder_decoder else set()):
+        cross_kinds = {self.cross_attention_type} if self.is_encoder_decoder else set()
+        for kind in set(self.self_attention_types) | cross_kinds:
             layer = TOKEN_MIXERS[kind].layer
             if layer == SOFTMAX_ATTENTION_LAYER and self.softmax_attention.num_heads is not None:
                 counts["softmax_attention.num_heads"] = self.softmax_attention.num_heads
@@ -599,8 +602,9 @@ class FWPConfig(PretrainedConfig):
         hebbian = sorted({k for k in self.self_attention_types if TOKEN_MIXERS[k].layer == HEBBIAN_MEMORY_LAYER})
         if hebbian and self.num_attention_heads * self.head_dim != self.hidden_size:
             raise ValueError(
-                f"FWPConfig: {', '.join(map(repr, hebbian))} layers need num_attention_heads ({self.num_attention_heads}) "
-                f"× head_dim ({self.head_dim}) == hidden_size ({self.hidden_size})"
+                f"FWPConfig: {', '.join(map(repr, hebbian))} layers need "
+                f"num_attention_heads ({self.num_attention_heads}) × head_dim ({self.head_dim}) "
+                f"== hidden_size ({self.hidden_size})"
             )
 
     def _validate_group_fields(self) -> None:
@@ -691,7 +695,9 @@ class FWPConfig(PretrainedConfig):
             hint = (" (or give fast_weight.key_head_dim and value_head_dim for a model of fast-weight layers only)"
                     if field == "num_attention_heads" else "")
             if self.hidden_size % heads:
-                raise ValueError(f"FWPConfig.hidden_size ({self.hidden_size}) must be divisible by {field} ({heads}){hint}")
+                raise ValueError(
+                    f"FWPConfig.hidden_size ({self.hidden_size}) must be divisible by {field} ({heads}){hint}"
+                )
         self._validate_feature_maps()
         if self.hidden_act not in HIDDEN_ACTIVATIONS:
             raise ValueError(

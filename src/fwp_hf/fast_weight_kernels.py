@@ -14,8 +14,9 @@ Both take an ``initial_state`` and return the final state, so that prefill → d
 segment → next segment continue exactly. The kernels of one family share one signature, in the
 spirit of transformers' ``torch_chunk_gated_delta_rule``:
 ``kernel(q, k, v, *, beta=None, log_decay=None, initial_state=None, chunk_size=...) -> (y, final_state)``
-(the sum rule takes no ``beta``; the recurrent forms accept and ignore ``chunk_size``). The state is always fp32; inputs of lower precision are
-upcast for the computation and the output is cast back to the input dtype.
+(the sum rule takes no ``beta``; the recurrent forms accept and ignore ``chunk_size``). The state is
+always fp32; inputs of lower precision are upcast for the computation and the output is cast back to
+the input dtype.
 
 Packed documents (padding-free training, transformers' ``DataCollatorWithFlattening``): every kernel
 and :func:`short_causal_conv` take ``seq_idx`` ``[B, T]`` (integer document ids, FLA's and Mamba's
@@ -226,7 +227,9 @@ def _check_inputs(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 def _check_per_token(name: str, label: str, x: torch.Tensor | None, k: torch.Tensor) -> None:
     if x is not None and tuple(x.shape) != tuple(k.shape[:3]):
-        raise ValueError(f"{name}: {label} must have shape [batch, heads, time] = {tuple(k.shape[:3])}, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: {label} must have shape [batch, heads, time] = {tuple(k.shape[:3])}, got {tuple(x.shape)}"
+        )
 
 
 def _concat_time(outputs: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -265,7 +268,9 @@ def _check_seq_idx(name: str, seq_idx: torch.Tensor | None, batch: int, seq_len:
     if seq_idx.dtype.is_floating_point or seq_idx.dtype.is_complex or seq_idx.dtype == torch.bool:
         raise TypeError(f"{name}: seq_idx must be an integer tensor of document ids, got {seq_idx.dtype}")
     if tuple(seq_idx.shape) != (batch, seq_len):
-        raise ValueError(f"{name}: seq_idx must have shape [batch, time] = {(batch, seq_len)}, got {tuple(seq_idx.shape)}")
+        raise ValueError(
+            f"{name}: seq_idx must have shape [batch, time] = {(batch, seq_len)}, got {tuple(seq_idx.shape)}"
+        )
 
 
 def document_starts(seq_idx: torch.Tensor) -> torch.Tensor:
@@ -701,7 +706,9 @@ def _unit_lower_triangular_inverse(strict_lower: torch.Tensor) -> torch.Tensor:
     chunk_size = strict_lower.shape[-1]
     strict_lower.diagonal(dim1=-2, dim2=-1).fill_(1.0)
     identity = torch.eye(chunk_size, dtype=strict_lower.dtype, device=strict_lower.device)
-    return torch.linalg.solve_triangular(strict_lower, identity.expand_as(strict_lower), upper=False, unitriangular=True)
+    return torch.linalg.solve_triangular(
+        strict_lower, identity.expand_as(strict_lower), upper=False, unitriangular=True
+    )
 
 
 def _delta_chunk_state_recursion(
@@ -718,7 +725,8 @@ def _delta_chunk_state_recursion(
     """
     factors = state_factor.unbind(dim=2) if state_factor is not None else [None] * w_keys.shape[2]
     starts, written = [], []
-    for w_n, u_n, k_n, factor_n in zip(w_keys.unbind(dim=2), u_values.unbind(dim=2), keys_to_end.unbind(dim=2), factors):
+    chunks = zip(w_keys.unbind(dim=2), u_values.unbind(dim=2), keys_to_end.unbind(dim=2), factors)
+    for w_n, u_n, k_n, factor_n in chunks:
         starts.append(state)
         written_n = u_n - w_n @ state
         written.append(written_n)
@@ -772,7 +780,9 @@ def _chunk_delta_rule_gated(
     if documents is not None:
         causal = causal & documents.same
     # e^{b_i − b_j} for j ≤ i (≤ 1); masked before exp so that j > i cannot overflow.
-    pair_decay = (log_decay_cumsum.unsqueeze(-1) - log_decay_cumsum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()
+    pair_decay = (log_decay_cumsum.unsqueeze(-1) - log_decay_cumsum.unsqueeze(-2)).masked_fill(
+        ~causal, float("-inf")
+    ).exp()
     decay_from_start = log_decay_cumsum.exp().unsqueeze(-1)  # e^{b_i}: [B, H, N, C, 1]
     to_end_log = log_decay_cumsum[..., -1:] - log_decay_cumsum
     if documents is not None:  # masked before the exp: b_C − b_j of an earlier document's token can be > 0
@@ -898,8 +908,7 @@ def recurrent_fast_weights(
     outputs = []
     for t, keep in enumerate(_state_keeps(seq_idx, drive.shape[2])):
         state = _reset(state, keep)
-        memory = state
-        read = lambda h: _read(h, memory)  # noqa: E731 - binds this step's memory
+        read = partial(_read, state=state)  # binds this step's memory A_{t-1}
         outputs.append(fast_weights_inner_loop(drive[:, :, t], read, num_steps, ln_weight, ln_bias))
         state = hebbian_update(state, keys[:, :, t], values[:, :, t], log_decay[:, :, t])
     y = torch.stack(outputs, dim=2) if outputs else drive.new_zeros(drive.shape)

@@ -198,7 +198,9 @@ def validate_token_inputs(
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{ids_name} must be an int64 or int32 tensor of token ids, got {input_ids.dtype}")
         if input_ids.shape[1] == 0:
-            raise ValueError(f"{ids_name} is empty (shape {tuple(input_ids.shape)}): pass at least one token per sequence")
+            raise ValueError(
+                f"{ids_name} is empty (shape {tuple(input_ids.shape)}): pass at least one token per sequence"
+            )
         if values_unreadable(input_ids):
             return
         if input_ids.numel():
@@ -211,7 +213,9 @@ def validate_token_inputs(
             f"{embeds_name} must be [batch, seq_len, hidden_size={hidden_size}], got shape {tuple(inputs_embeds.shape)}"
         )
     if inputs_embeds.shape[1] == 0:
-        raise ValueError(f"{embeds_name} is empty (shape {tuple(inputs_embeds.shape)}): pass at least one token per sequence")
+        raise ValueError(
+            f"{embeds_name} is empty (shape {tuple(inputs_embeds.shape)}): pass at least one token per sequence"
+        )
     if not inputs_embeds.is_floating_point():
         raise TypeError(f"{embeds_name} must be floating point, got {inputs_embeds.dtype}")
     if inputs_embeds.dtype != embeddings.weight.dtype:
@@ -306,8 +310,8 @@ def prepare_mixer_inputs(
             else:
                 position_ids = torch.arange(past_length, past_length + seq_len, device=device)[None]
         _check_position_ids(position_ids, batch_size, seq_len)
-        position_embeddings = rotary_cos_sin(position_ids, config.softmax_head_dim, config.rope_theta, inputs_embeds.dtype,
-                                             config.softmax_attention.rope_scaling,
+        position_embeddings = rotary_cos_sin(position_ids, config.softmax_head_dim, config.rope_theta,
+                                             inputs_embeds.dtype, config.softmax_attention.rope_scaling,
                                              config.max_position_embeddings)
         attention_mask_4d = softmax_attention_mask(padding_mask, seq_len, past_length, batch_size, device, causal,
                                                    config.softmax_attention.sliding_window, document_ids)

@@ -249,8 +249,8 @@ class FWPModel(FWPStack):
         past_key_values = prepare_fast_weight_cache(past_key_values, kinds, use_cache)
         past_length = past_key_values.get_seq_length if past_key_values is not None else 0  # asked where needed
         packing = {key: kwargs[key] for key in PACKING_KWARGS if kwargs.get(key) is not None}
-        mixer_inputs = prepare_mixer_inputs(self.config, kinds, attention_mask, position_ids, inputs_embeds, past_length,
-                                            packing=packing)
+        mixer_inputs = prepare_mixer_inputs(self.config, kinds, attention_mask, position_ids, inputs_embeds,
+                                            past_length, packing=packing)
 
         stack = self.run_layers(
             inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
@@ -282,7 +282,8 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
         layer takes the 2D padding mask and builds what it needs itself (`inputs_fwp`). A model whose
         every layer holds a state needs only the new tokens' columns: passing just those keeps the
         mask's shape fixed from one decoding step to the next, so a compiled step is compiled once."""
-        if attention_mask is None or inputs_embeds is None or not every_layer_holds_state(self.config.layer_attention_types):
+        if (attention_mask is None or inputs_embeds is None
+                or not every_layer_holds_state(self.config.layer_attention_types)):
             return attention_mask
         return attention_mask[:, -inputs_embeds.shape[1] :]
 
@@ -328,7 +329,8 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
         if labels is not None:
             if labels.shape != hidden_states.shape[:2]:
                 raise ValueError(
-                    f"labels must have the shape of input_ids {tuple(hidden_states.shape[:2])}, got {tuple(labels.shape)}"
+                    f"labels must have the shape of input_ids {tuple(hidden_states.shape[:2])}, "
+                    f"got {tuple(labels.shape)}"
                 )
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
 
@@ -342,4 +344,6 @@ class FWPForCausalLM(FWPPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["AUTO_MAP", "MODEL_CODE_FILES", "FWPPreTrainedModel", "FWPModel", "FWPForCausalLM", "FWPStack", "StackOutput"]
+__all__ = [
+    "AUTO_MAP", "MODEL_CODE_FILES", "FWPPreTrainedModel", "FWPModel", "FWPForCausalLM", "FWPStack", "StackOutput"
+]

@@ -208,7 +208,8 @@ def _source_token_mask(attention_mask: torch.Tensor | dict | None, batch: int, l
         return None
     if mask.shape != (batch, length):
         raise ValueError(
-            f"the source attention_mask must have shape [batch={batch}, source tokens={length}], got {tuple(mask.shape)}"
+            f"the source attention_mask must have shape [batch={batch}, source tokens={length}], "
+            f"got {tuple(mask.shape)}"
         )
     return token_mask_from_padding(mask)
 
@@ -306,7 +307,8 @@ class FWPDecoder(FWPStack):
         )
         if encoder_hidden_states.shape[0] != inputs_embeds.shape[0]:
             raise ValueError(
-                f"encoder output has batch {encoder_hidden_states.shape[0]}, decoder inputs have {inputs_embeds.shape[0]}"
+                f"encoder output has batch {encoder_hidden_states.shape[0]}, "
+                f"decoder inputs have {inputs_embeds.shape[0]}"
             )
         past_key_values = self._prepare_caches(past_key_values, use_cache)
         self_cache = past_key_values.self_attention_cache if past_key_values is not None else None
@@ -314,7 +316,8 @@ class FWPDecoder(FWPStack):
         past_length = self_cache.get_seq_length if self_cache is not None else 0  # asked where needed
         kinds = self.config.decoder_layer_attention_types
         mixer_inputs = prepare_mixer_inputs(
-            self.config, kinds, attention_mask, position_ids, inputs_embeds, past_length, mask_name="decoder_attention_mask"
+            self.config, kinds, attention_mask, position_ids, inputs_embeds, past_length,
+            mask_name="decoder_attention_mask"
         )
         encoder_token_mask = _source_token_mask(encoder_attention_mask, *encoder_hidden_states.shape[:2])
 
@@ -449,7 +452,9 @@ class FWPForConditionalGeneration(FWPSeq2SeqPreTrainedModel, GenerationMixin):
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         if self.config.pad_token_id is None or self.config.decoder_start_token_id is None:
-            raise ValueError("FWPConfig needs pad_token_id and decoder_start_token_id to shift labels into decoder inputs")
+            raise ValueError(
+                "FWPConfig needs pad_token_id and decoder_start_token_id to shift labels into decoder inputs"
+            )
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
     def forward(
@@ -496,7 +501,8 @@ class FWPForConditionalGeneration(FWPSeq2SeqPreTrainedModel, GenerationMixin):
         if labels is not None:
             if labels.shape != logits.shape[:2]:
                 raise ValueError(
-                    f"labels must have the shape of the decoder inputs {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
+                    f"labels must have the shape of the decoder inputs {tuple(logits.shape[:2])}, "
+                    f"got {tuple(labels.shape)}"
                 )
             loss = ForMaskedLMLoss(logits, labels, self.config.vocab_size, **kwargs)
         output = Seq2SeqLMOutput(

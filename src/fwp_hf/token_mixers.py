@@ -199,7 +199,8 @@ ATTENTION_TYPES: tuple[str, ...] = tuple(TOKEN_MIXERS)
 FAST_WEIGHT_TYPES: tuple[str, ...] = tuple(name for name, spec in TOKEN_MIXERS.items() if spec.holds_state)
 # Decoder → encoder attention: a mixer that can read a whole source at once.
 CROSS_ATTENTION_TYPES: tuple[str, ...] = tuple(
-    name for name, spec in TOKEN_MIXERS.items() if spec.bidirectional is not None or spec.layer == SOFTMAX_ATTENTION_LAYER
+    name for name, spec in TOKEN_MIXERS.items()
+    if spec.bidirectional is not None or spec.layer == SOFTMAX_ATTENTION_LAYER
 )
 
 

@@ -260,11 +260,12 @@ def _fla_parameter_groups(config: FWPConfig) -> dict[str, list[tuple[str, tuple[
         groups[mixer + "qkv_proj.weight"] = projections
         if options.use_short_conv:
             width = options.conv_size
+            conv_widths = (("q", query_width), ("k", key_width), ("v", value_width))
             groups[mixer + "qkv_conv.weight"] = [(f"{attn}{name}_conv1d.weight", (size, 1, width))
-                                                 for name, size in (("q", query_width), ("k", key_width), ("v", value_width))]
+                                                 for name, size in conv_widths]
             if options.conv_bias:
                 groups[mixer + "qkv_conv.bias"] = [(f"{attn}{name}_conv1d.bias", (size,))
-                                                   for name, size in (("q", query_width), ("k", key_width), ("v", value_width))]
+                                                   for name, size in conv_widths]
         if "log_decay" in spec.gates:
             groups[mixer + "A_log"] = [(attn + "A_log", (heads,))]
             groups[mixer + "dt_bias"] = [(attn + "dt_bias", (heads,))]
@@ -315,7 +316,9 @@ def fwp_state_dict_to_fla(state_dict: dict[str, torch.Tensor], config: FWPConfig
     for i, kind in enumerate(config.layer_attention_types):
         bias = state_dict.get(f"model.layers.{i}.mixer.qkv_proj.bias")
         if bias is not None and TOKEN_MIXERS[kind].layer == FAST_WEIGHT_LAYER and bool(bias.any()):
-            raise FLACheckpointError(f"layer {i}'s fused projection has a non-zero bias, which FLA's layers do not have")
+            raise FLACheckpointError(
+                f"layer {i}'s fused projection has a non-zero bias, which FLA's layers do not have"
+            )
     for ours, parts in _fla_parameter_groups(config).items():
         pieces = state_dict[ours].split([shape[0] for _, shape in parts], dim=0)
         fla.update({name: piece.contiguous() for (name, _), piece in zip(parts, pieces)})
@@ -422,8 +425,8 @@ def load_fla_checkpoint(
 ) -> FWPForCausalLM:
     """An FLA DeltaNet / Gated DeltaNet checkpoint (folder or Hub id) as an `FWPForCausalLM`, in memory.
 
-    `dtype`: the model's dtype (``"auto"``, the default: the checkpoint's, so a bf16 source stays bf16). `config_overrides` go to `FWPConfig`
-    (settings that do not change what the weights compute, e.g. ``chunk_size``).
+    `dtype`: the model's dtype (``"auto"``, the default: the checkpoint's, so a bf16 source stays bf16).
+    `config_overrides` go to `FWPConfig` (settings that do not change what the weights compute, e.g. ``chunk_size``).
     Raises `FLACheckpointError` for anything that cannot be mapped exactly.
     """
     folder = resolve_fla_folder(path_or_repo_id, revision=revision, token=token)
@@ -589,9 +592,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         description="Convert a flash-linear-attention DeltaNet / Gated DeltaNet checkpoint (folder or Hub id) "
         "into an FWP checkpoint that runs on any CPU (AutoModelForCausalLM with trust_remote_code=True)."
     )
-    parser.add_argument("--input", required=True, help="FLA checkpoint folder or Hub id, e.g. fla-hub/delta_net-1.3B-100B")
+    parser.add_argument("--input", required=True,
+                        help="FLA checkpoint folder or Hub id, e.g. fla-hub/delta_net-1.3B-100B")
     parser.add_argument("--output_dir", required=True, help="new folder for the FWP checkpoint")
-    parser.add_argument("--dtype", default="auto", help="dtype of the saved weights: auto (the source's), float32, bfloat16")
+    parser.add_argument("--dtype", default="auto",
+                        help="dtype of the saved weights: auto (the source's), float32, bfloat16")
     parser.add_argument("--revision", default=None, help="Hub revision of --input")
     parser.add_argument("--hub_model_id", default=None,
                         help="also push the converted folder to this Hub repo (owner/name; HF_TOKEN or --hub_token)")

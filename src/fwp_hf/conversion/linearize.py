@@ -182,7 +182,8 @@ def copy_teacher_weights(student: FWPForCausalLM, teacher: PreTrainedModel) -> l
         ours_prefix, theirs_prefix = f"model.layers.{i}.", f"model.layers.{i}."
         take(ours_prefix + "input_layernorm.weight", theirs_prefix + "input_layernorm.weight")
         take(ours_prefix + "post_attention_layernorm.weight", theirs_prefix + "post_attention_layernorm.weight")
-        gate_up = torch.cat([theirs[theirs_prefix + "mlp.gate_proj.weight"], theirs[theirs_prefix + "mlp.up_proj.weight"]])
+        gate_up = torch.cat([theirs[theirs_prefix + "mlp.gate_proj.weight"],
+                             theirs[theirs_prefix + "mlp.up_proj.weight"]])
         _copy(ours, ours_prefix + "mlp.gate_up_proj.weight", gate_up)
         copied.add(ours_prefix + "mlp.gate_up_proj.weight")
         take(ours_prefix + "mlp.down_proj.weight", theirs_prefix + "mlp.down_proj.weight")
@@ -286,9 +287,9 @@ class AttentionTransferModel(nn.Module):
         if not trainable:
             kind = student.config.layer_attention_types[self.layers[0]]
             raise LinearizationError(
-                f"{kind!r} layers with feature map {student.model.layers[self.layers[0]].mixer.feature_map.kind!r} have "
-                "no new parameters to learn by attention transfer; use feature_map='hedgehog', the 'hedgehog' sum rule, "
-                "or a delta rule (its β gate)"
+                f"{kind!r} layers with feature map {student.model.layers[self.layers[0]].mixer.feature_map.kind!r} "
+                "have no new parameters to learn by attention transfer; use feature_map='hedgehog', the 'hedgehog' "
+                "sum rule, or a delta rule (its β gate)"
             )
         self._was_trainable = {name: p.requires_grad for name, p in student.named_parameters()}
         for name, parameter in student.named_parameters():

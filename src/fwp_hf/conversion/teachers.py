@@ -263,8 +263,8 @@ def load_teacher(
     except OSError as error:
         if source.is_local:
             raise
-        raise TeacherHubError(f"teacher {source.name_or_path!r} is not a local folder (no such directory) and could not be "
-                      f"loaded from the Hub: {error}") from error
+        raise TeacherHubError(f"teacher {source.name_or_path!r} is not a local folder (no such directory) and could "
+                              f"not be loaded from the Hub: {error}") from error
     if source.gguf_file is not None:
         model = dequantized_teacher(model)
         model.config.name_or_path = source.describe()
@@ -295,8 +295,8 @@ def save_teacher_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 def main(argv: Sequence[str] | None = None) -> Path:
     """Entry point of `scripts/prepare_teacher.py`: load a teacher (Hub id, folder, GGUF) and save it as a folder."""
     parser = argparse.ArgumentParser(
-        allow_abbrev=False, description="Save a teacher (a Hub id, a folder, or a llama.cpp .gguf file, dequantized to fp32) as an "
-        "ordinary transformers folder with its tokenizer, for scripts/linearize.py.")
+        allow_abbrev=False, description="Save a teacher (a Hub id, a folder, or a llama.cpp .gguf file, dequantized to "
+        "fp32) as an ordinary transformers folder with its tokenizer, for scripts/linearize.py.")
     parser.add_argument("--teacher_model_name_or_path", default=None,
                         help="Hub id, local folder, or .gguf file of the teacher")
     parser.add_argument("--teacher_gguf_file", default=None,

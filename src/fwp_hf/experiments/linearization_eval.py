@@ -389,7 +389,8 @@ def _load(model_name_or_path: str):
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description="Evaluate a teacher or linearized student (held-out perplexity, "
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     description="Evaluate a teacher or linearized student (held-out perplexity, "
                                      "perplexity by position, passkey retrieval, chat answers) into a results JSON, "
                                      "or render such a JSON as markdown.")
     parser.add_argument("--results_json", required=True, help="JSON that collects every model's entry (merged).")

@@ -67,9 +67,9 @@ def check_carry_state_arguments(training_args: TrainingArguments) -> None:
     """Refuse the training settings the carried state cannot follow, naming the option."""
     if getattr(training_args, "activation_checkpointing", False) or training_args.gradient_checkpointing:
         raise ValueError(
-            "--carry_state true cannot be combined with --activation_checkpointing (formerly --gradient_checkpointing): "
-            "the model drops its cache (use_cache=False) under activation checkpointing in training, so no state could "
-            "be carried"
+            "--carry_state true cannot be combined with --activation_checkpointing "
+            "(formerly --gradient_checkpointing): the model drops its cache (use_cache=False) under activation "
+            "checkpointing in training, so no state could be carried"
         )
     if training_args.n_gpu > 1:
         raise ValueError(
