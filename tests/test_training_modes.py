@@ -87,7 +87,8 @@ def test_carried_state_refuses_a_softmax_baseline_and_gradient_checkpointing(tra
     with pytest.raises(ValueError, match="--carry_state true needs an FWP model .* --architecture llama is a softmax"):
         mode.check_arguments(SimpleNamespace(architecture="llama"), training_args)
     checkpointing = TrainingArguments(output_dir=training_args.output_dir, use_cpu=True, gradient_checkpointing=True)
-    with pytest.raises(ValueError, match=r"--carry_state true cannot be combined with --activation_checkpointing \(formerly --gradient_checkpointing\)"):
+    with pytest.raises(ValueError, match=r"--carry_state true cannot be combined with --activation_checkpointing "
+                                         r"\(formerly --gradient_checkpointing\)"):
         mode.check_arguments(SimpleNamespace(architecture="fwp"), checkpointing)
     for other in (BlockTraining, PackedDocumentsTraining):  # the other modes train either
         other(DataTrainingArguments()).check_arguments(SimpleNamespace(architecture="llama"), checkpointing)
