@@ -37,7 +37,6 @@ from .fast_weight_kernels import (
 )
 from .feature_maps_fwp import FWPFeatureMap
 from .token_mixers import (
-    ENCODER_BIDIRECTIONAL,
     FAST_WEIGHT_LAYER,
     HEBBIAN_MEMORY_LAYER,
     SOFTMAX_ATTENTION_LAYER,
@@ -370,7 +369,6 @@ class FWPFastWeightAttention(nn.Module):
         self.layer_idx = layer_idx
         self.attention_type = attention_type
         self.is_causal = is_causal
-        self.bidirectional = not is_causal and spec.encoder_form == ENCODER_BIDIRECTIONAL
         options = config.fast_weight
         self.num_heads = config.num_attention_heads
         self.chunk_size = config.chunk_size

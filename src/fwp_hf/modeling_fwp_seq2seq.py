@@ -86,7 +86,6 @@ class FWPCrossAttention(nn.Module):
         self.layer_idx = layer_idx
         self.kind = config.cross_attention_type
         self.uses_fast_weights = TOKEN_MIXERS[self.kind].holds_state
-        self.has_attention_matrix = not self.uses_fast_weights
         self.num_heads = config.num_attention_heads
         self.scaling = 1 / math.sqrt(config.head_dim)  # exactly SDPA's default scale
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
