@@ -13,6 +13,8 @@ from gguf_fixture import TEXT, tiny_llama_and_tokenizer
 
 from fwp_hf.conversion.linearize import linearize_model
 from fwp_hf.experiments.linearization_eval import (
+    CARD_SECTION_END,
+    CARD_SECTION_START,
     PASSKEY_FILLER,
     PASSKEY_INTRO,
     chat_answers,
@@ -171,3 +173,44 @@ def test_evaluation_script_collects_models_and_renders_tables(models, tmp_path):
                     "Training cost per stage", "Evaluation cost"):
         assert f"### {heading}" in text
     assert "| fast | attention transfer | 2 | 128 | 2 | 300 |" in text
+
+
+def _entry(perplexity: float, model: str) -> dict:
+    cost = {"seconds": 1.0, "peak_memory_mb": 10.0}
+    return {"model": model, "heldout_tokens": 64,
+            "heldout_perplexity": {"64": {"perplexity": perplexity, "tokens": 64, "cost": cost}}}
+
+
+def test_results_of_parallel_processes_merge_and_refuse_to_overwrite(tmp_path):
+    first, second, merged = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "all.json"
+    first.write_text(json.dumps({"models": {"teacher": _entry(10.0, "t")}}))
+    second.write_text(json.dumps({"models": {"student": _entry(20.0, "s")},
+                                  "training": {"student": {"stages": {}}}}))
+    main(["--results_json", str(merged), "--merge_json", str(first), str(second)])
+    results = json.loads(merged.read_text())
+    assert list(results["models"]) == ["teacher", "student"] and "student" in results["training"]
+    main(["--results_json", str(merged), "--merge_json", str(first)])  # the same entry again: nothing lost
+    second.write_text(json.dumps({"models": {"teacher": _entry(11.0, "t")}}))
+    with pytest.raises(ValueError, match="entry 'teacher' .* differs"):
+        main(["--results_json", str(merged), "--merge_json", str(second)])
+    assert json.loads(merged.read_text())["models"]["teacher"]["heldout_perplexity"]["64"]["perplexity"] == 10.0
+
+
+def test_model_cards_get_the_report_numbers_once(tmp_path):
+    student = tmp_path / "student"
+    stage = tmp_path / "stage_after_copying"
+    student.mkdir()
+    stage.mkdir()
+    (student / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# student\n\nTraining numbers.\n")
+    results_json = tmp_path / "results.json"
+    results = {"models": {"teacher": _entry(10.0, str(tmp_path / "teacher")), "student": _entry(25.0, str(student)),
+                          "student, after copying": _entry(400.0, str(stage))}}
+    results_json.write_text(json.dumps(results))
+    for _ in range(2):  # a second run replaces the section instead of appending another
+        main(["--results_json", str(results_json), "--update_model_cards"])
+    card = (student / "README.md").read_text()
+    assert card.count(CARD_SECTION_START) == 1 and card.count(CARD_SECTION_END) == 1
+    assert card.startswith("---\nlicense: apache-2.0\n---\n\n# student\n\nTraining numbers.\n")
+    assert "#### Held-out perplexity" in card and "| student | 25.00 | 40.0% |" in card
+    assert "| teacher | 10.00 | 100.0% |" in card and "400.00" not in card
+    assert not (stage / "README.md").exists()

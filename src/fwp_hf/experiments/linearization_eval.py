@@ -21,7 +21,8 @@ For one model (a teacher or a student at some stage), `evaluate_model` measures
 
 `main` (behind `scripts/evaluate_linearization.py`) evaluates one model and merges its entry into a
 results JSON (so models can be evaluated in separate processes); ``--render_markdown`` turns such a
-JSON into the markdown tables (`render_markdown`).
+JSON into the markdown tables (`render_markdown`); ``--merge_json`` joins the JSONs of processes run
+in parallel and ``--update_model_cards`` writes each student's tables into its folder's card.
 """
 
 from __future__ import annotations
@@ -379,6 +380,48 @@ def render_markdown(results: dict[str, Any], teacher: str = "teacher") -> str:
 # Entry point
 # ----------------------------------------------------------------------------------------------
 
+def merge_results(results: dict[str, Any], other: dict[str, Any], source: str = "another JSON") -> None:
+    """Add `other`'s model and training entries to `results` (in place), so that models evaluated by separate
+    processes, each into its own JSON, end up side by side. A name present in both with different content is
+    an error: one of the two measurements would be lost."""
+    for section in ("models", "training"):
+        target = results.setdefault(section, {})
+        for name, entry in other.get(section, {}).items():
+            if name in target and target[name] != entry:
+                raise ValueError(f"{section} entry {name!r} of {source} differs from the one already in the results; "
+                                 "rename one of them (--name) or drop it before merging")
+            target[name] = entry
+
+
+CARD_SECTION_START = "<!-- fwp_hf evaluation: start -->"
+CARD_SECTION_END = "<!-- fwp_hf evaluation: end -->"
+
+
+def update_model_card(folder: str | os.PathLike, results: dict[str, Any], name: str, teacher: str = "teacher") -> bool:
+    """Write the evaluation tables of `name` beside its teacher (`render_markdown` of those two entries and
+    `name`'s training cost) into ``folder/README.md`` between `CARD_SECTION_START` / `CARD_SECTION_END`,
+    replacing an earlier such section, so the card carries the same numbers as the report. Returns False
+    (and writes nothing) where the folder has no README.md card."""
+    card = Path(folder) / "README.md"
+    if not card.is_file():
+        return False
+    names = [n for n in (teacher, name) if n in results["models"]]
+    subset = {"models": {n: results["models"][n] for n in names},
+              "training": {n: v for n, v in results.get("training", {}).items() if n == name}}
+    section = (f"{CARD_SECTION_START}\n## Evaluation (`scripts/evaluate_linearization.py`)\n\n"
+               + "".join("#" + line if line.startswith("### ") else line  # one level below the card's "##"
+                         for line in render_markdown(subset, teacher).splitlines(keepends=True))
+               + f"{CARD_SECTION_END}\n")
+    text = card.read_text(encoding="utf-8")
+    if CARD_SECTION_START in text and CARD_SECTION_END in text:
+        head, rest = text.split(CARD_SECTION_START, 1)
+        text = head + section + rest.split(CARD_SECTION_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    card.write_text(text, encoding="utf-8")
+    return True
+
+
 def _load(model_name_or_path: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -414,7 +457,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--training_results", default=None,
                         help="linearization_results.json of this student: its per-stage training cost goes "
                              "to the JSON.")
+    parser.add_argument("--merge_json", nargs="+", default=[],
+                        help="Results JSONs of other processes whose entries are merged into --results_json.")
     parser.add_argument("--render_markdown", default=None, help="Write the JSON's tables to this markdown file.")
+    parser.add_argument("--update_model_cards", action="store_true",
+                        help="Write each evaluated model's tables (beside the teacher's) into the README.md card of "
+                             "its folder, where it has one (the final students; stage folders have none).")
     parser.add_argument("--teacher_name", default="teacher", help="Row that retention is relative to.")
     return parser.parse_args(argv)
 
@@ -424,6 +472,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_arguments(argv)
     path = Path(args.results_json)
     results = json.loads(path.read_text()) if path.is_file() else {"models": {}}
+    for other in args.merge_json:
+        merge_results(results, json.loads(Path(other).read_text()), other)
+    if args.merge_json and args.model_name_or_path is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
     if args.model_name_or_path is not None:
         if not args.name or not args.heldout_file:
             raise SystemExit("evaluate_linearization: error: --name and --heldout_file are required with "
@@ -446,11 +499,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                             for c, v in entry["heldout_perplexity"].items()))
     if args.render_markdown is not None:
         Path(args.render_markdown).write_text(render_markdown(results, args.teacher_name))
+    if args.update_model_cards:
+        for name, entry in results["models"].items():
+            if name != args.teacher_name and update_model_card(entry["model"], results, name, args.teacher_name):
+                print(f"{name}: evaluation written into {os.path.join(entry['model'], 'README.md')}")
     return results
 
 
 __all__ = [
     "CHAT_PROMPTS", "chat_answers", "document_stream", "evaluate_model", "heldout_perplexity", "long_context_curve",
-    "main", "measure", "model_max_context", "passkey_answer_is_correct", "passkey_prompt", "passkey_retrieval",
-    "passkey_trial", "read_texts", "render_markdown", "sliding_window_token_losses",
+    "main", "measure", "merge_results", "model_max_context", "passkey_answer_is_correct", "passkey_prompt",
+    "passkey_retrieval", "passkey_trial", "read_texts", "render_markdown", "sliding_window_token_losses",
+    "update_model_card",
 ]
