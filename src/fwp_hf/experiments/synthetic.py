@@ -21,7 +21,7 @@ import math
 import string
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -397,6 +397,13 @@ def start_experiment(
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     return args, output_dir
+
+
+def check_counts(args: Any, names: Sequence[str]) -> None:
+    """A ValueError naming the first of the arguments `names` (counts: sequences, steps, ...) that is below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
 
 
 def new_figure():
