@@ -103,10 +103,10 @@ def test_every_script_parser_turns_prefix_matching_off():
          """--config_overrides '{"feature_maps": {"dpfp": {"nu": 2}}}'"""),
         (train_lm_main, "train_lm.py", ["--performer_num_features=32"],
          """--config_overrides '{"feature_maps": {"favor": {"num_features": 32}}}'"""),
-        (train_translation_main, "train_translation.py", ["--dpfp_nu", "3"],
+        (train_translation_main, "train_translation.py", ["--dpfp-nu", "3"],
          """--config_overrides '{"feature_maps": {"dpfp": {"nu": 3}}}'"""),
     ],
-    ids=["dpfp_nu", "performer_num_features-inline", "translation"],
+    ids=["dpfp_nu", "performer_num_features-inline", "translation-dashes"],
 )
 def test_a_retired_feature_map_flag_is_refused_naming_its_group(main, prog, old, replacement, capsys, tmp_path,
                                                                 monkeypatch):

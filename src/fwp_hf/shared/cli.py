@@ -86,18 +86,20 @@ Replacement = Callable[[Any], tuple[str, str]]
 
 def refuse_retired_arguments(argv: Sequence[str], retired: Mapping[str, Replacement],
                              file_values: Mapping[str, Any] | None = None, config_file: str | None = None) -> None:
-    """A ValueError for the first retired argument in `argv` (``--name value`` or ``--name=value``) or among the
-    `file_values` read from `config_file`, naming the argument that replaces it (as a flag or as a file key)."""
+    """A ValueError for the first retired argument in `argv` (``--name value`` or ``--name=value``, also with
+    dashes for underscores, as `HfArgumentParser` accepts them) or among the `file_values` read from
+    `config_file`, naming the argument that replaces it (as a flag or as a file key)."""
     for index, word in enumerate(argv):
-        name, has_value, inline = word.removeprefix("--").partition("=")
+        flag, has_value, inline = word.removeprefix("--").partition("=")
+        name = flag.replace("-", "_")
         if word.startswith("--") and name in retired:
             given = inline if has_value else (argv[index + 1] if index + 1 < len(argv) else "...")
             try:
                 value = json.loads(given)
             except json.JSONDecodeError:
                 value = given
-            flag, replacement = retired[name](value)
-            raise ValueError(f"--{name} was removed; give --{flag} '{replacement}' instead")
+            replaced_by, replacement = retired[name](value)
+            raise ValueError(f"--{flag} was removed; give --{replaced_by} '{replacement}' instead")
     for name, value in (file_values or {}).items():
         if name in retired:
             key, replacement = retired[name](value)
