@@ -94,3 +94,47 @@ def test_every_script_parser_turns_prefix_matching_off():
                     parsers.append((f"{path.relative_to(source_root)}:{node.lineno}", off))
     assert len(parsers) >= 9, parsers
     assert [where for where, off in parsers if not off] == []
+
+
+@pytest.mark.parametrize(
+    ("main", "prog", "old", "replacement"),
+    [
+        (train_lm_main, "train_lm.py", ["--dpfp_nu", "2"],
+         """--config_overrides '{"feature_maps": {"dpfp": {"nu": 2}}}'"""),
+        (train_lm_main, "train_lm.py", ["--performer_num_features=32"],
+         """--config_overrides '{"feature_maps": {"favor": {"num_features": 32}}}'"""),
+        (train_translation_main, "train_translation.py", ["--dpfp-nu", "3"],
+         """--config_overrides '{"feature_maps": {"dpfp": {"nu": 3}}}'"""),
+    ],
+    ids=["dpfp_nu", "performer_num_features-inline", "translation-dashes"],
+)
+def test_a_retired_feature_map_flag_is_refused_naming_its_group(main, prog, old, replacement, capsys, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--output_dir", "out", "--do_train", *old])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"{prog}: error: --{old[0][2:].split('=')[0]} was removed; give {replacement} instead", err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_retired_key_in_a_config_file_is_refused_and_its_replacement_builds_the_model(tmp_path):
+    from fwp_hf.training.common import fwp_config_from_arguments
+
+    config = tmp_path / "config.yaml"
+    config.write_text("output_dir: out\ndo_train: true\nattention_type: dpfp\ndpfp_nu: 2\n")
+    with pytest.raises(ValueError) as error:
+        parse_lm_arguments([str(config)])
+    replacement = """config_overrides: {"feature_maps": {"dpfp": {"nu": 2}}}"""
+    assert str(error.value) == f"config file {str(config)!r}: key 'dpfp_nu' was removed; write {replacement} instead"
+    config.write_text(config.read_text().replace("dpfp_nu: 2", replacement))  # the replacement, word for word
+
+    class EightTokens:
+        pad_token_id, bos_token_id, eos_token_id = 0, 2, 3
+
+        def __len__(self) -> int:
+            return 8
+
+    built = fwp_config_from_arguments(parse_lm_arguments([str(config)])[0], EightTokens())
+    assert (built.attention_type, built.feature_maps["dpfp"].nu) == ("dpfp", 2)

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from fwp_hf.experiments.mutation_check import MUTANTS, REPO_ROOT, Mutant, MutationError, baseline_selections, plant
+from fwp_hf.experiments.mutation_check import (
+    MUTANTS,
+    REPO_ROOT,
+    Mutant,
+    MutationError,
+    baseline_selections,
+    load_mutants,
+    plant,
+)
 
 
 def test_plant_changes_the_copy_once_and_refuses_a_missing_or_ambiguous_text(tmp_path):
@@ -46,3 +54,20 @@ def test_baseline_runs_each_test_file_once_with_the_union_of_its_selections():
     ])
     assert selections == {"tests/test_a.py": ("tests/test_a.py", "-k", "(beta or eigval) or (gated)"),
                           "tests/test_b.py": ("tests/test_b.py",)}
+
+
+def test_the_mutant_list_is_read_from_its_yaml_file_and_a_malformed_entry_is_named(tmp_path):
+    listing = tmp_path / "mutants.yaml"
+    listing.write_text(
+        "kernels:\n"
+        "  - {name: sign, file: x.py, original: 'a + 1', replacement: 'a - 1', tests: test_a.py, select: 'b or c',\n"
+        "     bug: the sign}\n"
+        "cache:\n"
+        "  - {name: gone, file: y.py, original: a, replacement: b, tests: test_b.py, bug: no select}\n"
+    )
+    with pytest.raises(ValueError, match=r"mutant 0 of area 'cache' must have exactly the keys name, file, .*select"):
+        load_mutants(listing)
+    listing.write_text(listing.read_text().split("cache:")[0])
+    assert load_mutants(listing) == (
+        Mutant("sign", "kernels", "src/fwp_hf/x.py", "a + 1", "a - 1", ("tests/test_a.py", "-k", "b or c"), "the sign"),
+    )

@@ -56,6 +56,7 @@ def test_wheel_holds_what_the_library_reads_at_run_time(wheel):
         "fwp_hf/shared/model_cards/fwp_lm_card.md",
         "fwp_hf/training/evaluate_metrics/sacrebleu.py",
         "fwp_hf/training/evaluate_metrics/chrf.py",
+        "fwp_hf/training/evaluate_metrics/_sacrebleu_corpus_metric.py",
         *(f"fwp_hf/{name}" for name in SEQ2SEQ_MODEL_CODE_FILES),
     }
     assert needed <= names, sorted(needed - names)

@@ -7,8 +7,10 @@ overrides, the same warning when a tokenizer of another size is reused.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 from transformers import TrainingArguments
@@ -17,6 +19,7 @@ from fwp_hf.training import lm, translation
 from fwp_hf.training.common import BaseModelArguments, fwp_config_from_arguments, load_or_train_tokenizer
 from fwp_hf.training.tokenization import save_tokenizer, train_sentencepiece_tokenizer
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = {
     "lm": (lm.ModelArguments, fwp_config_from_arguments),
     "translation": (translation.ModelArguments, translation.fwp_seq2seq_config_from_arguments),
@@ -86,3 +89,24 @@ def test_tokenizer_step_trains_on_texts_then_reuses_with_a_warning_on_another_si
     save_tokenizer(train_sentencepiece_tokenizer(texts, vocab_size=320), tmp_path / "named")
     named = load_or_train_tokenizer(BaseModelArguments(tokenizer_name=str(tmp_path / "named")), training_args, None)
     assert named.name_or_path == str(tmp_path / "named")  # tokenizer_name wins over the one in output_dir
+
+
+# The committed configs of the two scripts (configs/linearize/teacher_llama.yaml trains a Llama, not an FWP model).
+COMMITTED_CONFIGS = {
+    "lm": sorted((REPO_ROOT / "configs" / "lm").glob("*.yaml")),
+    "translation": sorted((REPO_ROOT / "configs" / "translation").glob("*.yaml")),
+}
+
+
+@pytest.mark.parametrize(("pipeline", "path"), [(pipeline, path) for pipeline, paths in COMMITTED_CONFIGS.items()
+                                                for path in paths], ids=lambda value: getattr(value, "name", value))
+def test_every_committed_config_builds_its_model_config(pipeline, path):
+    """A committed config has no retired or unknown key and builds an FWPConfig; the feature-map options it sets
+    (in config_overrides, the one place for them) are the model's."""
+    parse = lm.parse_lm_arguments if pipeline == "lm" else translation.parse_translation_arguments
+    model_args = parse([str(path)])[0]
+    config = PIPELINES[pipeline][1](model_args, SentencepieceIds(2000))
+    assert config.fast_weight.feature_map == model_args.feature_map
+    for name, options in json.loads(model_args.config_overrides or "{}").get("feature_maps", {}).items():
+        for option, value in options.items():
+            assert getattr(config.feature_maps[name], option) == value, (name, option)

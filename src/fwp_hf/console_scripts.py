@@ -7,51 +7,23 @@ is `fwp_hf.serve.main` itself.)"""
 from __future__ import annotations
 
 import importlib
+from functools import partial
 
 
 def _run(module: str, function: str = "main") -> None:
+    """Import `module` (only when its command runs: the others' imports stay unloaded) and call its `function`."""
     getattr(importlib.import_module(module), function)()
 
 
-def train_lm() -> None:
-    _run("fwp_hf.training.lm")
-
-
-def train_tokenizer() -> None:
-    _run("fwp_hf.training.tokenization")
-
-
-def compare_lm() -> None:
-    _run("fwp_hf.training.lm_comparison")
-
-
-def linearize() -> None:
-    _run("fwp_hf.training.linearize")
-
-
-def prepare_data() -> None:
-    _run("fwp_hf.training.lm_text_data", "prepare_data_main")  # both corpora, chosen by --corpus
-
-
-def prepare_teacher() -> None:
-    _run("fwp_hf.conversion.teachers")
-
-
-def evaluate_linearization() -> None:
-    _run("fwp_hf.experiments.linearization_eval")
-
-
-def train_translation() -> None:
-    _run("fwp_hf.training.translation")
-
-
-def convert_fla_checkpoint() -> None:
-    _run("fwp_hf.conversion.fla")
-
-
-def export_onnx() -> None:
-    _run("fwp_hf.conversion.onnx_export")
-
-
-def benchmark() -> None:
-    _run("fwp_hf.experiments.benchmark")
+# One command each: ``fwp-<name with dashes>`` in pyproject.toml calls ``<name>()``.
+train_lm = partial(_run, "fwp_hf.training.lm")
+train_tokenizer = partial(_run, "fwp_hf.training.tokenization")
+compare_lm = partial(_run, "fwp_hf.training.lm_comparison")
+linearize = partial(_run, "fwp_hf.training.linearize")
+prepare_data = partial(_run, "fwp_hf.training.lm_text_data", "prepare_data_main")  # both corpora, by --corpus
+prepare_teacher = partial(_run, "fwp_hf.conversion.teachers")
+evaluate_linearization = partial(_run, "fwp_hf.experiments.linearization_eval")
+train_translation = partial(_run, "fwp_hf.training.translation")
+convert_fla_checkpoint = partial(_run, "fwp_hf.conversion.fla")
+export_onnx = partial(_run, "fwp_hf.conversion.onnx_export")
+benchmark = partial(_run, "fwp_hf.experiments.benchmark")

@@ -43,6 +43,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -863,10 +864,31 @@ def _check_fast_weights(
         raise ValueError(f"{name}: num_steps must be >= 0, got {num_steps}")
 
 
-def _fast_weights_writes(
-    drive: torch.Tensor, decay: float, learning_rate: float, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Memory writes ``η h⁰_t`` (keys), ``h⁰_t`` (values) and log-decays; masked tokens neither write nor decay."""
+class _FastWeightsStart(NamedTuple):
+    """What both Ba et al. kernels start from (`_fast_weights_start`), all fp32."""
+
+    drive: torch.Tensor  # z_t [B, H, T, d]
+    keys: torch.Tensor  # η h⁰_t, zero on masked tokens
+    values: torch.Tensor  # h⁰_t = relu(z_t)
+    log_decay: torch.Tensor  # log λ per token [B, H, T], zero on masked tokens
+    state: torch.Tensor  # A_0 [B, H, d, d]
+
+
+def _fast_weights_start(
+    name: str,
+    drive: torch.Tensor,
+    decay: float,
+    learning_rate: float,
+    num_steps: int,
+    initial_state: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    seq_idx: torch.Tensor | None,
+) -> _FastWeightsStart:
+    """The arguments of kernel `name` checked, then the drive in fp32, the memory writes ``η h⁰_t`` (keys),
+    ``h⁰_t`` (values) and log-decays (masked tokens neither write nor decay), and the initial memory."""
+    _check_fast_weights(name, drive, decay, num_steps, initial_state, mask)
+    _check_seq_idx(name, seq_idx, drive.shape[0], drive.shape[2])
+    drive = drive.float()
     hidden0 = F.relu(drive)
     log_decay = drive.new_full(drive.shape[:3], math.log(decay))
     keys = learning_rate * hidden0
@@ -874,7 +896,8 @@ def _fast_weights_writes(
         mask = mask.to(drive.dtype)
         keys = keys * mask.unsqueeze(-1)
         log_decay = log_decay * mask
-    return keys, hidden0, log_decay
+    state = _zero_state(drive, drive) if initial_state is None else initial_state.float()
+    return _FastWeightsStart(drive, keys, hidden0, log_decay, state)
 
 
 def recurrent_fast_weights(
@@ -899,12 +922,10 @@ def recurrent_fast_weights(
     document ids or None (``A_{t-1} := 0`` where a document starts, before that token's inner loop reads it).
     Returns ``(h^S [B, H, T, d], A_T fp32)``. ``chunk_size`` is unused.
     """
-    _check_fast_weights("recurrent_fast_weights", drive, decay, num_steps, initial_state, mask)
-    _check_seq_idx("recurrent_fast_weights", seq_idx, drive.shape[0], drive.shape[2])
     out_dtype = drive.dtype
-    drive = drive.float()
-    keys, values, log_decay = _fast_weights_writes(drive, decay, learning_rate, mask)
-    state = _zero_state(drive, drive) if initial_state is None else initial_state.float()
+    drive, keys, values, log_decay, state = _fast_weights_start(
+        "recurrent_fast_weights", drive, decay, learning_rate, num_steps, initial_state, mask, seq_idx
+    )
     outputs = []
     for t, keep in enumerate(_state_keeps(seq_idx, drive.shape[2])):
         state = _reset(state, keep)
@@ -937,12 +958,10 @@ def chunk_fast_weights(
     the whole sequence, not S times per token. ``seq_idx``: the exclusive sum rule's document masks
     (`_ChunkDocuments`), computed once for all inner steps.
     """
-    _check_fast_weights("chunk_fast_weights", drive, decay, num_steps, initial_state, mask)
-    _check_seq_idx("chunk_fast_weights", seq_idx, drive.shape[0], drive.shape[2])
     out_dtype, seq_len = drive.dtype, drive.shape[2]
-    drive = drive.float()
-    keys, values, log_decay = _fast_weights_writes(drive, decay, learning_rate, mask)
-    state = _zero_state(drive, drive) if initial_state is None else initial_state.float()
+    drive, keys, values, log_decay, state = _fast_weights_start(
+        "chunk_fast_weights", drive, decay, learning_rate, num_steps, initial_state, mask, seq_idx
+    )
     if seq_len == 0:
         return drive.to(out_dtype), state
     keys_c, values_c = (_chunked(_pad_time(x, chunk_size), chunk_size) for x in (keys, values))

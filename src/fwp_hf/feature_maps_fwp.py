@@ -266,15 +266,22 @@ def _favor_projection(options: FavorOptions, head_dim: int, num_heads: int,
     return {"projection": draw_orthogonal_random_features(options.num_features, head_dim, generator)}
 
 
+def _elementwise(name: str, label: str, function: Callable[[torch.Tensor], torch.Tensor],
+                 nonnegative: bool = True) -> FeatureMapSpec:
+    """The entry of a map applied element by element, without options or weights: d_dot = d."""
+    return FeatureMapSpec(
+        name,
+        label=lambda options: label,
+        apply=lambda x, options, weights: function(x),
+        output_dim=lambda head_dim, options: head_dim,
+        nonnegative=nonnegative,
+    )
+
+
 FEATURE_MAPS: dict[str, FeatureMapSpec] = {
     spec.name: spec
     for spec in (
-        FeatureMapSpec(
-            "elu",
-            label=lambda options: "elu + 1",
-            apply=lambda x, options, weights: elu_plus_one_feature_map(x),
-            output_dim=lambda head_dim, options: head_dim,
-        ),
+        _elementwise("elu", "elu + 1", elu_plus_one_feature_map),
         FeatureMapSpec(
             "favor",
             label=lambda options: f"FAVOR+(m={options.num_features})",
@@ -312,26 +319,9 @@ FEATURE_MAPS: dict[str, FeatureMapSpec] = {
         ),
         # The q/k activations of flash-linear-attention's DeltaNet (`qk_activation`), meant to be followed by
         # an L2 or sum normalisation (`fast_weight.key_normalization`): they are not positive maps.
-        FeatureMapSpec(
-            "silu",
-            label=lambda options: "SiLU",
-            apply=lambda x, options, weights: F.silu(x),
-            output_dim=lambda head_dim, options: head_dim,
-            nonnegative=False,
-        ),
-        FeatureMapSpec(
-            "relu",
-            label=lambda options: "ReLU",
-            apply=lambda x, options, weights: F.relu(x),
-            output_dim=lambda head_dim, options: head_dim,
-        ),
-        FeatureMapSpec(
-            "identity",
-            label=lambda options: "identity",
-            apply=lambda x, options, weights: x,
-            output_dim=lambda head_dim, options: head_dim,
-            nonnegative=False,
-        ),
+        _elementwise("silu", "SiLU", F.silu, nonnegative=False),
+        _elementwise("relu", "ReLU", F.relu),
+        _elementwise("identity", "identity", lambda x: x, nonnegative=False),
     )
 }
 

@@ -32,6 +32,7 @@ from .synthetic import (
     FastWeightsRNN,
     LSTMClassifier,
     ba_decode,
+    check_counts,
     finish_experiment,
     make_ba_retrieval_dataset,
     new_figure,
@@ -95,9 +96,9 @@ def check_arguments(args: AssociativeRetrievalArguments) -> None:
         raise ValueError(f"unknown models {sorted(unknown)}; allowed: {MODELS}")
     if not args.hidden_sizes or min(args.hidden_sizes) < 1:
         raise ValueError(f"hidden_sizes must be a non-empty list of positive ints, got {args.hidden_sizes}")
-    for name in ("train_sequences", "validation_sequences", "test_sequences", "batch_size", "max_steps", "eval_every"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
+    check_counts(
+        args, ("train_sequences", "validation_sequences", "test_sequences", "batch_size", "max_steps", "eval_every")
+    )
 
 
 def build_model(args: AssociativeRetrievalArguments, model_name: str, hidden_size: int) -> nn.Module:

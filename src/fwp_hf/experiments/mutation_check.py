@@ -1,7 +1,8 @@
 """Mutation check: plant named single bugs in the source and see whether the related tests catch them.
 
-Each `Mutant` replaces one exact text (it must occur exactly once) in one file under ``src/`` and names
-the tests that guard that code (pytest arguments: files, ``-k`` expressions). `run_mutants` copies
+Each `Mutant` (listed in ``mutants.yaml`` beside this module) replaces one exact text (it must occur exactly
+once) in one file under ``src/`` and names the tests that guard that code (pytest arguments: files, ``-k``
+expressions). `run_mutants` copies
 ``src/`` into a temporary folder, plants one mutant at a time there (a fresh copy per mutant) and runs
 its tests with that copy first on ``PYTHONPATH``, so the working tree is never modified: an interrupted
 run (Ctrl-C, a kill) leaves nothing to revert, and the temporary folder is removed on exit.
@@ -31,6 +32,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -186,152 +189,31 @@ def render_report(results: Sequence[MutantResult], total_seconds: float, command
     return "\n".join(lines) + "\n"
 
 
-def _mutant(name: str, area: str, path: str, original: str, replacement: str, tests: Sequence[str], bug: str) -> Mutant:
-    return Mutant(name, area, f"src/fwp_hf/{path}", original, replacement, tuple(tests), bug)
+MUTANTS_FILE = Path(__file__).with_name("mutants.yaml")
+_MUTANT_KEYS = ("name", "file", "original", "replacement", "tests", "select", "bug")
 
 
-def _k(test_file: str, expression: str) -> tuple[str, ...]:
-    return (f"tests/{test_file}", "-k", expression)
+def load_mutants(path: Path = MUTANTS_FILE) -> tuple[Mutant, ...]:
+    """The mutants listed in `path` (``mutants.yaml``: per area a list of mutants, each with the keys
+    `_MUTANT_KEYS`; its header says what they mean); a ValueError names an entry that lacks or adds a key."""
+    with open(path, encoding="utf-8") as handle:
+        areas = yaml.safe_load(handle)
+    mutants = []
+    for area, entries in areas.items():
+        for index, entry in enumerate(entries):
+            keys = set(entry) if isinstance(entry, dict) else set()
+            if keys != set(_MUTANT_KEYS):
+                raise ValueError(f"{path}: mutant {index} of area {area!r} must have exactly the keys "
+                                 f"{', '.join(_MUTANT_KEYS)}; got {entry!r}")
+            mutants.append(Mutant(entry["name"], area, f"src/fwp_hf/{entry['file']}", entry["original"],
+                                  entry["replacement"], (f"tests/{entry['tests']}", "-k", entry["select"]),
+                                  entry["bug"]))
+    return tuple(mutants)
 
 
 # The planted bugs: realistic single mistakes in the code added for carried state, packing, the FLA importer
-# and linearization, and in the kernels and cache they build on (issue 23 lists the ten that once survived).
-MUTANTS: tuple[Mutant, ...] = (
-    # Kernels
-    _mutant("neg-eigval-beta-not-doubled", "kernels", "fast_weight_kernels.py",
-            "return 2.0 * beta if allow_neg_eigval else beta", "return beta",
-            _k("test_kernels.py", "beta or eigval"), "β stays in (0, 1) with allow_neg_eigval"),
-    _mutant("delta-rule-step-sign", "kernels", "fast_weight_kernels.py",
-            "state = state + k.transpose(-1, -2) * (beta * (v - retrieved))",
-            "state = state + k.transpose(-1, -2) * (beta * (v + retrieved))",
-            _k("test_kernels.py", "delta"), "the recurrent delta rule adds the retrieved value"),
-    _mutant("exclusive-sum-rule-reads-new-state", "kernels", "fast_weight_kernels.py",
-            "(read_state if exclusive else state)", "(state if exclusive else state)",
-            _k("test_kernels.py", "exclusive"), "the exclusive read includes the current token"),
-    _mutant("gated-decay-sign", "kernels", "fast_weight_kernels.py",
-            "return -a_log.float().exp() * F.softplus(logits.float() + dt_bias.float())",
-            "return a_log.float().exp() * F.softplus(logits.float() + dt_bias.float())",
-            _k("test_kernels.py", "gated"), "the gated delta rule's log-decay is positive (growth)"),
-    _mutant("document-resets-ignored", "kernels", "fast_weight_kernels.py",
-            "keeps = (~document_starts(seq_idx)).float()", "keeps = (document_starts(seq_idx) | True).float()",
-            _k("test_packing.py", "kernels_with_seq_idx"), "recurrent kernels never reset at a document start"),
-    _mutant("conv-window-unmasked", "kernels", "fast_weight_kernels.py",
-            "return y.transpose(1, 2), window * last", "return y.transpose(1, 2), window",
-            _k("test_packing.py", "short_convolution"), "the returned conv window keeps earlier documents' inputs"),
-    _mutant("favor-key-shift-sign", "kernels", "feature_maps_fwp.py",
-            "return features, query_shift + self.spec.key_log_scale(self.weights).to(query_shift)",
-            "return features, query_shift - self.spec.key_log_scale(self.weights).to(query_shift)",
-            _k("test_numerics.py", "favor"), "the FAVOR+ key shift enters the layer's read with the wrong sign"),
-    _mutant("normalizer-eps-unscaled", "kernels", "fast_weight_kernels.py",
-            "denominator = (y[..., -1:] + _scaled_eps(eps, log_scale, y.dtype))",
-            "denominator = (y[..., -1:] + eps)",
-            _k("test_numerics.py", "favor"), "ε is not rescaled for shifted FAVOR+ features"),
-    # Cache
-    _mutant("cache-token-count-frozen", "cache", "cache_fwp.py",
-            "            self._token_count += num_new_tokens", "            pass",
-            _k("test_modeling.py", "cache"), "the fast-weight cache does not count new tokens"),
-    _mutant("cache-reset-rows-inverted", "cache", "cache_fwp.py",
-            "keep = ~rows.to(torch.bool).flatten()", "keep = rows.to(torch.bool).flatten()",
-            _k("test_document_resets.py", "carried_cache or old_one"), "reset_rows empties the other rows"),
-    _mutant("cache-reorder-ignored", "cache", "cache_fwp.py",
-            "self._map_state(lambda state: state.index_select(0, beam_idx.to(state.device)))",
-            "self._map_state(lambda state: state)",
-            _k("test_generation.py", "beam"), "beam search does not reorder the fast-weight states"),
-    # Carried state
-    _mutant("carried-position-counts-steps", "carried state", "training/carried_state.py",
-            '"micro_batches_seen": self.micro_batches_seen,',
-            '"micro_batches_seen": self.state.global_step * self.args.gradient_accumulation_steps,',
-            _k("test_carried_state_training.py", "inside_an_epoch"),
-            "the saved stream position counts optimizer steps × accumulation"),
-    _mutant("carried-state-not-detached", "carried state", "training/carried_state.py",
-            "layer.load_tensors(*(tensor.detach() for tensor in layer.tensors()))",
-            "layer.load_tensors(*layer.tensors())",
-            _k("test_carried_state_training.py", "no_gradient"), "gradients flow into the previous segment"),
-    _mutant("streams-never-restart", "carried state", "training/carried_state.py",
-            "if self.segment_index == 0 or self.reset_every_segment:", "if self.reset_every_segment:",
-            _k("test_carried_state_training.py", "previous_final_state"),
-            "the state is carried across the epoch boundary"),
-    _mutant("stream-layout-not-transposed", "carried state", "training/carried_state.py",
-            "return streams.transpose(0, 1).reshape(-1, segment_length).tolist()",
-            "return streams.reshape(-1, segment_length).tolist()",
-            _k("test_carried_state_training.py", "continues_its_stream"),
-            "consecutive rows hold consecutive segments of one stream"),
-    _mutant("document-start-test-inverted", "carried state", "training/carried_state.py",
-            "starts = document_ids[:, 0] != self.carried_document_ids.to(document_ids.device)",
-            "starts = document_ids[:, 0] == self.carried_document_ids.to(document_ids.device)",
-            _k("test_document_resets.py", "trainer_losses"), "the carried state is dropped inside documents"),
-    _mutant("stream-losses-doubled", "carried state", "training/lm_evaluation.py",
-            "losses.append(loss.cpu())", "losses.append(2 * loss.cpu())",
-            _k("test_carried_state_training.py", "position"), "every stream loss is doubled"),
-    _mutant("position-curves-arithmetic-mean", "carried state", "training/lm_comparison.py",
-            "return math.exp(statistics.fmean(math.log(value) for value in perplexities))",
-            "return statistics.fmean(perplexities)",
-            _k("test_lm_comparison.py", "log_space or summaries"), "seeds' perplexities averaged arithmetically"),
-    _mutant("resume-config-unchecked", "carried state", "training/lm.py",
-            "        common.check_resume_matches_checkpoint(resume_checkpoint, model.config, layout)", "        pass",
-            _k("test_lm_training.py", "refuses_another"), "a resume may change the model or the data layout"),
-    _mutant("resume-last-unchecked", "carried state", "training/common.py",
-            "            check_checkpoint(folder, required_files)\n", "            pass\n",
-            _k("test_carried_state_training.py", "kill_while"),
-            "resume from the last checkpoint takes an incomplete one"),
-    # Packing
-    _mutant("packed-eval-collator-kept", "packing", "training/packing.py",
-            "            self.data_collator = evaluation_collator", "            pass",
-            _k("test_packing.py", "packs_training"), "evaluation batches are flattened too"),
-    _mutant("packed-positions-ignored", "packing", "inputs_fwp.py",
-            "starts = positions[:, 1:] != positions[:, :-1] + 1", "starts = positions[:, 1:] != positions[:, 1:]",
-            _k("test_packing.py", "packed_row_gives and delta"), "restarting position_ids start no document"),
-    _mutant("padding-starts-documents", "packing", "inputs_fwp.py",
-            "starts = starts & real[:, 1:] & real[:, :-1]", "starts = starts",
-            _k("test_packing.py", "ordinary_position_ids"), "left padding's positions count as packing"),
-    _mutant("long-documents-truncated", "packing", "training/packing.py",
-            "for ids in batch[\"input_ids\"] for start in range(0, len(ids), max_length)]",
-            "for ids in batch[\"input_ids\"] for start in range(0, min(len(ids), max_length), max_length)]",
-            _k("test_packing.py", "cuts_long"), "documents longer than block_size lose their tail"),
-    # FLA importer
-    _mutant("fla-mlp-width-rounded-down", "importer", "conversion/fla.py",
-            "return 256 * ((size + 256 - 1) // 256)", "return 256 * (size // 256)",
-            _k("test_fla_import.py", "mlp"), "FLA's MLP width is rounded down"),
-    _mutant("fla-dtype-always-fp32", "importer", "conversion/fla.py",
-            "return max(set(floating), key=floating.count) if floating else torch.float32", "return torch.float32",
-            _k("test_fla_import.py", "bf16"), "a bf16 source is converted to fp32"),
-    _mutant("fla-tied-embeddings-refused", "importer", "conversion/fla.py",
-            'tie_word_embeddings=bool(fla.get("tie_word_embeddings", False)),',
-            'tie_word_embeddings=_require(not fla.get("tie_word_embeddings"), "tie_word_embeddings") or False,',
-            _k("test_fla_import.py", "tied"), "the importer refuses tied embeddings"),
-    _mutant("fla-stale-staging-kept", "importer", "conversion/fla.py",
-            "if pid.isdigit() and not _process_is_alive(int(pid)):", "if False:",
-            _k("test_fla_import.py", "stale"), "staging folders of killed runs are never removed"),
-    _mutant("fla-umask-ignored", "importer", "conversion/fla.py",
-            "        _user_permissions(staging)\n", "",
-            _k("test_fla_import.py", "umask"), "converted folders keep mkdtemp's 0700"),
-    _mutant("fla-gate-bias-into-a-log", "importer", "conversion/fla.py",
-            'groups[mixer + "dt_bias"] = [(attn + "dt_bias", (heads,))]',
-            'groups[mixer + "dt_bias"] = [(attn + "A_log", (heads,))]',
-            _k("test_fla_import.py", "equal_fla_reference and gated_deltanet-defaults"),
-            "Gated DeltaNet's dt_bias is read from A_log"),
-    # Linearization
-    _mutant("transfer-mse-counts-padding", "linearization", "conversion/linearize.py",
-            "weights = torch.ones(input_ids.shape, device=input_ids.device) if token_mask is None else token_mask",
-            "weights = torch.ones(input_ids.shape, device=input_ids.device)",
-            _k("test_linearize.py", "padded_batch"), "the transfer MSE averages over padded tokens too"),
-    _mutant("release-leaves-student-frozen", "linearization", "conversion/linearize.py",
-            "parameter.requires_grad_(self._was_trainable.get(name, True))", "pass",
-            _k("test_linearize.py", "release"), "release() keeps the transfer's trainable flags"),
-    _mutant("transfer-trains-teacher-rows", "linearization", "conversion/linearize.py",
-            "mask[: mixer.qkv_width] = 0", "mask[: mixer.qkv_width] = 1",
-            _k("test_linearize.py", "attention_transfer_with_trainer and delta-hedgehog"),
-            "attention transfer changes the copied q/k/v rows"),
-    # Config and inputs
-    _mutant("scale-queries-not-weight-meaning", "config", "options_fwp.py",
-            "scale_queries: bool = option(False, check=boolean, weight_meaning=True, layer_option=True)",
-            "scale_queries: bool = option(False, check=boolean, weight_meaning=False, layer_option=True)",
-            _k("test_config_loading.py", "every_field"), "fast_weight.scale_queries not declared weight-meaning"),
-    _mutant("non-finite-embeddings-accepted", "config", "inputs_fwp.py",
-            "if not values_unreadable(inputs_embeds) and not bool(torch.isfinite(inputs_embeds).all()):",
-            "if False:",
-            _k("test_config_and_errors.py", "non_finite"), "NaN embeddings run (and break causality)"),
-)
+# and linearization, and in the kernels and cache they build on (`mutants.yaml`).
+MUTANTS: tuple[Mutant, ...] = load_mutants()
 
 
 @dataclass
@@ -378,5 +260,5 @@ def main(argv: Sequence[str] | None = None) -> list[MutantResult]:
     return results
 
 
-__all__ = ["MUTANTS", "Mutant", "MutantResult", "MutationError", "baseline_selections", "copy_sources", "main", "plant",
-           "render_report", "run_mutants", "run_tests"]
+__all__ = ["MUTANTS", "MUTANTS_FILE", "Mutant", "MutantResult", "MutationError", "baseline_selections", "copy_sources",
+           "load_mutants", "main", "plant", "render_report", "run_mutants", "run_tests"]

@@ -21,7 +21,7 @@ import math
 import string
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,8 +287,15 @@ def ba_encode(text: str) -> torch.Tensor:
     return torch.tensor([BA_VOCAB.index(c) for c in text], dtype=torch.long)
 
 
+def digit_head(hidden_size: int, output_hidden_size: int) -> nn.Sequential:
+    """Both associative-retrieval models' classifier: the last hidden state ``h_T`` -> ``relu(U h_T)`` -> logits
+    over the 10 digits (`BA_DIGITS`)."""
+    return nn.Sequential(nn.Linear(hidden_size, output_hidden_size), nn.ReLU(),
+                         nn.Linear(output_hidden_size, len(BA_DIGITS)))
+
+
 class FastWeightsRNN(nn.Module):
-    """RNN with Ba et al.'s fast associative memory, then a ReLU layer and a digit classifier.
+    """RNN with Ba et al.'s fast associative memory over the task's characters, then `digit_head`.
 
     Per token: ``z_t = W h_{t-1} + C x_t``; inner loop ``h⁰ = relu(z_t)``,
     ``h^{s+1} = relu(LN(z_t + A_{t-1} h^s))`` for S steps (``fast_weights_inner_loop``);
@@ -299,8 +306,6 @@ class FastWeightsRNN(nn.Module):
     def __init__(
         self,
         hidden_size: int,
-        vocab_size: int = len(BA_VOCAB),
-        num_classes: int = len(BA_DIGITS),
         output_hidden_size: int = 100,
         decay: float = 0.95,
         fast_learning_rate: float = 0.5,
@@ -317,18 +322,16 @@ class FastWeightsRNN(nn.Module):
             fast_learning_rate,
             inner_steps,
         )
-        self.input_proj = nn.Embedding(vocab_size, hidden_size)  # C x_t for one-hot x_t
+        self.input_proj = nn.Embedding(len(BA_VOCAB), hidden_size)  # C x_t for one-hot x_t
         self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
         nn.init.eye_(self.recurrent.weight)
         self.recurrent.weight.data.mul_(0.05)  # Ba et al.: slow weights initialised to 0.05·I
         self.ln_weight = nn.Parameter(torch.ones(hidden_size))
         self.ln_bias = nn.Parameter(torch.zeros(hidden_size))
-        self.head = nn.Sequential(
-            nn.Linear(hidden_size, output_hidden_size), nn.ReLU(), nn.Linear(output_hidden_size, num_classes)
-        )
+        self.head = digit_head(hidden_size, output_hidden_size)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids ``[B, T]`` -> logits ``[B, num_classes]``."""
+        """input_ids ``[B, T]`` -> logits ``[B, 10]``."""
         batch, seq_len = input_ids.shape
         inputs = self.input_proj(input_ids)
         hidden = inputs.new_zeros(batch, self.hidden_size)
@@ -346,25 +349,17 @@ class FastWeightsRNN(nn.Module):
 
 
 class LSTMClassifier(nn.Module):
-    """LSTM baseline of the same hidden size: one-hot input, ``nn.LSTM``, the same ReLU + digit head."""
+    """LSTM baseline of the same hidden size: one-hot input over the task's characters, ``nn.LSTM``, the same
+    `digit_head`."""
 
-    def __init__(
-        self,
-        hidden_size: int,
-        vocab_size: int = len(BA_VOCAB),
-        num_classes: int = len(BA_DIGITS),
-        output_hidden_size: int = 100,
-    ) -> None:
+    def __init__(self, hidden_size: int, output_hidden_size: int = 100) -> None:
         super().__init__()
-        self.vocab_size = vocab_size
-        self.lstm = nn.LSTM(vocab_size, hidden_size, batch_first=True)
-        self.head = nn.Sequential(
-            nn.Linear(hidden_size, output_hidden_size), nn.ReLU(), nn.Linear(output_hidden_size, num_classes)
-        )
+        self.lstm = nn.LSTM(len(BA_VOCAB), hidden_size, batch_first=True)
+        self.head = digit_head(hidden_size, output_hidden_size)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids ``[B, T]`` -> logits ``[B, num_classes]``."""
-        outputs, _ = self.lstm(F.one_hot(input_ids, self.vocab_size).float())
+        """input_ids ``[B, T]`` -> logits ``[B, 10]``."""
+        outputs, _ = self.lstm(F.one_hot(input_ids, len(BA_VOCAB)).float())
         return self.head(outputs[:, -1])
 
 
@@ -397,6 +392,13 @@ def start_experiment(
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     return args, output_dir
+
+
+def check_counts(args: Any, names: Sequence[str]) -> None:
+    """A ValueError naming the first of the arguments `names` (counts: sequences, steps, ...) that is below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
 
 
 def new_figure():

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .synthetic import (
     RetrievalModel,
+    check_counts,
     finish_experiment,
     make_retrieval_batch,
     new_figure,
@@ -118,9 +119,7 @@ def check_arguments(args: RetrievalExperimentArguments) -> None:
         parse_retrieval_method(method)
     if not args.sizes or min(args.sizes) < 2:
         raise ValueError(f"sizes must be a non-empty list of numbers of keys >= 2, got {args.sizes}")
-    for name in ("batch_size", "max_steps", "eval_every", "eval_sequences", "final_eval_sequences"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
+    check_counts(args, ("batch_size", "max_steps", "eval_every", "eval_sequences", "final_eval_sequences"))
 
 
 @torch.no_grad()

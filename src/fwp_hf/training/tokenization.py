@@ -140,6 +140,16 @@ def _texts_of_record(record, path, number, text_column, source_lang, target_lang
             yield str(pair[lang]).strip()
 
 
+def _special_token_options() -> dict[str, int | str]:
+    """sentencepiece's trainer options for the special tokens: ids 0-3 and pieces in `SPECIAL_TOKENS`' order
+    (``pad_id=0, pad_piece="<pad>", unk_id=1, ...``)."""
+    options: dict[str, int | str] = {}
+    for token_id, (name, piece) in enumerate(SPECIAL_TOKENS.items()):
+        kind = name.removesuffix("_token")
+        options[f"{kind}_id"], options[f"{kind}_piece"] = token_id, piece
+    return options
+
+
 def train_sentencepiece_tokenizer(
     texts: Iterable[str],
     vocab_size: int = 8000,
@@ -178,14 +188,7 @@ def train_sentencepiece_tokenizer(
                 # Lossless: no "▁" prepended to a text, whitespace kept as written (see _ByteFallbackSpmConverter).
                 add_dummy_prefix=False,
                 remove_extra_whitespaces=False,
-                pad_id=0,
-                unk_id=1,
-                bos_id=2,
-                eos_id=3,
-                pad_piece=SPECIAL_TOKENS["pad_token"],
-                unk_piece=SPECIAL_TOKENS["unk_token"],
-                bos_piece=SPECIAL_TOKENS["bos_token"],
-                eos_piece=SPECIAL_TOKENS["eos_token"],
+                **_special_token_options(),
                 max_sentence_length=max_sentence_length,
                 input_sentence_size=max_training_texts,
                 shuffle_input_sentence=True,

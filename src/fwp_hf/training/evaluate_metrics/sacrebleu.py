@@ -5,9 +5,10 @@ Inputs and outputs are those of ``evaluate.load("sacrebleu")``: `predictions` (s
 ``counts``, ``totals``, ``precisions``, ``bp``, ``sys_len``, ``ref_len``.
 """
 
-import datasets
 import evaluate
 import sacrebleu as scb
+
+from ._sacrebleu_corpus_metric import SacrebleuCorpusMetric
 
 _CITATION = """@inproceedings{post-2018-call,
     title = "A Call for Clarity in Reporting {BLEU} Scores",
@@ -22,30 +23,14 @@ smooth_method, smooth_value, force, lowercase, tokenize, use_effective_order: as
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Sacrebleu(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string", id="sequence"),
-                                   "references": datasets.Sequence(datasets.Value("string", id="sequence"),
-                                                                   id="references")}),
-                datasets.Features({"predictions": datasets.Value("string", id="sequence"),
-                                   "references": datasets.Value("string", id="sequence")}),
-            ],
-            reference_urls=["https://github.com/mjpost/sacreBLEU"],
-        )
+class Sacrebleu(SacrebleuCorpusMetric):
+    SCORE_NAME = "sacrebleu"
+    DESCRIPTION, CITATION, KWARGS_DESCRIPTION = _DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION
+    REFERENCE_URL = "https://github.com/mjpost/sacreBLEU"
 
     def _compute(self, predictions, references, smooth_method="exp", smooth_value=None, force=False,
                  lowercase=False, tokenize=None, use_effective_order=False):
-        if isinstance(references[0], str):
-            references = [[reference] for reference in references]
-        counts = {len(refs) for refs in references}
-        if len(counts) != 1:
-            raise ValueError("sacrebleu needs the same number of references for every prediction")
-        transposed = [[refs[i] for refs in references] for i in range(counts.pop())]
+        transposed = self.transposed_references(references)
         output = scb.corpus_bleu(predictions, transposed, smooth_method=smooth_method, smooth_value=smooth_value,
                                  force=force, lowercase=lowercase, use_effective_order=use_effective_order,
                                  **({} if tokenize is None else {"tokenize": tokenize}))
