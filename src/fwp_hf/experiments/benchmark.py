@@ -1,4 +1,4 @@
-"""Speed and memory benchmark of fwp_hf against softmax attention (GPT-2 with SDPA) and the hardware.
+"""Speed and memory benchmark of fwp_hf against softmax attention (Llama with SDPA) and the hardware.
 
     python scripts/benchmark.py   # full run (~12 min on the committed run's 2-core Xeon): benchmarks/results-cpu.*
     python scripts/benchmark.py --baseline_src /path/to/earlier/checkout/src   # also time that code's eager decoding
@@ -9,20 +9,23 @@ shared machine moves both sides together. Sections:
 
 1. kernels: chunkwise vs per-token recurrent form, forward+backward (B=2, H=4, T=2048, D=64, fp32);
 2. training tokens/s of FWPForCausalLM (6 layers, d_model 256, 8 heads, vocab 8192) per attention
-   type vs GPT2LMHeadModel of the same size with SDPA at T = 512, 2048, 4096, and FWP alone at
-   T = 8192, 16384; every training step runs in a child process with a memory limit, whose peak
-   resident memory is section 5;
+   type vs the fair peer, transformers' LlamaForCausalLM of the same width/depth/heads/vocabulary and SwiGLU
+   width with SDPA (`build_model("llama")`, the reference of every ratio and target), at T = 512, 2048, 4096,
+   and the headline type and Llama at T = 8192, 16384 (where each fits); GPT-2 with SDPA stays as a weaker
+   reference (its attention materialises the T×T scores), not used for targets; every training step runs in a
+   child process with a memory limit, whose peak resident memory is section 5;
 3. serving at batch 1: `generate` after a 4096-token prompt, every type eagerly, the delta rule also
-   compiled (`FastWeightStaticCache` + transformers' `compile_config`), GPT-2 with its KV cache, flash-linear-
+   compiled (`FastWeightStaticCache` + transformers' `compile_config`), Llama and GPT-2 with their KV caches
+   (DynamicCache), flash-linear-
    attention's DeltaNet converted with `fwp_hf.conversion.fla`, and (``--baseline_src``) an earlier
    checkout's eager delta rule; FLOPs per token and their fraction of the measured matmul rate; cache bytes
    at 1k vs 16k tokens;
 4. achieved GFLOP/s of the chunkwise delta kernel vs torch.matmul on matrices of similar shape;
-5. peak memory of a training step per attention type vs GPT-2;
-6. batched generation: batch 1, 8, 32 after 1k- and 4k-token prompts, delta vs GPT-2 (prefill and decoding
+5. peak memory of a training step per attention type vs Llama;
+6. batched generation: batch 1, 8, 32 after 1k-, 4k- and 16k-token prompts, delta vs Llama (prefill and decoding
    timed apart; resident memory while decoding and at the peak), each cell in a child process;
 7. a GPT-2-small-sized model (12 layers, d_model 768, 12 heads, vocab 32000): training tokens/s at T=2048
-   and decoding after a 4k prompt, delta vs GPT-2;
+   and decoding after a 4k prompt, delta vs Llama and GPT-2;
 8. prefill of 16k- and 64k-token prompts (delta only; also 64k in chunks through `prefill_chunk_size`), then decoding.
 
 This module measures; the targets (one table) and their verdicts are `benchmark_targets`', the JSON and
@@ -47,7 +50,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from transformers import CompileConfig, GPT2Config, GPT2LMHeadModel, HfArgumentParser
+from transformers import CompileConfig, GPT2Config, GPT2LMHeadModel, HfArgumentParser, LlamaConfig, LlamaForCausalLM
 
 from .. import FastWeightStaticCache, FWPConfig, FWPForCausalLM
 from ..compat_fwp import generate_cache_kwargs, output_cache
@@ -57,7 +60,7 @@ from ..feature_maps_fwp import elu_plus_one_feature_map
 from ..token_mixers import ATTENTION_TYPES, FAST_WEIGHT_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS, TokenMixerSpec
 from . import decode_timing
 from .benchmark_report import crossover_sentence, write_report
-from .benchmark_targets import BASELINE_MODE, HEADLINE_TYPE, ONNXRUNTIME_MODE, evaluate_targets
+from .benchmark_targets import BASELINE_MODE, HEADLINE_TYPE, ONNXRUNTIME_MODE, PEER, WEAK_REFERENCE, evaluate_targets
 from .decode_timing import GIB, cache_bytes, current_rss_bytes, peak_rss_bytes, timed_generate
 
 # Every registered token mixer is benchmarked; the cache-size check covers those with a fixed-size state.
@@ -96,9 +99,9 @@ class Sizes:
 
     kernel_shape: tuple[int, int, int, int] = (2, 4, 2048, 64)
     kernel_repeats: int = 3
-    train_models: tuple[str, ...] = (*FWP_TYPES, "gpt2")
+    train_models: tuple[str, ...] = (*FWP_TYPES, PEER, WEAK_REFERENCE)
     train_lengths: tuple[int, ...] = (512, 2048, 4096)
-    long_lengths: tuple[int, ...] = (8192, 16384)
+    long_lengths: tuple[int, ...] = (8192, 16384)  # the headline type and the peer only
     train_steps: int = 2
     decode_prompt: int = 4096
     decode_tokens: int = 64
@@ -110,7 +113,7 @@ class Sizes:
     num_heads: int = 8
     # 6. batched generation
     batch_sizes: tuple[int, ...] = (1, 8, 32)
-    batch_prompts: tuple[int, ...] = (1024, 4096)
+    batch_prompts: tuple[int, ...] = (1024, 4096, 16384)
     batch_decode_tokens: int = 16
     cell_time_limit_s: float = 180.0
     # 7. a GPT-2-small-sized model
@@ -132,7 +135,7 @@ class Sizes:
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
-            kernel_shape=(1, 2, 128, 16), kernel_repeats=1, train_models=(HEADLINE_TYPE, "gpt2"),
+            kernel_shape=(1, 2, 128, 16), kernel_repeats=1, train_models=(HEADLINE_TYPE, PEER, WEAK_REFERENCE),
             train_lengths=(64, 128), long_lengths=(256,),
             train_steps=1, decode_prompt=64, decode_tokens=4, cache_lengths=(32, 256), flops_shape=(1, 2, 256, 16),
             vocab_size=256, hidden_size=32, num_layers=2, num_heads=4,
@@ -155,8 +158,20 @@ class Sizes:
 
 
 def build_model(kind: str, sizes: Sizes, max_length: int) -> torch.nn.Module:
-    """An FWP model of `kind`, or `"gpt2"`: GPT2LMHeadModel of the same width/depth with SDPA."""
-    if kind == "gpt2":
+    """An FWP model of `kind`; `"llama"` (`PEER`): LlamaForCausalLM of the same width, depth, heads (no grouped
+    k/v), vocabulary, SwiGLU width and tied embeddings as the FWP model, with SDPA; or `"gpt2"`: GPT2LMHeadModel
+    of the same width/depth (a 4·d GELU MLP of the same parameter count) with SDPA."""
+    if kind == PEER:
+        fields = fwp_config_fields(HEADLINE_TYPE, sizes)
+        config = LlamaConfig(
+            vocab_size=sizes.vocab_size, hidden_size=sizes.hidden_size, intermediate_size=fields["intermediate_size"],
+            num_hidden_layers=sizes.num_layers, num_attention_heads=sizes.num_heads,
+            num_key_value_heads=sizes.num_heads, max_position_embeddings=max_length,
+            tie_word_embeddings=FWPConfig().tie_word_embeddings, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        )
+        config._attn_implementation = "sdpa"
+        return LlamaForCausalLM(config)
+    if kind == WEAK_REFERENCE:
         config = GPT2Config(
             vocab_size=sizes.vocab_size, n_positions=max_length, n_embd=sizes.hidden_size,
             n_layer=sizes.num_layers, n_head=sizes.num_heads, bos_token_id=0, eos_token_id=0,
@@ -329,7 +344,7 @@ def bench_kernels(sizes: Sizes) -> list[dict]:
 
 def bench_training(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:
     jobs = [(kind, length) for length in sizes.train_lengths for kind in sizes.train_models]
-    jobs += [(HEADLINE_TYPE, length) for length in sizes.long_lengths]
+    jobs += [(kind, length) for length in sizes.long_lengths for kind in (HEADLINE_TYPE, PEER)]
     rows = []
     for kind, length in tqdm(jobs, desc="2+5. training steps (child processes)", leave=False):
         rows.append({"model": kind, "seq_len": length, **measure_training_step(kind, length, sizes, args)})
@@ -383,8 +398,8 @@ def decode_flops_per_token(model: torch.nn.Module, context_length: int) -> float
     for the other rules) or, for softmax attention, 4·context·d_model (q·K and the weighted sum of V)."""
     config = model.config
     flops = 2.0 * _weight_matrices(model)
-    if isinstance(model, GPT2LMHeadModel):
-        return flops + 4.0 * context_length * config.n_embd * config.n_layer
+    if not isinstance(model, FWPForCausalLM):  # Llama or GPT-2: every layer reads its KV cache
+        return flops + 4.0 * context_length * config.hidden_size * config.num_hidden_layers
     for kind in config.layer_attention_types:
         spec = TOKEN_MIXERS[kind]
         if spec.holds_state:
@@ -454,7 +469,8 @@ def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
     torch.manual_seed(0)
     prompt = torch.randint(0, sizes.vocab_size, (1, sizes.decode_prompt))
     max_length = sizes.decode_prompt + sizes.decode_tokens + 1
-    models = {kind: build_model(kind, sizes, max_length).eval() for kind in (*FWP_TYPES, "gpt2")}
+    references = (PEER, WEAK_REFERENCE)
+    models = {kind: build_model(kind, sizes, max_length).eval() for kind in (*FWP_TYPES, *references)}
     context = sizes.decode_prompt + sizes.decode_tokens // 2
     best: dict[str, dict] = {}
 
@@ -462,7 +478,7 @@ def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
         if key not in best or result["decode_tokens_per_s"] > best[key]["decode_tokens_per_s"]:
             best[key] = result
 
-    for kind in tqdm((*FWP_TYPES, "gpt2"), desc="3. decoding, eager", leave=False):
+    for kind in tqdm((*FWP_TYPES, *references), desc="3. decoding, eager", leave=False):
         keep_best(kind, timed_generate(models[kind], prompt, sizes.decode_tokens))
     compile_config = cpu_compile_config(sizes.compile_backend)
     headline = models[HEADLINE_TYPE]
@@ -470,14 +486,15 @@ def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
     timed_generate(headline, prompt[:, :16], 3, **compiled_generation(headline, 1, compile_config))
     warmup_s = time.perf_counter() - start
     baseline = None
-    for repeat in tqdm(range(2), desc="3. decoding: compiled, eager, GPT-2 side by side", leave=False):
+    for repeat in tqdm(range(2), desc="3. decoding: compiled, eager, Llama, GPT-2 side by side", leave=False):
         keep_best("compiled", timed_generate(headline, prompt, sizes.decode_tokens,
                                              **compiled_generation(headline, 1, compile_config)))
         keep_best(HEADLINE_TYPE, timed_generate(headline, prompt, sizes.decode_tokens))
-        keep_best("gpt2", timed_generate(models["gpt2"], prompt, sizes.decode_tokens))
+        for kind in references:
+            keep_best(kind, timed_generate(models[kind], prompt, sizes.decode_tokens))
         if args.baseline_src and repeat == 0:
             baseline = measure_baseline_decoding(sizes, args)
-    decode = [_decode_row(kind, models[kind], "eager", best[kind], context) for kind in (*FWP_TYPES, "gpt2")]
+    decode = [_decode_row(kind, models[kind], "eager", best[kind], context) for kind in (*FWP_TYPES, *references)]
     decode.append(_decode_row(HEADLINE_TYPE, headline, "compiled", best["compiled"], context))
     with tempfile.TemporaryDirectory() as folder:
         fla = converted_fla_delta_net(sizes, Path(folder)).eval()
@@ -501,9 +518,9 @@ def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
 
 
 def bench_batched_generation(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:
-    """Section 6: every (prompt length, batch) cell for the headline type and GPT-2, each in a child process."""
+    """Section 6: every (prompt length, batch) cell for the headline type and Llama, each in a child process."""
     jobs = [(prompt, batch, kind) for prompt in sizes.batch_prompts for batch in sizes.batch_sizes
-            for kind in (HEADLINE_TYPE, "gpt2")]
+            for kind in (HEADLINE_TYPE, PEER)]
     rows = []
     for prompt, batch, kind in tqdm(jobs, desc="6. batched generation (child processes)", leave=False):
         result = run_in_child(_generation_cell, (kind, sizes, batch, prompt, sizes.batch_decode_tokens), args,
@@ -516,7 +533,7 @@ def bench_realistic_size(sizes: Sizes, args: BenchmarkArguments) -> dict:
     """Section 7: the GPT-2-small-sized model, training at `realistic_train_length` and decoding after a long prompt."""
     big = sizes.realistic()
     training, decoding = [], []
-    for kind in tqdm((HEADLINE_TYPE, "gpt2"), desc="7. GPT-2-small size", leave=False):
+    for kind in tqdm((HEADLINE_TYPE, PEER, WEAK_REFERENCE), desc="7. GPT-2-small size", leave=False):
         length = sizes.realistic_train_length
         training.append({"model": kind, "seq_len": length, **measure_training_step(kind, length, big, args)})
         cell = (kind, big, 1, sizes.realistic_decode_prompt, sizes.realistic_decode_tokens)
