@@ -15,7 +15,14 @@ import torch
 import fwp_hf
 from fwp_hf.experiments import benchmark
 from fwp_hf.experiments.benchmark import FLA_DELTA_NET_ROW
-from fwp_hf.experiments.benchmark_targets import BASELINE_MODE, evaluate_targets, is_met
+from fwp_hf.experiments.benchmark_report import render_markdown
+from fwp_hf.experiments.benchmark_targets import (
+    BASELINE_MODE,
+    evaluate_targets,
+    fraction_of_bound,
+    is_met,
+    weight_read_bound,
+)
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 COMMITTED_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results-cpu.json"
@@ -99,6 +106,15 @@ def test_quick_benchmark_writes_results(tmp_path):
     for row in cells.values():
         assert "error" not in row and row["decode_tokens_per_s"] > 0
         assert row["peak_rss_gib"] >= row["decode_rss_gib"] > 0
+    # every decoding figure against its weight-read bound: the bytes of the model's weight matrices per step
+    bandwidth = results["memory_bandwidth"]
+    assert bandwidth["bytes"] == 1 << 25 and bandwidth["read_gb_s"] > 0 and bandwidth["copy_gb_s"] > 0
+    assert "Memory read bandwidth:" in markdown and "% of bound" in markdown
+    for (model, batch, _), row in cells.items():
+        weights = benchmark.weight_bytes_per_step(benchmark.build_model(model, benchmark.Sizes.quick(), 64))
+        assert row["weight_bytes_per_token"] == weights
+        assert fraction_of_bound(row, bandwidth) == pytest.approx(
+            row["decode_tokens_per_s"] * weights / (batch * bandwidth["read_gb_s"] * 1e9))
     for batch in (1, 2):
         assert cells[("delta", batch, 32)]["cache_bytes"] == cells[("delta", batch, 64)]["cache_bytes"] > 0
         assert cells[("llama", batch, 64)]["cache_bytes"] > cells[("llama", batch, 32)]["cache_bytes"]
@@ -152,6 +168,30 @@ def test_the_llama_peer_has_the_fwp_models_shape():
     matrices = sum(m.weight.numel() for m in llama.modules() if isinstance(m, torch.nn.Linear))
     assert matrices == 2 * (4 * 32 * 32 + 3 * 32 * a.intermediate_size) + 256 * 32
     assert benchmark.decode_flops_per_token(llama, 100) == 2 * matrices + 4 * 100 * 32 * 2
+
+
+def test_the_weight_read_bound_is_batch_times_bandwidth_over_weight_bytes():
+    row = {"weight_bytes_per_token": 4_000_000, "batch": 8, "decode_tokens_per_s": 400.0}
+    bandwidth = {"read_gb_s": 2.0, "copy_gb_s": 3.0, "bytes": 1 << 20, "repeats": 1}
+    assert weight_read_bound(row, bandwidth) == 8 * 2e9 / 4e6 == 4000
+    assert fraction_of_bound(row, bandwidth) == pytest.approx(0.1)
+    assert weight_read_bound({**row, "batch": 1}, bandwidth) == 500  # section 3's rows carry no batch: batch 1
+    assert weight_read_bound({"weight_bytes_per_token": 4_000_000}, None) is None  # an older run: not measured
+    assert fraction_of_bound({"error": "skipped"}, bandwidth) is None
+
+
+def test_memory_bandwidth_is_measured_and_bad_sizes_are_refused():
+    record = benchmark.measure_memory_bandwidth(1 << 22, 2)
+    assert record["bytes"] == 1 << 22 and record["repeats"] == 2 and record["read_gb_s"] > 0 < record["copy_gb_s"]
+    with pytest.raises(ValueError, match="need num_bytes >= 4 and repeats >= 1, got 4096 and 0"):
+        benchmark.measure_memory_bandwidth(4096, 0)
+
+
+def test_an_older_runs_json_renders_without_a_bandwidth():
+    results = json.loads(COMMITTED_RESULTS.read_text())
+    assert "memory_bandwidth" not in results
+    markdown = render_markdown(results)
+    assert "Memory bandwidth: not measured in this run" in markdown and "| — |" in markdown
 
 
 def test_a_target_is_met_on_its_side_of_the_threshold():

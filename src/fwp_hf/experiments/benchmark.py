@@ -28,6 +28,11 @@ shared machine moves both sides together. Sections:
    and decoding after a 4k prompt, delta vs Llama and GPT-2;
 8. prefill of 16k- and 64k-token prompts (delta only; also 64k in chunks through `prefill_chunk_size`), then decoding.
 
+The physical limit of decoding: at batch B a decoding step reads every weight matrix once for B tokens, so
+``B × bandwidth ÷ weight bytes`` tokens/s (`benchmark_targets.weight_read_bound`, with the memory read bandwidth
+that `measure_memory_bandwidth` measures on this machine) bounds it; every decoding figure is also reported as a
+fraction of its bound (reads of the KV cache or state come on top, so softmax rows sit further from it).
+
 This module measures; the targets (one table) and their verdicts are `benchmark_targets`', the JSON and
 markdown report `benchmark_report`'s.
 """
@@ -131,6 +136,9 @@ class Sizes:
     long_decode_tokens: int = 16
     # dynamo backend of the compiled decoding ("eager" in --quick: the same graph capture, no code generation)
     compile_backend: str = "inductor"
+    # the memory bandwidth measurement: a tensor far larger than the caches, best of several passes
+    bandwidth_bytes: int = 1 << 30
+    bandwidth_repeats: int = 5
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -143,6 +151,7 @@ class Sizes:
             realistic_vocab_size=512, realistic_hidden_size=48, realistic_num_layers=2, realistic_num_heads=4,
             realistic_train_length=64, realistic_decode_prompt=64, realistic_decode_tokens=3,
             long_prompts=(256, 1024), long_prefill_chunk=256, long_decode_tokens=3, compile_backend="eager",
+            bandwidth_bytes=1 << 25, bandwidth_repeats=2,
         )
 
     def realistic(self) -> Sizes:
@@ -275,7 +284,8 @@ def _generation_cell(kind: str, sizes: Sizes, batch: int, prompt_length: int, ne
     result = timed_generate(model, prompt, new_tokens, **extra)
     # Linux updates the peak (ru_maxrss) lazily: it can trail the resident memory read during decoding.
     peak = max(peak_rss_bytes() / GIB, result["decode_rss_gib"])
-    return {**result, "model_rss_gib": model_rss / GIB, "peak_rss_gib": peak, "parameters": model.num_parameters()}
+    return {**result, "model_rss_gib": model_rss / GIB, "peak_rss_gib": peak, "parameters": model.num_parameters(),
+            "weight_bytes_per_token": weight_bytes_per_step(model)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,6 +402,26 @@ def _weight_matrices(model: torch.nn.Module) -> int:
     return sum(module.weight.numel() for module in model.modules() if isinstance(module, (torch.nn.Linear, Conv1D)))
 
 
+def weight_bytes_per_step(model: torch.nn.Module) -> int:
+    """Bytes of the weight matrices one decoding step reads (`_weight_matrices` at the model's dtype; an int8
+    linear layer's packed weight counts one byte per entry)."""
+    return _weight_matrices(model) * next(model.parameters()).element_size()
+
+
+def measure_memory_bandwidth(num_bytes: int, repeats: int = 5) -> dict:
+    """This machine's memory bandwidth with torch's threads: the best of `repeats` sums of a float32 tensor of
+    `num_bytes` (each byte read once: ``read_gb_s``, the bound's bandwidth) and copies of it into another
+    (read and written once: ``copy_gb_s`` counts both)."""
+    if num_bytes < 4 or repeats < 1:
+        raise ValueError(f"need num_bytes >= 4 and repeats >= 1, got {num_bytes} and {repeats}")
+    source = torch.ones(num_bytes // 4)  # ones, not empty: every page is touched before timing
+    target = torch.zeros_like(source)
+    size = source.numel() * source.element_size()
+    read_s = _best_seconds(source.sum, repeats)
+    copy_s = _best_seconds(lambda: target.copy_(source), repeats)
+    return {"bytes": size, "repeats": repeats, "read_gb_s": size / read_s / 1e9, "copy_gb_s": 2 * size / copy_s / 1e9}
+
+
 def decode_flops_per_token(model: torch.nn.Module, context_length: int) -> float:
     """FLOPs (multiply-add = 2) of one decoding step of one sequence: 2 per weight-matrix entry, plus per layer
     either 6 per fast-weight state entry (the delta rule's read k·S, rank-1 write and read q·S; an upper bound
@@ -411,7 +441,7 @@ def decode_flops_per_token(model: torch.nn.Module, context_length: int) -> float
 
 def _decode_row(label: str, model: torch.nn.Module, mode: str, result: dict, context_length: int) -> dict:
     return {"model": label, "mode": mode, **result, "flops_per_token": decode_flops_per_token(model, context_length),
-            "weight_bytes_per_token": _weight_matrices(model) * next(model.parameters()).element_size()}
+            "weight_bytes_per_token": weight_bytes_per_step(model)}
 
 
 def onnxruntime_decode_row(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, context_length: int) -> dict:
@@ -628,6 +658,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"quick": args.quick, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": machine_description(torch.get_num_threads()), "sizes": asdict(sizes),
                "baseline": {"src": args.baseline_src, "label": args.baseline_label, "fwp_hf": baseline_file}}
+    results["memory_bandwidth"] = measure_memory_bandwidth(sizes.bandwidth_bytes, sizes.bandwidth_repeats)
     results["kernels"] = bench_kernels(sizes)
     results["flops"] = bench_flops(sizes)
     results["decoding"] = bench_decoding(sizes, args)

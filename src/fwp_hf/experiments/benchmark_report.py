@@ -16,6 +16,7 @@ from .benchmark_targets import (
     WEAK_REFERENCE,
     decode_rate,
     divide,
+    fraction_of_bound,
     lookup,
     training_ratio,
 )
@@ -36,6 +37,21 @@ def _fmt(value, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def bandwidth_sentence(results: dict) -> str:
+    """The measured memory bandwidth and what the "% of bound" columns divide by, in words."""
+    bandwidth = results.get("memory_bandwidth")
+    if not bandwidth:
+        return "Memory bandwidth: not measured in this run (no \"% of bound\" figures)."
+    return (f"Memory read bandwidth: {bandwidth['read_gb_s']:.1f} GB/s (best of {bandwidth['repeats']} sums of a "
+            f"{bandwidth['bytes'] / 2**20:.0f} MiB float32 tensor; copy {bandwidth['copy_gb_s']:.1f} GB/s read + "
+            "written). \"% of bound\": decoding tokens/s ÷ the weight-read bound, batch × bandwidth ÷ the bytes of "
+            "the weight matrices a step reads (`weight_read_bound`); cache/state reads come on top.")
 
 
 def _decode_efficiency(row: dict, matmul_gflops: float) -> tuple[str, str]:
@@ -131,17 +147,19 @@ def _decoding_section(results: dict) -> list[str]:
              "(`decode_flops_per_token`); \"% of matmul\" divides FLOPs/token × tokens/s by the 1024×1024 matmul rate "
              f"of section 4 ({matmul:.0f} GFLOP/s). At batch 1 every step reads every weight once, so the "
              "weight bytes read per second show how close a step is to the memory-bound limit.", "",
-             "| model | mode | prefill s | decode tokens/s | vs Llama | MFLOP/token | % of matmul | weight GB/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             bandwidth_sentence(results), "",
+             "| model | mode | prefill s | decode tokens/s | vs Llama | MFLOP/token | % of matmul | weight GB/s | "
+             "% of bound |", "|---|---|---|---|---|---|---|---|---|"]
     for row in decoding["decode"]:
         if "error" in row:
-            lines.append(f"| {model_label(row['model'])} | {row['mode']} | — | — | — | — | — | {row['error']} |")
+            lines.append(f"| {model_label(row['model'])} | {row['mode']} | — | — | — | — | — | — | {row['error']} |")
             continue
         fraction, bandwidth = _decode_efficiency(row, matmul)
         ratio = divide(row["decode_tokens_per_s"], peer)
         lines.append(f"| {model_label(row['model'])} | {row['mode']} | {row['prefill_s']:.2f} | "
                      f"{row['decode_tokens_per_s']:.1f} | "
-                     f"{_fmt(ratio)}× | {row['flops_per_token'] / 1e6:.1f} | {fraction} | {bandwidth} |")
+                     f"{_fmt(ratio)}× | {row['flops_per_token'] / 1e6:.1f} | {fraction} | {bandwidth} | "
+                     f"{_percent(fraction_of_bound(row, results.get('memory_bandwidth')))} |")
     small, large = sizes["cache_lengths"]
     lines += ["", f"Cache bytes after a {small}- and a {large}-token prompt:", "",
               f"| model | bytes at {small} | bytes at {large} | equal |", "|---|---|---|---|"]
@@ -151,11 +169,13 @@ def _decoding_section(results: dict) -> list[str]:
     return lines
 
 
-def _generation_columns(row: dict) -> str:
-    """prefill s | decode tokens/s | cache MiB | decoding memory GiB | peak memory GiB (or the row's error)."""
+def _generation_columns(row: dict, bandwidth: dict | None) -> str:
+    """prefill s | decode tokens/s | % of bound | cache MiB | decoding memory GiB | peak memory GiB (or the
+    row's error)."""
     if "error" in row:
-        return f"— | — | — | — | {row['error']}"
-    return (f"{row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | {row['cache_bytes'] / 2**20:.1f} | "
+        return f"— | — | — | — | — | {row['error']}"
+    return (f"{row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | "
+            f"{_percent(fraction_of_bound(row, bandwidth))} | {row['cache_bytes'] / 2**20:.1f} | "
             f"{row['decode_rss_gib']:.2f} | {row['peak_rss_gib']:.2f}")
 
 
@@ -166,13 +186,13 @@ def _batched_section(results: dict) -> list[str]:
              f"{sizes['cell_time_limit_s']:.0f} s); decoding memory is the highest resident memory seen during the "
              "decoding steps (model, cache and runtime), peak memory the process's peak (the prefill's). Decode "
              "tokens/s counts every sequence of the batch.", "",
-             "| model | batch | prompt | prefill s | decode tokens/s | vs Llama | cache MiB | decoding memory GiB | "
-             "peak memory GiB |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | batch | prompt | prefill s | decode tokens/s | vs Llama | % of bound | cache MiB | "
+             "decoding memory GiB | peak memory GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["batched"]:
         peer = lookup(results["batched"], model=PEER, batch=row["batch"], prompt=row["prompt"])
         ratio = (divide(row.get("decode_tokens_per_s"), peer.get("decode_tokens_per_s"))
                  if row["model"] != PEER else None)
-        columns = _generation_columns(row).split(" | ")
+        columns = _generation_columns(row, results.get("memory_bandwidth")).split(" | ")
         columns.insert(2, f"{_fmt(ratio)}{'×' if ratio else ''}")
         lines.append(f"| {model_label(row['model'])} | {row['batch']} | {row['prompt']} | {' | '.join(columns)} |")
     return lines
@@ -188,10 +208,11 @@ def _realistic_section(results: dict) -> list[str]:
     lines += ["", f"Decoding after a {sizes['realistic_decode_prompt']}-token prompt "
               f"({sizes['realistic_decode_tokens']} "
               "greedy tokens, batch 1, eager):", "",
-              "| model | prefill s | decode tokens/s | cache MiB | decoding memory GiB | peak memory GiB |",
-              "|---|---|---|---|---|---|"]
+              "| model | prefill s | decode tokens/s | % of bound | cache MiB | decoding memory GiB | "
+              "peak memory GiB |",
+              "|---|---|---|---|---|---|---|"]
     for row in realistic["decoding"]:
-        lines.append(f"| {model_label(row['model'])} | {_generation_columns(row)} |")
+        lines.append(f"| {model_label(row['model'])} | {_generation_columns(row, results.get('memory_bandwidth'))} |")
     return lines
 
 
@@ -202,11 +223,11 @@ def _long_prompt_section(results: dict) -> list[str]:
              "`generate` asks for the last position's logits only (`logits_to_keep=1`), so no prompt × vocabulary "
              "tensor is built; with `prefill_chunk_size` the prompt goes through the model in chunks that carry the "
              "state, which bounds the prefill's memory by the chunk instead of the prompt.", "",
-             "| prompt | prefill chunks | prefill s | decode tokens/s | cache MiB | decoding memory GiB | "
-             "peak memory GiB |", "|---|---|---|---|---|---|---|"]
+             "| prompt | prefill chunks | prefill s | decode tokens/s | % of bound | cache MiB | decoding memory GiB | "
+             "peak memory GiB |", "|---|---|---|---|---|---|---|---|"]
     for row in results["long_prompts"]:
         chunks = f"{row['prefill_chunk_size']:,}" if row["prefill_chunk_size"] else "one call"
-        lines.append(f"| {row['prompt']:,} | {chunks} | {_generation_columns(row)} |")
+        lines.append(f"| {row['prompt']:,} | {chunks} | {_generation_columns(row, results.get('memory_bandwidth'))} |")
     return lines
 
 
@@ -235,4 +256,4 @@ def write_report(results: dict, output_dir: Path) -> dict:
     return results
 
 
-__all__ = ["crossover_sentence", "render_markdown", "write_report"]
+__all__ = ["bandwidth_sentence", "crossover_sentence", "model_label", "render_markdown", "write_report"]

@@ -47,6 +47,21 @@ def training_ratio(rows: list[dict], kind: str, length: int, reference: str = PE
     return None
 
 
+def weight_read_bound(row: dict, bandwidth: dict | None) -> float | None:
+    """The physical limit of a decoding row in tokens/s: a step of a batch of B sequences reads every weight
+    matrix once (``weight_bytes_per_token``: bytes per step), so at the measured read bandwidth (``bandwidth``:
+    `benchmark.measure_memory_bandwidth`'s record) it makes at most ``B · read_bytes_per_s / weight_bytes``
+    tokens/s. None when either is missing."""
+    if not bandwidth or not row.get("weight_bytes_per_token"):
+        return None
+    return row.get("batch", 1) * bandwidth["read_gb_s"] * 1e9 / row["weight_bytes_per_token"]
+
+
+def fraction_of_bound(row: dict, bandwidth: dict | None) -> float | None:
+    """A decoding row's tokens/s ÷ its `weight_read_bound`."""
+    return divide(row.get("decode_tokens_per_s"), weight_read_bound(row, bandwidth))
+
+
 def decode_rate(results: dict, model: str, mode: str = "eager") -> float | None:
     """Batch-1 decoding tokens/s of one row of section 3."""
     return lookup(results["decoding"]["decode"], model=model, mode=mode).get("decode_tokens_per_s")
@@ -204,5 +219,6 @@ def evaluate_targets(results: dict, sizes, targets: tuple[Target, ...] = TARGETS
 
 __all__ = [
     "BASELINE_MODE", "HEADLINE_TYPE", "ONNXRUNTIME_MODE", "PEER", "TARGETS", "WEAK_REFERENCE", "Target",
-    "decode_rate", "divide", "evaluate_targets", "figures", "is_met", "lookup", "training_ratio",
+    "decode_rate", "divide", "evaluate_targets", "figures", "fraction_of_bound", "is_met", "lookup", "training_ratio",
+    "weight_read_bound",
 ]
