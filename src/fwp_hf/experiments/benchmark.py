@@ -28,6 +28,14 @@ shared machine moves both sides together. Sections:
    and decoding after a 4k prompt, delta vs Llama and GPT-2;
 8. prefill of 16k- and 64k-token prompts (delta only; also 64k in chunks through `prefill_chunk_size`), then decoding.
 
+9. (``--real_teacher <folder>``, off by default) the real model: a Llama-family teacher (the SmolLM2-135M
+   folder) with SDPA and its KV cache against its students built by `linearize_model` without training (speed
+   does not depend on trained values): every layer Hedgehog, and the hybrid that keeps softmax layers
+   (18, 23, 27 of SmolLM2's 30, scaled to the teacher's depth). Prefill tokens/s and peak memory, decoding
+   tokens/s and memory (eager and compiled), a training step (AdamW) and a LoRA step (peft), each cell in a
+   child process; and int8 dynamic quantization / bf16 of the linear layers: decoding speed-up and
+   perplexity change on held-out text (``--heldout_text``).
+
 The physical limit of decoding: at batch B a decoding step reads every weight matrix once for B tokens, so
 ``B × bandwidth ÷ weight bytes`` tokens/s (`benchmark_targets.weight_read_bound`, with the memory read bandwidth
 that `measure_memory_bandwidth` measures on this machine) bounds it; every decoding figure is also reported as a
@@ -65,7 +73,17 @@ from ..feature_maps_fwp import elu_plus_one_feature_map
 from ..token_mixers import ATTENTION_TYPES, FAST_WEIGHT_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS, TokenMixerSpec
 from . import decode_timing
 from .benchmark_report import crossover_sentence, write_report
-from .benchmark_targets import BASELINE_MODE, HEADLINE_TYPE, ONNXRUNTIME_MODE, PEER, WEAK_REFERENCE, evaluate_targets
+from .benchmark_targets import (
+    BASELINE_MODE,
+    HEADLINE_TYPE,
+    HYBRID,
+    ONNXRUNTIME_MODE,
+    PEER,
+    STUDENT,
+    TEACHER,
+    WEAK_REFERENCE,
+    evaluate_targets,
+)
 from .decode_timing import GIB, cache_bytes, current_rss_bytes, peak_rss_bytes, timed_generate
 
 # Every registered token mixer is benchmarked; the cache-size check covers those with a fixed-size state.
@@ -95,6 +113,16 @@ class BenchmarkArguments:
     )
     baseline_label: str | None = field(
         default=None, metadata={"help": "How the report names the baseline (e.g. its commit)."}
+    )
+    real_teacher: str | None = field(
+        default=None,
+        metadata={"help": "A Llama-family teacher folder (e.g. SmolLM2-135M): run section 9, the teacher against its "
+                          "linearized students (untrained), at Sizes' real_* lengths (tiny ones with --quick)."},
+    )
+    heldout_text: str | None = field(
+        default=None,
+        metadata={"help": "A .jsonl ('text' field) or .txt file of held-out text, tokenized by the teacher's "
+                          "tokenizer: section 9's perplexity change under int8/bf16 (skipped without it)."},
     )
 
 
@@ -139,6 +167,23 @@ class Sizes:
     # the memory bandwidth measurement: a tensor far larger than the caches, best of several passes
     bandwidth_bytes: int = 1 << 30
     bandwidth_repeats: int = 5
+    # 9. the real model (--real_teacher)
+    real_student_type: str = "hedgehog"
+    real_keep_softmax_layers: tuple[int, ...] = (18, 23, 27)  # of a real_reference_depth-layer teacher
+    real_reference_depth: int = 30  # SmolLM2-135M's depth; other depths scale the kept layers
+    real_prefill_lengths: tuple[int, ...] = (512, 2048, 8192, 32768)
+    real_prefill_chunk: int = 2048
+    real_decode_prompts: tuple[int, ...] = (4096, 16384, 32768)
+    real_decode_batches: tuple[int, ...] = (1, 8)
+    real_decode_tokens: int = 8
+    real_decode_modes: tuple[str, ...] = ("eager", "compiled")
+    real_train_lengths: tuple[int, ...] = (2048, 8192)
+    real_lora_rank: int = 8
+    real_quantized_prompt: int = 512
+    real_quantized_decode_tokens: int = 16
+    real_perplexity_context: int = 512
+    real_perplexity_tokens: int = 8192
+    real_cell_time_limit_s: float = 900.0
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -152,6 +197,10 @@ class Sizes:
             realistic_train_length=64, realistic_decode_prompt=64, realistic_decode_tokens=3,
             long_prompts=(256, 1024), long_prefill_chunk=256, long_decode_tokens=3, compile_backend="eager",
             bandwidth_bytes=1 << 25, bandwidth_repeats=2,
+            real_prefill_lengths=(32, 128), real_prefill_chunk=32, real_decode_prompts=(32, 128),
+            real_decode_batches=(1, 2), real_decode_tokens=3, real_train_lengths=(32, 64), real_lora_rank=2,
+            real_quantized_prompt=32, real_quantized_decode_tokens=3, real_perplexity_context=32,
+            real_perplexity_tokens=128, real_cell_time_limit_s=180.0,
         )
 
     def realistic(self) -> Sizes:
@@ -403,9 +452,18 @@ def _weight_matrices(model: torch.nn.Module) -> int:
 
 
 def weight_bytes_per_step(model: torch.nn.Module) -> int:
-    """Bytes of the weight matrices one decoding step reads (`_weight_matrices` at the model's dtype; an int8
-    linear layer's packed weight counts one byte per entry)."""
-    return _weight_matrices(model) * next(model.parameters()).element_size()
+    """Bytes of the weight matrices one decoding step reads (those of `_weight_matrices`, each at its own
+    dtype; a dynamically quantized int8 linear layer's weight counts one byte per entry)."""
+    from transformers.pytorch_utils import Conv1D
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            total += module.weight.numel() * module.weight.element_size()
+        elif isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            weight = module.weight()
+            total += weight.numel() * weight.element_size()
+    return total
 
 
 def measure_memory_bandwidth(num_bytes: int, repeats: int = 5) -> dict:
@@ -572,6 +630,216 @@ def bench_realistic_size(sizes: Sizes, args: BenchmarkArguments) -> dict:
     return {"training": training, "decoding": decoding}
 
 
+# ----------------------------------------------------------------------------------------------
+# 9. The real model (--real_teacher)
+# ----------------------------------------------------------------------------------------------
+
+# The teacher and its students: every layer a fast-weight layer, and the hybrid that keeps some softmax layers.
+REAL_MODELS = (TEACHER, STUDENT, HYBRID)
+
+
+def scaled_layers(layers: tuple[int, ...], reference_depth: int, depth: int) -> list[int]:
+    """`layers` of a `reference_depth`-layer model moved to the same relative depth of a `depth`-layer one
+    (round(i · depth / reference_depth), at most depth − 1, duplicates dropped); unchanged when the depths agree."""
+    if reference_depth < 1 or depth < 1:
+        raise ValueError(f"depths must be >= 1, got reference_depth={reference_depth} and depth={depth}")
+    bad = [i for i in layers if not 0 <= i < reference_depth]
+    if bad:
+        raise ValueError(f"layers {bad} are not layers of a {reference_depth}-layer model (0 … {reference_depth - 1})")
+    return sorted({min(depth - 1, round(i * depth / reference_depth)) for i in layers})
+
+
+def load_real_model(folder: str, model: str, sizes: Sizes) -> torch.nn.Module:
+    """The teacher in `folder` (float32, SDPA), or one of its students built by `linearize_model` without
+    training: `STUDENT` (every layer `sizes.real_student_type`) or `HYBRID` (the softmax layers
+    `sizes.real_keep_softmax_layers` kept, scaled to the teacher's depth). In eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    from ..conversion.linearize import linearize_model
+
+    if model not in REAL_MODELS:
+        raise ValueError(f"model must be one of {', '.join(REAL_MODELS)}, got {model!r}")
+    teacher = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
+    if model == TEACHER:
+        return teacher
+    keep = ([] if model == STUDENT else
+            scaled_layers(sizes.real_keep_softmax_layers, sizes.real_reference_depth, teacher.config.num_hidden_layers))
+    return linearize_model(teacher, sizes.real_student_type, keep_softmax_layers=keep)
+
+
+def _compiled_kwargs(model: torch.nn.Module, batch: int, backend: str) -> dict:
+    """`generate` keyword arguments of compiled decoding: a fast-weight student's `FastWeightStaticCache`, or the
+    teacher's static KV cache (transformers' ``cache_implementation="static"``); a ValueError for a model with
+    both kinds of layer (the hybrid), which only `DynamicCache` holds."""
+    compile_config = cpu_compile_config(backend)
+    if isinstance(model, FWPForCausalLM):
+        return compiled_generation(model, batch, compile_config)
+    return {"cache_implementation": "static", "compile_config": compile_config}
+
+
+def _real_prefill_cell(folder: str, model_name: str, sizes: Sizes, length: int, chunk: int | None) -> dict:
+    """Prefill of one `length`-token prompt at batch 1 (`generate`'s first token, in `chunk`-token pieces
+    through ``prefill_chunk_size`` when given): tokens/s and the process's peak memory."""
+    torch.manual_seed(0)
+    model = load_real_model(folder, model_name, sizes)
+    prompt = torch.randint(0, model.config.vocab_size, (1, length))
+    model_rss = current_rss_bytes()
+    result = timed_generate(model, prompt, 2, **({} if chunk is None else {"prefill_chunk_size": chunk}))
+    return {"prefill_s": result["prefill_s"], "prefill_tokens_per_s": length / result["prefill_s"],
+            "model_rss_gib": model_rss / GIB, "peak_rss_gib": max(peak_rss_bytes() / GIB, result["decode_rss_gib"])}
+
+
+def _real_decode_cell(folder: str, model_name: str, sizes: Sizes, prompt_length: int, batch: int,
+                      compiled: bool) -> dict:
+    """Greedy decoding after a `prompt_length`-token prompt at `batch`: `timed_generate`'s figures, the weight
+    bytes a step reads and the process's peak. Compiled: the first call compiles (``compile_s``, not counted);
+    the second is measured."""
+    torch.manual_seed(0)
+    model = load_real_model(folder, model_name, sizes)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_length))
+    extra = {}
+    if compiled:
+        try:
+            _compiled_kwargs(model, batch, sizes.compile_backend)
+        except ValueError as error:
+            return {"error": f"not compiled: {str(error)[:160]}"}
+        start = time.perf_counter()
+        timed_generate(model, prompt, sizes.real_decode_tokens, **_compiled_kwargs(model, batch, sizes.compile_backend))
+        extra["compile_s"] = time.perf_counter() - start
+    kwargs = _compiled_kwargs(model, batch, sizes.compile_backend) if compiled else {}
+    result = timed_generate(model, prompt, sizes.real_decode_tokens, **kwargs)
+    peak = max(peak_rss_bytes() / GIB, result["decode_rss_gib"])
+    return {**result, **extra, "peak_rss_gib": peak, "weight_bytes_per_token": weight_bytes_per_step(model)}
+
+
+def _real_train_cell(folder: str, model_name: str, sizes: Sizes, length: int, lora: bool) -> dict:
+    """One training step (forward + backward + AdamW) of batch 1 × `length` tokens, timed after one warm-up
+    step: every parameter, or (`lora`) rank-`real_lora_rank` LoRA adapters on every linear layer but the LM head
+    (peft's ``"all-linear"``). Tokens/s, the process's peak memory, trainable parameters."""
+    torch.manual_seed(0)
+    model = load_real_model(folder, model_name, sizes).train()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=sizes.real_lora_rank, lora_alpha=2 * sizes.real_lora_rank,
+                                                 target_modules="all-linear"))
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    ids = torch.randint(0, model.config.vocab_size, (1, length))
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return {"step_s": times[-1], "tokens_per_s": length / times[-1], "peak_rss_gib": peak_rss_bytes() / GIB,
+            "trainable_parameters": sum(parameter.numel() for parameter in trainable)}
+
+
+def quantize_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose nn.Linear layers (the LM head included) are int8 with dynamic activation
+    quantization: `torch.ao.quantization.quantize_dynamic`, which torch 2.13 still ships but marks deprecated
+    (it warns, naming torchao's ``quantize_`` as the successor); the copy runs on the CPU (fbgemm/qnnpack).
+
+    Saving: transformers' ``save_pretrained`` of the quantized copy fails (torch 2.13, transformers 5.23:
+    ``AttributeError: 'torch.dtype' object has no attribute 'data_ptr'`` — the packed parameters are not
+    tensors), so save the float model and quantize after ``from_pretrained`` (seconds); ``torch.save`` of the
+    quantized copy's ``state_dict`` works but is not a transformers checkpoint."""
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(torch.ao.quantization|quantize_per_tensor).*deprecated")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear},
+                                                      dtype=torch.qint8)
+
+
+def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_text: str | None) -> dict:
+    """Batch-1 eager decoding (after `real_quantized_prompt` tokens; best of 2, the variants alternating) and
+    held-out perplexity (windows of `real_perplexity_context` tokens, the first `real_perplexity_tokens` of
+    `heldout_text` under the teacher's tokenizer) of float32, int8 (`quantize_linear_int8`) and bfloat16."""
+    from .linearization_eval import document_stream, heldout_perplexity, read_texts
+
+    torch.manual_seed(0)
+    model = load_real_model(folder, model_name, sizes)
+    variants = {"float32": model, "int8 dynamic": quantize_linear_int8(model), "bfloat16": _bfloat16_copy(model)}
+    prompt = torch.randint(0, model.config.vocab_size, (1, sizes.real_quantized_prompt))
+    best: dict[str, dict] = {}
+    for _ in range(2):
+        for name, variant in variants.items():
+            result = timed_generate(variant, prompt, sizes.real_quantized_decode_tokens)
+            if name not in best or result["decode_tokens_per_s"] > best[name]["decode_tokens_per_s"]:
+                best[name] = result
+    rows = {name: {**best[name], "weight_bytes_per_token": weight_bytes_per_step(variant)}
+            for name, variant in variants.items()}
+    if heldout_text:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        ids = document_stream(read_texts(heldout_text), tokenizer)[: sizes.real_perplexity_tokens]
+        for name, variant in variants.items():
+            rows[name]["perplexity"] = heldout_perplexity(variant, ids, sizes.real_perplexity_context)["perplexity"]
+    return rows
+
+
+def _bfloat16_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
+def check_real_model_arguments(args: BenchmarkArguments) -> None:
+    """Section 9's arguments, checked before any measurement: a teacher folder with a config.json, a held-out
+    text file that exists, and no held-out text without a teacher."""
+    if args.heldout_text and not args.real_teacher:
+        raise ValueError("--heldout_text is read by section 9 only: give --real_teacher too")
+    if args.real_teacher and not (Path(args.real_teacher) / "config.json").is_file():
+        raise ValueError(f"--real_teacher {args.real_teacher!r} must be a model folder holding a config.json")
+    if args.heldout_text and not Path(args.heldout_text).is_file():
+        raise ValueError(f"--heldout_text {args.heldout_text!r} is not a file (.jsonl with a 'text' field, or .txt)")
+
+
+def bench_real_model(folder: str, sizes: Sizes, args: BenchmarkArguments) -> dict:
+    """Section 9: the teacher in `folder` against its untrained students (module docstring), each cell in a child
+    process with the memory and `real_cell_time_limit_s` limits."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    keep = scaled_layers(sizes.real_keep_softmax_layers, sizes.real_reference_depth, config.num_hidden_layers)
+    limit = sizes.real_cell_time_limit_s
+    jobs = [(length, model, None) for length in sizes.real_prefill_lengths for model in REAL_MODELS]
+    jobs += [(length, STUDENT, sizes.real_prefill_chunk) for length in sizes.real_prefill_lengths]
+    prefill = []
+    for length, model, chunk in tqdm(jobs, desc="9. real model: prefill", leave=False):
+        cell = run_in_child(_real_prefill_cell, (folder, model, sizes, length, chunk), args, limit)
+        prefill.append({"model": model, "length": length, "prefill_chunk_size": chunk, **cell})
+    decode = []
+    unknown = set(sizes.real_decode_modes) - {"eager", "compiled"}
+    if unknown:
+        raise ValueError(f"real_decode_modes are 'eager' and/or 'compiled', got {sorted(unknown)}")
+    jobs = [(prompt, batch, model, mode == "compiled") for prompt in sizes.real_decode_prompts
+            for batch in sizes.real_decode_batches for mode in sizes.real_decode_modes for model in REAL_MODELS]
+    for prompt, batch, model, compiled in tqdm(jobs, desc="9. real model: decoding", leave=False):
+        cell = run_in_child(_real_decode_cell, (folder, model, sizes, prompt, batch, compiled), args, limit)
+        decode.append({"model": model, "prompt": prompt, "batch": batch,
+                       "mode": "compiled" if compiled else "eager", **cell})
+    training = []
+    jobs = [(length, model, False) for length in sizes.real_train_lengths for model in (TEACHER, STUDENT)]
+    jobs += [(sizes.real_train_lengths[0], model, True) for model in (TEACHER, STUDENT)]
+    for length, model, lora in tqdm(jobs, desc="9. real model: training steps", leave=False):
+        cell = run_in_child(_real_train_cell, (folder, model, sizes, length, lora), args, limit)
+        training.append({"model": model, "seq_len": length, "lora": lora, **cell})
+    quantized = []
+    for model in tqdm((STUDENT, TEACHER), desc="9. real model: int8 and bf16", leave=False):
+        cell = run_in_child(_real_quantized_cell, (folder, model, sizes, args.heldout_text), args, limit)
+        rows = [{"dtype": "all", **cell}] if "error" in cell else [{"dtype": k, **v} for k, v in cell.items()]
+        quantized += [{"model": model, **row} for row in rows]
+    return {"teacher": folder, "teacher_layers": config.num_hidden_layers, "kept_softmax_layers": keep,
+            "student_type": sizes.real_student_type, "heldout_text": args.heldout_text, "prefill": prefill,
+            "decode": decode, "training": training, "quantized": quantized}
+
+
 def bench_long_prompts(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:
     """Section 8: prefill of very long prompts in one call (and the longest in chunks), then decoding."""
     jobs = [(prompt, None) for prompt in sizes.long_prompts] + [(max(sizes.long_prompts), sizes.long_prefill_chunk)]
@@ -638,7 +906,18 @@ def machine_description(threads: int) -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": threads,
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            "bf16_instructions": cpu_has_bf16_instructions()}
+
+
+def cpu_has_bf16_instructions() -> bool | None:
+    """Whether /proc/cpuinfo lists a bfloat16 instruction set (avx512_bf16 or amx_bf16); None where it cannot
+    be read."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[1].split()))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -652,6 +931,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = Sizes.quick() if args.quick else Sizes()
+    check_real_model_arguments(args)
     baseline_file = check_baseline_src(args.baseline_src) if args.baseline_src else None
     start = time.time()
     command = " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])])
@@ -666,6 +946,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["batched"] = bench_batched_generation(sizes, args)
     results["realistic"] = bench_realistic_size(sizes, args)
     results["long_prompts"] = bench_long_prompts(sizes, args)
+    results["real_model"] = bench_real_model(args.real_teacher, sizes, args) if args.real_teacher else None
     results["crossover"] = crossover_sentence(results["training"], sizes.train_lengths)
     results["targets"] = evaluate_targets(results, sizes)
     results["wall_s"] = time.time() - start

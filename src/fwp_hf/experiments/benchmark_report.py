@@ -10,9 +10,12 @@ import json
 from pathlib import Path
 
 from .benchmark_targets import (
+    FLOAT32,
     HEADLINE_TYPE,
     ONNXRUNTIME_MODE,
     PEER,
+    REAL_SECTION,
+    TEACHER,
     WEAK_REFERENCE,
     decode_rate,
     divide,
@@ -86,7 +89,7 @@ def render_markdown(results: dict) -> str:
     for t in results["targets"]:
         op = "≥" if t.get("higher_is_better", t["unit"] != "GiB") else "≤"
         threshold = "" if isinstance(t["threshold"], bool) else f"{op} {t['threshold']:g} {t['unit']}".strip()
-        verdict = "met" if t["met"] else "MISSED"
+        verdict = "not run" if t.get("not_run") else "met" if t["met"] else "MISSED"
         lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {threshold} | {verdict} |")
     b, h, length, d = sizes["kernel_shape"]
     lines += ["", f"## 1. Kernels: chunkwise vs recurrent, forward+backward (B={b}, H={h}, T={length}, D={d}, fp32)",
@@ -112,6 +115,7 @@ def render_markdown(results: dict) -> str:
               f"| torch.matmul 1024×1024 (for reference) | {flops['matmul_1024_gflops']:.1f} |",
               f"| kernel / similar-shape matmul | {flops['fraction_of_matmul']:.2f} |", ""]
     lines += _batched_section(results) + _realistic_section(results) + _long_prompt_section(results)
+    lines += real_model_section(results)
     return "\n".join(lines)
 
 
@@ -231,6 +235,82 @@ def _long_prompt_section(results: dict) -> list[str]:
     return lines
 
 
+def real_model_section(results: dict) -> list[str]:
+    """Section 9: the teacher against its untrained students (prefill, decoding, training, int8/bf16)."""
+    lines = ["", "## 9. The real model: the teacher against its fast-weight students", ""]
+    real = results.get(REAL_SECTION)
+    if not real:
+        return lines + ["Not run in this run (`python scripts/benchmark.py --real_teacher <folder> "
+                        "[--heldout_text <file>]`); its targets are marked \"not run\"."]
+    bandwidth = results.get("memory_bandwidth")
+    lines += [f"Teacher `{real['teacher']}` ({real['teacher_layers']} layers; float32, SDPA, its KV cache). Students "
+              f"built by `linearize_model` without training (speed does not depend on trained values): \"student\" "
+              f"has {real['student_type']} in every layer, \"hybrid student\" keeps softmax layers "
+              f"{real['kept_softmax_layers']}. Each cell runs in its own child process; peak memory is its peak "
+              "resident set.", "", "Prefill (batch 1; `generate`'s first token):", "",
+              "| model | T | prefill chunks | prefill s | tokens/s | vs teacher | peak memory GiB |",
+              "|---|---|---|---|---|---|---|"]
+    for row in real["prefill"]:
+        chunks = f"{row['prefill_chunk_size']:,}" if row["prefill_chunk_size"] else "one call"
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['length']:,} | {chunks} | — | — | — | {row['error']} |")
+            continue
+        teacher = lookup(real["prefill"], model=TEACHER, length=row["length"], prefill_chunk_size=None)
+        ratio = divide(row["prefill_tokens_per_s"], teacher.get("prefill_tokens_per_s"))
+        lines.append(f"| {row['model']} | {row['length']:,} | {chunks} | {row['prefill_s']:.2f} | "
+                     f"{row['prefill_tokens_per_s']:.0f} | {_fmt(ratio)}× | {row['peak_rss_gib']:.2f} |")
+    lines += ["", "Decoding (greedy; \"vs teacher\" compares the same mode, batch and prompt; compiled: the student's "
+              "`FastWeightStaticCache`, the teacher's static KV cache, the first call's compilation not counted):", "",
+              "| model | mode | batch | prompt | prefill s | decode tokens/s | vs teacher | % of bound | cache MiB | "
+              "decoding memory GiB | peak memory GiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in real["decode"]:
+        head = f"| {row['model']} | {row['mode']} | {row['batch']} | {row['prompt']:,} |"
+        if "error" in row:
+            lines.append(f"{head} — | — | — | — | — | — | {row['error']} |")
+            continue
+        teacher = lookup(real["decode"], model=TEACHER, mode=row["mode"], batch=row["batch"], prompt=row["prompt"])
+        ratio = divide(row["decode_tokens_per_s"], teacher.get("decode_tokens_per_s"))
+        lines.append(f"{head} {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | {_fmt(ratio)}× | "
+                     f"{_percent(fraction_of_bound(row, bandwidth))} | {row['cache_bytes'] / 2**20:.1f} | "
+                     f"{row['decode_rss_gib']:.2f} | {row['peak_rss_gib']:.2f} |")
+    lines += ["", "Training step (batch 1, forward + backward + AdamW, timed after one warm-up step; LoRA: peft "
+              "adapters on every linear layer but the LM head):", "",
+              "| model | T | step | trainable parameters | tokens/s | vs teacher | peak memory GiB |",
+              "|---|---|---|---|---|---|---|"]
+    for row in real["training"]:
+        step = "LoRA" if row["lora"] else "full"
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['seq_len']:,} | {step} | — | — | — | {row['error']} |")
+            continue
+        teacher = lookup(real["training"], model=TEACHER, seq_len=row["seq_len"], lora=row["lora"])
+        ratio = divide(row["tokens_per_s"], teacher.get("tokens_per_s"))
+        lines.append(f"| {row['model']} | {row['seq_len']:,} | {step} | {row['trainable_parameters']:,} | "
+                     f"{row['tokens_per_s']:.0f} | {_fmt(ratio)}× | {row['peak_rss_gib']:.2f} |")
+    bf16 = results["machine"].get("bf16_instructions")
+    heldout = f" ({real['heldout_text']})" if real.get("heldout_text") else " (not measured: no --heldout_text)"
+    lines += ["", "int8 dynamic quantization of every nn.Linear (`quantize_linear_int8`: "
+              "`torch.ao.quantization.quantize_dynamic`, deprecated in torch 2.13 in favour of torchao) and bfloat16, "
+              f"batch-1 eager decoding and held-out perplexity{heldout}. The students are untrained, so their "
+              "perplexity is high; its change under int8/bf16 is the figure. "
+              f"This CPU {'has' if bf16 else 'lacks' if bf16 is not None else 'may lack'} bf16 instructions "
+              "(avx512_bf16/amx_bf16). The int8 model does not save through `save_pretrained`: save the float model "
+              "and quantize after loading.", "",
+              "| model | dtype | decode tokens/s | vs float32 | weight MiB/step | % of bound | perplexity | change |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in real["quantized"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['dtype']} | — | — | — | — | — | {row['error']} |")
+            continue
+        fp32 = lookup(real["quantized"], model=row["model"], dtype=FLOAT32)
+        ratio = divide(row["decode_tokens_per_s"], fp32.get("decode_tokens_per_s"))
+        perplexity, reference = row.get("perplexity"), fp32.get("perplexity")
+        change = f"{100 * (perplexity / reference - 1):+.2f}%" if perplexity is not None and reference else "—"
+        lines.append(f"| {row['model']} | {row['dtype']} | {row['decode_tokens_per_s']:.1f} | {_fmt(ratio)}× | "
+                     f"{row['weight_bytes_per_token'] / 2**20:.2f} | {_percent(fraction_of_bound(row, bandwidth))} | "
+                     f"{_fmt(perplexity)} | {change} |")
+    return lines
+
+
 def crossover_sentence(rows: list[dict], lengths: tuple[int, ...]) -> str:
     """Where the headline type starts to train faster than Llama, in words."""
     ratios = [(length, training_ratio(rows, HEADLINE_TYPE, length)) for length in lengths]
@@ -256,4 +336,6 @@ def write_report(results: dict, output_dir: Path) -> dict:
     return results
 
 
-__all__ = ["bandwidth_sentence", "crossover_sentence", "model_label", "render_markdown", "write_report"]
+__all__ = [
+    "bandwidth_sentence", "crossover_sentence", "model_label", "real_model_section", "render_markdown", "write_report",
+]
