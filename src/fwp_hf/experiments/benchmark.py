@@ -719,8 +719,10 @@ def _real_train_cell(folder: str, model_name: str, sizes: Sizes, length: int, lo
     torch.manual_seed(0)
     model = load_real_model(folder, model_name, sizes).train()
     if lora:
-        from peft import LoraConfig, get_peft_model
-
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as error:  # the `peft` extra is optional
+            return {"error": f"not measured: {error} (pip install 'fwp-hf[peft]')"}
         model = get_peft_model(model, LoraConfig(r=sizes.real_lora_rank, lora_alpha=2 * sizes.real_lora_rank,
                                                  target_modules="all-linear"))
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
