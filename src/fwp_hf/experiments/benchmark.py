@@ -667,14 +667,18 @@ def load_real_model(folder: str, model: str, sizes: Sizes) -> torch.nn.Module:
     return linearize_model(teacher, sizes.real_student_type, keep_softmax_layers=keep)
 
 
-def _compiled_kwargs(model: torch.nn.Module, batch: int, backend: str) -> dict:
-    """`generate` keyword arguments of compiled decoding: a fast-weight student's `FastWeightStaticCache`, or the
-    teacher's static KV cache (transformers' ``cache_implementation="static"``); a ValueError for a model with
-    both kinds of layer (the hybrid), which only `DynamicCache` holds."""
+def _compiled_kwargs(model: torch.nn.Module, batch: int, backend: str, max_length: int) -> dict:
+    """`generate` keyword arguments of compiled decoding: a fresh fast-weight student's `FastWeightStaticCache`,
+    or the teacher's static KV cache of `max_length` positions (transformers' `StaticCache`); a ValueError for a
+    model with both kinds of layer (the hybrid), which only `DynamicCache` holds. Either cache has the same shape
+    whatever the prompt, so a short warm-up prompt compiles the graph the measured call runs."""
+    from transformers import StaticCache
+
     compile_config = cpu_compile_config(backend)
     if isinstance(model, FWPForCausalLM):
         return compiled_generation(model, batch, compile_config)
-    return {"cache_implementation": "static", "compile_config": compile_config}
+    cache = StaticCache(config=model.config, max_cache_len=max_length)
+    return {**generate_cache_kwargs(cache), "compile_config": compile_config}
 
 
 def _real_prefill_cell(folder: str, model_name: str, sizes: Sizes, length: int, chunk: int | None) -> dict:
@@ -692,22 +696,26 @@ def _real_prefill_cell(folder: str, model_name: str, sizes: Sizes, length: int, 
 def _real_decode_cell(folder: str, model_name: str, sizes: Sizes, prompt_length: int, batch: int,
                       compiled: bool) -> dict:
     """Greedy decoding after a `prompt_length`-token prompt at `batch`: `timed_generate`'s figures, the weight
-    bytes a step reads and the process's peak. Compiled: the first call compiles (``compile_s``, not counted);
-    the second is measured."""
+    bytes a step reads and the process's peak. Compiled: a first call on the prompt's first 16 tokens, with a
+    cache of the measured call's shape, compiles the decoding step (``compile_s``, not counted)."""
     torch.manual_seed(0)
     model = load_real_model(folder, model_name, sizes)
     prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_length))
-    extra = {}
+    new_tokens = sizes.real_decode_tokens
+    extra, kwargs = {}, {}
     if compiled:
+        def compiled_kwargs() -> dict:
+            return _compiled_kwargs(model, batch, sizes.compile_backend, prompt_length + new_tokens)
+
         try:
-            _compiled_kwargs(model, batch, sizes.compile_backend)
+            compiled_kwargs()
         except ValueError as error:
             return {"error": f"not compiled: {str(error)[:160]}"}
         start = time.perf_counter()
-        timed_generate(model, prompt, sizes.real_decode_tokens, **_compiled_kwargs(model, batch, sizes.compile_backend))
+        timed_generate(model, prompt[:, :16], new_tokens, **compiled_kwargs())
         extra["compile_s"] = time.perf_counter() - start
-    kwargs = _compiled_kwargs(model, batch, sizes.compile_backend) if compiled else {}
-    result = timed_generate(model, prompt, sizes.real_decode_tokens, **kwargs)
+        kwargs = compiled_kwargs()
+    result = timed_generate(model, prompt, new_tokens, **kwargs)
     peak = max(peak_rss_bytes() / GIB, result["decode_rss_gib"])
     return {**result, **extra, "peak_rss_gib": peak, "weight_bytes_per_token": weight_bytes_per_step(model)}
 
@@ -802,6 +810,28 @@ def check_real_model_arguments(args: BenchmarkArguments) -> None:
         raise ValueError(f"--heldout_text {args.heldout_text!r} is not a file (.jsonl with a 'text' field, or .txt)")
 
 
+# Errors of a cell that ran out of time or memory (`run_in_child`'s and `_child_main`'s wording).
+_OUTGROWN = ("skipped: still running", "out of memory", "child process died", "RuntimeError")
+
+
+class CellRunner:
+    """Runs section 9's cells in child processes, in order of growing size, and skips a cell when a cell of the
+    same kind that is no larger in every size ran out of time or memory (it would only burn its time limit)."""
+
+    def __init__(self, args: BenchmarkArguments, time_limit_s: float) -> None:
+        self.args, self.time_limit_s = args, time_limit_s
+        self.outgrown: list[tuple[tuple, tuple[int, ...]]] = []
+
+    def run(self, measure, arguments: tuple, kind: tuple, size: tuple[int, ...]) -> dict:
+        for failed_kind, failed_size in self.outgrown:
+            if failed_kind == kind and all(a <= b for a, b in zip(failed_size, size, strict=True)):
+                return {"error": f"skipped: the smaller cell {failed_size} of this model ran out of time or memory"}
+        cell = run_in_child(measure, arguments, self.args, self.time_limit_s)
+        if cell.get("error", "").startswith(_OUTGROWN):
+            self.outgrown.append((kind, size))
+        return cell
+
+
 def bench_real_model(folder: str, sizes: Sizes, args: BenchmarkArguments) -> dict:
     """Section 9: the teacher in `folder` against its untrained students (module docstring), each cell in a child
     process with the memory and `real_cell_time_limit_s` limits."""
@@ -809,32 +839,34 @@ def bench_real_model(folder: str, sizes: Sizes, args: BenchmarkArguments) -> dic
 
     config = AutoConfig.from_pretrained(folder)
     keep = scaled_layers(sizes.real_keep_softmax_layers, sizes.real_reference_depth, config.num_hidden_layers)
-    limit = sizes.real_cell_time_limit_s
-    jobs = [(length, model, None) for length in sizes.real_prefill_lengths for model in REAL_MODELS]
-    jobs += [(length, STUDENT, sizes.real_prefill_chunk) for length in sizes.real_prefill_lengths]
+    cells = CellRunner(args, sizes.real_cell_time_limit_s)
+    jobs = [(length, model, None) for length in sorted(sizes.real_prefill_lengths) for model in REAL_MODELS]
+    jobs += [(length, STUDENT, sizes.real_prefill_chunk) for length in sorted(sizes.real_prefill_lengths)]
     prefill = []
     for length, model, chunk in tqdm(jobs, desc="9. real model: prefill", leave=False):
-        cell = run_in_child(_real_prefill_cell, (folder, model, sizes, length, chunk), args, limit)
+        cell = cells.run(_real_prefill_cell, (folder, model, sizes, length, chunk), (model, chunk), (length,))
         prefill.append({"model": model, "length": length, "prefill_chunk_size": chunk, **cell})
     decode = []
     unknown = set(sizes.real_decode_modes) - {"eager", "compiled"}
     if unknown:
         raise ValueError(f"real_decode_modes are 'eager' and/or 'compiled', got {sorted(unknown)}")
-    jobs = [(prompt, batch, model, mode == "compiled") for prompt in sizes.real_decode_prompts
-            for batch in sizes.real_decode_batches for mode in sizes.real_decode_modes for model in REAL_MODELS]
+    jobs = [(prompt, batch, model, mode == "compiled") for prompt in sorted(sizes.real_decode_prompts)
+            for batch in sorted(sizes.real_decode_batches) for mode in sizes.real_decode_modes for model in REAL_MODELS]
     for prompt, batch, model, compiled in tqdm(jobs, desc="9. real model: decoding", leave=False):
-        cell = run_in_child(_real_decode_cell, (folder, model, sizes, prompt, batch, compiled), args, limit)
+        cell = cells.run(_real_decode_cell, (folder, model, sizes, prompt, batch, compiled), (model, compiled),
+                         (prompt, batch))
         decode.append({"model": model, "prompt": prompt, "batch": batch,
                        "mode": "compiled" if compiled else "eager", **cell})
     training = []
-    jobs = [(length, model, False) for length in sizes.real_train_lengths for model in (TEACHER, STUDENT)]
-    jobs += [(sizes.real_train_lengths[0], model, True) for model in (TEACHER, STUDENT)]
+    jobs = [(length, model, False) for length in sorted(sizes.real_train_lengths) for model in (TEACHER, STUDENT)]
+    jobs += [(min(sizes.real_train_lengths), model, True) for model in (TEACHER, STUDENT)]
     for length, model, lora in tqdm(jobs, desc="9. real model: training steps", leave=False):
-        cell = run_in_child(_real_train_cell, (folder, model, sizes, length, lora), args, limit)
+        cell = cells.run(_real_train_cell, (folder, model, sizes, length, lora), (model, lora), (length,))
         training.append({"model": model, "seq_len": length, "lora": lora, **cell})
     quantized = []
     for model in tqdm((STUDENT, TEACHER), desc="9. real model: int8 and bf16", leave=False):
-        cell = run_in_child(_real_quantized_cell, (folder, model, sizes, args.heldout_text), args, limit)
+        cell = run_in_child(_real_quantized_cell, (folder, model, sizes, args.heldout_text), args,
+                            sizes.real_cell_time_limit_s)
         rows = [{"dtype": "all", **cell}] if "error" in cell else [{"dtype": k, **v} for k, v in cell.items()]
         quantized += [{"model": model, **row} for row in rows]
     return {"teacher": folder, "teacher_layers": config.num_hidden_layers, "kept_softmax_layers": keep,
