@@ -1,8 +1,9 @@
 """Speed and memory benchmark of fwp_hf against softmax attention (Llama with SDPA) and the hardware.
 
-    python scripts/benchmark.py   # full run (~12 min on the committed run's 2-core Xeon): benchmarks/results-cpu.*
+    python scripts/benchmark.py   # full run (tens of minutes on a 2-core Xeon): benchmarks/results-cpu.*
     python scripts/benchmark.py --baseline_src /path/to/earlier/checkout/src   # also time that code's eager decoding
     python scripts/benchmark.py --quick --output_dir /tmp/bench   # seconds-long smoke run
+    python scripts/benchmark.py --real_teacher /path/to/smollm2-135m --heldout_text held_out.jsonl   # + section 9
 
 Every figure is a ratio of two measurements taken side by side in this one run, so that a noisy,
 shared machine moves both sides together. Sections:
@@ -16,25 +17,24 @@ shared machine moves both sides together. Sections:
    child process with a memory limit, whose peak resident memory is section 5;
 3. serving at batch 1: `generate` after a 4096-token prompt, every type eagerly, the delta rule also
    compiled (`FastWeightStaticCache` + transformers' `compile_config`), Llama and GPT-2 with their KV caches
-   (DynamicCache), flash-linear-
-   attention's DeltaNet converted with `fwp_hf.conversion.fla`, and (``--baseline_src``) an earlier
-   checkout's eager delta rule; FLOPs per token and their fraction of the measured matmul rate; cache bytes
-   at 1k vs 16k tokens;
+   (DynamicCache), flash-linear-attention's DeltaNet converted with `fwp_hf.conversion.fla`, and
+   (``--baseline_src``) an earlier checkout's eager delta rule; FLOPs per token and their fraction of the
+   measured matmul rate; cache bytes at 1k vs 16k tokens;
 4. achieved GFLOP/s of the chunkwise delta kernel vs torch.matmul on matrices of similar shape;
 5. peak memory of a training step per attention type vs Llama;
 6. batched generation: batch 1, 8, 32 after 1k-, 4k- and 16k-token prompts, delta vs Llama (prefill and decoding
    timed apart; resident memory while decoding and at the peak), each cell in a child process;
 7. a GPT-2-small-sized model (12 layers, d_model 768, 12 heads, vocab 32000): training tokens/s at T=2048
    and decoding after a 4k prompt, delta vs Llama and GPT-2;
-8. prefill of 16k- and 64k-token prompts (delta only; also 64k in chunks through `prefill_chunk_size`), then decoding.
-
+8. prefill of 16k- and 64k-token prompts (delta only; also 64k in chunks through `prefill_chunk_size`), then decoding;
 9. (``--real_teacher <folder>``, off by default) the real model: a Llama-family teacher (the SmolLM2-135M
    folder) with SDPA and its KV cache against its students built by `linearize_model` without training (speed
    does not depend on trained values): every layer Hedgehog, and the hybrid that keeps softmax layers
    (18, 23, 27 of SmolLM2's 30, scaled to the teacher's depth). Prefill tokens/s and peak memory, decoding
    tokens/s and memory (eager and compiled), a training step (AdamW) and a LoRA step (peft), each cell in a
    child process; and int8 dynamic quantization / bf16 of the linear layers: decoding speed-up and
-   perplexity change on held-out text (``--heldout_text``).
+   perplexity change on held-out text (``--heldout_text``). Cells run in order of growing size; one larger than
+   a cell of the same kind that ran out of time or memory is skipped (`CellRunner`).
 
 The physical limit of decoding: at batch B a decoding step reads every weight matrix once for B tokens, so
 ``B × bandwidth ÷ weight bytes`` tokens/s (`benchmark_targets.weight_read_bound`, with the memory read bandwidth
