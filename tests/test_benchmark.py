@@ -15,7 +15,14 @@ import torch
 import fwp_hf
 from fwp_hf.experiments import benchmark
 from fwp_hf.experiments.benchmark import FLA_DELTA_NET_ROW
-from fwp_hf.experiments.benchmark_targets import BASELINE_MODE, evaluate_targets, is_met
+from fwp_hf.experiments.benchmark_report import render_markdown
+from fwp_hf.experiments.benchmark_targets import (
+    BASELINE_MODE,
+    evaluate_targets,
+    fraction_of_bound,
+    is_met,
+    weight_read_bound,
+)
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 COMMITTED_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results-cpu.json"
@@ -44,8 +51,12 @@ def test_quick_benchmark_writes_results(tmp_path):
         assert row["step_s"] > 0 and row["peak_rss_gib"] >= row["rss_before_steps_gib"] > 0, row
         assert row["tokens_per_s"] * row["step_s"] == pytest.approx(row["seq_len"]), row  # one sequence per step
     assert {(row["model"], row["seq_len"]) for row in results["training"]} == {
-        ("delta", 64), ("gpt2", 64), ("delta", 128), ("gpt2", 128), ("delta", 256)
+        ("delta", 64), ("llama", 64), ("gpt2", 64), ("delta", 128), ("llama", 128), ("gpt2", 128), ("delta", 256),
+        ("llama", 256),
     }
+    # Every ratio's reference is Llama; GPT-2 stays, labelled as the weaker reference.
+    assert "| Llama (SDPA, reference) | 64 |" in markdown and "GPT-2 (SDPA; weaker reference, not used for" in markdown
+    assert not any("GPT-2" in t["target"] for t in results["targets"])
     # The fixed-size state is a property, not a timing: it must hold even in the quick run.
     # flash-linear-attention's DeltaNet, written as an FLA checkpoint and loaded through the importer, decodes too.
     fla_rows = [row for row in results["decoding"]["decode"] if row["model"] == FLA_DELTA_NET_ROW]
@@ -71,8 +82,15 @@ def test_quick_benchmark_writes_results(tmp_path):
                                           for line in table.splitlines() if line.startswith("| "))}
     del rows["target"]  # the header row
     assert sorted(rows) == sorted(targets)
+    # Section 9 (the real model) is off without --real_teacher: its targets are listed as not run.
+    not_run = [t for t in results["targets"] if t.get("not_run")]
+    assert not_run and all(t["met"] is None and t["value"] is None and "student" in t["target"] for t in not_run)
+    assert "Not run in this run (`python scripts/benchmark.py --real_teacher <folder>" in markdown
     for target in results["targets"]:
         value, threshold = target["value"], target["threshold"]
+        if target.get("not_run"):
+            assert rows[target["target"]][-1] == "not run"
+            continue
         if isinstance(threshold, bool):
             expected = value is threshold
         elif value is None:
@@ -84,25 +102,34 @@ def test_quick_benchmark_writes_results(tmp_path):
 
     # 3. serving: every type eagerly, the headline type also compiled, each with its work per token
     modes = {(row["model"], row["mode"]) for row in results["decoding"]["decode"]}
-    assert ("delta", "compiled") in modes and ("gpt2", "eager") in modes
+    assert ("delta", "compiled") in modes and ("llama", "eager") in modes and ("gpt2", "eager") in modes
     assert {kind for kind, mode in modes if mode == "eager"} >= set(fwp_hf.ATTENTION_TYPES)
     for row in results["decoding"]["decode"]:
         assert row["decode_tokens_per_s"] > 0 and row["flops_per_token"] > 2 * row["weight_bytes_per_token"] / 4, row
     # 6. batched generation: every cell of both models; the state does not grow with the prompt, a KV cache does
     cells = {(row["model"], row["batch"], row["prompt"]): row for row in results["batched"]}
     assert set(cells) == {(model, batch, prompt)
-                          for model in ("delta", "gpt2") for batch in (1, 2) for prompt in (32, 64)}
+                          for model in ("delta", "llama") for batch in (1, 2) for prompt in (32, 64)}
     for row in cells.values():
         assert "error" not in row and row["decode_tokens_per_s"] > 0
         assert row["peak_rss_gib"] >= row["decode_rss_gib"] > 0
+    # every decoding figure against its weight-read bound: the bytes of the model's weight matrices per step
+    bandwidth = results["memory_bandwidth"]
+    assert bandwidth["bytes"] == 1 << 25 and bandwidth["read_gb_s"] > 0 and bandwidth["copy_gb_s"] > 0
+    assert "Memory read bandwidth:" in markdown and "% of bound" in markdown
+    for (model, batch, _), row in cells.items():
+        weights = benchmark.weight_bytes_per_step(benchmark.build_model(model, benchmark.Sizes.quick(), 64))
+        assert row["weight_bytes_per_token"] == weights
+        assert fraction_of_bound(row, bandwidth) == pytest.approx(
+            row["decode_tokens_per_s"] * weights / (batch * bandwidth["read_gb_s"] * 1e9))
     for batch in (1, 2):
         assert cells[("delta", batch, 32)]["cache_bytes"] == cells[("delta", batch, 64)]["cache_bytes"] > 0
-        assert cells[("gpt2", batch, 64)]["cache_bytes"] > cells[("gpt2", batch, 32)]["cache_bytes"]
+        assert cells[("llama", batch, 64)]["cache_bytes"] > cells[("llama", batch, 32)]["cache_bytes"]
     assert cells[("delta", 2, 64)]["cache_bytes"] == 2 * cells[("delta", 1, 64)]["cache_bytes"]
     # 7. the larger model: its own sizes, trained and decoded
     realistic = results["realistic"]
-    assert [row["model"] for row in realistic["training"]] == ["delta", "gpt2"]
-    assert [row["model"] for row in realistic["decoding"]] == ["delta", "gpt2"]
+    assert [row["model"] for row in realistic["training"]] == ["delta", "llama", "gpt2"]
+    assert [row["model"] for row in realistic["decoding"]] == ["delta", "llama", "gpt2"]
     big = benchmark.build_model("delta", benchmark.Sizes.quick().realistic(), 64)
     assert realistic["training"][0]["parameters"] == big.num_parameters()
     assert all("error" not in row for row in realistic["training"] + realistic["decoding"])
@@ -114,18 +141,67 @@ def test_quick_benchmark_writes_results(tmp_path):
         assert section in markdown
 
 
-def test_the_target_table_gives_the_committed_runs_verdicts():
-    """The committed full run (with a --baseline_src row) was judged by checks written inline before the targets
-    became a table: the table gives the same records, a target repeated over lengths included; without the
-    baseline row its two targets drop out."""
+def test_the_target_table_judges_the_committed_run():
+    """The committed full run (with a --baseline_src row) predates the Llama peer: GPT-2 was every ratio's
+    reference then. The targets that compare with no peer give that run's recorded verdicts (a target repeated
+    over lengths included), the Llama ones find no Llama rows (unmeasured: missed), and without the baseline row
+    its two targets drop out."""
     results = json.loads(COMMITTED_RESULTS.read_text())
     sizes = benchmark.Sizes(**{key: tuple(value) if isinstance(value, list) else value
                                for key, value in results["sizes"].items()})
-    assert evaluate_targets(results, sizes) == results["targets"]
+    judged = evaluate_targets(results, sizes)
+    assert all(t["not_run"] for t in judged if "student" in t["target"])  # the run has no section 9
+    judged = [t for t in judged if not t.get("not_run")]
+    recorded_without_peer = [t for t in results["targets"] if "GPT-2" not in t["target"]]
+    assert [t for t in judged if "Llama" not in t["target"]] == recorded_without_peer
+    peer_targets = [t for t in judged if "Llama" in t["target"]]
+    assert len(peer_targets) == len(results["targets"]) - len(recorded_without_peer) == 5
+    assert all(t["value"] is None and t["met"] is False for t in peer_targets), peer_targets
     decode = [row for row in results["decoding"]["decode"] if row["mode"] != BASELINE_MODE]
     without_baseline = evaluate_targets({**results, "decoding": {**results["decoding"], "decode": decode}}, sizes)
-    assert without_baseline == [t for t in results["targets"] if "baseline code" not in t["target"]]
-    assert len(without_baseline) == len(results["targets"]) - 2
+    without_baseline = [t for t in without_baseline if not t.get("not_run")]
+    assert without_baseline == [t for t in judged if "baseline code" not in t["target"]]
+    assert len(without_baseline) == len(judged) - 2
+
+
+def test_the_llama_peer_has_the_fwp_models_shape():
+    """Same width, depth, heads (no grouped k/v), vocabulary, SwiGLU width and embedding tying; SDPA; its
+    decoding work per token counts the KV cache like GPT-2's."""
+    sizes = benchmark.Sizes.quick()
+    fwp, llama = benchmark.build_model("delta", sizes, 64), benchmark.build_model("llama", sizes, 64)
+    a, b = fwp.config, llama.config
+    assert (b.hidden_size, b.num_hidden_layers, b.num_attention_heads, b.num_key_value_heads, b.vocab_size) == (
+        a.hidden_size, a.num_hidden_layers, a.num_attention_heads, a.num_attention_heads, a.vocab_size)
+    assert b.intermediate_size == a.intermediate_size and b.tie_word_embeddings == a.tie_word_embeddings is True
+    assert b._attn_implementation == "sdpa" and b.max_position_embeddings == 64
+    assert llama.lm_head.weight is llama.model.embed_tokens.weight
+    matrices = sum(m.weight.numel() for m in llama.modules() if isinstance(m, torch.nn.Linear))
+    assert matrices == 2 * (4 * 32 * 32 + 3 * 32 * a.intermediate_size) + 256 * 32
+    assert benchmark.decode_flops_per_token(llama, 100) == 2 * matrices + 4 * 100 * 32 * 2
+
+
+def test_the_weight_read_bound_is_batch_times_bandwidth_over_weight_bytes():
+    row = {"weight_bytes_per_token": 4_000_000, "batch": 8, "decode_tokens_per_s": 400.0}
+    bandwidth = {"read_gb_s": 2.0, "copy_gb_s": 3.0, "bytes": 1 << 20, "repeats": 1}
+    assert weight_read_bound(row, bandwidth) == 8 * 2e9 / 4e6 == 4000
+    assert fraction_of_bound(row, bandwidth) == pytest.approx(0.1)
+    assert weight_read_bound({**row, "batch": 1}, bandwidth) == 500  # section 3's rows carry no batch: batch 1
+    assert weight_read_bound({"weight_bytes_per_token": 4_000_000}, None) is None  # an older run: not measured
+    assert fraction_of_bound({"error": "skipped"}, bandwidth) is None
+
+
+def test_memory_bandwidth_is_measured_and_bad_sizes_are_refused():
+    record = benchmark.measure_memory_bandwidth(1 << 22, 2)
+    assert record["bytes"] == 1 << 22 and record["repeats"] == 2 and record["read_gb_s"] > 0 < record["copy_gb_s"]
+    with pytest.raises(ValueError, match="need num_bytes >= 4 and repeats >= 1, got 4096 and 0"):
+        benchmark.measure_memory_bandwidth(4096, 0)
+
+
+def test_an_older_runs_json_renders_without_a_bandwidth():
+    results = json.loads(COMMITTED_RESULTS.read_text())
+    assert "memory_bandwidth" not in results
+    markdown = render_markdown(results)
+    assert "Memory bandwidth: not measured in this run" in markdown and "| — |" in markdown
 
 
 def test_a_target_is_met_on_its_side_of_the_threshold():

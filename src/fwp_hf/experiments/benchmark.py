@@ -1,29 +1,45 @@
-"""Speed and memory benchmark of fwp_hf against softmax attention (GPT-2 with SDPA) and the hardware.
+"""Speed and memory benchmark of fwp_hf against softmax attention (Llama with SDPA) and the hardware.
 
-    python scripts/benchmark.py   # full run (~12 min on the committed run's 2-core Xeon): benchmarks/results-cpu.*
+    python scripts/benchmark.py   # full run (tens of minutes on a 2-core Xeon): benchmarks/results-cpu.*
     python scripts/benchmark.py --baseline_src /path/to/earlier/checkout/src   # also time that code's eager decoding
     python scripts/benchmark.py --quick --output_dir /tmp/bench   # seconds-long smoke run
+    python scripts/benchmark.py --real_teacher /path/to/smollm2-135m --heldout_text held_out.jsonl   # + section 9
 
 Every figure is a ratio of two measurements taken side by side in this one run, so that a noisy,
 shared machine moves both sides together. Sections:
 
 1. kernels: chunkwise vs per-token recurrent form, forward+backward (B=2, H=4, T=2048, D=64, fp32);
 2. training tokens/s of FWPForCausalLM (6 layers, d_model 256, 8 heads, vocab 8192) per attention
-   type vs GPT2LMHeadModel of the same size with SDPA at T = 512, 2048, 4096, and FWP alone at
-   T = 8192, 16384; every training step runs in a child process with a memory limit, whose peak
-   resident memory is section 5;
+   type vs the fair peer, transformers' LlamaForCausalLM of the same width/depth/heads/vocabulary and SwiGLU
+   width with SDPA (`build_model("llama")`, the reference of every ratio and target), at T = 512, 2048, 4096,
+   and the headline type and Llama at T = 8192, 16384 (where each fits); GPT-2 with SDPA stays as a weaker
+   reference (its attention materialises the T×T scores), not used for targets; every training step runs in a
+   child process with a memory limit, whose peak resident memory is section 5;
 3. serving at batch 1: `generate` after a 4096-token prompt, every type eagerly, the delta rule also
-   compiled (`FastWeightStaticCache` + transformers' `compile_config`), GPT-2 with its KV cache, flash-linear-
-   attention's DeltaNet converted with `fwp_hf.conversion.fla`, and (``--baseline_src``) an earlier
-   checkout's eager delta rule; FLOPs per token and their fraction of the measured matmul rate; cache bytes
-   at 1k vs 16k tokens;
+   compiled (`FastWeightStaticCache` + transformers' `compile_config`), Llama and GPT-2 with their KV caches
+   (DynamicCache), flash-linear-attention's DeltaNet converted with `fwp_hf.conversion.fla`, and
+   (``--baseline_src``) an earlier checkout's eager delta rule; FLOPs per token and their fraction of the
+   measured matmul rate; cache bytes at 1k vs 16k tokens;
 4. achieved GFLOP/s of the chunkwise delta kernel vs torch.matmul on matrices of similar shape;
-5. peak memory of a training step per attention type vs GPT-2;
-6. batched generation: batch 1, 8, 32 after 1k- and 4k-token prompts, delta vs GPT-2 (prefill and decoding
+5. peak memory of a training step per attention type vs Llama;
+6. batched generation: batch 1, 8, 32 after 1k-, 4k- and 16k-token prompts, delta vs Llama (prefill and decoding
    timed apart; resident memory while decoding and at the peak), each cell in a child process;
 7. a GPT-2-small-sized model (12 layers, d_model 768, 12 heads, vocab 32000): training tokens/s at T=2048
-   and decoding after a 4k prompt, delta vs GPT-2;
-8. prefill of 16k- and 64k-token prompts (delta only; also 64k in chunks through `prefill_chunk_size`), then decoding.
+   and decoding after a 4k prompt, delta vs Llama and GPT-2;
+8. prefill of 16k- and 64k-token prompts (delta only; also 64k in chunks through `prefill_chunk_size`), then decoding;
+9. (``--real_teacher <folder>``, off by default) the real model: a Llama-family teacher (the SmolLM2-135M
+   folder) with SDPA and its KV cache against its students built by `linearize_model` without training (speed
+   does not depend on trained values): every layer Hedgehog, and the hybrid that keeps softmax layers
+   (18, 23, 27 of SmolLM2's 30, scaled to the teacher's depth). Prefill tokens/s and peak memory, decoding
+   tokens/s and memory (eager and compiled), a training step (AdamW) and a LoRA step (peft), each cell in a
+   child process; and int8 dynamic quantization / bf16 of the linear layers: decoding speed-up and
+   perplexity change on held-out text (``--heldout_text``). Cells run in order of growing size; one larger than
+   a cell of the same kind that ran out of time or memory is skipped (`CellRunner`).
+
+The physical limit of decoding: at batch B a decoding step reads every weight matrix once for B tokens, so
+``B × bandwidth ÷ weight bytes`` tokens/s (`benchmark_targets.weight_read_bound`, with the memory read bandwidth
+that `measure_memory_bandwidth` measures on this machine) bounds it; every decoding figure is also reported as a
+fraction of its bound (reads of the KV cache or state come on top, so softmax rows sit further from it).
 
 This module measures; the targets (one table) and their verdicts are `benchmark_targets`', the JSON and
 markdown report `benchmark_report`'s.
@@ -47,7 +63,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from transformers import CompileConfig, GPT2Config, GPT2LMHeadModel, HfArgumentParser
+from transformers import CompileConfig, GPT2Config, GPT2LMHeadModel, HfArgumentParser, LlamaConfig, LlamaForCausalLM
 
 from .. import FastWeightStaticCache, FWPConfig, FWPForCausalLM
 from ..compat_fwp import generate_cache_kwargs, output_cache
@@ -57,7 +73,17 @@ from ..feature_maps_fwp import elu_plus_one_feature_map
 from ..token_mixers import ATTENTION_TYPES, FAST_WEIGHT_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS, TokenMixerSpec
 from . import decode_timing
 from .benchmark_report import crossover_sentence, write_report
-from .benchmark_targets import BASELINE_MODE, HEADLINE_TYPE, ONNXRUNTIME_MODE, evaluate_targets
+from .benchmark_targets import (
+    BASELINE_MODE,
+    HEADLINE_TYPE,
+    HYBRID,
+    ONNXRUNTIME_MODE,
+    PEER,
+    STUDENT,
+    TEACHER,
+    WEAK_REFERENCE,
+    evaluate_targets,
+)
 from .decode_timing import GIB, cache_bytes, current_rss_bytes, peak_rss_bytes, timed_generate
 
 # Every registered token mixer is benchmarked; the cache-size check covers those with a fixed-size state.
@@ -88,6 +114,16 @@ class BenchmarkArguments:
     baseline_label: str | None = field(
         default=None, metadata={"help": "How the report names the baseline (e.g. its commit)."}
     )
+    real_teacher: str | None = field(
+        default=None,
+        metadata={"help": "A Llama-family teacher folder (e.g. SmolLM2-135M): run section 9, the teacher against its "
+                          "linearized students (untrained), at Sizes' real_* lengths (tiny ones with --quick)."},
+    )
+    heldout_text: str | None = field(
+        default=None,
+        metadata={"help": "A .jsonl ('text' field) or .txt file of held-out text, tokenized by the teacher's "
+                          "tokenizer: section 9's perplexity change under int8/bf16 (skipped without it)."},
+    )
 
 
 @dataclass
@@ -96,9 +132,9 @@ class Sizes:
 
     kernel_shape: tuple[int, int, int, int] = (2, 4, 2048, 64)
     kernel_repeats: int = 3
-    train_models: tuple[str, ...] = (*FWP_TYPES, "gpt2")
+    train_models: tuple[str, ...] = (*FWP_TYPES, PEER, WEAK_REFERENCE)
     train_lengths: tuple[int, ...] = (512, 2048, 4096)
-    long_lengths: tuple[int, ...] = (8192, 16384)
+    long_lengths: tuple[int, ...] = (8192, 16384)  # the headline type and the peer only
     train_steps: int = 2
     decode_prompt: int = 4096
     decode_tokens: int = 64
@@ -110,7 +146,7 @@ class Sizes:
     num_heads: int = 8
     # 6. batched generation
     batch_sizes: tuple[int, ...] = (1, 8, 32)
-    batch_prompts: tuple[int, ...] = (1024, 4096)
+    batch_prompts: tuple[int, ...] = (1024, 4096, 16384)
     batch_decode_tokens: int = 16
     cell_time_limit_s: float = 180.0
     # 7. a GPT-2-small-sized model
@@ -128,11 +164,31 @@ class Sizes:
     long_decode_tokens: int = 16
     # dynamo backend of the compiled decoding ("eager" in --quick: the same graph capture, no code generation)
     compile_backend: str = "inductor"
+    # the memory bandwidth measurement: a tensor far larger than the caches, best of several passes
+    bandwidth_bytes: int = 1 << 30
+    bandwidth_repeats: int = 5
+    # 9. the real model (--real_teacher)
+    real_student_type: str = "hedgehog"
+    real_keep_softmax_layers: tuple[int, ...] = (18, 23, 27)  # of a real_reference_depth-layer teacher
+    real_reference_depth: int = 30  # SmolLM2-135M's depth; other depths scale the kept layers
+    real_prefill_lengths: tuple[int, ...] = (512, 2048, 8192, 32768)
+    real_prefill_chunk: int = 2048
+    real_decode_prompts: tuple[int, ...] = (4096, 16384, 32768)
+    real_decode_batches: tuple[int, ...] = (1, 8)
+    real_decode_tokens: int = 8
+    real_decode_modes: tuple[str, ...] = ("eager", "compiled")
+    real_train_lengths: tuple[int, ...] = (2048, 8192)
+    real_lora_rank: int = 8
+    real_quantized_prompt: int = 512
+    real_quantized_decode_tokens: int = 16
+    real_perplexity_context: int = 512
+    real_perplexity_tokens: int = 8192
+    real_cell_time_limit_s: float = 900.0
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
-            kernel_shape=(1, 2, 128, 16), kernel_repeats=1, train_models=(HEADLINE_TYPE, "gpt2"),
+            kernel_shape=(1, 2, 128, 16), kernel_repeats=1, train_models=(HEADLINE_TYPE, PEER, WEAK_REFERENCE),
             train_lengths=(64, 128), long_lengths=(256,),
             train_steps=1, decode_prompt=64, decode_tokens=4, cache_lengths=(32, 256), flops_shape=(1, 2, 256, 16),
             vocab_size=256, hidden_size=32, num_layers=2, num_heads=4,
@@ -140,6 +196,11 @@ class Sizes:
             realistic_vocab_size=512, realistic_hidden_size=48, realistic_num_layers=2, realistic_num_heads=4,
             realistic_train_length=64, realistic_decode_prompt=64, realistic_decode_tokens=3,
             long_prompts=(256, 1024), long_prefill_chunk=256, long_decode_tokens=3, compile_backend="eager",
+            bandwidth_bytes=1 << 25, bandwidth_repeats=2,
+            real_prefill_lengths=(32, 128), real_prefill_chunk=32, real_decode_prompts=(32, 128),
+            real_decode_batches=(1, 2), real_decode_tokens=3, real_train_lengths=(32, 64), real_lora_rank=2,
+            real_quantized_prompt=32, real_quantized_decode_tokens=3, real_perplexity_context=32,
+            real_perplexity_tokens=128, real_cell_time_limit_s=180.0,
         )
 
     def realistic(self) -> Sizes:
@@ -155,8 +216,20 @@ class Sizes:
 
 
 def build_model(kind: str, sizes: Sizes, max_length: int) -> torch.nn.Module:
-    """An FWP model of `kind`, or `"gpt2"`: GPT2LMHeadModel of the same width/depth with SDPA."""
-    if kind == "gpt2":
+    """An FWP model of `kind`; `"llama"` (`PEER`): LlamaForCausalLM of the same width, depth, heads (no grouped
+    k/v), vocabulary, SwiGLU width and tied embeddings as the FWP model, with SDPA; or `"gpt2"`: GPT2LMHeadModel
+    of the same width/depth (a 4·d GELU MLP of the same parameter count) with SDPA."""
+    if kind == PEER:
+        fields = fwp_config_fields(HEADLINE_TYPE, sizes)
+        config = LlamaConfig(
+            vocab_size=sizes.vocab_size, hidden_size=sizes.hidden_size, intermediate_size=fields["intermediate_size"],
+            num_hidden_layers=sizes.num_layers, num_attention_heads=sizes.num_heads,
+            num_key_value_heads=sizes.num_heads, max_position_embeddings=max_length,
+            tie_word_embeddings=FWPConfig().tie_word_embeddings, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        )
+        config._attn_implementation = "sdpa"
+        return LlamaForCausalLM(config)
+    if kind == WEAK_REFERENCE:
         config = GPT2Config(
             vocab_size=sizes.vocab_size, n_positions=max_length, n_embd=sizes.hidden_size,
             n_layer=sizes.num_layers, n_head=sizes.num_heads, bos_token_id=0, eos_token_id=0,
@@ -260,7 +333,8 @@ def _generation_cell(kind: str, sizes: Sizes, batch: int, prompt_length: int, ne
     result = timed_generate(model, prompt, new_tokens, **extra)
     # Linux updates the peak (ru_maxrss) lazily: it can trail the resident memory read during decoding.
     peak = max(peak_rss_bytes() / GIB, result["decode_rss_gib"])
-    return {**result, "model_rss_gib": model_rss / GIB, "peak_rss_gib": peak, "parameters": model.num_parameters()}
+    return {**result, "model_rss_gib": model_rss / GIB, "peak_rss_gib": peak, "parameters": model.num_parameters(),
+            "weight_bytes_per_token": weight_bytes_per_step(model)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,7 +403,7 @@ def bench_kernels(sizes: Sizes) -> list[dict]:
 
 def bench_training(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:
     jobs = [(kind, length) for length in sizes.train_lengths for kind in sizes.train_models]
-    jobs += [(HEADLINE_TYPE, length) for length in sizes.long_lengths]
+    jobs += [(kind, length) for length in sizes.long_lengths for kind in (HEADLINE_TYPE, PEER)]
     rows = []
     for kind, length in tqdm(jobs, desc="2+5. training steps (child processes)", leave=False):
         rows.append({"model": kind, "seq_len": length, **measure_training_step(kind, length, sizes, args)})
@@ -377,14 +451,43 @@ def _weight_matrices(model: torch.nn.Module) -> int:
     return sum(module.weight.numel() for module in model.modules() if isinstance(module, (torch.nn.Linear, Conv1D)))
 
 
+def weight_bytes_per_step(model: torch.nn.Module) -> int:
+    """Bytes of the weight matrices one decoding step reads (those of `_weight_matrices`, each at its own
+    dtype; a dynamically quantized int8 linear layer's weight counts one byte per entry)."""
+    from transformers.pytorch_utils import Conv1D
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            total += module.weight.numel() * module.weight.element_size()
+        elif isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            weight = module.weight()
+            total += weight.numel() * weight.element_size()
+    return total
+
+
+def measure_memory_bandwidth(num_bytes: int, repeats: int = 5) -> dict:
+    """This machine's memory bandwidth with torch's threads: the best of `repeats` sums of a float32 tensor of
+    `num_bytes` (each byte read once: ``read_gb_s``, the bound's bandwidth) and copies of it into another
+    (read and written once: ``copy_gb_s`` counts both)."""
+    if num_bytes < 4 or repeats < 1:
+        raise ValueError(f"need num_bytes >= 4 and repeats >= 1, got {num_bytes} and {repeats}")
+    source = torch.ones(num_bytes // 4)  # ones, not empty: every page is touched before timing
+    target = torch.zeros_like(source)
+    size = source.numel() * source.element_size()
+    read_s = _best_seconds(source.sum, repeats)
+    copy_s = _best_seconds(lambda: target.copy_(source), repeats)
+    return {"bytes": size, "repeats": repeats, "read_gb_s": size / read_s / 1e9, "copy_gb_s": 2 * size / copy_s / 1e9}
+
+
 def decode_flops_per_token(model: torch.nn.Module, context_length: int) -> float:
     """FLOPs (multiply-add = 2) of one decoding step of one sequence: 2 per weight-matrix entry, plus per layer
     either 6 per fast-weight state entry (the delta rule's read k·S, rank-1 write and read q·S; an upper bound
     for the other rules) or, for softmax attention, 4·context·d_model (q·K and the weighted sum of V)."""
     config = model.config
     flops = 2.0 * _weight_matrices(model)
-    if isinstance(model, GPT2LMHeadModel):
-        return flops + 4.0 * context_length * config.n_embd * config.n_layer
+    if not isinstance(model, FWPForCausalLM):  # Llama or GPT-2: every layer reads its KV cache
+        return flops + 4.0 * context_length * config.hidden_size * config.num_hidden_layers
     for kind in config.layer_attention_types:
         spec = TOKEN_MIXERS[kind]
         if spec.holds_state:
@@ -396,7 +499,7 @@ def decode_flops_per_token(model: torch.nn.Module, context_length: int) -> float
 
 def _decode_row(label: str, model: torch.nn.Module, mode: str, result: dict, context_length: int) -> dict:
     return {"model": label, "mode": mode, **result, "flops_per_token": decode_flops_per_token(model, context_length),
-            "weight_bytes_per_token": _weight_matrices(model) * next(model.parameters()).element_size()}
+            "weight_bytes_per_token": weight_bytes_per_step(model)}
 
 
 def onnxruntime_decode_row(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, context_length: int) -> dict:
@@ -454,7 +557,8 @@ def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
     torch.manual_seed(0)
     prompt = torch.randint(0, sizes.vocab_size, (1, sizes.decode_prompt))
     max_length = sizes.decode_prompt + sizes.decode_tokens + 1
-    models = {kind: build_model(kind, sizes, max_length).eval() for kind in (*FWP_TYPES, "gpt2")}
+    references = (PEER, WEAK_REFERENCE)
+    models = {kind: build_model(kind, sizes, max_length).eval() for kind in (*FWP_TYPES, *references)}
     context = sizes.decode_prompt + sizes.decode_tokens // 2
     best: dict[str, dict] = {}
 
@@ -462,7 +566,7 @@ def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
         if key not in best or result["decode_tokens_per_s"] > best[key]["decode_tokens_per_s"]:
             best[key] = result
 
-    for kind in tqdm((*FWP_TYPES, "gpt2"), desc="3. decoding, eager", leave=False):
+    for kind in tqdm((*FWP_TYPES, *references), desc="3. decoding, eager", leave=False):
         keep_best(kind, timed_generate(models[kind], prompt, sizes.decode_tokens))
     compile_config = cpu_compile_config(sizes.compile_backend)
     headline = models[HEADLINE_TYPE]
@@ -470,14 +574,15 @@ def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
     timed_generate(headline, prompt[:, :16], 3, **compiled_generation(headline, 1, compile_config))
     warmup_s = time.perf_counter() - start
     baseline = None
-    for repeat in tqdm(range(2), desc="3. decoding: compiled, eager, GPT-2 side by side", leave=False):
+    for repeat in tqdm(range(2), desc="3. decoding: compiled, eager, Llama, GPT-2 side by side", leave=False):
         keep_best("compiled", timed_generate(headline, prompt, sizes.decode_tokens,
                                              **compiled_generation(headline, 1, compile_config)))
         keep_best(HEADLINE_TYPE, timed_generate(headline, prompt, sizes.decode_tokens))
-        keep_best("gpt2", timed_generate(models["gpt2"], prompt, sizes.decode_tokens))
+        for kind in references:
+            keep_best(kind, timed_generate(models[kind], prompt, sizes.decode_tokens))
         if args.baseline_src and repeat == 0:
             baseline = measure_baseline_decoding(sizes, args)
-    decode = [_decode_row(kind, models[kind], "eager", best[kind], context) for kind in (*FWP_TYPES, "gpt2")]
+    decode = [_decode_row(kind, models[kind], "eager", best[kind], context) for kind in (*FWP_TYPES, *references)]
     decode.append(_decode_row(HEADLINE_TYPE, headline, "compiled", best["compiled"], context))
     with tempfile.TemporaryDirectory() as folder:
         fla = converted_fla_delta_net(sizes, Path(folder)).eval()
@@ -501,9 +606,9 @@ def bench_decoding(sizes: Sizes, args: BenchmarkArguments) -> dict:
 
 
 def bench_batched_generation(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:
-    """Section 6: every (prompt length, batch) cell for the headline type and GPT-2, each in a child process."""
+    """Section 6: every (prompt length, batch) cell for the headline type and Llama, each in a child process."""
     jobs = [(prompt, batch, kind) for prompt in sizes.batch_prompts for batch in sizes.batch_sizes
-            for kind in (HEADLINE_TYPE, "gpt2")]
+            for kind in (HEADLINE_TYPE, PEER)]
     rows = []
     for prompt, batch, kind in tqdm(jobs, desc="6. batched generation (child processes)", leave=False):
         result = run_in_child(_generation_cell, (kind, sizes, batch, prompt, sizes.batch_decode_tokens), args,
@@ -516,13 +621,257 @@ def bench_realistic_size(sizes: Sizes, args: BenchmarkArguments) -> dict:
     """Section 7: the GPT-2-small-sized model, training at `realistic_train_length` and decoding after a long prompt."""
     big = sizes.realistic()
     training, decoding = [], []
-    for kind in tqdm((HEADLINE_TYPE, "gpt2"), desc="7. GPT-2-small size", leave=False):
+    for kind in tqdm((HEADLINE_TYPE, PEER, WEAK_REFERENCE), desc="7. GPT-2-small size", leave=False):
         length = sizes.realistic_train_length
         training.append({"model": kind, "seq_len": length, **measure_training_step(kind, length, big, args)})
         cell = (kind, big, 1, sizes.realistic_decode_prompt, sizes.realistic_decode_tokens)
         decoding.append({"model": kind, "prompt": sizes.realistic_decode_prompt,
                          **run_in_child(_generation_cell, cell, args, sizes.cell_time_limit_s)})
     return {"training": training, "decoding": decoding}
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. The real model (--real_teacher)
+# ----------------------------------------------------------------------------------------------
+
+# The teacher and its students: every layer a fast-weight layer, and the hybrid that keeps some softmax layers.
+REAL_MODELS = (TEACHER, STUDENT, HYBRID)
+
+
+def scaled_layers(layers: tuple[int, ...], reference_depth: int, depth: int) -> list[int]:
+    """`layers` of a `reference_depth`-layer model moved to the same relative depth of a `depth`-layer one
+    (round(i · depth / reference_depth), at most depth − 1, duplicates dropped); unchanged when the depths agree."""
+    if reference_depth < 1 or depth < 1:
+        raise ValueError(f"depths must be >= 1, got reference_depth={reference_depth} and depth={depth}")
+    bad = [i for i in layers if not 0 <= i < reference_depth]
+    if bad:
+        raise ValueError(f"layers {bad} are not layers of a {reference_depth}-layer model (0 … {reference_depth - 1})")
+    return sorted({min(depth - 1, round(i * depth / reference_depth)) for i in layers})
+
+
+def load_real_model(folder: str, model: str, sizes: Sizes) -> torch.nn.Module:
+    """The teacher in `folder` (float32, SDPA), or one of its students built by `linearize_model` without
+    training: `STUDENT` (every layer `sizes.real_student_type`) or `HYBRID` (the softmax layers
+    `sizes.real_keep_softmax_layers` kept, scaled to the teacher's depth). In eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    from ..conversion.linearize import linearize_model
+
+    if model not in REAL_MODELS:
+        raise ValueError(f"model must be one of {', '.join(REAL_MODELS)}, got {model!r}")
+    teacher = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
+    if model == TEACHER:
+        return teacher
+    keep = ([] if model == STUDENT else
+            scaled_layers(sizes.real_keep_softmax_layers, sizes.real_reference_depth, teacher.config.num_hidden_layers))
+    return linearize_model(teacher, sizes.real_student_type, keep_softmax_layers=keep)
+
+
+def _compiled_kwargs(model: torch.nn.Module, batch: int, backend: str, max_length: int) -> dict:
+    """`generate` keyword arguments of compiled decoding: a fresh fast-weight student's `FastWeightStaticCache`,
+    or the teacher's static KV cache of `max_length` positions (transformers' `StaticCache`); a ValueError for a
+    model with both kinds of layer (the hybrid), which only `DynamicCache` holds. Either cache has the same shape
+    whatever the prompt, so a short warm-up prompt compiles the graph the measured call runs."""
+    from transformers import StaticCache
+
+    compile_config = cpu_compile_config(backend)
+    if isinstance(model, FWPForCausalLM):
+        return compiled_generation(model, batch, compile_config)
+    cache = StaticCache(config=model.config, max_cache_len=max_length)
+    return {**generate_cache_kwargs(cache), "compile_config": compile_config}
+
+
+def _real_prefill_cell(folder: str, model_name: str, sizes: Sizes, length: int, chunk: int | None) -> dict:
+    """Prefill of one `length`-token prompt at batch 1 (`generate`'s first token, in `chunk`-token pieces
+    through ``prefill_chunk_size`` when given): tokens/s and the process's peak memory."""
+    torch.manual_seed(0)
+    model = load_real_model(folder, model_name, sizes)
+    prompt = torch.randint(0, model.config.vocab_size, (1, length))
+    model_rss = current_rss_bytes()
+    result = timed_generate(model, prompt, 2, **({} if chunk is None else {"prefill_chunk_size": chunk}))
+    return {"prefill_s": result["prefill_s"], "prefill_tokens_per_s": length / result["prefill_s"],
+            "model_rss_gib": model_rss / GIB, "peak_rss_gib": max(peak_rss_bytes() / GIB, result["decode_rss_gib"])}
+
+
+def _real_decode_cell(folder: str, model_name: str, sizes: Sizes, prompt_length: int, batch: int,
+                      compiled: bool) -> dict:
+    """Greedy decoding after a `prompt_length`-token prompt at `batch`: `timed_generate`'s figures, the weight
+    bytes a step reads and the process's peak. Compiled: a first call on the prompt's first 16 tokens, with a
+    cache of the measured call's shape, compiles the decoding step (``compile_s``, not counted)."""
+    torch.manual_seed(0)
+    model = load_real_model(folder, model_name, sizes)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_length))
+    new_tokens = sizes.real_decode_tokens
+    extra, kwargs = {}, {}
+    if compiled:
+        def compiled_kwargs() -> dict:
+            return _compiled_kwargs(model, batch, sizes.compile_backend, prompt_length + new_tokens)
+
+        try:
+            compiled_kwargs()
+        except ValueError as error:
+            return {"error": f"not compiled: {str(error)[:160]}"}
+        start = time.perf_counter()
+        timed_generate(model, prompt[:, :16], new_tokens, **compiled_kwargs())
+        extra["compile_s"] = time.perf_counter() - start
+        kwargs = compiled_kwargs()
+    result = timed_generate(model, prompt, new_tokens, **kwargs)
+    peak = max(peak_rss_bytes() / GIB, result["decode_rss_gib"])
+    return {**result, **extra, "peak_rss_gib": peak, "weight_bytes_per_token": weight_bytes_per_step(model)}
+
+
+def _real_train_cell(folder: str, model_name: str, sizes: Sizes, length: int, lora: bool) -> dict:
+    """One training step (forward + backward + AdamW) of batch 1 × `length` tokens, timed after one warm-up
+    step: every parameter, or (`lora`) rank-`real_lora_rank` LoRA adapters on every linear layer but the LM head
+    (peft's ``"all-linear"``). Tokens/s, the process's peak memory, trainable parameters."""
+    torch.manual_seed(0)
+    model = load_real_model(folder, model_name, sizes).train()
+    if lora:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as error:  # the `peft` extra is optional
+            return {"error": f"not measured: {error} (pip install 'fwp-hf[peft]')"}
+        model = get_peft_model(model, LoraConfig(r=sizes.real_lora_rank, lora_alpha=2 * sizes.real_lora_rank,
+                                                 target_modules="all-linear"))
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    ids = torch.randint(0, model.config.vocab_size, (1, length))
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return {"step_s": times[-1], "tokens_per_s": length / times[-1], "peak_rss_gib": peak_rss_bytes() / GIB,
+            "trainable_parameters": sum(parameter.numel() for parameter in trainable)}
+
+
+def quantize_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose nn.Linear layers (the LM head included) are int8 with dynamic activation
+    quantization: `torch.ao.quantization.quantize_dynamic`, which torch 2.13 still ships but marks deprecated
+    (it warns, naming torchao's ``quantize_`` as the successor); the copy runs on the CPU (fbgemm/qnnpack).
+
+    Saving: transformers' ``save_pretrained`` of the quantized copy fails (torch 2.13, transformers 5.23:
+    ``AttributeError: 'torch.dtype' object has no attribute 'data_ptr'`` — the packed parameters are not
+    tensors), so save the float model and quantize after ``from_pretrained`` (seconds); ``torch.save`` of the
+    quantized copy's ``state_dict`` works but is not a transformers checkpoint."""
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(torch.ao.quantization|quantize_per_tensor).*deprecated")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear},
+                                                      dtype=torch.qint8)
+
+
+def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_text: str | None) -> dict:
+    """Batch-1 eager decoding (after `real_quantized_prompt` tokens; best of 2, the variants alternating) and
+    held-out perplexity (windows of `real_perplexity_context` tokens, the first `real_perplexity_tokens` of
+    `heldout_text` under the teacher's tokenizer) of float32, int8 (`quantize_linear_int8`) and bfloat16."""
+    from .linearization_eval import document_stream, heldout_perplexity, read_texts
+
+    torch.manual_seed(0)
+    model = load_real_model(folder, model_name, sizes)
+    variants = {"float32": model, "int8 dynamic": quantize_linear_int8(model), "bfloat16": _bfloat16_copy(model)}
+    prompt = torch.randint(0, model.config.vocab_size, (1, sizes.real_quantized_prompt))
+    best: dict[str, dict] = {}
+    for _ in range(2):
+        for name, variant in variants.items():
+            result = timed_generate(variant, prompt, sizes.real_quantized_decode_tokens)
+            if name not in best or result["decode_tokens_per_s"] > best[name]["decode_tokens_per_s"]:
+                best[name] = result
+    rows = {name: {**best[name], "weight_bytes_per_token": weight_bytes_per_step(variant)}
+            for name, variant in variants.items()}
+    if heldout_text:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        ids = document_stream(read_texts(heldout_text), tokenizer)[: sizes.real_perplexity_tokens]
+        for name, variant in variants.items():
+            rows[name]["perplexity"] = heldout_perplexity(variant, ids, sizes.real_perplexity_context)["perplexity"]
+    return rows
+
+
+def _bfloat16_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
+def check_real_model_arguments(args: BenchmarkArguments) -> None:
+    """Section 9's arguments, checked before any measurement: a teacher folder with a config.json, a held-out
+    text file that exists, and no held-out text without a teacher."""
+    if args.heldout_text and not args.real_teacher:
+        raise ValueError("--heldout_text is read by section 9 only: give --real_teacher too")
+    if args.real_teacher and not (Path(args.real_teacher) / "config.json").is_file():
+        raise ValueError(f"--real_teacher {args.real_teacher!r} must be a model folder holding a config.json")
+    if args.heldout_text and not Path(args.heldout_text).is_file():
+        raise ValueError(f"--heldout_text {args.heldout_text!r} is not a file (.jsonl with a 'text' field, or .txt)")
+
+
+# Errors of a cell that ran out of time or memory (`run_in_child`'s and `_child_main`'s wording).
+_OUTGROWN = ("skipped: still running", "out of memory", "child process died", "RuntimeError")
+
+
+class CellRunner:
+    """Runs section 9's cells in child processes, in order of growing size, and skips a cell when a cell of the
+    same kind that is no larger in every size ran out of time or memory (it would only burn its time limit)."""
+
+    def __init__(self, args: BenchmarkArguments, time_limit_s: float) -> None:
+        self.args, self.time_limit_s = args, time_limit_s
+        self.outgrown: list[tuple[tuple, tuple[int, ...]]] = []
+
+    def run(self, measure, arguments: tuple, kind: tuple, size: tuple[int, ...]) -> dict:
+        for failed_kind, failed_size in self.outgrown:
+            if failed_kind == kind and all(a <= b for a, b in zip(failed_size, size, strict=True)):
+                return {"error": f"skipped: the smaller cell {failed_size} of this model ran out of time or memory"}
+        cell = run_in_child(measure, arguments, self.args, self.time_limit_s)
+        if cell.get("error", "").startswith(_OUTGROWN):
+            self.outgrown.append((kind, size))
+        return cell
+
+
+def bench_real_model(folder: str, sizes: Sizes, args: BenchmarkArguments) -> dict:
+    """Section 9: the teacher in `folder` against its untrained students (module docstring), each cell in a child
+    process with the memory and `real_cell_time_limit_s` limits."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    keep = scaled_layers(sizes.real_keep_softmax_layers, sizes.real_reference_depth, config.num_hidden_layers)
+    cells = CellRunner(args, sizes.real_cell_time_limit_s)
+    jobs = [(length, model, None) for length in sorted(sizes.real_prefill_lengths) for model in REAL_MODELS]
+    jobs += [(length, STUDENT, sizes.real_prefill_chunk) for length in sorted(sizes.real_prefill_lengths)]
+    prefill = []
+    for length, model, chunk in tqdm(jobs, desc="9. real model: prefill", leave=False):
+        cell = cells.run(_real_prefill_cell, (folder, model, sizes, length, chunk), (model, chunk), (length,))
+        prefill.append({"model": model, "length": length, "prefill_chunk_size": chunk, **cell})
+    decode = []
+    unknown = set(sizes.real_decode_modes) - {"eager", "compiled"}
+    if unknown:
+        raise ValueError(f"real_decode_modes are 'eager' and/or 'compiled', got {sorted(unknown)}")
+    jobs = [(prompt, batch, model, mode == "compiled") for prompt in sorted(sizes.real_decode_prompts)
+            for batch in sorted(sizes.real_decode_batches) for mode in sizes.real_decode_modes for model in REAL_MODELS]
+    for prompt, batch, model, compiled in tqdm(jobs, desc="9. real model: decoding", leave=False):
+        cell = cells.run(_real_decode_cell, (folder, model, sizes, prompt, batch, compiled), (model, compiled),
+                         (prompt, batch))
+        decode.append({"model": model, "prompt": prompt, "batch": batch,
+                       "mode": "compiled" if compiled else "eager", **cell})
+    training = []
+    jobs = [(length, model, False) for length in sorted(sizes.real_train_lengths) for model in (TEACHER, STUDENT)]
+    jobs += [(min(sizes.real_train_lengths), model, True) for model in (TEACHER, STUDENT)]
+    for length, model, lora in tqdm(jobs, desc="9. real model: training steps", leave=False):
+        cell = cells.run(_real_train_cell, (folder, model, sizes, length, lora), (model, lora), (length,))
+        training.append({"model": model, "seq_len": length, "lora": lora, **cell})
+    quantized = []
+    for model in tqdm((STUDENT, TEACHER), desc="9. real model: int8 and bf16", leave=False):
+        cell = run_in_child(_real_quantized_cell, (folder, model, sizes, args.heldout_text), args,
+                            sizes.real_cell_time_limit_s)
+        rows = [{"dtype": "all", **cell}] if "error" in cell else [{"dtype": k, **v} for k, v in cell.items()]
+        quantized += [{"model": model, **row} for row in rows]
+    return {"teacher": folder, "teacher_layers": config.num_hidden_layers, "kept_softmax_layers": keep,
+            "student_type": sizes.real_student_type, "heldout_text": args.heldout_text, "prefill": prefill,
+            "decode": decode, "training": training, "quantized": quantized}
 
 
 def bench_long_prompts(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:
@@ -591,7 +940,18 @@ def machine_description(threads: int) -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": threads,
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            "bf16_instructions": cpu_has_bf16_instructions()}
+
+
+def cpu_has_bf16_instructions() -> bool | None:
+    """Whether /proc/cpuinfo lists a bfloat16 instruction set (avx512_bf16 or amx_bf16); None where it cannot
+    be read."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[1].split()))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -605,12 +965,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = Sizes.quick() if args.quick else Sizes()
+    check_real_model_arguments(args)
     baseline_file = check_baseline_src(args.baseline_src) if args.baseline_src else None
     start = time.time()
     command = " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])])
     results = {"quick": args.quick, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": machine_description(torch.get_num_threads()), "sizes": asdict(sizes),
                "baseline": {"src": args.baseline_src, "label": args.baseline_label, "fwp_hf": baseline_file}}
+    results["memory_bandwidth"] = measure_memory_bandwidth(sizes.bandwidth_bytes, sizes.bandwidth_repeats)
     results["kernels"] = bench_kernels(sizes)
     results["flops"] = bench_flops(sizes)
     results["decoding"] = bench_decoding(sizes, args)
@@ -618,6 +980,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["batched"] = bench_batched_generation(sizes, args)
     results["realistic"] = bench_realistic_size(sizes, args)
     results["long_prompts"] = bench_long_prompts(sizes, args)
+    results["real_model"] = bench_real_model(args.real_teacher, sizes, args) if args.real_teacher else None
     results["crossover"] = crossover_sentence(results["training"], sizes.train_lengths)
     results["targets"] = evaluate_targets(results, sizes)
     results["wall_s"] = time.time() - start

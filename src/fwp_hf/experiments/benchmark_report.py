@@ -9,7 +9,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .benchmark_targets import HEADLINE_TYPE, ONNXRUNTIME_MODE, decode_rate, divide, lookup, training_ratio
+from .benchmark_targets import (
+    FLOAT32,
+    HEADLINE_TYPE,
+    ONNXRUNTIME_MODE,
+    PEER,
+    REAL_SECTION,
+    TEACHER,
+    WEAK_REFERENCE,
+    decode_rate,
+    divide,
+    fraction_of_bound,
+    lookup,
+    training_ratio,
+)
+
+# How the tables name the models that are not fwp_hf types.
+MODEL_LABELS = {PEER: "Llama (SDPA, reference)", WEAK_REFERENCE: "GPT-2 (SDPA; weaker reference, not used for targets)"}
+
+
+def model_label(model: str) -> str:
+    return MODEL_LABELS.get(model, model)
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -20,6 +40,21 @@ def _fmt(value, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def bandwidth_sentence(results: dict) -> str:
+    """The measured memory bandwidth and what the "% of bound" columns divide by, in words."""
+    bandwidth = results.get("memory_bandwidth")
+    if not bandwidth:
+        return "Memory bandwidth: not measured in this run (no \"% of bound\" figures)."
+    return (f"Memory read bandwidth: {bandwidth['read_gb_s']:.1f} GB/s (best of {bandwidth['repeats']} sums of a "
+            f"{bandwidth['bytes'] / 2**20:.0f} MiB float32 tensor; copy {bandwidth['copy_gb_s']:.1f} GB/s read + "
+            "written). \"% of bound\": decoding tokens/s ÷ the weight-read bound, batch × bandwidth ÷ the bytes of "
+            "the weight matrices a step reads (`weight_read_bound`); cache/state reads come on top.")
 
 
 def _decode_efficiency(row: dict, matmul_gflops: float) -> tuple[str, str]:
@@ -40,6 +75,10 @@ def render_markdown(results: dict) -> str:
         f"with {machine['torch_threads']} threads; Python {machine['python']}; {machine['platform']}.",
         f"Written by `{results.get('command', 'python scripts/benchmark.py')}` on {results['date']} "
         f"in {results['wall_s'] / 60:.1f} min. Each ratio compares two measurements taken in this run.",
+        "The reference of every ratio (\"vs Llama\") and target is transformers' `LlamaForCausalLM` with SDPA and "
+        "its KV cache, of the FWP model's width, depth, heads, vocabulary and SwiGLU width, embeddings tied as the "
+        "FWP model's; GPT-2 with SDPA is kept as a weaker reference (its attention materialises the T×T scores on a "
+        "CPU) and no target uses it.",
         *([f"Conditions: {results['note']}"] if results.get("note") else []),
         "",
         "## Targets",
@@ -50,7 +89,7 @@ def render_markdown(results: dict) -> str:
     for t in results["targets"]:
         op = "≥" if t.get("higher_is_better", t["unit"] != "GiB") else "≤"
         threshold = "" if isinstance(t["threshold"], bool) else f"{op} {t['threshold']:g} {t['unit']}".strip()
-        verdict = "met" if t["met"] else "MISSED"
+        verdict = "not run" if t.get("not_run") else "met" if t["met"] else "MISSED"
         lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {threshold} | {verdict} |")
     b, h, length, d = sizes["kernel_shape"]
     lines += ["", f"## 1. Kernels: chunkwise vs recurrent, forward+backward (B={b}, H={h}, T={length}, D={d}, fp32)",
@@ -76,18 +115,19 @@ def render_markdown(results: dict) -> str:
               f"| torch.matmul 1024×1024 (for reference) | {flops['matmul_1024_gflops']:.1f} |",
               f"| kernel / similar-shape matmul | {flops['fraction_of_matmul']:.2f} |", ""]
     lines += _batched_section(results) + _realistic_section(results) + _long_prompt_section(results)
+    lines += real_model_section(results)
     return "\n".join(lines)
 
 
 def _training_table(rows: list[dict]) -> list[str]:
-    lines = ["| model | T | parameters | tokens/s | vs GPT-2 | step s | peak memory GiB |",
+    lines = ["| model | T | parameters | tokens/s | vs Llama | step s | peak memory GiB |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['model']} | {row['seq_len']} | — | — | — | — | {row['error']} |")
+            lines.append(f"| {model_label(row['model'])} | {row['seq_len']} | — | — | — | — | {row['error']} |")
             continue
-        ratio = training_ratio(rows, row["model"], row["seq_len"]) if row["model"] != "gpt2" else None
-        lines.append(f"| {row['model']} | {row['seq_len']} | {row['parameters'] / 1e6:.2f}M | "
+        ratio = training_ratio(rows, row["model"], row["seq_len"]) if row["model"] != PEER else None
+        lines.append(f"| {model_label(row['model'])} | {row['seq_len']} | {row['parameters'] / 1e6:.2f}M | "
                      f"{row['tokens_per_s']:.0f} | "
                      f"{_fmt(ratio)}{'×' if ratio else ''} | {row['step_s']:.2f} | {row['peak_rss_gib']:.2f} |")
     return lines
@@ -96,7 +136,7 @@ def _training_table(rows: list[dict]) -> list[str]:
 def _decoding_section(results: dict) -> list[str]:
     sizes, decoding = results["sizes"], results["decoding"]
     matmul = results["flops"]["matmul_1024_gflops"]
-    gpt2 = decode_rate(results, "gpt2")
+    peer = decode_rate(results, PEER)
     lines = [f"## 3. Serving at batch 1: `generate` after a {sizes['decode_prompt']}-token prompt "
              f"({sizes['decode_tokens']} greedy tokens)", "",
              "Decoding tokens/s counts the steps after the first new token; prefill is the prompt's forward pass. "
@@ -111,16 +151,19 @@ def _decoding_section(results: dict) -> list[str]:
              "(`decode_flops_per_token`); \"% of matmul\" divides FLOPs/token × tokens/s by the 1024×1024 matmul rate "
              f"of section 4 ({matmul:.0f} GFLOP/s). At batch 1 every step reads every weight once, so the "
              "weight bytes read per second show how close a step is to the memory-bound limit.", "",
-             "| model | mode | prefill s | decode tokens/s | vs GPT-2 | MFLOP/token | % of matmul | weight GB/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             bandwidth_sentence(results), "",
+             "| model | mode | prefill s | decode tokens/s | vs Llama | MFLOP/token | % of matmul | weight GB/s | "
+             "% of bound |", "|---|---|---|---|---|---|---|---|---|"]
     for row in decoding["decode"]:
         if "error" in row:
-            lines.append(f"| {row['model']} | {row['mode']} | — | — | — | — | — | {row['error']} |")
+            lines.append(f"| {model_label(row['model'])} | {row['mode']} | — | — | — | — | — | — | {row['error']} |")
             continue
         fraction, bandwidth = _decode_efficiency(row, matmul)
-        ratio = divide(row["decode_tokens_per_s"], gpt2)
-        lines.append(f"| {row['model']} | {row['mode']} | {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | "
-                     f"{_fmt(ratio)}× | {row['flops_per_token'] / 1e6:.1f} | {fraction} | {bandwidth} |")
+        ratio = divide(row["decode_tokens_per_s"], peer)
+        lines.append(f"| {model_label(row['model'])} | {row['mode']} | {row['prefill_s']:.2f} | "
+                     f"{row['decode_tokens_per_s']:.1f} | "
+                     f"{_fmt(ratio)}× | {row['flops_per_token'] / 1e6:.1f} | {fraction} | {bandwidth} | "
+                     f"{_percent(fraction_of_bound(row, results.get('memory_bandwidth')))} |")
     small, large = sizes["cache_lengths"]
     lines += ["", f"Cache bytes after a {small}- and a {large}-token prompt:", "",
               f"| model | bytes at {small} | bytes at {large} | equal |", "|---|---|---|---|"]
@@ -130,11 +173,13 @@ def _decoding_section(results: dict) -> list[str]:
     return lines
 
 
-def _generation_columns(row: dict) -> str:
-    """prefill s | decode tokens/s | cache MiB | decoding memory GiB | peak memory GiB (or the row's error)."""
+def _generation_columns(row: dict, bandwidth: dict | None) -> str:
+    """prefill s | decode tokens/s | % of bound | cache MiB | decoding memory GiB | peak memory GiB (or the
+    row's error)."""
     if "error" in row:
-        return f"— | — | — | — | {row['error']}"
-    return (f"{row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | {row['cache_bytes'] / 2**20:.1f} | "
+        return f"— | — | — | — | — | {row['error']}"
+    return (f"{row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | "
+            f"{_percent(fraction_of_bound(row, bandwidth))} | {row['cache_bytes'] / 2**20:.1f} | "
             f"{row['decode_rss_gib']:.2f} | {row['peak_rss_gib']:.2f}")
 
 
@@ -145,15 +190,15 @@ def _batched_section(results: dict) -> list[str]:
              f"{sizes['cell_time_limit_s']:.0f} s); decoding memory is the highest resident memory seen during the "
              "decoding steps (model, cache and runtime), peak memory the process's peak (the prefill's). Decode "
              "tokens/s counts every sequence of the batch.", "",
-             "| model | batch | prompt | prefill s | decode tokens/s | vs GPT-2 | cache MiB | decoding memory GiB | "
-             "peak memory GiB |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | batch | prompt | prefill s | decode tokens/s | vs Llama | % of bound | cache MiB | "
+             "decoding memory GiB | peak memory GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["batched"]:
-        gpt2 = lookup(results["batched"], model="gpt2", batch=row["batch"], prompt=row["prompt"])
-        ratio = (divide(row.get("decode_tokens_per_s"), gpt2.get("decode_tokens_per_s"))
-                 if row["model"] != "gpt2" else None)
-        columns = _generation_columns(row).split(" | ")
+        peer = lookup(results["batched"], model=PEER, batch=row["batch"], prompt=row["prompt"])
+        ratio = (divide(row.get("decode_tokens_per_s"), peer.get("decode_tokens_per_s"))
+                 if row["model"] != PEER else None)
+        columns = _generation_columns(row, results.get("memory_bandwidth")).split(" | ")
         columns.insert(2, f"{_fmt(ratio)}{'×' if ratio else ''}")
-        lines.append(f"| {row['model']} | {row['batch']} | {row['prompt']} | {' | '.join(columns)} |")
+        lines.append(f"| {model_label(row['model'])} | {row['batch']} | {row['prompt']} | {' | '.join(columns)} |")
     return lines
 
 
@@ -167,10 +212,11 @@ def _realistic_section(results: dict) -> list[str]:
     lines += ["", f"Decoding after a {sizes['realistic_decode_prompt']}-token prompt "
               f"({sizes['realistic_decode_tokens']} "
               "greedy tokens, batch 1, eager):", "",
-              "| model | prefill s | decode tokens/s | cache MiB | decoding memory GiB | peak memory GiB |",
-              "|---|---|---|---|---|---|"]
+              "| model | prefill s | decode tokens/s | % of bound | cache MiB | decoding memory GiB | "
+              "peak memory GiB |",
+              "|---|---|---|---|---|---|---|"]
     for row in realistic["decoding"]:
-        lines.append(f"| {row['model']} | {_generation_columns(row)} |")
+        lines.append(f"| {model_label(row['model'])} | {_generation_columns(row, results.get('memory_bandwidth'))} |")
     return lines
 
 
@@ -181,16 +227,92 @@ def _long_prompt_section(results: dict) -> list[str]:
              "`generate` asks for the last position's logits only (`logits_to_keep=1`), so no prompt × vocabulary "
              "tensor is built; with `prefill_chunk_size` the prompt goes through the model in chunks that carry the "
              "state, which bounds the prefill's memory by the chunk instead of the prompt.", "",
-             "| prompt | prefill chunks | prefill s | decode tokens/s | cache MiB | decoding memory GiB | "
-             "peak memory GiB |", "|---|---|---|---|---|---|---|"]
+             "| prompt | prefill chunks | prefill s | decode tokens/s | % of bound | cache MiB | decoding memory GiB | "
+             "peak memory GiB |", "|---|---|---|---|---|---|---|---|"]
     for row in results["long_prompts"]:
         chunks = f"{row['prefill_chunk_size']:,}" if row["prefill_chunk_size"] else "one call"
-        lines.append(f"| {row['prompt']:,} | {chunks} | {_generation_columns(row)} |")
+        lines.append(f"| {row['prompt']:,} | {chunks} | {_generation_columns(row, results.get('memory_bandwidth'))} |")
+    return lines
+
+
+def real_model_section(results: dict) -> list[str]:
+    """Section 9: the teacher against its untrained students (prefill, decoding, training, int8/bf16)."""
+    lines = ["", "## 9. The real model: the teacher against its fast-weight students", ""]
+    real = results.get(REAL_SECTION)
+    if not real:
+        return lines + ["Not run in this run (`python scripts/benchmark.py --real_teacher <folder> "
+                        "[--heldout_text <file>]`); its targets are marked \"not run\"."]
+    bandwidth = results.get("memory_bandwidth")
+    lines += [f"Teacher `{real['teacher']}` ({real['teacher_layers']} layers; float32, SDPA, its KV cache). Students "
+              f"built by `linearize_model` without training (speed does not depend on trained values): \"student\" "
+              f"has {real['student_type']} in every layer, \"hybrid student\" keeps softmax layers "
+              f"{real['kept_softmax_layers']}. Each cell runs in its own child process; peak memory is its peak "
+              "resident set.", "", "Prefill (batch 1; `generate`'s first token):", "",
+              "| model | T | prefill chunks | prefill s | tokens/s | vs teacher | peak memory GiB |",
+              "|---|---|---|---|---|---|---|"]
+    for row in real["prefill"]:
+        chunks = f"{row['prefill_chunk_size']:,}" if row["prefill_chunk_size"] else "one call"
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['length']:,} | {chunks} | — | — | — | {row['error']} |")
+            continue
+        teacher = lookup(real["prefill"], model=TEACHER, length=row["length"], prefill_chunk_size=None)
+        ratio = divide(row["prefill_tokens_per_s"], teacher.get("prefill_tokens_per_s"))
+        lines.append(f"| {row['model']} | {row['length']:,} | {chunks} | {row['prefill_s']:.2f} | "
+                     f"{row['prefill_tokens_per_s']:.0f} | {_fmt(ratio)}× | {row['peak_rss_gib']:.2f} |")
+    lines += ["", "Decoding (greedy; \"vs teacher\" compares the same mode, batch and prompt; compiled: the student's "
+              "`FastWeightStaticCache`, the teacher's static KV cache, the first call's compilation not counted):", "",
+              "| model | mode | batch | prompt | prefill s | decode tokens/s | vs teacher | % of bound | cache MiB | "
+              "decoding memory GiB | peak memory GiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in real["decode"]:
+        head = f"| {row['model']} | {row['mode']} | {row['batch']} | {row['prompt']:,} |"
+        if "error" in row:
+            lines.append(f"{head} — | — | — | — | — | — | {row['error']} |")
+            continue
+        teacher = lookup(real["decode"], model=TEACHER, mode=row["mode"], batch=row["batch"], prompt=row["prompt"])
+        ratio = divide(row["decode_tokens_per_s"], teacher.get("decode_tokens_per_s"))
+        lines.append(f"{head} {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | {_fmt(ratio)}× | "
+                     f"{_percent(fraction_of_bound(row, bandwidth))} | {row['cache_bytes'] / 2**20:.1f} | "
+                     f"{row['decode_rss_gib']:.2f} | {row['peak_rss_gib']:.2f} |")
+    lines += ["", "Training step (batch 1, forward + backward + AdamW, timed after one warm-up step; LoRA: peft "
+              "adapters on every linear layer but the LM head):", "",
+              "| model | T | step | trainable parameters | tokens/s | vs teacher | peak memory GiB |",
+              "|---|---|---|---|---|---|---|"]
+    for row in real["training"]:
+        step = "LoRA" if row["lora"] else "full"
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['seq_len']:,} | {step} | — | — | — | {row['error']} |")
+            continue
+        teacher = lookup(real["training"], model=TEACHER, seq_len=row["seq_len"], lora=row["lora"])
+        ratio = divide(row["tokens_per_s"], teacher.get("tokens_per_s"))
+        lines.append(f"| {row['model']} | {row['seq_len']:,} | {step} | {row['trainable_parameters']:,} | "
+                     f"{row['tokens_per_s']:.0f} | {_fmt(ratio)}× | {row['peak_rss_gib']:.2f} |")
+    bf16 = results["machine"].get("bf16_instructions")
+    heldout = f" ({real['heldout_text']})" if real.get("heldout_text") else " (not measured: no --heldout_text)"
+    lines += ["", "int8 dynamic quantization of every nn.Linear (`quantize_linear_int8`: "
+              "`torch.ao.quantization.quantize_dynamic`, deprecated in torch 2.13 in favour of torchao) and bfloat16, "
+              f"batch-1 eager decoding and held-out perplexity{heldout}. The students are untrained, so their "
+              "perplexity is high; its change under int8/bf16 is the figure. "
+              f"This CPU {'has' if bf16 else 'lacks' if bf16 is not None else 'may lack'} bf16 instructions "
+              "(avx512_bf16/amx_bf16). The int8 model does not save through `save_pretrained`: save the float model "
+              "and quantize after loading.", "",
+              "| model | dtype | decode tokens/s | vs float32 | weight MiB/step | % of bound | perplexity | change |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in real["quantized"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['dtype']} | — | — | — | — | — | {row['error']} |")
+            continue
+        fp32 = lookup(real["quantized"], model=row["model"], dtype=FLOAT32)
+        ratio = divide(row["decode_tokens_per_s"], fp32.get("decode_tokens_per_s"))
+        perplexity, reference = row.get("perplexity"), fp32.get("perplexity")
+        change = f"{100 * (perplexity / reference - 1):+.2f}%" if perplexity is not None and reference else "—"
+        lines.append(f"| {row['model']} | {row['dtype']} | {row['decode_tokens_per_s']:.1f} | {_fmt(ratio)}× | "
+                     f"{row['weight_bytes_per_token'] / 2**20:.2f} | {_percent(fraction_of_bound(row, bandwidth))} | "
+                     f"{_fmt(perplexity)} | {change} |")
     return lines
 
 
 def crossover_sentence(rows: list[dict], lengths: tuple[int, ...]) -> str:
-    """Where the headline type starts to train faster than GPT-2, in words."""
+    """Where the headline type starts to train faster than Llama, in words."""
     ratios = [(length, training_ratio(rows, HEADLINE_TYPE, length)) for length in lengths]
     ratios = [(length, r) for length, r in ratios if r is not None]
     if not ratios:
@@ -198,11 +320,11 @@ def crossover_sentence(rows: list[dict], lengths: tuple[int, ...]) -> str:
     faster = [length for length, r in ratios if r >= 1.0]
     listing = ", ".join(f"{r:.2f}× at T={length}" for length, r in ratios)
     if len(faster) == len(ratios):
-        return (f"Crossover: {HEADLINE_TYPE} trains faster than GPT-2 already at the shortest length measured "
+        return (f"Crossover: {HEADLINE_TYPE} trains faster than Llama already at the shortest length measured "
                 f"({listing}).")
     if not faster:
-        return f"Crossover: {HEADLINE_TYPE} is slower than GPT-2 at every length measured ({listing})."
-    return f"Crossover: {HEADLINE_TYPE} overtakes GPT-2 between the measured lengths ({listing})."
+        return f"Crossover: {HEADLINE_TYPE} is slower than Llama at every length measured ({listing})."
+    return f"Crossover: {HEADLINE_TYPE} overtakes Llama between the measured lengths ({listing})."
 
 
 def write_report(results: dict, output_dir: Path) -> dict:
@@ -214,4 +336,6 @@ def write_report(results: dict, output_dir: Path) -> dict:
     return results
 
 
-__all__ = ["crossover_sentence", "render_markdown", "write_report"]
+__all__ = [
+    "bandwidth_sentence", "crossover_sentence", "model_label", "real_model_section", "render_markdown", "write_report",
+]

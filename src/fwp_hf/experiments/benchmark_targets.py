@@ -14,6 +14,15 @@ from typing import Any
 
 # The type whose figures the targets check (the delta rule of Schlag et al., the project's default type).
 HEADLINE_TYPE = "delta"
+# The reference of every ratio and target: transformers' LlamaForCausalLM with SDPA and its KV cache, of the
+# benchmark model's size (`benchmark.build_model`). GPT-2 with SDPA stays in the tables as a weaker reference
+# (its attention materialises the T×T scores on a CPU) and is used by no target.
+PEER = "llama"
+WEAK_REFERENCE = "gpt2"
+# Section 9 (``--real_teacher``): the results key, and the teacher and its two untrained students.
+REAL_SECTION = "real_model"
+TEACHER, STUDENT, HYBRID = "teacher", "student", "hybrid student"
+INT8, FLOAT32 = "int8 dynamic", "float32"
 # The decoding rows of ``--baseline_src``'s code and of the ONNX export run by onnxruntime.
 BASELINE_MODE = "eager, baseline code"
 ONNXRUNTIME_MODE = "onnxruntime (CPU)"
@@ -33,12 +42,28 @@ def divide(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
-def training_ratio(rows: list[dict], kind: str, length: int) -> float | None:
-    """Training tokens/s of `kind` ÷ GPT-2's at sequence length `length` (None when either is missing)."""
-    ours, gpt2 = lookup(rows, model=kind, seq_len=length), lookup(rows, model="gpt2", seq_len=length)
-    if "tokens_per_s" in ours and "tokens_per_s" in gpt2:
-        return ours["tokens_per_s"] / gpt2["tokens_per_s"]
+def training_ratio(rows: list[dict], kind: str, length: int, reference: str = PEER) -> float | None:
+    """Training tokens/s of `kind` ÷ the `reference`'s (Llama) at sequence length `length` (None when either is
+    missing)."""
+    ours, peer = lookup(rows, model=kind, seq_len=length), lookup(rows, model=reference, seq_len=length)
+    if "tokens_per_s" in ours and "tokens_per_s" in peer:
+        return ours["tokens_per_s"] / peer["tokens_per_s"]
     return None
+
+
+def weight_read_bound(row: dict, bandwidth: dict | None) -> float | None:
+    """The physical limit of a decoding row in tokens/s: a step of a batch of B sequences reads every weight
+    matrix once (``weight_bytes_per_token``: bytes per step), so at the measured read bandwidth (``bandwidth``:
+    `benchmark.measure_memory_bandwidth`'s record) it makes at most ``B · read_bytes_per_s / weight_bytes``
+    tokens/s. None when either is missing."""
+    if not bandwidth or not row.get("weight_bytes_per_token"):
+        return None
+    return row.get("batch", 1) * bandwidth["read_gb_s"] * 1e9 / row["weight_bytes_per_token"]
+
+
+def fraction_of_bound(row: dict, bandwidth: dict | None) -> float | None:
+    """A decoding row's tokens/s ÷ its `weight_read_bound`."""
+    return divide(row.get("decode_tokens_per_s"), weight_read_bound(row, bandwidth))
 
 
 def decode_rate(results: dict, model: str, mode: str = "eager") -> float | None:
@@ -54,6 +79,13 @@ def figures(sizes) -> dict[str, Any]:
         "large": max(sizes.cache_lengths), "batch": max(sizes.batch_sizes), "short_prompt": min(sizes.batch_prompts),
         "long_prompt": max(sizes.batch_prompts), "shortest": min(sizes.long_prompts),
         "longest": max(sizes.long_prompts), "growth": max(sizes.long_prompts) / min(sizes.long_prompts),
+        # section 9
+        "student_type": sizes.real_student_type, "real_prefill_lengths": sizes.real_prefill_lengths,
+        "real_longest_prefill": max(sizes.real_prefill_lengths),
+        "real_shortest_prompt": min(sizes.real_decode_prompts),
+        "real_mid_prompt": sorted(sizes.real_decode_prompts)[(len(sizes.real_decode_prompts) - 1) // 2],
+        "real_longest_prompt": max(sizes.real_decode_prompts), "real_batch": max(sizes.real_decode_batches),
+        "real_train_length": max(sizes.real_train_lengths),
     }
 
 
@@ -67,7 +99,9 @@ class Target:
     words), `value` (results, figures → the measured value, None when not measured), `threshold` (a number,
     True for a property that must hold, or figures → number), `direction` (``"≥"`` / ``"≤"`` the threshold,
     ``"is"`` for a property) and `unit`. `cases` (results, figures → one dict of extra fields per row; none
-    when the target does not apply to this run) repeats a target over several sizes."""
+    when the target does not apply to this run) repeats a target over several sizes. A target of an optional
+    `section` (a results key) is recorded as not run when the run skipped that section; its `cases` then
+    depend on the figures only."""
 
     name: str
     compared: str
@@ -76,6 +110,7 @@ class Target:
     direction: str = "≥"
     unit: str = "×"
     cases: Callable[[dict, dict], list[dict]] = field(default=_once)
+    section: str | None = None
 
 
 def _headline_kernel_speedup(results: dict, f: dict) -> Value:
@@ -114,28 +149,57 @@ def _prefill_memory(row: dict) -> float | None:
     return row["peak_rss_gib"] - row["model_rss_gib"] if "peak_rss_gib" in row else None
 
 
+def _real(results: dict, key: str, **match) -> dict:
+    return lookup(results[REAL_SECTION][key], **match)
+
+
+def _real_prefill_ratio(results: dict, f: dict) -> float | None:
+    rate = "prefill_tokens_per_s"
+    return divide(_real(results, "prefill", model=STUDENT, length=f["length"], prefill_chunk_size=None).get(rate),
+                  _real(results, "prefill", model=TEACHER, length=f["length"], prefill_chunk_size=None).get(rate))
+
+
+def _real_decode(results: dict, model: str, prompt: int, batch: int, mode: str = "eager") -> dict:
+    return _real(results, "decode", model=model, prompt=prompt, batch=batch, mode=mode)
+
+
+def _real_decode_ratio(results: dict, prompt: int, batch: int) -> float | None:
+    rate = "decode_tokens_per_s"
+    return divide(_real_decode(results, STUDENT, prompt, batch).get(rate),
+                  _real_decode(results, TEACHER, prompt, batch).get(rate))
+
+
+def _real_quantized(results: dict, dtype: str) -> dict:
+    return _real(results, "quantized", model=STUDENT, dtype=dtype)
+
+
+def _perplexity_change(results: dict, f: dict) -> float | None:
+    int8, fp32 = _real_quantized(results, INT8).get("perplexity"), _real_quantized(results, FLOAT32).get("perplexity")
+    return abs(int8 / fp32 - 1) if int8 is not None and fp32 else None
+
+
 TARGETS: tuple[Target, ...] = (
     Target("{headline} chunkwise vs recurrent, fwd+bwd",
            "section 1: recurrent ÷ chunkwise seconds of the headline kernel, forward+backward",
            _headline_kernel_speedup, 25.0),
-    Target("{headline} training tok/s vs GPT-2 at T={mid}",
-           "section 2: training tokens/s of the headline type ÷ GPT-2's at the middle length",
+    Target("{headline} training tok/s vs Llama at T={mid}",
+           "section 2: training tokens/s of the headline type ÷ Llama's at the middle length",
            lambda r, f: training_ratio(r["training"], f["headline"], f["mid"]), 1.0),
-    Target("{headline} training tok/s vs GPT-2 at T={long}",
-           "section 2: the same at the longest length shared with GPT-2",
+    Target("{headline} training tok/s vs Llama at T={long}",
+           "section 2: the same at the longest of the lengths every model trains at",
            lambda r, f: training_ratio(r["training"], f["headline"], f["long"]), 3.0,
            # the quick sizes have two lengths only; one name must not carry two thresholds
            cases=lambda r, f: [{}] if f["long"] != f["mid"] else []),
     Target("{headline} training step peak memory at T={length}",
-           "section 5: peak resident memory of a training step's child process, lengths without GPT-2",
+           "section 5: peak resident memory of a training step's child process, the long lengths",
            lambda r, f: lookup(r["training"], model=f["headline"], seq_len=f["length"]).get("peak_rss_gib"), 8.0,
            "≤", "GiB", cases=lambda r, f: [{"length": length} for length in f["long_lengths"]]),
-    Target("{headline} eager decode tok/s vs GPT-2 after {prompt} prompt tokens",
-           "section 3: batch-1 eager decoding tokens/s ÷ GPT-2's (with its KV cache)",
-           lambda r, f: divide(decode_rate(r, f["headline"]), decode_rate(r, "gpt2")), 2.0),
-    Target("{headline} compiled decode tok/s vs GPT-2 after {prompt} prompt tokens",
-           "section 3: batch-1 compiled decoding tokens/s ÷ GPT-2's eager",
-           lambda r, f: divide(decode_rate(r, f["headline"], "compiled"), decode_rate(r, "gpt2")), 5.0),
+    Target("{headline} eager decode tok/s vs Llama after {prompt} prompt tokens",
+           "section 3: batch-1 eager decoding tokens/s ÷ Llama's (with its KV cache)",
+           lambda r, f: divide(decode_rate(r, f["headline"]), decode_rate(r, PEER)), 2.0),
+    Target("{headline} compiled decode tok/s vs Llama after {prompt} prompt tokens",
+           "section 3: batch-1 compiled decoding tokens/s ÷ Llama's eager",
+           lambda r, f: divide(decode_rate(r, f["headline"], "compiled"), decode_rate(r, PEER)), 5.0),
     Target("{headline} eager decode tok/s vs the baseline code's eager decode",
            "section 3 (--baseline_src): this code's eager decoding ÷ the earlier checkout's",
            lambda r, f: divide(decode_rate(r, f["headline"]), _baseline_rate(r)), 1.5, cases=_with_baseline),
@@ -149,10 +213,10 @@ TARGETS: tuple[Target, ...] = (
     Target("chunkwise {headline} GFLOP/s vs torch.matmul GFLOP/s (similar shapes)",
            "section 4: achieved GFLOP/s of the chunkwise kernel ÷ a batched matmul of the kernel's shapes",
            lambda r, f: r["flops"]["fraction_of_matmul"], 0.4, unit="fraction"),
-    Target("{headline} decode tok/s vs GPT-2 at batch {batch} after {long_prompt}-token prompts",
-           "section 6: batched decoding tokens/s ÷ GPT-2's, largest batch and prompt",
+    Target("{headline} decode tok/s vs Llama at batch {batch} after {long_prompt}-token prompts",
+           "section 6: batched decoding tokens/s ÷ Llama's, largest batch and prompt",
            lambda r, f: divide(_batched(r, f, f["headline"], "long_prompt").get("decode_tokens_per_s"),
-                               _batched(r, f, "gpt2", "long_prompt").get("decode_tokens_per_s")), 10.0),
+                               _batched(r, f, PEER, "long_prompt").get("decode_tokens_per_s")), 10.0),
     Target("{headline} state bytes equal at batch {batch} after {short_prompt}- and {long_prompt}-token prompts",
            "section 6: the state's bytes do not grow with the prompt",
            _state_bytes_equal, True, "is", ""),
@@ -168,6 +232,45 @@ TARGETS: tuple[Target, ...] = (
            lambda r, f: divide(_prefill_memory(_one_call_prefill(r, f["longest"])),
                                _prefill_memory(_one_call_prefill(r, f["shortest"]))),
            lambda f: f["longest"] / f["shortest"], "≤"),
+    # Section 9, the real model: issue 22's goals for the all-fast-weight student against its teacher.
+    Target("{student_type} student prefill tok/s vs teacher at T={length}",
+           "section 9: prefill tokens/s in one call (student chunkwise, teacher SDPA) ÷ the teacher's; no slower "
+           "at every length, twice as fast at the longest",
+           _real_prefill_ratio, lambda f: 2.0 if f["length"] == f["real_longest_prefill"] else 1.0,
+           cases=lambda r, f: [{"length": length} for length in f["real_prefill_lengths"]], section=REAL_SECTION),
+    Target("{student_type} student eager decode tok/s vs teacher after {real_mid_prompt} tokens, batch 1",
+           "section 9: batch-1 eager decoding tokens/s ÷ the teacher's (its KV cache)",
+           lambda r, f: _real_decode_ratio(r, f["real_mid_prompt"], 1), 2.5, section=REAL_SECTION),
+    Target("{student_type} student eager decode tok/s vs teacher after {real_mid_prompt} tokens, batch {real_batch}",
+           "section 9: the same at the largest batch",
+           lambda r, f: _real_decode_ratio(r, f["real_mid_prompt"], f["real_batch"]), 10.0,
+           cases=lambda r, f: [{}] if f["real_batch"] != 1 else [], section=REAL_SECTION),
+    Target("{student_type} student eager decode tok/s vs teacher after {real_longest_prompt} tokens, batch 1",
+           "section 9: batch-1 decoding after the longest prompt",
+           lambda r, f: _real_decode_ratio(r, f["real_longest_prompt"], 1), 4.0,
+           cases=lambda r, f: [{}] if f["real_longest_prompt"] != f["real_mid_prompt"] else [], section=REAL_SECTION),
+    Target("{student_type} student decoding memory after {real_longest_prompt} vs {real_shortest_prompt} tokens",
+           "section 9: resident memory while decoding (batch 1, eager) after the longest prompt ÷ the shortest",
+           lambda r, f: divide(_real_decode(r, STUDENT, f["real_longest_prompt"], 1).get("decode_rss_gib"),
+                               _real_decode(r, STUDENT, f["real_shortest_prompt"], 1).get("decode_rss_gib")),
+           1.1, "≤", section=REAL_SECTION),
+    Target("{student_type} student training step tok/s vs teacher at T={real_train_length}",
+           "section 9: one forward+backward+AdamW step's tokens/s ÷ the teacher's, every parameter trained",
+           lambda r, f: divide(_real(r, "training", model=STUDENT, seq_len=f["real_train_length"], lora=False)
+                               .get("tokens_per_s"),
+                               _real(r, "training", model=TEACHER, seq_len=f["real_train_length"], lora=False)
+                               .get("tokens_per_s")), 2.0, section=REAL_SECTION),
+    Target("{student_type} student compiled decode, fraction of the weight-read bound (batch 1)",
+           "section 9: compiled batch-1 decoding tokens/s after the middle prompt ÷ `weight_read_bound`",
+           lambda r, f: fraction_of_bound(_real_decode(r, STUDENT, f["real_mid_prompt"], 1, "compiled"),
+                                          r.get("memory_bandwidth")), 0.5, unit="fraction", section=REAL_SECTION),
+    Target("{student_type} student int8 decode tok/s vs float32 (batch 1)",
+           "section 9: batch-1 decoding of the int8 dynamically quantized student ÷ the float32 student",
+           lambda r, f: divide(_real_quantized(r, INT8).get("decode_tokens_per_s"),
+                               _real_quantized(r, FLOAT32).get("decode_tokens_per_s")), 1.8, section=REAL_SECTION),
+    Target("{student_type} student int8 perplexity change on held-out text",
+           "section 9 (--heldout_text): |perplexity int8 ÷ float32 − 1| of the student",
+           _perplexity_change, 0.02, "≤", "fraction", section=REAL_SECTION),
 )
 
 
@@ -182,21 +285,26 @@ def is_met(value: Value, threshold: float | bool, direction: str) -> bool:
 
 def evaluate_targets(results: dict, sizes, targets: tuple[Target, ...] = TARGETS) -> list[dict]:
     """Every row of `targets` that applies to this run, with its measured value and met/missed, as the
-    records of results-cpu.json: target, value, threshold, unit, higher_is_better, met."""
+    records of results-cpu.json: target, value, threshold, unit, higher_is_better, met (None, with
+    ``not_run: True``, for a target of a section the run skipped)."""
     base = figures(sizes)
     records = []
     for target in targets:
+        skipped = target.section is not None and not results.get(target.section)
         for case in target.cases(results, base):
             f = {**base, **case}
-            value = target.value(results, f)
+            value = None if skipped else target.value(results, f)
             threshold = target.threshold(f) if callable(target.threshold) else target.threshold
-            records.append({"target": target.name.format(**f), "value": value, "threshold": threshold,
-                            "unit": target.unit, "higher_is_better": target.direction != "≤",
-                            "met": is_met(value, threshold, target.direction)})
+            record = {"target": target.name.format(**f), "value": value, "threshold": threshold, "unit": target.unit,
+                      "higher_is_better": target.direction != "≤",
+                      "met": None if skipped else is_met(value, threshold, target.direction)}
+            records.append({**record, "not_run": True} if skipped else record)
     return records
 
 
 __all__ = [
-    "BASELINE_MODE", "HEADLINE_TYPE", "ONNXRUNTIME_MODE", "TARGETS", "Target", "decode_rate", "divide",
-    "evaluate_targets", "figures", "is_met", "lookup", "training_ratio",
+    "BASELINE_MODE", "FLOAT32", "HEADLINE_TYPE", "HYBRID", "INT8", "ONNXRUNTIME_MODE", "PEER", "REAL_SECTION",
+    "STUDENT", "TARGETS", "TEACHER", "WEAK_REFERENCE", "Target",
+    "decode_rate", "divide", "evaluate_targets", "figures", "fraction_of_bound", "is_met", "lookup", "training_ratio",
+    "weight_read_bound",
 ]

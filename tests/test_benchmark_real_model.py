@@ -1,0 +1,175 @@
+"""Section 9 of the benchmark (``--real_teacher``): a tiny Llama teacher saved to a folder against its untrained
+students, each cell in a child process; int8/bf16 variants; the section's targets and report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from fwp_hf import FWPConfig, FWPForCausalLM
+from fwp_hf.experiments import benchmark
+from fwp_hf.experiments.benchmark_report import real_model_section
+from fwp_hf.experiments.benchmark_targets import HYBRID, REAL_SECTION, STUDENT, TARGETS, TEACHER, evaluate_targets
+
+WORDS = "the of and to a in is it that was he for on are as with his they at be this from have or by".split()
+# 4 layers of width 32, 4 query heads sharing 2 k/v heads (grouped, like SmolLM2), SwiGLU 64, tied embeddings.
+TEACHER_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+                  "num_key_value_heads": 2, "tie_word_embeddings": True, "max_position_embeddings": 256}
+
+
+@pytest.fixture(scope="module")
+def teacher_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    vocab = {"<unk>": 0, "<eos>": 1, **{word: i + 2 for i, word in enumerate(WORDS)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>").save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), bos_token_id=1, eos_token_id=1, pad_token_id=1, **TEACHER_CONFIG)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    text = "\n".join(" ".join(WORDS[(7 * i + 3 * j) % len(WORDS)] for j in range(40)) for i in range(20))
+    (folder / "heldout.txt").write_text(text)
+    return folder
+
+
+def tiny_sizes(**changes) -> benchmark.Sizes:
+    tiny = {"real_prefill_lengths": (16, 64), "real_prefill_chunk": 16, "real_decode_prompts": (16, 64),
+            "real_decode_batches": (1,), "real_decode_modes": ("eager",), "real_train_lengths": (16,),
+            "real_quantized_prompt": 16, "real_perplexity_context": 16, "real_perplexity_tokens": 96}
+    return replace(benchmark.Sizes.quick(), **{**tiny, **changes})
+
+
+def test_kept_softmax_layers_scale_to_the_teachers_depth():
+    assert benchmark.scaled_layers((18, 23, 27), 30, 30) == [18, 23, 27]  # SmolLM2-135M: unchanged
+    assert benchmark.scaled_layers((18, 23, 27), 30, 12) == [7, 9, 11]  # round(7.2), round(9.2), round(10.8)
+    assert benchmark.scaled_layers((18, 23, 27), 30, 4) == [2, 3]  # 2.4 → 2, 3.07 → 3, 3.6 → 4 → last layer 3
+    with pytest.raises(ValueError, match=r"layers \[30\] are not layers of a 30-layer model"):
+        benchmark.scaled_layers((18, 30), 30, 4)
+
+
+def test_real_model_section_on_a_tiny_llama(teacher_folder):
+    sizes = tiny_sizes(real_prefill_lengths=(64,))
+    args = benchmark.BenchmarkArguments(real_teacher=str(teacher_folder),
+                                        heldout_text=str(teacher_folder / "heldout.txt"), threads=1)
+    real = benchmark.bench_real_model(args.real_teacher, sizes, args)
+    assert real["kept_softmax_layers"] == [2, 3] and real["teacher_layers"] == 4
+    for key in ("prefill", "decode", "training", "quantized"):
+        assert all("error" not in row for row in real[key]), real[key]
+
+    prefill = {(row["model"], row["length"], row["prefill_chunk_size"]): row for row in real["prefill"]}
+    assert set(prefill) == {(TEACHER, 64, None), (STUDENT, 64, None), (HYBRID, 64, None), (STUDENT, 64, 16)}
+    for row in prefill.values():
+        assert row["prefill_tokens_per_s"] * row["prefill_s"] == pytest.approx(row["length"])
+        assert row["peak_rss_gib"] >= row["model_rss_gib"] > 0
+
+    decode = {(row["model"], row["prompt"], row["batch"], row["mode"]): row for row in real["decode"]}
+    assert set(decode) == {(model, prompt, 1, "eager") for model in (TEACHER, STUDENT, HYBRID) for prompt in (16, 64)}
+    # The student's state does not grow with the prompt; the teacher's KV cache does, the hybrid's (2 of 4
+    # layers softmax) by half as much.
+    assert decode[(STUDENT, 16, 1, "eager")]["cache_bytes"] == decode[(STUDENT, 64, 1, "eager")]["cache_bytes"] > 0
+    teacher_growth = decode[(TEACHER, 64, 1, "eager")]["cache_bytes"] - decode[(TEACHER, 16, 1, "eager")]["cache_bytes"]
+    hybrid_growth = decode[(HYBRID, 64, 1, "eager")]["cache_bytes"] - decode[(HYBRID, 16, 1, "eager")]["cache_bytes"]
+    assert teacher_growth == 2 * hybrid_growth == 4 * 48 * (2 * 2 * 8) * 4  # layers · tokens · (k+v)·heads·dim · fp32
+    # A step reads every weight matrix: per layer q, o [32×32], k, v [16×32], the SwiGLU [3 × 32×64]; the tied head.
+    weights = 4 * (4 * (2 * 32 * 32 + 2 * 16 * 32 + 3 * 32 * 64) + len(WORDS) * 32 + 2 * 32)
+    assert all(row["weight_bytes_per_token"] == weights for row in real["decode"])
+
+    training = {(row["model"], row["lora"]): row for row in real["training"]}
+    assert set(training) == {(TEACHER, False), (STUDENT, False), (TEACHER, True), (STUDENT, True)}
+    teacher_parameters = LlamaForCausalLM.from_pretrained(teacher_folder).num_parameters()
+    assert training[(TEACHER, False)]["trainable_parameters"] == teacher_parameters
+    for model in (TEACHER, STUDENT):
+        assert 0 < training[(model, True)]["trainable_parameters"] < training[(model, False)]["trainable_parameters"]
+        assert training[(model, False)]["tokens_per_s"] * training[(model, False)]["step_s"] == pytest.approx(16)
+
+    quantized = {(row["model"], row["dtype"]): row for row in real["quantized"]}
+    for model in (STUDENT, TEACHER):
+        fp32, int8, bf16 = (quantized[(model, dtype)] for dtype in ("float32", "int8 dynamic", "bfloat16"))
+        assert int8["weight_bytes_per_token"] * 4 == bf16["weight_bytes_per_token"] * 2 == weights
+        assert fp32["perplexity"] > 1 and int8["perplexity"] == pytest.approx(fp32["perplexity"], rel=0.05)
+        assert bf16["perplexity"] == pytest.approx(fp32["perplexity"], rel=0.05)
+
+    # The section's targets read these rows (no compiled row and one batch here: those targets are unmeasured
+    # or do not apply); the report renders every table.
+    results = {REAL_SECTION: real, "memory_bandwidth": {"read_gb_s": 1.0, "copy_gb_s": 1.0, "bytes": 1, "repeats": 1},
+               "machine": {"bf16_instructions": False}}
+    judged = evaluate_targets(results, tiny_sizes(), tuple(t for t in TARGETS if t.section))  # prefill at 16 and 64
+    records = {t["target"]: t for t in judged}
+    prefill_ratio = prefill[(STUDENT, 64, None)]["prefill_tokens_per_s"] / prefill[(TEACHER, 64, None)][
+        "prefill_tokens_per_s"]
+    assert records["hedgehog student prefill tok/s vs teacher at T=64"]["value"] == pytest.approx(prefill_ratio)
+    assert records["hedgehog student prefill tok/s vs teacher at T=64"]["threshold"] == 2.0
+    assert records["hedgehog student prefill tok/s vs teacher at T=16"]["threshold"] == 1.0  # no row: unmeasured
+    assert records["hedgehog student prefill tok/s vs teacher at T=16"]["value"] is None
+    decode_ratio = decode[(STUDENT, 64, 1, "eager")]["decode_tokens_per_s"] / decode[(TEACHER, 64, 1, "eager")][
+        "decode_tokens_per_s"]
+    assert records["hedgehog student eager decode tok/s vs teacher after 64 tokens, batch 1"]["value"] == pytest.approx(
+        decode_ratio)
+    change = abs(quantized[(STUDENT, "int8 dynamic")]["perplexity"] / quantized[(STUDENT, "float32")]["perplexity"] - 1)
+    assert records["hedgehog student int8 perplexity change on held-out text"]["value"] == pytest.approx(change)
+    assert records["hedgehog student compiled decode, fraction of the weight-read bound (batch 1)"]["value"] is None
+    assert not any(t.get("not_run") for t in records.values())
+    markdown = "\n".join(real_model_section(results))
+    for header in ("| model | T | prefill chunks |", "| model | mode | batch | prompt |", "| model | T | step |",
+                   "| model | dtype | decode tokens/s |"):
+        assert header in markdown
+    assert f"| {STUDENT} | 64 | 16 |" in markdown and "| student | int8 dynamic |" in markdown
+
+
+def test_compiled_decoding_cells(teacher_folder):
+    """Compiled decoding: the student with its FastWeightStaticCache, the teacher with transformers' static KV
+    cache; the hybrid (softmax layers) cannot be compiled and says so."""
+    sizes = tiny_sizes()
+    for model in (STUDENT, TEACHER):
+        row = benchmark._real_decode_cell(str(teacher_folder), model, sizes, 16, 1, True)
+        assert row["decode_tokens_per_s"] > 0 and row["compile_s"] > 0, row
+    row = benchmark._real_decode_cell(str(teacher_folder), HYBRID, sizes, 16, 1, True)
+    assert row == {"error": "not compiled: FastWeightStaticCache needs a fast-weight state in every layer, but layer 2 "
+                            "is 'softmax' (a growing key/value cache): use DynamicCache() for this model"}
+
+
+def test_int8_copy_quantizes_every_linear_and_does_not_save_pretrained(tmp_path):
+    torch.manual_seed(0)
+    model = FWPForCausalLM(FWPConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, attention_type="hedgehog")).eval()
+    quantized = benchmark.quantize_linear_int8(model)
+    assert not any(isinstance(m, torch.nn.Linear) for m in quantized.modules())
+    assert any(isinstance(m, torch.nn.Linear) for m in model.modules())  # a copy: the float model is untouched
+    ids = torch.randint(0, 64, (1, 12))
+    with torch.no_grad():
+        reference, logits = model(ids).logits, quantized(ids).logits
+    assert (logits - reference).abs().max() < 0.05 * reference.abs().max()
+    assert benchmark.weight_bytes_per_step(quantized) * 4 == benchmark.weight_bytes_per_step(model)
+    # What quantize_linear_int8's docstring says: transformers cannot save the quantized copy.
+    with pytest.raises(AttributeError, match="'torch.dtype' object has no attribute 'data_ptr'"):
+        quantized.save_pretrained(tmp_path)
+
+
+def test_a_cell_larger_than_one_that_ran_out_of_time_is_skipped():
+    cells = benchmark.CellRunner(benchmark.BenchmarkArguments(), time_limit_s=1)
+    assert cells.run(time.sleep, (30,), ("teacher", False), (4096, 8)) == {"error": "skipped: still running after 1 s"}
+    start = time.perf_counter()
+    skipped = cells.run(time.sleep, (30,), ("teacher", False), (16384, 8))  # larger in every size: not started
+    assert skipped == {"error": "skipped: the smaller cell (4096, 8) of this model ran out of time or memory"}
+    assert time.perf_counter() - start < 0.5
+    assert cells.run(dict, (), ("teacher", False), (16384, 1)) == {}  # a smaller batch still runs
+    assert cells.run(dict, (), ("teacher", True), (16384, 8)) == {}  # another kind (compiled) still runs
+
+
+def test_real_model_arguments_are_checked_first(tmp_path):
+    with pytest.raises(ValueError, match="--heldout_text is read by section 9 only: give --real_teacher too"):
+        benchmark.check_real_model_arguments(benchmark.BenchmarkArguments(heldout_text="x.txt"))
+    with pytest.raises(ValueError, match="must be a model folder holding a config.json"):
+        benchmark.check_real_model_arguments(benchmark.BenchmarkArguments(real_teacher=str(tmp_path)))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="is not a file"):
+        benchmark.check_real_model_arguments(benchmark.BenchmarkArguments(real_teacher=str(tmp_path),
+                                                                          heldout_text=str(tmp_path / "none.txt")))
+    benchmark.check_real_model_arguments(benchmark.BenchmarkArguments(real_teacher=str(tmp_path)))
+    with pytest.raises(ValueError, match="must be one of teacher, student, hybrid student, got 'llama'"):
+        benchmark.load_real_model(str(tmp_path), "llama", tiny_sizes())
