@@ -38,10 +38,12 @@ def teacher_folder(tmp_path_factory):
 
 
 def tiny_sizes(**changes) -> benchmark.Sizes:
-    tiny = {"real_prefill_lengths": (16, 64), "real_prefill_chunk": 16, "real_decode_prompts": (16, 64),
-            "real_decode_batches": (1,), "real_decode_modes": ("eager",), "real_train_lengths": (16,),
-            "real_quantized_prompt": 16, "real_perplexity_context": 16, "real_perplexity_tokens": 96}
-    return replace(benchmark.Sizes.quick(), **{**tiny, **changes})
+    """Quick sizes with section 9 (`changes`: fields of `RealModelSizes`) shrunk to seconds."""
+    tiny = {"prefill_lengths": (16, 64), "prefill_chunk": 16, "decode_prompts": (16, 64), "decode_batches": (1,),
+            "decode_modes": ("eager",), "train_lengths": (16,), "quantized_prompt": 16, "perplexity_context": 16,
+            "perplexity_tokens": 96}
+    quick = benchmark.Sizes.quick()
+    return replace(quick, real=replace(quick.real, **{**tiny, **changes}))
 
 
 def test_kept_softmax_layers_scale_to_the_teachers_depth():
@@ -53,7 +55,7 @@ def test_kept_softmax_layers_scale_to_the_teachers_depth():
 
 
 def test_real_model_section_on_a_tiny_llama(teacher_folder):
-    sizes = tiny_sizes(real_prefill_lengths=(64,))
+    sizes = tiny_sizes(prefill_lengths=(64,))
     args = benchmark.BenchmarkArguments(real_teacher=str(teacher_folder),
                                         heldout_text=str(teacher_folder / "heldout.txt"), threads=1)
     real = benchmark.bench_real_model(args.real_teacher, sizes, args)

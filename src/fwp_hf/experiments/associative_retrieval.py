@@ -75,19 +75,15 @@ class AssociativeRetrievalArguments:
     show_progress: bool = True
 
 
+# The ``--quick`` run: R = 20 only, a small data set, 80 steps.
+QUICK_OVERRIDES = {"hidden_sizes": (20,), "train_sequences": 4000, "validation_sequences": 500,
+                   "test_sequences": 500, "batch_size": 64, "learning_rate": 3e-3, "max_steps": 80, "eval_every": 40}
+
+
 def quick_arguments(args: AssociativeRetrievalArguments) -> AssociativeRetrievalArguments:
-    """The ``--quick`` run: R = 20 only, a small data set, 80 steps."""
-    return dataclasses.replace(
-        args,
-        hidden_sizes=[20],
-        train_sequences=4000,
-        validation_sequences=500,
-        test_sequences=500,
-        batch_size=64,
-        learning_rate=3e-3,
-        max_steps=80,
-        eval_every=40,
-    )
+    """`args` with `QUICK_OVERRIDES` applied (``hidden_sizes`` as a fresh list, as the argument parser gives)."""
+    overrides = {**QUICK_OVERRIDES, "hidden_sizes": list(QUICK_OVERRIDES["hidden_sizes"])}
+    return dataclasses.replace(args, **overrides)
 
 
 def check_arguments(args: AssociativeRetrievalArguments) -> None:

@@ -127,6 +127,28 @@ class BenchmarkArguments:
 
 
 @dataclass
+class RealModelSizes:
+    """Section 9's lengths and settings: the real teacher (`--real_teacher`) against its students."""
+
+    student_type: str = "hedgehog"
+    keep_softmax_layers: tuple[int, ...] = (18, 23, 27)  # of a reference_depth-layer teacher
+    reference_depth: int = 30  # SmolLM2-135M's depth; other depths scale the kept layers
+    prefill_lengths: tuple[int, ...] = (512, 2048, 8192, 32768)
+    prefill_chunk: int = 2048
+    decode_prompts: tuple[int, ...] = (4096, 16384, 32768)
+    decode_batches: tuple[int, ...] = (1, 8)
+    decode_tokens: int = 8
+    decode_modes: tuple[str, ...] = ("eager", "compiled")
+    train_lengths: tuple[int, ...] = (2048, 8192)
+    lora_rank: int = 8
+    quantized_prompt: int = 512
+    quantized_decode_tokens: int = 16
+    perplexity_context: int = 512
+    perplexity_tokens: int = 8192
+    cell_time_limit_s: float = 900.0
+
+
+@dataclass
 class Sizes:
     """Problem sizes of one run (the issue's sizes, or tiny ones for --quick)."""
 
@@ -168,22 +190,7 @@ class Sizes:
     bandwidth_bytes: int = 1 << 30
     bandwidth_repeats: int = 5
     # 9. the real model (--real_teacher)
-    real_student_type: str = "hedgehog"
-    real_keep_softmax_layers: tuple[int, ...] = (18, 23, 27)  # of a real_reference_depth-layer teacher
-    real_reference_depth: int = 30  # SmolLM2-135M's depth; other depths scale the kept layers
-    real_prefill_lengths: tuple[int, ...] = (512, 2048, 8192, 32768)
-    real_prefill_chunk: int = 2048
-    real_decode_prompts: tuple[int, ...] = (4096, 16384, 32768)
-    real_decode_batches: tuple[int, ...] = (1, 8)
-    real_decode_tokens: int = 8
-    real_decode_modes: tuple[str, ...] = ("eager", "compiled")
-    real_train_lengths: tuple[int, ...] = (2048, 8192)
-    real_lora_rank: int = 8
-    real_quantized_prompt: int = 512
-    real_quantized_decode_tokens: int = 16
-    real_perplexity_context: int = 512
-    real_perplexity_tokens: int = 8192
-    real_cell_time_limit_s: float = 900.0
+    real: RealModelSizes = field(default_factory=RealModelSizes)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -197,10 +204,10 @@ class Sizes:
             realistic_train_length=64, realistic_decode_prompt=64, realistic_decode_tokens=3,
             long_prompts=(256, 1024), long_prefill_chunk=256, long_decode_tokens=3, compile_backend="eager",
             bandwidth_bytes=1 << 25, bandwidth_repeats=2,
-            real_prefill_lengths=(32, 128), real_prefill_chunk=32, real_decode_prompts=(32, 128),
-            real_decode_batches=(1, 2), real_decode_tokens=3, real_train_lengths=(32, 64), real_lora_rank=2,
-            real_quantized_prompt=32, real_quantized_decode_tokens=3, real_perplexity_context=32,
-            real_perplexity_tokens=128, real_cell_time_limit_s=180.0,
+            real=RealModelSizes(prefill_lengths=(32, 128), prefill_chunk=32, decode_prompts=(32, 128),
+                                decode_batches=(1, 2), decode_tokens=3, train_lengths=(32, 64), lora_rank=2,
+                                quantized_prompt=32, quantized_decode_tokens=3, perplexity_context=32,
+                                perplexity_tokens=128, cell_time_limit_s=180.0),
         )
 
     def realistic(self) -> Sizes:
@@ -651,8 +658,8 @@ def scaled_layers(layers: tuple[int, ...], reference_depth: int, depth: int) -> 
 
 def load_real_model(folder: str, model: str, sizes: Sizes) -> torch.nn.Module:
     """The teacher in `folder` (float32, SDPA), or one of its students built by `linearize_model` without
-    training: `STUDENT` (every layer `sizes.real_student_type`) or `HYBRID` (the softmax layers
-    `sizes.real_keep_softmax_layers` kept, scaled to the teacher's depth). In eval mode."""
+    training: `STUDENT` (every layer `sizes.real.student_type`) or `HYBRID` (the softmax layers
+    `sizes.real.keep_softmax_layers` kept, scaled to the teacher's depth). In eval mode."""
     from transformers import AutoModelForCausalLM
 
     from ..conversion.linearize import linearize_model
@@ -663,8 +670,8 @@ def load_real_model(folder: str, model: str, sizes: Sizes) -> torch.nn.Module:
     if model == TEACHER:
         return teacher
     keep = ([] if model == STUDENT else
-            scaled_layers(sizes.real_keep_softmax_layers, sizes.real_reference_depth, teacher.config.num_hidden_layers))
-    return linearize_model(teacher, sizes.real_student_type, keep_softmax_layers=keep)
+            scaled_layers(sizes.real.keep_softmax_layers, sizes.real.reference_depth, teacher.config.num_hidden_layers))
+    return linearize_model(teacher, sizes.real.student_type, keep_softmax_layers=keep)
 
 
 def _compiled_kwargs(model: torch.nn.Module, batch: int, backend: str, max_length: int) -> dict:
@@ -701,7 +708,7 @@ def _real_decode_cell(folder: str, model_name: str, sizes: Sizes, prompt_length:
     torch.manual_seed(0)
     model = load_real_model(folder, model_name, sizes)
     prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_length))
-    new_tokens = sizes.real_decode_tokens
+    new_tokens = sizes.real.decode_tokens
     extra, kwargs = {}, {}
     if compiled:
         def compiled_kwargs() -> dict:
@@ -731,7 +738,7 @@ def _real_train_cell(folder: str, model_name: str, sizes: Sizes, length: int, lo
             from peft import LoraConfig, get_peft_model
         except ImportError as error:  # the `peft` extra is optional
             return {"error": f"not measured: {error} (pip install 'fwp-hf[peft]')"}
-        model = get_peft_model(model, LoraConfig(r=sizes.real_lora_rank, lora_alpha=2 * sizes.real_lora_rank,
+        model = get_peft_model(model, LoraConfig(r=sizes.real.lora_rank, lora_alpha=2 * sizes.real.lora_rank,
                                                  target_modules="all-linear"))
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
@@ -774,11 +781,11 @@ def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_tex
     torch.manual_seed(0)
     model = load_real_model(folder, model_name, sizes)
     variants = {"float32": model, "int8 dynamic": quantize_linear_int8(model), "bfloat16": _bfloat16_copy(model)}
-    prompt = torch.randint(0, model.config.vocab_size, (1, sizes.real_quantized_prompt))
+    prompt = torch.randint(0, model.config.vocab_size, (1, sizes.real.quantized_prompt))
     best: dict[str, dict] = {}
     for _ in range(2):
         for name, variant in variants.items():
-            result = timed_generate(variant, prompt, sizes.real_quantized_decode_tokens)
+            result = timed_generate(variant, prompt, sizes.real.quantized_decode_tokens)
             if name not in best or result["decode_tokens_per_s"] > best[name]["decode_tokens_per_s"]:
                 best[name] = result
     rows = {name: {**best[name], "weight_bytes_per_token": weight_bytes_per_step(variant)}
@@ -787,9 +794,9 @@ def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_tex
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        ids = document_stream(read_texts(heldout_text), tokenizer)[: sizes.real_perplexity_tokens]
+        ids = document_stream(read_texts(heldout_text), tokenizer)[: sizes.real.perplexity_tokens]
         for name, variant in variants.items():
-            rows[name]["perplexity"] = heldout_perplexity(variant, ids, sizes.real_perplexity_context)["perplexity"]
+            rows[name]["perplexity"] = heldout_perplexity(variant, ids, sizes.real.perplexity_context)["perplexity"]
     return rows
 
 
@@ -838,39 +845,39 @@ def bench_real_model(folder: str, sizes: Sizes, args: BenchmarkArguments) -> dic
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
-    keep = scaled_layers(sizes.real_keep_softmax_layers, sizes.real_reference_depth, config.num_hidden_layers)
-    cells = CellRunner(args, sizes.real_cell_time_limit_s)
-    jobs = [(length, model, None) for length in sorted(sizes.real_prefill_lengths) for model in REAL_MODELS]
-    jobs += [(length, STUDENT, sizes.real_prefill_chunk) for length in sorted(sizes.real_prefill_lengths)]
+    keep = scaled_layers(sizes.real.keep_softmax_layers, sizes.real.reference_depth, config.num_hidden_layers)
+    cells = CellRunner(args, sizes.real.cell_time_limit_s)
+    jobs = [(length, model, None) for length in sorted(sizes.real.prefill_lengths) for model in REAL_MODELS]
+    jobs += [(length, STUDENT, sizes.real.prefill_chunk) for length in sorted(sizes.real.prefill_lengths)]
     prefill = []
     for length, model, chunk in tqdm(jobs, desc="9. real model: prefill", leave=False):
         cell = cells.run(_real_prefill_cell, (folder, model, sizes, length, chunk), (model, chunk), (length,))
         prefill.append({"model": model, "length": length, "prefill_chunk_size": chunk, **cell})
     decode = []
-    unknown = set(sizes.real_decode_modes) - {"eager", "compiled"}
+    unknown = set(sizes.real.decode_modes) - {"eager", "compiled"}
     if unknown:
-        raise ValueError(f"real_decode_modes are 'eager' and/or 'compiled', got {sorted(unknown)}")
-    jobs = [(prompt, batch, model, mode == "compiled") for prompt in sorted(sizes.real_decode_prompts)
-            for batch in sorted(sizes.real_decode_batches) for mode in sizes.real_decode_modes for model in REAL_MODELS]
+        raise ValueError(f"real.decode_modes are 'eager' and/or 'compiled', got {sorted(unknown)}")
+    jobs = [(prompt, batch, model, mode == "compiled") for prompt in sorted(sizes.real.decode_prompts)
+            for batch in sorted(sizes.real.decode_batches) for mode in sizes.real.decode_modes for model in REAL_MODELS]
     for prompt, batch, model, compiled in tqdm(jobs, desc="9. real model: decoding", leave=False):
         cell = cells.run(_real_decode_cell, (folder, model, sizes, prompt, batch, compiled), (model, compiled),
                          (prompt, batch))
         decode.append({"model": model, "prompt": prompt, "batch": batch,
                        "mode": "compiled" if compiled else "eager", **cell})
     training = []
-    jobs = [(length, model, False) for length in sorted(sizes.real_train_lengths) for model in (TEACHER, STUDENT)]
-    jobs += [(min(sizes.real_train_lengths), model, True) for model in (TEACHER, STUDENT)]
+    jobs = [(length, model, False) for length in sorted(sizes.real.train_lengths) for model in (TEACHER, STUDENT)]
+    jobs += [(min(sizes.real.train_lengths), model, True) for model in (TEACHER, STUDENT)]
     for length, model, lora in tqdm(jobs, desc="9. real model: training steps", leave=False):
         cell = cells.run(_real_train_cell, (folder, model, sizes, length, lora), (model, lora), (length,))
         training.append({"model": model, "seq_len": length, "lora": lora, **cell})
     quantized = []
     for model in tqdm((STUDENT, TEACHER), desc="9. real model: int8 and bf16", leave=False):
         cell = run_in_child(_real_quantized_cell, (folder, model, sizes, args.heldout_text), args,
-                            sizes.real_cell_time_limit_s)
+                            sizes.real.cell_time_limit_s)
         rows = [{"dtype": "all", **cell}] if "error" in cell else [{"dtype": k, **v} for k, v in cell.items()]
         quantized += [{"model": model, **row} for row in rows]
     return {"teacher": folder, "teacher_layers": config.num_hidden_layers, "kept_softmax_layers": keep,
-            "student_type": sizes.real_student_type, "heldout_text": args.heldout_text, "prefill": prefill,
+            "student_type": sizes.real.student_type, "heldout_text": args.heldout_text, "prefill": prefill,
             "decode": decode, "training": training, "quantized": quantized}
 
 

@@ -80,12 +80,12 @@ def figures(sizes) -> dict[str, Any]:
         "long_prompt": max(sizes.batch_prompts), "shortest": min(sizes.long_prompts),
         "longest": max(sizes.long_prompts), "growth": max(sizes.long_prompts) / min(sizes.long_prompts),
         # section 9
-        "student_type": sizes.real_student_type, "real_prefill_lengths": sizes.real_prefill_lengths,
-        "real_longest_prefill": max(sizes.real_prefill_lengths),
-        "real_shortest_prompt": min(sizes.real_decode_prompts),
-        "real_mid_prompt": sorted(sizes.real_decode_prompts)[(len(sizes.real_decode_prompts) - 1) // 2],
-        "real_longest_prompt": max(sizes.real_decode_prompts), "real_batch": max(sizes.real_decode_batches),
-        "real_train_length": max(sizes.real_train_lengths),
+        "student_type": sizes.real.student_type, "real_prefill_lengths": sizes.real.prefill_lengths,
+        "real_longest_prefill": max(sizes.real.prefill_lengths),
+        "real_shortest_prompt": min(sizes.real.decode_prompts),
+        "real_mid_prompt": sorted(sizes.real.decode_prompts)[(len(sizes.real.decode_prompts) - 1) // 2],
+        "real_longest_prompt": max(sizes.real.decode_prompts), "real_batch": max(sizes.real.decode_batches),
+        "real_train_length": max(sizes.real.train_lengths),
     }
 
 
