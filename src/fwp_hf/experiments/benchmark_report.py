@@ -31,32 +31,57 @@ def _decode_efficiency(row: dict, matmul_gflops: float) -> tuple[str, str]:
             f"{row['weight_bytes_per_token'] * rate / 1e9:.1f}")
 
 
-def render_markdown(results: dict) -> str:
-    machine, sizes = results["machine"], results["sizes"]
-    lines = [
-        "# fwp_hf CPU benchmark",
-        "",
+def _run_description(results: dict) -> list[str]:
+    machine = results["machine"]
+    return [
         f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores; torch {machine['torch']} "
         f"with {machine['torch_threads']} threads; Python {machine['python']}; {machine['platform']}.",
         f"Written by `{results.get('command', 'python scripts/benchmark.py')}` on {results['date']} "
         f"in {results['wall_s'] / 60:.1f} min. Each ratio compares two measurements taken in this run.",
         *([f"Conditions: {results['note']}"] if results.get("note") else []),
-        "",
-        "## Targets",
-        "",
-        "| target | measured | target | met |",
-        "|---|---|---|---|",
     ]
-    for t in results["targets"]:
+
+
+def _targets_table(targets: list[dict]) -> list[str]:
+    lines = ["## Targets", "", "| target | measured | target | met |", "|---|---|---|---|"]
+    for t in targets:
         op = "≥" if t.get("higher_is_better", t["unit"] != "GiB") else "≤"
         threshold = "" if isinstance(t["threshold"], bool) else f"{op} {t['threshold']:g} {t['unit']}".strip()
         verdict = "met" if t["met"] else "MISSED"
         lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {threshold} | {verdict} |")
-    b, h, length, d = sizes["kernel_shape"]
-    lines += ["", f"## 1. Kernels: chunkwise vs recurrent, forward+backward (B={b}, H={h}, T={length}, D={d}, fp32)",
-              "", "| kernel | chunkwise s | recurrent s | speed-up |", "|---|---|---|---|"]
+    return lines
+
+
+def _kernel_section(results: dict) -> list[str]:
+    b, h, length, d = results["sizes"]["kernel_shape"]
+    lines = ["", f"## 1. Kernels: chunkwise vs recurrent, forward+backward (B={b}, H={h}, T={length}, D={d}, fp32)",
+             "", f"| kernel | chunkwise s | recurrent s | speed-up | chunkwise ÷ {HEADLINE_TYPE}'s |",
+             "|---|---|---|---|---|"]
     for row in results["kernels"]:
-        lines.append(f"| {row['kernel']} | {row['chunk_s']:.3f} | {row['recurrent_s']:.3f} | {row['speedup']:.1f}× |")
+        ratio = row.get("vs_headline")
+        lines.append(f"| {row['kernel']} | {row['chunk_s']:.3f} | {row['recurrent_s']:.3f} | {row['speedup']:.1f}× | "
+                     f"{_fmt(ratio)}{'×' if ratio is not None else ''} |")
+    return lines
+
+
+def _flops_section(results: dict) -> list[str]:
+    flops = results["flops"]
+    return ["", f"## 4. Achieved GFLOP/s of the chunkwise delta kernel (forward, shape {flops['shape']}, "
+            f"chunk {flops['chunk_size']})", "",
+            "| measurement | GFLOP/s |", "|---|---|",
+            "| chunkwise delta rule (FLOPs of the algorithm, see `delta_chunk_flops`) | "
+            f"{flops['kernel_gflops']:.1f} |",
+            f"| torch.matmul, batched [{flops['chunk_size']}×{flops['shape'][3]}]·"
+            f"[{flops['shape'][3]}×{flops['chunk_size']}] | "
+            f"{flops['matmul_similar_shape_gflops']:.1f} |",
+            f"| torch.matmul 1024×1024 (for reference) | {flops['matmul_1024_gflops']:.1f} |",
+            f"| kernel / similar-shape matmul | {flops['fraction_of_matmul']:.2f} |", ""]
+
+
+def render_markdown(results: dict) -> str:
+    sizes = results["sizes"]
+    lines = ["# fwp_hf CPU benchmark", "", *_run_description(results), "", *_targets_table(results["targets"])]
+    lines += _kernel_section(results)
     lines += ["", f"## 2 and 5. Training step (forward+backward+AdamW), batch 1, {sizes['num_layers']} layers, "
               f"d_model {sizes['hidden_size']}, {sizes['num_heads']} heads, vocabulary {sizes['vocab_size']}",
               "", "Each measurement runs in its own child process under an address-space limit; peak memory is that "
@@ -64,17 +89,7 @@ def render_markdown(results: dict) -> str:
     lines += _training_table(results["training"])
     lines += ["", results["crossover"], ""]
     lines += _decoding_section(results)
-    flops = results["flops"]
-    lines += ["", f"## 4. Achieved GFLOP/s of the chunkwise delta kernel (forward, shape {flops['shape']}, "
-              f"chunk {flops['chunk_size']})", "",
-              "| measurement | GFLOP/s |", "|---|---|",
-              "| chunkwise delta rule (FLOPs of the algorithm, see `delta_chunk_flops`) | "
-              f"{flops['kernel_gflops']:.1f} |",
-              f"| torch.matmul, batched [{flops['chunk_size']}×{flops['shape'][3]}]·"
-              f"[{flops['shape'][3]}×{flops['chunk_size']}] | "
-              f"{flops['matmul_similar_shape_gflops']:.1f} |",
-              f"| torch.matmul 1024×1024 (for reference) | {flops['matmul_1024_gflops']:.1f} |",
-              f"| kernel / similar-shape matmul | {flops['fraction_of_matmul']:.2f} |", ""]
+    lines += _flops_section(results)
     lines += _batched_section(results) + _realistic_section(results) + _long_prompt_section(results)
     return "\n".join(lines)
 
@@ -205,6 +220,23 @@ def crossover_sentence(rows: list[dict], lengths: tuple[int, ...]) -> str:
     return f"Crossover: {HEADLINE_TYPE} overtakes GPT-2 between the measured lengths ({listing})."
 
 
+def render_kernel_markdown(results: dict) -> str:
+    """The markdown of a kernel-only run (``--only kernels``): its targets, sections 1 and 4."""
+    lines = ["# fwp_hf CPU kernel benchmark", "", *_run_description(results), "",
+             *_targets_table(results["targets"]), *_kernel_section(results), *_flops_section(results)]
+    return "\n".join(lines)
+
+
+def write_kernel_report(results: dict, output_dir: Path) -> dict:
+    """kernels-cpu.json and kernels-cpu.md of a kernel-only run."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "kernels-cpu.json").write_text(json.dumps(results, indent=2))
+    markdown = render_kernel_markdown(results)
+    (output_dir / "kernels-cpu.md").write_text(markdown)
+    print(markdown)
+    return results
+
+
 def write_report(results: dict, output_dir: Path) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results-cpu.json").write_text(json.dumps(results, indent=2))
@@ -214,4 +246,4 @@ def write_report(results: dict, output_dir: Path) -> dict:
     return results
 
 
-__all__ = ["crossover_sentence", "render_markdown", "write_report"]
+__all__ = ["crossover_sentence", "render_kernel_markdown", "render_markdown", "write_kernel_report", "write_report"]
