@@ -189,11 +189,13 @@ def test_baseline_src_must_hold_an_fwp_hf_package(tmp_path):
 
 
 def test_kernel_only_run_writes_sections_1_and_4_with_the_kernel_targets(tmp_path):
-    results = benchmark.main(["--only", "kernels", "--quick", "--threads", "1", "--output_dir", str(tmp_path)])
+    results = benchmark.main(["--only", "kernels", "--quick", "--threads", "1", "--cpu_time", "--output_dir",
+                              str(tmp_path)])
     assert json.loads((tmp_path / "kernels-cpu.json").read_text()) == json.loads(json.dumps(results))
     assert not (tmp_path / "results-cpu.json").exists() and "training" not in results
     markdown = (tmp_path / "kernels-cpu.md").read_text()
     assert "## 1. Kernels" in markdown and "## 4. Achieved GFLOP/s" in markdown and "## 2 and 5" not in markdown
+    assert results["clock"] == "process CPU time" and "Times of sections 1 and 4 are process CPU time." in markdown
     gated = next(row for row in results["kernels"] if row["kernel"] == "gated_delta")
     names = [t["target"] for t in results["targets"]]
     assert names == [target.name.format(headline="delta") for target in KERNEL_TARGETS]
@@ -206,6 +208,8 @@ def test_kernel_only_run_writes_sections_1_and_4_with_the_kernel_targets(tmp_pat
 def test_only_names_the_parts_it_can_run():
     with pytest.raises(ValueError, match="--only must be one of kernels .* got 'training'"):
         benchmark.main(["--only", "training", "--quick"])
+    with pytest.raises(ValueError, match="--cpu_time .* needs --threads 1 and --only kernels, got --threads 2"):
+        benchmark.main(["--only", "kernels", "--quick", "--threads", "2", "--cpu_time"])
 
 
 def test_qwen3_next_peer_row_computes_our_gated_delta_rule():

@@ -97,6 +97,12 @@ class BenchmarkArguments:
     baseline_label: str | None = field(
         default=None, metadata={"help": "How the report names the baseline (e.g. its commit)."}
     )
+    cpu_time: bool = field(
+        default=False,
+        metadata={"help": "With --only kernels --threads 1: time by the process's CPU time (time.process_time), not "
+                          "wall-clock. On cores shared with other jobs a one-thread run's wall time includes the time "
+                          "the others hold its core, which inflates a long kernel more than a short matmul."},
+    )
     only: str | None = field(
         default=None,
         metadata={"help": "Run one part only: 'kernels' (sections 1 and 4: the kernel rows with the transformers "
@@ -283,15 +289,15 @@ def _generation_cell(kind: str, sizes: Sizes, batch: int, prompt_length: int, ne
 # ----------------------------------------------------------------------------------------------
 
 
-def _fwd_bwd_seconds(fn, inputs: dict, repeats: int) -> float:
+def _fwd_bwd_seconds(fn, inputs: dict, repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
     best = math.inf
     for _ in range(repeats):
         leaves = {k: v.detach().requires_grad_(v.is_floating_point()) if torch.is_tensor(v) else v
                   for k, v in inputs.items()}
-        start = time.perf_counter()
+        start = clock()
         output, state = fn(**leaves)
         (output.sum() + state.sum()).backward()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -362,7 +368,7 @@ def qwen3_next_peer(inputs: dict) -> tuple[dict, Callable, Callable] | None:
     return peer_inputs, chunk, peer(inspect.unwrap(qwen.torch_recurrent_gated_delta_rule))
 
 
-def bench_kernels(sizes: Sizes) -> list[dict]:
+def bench_kernels(sizes: Sizes, clock: Callable[[], float] = time.perf_counter) -> list[dict]:
     """Section 1: per kernel row (and the qwen3_next peer), the best of `kernel_repeats` chunkwise forward+backward
     timings, the rows interleaved (a busy machine slows them alike), and one recurrent timing; ``vs_headline`` is
     a row's chunkwise seconds ÷ the headline (delta) kernel's."""
@@ -376,10 +382,11 @@ def bench_kernels(sizes: Sizes) -> list[dict]:
     chunk_s = {case["kernel"]: math.inf for case in cases}
     for _ in tqdm(range(sizes.kernel_repeats), desc="1. kernels, chunkwise", leave=False):
         for case in cases:
-            chunk_s[case["kernel"]] = min(chunk_s[case["kernel"]], _fwd_bwd_seconds(case["chunk"], case["inputs"], 1))
+            seconds = _fwd_bwd_seconds(case["chunk"], case["inputs"], 1, clock)
+            chunk_s[case["kernel"]] = min(chunk_s[case["kernel"]], seconds)
     rows = []
     for case in tqdm(cases, desc="1. kernels, recurrent", leave=False):
-        recurrent_s = _fwd_bwd_seconds(case["recurrent"], case["inputs"], 1)
+        recurrent_s = _fwd_bwd_seconds(case["recurrent"], case["inputs"], 1, clock)
         label = case["kernel"]
         rows.append({"kernel": label, "chunk_s": chunk_s[label], "recurrent_s": recurrent_s,
                      "speedup": recurrent_s / chunk_s[label], "vs_headline": chunk_s[label] / chunk_s[HEADLINE_TYPE],
@@ -607,18 +614,18 @@ def delta_chunk_flops(batch: int, heads: int, length: int, dim: int, chunk: int)
     return batch * heads * math.ceil(length / chunk) * per_chunk
 
 
-def _best_seconds(fn, repeats: int = 5) -> float:
+def _best_seconds(fn, repeats: int = 5, clock: Callable[[], float] = time.perf_counter) -> float:
     fn()
     best = math.inf
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
 @torch.no_grad()
-def bench_flops(sizes: Sizes, repeats: int = 5) -> dict:
+def bench_flops(sizes: Sizes, repeats: int = 5, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Section 4: GFLOP/s of the chunkwise delta kernel's forward (`delta_chunk_flops`) and of torch.matmul on
     the kernel's batched [C, D]·[D, C] shape, timed alternately (best of `repeats` each)."""
     batch, heads, length, dim = sizes.flops_shape
@@ -629,12 +636,12 @@ def bench_flops(sizes: Sizes, repeats: int = 5) -> dict:
     a, b = torch.randn(count, chunk, dim), torch.randn(count, dim, chunk)
     kernel_s = matmul_s = math.inf
     for _ in range(repeats):  # alternately: a busy machine slows both alike
-        kernel_s = min(kernel_s, _best_seconds(lambda: chunk_fn(**inputs, chunk_size=chunk), repeats=1))
-        matmul_s = min(matmul_s, _best_seconds(lambda: torch.matmul(a, b), repeats=1))
+        kernel_s = min(kernel_s, _best_seconds(lambda: chunk_fn(**inputs, chunk_size=chunk), 1, clock))
+        matmul_s = min(matmul_s, _best_seconds(lambda: torch.matmul(a, b), 1, clock))
     kernel_gflops = delta_chunk_flops(batch, heads, length, dim, chunk) / kernel_s / 1e9
     matmul_gflops = 2 * count * chunk * chunk * dim / matmul_s / 1e9
     big = torch.randn(1024, 1024)
-    large_gflops = 2 * 1024**3 / _best_seconds(lambda: big @ big) / 1e9
+    large_gflops = 2 * 1024**3 / _best_seconds(lambda: big @ big, clock=clock) / 1e9
     return {"shape": list(sizes.flops_shape), "chunk_size": chunk, "kernel_gflops": kernel_gflops,
             "matmul_similar_shape_gflops": matmul_gflops, "matmul_1024_gflops": large_gflops,
             "fraction_of_matmul": kernel_gflops / matmul_gflops}
@@ -668,6 +675,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time and (args.threads != 1 or args.only != "kernels"):
+        raise ValueError("--cpu_time times sections 1 and 4 by the process's CPU time: it needs --threads 1 "
+                         f"and --only kernels, got --threads {args.threads} and --only {args.only}")
     if args.only is not None and args.only not in SECTIONS:
         raise ValueError(f"--only must be one of {', '.join(SECTIONS)} (or absent for the whole run), "
                          f"got {args.only!r}")
@@ -678,8 +688,10 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"quick": args.quick, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": machine_description(torch.get_num_threads()), "sizes": asdict(sizes),
                "baseline": {"src": args.baseline_src, "label": args.baseline_label, "fwp_hf": baseline_file}}
-    results["kernels"] = bench_kernels(sizes)
-    results["flops"] = bench_flops(sizes)
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    results["clock"] = "process CPU time" if args.cpu_time else "wall-clock"
+    results["kernels"] = bench_kernels(sizes, clock)
+    results["flops"] = bench_flops(sizes, clock=clock)
     if args.only == "kernels":
         results["targets"] = evaluate_targets(results, sizes, KERNEL_TARGETS)
         results["wall_s"] = time.time() - start

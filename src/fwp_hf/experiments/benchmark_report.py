@@ -39,6 +39,7 @@ def _run_description(results: dict) -> list[str]:
         f"Written by `{results.get('command', 'python scripts/benchmark.py')}` on {results['date']} "
         f"in {results['wall_s'] / 60:.1f} min. Each ratio compares two measurements taken in this run.",
         *([f"Conditions: {results['note']}"] if results.get("note") else []),
+        *([f"Times of sections 1 and 4 are {results['clock']}."] if results.get("clock") else []),
     ]
 
 
