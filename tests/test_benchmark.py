@@ -191,9 +191,9 @@ def test_baseline_src_must_hold_an_fwp_hf_package(tmp_path):
 def test_kernel_only_run_writes_sections_1_and_4_with_the_kernel_targets(tmp_path):
     results = benchmark.main(["--only", "kernels", "--quick", "--threads", "1", "--cpu_time", "--output_dir",
                               str(tmp_path)])
-    assert json.loads((tmp_path / "kernels-cpu.json").read_text()) == json.loads(json.dumps(results))
+    assert json.loads((tmp_path / "kernels-run-cpu.json").read_text()) == json.loads(json.dumps(results))
     assert not (tmp_path / "results-cpu.json").exists() and "training" not in results
-    markdown = (tmp_path / "kernels-cpu.md").read_text()
+    markdown = (tmp_path / "kernels-run-cpu.md").read_text()
     assert "## 1. Kernels" in markdown and "## 4. Achieved GFLOP/s" in markdown and "## 2 and 5" not in markdown
     assert results["clock"] == "process CPU time" and "Times of sections 1 and 4 are process CPU time." in markdown
     gated = next(row for row in results["kernels"] if row["kernel"] == "gated_delta")

@@ -107,7 +107,7 @@ class BenchmarkArguments:
         default=None,
         metadata={"help": "Run one part only: 'kernels' (sections 1 and 4: the kernel rows with the transformers "
                           "qwen3_next peer, and the GFLOP/s of the chunkwise delta kernel; well under a minute), "
-                          "written to kernels-cpu.json/.md with the kernel targets."},
+                          "written to kernels-run-cpu.json/.md with the kernel targets."},
     )
 
 

@@ -229,11 +229,12 @@ def render_kernel_markdown(results: dict) -> str:
 
 
 def write_kernel_report(results: dict, output_dir: Path) -> dict:
-    """kernels-cpu.json and kernels-cpu.md of a kernel-only run."""
+    """kernels-run-cpu.json and kernels-run-cpu.md of a kernel-only run (benchmarks/kernels-cpu.md is a report
+    written by hand from several such runs)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "kernels-cpu.json").write_text(json.dumps(results, indent=2))
+    (output_dir / "kernels-run-cpu.json").write_text(json.dumps(results, indent=2))
     markdown = render_kernel_markdown(results)
-    (output_dir / "kernels-cpu.md").write_text(markdown)
+    (output_dir / "kernels-run-cpu.md").write_text(markdown)
     print(markdown)
     return results
 
