@@ -18,6 +18,7 @@ from fwp_hf.experiments.benchmark import FLA_DELTA_NET_ROW
 from fwp_hf.experiments.benchmark_report import render_markdown
 from fwp_hf.experiments.benchmark_targets import (
     BASELINE_MODE,
+    KERNEL_TARGETS,
     evaluate_targets,
     fraction_of_bound,
     is_met,
@@ -39,13 +40,18 @@ def test_quick_benchmark_writes_results(tmp_path):
 
     assert results["machine"]["torch_threads"] == 1
     # One row per distinct kernel of the registered fast-weight types, every such type in one row.
-    labels = [row["kernel"] for row in results["kernels"]]
+    labels = [row["kernel"] for row in results["kernels"] if not row.get("peer")]
     assert sorted(name for label in labels for name in label.split("/")) == sorted(fwp_hf.FAST_WEIGHT_TYPES)
     sum_rules = "/".join(name for name in fwp_hf.FAST_WEIGHT_TYPES
                          if fwp_hf.TOKEN_MIXERS[name].chunk is fwp_hf.TOKEN_MIXERS["linear"].chunk)
     assert sum_rules.startswith("linear/performer/dpfp") and sum_rules in labels and "gated_delta" in labels
+    # transformers' qwen3_next torch kernels of the gated delta rule: the one peer row
+    assert [row["kernel"] for row in results["kernels"] if row.get("peer")] == [benchmark.QWEN3_NEXT_PEER_ROW]
+    delta_chunk_s = next(row["chunk_s"] for row in results["kernels"] if row["kernel"] == "delta")
     for row in results["kernels"]:  # the speed-up is the ratio of the two timings, not any positive number
         assert row["chunk_s"] > 0 and row["speedup"] == pytest.approx(row["recurrent_s"] / row["chunk_s"]), row
+        assert row["vs_headline"] == pytest.approx(row["chunk_s"] / delta_chunk_s), row
+    assert f"| {benchmark.QWEN3_NEXT_PEER_ROW} |" in markdown
     for row in results["training"]:
         assert "error" not in row, row
         assert row["step_s"] > 0 and row["peak_rss_gib"] >= row["rss_before_steps_gib"] > 0, row
@@ -257,3 +263,38 @@ def test_baseline_src_must_hold_an_fwp_hf_package(tmp_path):
     arguments = benchmark.BenchmarkArguments(baseline_src=str(src))
     row = benchmark.measure_baseline_decoding(benchmark.Sizes.quick(), arguments)
     assert row["decode_tokens_per_s"] > 0 and row["prefill_s"] > 0, row
+
+
+def test_kernel_only_run_writes_sections_1_and_4_with_the_kernel_targets(tmp_path):
+    results = benchmark.main(["--only", "kernels", "--quick", "--threads", "1", "--cpu_time", "--output_dir",
+                              str(tmp_path)])
+    assert json.loads((tmp_path / "kernels-run-cpu.json").read_text()) == json.loads(json.dumps(results))
+    assert not (tmp_path / "results-cpu.json").exists() and "training" not in results
+    markdown = (tmp_path / "kernels-run-cpu.md").read_text()
+    assert "## 1. Kernels" in markdown and "## 4. Achieved GFLOP/s" in markdown and "## 2 and 5" not in markdown
+    assert results["clock"] == "process CPU time" and "Times of sections 1 and 4 are process CPU time." in markdown
+    gated = next(row for row in results["kernels"] if row["kernel"] == "gated_delta")
+    names = [t["target"] for t in results["targets"]]
+    assert names == [target.name.format(headline="delta") for target in KERNEL_TARGETS]
+    (gate_cost,) = [t for t in results["targets"] if "the gate's cost" in t["target"]]
+    assert gate_cost["value"] == gated["vs_headline"] and gate_cost["met"] is (gated["vs_headline"] <= 1.2)
+    for target in results["targets"]:
+        assert f"| {target['target']} |" in markdown
+
+
+def test_only_names_the_parts_it_can_run():
+    with pytest.raises(ValueError, match="--only must be one of kernels .* got 'training'"):
+        benchmark.main(["--only", "training", "--quick"])
+    with pytest.raises(ValueError, match="--cpu_time .* needs --threads 1 and --only kernels, got --threads 2"):
+        benchmark.main(["--only", "kernels", "--quick", "--threads", "2", "--cpu_time"])
+
+
+def test_qwen3_next_peer_row_computes_our_gated_delta_rule():
+    """The peer row times the same function as ours: its inputs (transposed, queries ×√D) give our outputs."""
+    inputs, chunk_fn, recurrent_fn = benchmark.kernel_inputs(fwp_hf.TOKEN_MIXERS["gated_delta"], (1, 2, 100, 8))
+    peer_inputs, peer_chunk, peer_recurrent = benchmark.qwen3_next_peer(inputs)
+    y, state = chunk_fn(**inputs)
+    for peer in (peer_chunk, peer_recurrent):
+        peer_y, peer_state = peer(**peer_inputs)
+        torch.testing.assert_close(peer_y.transpose(1, 2), y, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(peer_state, state, rtol=1e-4, atol=1e-5)

@@ -423,6 +423,53 @@ def test_chunk_prefill_then_recurrent_decode(variant, with_init):
     assert_close_scaled(state, state_full, what="final state")
 
 
+@pytest.mark.parametrize("chunk_size", [33, 64])
+@pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated-delta"])
+def test_delta_rule_gradients_with_large_chunks_and_documents(gated, chunk_size):
+    """Chunks larger than the triangular inverse's base block (16) take its halving path (33: uneven halves),
+    forward and backward; packed documents mask the decayed pair products. Gradients equal the recurrent form's."""
+    gen, T = generator(21), 90
+    tensors = {"q": F.normalize(randn(gen, B, H, T, D), dim=-1), "k": F.normalize(randn(gen, B, H, T, D), dim=-1),
+               "v": randn(gen, B, H, T, DV), "beta": torch.rand(B, H, T, generator=gen),
+               "initial_state": randn(gen, B, H, D, DV, scale=0.5)}
+    if gated:
+        tensors["log_decay"] = log_decays(gen, B, H, T)
+    leaves = {name: t.requires_grad_() for name, t in tensors.items()}
+    seq_idx = torch.tensor([[0] * 25 + [1] * 40 + [2] * 25, [5] * T])  # documents start inside chunks
+    weights = (randn(gen, B, H, T, DV), randn(gen, B, H, D, DV))
+    grads_rec = _grads(lambda: fwk.recurrent_delta_rule(**tensors, seq_idx=seq_idx), leaves, weights)
+    grads_chunk = _grads(lambda: fwk.chunk_delta_rule(**tensors, seq_idx=seq_idx, chunk_size=chunk_size), leaves,
+                         weights)
+    for name in leaves:
+        assert grads_rec[name].abs().max() > 0, name
+        assert_close_scaled(grads_chunk[name], grads_rec[name], rtol=2e-5, what=f"d/d{name}")
+
+
+@pytest.mark.parametrize("size", [1, 5, 16, 17, 33, 64, 100])
+def test_unit_lower_triangular_inverse_reads_the_strict_lower_triangle_only(size):
+    """(I + L)⁻¹ of the strictly lower part, whatever the diagonal and upper triangle hold, argument untouched."""
+    matrices = 0.3 * torch.randn(3, size, size, generator=generator(size), dtype=torch.float64)
+    before = matrices.clone()
+    inverse = fwk._unit_lower_triangular_inverse(matrices)
+    expected = torch.linalg.inv(torch.eye(size, dtype=torch.float64) + matrices.tril(-1))
+    torch.testing.assert_close(inverse, expected, rtol=1e-10, atol=1e-10)
+    assert torch.equal(matrices, before)
+
+
+def test_pair_decay_backward_is_the_derivative_of_its_forward():
+    """`_PairDecayed`'s hand-written backward against finite differences (float64), documents in the mask."""
+    gen = generator(22)
+    log_decay_cumsum = (-torch.rand(1, 2, 3, 6, generator=gen, dtype=torch.float64)).cumsum(-1).requires_grad_()
+    first, second = (torch.randn(1, 2, 3, 6, 6, generator=gen, dtype=torch.float64).requires_grad_() for _ in "ab")
+    documents = torch.tensor([0, 0, 1, 1, 1, 2])
+    causal = torch.ones(6, 6, dtype=torch.bool).tril() & (documents[:, None] == documents[None, :])
+    assert torch.autograd.gradcheck(lambda b, x, y: fwk._PairDecayed.apply(b, x, y, causal),
+                                    (log_decay_cumsum, first, second))
+    decayed, _ = fwk._PairDecayed.apply(log_decay_cumsum, first, second, causal)
+    expected = first * (log_decay_cumsum[..., :, None] - log_decay_cumsum[..., None, :]).exp() * causal
+    torch.testing.assert_close(decayed, expected)
+
+
 # ----------------------------------------------------------------------------------------------
 # 4. Delta rules against transformers' independent (Qwen3-Next) gated delta rule
 # ----------------------------------------------------------------------------------------------

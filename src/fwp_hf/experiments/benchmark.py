@@ -4,11 +4,14 @@
     python scripts/benchmark.py --baseline_src /path/to/earlier/checkout/src   # also time that code's eager decoding
     python scripts/benchmark.py --quick --output_dir /tmp/bench   # seconds-long smoke run
     python scripts/benchmark.py --real_teacher /path/to/smollm2-135m --heldout_text held_out.jsonl   # + section 9
+    python scripts/benchmark.py --only kernels --threads 1 --output_dir /tmp/k   # sections 1 and 4 only (< 1 min)
 
 Every figure is a ratio of two measurements taken side by side in this one run, so that a noisy,
 shared machine moves both sides together. Sections:
 
-1. kernels: chunkwise vs per-token recurrent form, forward+backward (B=2, H=4, T=2048, D=64, fp32);
+1. kernels: chunkwise vs per-token recurrent form, forward+backward (B=2, H=4, T=2048, D=64, fp32), each
+   kernel's chunkwise time also ÷ the delta rule's (the gate's cost), with transformers' qwen3_next torch
+   kernels of the gated delta rule as a peer row;
 2. training tokens/s of FWPForCausalLM (6 layers, d_model 256, 8 heads, vocab 8192) per attention
    type vs the fair peer, transformers' LlamaForCausalLM of the same width/depth/heads/vocabulary and SwiGLU
    width with SDPA (`build_model("llama")`, the reference of every ratio and target), at T = 512, 2048, 4096,
@@ -47,6 +50,7 @@ markdown report `benchmark_report`'s.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import multiprocessing as mp
@@ -57,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -72,11 +77,12 @@ from ..fast_weight_kernels import append_normalizer_column, sum_normalize
 from ..feature_maps_fwp import elu_plus_one_feature_map
 from ..token_mixers import ATTENTION_TYPES, FAST_WEIGHT_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS, TokenMixerSpec
 from . import decode_timing
-from .benchmark_report import crossover_sentence, write_report
+from .benchmark_report import crossover_sentence, write_kernel_report, write_report
 from .benchmark_targets import (
     BASELINE_MODE,
     HEADLINE_TYPE,
     HYBRID,
+    KERNEL_TARGETS,
     ONNXRUNTIME_MODE,
     PEER,
     STUDENT,
@@ -90,6 +96,10 @@ from .decode_timing import GIB, cache_bytes, current_rss_bytes, peak_rss_bytes, 
 FWP_TYPES = ATTENTION_TYPES
 # The decoding row of flash-linear-attention's DeltaNet (its default layer options) loaded through the importer.
 FLA_DELTA_NET_ROW = "FLA delta_net (converted)"
+# The peer row of section 1: transformers' own torch kernels of the gated delta rule (Qwen3-Next).
+QWEN3_NEXT_PEER_ROW = "gated_delta: transformers qwen3_next torch kernels (peer)"
+# What `--only` can restrict a run to.
+SECTIONS = ("kernels",)
 
 
 @dataclass
@@ -113,6 +123,18 @@ class BenchmarkArguments:
     )
     baseline_label: str | None = field(
         default=None, metadata={"help": "How the report names the baseline (e.g. its commit)."}
+    )
+    cpu_time: bool = field(
+        default=False,
+        metadata={"help": "With --only kernels --threads 1: time by the process's CPU time (time.process_time), not "
+                          "wall-clock. On cores shared with other jobs a one-thread run's wall time includes the time "
+                          "the others hold its core, which inflates a long kernel more than a short matmul."},
+    )
+    only: str | None = field(
+        default=None,
+        metadata={"help": "Run one part only: 'kernels' (sections 1 and 4: the kernel rows with the transformers "
+                          "qwen3_next peer, and the GFLOP/s of the chunkwise delta kernel; well under a minute), "
+                          "written to kernels-run-cpu.json/.md with the kernel targets."},
     )
     real_teacher: str | None = field(
         default=None,
@@ -153,7 +175,7 @@ class Sizes:
     """Problem sizes of one run (the issue's sizes, or tiny ones for --quick)."""
 
     kernel_shape: tuple[int, int, int, int] = (2, 4, 2048, 64)
-    kernel_repeats: int = 3
+    kernel_repeats: int = 5
     train_models: tuple[str, ...] = (*FWP_TYPES, PEER, WEAK_REFERENCE)
     train_lengths: tuple[int, ...] = (512, 2048, 4096)
     long_lengths: tuple[int, ...] = (8192, 16384)  # the headline type and the peer only
@@ -349,15 +371,15 @@ def _generation_cell(kind: str, sizes: Sizes, batch: int, prompt_length: int, ne
 # ----------------------------------------------------------------------------------------------
 
 
-def _fwd_bwd_seconds(fn, inputs: dict, repeats: int) -> float:
+def _fwd_bwd_seconds(fn, inputs: dict, repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
     best = math.inf
     for _ in range(repeats):
         leaves = {k: v.detach().requires_grad_(v.is_floating_point()) if torch.is_tensor(v) else v
                   for k, v in inputs.items()}
-        start = time.perf_counter()
+        start = clock()
         output, state = fn(**leaves)
         (output.sum() + state.sum()).backward()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -398,13 +420,59 @@ def kernel_inputs(spec: TokenMixerSpec, shape: tuple[int, int, int, int]) -> tup
     return inputs, spec.chunk, spec.recurrent
 
 
-def bench_kernels(sizes: Sizes) -> list[dict]:
-    rows = []
-    for label, spec in tqdm(kernel_cases(), desc="1. kernels", leave=False):
+def qwen3_next_peer(inputs: dict) -> tuple[dict, Callable, Callable] | None:
+    """transformers' ``torch_chunk_gated_delta_rule`` / ``torch_recurrent_gated_delta_rule`` (Qwen3-Next) on the
+    gated delta rule's `kernel_inputs`, as (inputs, chunk, recurrent) called like ours and returning ``(y, state)``;
+    None when this transformers has no qwen3_next.
+
+    Their layout is ``[B, T, H, D]`` and they scale queries by 1/√D: the inputs are transposed and the queries
+    multiplied by √D here, outside the timing, so both compute the same function. The functions are unwrapped from
+    transformers' hub-kernel decorator, which would route them to FLA's Triton kernels where ``fla`` is importable:
+    the row times the torch code."""
+    try:
+        from transformers.models.qwen3_next import modeling_qwen3_next as qwen  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - depends on the transformers version
+        return None
+
+    def bthd(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).contiguous()
+
+    def peer(kernel: Callable, **extra) -> Callable:
+        def call(q, k, v, g, beta):
+            return kernel(q, k, v, g=g, beta=beta, initial_state=None, output_final_state=True,
+                          use_qk_l2norm_in_kernel=False, **extra)
+        return call
+
+    scale = math.sqrt(inputs["q"].shape[-1])
+    peer_inputs = {"q": bthd(inputs["q"] * scale), "k": bthd(inputs["k"]), "v": bthd(inputs["v"]),
+                   "g": bthd(inputs["log_decay"]), "beta": bthd(inputs["beta"])}
+    chunk = peer(inspect.unwrap(qwen.torch_chunk_gated_delta_rule), chunk_size=FWPConfig().chunk_size)
+    return peer_inputs, chunk, peer(inspect.unwrap(qwen.torch_recurrent_gated_delta_rule))
+
+
+def bench_kernels(sizes: Sizes, clock: Callable[[], float] = time.perf_counter) -> list[dict]:
+    """Section 1: per kernel row (and the qwen3_next peer), the best of `kernel_repeats` chunkwise forward+backward
+    timings, the rows interleaved (a busy machine slows them alike), and one recurrent timing; ``vs_headline`` is
+    a row's chunkwise seconds ÷ the headline (delta) kernel's."""
+    cases = []
+    for label, spec in kernel_cases():
         inputs, chunk_fn, recurrent_fn = kernel_inputs(spec, sizes.kernel_shape)
-        chunk_s = _fwd_bwd_seconds(chunk_fn, inputs, sizes.kernel_repeats)
-        recurrent_s = _fwd_bwd_seconds(recurrent_fn, inputs, 1)
-        rows.append({"kernel": label, "chunk_s": chunk_s, "recurrent_s": recurrent_s, "speedup": recurrent_s / chunk_s})
+        cases.append({"kernel": label, "inputs": inputs, "chunk": chunk_fn, "recurrent": recurrent_fn})
+        if label == "gated_delta" and (peer := qwen3_next_peer(inputs)) is not None:
+            cases.append({"kernel": QWEN3_NEXT_PEER_ROW, "inputs": peer[0], "chunk": peer[1], "recurrent": peer[2],
+                          "peer": True})
+    chunk_s = {case["kernel"]: math.inf for case in cases}
+    for _ in tqdm(range(sizes.kernel_repeats), desc="1. kernels, chunkwise", leave=False):
+        for case in cases:
+            seconds = _fwd_bwd_seconds(case["chunk"], case["inputs"], 1, clock)
+            chunk_s[case["kernel"]] = min(chunk_s[case["kernel"]], seconds)
+    rows = []
+    for case in tqdm(cases, desc="1. kernels, recurrent", leave=False):
+        recurrent_s = _fwd_bwd_seconds(case["recurrent"], case["inputs"], 1, clock)
+        label = case["kernel"]
+        rows.append({"kernel": label, "chunk_s": chunk_s[label], "recurrent_s": recurrent_s,
+                     "speedup": recurrent_s / chunk_s[label], "vs_headline": chunk_s[label] / chunk_s[HEADLINE_TYPE],
+                     **({"peer": True} if case.get("peer") else {})})
     return rows
 
 
@@ -903,30 +971,34 @@ def delta_chunk_flops(batch: int, heads: int, length: int, dim: int, chunk: int)
     return batch * heads * math.ceil(length / chunk) * per_chunk
 
 
-def _best_seconds(fn, repeats: int = 5) -> float:
+def _best_seconds(fn, repeats: int = 5, clock: Callable[[], float] = time.perf_counter) -> float:
     fn()
     best = math.inf
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
 @torch.no_grad()
-def bench_flops(sizes: Sizes) -> dict:
+def bench_flops(sizes: Sizes, repeats: int = 5, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Section 4: GFLOP/s of the chunkwise delta kernel's forward (`delta_chunk_flops`) and of torch.matmul on
+    the kernel's batched [C, D]·[D, C] shape, timed alternately (best of `repeats` each)."""
     batch, heads, length, dim = sizes.flops_shape
     chunk = FWPConfig().chunk_size
     inputs, chunk_fn, _ = kernel_inputs(TOKEN_MIXERS[HEADLINE_TYPE], sizes.flops_shape)
-    kernel_s = _best_seconds(lambda: chunk_fn(**inputs, chunk_size=chunk))
-    kernel_gflops = delta_chunk_flops(batch, heads, length, dim, chunk) / kernel_s / 1e9
     # The kernel's matmuls are batched [C, D] x [D, C] and [C, D] x [D, D] products over all chunks.
     count = batch * heads * math.ceil(length / chunk)
     a, b = torch.randn(count, chunk, dim), torch.randn(count, dim, chunk)
-    matmul_s = _best_seconds(lambda: torch.matmul(a, b))
+    kernel_s = matmul_s = math.inf
+    for _ in range(repeats):  # alternately: a busy machine slows both alike
+        kernel_s = min(kernel_s, _best_seconds(lambda: chunk_fn(**inputs, chunk_size=chunk), 1, clock))
+        matmul_s = min(matmul_s, _best_seconds(lambda: torch.matmul(a, b), 1, clock))
+    kernel_gflops = delta_chunk_flops(batch, heads, length, dim, chunk) / kernel_s / 1e9
     matmul_gflops = 2 * count * chunk * chunk * dim / matmul_s / 1e9
     big = torch.randn(1024, 1024)
-    large_gflops = 2 * 1024**3 / _best_seconds(lambda: big @ big) / 1e9
+    large_gflops = 2 * 1024**3 / _best_seconds(lambda: big @ big, clock=clock) / 1e9
     return {"shape": list(sizes.flops_shape), "chunk_size": chunk, "kernel_gflops": kernel_gflops,
             "matmul_similar_shape_gflops": matmul_gflops, "matmul_1024_gflops": large_gflops,
             "fraction_of_matmul": kernel_gflops / matmul_gflops}
@@ -971,6 +1043,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time and (args.threads != 1 or args.only != "kernels"):
+        raise ValueError("--cpu_time times sections 1 and 4 by the process's CPU time: it needs --threads 1 "
+                         f"and --only kernels, got --threads {args.threads} and --only {args.only}")
+    if args.only is not None and args.only not in SECTIONS:
+        raise ValueError(f"--only must be one of {', '.join(SECTIONS)} (or absent for the whole run), "
+                         f"got {args.only!r}")
     sizes = Sizes.quick() if args.quick else Sizes()
     check_real_model_arguments(args)
     baseline_file = check_baseline_src(args.baseline_src) if args.baseline_src else None
@@ -979,9 +1057,16 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"quick": args.quick, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": machine_description(torch.get_num_threads()), "sizes": asdict(sizes),
                "baseline": {"src": args.baseline_src, "label": args.baseline_label, "fwp_hf": baseline_file}}
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    results["clock"] = "process CPU time" if args.cpu_time else "wall-clock"
+    results["kernels"] = bench_kernels(sizes, clock)
+    results["flops"] = bench_flops(sizes, clock=clock)
+    if args.only == "kernels":
+        results["targets"] = evaluate_targets(results, sizes, KERNEL_TARGETS)
+        results["wall_s"] = time.time() - start
+        results["note"] = args.note
+        return write_kernel_report(results, Path(args.output_dir))
     results["memory_bandwidth"] = measure_memory_bandwidth(sizes.bandwidth_bytes, sizes.bandwidth_repeats)
-    results["kernels"] = bench_kernels(sizes)
-    results["flops"] = bench_flops(sizes)
     results["decoding"] = bench_decoding(sizes, args)
     results["training"] = bench_training(sizes, args)
     results["batched"] = bench_batched_generation(sizes, args)

@@ -66,11 +66,9 @@ def _decode_efficiency(row: dict, matmul_gflops: float) -> tuple[str, str]:
             f"{row['weight_bytes_per_token'] * rate / 1e9:.1f}")
 
 
-def render_markdown(results: dict) -> str:
-    machine, sizes = results["machine"], results["sizes"]
-    lines = [
-        "# fwp_hf CPU benchmark",
-        "",
+def _run_description(results: dict) -> list[str]:
+    machine = results["machine"]
+    return [
         f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores; torch {machine['torch']} "
         f"with {machine['torch_threads']} threads; Python {machine['python']}; {machine['platform']}.",
         f"Written by `{results.get('command', 'python scripts/benchmark.py')}` on {results['date']} "
@@ -80,22 +78,50 @@ def render_markdown(results: dict) -> str:
         "FWP model's; GPT-2 with SDPA is kept as a weaker reference (its attention materialises the T×T scores on a "
         "CPU) and no target uses it.",
         *([f"Conditions: {results['note']}"] if results.get("note") else []),
-        "",
-        "## Targets",
-        "",
-        "| target | measured | target | met |",
-        "|---|---|---|---|",
+        *([f"Times of sections 1 and 4 are {results['clock']}."] if results.get("clock") else []),
     ]
-    for t in results["targets"]:
+
+
+def _targets_table(targets: list[dict]) -> list[str]:
+    lines = ["## Targets", "", "| target | measured | target | met |", "|---|---|---|---|"]
+    for t in targets:
         op = "≥" if t.get("higher_is_better", t["unit"] != "GiB") else "≤"
         threshold = "" if isinstance(t["threshold"], bool) else f"{op} {t['threshold']:g} {t['unit']}".strip()
         verdict = "not run" if t.get("not_run") else "met" if t["met"] else "MISSED"
         lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {threshold} | {verdict} |")
-    b, h, length, d = sizes["kernel_shape"]
-    lines += ["", f"## 1. Kernels: chunkwise vs recurrent, forward+backward (B={b}, H={h}, T={length}, D={d}, fp32)",
-              "", "| kernel | chunkwise s | recurrent s | speed-up |", "|---|---|---|---|"]
+    return lines
+
+
+def _kernel_section(results: dict) -> list[str]:
+    b, h, length, d = results["sizes"]["kernel_shape"]
+    lines = ["", f"## 1. Kernels: chunkwise vs recurrent, forward+backward (B={b}, H={h}, T={length}, D={d}, fp32)",
+             "", f"| kernel | chunkwise s | recurrent s | speed-up | chunkwise ÷ {HEADLINE_TYPE}'s |",
+             "|---|---|---|---|---|"]
     for row in results["kernels"]:
-        lines.append(f"| {row['kernel']} | {row['chunk_s']:.3f} | {row['recurrent_s']:.3f} | {row['speedup']:.1f}× |")
+        ratio = row.get("vs_headline")
+        lines.append(f"| {row['kernel']} | {row['chunk_s']:.3f} | {row['recurrent_s']:.3f} | {row['speedup']:.1f}× | "
+                     f"{_fmt(ratio)}{'×' if ratio is not None else ''} |")
+    return lines
+
+
+def _flops_section(results: dict) -> list[str]:
+    flops = results["flops"]
+    return ["", f"## 4. Achieved GFLOP/s of the chunkwise delta kernel (forward, shape {flops['shape']}, "
+            f"chunk {flops['chunk_size']})", "",
+            "| measurement | GFLOP/s |", "|---|---|",
+            "| chunkwise delta rule (FLOPs of the algorithm, see `delta_chunk_flops`) | "
+            f"{flops['kernel_gflops']:.1f} |",
+            f"| torch.matmul, batched [{flops['chunk_size']}×{flops['shape'][3]}]·"
+            f"[{flops['shape'][3]}×{flops['chunk_size']}] | "
+            f"{flops['matmul_similar_shape_gflops']:.1f} |",
+            f"| torch.matmul 1024×1024 (for reference) | {flops['matmul_1024_gflops']:.1f} |",
+            f"| kernel / similar-shape matmul | {flops['fraction_of_matmul']:.2f} |", ""]
+
+
+def render_markdown(results: dict) -> str:
+    sizes = results["sizes"]
+    lines = ["# fwp_hf CPU benchmark", "", *_run_description(results), "", *_targets_table(results["targets"])]
+    lines += _kernel_section(results)
     lines += ["", f"## 2 and 5. Training step (forward+backward+AdamW), batch 1, {sizes['num_layers']} layers, "
               f"d_model {sizes['hidden_size']}, {sizes['num_heads']} heads, vocabulary {sizes['vocab_size']}",
               "", "Each measurement runs in its own child process under an address-space limit; peak memory is that "
@@ -103,17 +129,7 @@ def render_markdown(results: dict) -> str:
     lines += _training_table(results["training"])
     lines += ["", results["crossover"], ""]
     lines += _decoding_section(results)
-    flops = results["flops"]
-    lines += ["", f"## 4. Achieved GFLOP/s of the chunkwise delta kernel (forward, shape {flops['shape']}, "
-              f"chunk {flops['chunk_size']})", "",
-              "| measurement | GFLOP/s |", "|---|---|",
-              "| chunkwise delta rule (FLOPs of the algorithm, see `delta_chunk_flops`) | "
-              f"{flops['kernel_gflops']:.1f} |",
-              f"| torch.matmul, batched [{flops['chunk_size']}×{flops['shape'][3]}]·"
-              f"[{flops['shape'][3]}×{flops['chunk_size']}] | "
-              f"{flops['matmul_similar_shape_gflops']:.1f} |",
-              f"| torch.matmul 1024×1024 (for reference) | {flops['matmul_1024_gflops']:.1f} |",
-              f"| kernel / similar-shape matmul | {flops['fraction_of_matmul']:.2f} |", ""]
+    lines += _flops_section(results)
     lines += _batched_section(results) + _realistic_section(results) + _long_prompt_section(results)
     lines += real_model_section(results)
     return "\n".join(lines)
@@ -327,6 +343,24 @@ def crossover_sentence(rows: list[dict], lengths: tuple[int, ...]) -> str:
     return f"Crossover: {HEADLINE_TYPE} overtakes Llama between the measured lengths ({listing})."
 
 
+def render_kernel_markdown(results: dict) -> str:
+    """The markdown of a kernel-only run (``--only kernels``): its targets, sections 1 and 4."""
+    lines = ["# fwp_hf CPU kernel benchmark", "", *_run_description(results), "",
+             *_targets_table(results["targets"]), *_kernel_section(results), *_flops_section(results)]
+    return "\n".join(lines)
+
+
+def write_kernel_report(results: dict, output_dir: Path) -> dict:
+    """kernels-run-cpu.json and kernels-run-cpu.md of a kernel-only run (benchmarks/kernels-cpu.md is a report
+    written by hand from several such runs)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "kernels-run-cpu.json").write_text(json.dumps(results, indent=2))
+    markdown = render_kernel_markdown(results)
+    (output_dir / "kernels-run-cpu.md").write_text(markdown)
+    print(markdown)
+    return results
+
+
 def write_report(results: dict, output_dir: Path) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results-cpu.json").write_text(json.dumps(results, indent=2))
@@ -337,5 +371,6 @@ def write_report(results: dict, output_dir: Path) -> dict:
 
 
 __all__ = [
-    "bandwidth_sentence", "crossover_sentence", "model_label", "real_model_section", "render_markdown", "write_report",
+    "bandwidth_sentence", "crossover_sentence", "model_label", "real_model_section", "render_kernel_markdown",
+    "render_markdown", "write_kernel_report", "write_report",
 ]

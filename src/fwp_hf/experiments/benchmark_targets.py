@@ -273,6 +273,17 @@ TARGETS: tuple[Target, ...] = (
            _perplexity_change, 0.02, "≤", "fraction", section=REAL_SECTION),
 )
 
+# The kernel-only run (``--only kernels``: sections 1 and 4) is judged by these: issue 22's goals for the kernels.
+KERNEL_TARGETS: tuple[Target, ...] = (
+    TARGETS[0],
+    Target("gated_delta chunkwise fwd+bwd seconds vs {headline}'s (the gate's cost)",
+           "section 1: chunkwise forward+backward seconds of the gated delta rule ÷ the plain delta rule's",
+           lambda r, f: lookup(r["kernels"], kernel="gated_delta").get("vs_headline"), 1.2, "≤"),
+    Target("chunkwise {headline} GFLOP/s vs torch.matmul GFLOP/s (similar shapes), issue 22's goal",
+           "section 4: achieved GFLOP/s of the chunkwise kernel ÷ a batched matmul of the kernel's shapes",
+           lambda r, f: r["flops"]["fraction_of_matmul"], 0.5, unit="fraction"),
+)
+
 
 def is_met(value: Value, threshold: float | bool, direction: str) -> bool:
     """A property (``"is"``) must equal its threshold; a figure must be measured and on the right side."""
@@ -303,8 +314,8 @@ def evaluate_targets(results: dict, sizes, targets: tuple[Target, ...] = TARGETS
 
 
 __all__ = [
-    "BASELINE_MODE", "FLOAT32", "HEADLINE_TYPE", "HYBRID", "INT8", "ONNXRUNTIME_MODE", "PEER", "REAL_SECTION",
-    "STUDENT", "TARGETS", "TEACHER", "WEAK_REFERENCE", "Target",
+    "BASELINE_MODE", "FLOAT32", "HEADLINE_TYPE", "HYBRID", "INT8", "KERNEL_TARGETS", "ONNXRUNTIME_MODE", "PEER",
+    "REAL_SECTION", "STUDENT", "TARGETS", "TEACHER", "WEAK_REFERENCE", "Target",
     "decode_rate", "divide", "evaluate_targets", "figures", "fraction_of_bound", "is_met", "lookup", "training_ratio",
     "weight_read_bound",
 ]
