@@ -353,19 +353,15 @@ def render_kernel_markdown(results: dict) -> str:
 def write_kernel_report(results: dict, output_dir: Path) -> dict:
     """kernels-run-cpu.json and kernels-run-cpu.md of a kernel-only run (benchmarks/kernels-cpu.md is a report
     written by hand from several such runs)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "kernels-run-cpu.json").write_text(json.dumps(results, indent=2))
-    markdown = render_kernel_markdown(results)
-    (output_dir / "kernels-run-cpu.md").write_text(markdown)
-    print(markdown)
-    return results
+    return write_report(results, output_dir, "kernels-run-cpu", render_kernel_markdown)
 
 
-def write_report(results: dict, output_dir: Path) -> dict:
+def write_report(results: dict, output_dir: Path, stem: str = "results-cpu", render=render_markdown) -> dict:
+    """``output_dir/<stem>.json`` (the results) and ``<stem>.md`` (`render` of them, also printed)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results-cpu.json").write_text(json.dumps(results, indent=2))
-    markdown = render_markdown(results)
-    (output_dir / "results-cpu.md").write_text(markdown)
+    (output_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    markdown = render(results)
+    (output_dir / f"{stem}.md").write_text(markdown)
     print(markdown)
     return results
 
