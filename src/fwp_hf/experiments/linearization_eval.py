@@ -501,7 +501,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         Path(args.render_markdown).write_text(render_markdown(results, args.teacher_name))
     if args.update_model_cards:
         for name, entry in results["models"].items():
-            if name != args.teacher_name and update_model_card(entry["model"], results, name, args.teacher_name):
+            if name == args.teacher_name:
+                continue
+            if not os.path.isdir(entry["model"]):  # paths are as given when evaluated (often relative)
+                print(f"{name}: {entry['model']} is not a folder from here; its card is not updated")
+            elif update_model_card(entry["model"], results, name, args.teacher_name):
                 print(f"{name}: evaluation written into {os.path.join(entry['model'], 'README.md')}")
     return results
 
