@@ -196,7 +196,7 @@ def test_results_of_parallel_processes_merge_and_refuse_to_overwrite(tmp_path):
     assert json.loads(merged.read_text())["models"]["teacher"]["heldout_perplexity"]["64"]["perplexity"] == 10.0
 
 
-def test_model_cards_get_the_report_numbers_once(tmp_path):
+def test_model_cards_get_the_report_numbers_once(tmp_path, capsys):
     student = tmp_path / "student"
     stage = tmp_path / "stage_after_copying"
     student.mkdir()
@@ -204,10 +204,12 @@ def test_model_cards_get_the_report_numbers_once(tmp_path):
     (student / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# student\n\nTraining numbers.\n")
     results_json = tmp_path / "results.json"
     results = {"models": {"teacher": _entry(10.0, str(tmp_path / "teacher")), "student": _entry(25.0, str(student)),
-                          "student, after copying": _entry(400.0, str(stage))}}
+                          "student, after copying": _entry(400.0, str(stage)),
+                          "elsewhere": _entry(30.0, str(tmp_path / "not_here"))}}
     results_json.write_text(json.dumps(results))
     for _ in range(2):  # a second run replaces the section instead of appending another
         main(["--results_json", str(results_json), "--update_model_cards"])
+    assert "elsewhere: " + str(tmp_path / "not_here") + " is not a folder from here" in capsys.readouterr().out
     card = (student / "README.md").read_text()
     assert card.count(CARD_SECTION_START) == 1 and card.count(CARD_SECTION_END) == 1
     assert card.startswith("---\nlicense: apache-2.0\n---\n\n# student\n\nTraining numbers.\n")
