@@ -17,7 +17,6 @@ from fwp_hf.experiments import benchmark
 from fwp_hf.experiments.benchmark import FLA_DELTA_NET_ROW
 from fwp_hf.experiments.benchmark_report import render_markdown
 from fwp_hf.experiments.benchmark_targets import (
-    BASELINE_MODE,
     KERNEL_TARGETS,
     evaluate_targets,
     fraction_of_bound,
@@ -147,27 +146,27 @@ def test_quick_benchmark_writes_results(tmp_path):
         assert section in markdown
 
 
+def _committed_sizes(results: dict) -> benchmark.Sizes:
+    """The `Sizes` a results JSON was measured at (JSON turned tuples into lists)."""
+    def tuples(fields: dict) -> dict:
+        return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
+
+    fields = tuples(results["sizes"])
+    real = fields.pop("real", None)
+    return benchmark.Sizes(**fields, **({} if real is None else {"real": benchmark.RealModelSizes(**tuples(real))}))
+
+
 def test_the_target_table_judges_the_committed_run():
-    """The committed full run (with a --baseline_src row) predates the Llama peer: GPT-2 was every ratio's
-    reference then. The targets that compare with no peer give that run's recorded verdicts (a target repeated
-    over lengths included), the Llama ones find no Llama rows (unmeasured: missed), and without the baseline row
-    its two targets drop out."""
+    """Re-judging the committed full run gives the verdicts it recorded (a target repeated over lengths
+    included); every ratio target is against the Llama peer, none against GPT-2; section 9
+    (the real model) is a separate run, so its targets are "not run" here."""
     results = json.loads(COMMITTED_RESULTS.read_text())
-    sizes = benchmark.Sizes(**{key: tuple(value) if isinstance(value, list) else value
-                               for key, value in results["sizes"].items()})
-    judged = evaluate_targets(results, sizes)
-    assert all(t["not_run"] for t in judged if "student" in t["target"])  # the run has no section 9
-    judged = [t for t in judged if not t.get("not_run")]
-    recorded_without_peer = [t for t in results["targets"] if "GPT-2" not in t["target"]]
-    assert [t for t in judged if "Llama" not in t["target"]] == recorded_without_peer
-    peer_targets = [t for t in judged if "Llama" in t["target"]]
-    assert len(peer_targets) == len(results["targets"]) - len(recorded_without_peer) == 5
-    assert all(t["value"] is None and t["met"] is False for t in peer_targets), peer_targets
-    decode = [row for row in results["decoding"]["decode"] if row["mode"] != BASELINE_MODE]
-    without_baseline = evaluate_targets({**results, "decoding": {**results["decoding"], "decode": decode}}, sizes)
-    without_baseline = [t for t in without_baseline if not t.get("not_run")]
-    assert without_baseline == [t for t in judged if "baseline code" not in t["target"]]
-    assert len(without_baseline) == len(judged) - 2
+    assert evaluate_targets(results, _committed_sizes(results)) == results["targets"]
+    assert not any("GPT-2" in t["target"] for t in results["targets"])
+    peer_targets = [t for t in results["targets"] if "Llama" in t["target"]]
+    # a cell past its time limit (Llama at batch 32 after 16k-token prompts) leaves its target unmeasured
+    assert len(peer_targets) >= 5 and sum(t["value"] is not None for t in peer_targets) >= 4, peer_targets
+    assert all(t.get("not_run") for t in results["targets"] if "student" in t["target"])
 
 
 def test_the_llama_peer_has_the_fwp_models_shape():
@@ -205,7 +204,7 @@ def test_memory_bandwidth_is_measured_and_bad_sizes_are_refused():
 
 def test_an_older_runs_json_renders_without_a_bandwidth():
     results = json.loads(COMMITTED_RESULTS.read_text())
-    assert "memory_bandwidth" not in results
+    del results["memory_bandwidth"]  # as a run from before the bandwidth measurement wrote it
     markdown = render_markdown(results)
     assert "Memory bandwidth: not measured in this run" in markdown and "| — |" in markdown
 
