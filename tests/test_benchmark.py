@@ -282,8 +282,10 @@ def test_kernel_only_run_writes_sections_1_and_4_with_the_kernel_targets(tmp_pat
 
 
 def test_only_names_the_parts_it_can_run():
-    with pytest.raises(ValueError, match="--only must be one of kernels .* got 'training'"):
+    with pytest.raises(ValueError, match="--only must be one of kernels, real_model .* got 'training'"):
         benchmark.main(["--only", "training", "--quick"])
+    with pytest.raises(ValueError, match="--only real_model runs section 9: give --real_teacher <folder> too"):
+        benchmark.main(["--only", "real_model", "--quick"])
     with pytest.raises(ValueError, match="--cpu_time .* needs --threads 1 and --only kernels, got --threads 2"):
         benchmark.main(["--only", "kernels", "--quick", "--threads", "2", "--cpu_time"])
 

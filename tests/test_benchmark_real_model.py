@@ -3,18 +3,27 @@ students, each cell in a child process; int8/bf16 variants; the section's target
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, StaticCache
 
 from fwp_hf import FWPConfig, FWPForCausalLM
 from fwp_hf.experiments import benchmark
 from fwp_hf.experiments.benchmark_report import real_model_section
-from fwp_hf.experiments.benchmark_targets import HYBRID, REAL_SECTION, STUDENT, TARGETS, TEACHER, evaluate_targets
+from fwp_hf.experiments.benchmark_targets import (
+    HYBRID,
+    REAL_MODEL_TARGETS,
+    REAL_SECTION,
+    STUDENT,
+    TARGETS,
+    TEACHER,
+    evaluate_targets,
+)
 
 WORDS = "the of and to a in is it that was he for on are as with his they at be this from have or by".split()
 # 4 layers of width 32, 4 query heads sharing 2 k/v heads (grouped, like SmolLM2), SwiGLU 64, tied embeddings.
@@ -123,6 +132,23 @@ def test_real_model_section_on_a_tiny_llama(teacher_folder):
     assert f"| {STUDENT} | 64 | 16 |" in markdown and "| student | int8 dynamic |" in markdown
 
 
+def test_only_real_model_runs_section_9_and_judges_its_targets(teacher_folder, tmp_path, monkeypatch):
+    sizes = tiny_sizes(prefill_lengths=(16,), decode_prompts=(16,))
+    monkeypatch.setattr(benchmark.Sizes, "quick", classmethod(lambda cls: sizes))
+    results = benchmark.main(["--only", "real_model", "--quick", "--real_teacher", str(teacher_folder),
+                              "--threads", "1", "--output_dir", str(tmp_path)])
+    assert set(results) >= {"memory_bandwidth", REAL_SECTION, "targets"} and "training" not in results
+    assert {t["target"] for t in results["targets"]} == {
+        t["target"] for t in evaluate_targets(results, sizes, REAL_MODEL_TARGETS)}
+    assert all(t["target"].startswith("hedgehog student") for t in results["targets"])
+    assert not any(t.get("not_run") for t in results["targets"])
+    assert all("error" not in row for key in ("prefill", "decode", "training") for row in results[REAL_SECTION][key])
+    markdown = (tmp_path / "real-model-cpu.md").read_text()
+    assert "The reference of every ratio (\"vs teacher\") and target is the teacher itself" in markdown
+    assert "filled without a prefill (`context_filled_cache`" in markdown and "Memory read bandwidth:" in markdown
+    assert json.loads((tmp_path / "real-model-cpu.json").read_text())["targets"] == results["targets"]
+
+
 def test_compiled_decoding_cells(teacher_folder):
     """Compiled decoding: the student with its FastWeightStaticCache, the teacher with transformers' static KV
     cache; the hybrid (softmax layers) cannot be compiled and says so."""
@@ -133,6 +159,30 @@ def test_compiled_decoding_cells(teacher_folder):
     row = benchmark._real_decode_cell(str(teacher_folder), HYBRID, sizes, 16, 1, True)
     assert row == {"error": "not compiled: FastWeightStaticCache needs a fast-weight state in every layer, but layer 2 "
                             "is 'softmax' (a growing key/value cache): use DynamicCache() for this model"}
+
+
+def test_decoding_cells_fill_the_context_without_a_prefill(teacher_folder):
+    """By default a decoding cell's context is filled without running the prompt (`context_filled_cache`): the
+    cache then holds what a real prefill of the same prompt leaves (the same bytes, the same length after
+    decoding), so a step costs the same; `prefill_decode_prompts` runs the prompt instead."""
+    filled, prefilled = tiny_sizes(), tiny_sizes(prefill_decode_prompts=True)
+    for model in (TEACHER, STUDENT, HYBRID):
+        fast = benchmark._real_decode_cell(str(teacher_folder), model, filled, 64, 2, False)
+        slow = benchmark._real_decode_cell(str(teacher_folder), model, prefilled, 64, 2, False)
+        assert (fast["context"], slow["context"]) == ("filled without prefill", "prefilled")
+        assert fast["cache_bytes"] == slow["cache_bytes"] > 0, model
+    teacher = LlamaForCausalLM.from_pretrained(teacher_folder).eval()
+    cache = benchmark.context_filled_cache(teacher, 2, 40)
+    assert cache.get_seq_length() == 40 and cache.layers[0].keys.shape == (2, 2, 40, 8)
+    generated = teacher.generate(torch.ones(2, 41, dtype=torch.long), past_key_values=cache, max_new_tokens=3,
+                                 min_new_tokens=3, do_sample=False, pad_token_id=1)
+    assert generated.shape == (2, 44) and cache.get_seq_length() == 43  # only the 41st token ran as the prefill
+    student = benchmark.load_real_model(str(teacher_folder), STUDENT, filled)
+    cache = benchmark.context_filled_cache(student, 1, 1000)  # a fixed-size state: any length fits
+    assert cache.get_seq_length() == 1000 and benchmark.cache_bytes(cache) == benchmark.cache_bytes(
+        benchmark.context_filled_cache(student, 1, 10))
+    with pytest.raises(ValueError, match="layer 0's static cache holds 32 positions, not 40"):
+        benchmark.context_filled_cache(teacher, 1, 40, StaticCache(config=teacher.config, max_cache_len=32))
 
 
 def test_int8_copy_quantizes_every_linear_and_does_not_save_pretrained(tmp_path):

@@ -5,6 +5,7 @@
     python scripts/benchmark.py --quick --output_dir /tmp/bench   # seconds-long smoke run
     python scripts/benchmark.py --real_teacher /path/to/smollm2-135m --heldout_text held_out.jsonl   # + section 9
     python scripts/benchmark.py --only kernels --threads 1 --output_dir /tmp/k   # sections 1 and 4 only (< 1 min)
+    python scripts/benchmark.py --only real_model --real_teacher /path/to/smollm2-135m --heldout_text held_out.jsonl
 
 Every figure is a ratio of two measurements taken side by side in this one run, so that a noisy,
 shared machine moves both sides together. Sections:
@@ -77,7 +78,7 @@ from ..fast_weight_kernels import append_normalizer_column, sum_normalize
 from ..feature_maps_fwp import elu_plus_one_feature_map
 from ..token_mixers import ATTENTION_TYPES, FAST_WEIGHT_TYPES, HEBBIAN_MEMORY_LAYER, TOKEN_MIXERS, TokenMixerSpec
 from . import decode_timing
-from .benchmark_report import crossover_sentence, write_kernel_report, write_report
+from .benchmark_report import crossover_sentence, write_kernel_report, write_real_model_report, write_report
 from .benchmark_targets import (
     BASELINE_MODE,
     HEADLINE_TYPE,
@@ -85,6 +86,7 @@ from .benchmark_targets import (
     KERNEL_TARGETS,
     ONNXRUNTIME_MODE,
     PEER,
+    REAL_MODEL_TARGETS,
     STUDENT,
     TEACHER,
     WEAK_REFERENCE,
@@ -99,7 +101,7 @@ FLA_DELTA_NET_ROW = "FLA delta_net (converted)"
 # The peer row of section 1: transformers' own torch kernels of the gated delta rule (Qwen3-Next).
 QWEN3_NEXT_PEER_ROW = "gated_delta: transformers qwen3_next torch kernels (peer)"
 # What `--only` can restrict a run to.
-SECTIONS = ("kernels",)
+SECTIONS = ("kernels", "real_model")
 
 
 @dataclass
@@ -134,7 +136,9 @@ class BenchmarkArguments:
         default=None,
         metadata={"help": "Run one part only: 'kernels' (sections 1 and 4: the kernel rows with the transformers "
                           "qwen3_next peer, and the GFLOP/s of the chunkwise delta kernel; well under a minute), "
-                          "written to kernels-run-cpu.json/.md with the kernel targets."},
+                          "written to kernels-run-cpu.json/.md with the kernel targets; 'real_model' (the memory "
+                          "bandwidth and section 9, with --real_teacher), written to real-model-cpu.json/.md with "
+                          "section 9's targets."},
     )
     real_teacher: str | None = field(
         default=None,
@@ -167,7 +171,10 @@ class RealModelSizes:
     quantized_decode_tokens: int = 16
     perplexity_context: int = 512
     perplexity_tokens: int = 8192
-    cell_time_limit_s: float = 900.0
+    cell_time_limit_s: float = 1800.0  # the teacher's 32k-token prefill takes many minutes on 2 cores
+    # Decoding cells run their prompt through the model (else its context is filled without a prefill,
+    # `context_filled_cache`: the same decoding cost, minutes instead of hours for the teacher after 32k at batch 8).
+    prefill_decode_prompts: bool = False
 
 
 @dataclass
@@ -768,16 +775,59 @@ def _real_prefill_cell(folder: str, model_name: str, sizes: Sizes, length: int, 
             "model_rss_gib": model_rss / GIB, "peak_rss_gib": max(peak_rss_bytes() / GIB, result["decode_rss_gib"])}
 
 
+@torch.no_grad()
+def context_filled_cache(model: torch.nn.Module, batch: int, length: int, cache=None):
+    """`cache` (default: the `DynamicCache` a forward pass makes) holding `length` tokens of context for `batch`
+    rows, made without running a prompt: one real token lays the cache out (its layers, buffers and fast-weight
+    states), then every key/value layer holds `length` random keys and values and every fast-weight layer counts
+    `length` tokens (its state keeps the real token's: a fixed-size tensor whatever it has read).
+
+    Decoding from it costs what decoding after a real `length`-token prompt costs — a step reads `length` keys
+    and values per softmax layer, or a state of the same size — so speed and decoding memory are the same, the
+    tokens mean nothing. For speed cells whose prompt would take far longer than the decoding they measure
+    (a 32k-token prefill of a 135M teacher at batch 8 is hours on a 2-core CPU). Pass ``length + 1`` prompt tokens
+    to ``generate`` with it: generate runs only the tokens past the cache's length."""
+    from transformers import DynamicCache
+
+    from ..cache_fwp import is_fast_weight_cache_layer
+
+    ids = torch.zeros(batch, 1, dtype=torch.long)
+    cache = DynamicCache() if cache is None else cache
+    cache = output_cache(model(input_ids=ids, use_cache=True, **generate_cache_kwargs(cache)))
+    generator = torch.Generator().manual_seed(0)
+    for index, layer in enumerate(cache.layers):
+        if is_fast_weight_cache_layer(layer):
+            layer.seen_tokens = length
+            continue
+        rows, heads, _, head_dim = layer.keys.shape
+        if getattr(layer, "max_cache_len", None) is not None:  # transformers' StaticLayer: buffers of fixed length
+            if length > layer.max_cache_len:
+                raise ValueError(f"layer {index}'s static cache holds {layer.max_cache_len} positions, not {length}")
+            layer.keys[:, :, :length].normal_(generator=generator)
+            layer.values[:, :, :length].normal_(generator=generator)
+            layer.cumulative_length.fill_(length)
+        elif type(layer).__name__ == "DynamicLayer":
+            layer.keys = torch.randn(rows, heads, length, head_dim, generator=generator, dtype=layer.keys.dtype)
+            layer.values = torch.randn(rows, heads, length, head_dim, generator=generator, dtype=layer.values.dtype)
+        else:
+            raise ValueError(f"cannot fill layer {index}'s cache ({type(layer).__name__}) without a prefill: "
+                             "DynamicLayer, static key/value layers and fast-weight layers can be filled")
+    return cache
+
+
 def _real_decode_cell(folder: str, model_name: str, sizes: Sizes, prompt_length: int, batch: int,
                       compiled: bool) -> dict:
-    """Greedy decoding after a `prompt_length`-token prompt at `batch`: `timed_generate`'s figures, the weight
-    bytes a step reads and the process's peak. Compiled: a first call on the prompt's first 16 tokens, with a
-    cache of the measured call's shape, compiles the decoding step (``compile_s``, not counted)."""
+    """Greedy decoding after a `prompt_length`-token context at `batch`: `timed_generate`'s figures, the weight
+    bytes a step reads and the process's peak. The context is filled without a prefill (`context_filled_cache`)
+    unless `sizes.real.prefill_decode_prompts`. Compiled: a first call on a 16-token prompt, with a cache of the
+    measured call's shape, compiles the decoding step (``compile_s``, not counted)."""
     torch.manual_seed(0)
     model = load_real_model(folder, model_name, sizes)
     prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_length))
     new_tokens = sizes.real.decode_tokens
-    extra, kwargs = {}, {}
+    # Filled: the cache holds the context but for its last token, which generate runs as the first step.
+    fill = None if sizes.real.prefill_decode_prompts else prompt_length - 1
+    extra, kwargs = {"context": "prefilled" if fill is None else "filled without prefill"}, {}
     if compiled:
         def compiled_kwargs() -> dict:
             return _compiled_kwargs(model, batch, sizes.compile_backend, prompt_length + new_tokens)
@@ -790,6 +840,9 @@ def _real_decode_cell(folder: str, model_name: str, sizes: Sizes, prompt_length:
         timed_generate(model, prompt[:, :16], new_tokens, **compiled_kwargs())
         extra["compile_s"] = time.perf_counter() - start
         kwargs = compiled_kwargs()
+    if fill is not None:
+        cache = next(iter(generate_cache_kwargs(None)))
+        kwargs[cache] = context_filled_cache(model, batch, fill, kwargs.get(cache))
     result = timed_generate(model, prompt, new_tokens, **kwargs)
     peak = max(peak_rss_bytes() / GIB, result["decode_rss_gib"])
     return {**result, **extra, "peak_rss_gib": peak, "weight_bytes_per_token": weight_bytes_per_step(model)}
@@ -1051,6 +1104,8 @@ def main(argv: list[str] | None = None) -> dict:
                          f"got {args.only!r}")
     sizes = Sizes.quick() if args.quick else Sizes()
     check_real_model_arguments(args)
+    if args.only == "real_model" and not args.real_teacher:
+        raise ValueError("--only real_model runs section 9: give --real_teacher <folder> too")
     baseline_file = check_baseline_src(args.baseline_src) if args.baseline_src else None
     start = time.time()
     command = " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])])
@@ -1059,6 +1114,13 @@ def main(argv: list[str] | None = None) -> dict:
                "baseline": {"src": args.baseline_src, "label": args.baseline_label, "fwp_hf": baseline_file}}
     clock = time.process_time if args.cpu_time else time.perf_counter
     results["clock"] = "process CPU time" if args.cpu_time else "wall-clock"
+    if args.only == "real_model":
+        results["memory_bandwidth"] = measure_memory_bandwidth(sizes.bandwidth_bytes, sizes.bandwidth_repeats)
+        results["real_model"] = bench_real_model(args.real_teacher, sizes, args)
+        results["targets"] = evaluate_targets(results, sizes, REAL_MODEL_TARGETS)
+        results["wall_s"] = time.time() - start
+        results["note"] = args.note
+        return write_real_model_report(results, Path(args.output_dir))
     results["kernels"] = bench_kernels(sizes, clock)
     results["flops"] = bench_flops(sizes, clock=clock)
     if args.only == "kernels":

@@ -66,17 +66,24 @@ def _decode_efficiency(row: dict, matmul_gflops: float) -> tuple[str, str]:
             f"{row['weight_bytes_per_token'] * rate / 1e9:.1f}")
 
 
-def _run_description(results: dict) -> list[str]:
+# Whom the ratios of a run compare with: Llama+SDPA (sections 1–8), the real teacher (section 9 alone).
+LLAMA_REFERENCE = (
+    "The reference of every ratio (\"vs Llama\") and target is transformers' `LlamaForCausalLM` with SDPA and its KV "
+    "cache, of the FWP model's width, depth, heads, vocabulary and SwiGLU width, embeddings tied as the FWP model's; "
+    "GPT-2 with SDPA is kept as a weaker reference (its attention materialises the T×T scores on a CPU) and no target "
+    "uses it.")
+TEACHER_REFERENCE = ("The reference of every ratio (\"vs teacher\") and target is the teacher itself: transformers' "
+                     "`LlamaForCausalLM` with SDPA and its KV cache.")
+
+
+def _run_description(results: dict, reference: str = LLAMA_REFERENCE) -> list[str]:
     machine = results["machine"]
     return [
         f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores; torch {machine['torch']} "
         f"with {machine['torch_threads']} threads; Python {machine['python']}; {machine['platform']}.",
         f"Written by `{results.get('command', 'python scripts/benchmark.py')}` on {results['date']} "
         f"in {results['wall_s'] / 60:.1f} min. Each ratio compares two measurements taken in this run.",
-        "The reference of every ratio (\"vs Llama\") and target is transformers' `LlamaForCausalLM` with SDPA and "
-        "its KV cache, of the FWP model's width, depth, heads, vocabulary and SwiGLU width, embeddings tied as the "
-        "FWP model's; GPT-2 with SDPA is kept as a weaker reference (its attention materialises the T×T scores on a "
-        "CPU) and no target uses it.",
+        reference,
         *([f"Conditions: {results['note']}"] if results.get("note") else []),
         *([f"Times of sections 1 and 4 are {results['clock']}."] if results.get("clock") else []),
     ]
@@ -251,6 +258,15 @@ def _long_prompt_section(results: dict) -> list[str]:
     return lines
 
 
+def _decode_context_sentence(rows: list[dict]) -> str:
+    """How section 9's decoding cells made their context: by a prefill, or filled without one."""
+    if not any(row.get("context") == "filled without prefill" for row in rows):
+        return "Each prompt ran through the model (\"prefill s\" is its prefill)."
+    return ("The prompt's context was filled without a prefill (`context_filled_cache`: every softmax layer holds the "
+            "prompt's length of random keys and values, every fast-weight layer counts its tokens; a step then reads "
+            "what it reads after a real prompt), so \"prefill s\" is the prompt's last token only.")
+
+
 def real_model_section(results: dict) -> list[str]:
     """Section 9: the teacher against its untrained students (prefill, decoding, training, int8/bf16)."""
     lines = ["", "## 9. The real model: the teacher against its fast-weight students", ""]
@@ -276,7 +292,8 @@ def real_model_section(results: dict) -> list[str]:
         lines.append(f"| {row['model']} | {row['length']:,} | {chunks} | {row['prefill_s']:.2f} | "
                      f"{row['prefill_tokens_per_s']:.0f} | {_fmt(ratio)}× | {row['peak_rss_gib']:.2f} |")
     lines += ["", "Decoding (greedy; \"vs teacher\" compares the same mode, batch and prompt; compiled: the student's "
-              "`FastWeightStaticCache`, the teacher's static KV cache, the first call's compilation not counted):", "",
+              "`FastWeightStaticCache`, the teacher's static KV cache, the first call's compilation not counted). "
+              f"{_decode_context_sentence(real['decode'])}", "",
               "| model | mode | batch | prompt | prefill s | decode tokens/s | vs teacher | % of bound | cache MiB | "
               "decoding memory GiB | peak memory GiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in real["decode"]:
@@ -356,6 +373,18 @@ def write_kernel_report(results: dict, output_dir: Path) -> dict:
     return write_report(results, output_dir, "kernels-run-cpu", render_kernel_markdown)
 
 
+def render_real_model_markdown(results: dict) -> str:
+    """The markdown of a section-9-only run (``--only real_model``): its targets, the memory bandwidth, section 9."""
+    lines = ["# fwp_hf CPU benchmark: the real model", "", *_run_description(results, TEACHER_REFERENCE), "",
+             bandwidth_sentence(results), "", *_targets_table(results["targets"]), *real_model_section(results)]
+    return "\n".join(lines)
+
+
+def write_real_model_report(results: dict, output_dir: Path) -> dict:
+    """real-model-cpu.json and real-model-cpu.md of a section-9-only run."""
+    return write_report(results, output_dir, "real-model-cpu", render_real_model_markdown)
+
+
 def write_report(results: dict, output_dir: Path, stem: str = "results-cpu", render=render_markdown) -> dict:
     """``output_dir/<stem>.json`` (the results) and ``<stem>.md`` (`render` of them, also printed)."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -368,5 +397,6 @@ def write_report(results: dict, output_dir: Path, stem: str = "results-cpu", ren
 
 __all__ = [
     "bandwidth_sentence", "crossover_sentence", "model_label", "real_model_section", "render_kernel_markdown",
-    "render_markdown", "write_kernel_report", "write_report",
+    "render_markdown", "render_real_model_markdown", "write_kernel_report", "write_real_model_report",
+    "write_report",
 ]
