@@ -69,8 +69,15 @@ def test_real_model_section_on_a_tiny_llama(teacher_folder):
                                         heldout_text=str(teacher_folder / "heldout.txt"), threads=1)
     real = benchmark.bench_real_model(args.real_teacher, sizes, args)
     assert real["kept_softmax_layers"] == [2, 3] and real["teacher_layers"] == 4
-    for key in ("prefill", "decode", "training", "quantized"):
+    for key in ("prefill", "profiles", "decode", "training", "quantized"):
         assert all("error" not in row for row in real[key]), real[key]
+    # The profile of each model's forward pass: its largest operators by self CPU time, shares summing to 1.
+    assert [(row["model"], row["length"]) for row in real["profiles"]] == [(m, 32) for m in (TEACHER, STUDENT, HYBRID)]
+    for row in real["profiles"]:
+        assert len(row["ops"]) == 8 and row["forward_s"] > 0
+        assert sum(op["share"] for op in row["ops"]) + row["other_share"] == pytest.approx(1.0)
+        assert row["ops"][0]["share"] >= row["ops"][-1]["share"] > 0
+    assert any("aten::" in op["op"] for op in real["profiles"][0]["ops"])
 
     prefill = {(row["model"], row["length"], row["prefill_chunk_size"]): row for row in real["prefill"]}
     assert set(prefill) == {(TEACHER, 64, None), (STUDENT, 64, None), (HYBRID, 64, None), (STUDENT, 64, 16)}
@@ -126,7 +133,8 @@ def test_real_model_section_on_a_tiny_llama(teacher_folder):
     assert records["hedgehog student compiled decode, fraction of the weight-read bound (batch 1)"]["value"] is None
     assert not any(t.get("not_run") for t in records.values())
     markdown = "\n".join(real_model_section(results))
-    for header in ("| model | T | prefill chunks |", "| model | mode | batch | prompt |", "| model | T | step |",
+    for header in ("| model | T | prefill chunks |", "| model | T | forward s | largest operators | rest |",
+                   "| model | mode | batch | prompt |", "| model | T | step |",
                    "| model | dtype | decode tokens/s |"):
         assert header in markdown
     assert f"| {STUDENT} | 64 | 16 |" in markdown and "| student | int8 dynamic |" in markdown

@@ -175,6 +175,9 @@ class RealModelSizes:
     # Decoding cells run their prompt through the model (else its context is filled without a prefill,
     # `context_filled_cache`: the same decoding cost, minutes instead of hours for the teacher after 32k at batch 8).
     prefill_decode_prompts: bool = False
+    # Profiles of a forward pass (teacher, student) at these lengths: the operators that take the time
+    profile_lengths: tuple[int, ...] = (512, 8192)
+    profile_top: int = 8
 
 
 @dataclass
@@ -236,7 +239,7 @@ class Sizes:
             real=RealModelSizes(prefill_lengths=(32, 128), prefill_chunk=32, decode_prompts=(32, 128),
                                 decode_batches=(1, 2), decode_tokens=3, train_lengths=(32, 64), lora_rank=2,
                                 quantized_prompt=32, quantized_decode_tokens=3, perplexity_context=32,
-                                perplexity_tokens=128, cell_time_limit_s=180.0),
+                                perplexity_tokens=128, cell_time_limit_s=180.0, profile_lengths=(32,)),
         )
 
     def realistic(self) -> Sizes:
@@ -815,6 +818,28 @@ def context_filled_cache(model: torch.nn.Module, batch: int, length: int, cache=
     return cache
 
 
+def _real_profile_cell(folder: str, model_name: str, sizes: Sizes, length: int) -> dict:
+    """Where a batch-1 forward pass of `length` tokens spends its time (after one warm-up pass): torch.profiler's
+    operators by self CPU time, the `real.profile_top` largest (share of the total, calls) and the rest summed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = load_real_model(folder, model_name, sizes)
+    ids = torch.randint(0, model.config.vocab_size, (1, length))
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            model(input_ids=ids, use_cache=False)
+        seconds = time.perf_counter() - start
+    events = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
+    total = sum(event.self_cpu_time_total for event in events)
+    top = [{"op": event.key, "share": event.self_cpu_time_total / total, "calls": event.count}
+           for event in events[: sizes.real.profile_top]]
+    rest = sum(event.self_cpu_time_total for event in events[sizes.real.profile_top:]) / total
+    return {"forward_s": seconds, "ops": top, "other_share": rest}
+
+
 def _real_decode_cell(folder: str, model_name: str, sizes: Sizes, prompt_length: int, batch: int,
                       compiled: bool) -> dict:
     """Greedy decoding after a `prompt_length`-token context at `batch`: `timed_generate`'s figures, the weight
@@ -974,6 +999,10 @@ def bench_real_model(folder: str, sizes: Sizes, args: BenchmarkArguments) -> dic
     for length, model, chunk in tqdm(jobs, desc="9. real model: prefill", leave=False):
         cell = cells.run(_real_prefill_cell, (folder, model, sizes, length, chunk), (model, chunk), (length,))
         prefill.append({"model": model, "length": length, "prefill_chunk_size": chunk, **cell})
+    profiles = []
+    for length, model in [(length, model) for length in sorted(sizes.real.profile_lengths) for model in REAL_MODELS]:
+        cell = cells.run(_real_profile_cell, (folder, model, sizes, length), (model, "profile"), (length,))
+        profiles.append({"model": model, "length": length, **cell})
     decode = []
     unknown = set(sizes.real.decode_modes) - {"eager", "compiled"}
     if unknown:
@@ -999,7 +1028,7 @@ def bench_real_model(folder: str, sizes: Sizes, args: BenchmarkArguments) -> dic
         quantized += [{"model": model, **row} for row in rows]
     return {"teacher": folder, "teacher_layers": config.num_hidden_layers, "kept_softmax_layers": keep,
             "student_type": sizes.real.student_type, "heldout_text": args.heldout_text, "prefill": prefill,
-            "decode": decode, "training": training, "quantized": quantized}
+            "profiles": profiles, "decode": decode, "training": training, "quantized": quantized}
 
 
 def bench_long_prompts(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:

@@ -267,6 +267,23 @@ def _decode_context_sentence(rows: list[dict]) -> str:
             "what it reads after a real prompt), so \"prefill s\" is the prompt's last token only.")
 
 
+def _profile_table(profiles: list[dict]) -> list[str]:
+    """Where each model's forward pass spends its time: the operators with the largest self CPU time."""
+    if not profiles:
+        return []
+    lines = ["", "Where a forward pass spends its time (batch 1, after a warm-up pass; torch.profiler, operators by "
+             "self CPU time, share of the pass's total):", "", "| model | T | forward s | largest operators | rest |",
+             "|---|---|---|---|---|"]
+    for row in profiles:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['length']:,} | — | {row['error']} | — |")
+            continue
+        ops = ", ".join(f"{op['op']} {100 * op['share']:.0f}% ({op['calls']})" for op in row["ops"])
+        lines.append(f"| {row['model']} | {row['length']:,} | {row['forward_s']:.2f} | {ops} | "
+                     f"{100 * row['other_share']:.0f}% |")
+    return lines
+
+
 def real_model_section(results: dict) -> list[str]:
     """Section 9: the teacher against its untrained students (prefill, decoding, training, int8/bf16)."""
     lines = ["", "## 9. The real model: the teacher against its fast-weight students", ""]
@@ -291,6 +308,7 @@ def real_model_section(results: dict) -> list[str]:
         ratio = divide(row["prefill_tokens_per_s"], teacher.get("prefill_tokens_per_s"))
         lines.append(f"| {row['model']} | {row['length']:,} | {chunks} | {row['prefill_s']:.2f} | "
                      f"{row['prefill_tokens_per_s']:.0f} | {_fmt(ratio)}× | {row['peak_rss_gib']:.2f} |")
+    lines += _profile_table(real.get("profiles", []))
     lines += ["", "Decoding (greedy; \"vs teacher\" compares the same mode, batch and prompt; compiled: the student's "
               "`FastWeightStaticCache`, the teacher's static KV cache, the first call's compilation not counted). "
               f"{_decode_context_sentence(real['decode'])}", "",
