@@ -155,6 +155,9 @@ def test_only_real_model_runs_section_9_and_judges_its_targets(teacher_folder, t
     assert "The reference of every ratio (\"vs teacher\") and target is the teacher itself" in markdown
     assert "filled without a prefill (`context_filled_cache`" in markdown and "Memory read bandwidth:" in markdown
     assert json.loads((tmp_path / "real-model-cpu.json").read_text())["targets"] == results["targets"]
+    # --from_json renders a real-model run's JSON as that run's report again
+    benchmark.main(["--from_json", str(tmp_path / "real-model-cpu.json"), "--output_dir", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "real-model-cpu.md").read_text() == markdown
 
 
 def test_compiled_decoding_cells(teacher_folder):

@@ -1120,7 +1120,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
         results["note"] = args.note or results.get("note")
-        return write_report(results, Path(args.output_dir))
+        writer = {"kernels": write_kernel_report, "real_model": write_real_model_report}.get(results.get("only"))
+        return (writer or write_report)(results, Path(args.output_dir))
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
@@ -1140,7 +1141,8 @@ def main(argv: list[str] | None = None) -> dict:
     command = " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])])
     results = {"quick": args.quick, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": machine_description(torch.get_num_threads()), "sizes": asdict(sizes),
-               "baseline": {"src": args.baseline_src, "label": args.baseline_label, "fwp_hf": baseline_file}}
+               "baseline": {"src": args.baseline_src, "label": args.baseline_label, "fwp_hf": baseline_file},
+               "only": args.only}
     clock = time.process_time if args.cpu_time else time.perf_counter
     results["clock"] = "process CPU time" if args.cpu_time else "wall-clock"
     if args.only == "real_model":
