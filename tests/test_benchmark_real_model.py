@@ -224,6 +224,25 @@ def test_a_cell_larger_than_one_that_ran_out_of_time_is_skipped():
     assert cells.run(dict, (), ("teacher", True), (16384, 8)) == {}  # another kind (compiled) still runs
 
 
+def test_int8_cell_measures_a_trained_student_when_given(teacher_folder, tmp_path):
+    """--trained_student: the int8/bf16 cell loads that folder as the student (here a student saved with other
+    weights than the untrained one, so its float32 perplexity differs)."""
+    sizes = tiny_sizes()
+    student = benchmark.load_real_model(str(teacher_folder), STUDENT, sizes)
+    with torch.no_grad():
+        student.lm_head.weight.mul_(3.0)  # tied: the embeddings too
+    student.save_pretrained(tmp_path / "trained")
+    heldout = str(teacher_folder / "heldout.txt")
+    untrained = benchmark._real_quantized_cell(str(teacher_folder), STUDENT, sizes, heldout)
+    trained = benchmark._real_quantized_cell(str(teacher_folder), STUDENT, sizes, heldout, str(tmp_path / "trained"))
+    assert trained["float32"]["perplexity"] != pytest.approx(untrained["float32"]["perplexity"], rel=1e-3)
+    with pytest.raises(ValueError, match="--trained_student is read by section 9 only"):
+        benchmark.check_real_model_arguments(benchmark.BenchmarkArguments(trained_student=str(tmp_path / "trained")))
+    with pytest.raises(ValueError, match="--trained_student .* must be a model folder holding a config.json"):
+        benchmark.check_real_model_arguments(benchmark.BenchmarkArguments(real_teacher=str(teacher_folder),
+                                                                          trained_student=str(tmp_path)))
+
+
 def test_real_model_arguments_are_checked_first(tmp_path):
     with pytest.raises(ValueError, match="--heldout_text is read by section 9 only: give --real_teacher too"):
         benchmark.check_real_model_arguments(benchmark.BenchmarkArguments(heldout_text="x.txt"))

@@ -145,6 +145,13 @@ class BenchmarkArguments:
         metadata={"help": "A Llama-family teacher folder (e.g. SmolLM2-135M): run section 9, the teacher against its "
                           "linearized students (untrained), at Sizes' real_* lengths (tiny ones with --quick)."},
     )
+    trained_student: str | None = field(
+        default=None,
+        metadata={"help": "A trained student folder of --real_teacher (e.g. scripts/linearize.py's output): section "
+                          "9's int8/bf16 cell measures it instead of the untrained student, so that the perplexity "
+                          "change is that of a model whose perplexity means something. Speed cells keep the untrained "
+                          "ones."},
+    )
     heldout_text: str | None = field(
         default=None,
         metadata={"help": "A .jsonl ('text' field) or .txt file of held-out text, tokenized by the teacher's "
@@ -918,14 +925,21 @@ def quantize_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
                                                       dtype=torch.qint8)
 
 
-def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_text: str | None) -> dict:
+def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_text: str | None,
+                         trained_student: str | None = None) -> dict:
     """Batch-1 eager decoding (after `real_quantized_prompt` tokens; best of 2, the variants alternating) and
     held-out perplexity (windows of `real_perplexity_context` tokens, the first `real_perplexity_tokens` of
-    `heldout_text` under the teacher's tokenizer) of float32, int8 (`quantize_linear_int8`) and bfloat16."""
+    `heldout_text` under the teacher's tokenizer) of float32, int8 (`quantize_linear_int8`) and bfloat16. The
+    student is `trained_student`'s model when given."""
     from .linearization_eval import document_stream, heldout_perplexity, read_texts
 
     torch.manual_seed(0)
-    model = load_real_model(folder, model_name, sizes)
+    if model_name == STUDENT and trained_student:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(trained_student, dtype=torch.float32).eval()
+    else:
+        model = load_real_model(folder, model_name, sizes)
     variants = {"float32": model, "int8 dynamic": quantize_linear_int8(model), "bfloat16": _bfloat16_copy(model)}
     prompt = torch.randint(0, model.config.vocab_size, (1, sizes.real.quantized_prompt))
     best: dict[str, dict] = {}
@@ -959,6 +973,10 @@ def check_real_model_arguments(args: BenchmarkArguments) -> None:
         raise ValueError("--heldout_text is read by section 9 only: give --real_teacher too")
     if args.real_teacher and not (Path(args.real_teacher) / "config.json").is_file():
         raise ValueError(f"--real_teacher {args.real_teacher!r} must be a model folder holding a config.json")
+    if args.trained_student and not args.real_teacher:
+        raise ValueError("--trained_student is read by section 9 only: give --real_teacher too")
+    if args.trained_student and not (Path(args.trained_student) / "config.json").is_file():
+        raise ValueError(f"--trained_student {args.trained_student!r} must be a model folder holding a config.json")
     if args.heldout_text and not Path(args.heldout_text).is_file():
         raise ValueError(f"--heldout_text {args.heldout_text!r} is not a file (.jsonl with a 'text' field, or .txt)")
 
@@ -1022,12 +1040,13 @@ def bench_real_model(folder: str, sizes: Sizes, args: BenchmarkArguments) -> dic
         training.append({"model": model, "seq_len": length, "lora": lora, **cell})
     quantized = []
     for model in tqdm((STUDENT, TEACHER), desc="9. real model: int8 and bf16", leave=False):
-        cell = run_in_child(_real_quantized_cell, (folder, model, sizes, args.heldout_text), args,
+        cell = run_in_child(_real_quantized_cell, (folder, model, sizes, args.heldout_text, args.trained_student), args,
                             sizes.real.cell_time_limit_s)
         rows = [{"dtype": "all", **cell}] if "error" in cell else [{"dtype": k, **v} for k, v in cell.items()]
         quantized += [{"model": model, **row} for row in rows]
     return {"teacher": folder, "teacher_layers": config.num_hidden_layers, "kept_softmax_layers": keep,
-            "student_type": sizes.real.student_type, "heldout_text": args.heldout_text, "prefill": prefill,
+            "student_type": sizes.real.student_type, "heldout_text": args.heldout_text,
+            "trained_student": args.trained_student, "prefill": prefill,
             "profiles": profiles, "decode": decode, "training": training, "quantized": quantized}
 
 

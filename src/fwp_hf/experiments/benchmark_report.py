@@ -267,6 +267,13 @@ def _decode_context_sentence(rows: list[dict]) -> str:
             "what it reads after a real prompt), so \"prefill s\" is the prompt's last token only.")
 
 
+def _quantized_student_sentence(real: dict) -> str:
+    if real.get("trained_student"):
+        return (f"The student here is the trained one in `{real['trained_student']}` (`--trained_student`); its "
+                "perplexity change under int8/bf16 is the figure.")
+    return "The student is untrained, so its perplexity is high; its change under int8/bf16 is the figure."
+
+
 def _profile_table(profiles: list[dict]) -> list[str]:
     """Where each model's forward pass spends its time: the operators with the largest self CPU time."""
     if not profiles:
@@ -341,8 +348,7 @@ def real_model_section(results: dict) -> list[str]:
     heldout = f" ({real['heldout_text']})" if real.get("heldout_text") else " (not measured: no --heldout_text)"
     lines += ["", "int8 dynamic quantization of every nn.Linear (`quantize_linear_int8`: "
               "`torch.ao.quantization.quantize_dynamic`, deprecated in torch 2.13 in favour of torchao) and bfloat16, "
-              f"batch-1 eager decoding and held-out perplexity{heldout}. The students are untrained, so their "
-              "perplexity is high; its change under int8/bf16 is the figure. "
+              f"batch-1 eager decoding and held-out perplexity{heldout}. {_quantized_student_sentence(real)} "
               f"This CPU {'has' if bf16 else 'lacks' if bf16 is not None else 'may lack'} bf16 instructions "
               "(avx512_bf16/amx_bf16). The int8 model does not save through `save_pretrained`: save the float model "
               "and quantize after loading.", "",
