@@ -160,6 +160,31 @@ def test_only_real_model_runs_section_9_and_judges_its_targets(teacher_folder, t
     assert (tmp_path / "again" / "real-model-cpu.md").read_text() == markdown
 
 
+def test_real_parts_run_only_the_parts_named(teacher_folder, tmp_path, monkeypatch):
+    """--real_parts profiles,quantized: the other parts' rows stay empty, their targets are "not run" and their
+    tables say so; the quantized targets are judged."""
+    sizes = tiny_sizes()
+    monkeypatch.setattr(benchmark.Sizes, "quick", classmethod(lambda cls: sizes))
+    results = benchmark.main(["--only", "real_model", "--quick", "--real_teacher", str(teacher_folder),
+                              "--real_parts", "quantized, profiles", "--heldout_text",
+                              str(teacher_folder / "heldout.txt"), "--threads", "1", "--output_dir", str(tmp_path)])
+    real = results[REAL_SECTION]
+    assert real["parts"] == ["profiles", "quantized"]
+    assert real["prefill"] == real["decode"] == real["training"] == [] and real["profiles"] and real["quantized"]
+    verdicts = {t["target"]: t for t in results["targets"]}
+    assert all(t.get("not_run") for name, t in verdicts.items() if "int8" not in name)
+    assert [name for name, t in verdicts.items() if not t.get("not_run")] == [
+        "hedgehog student int8 decode tok/s vs float32 (batch 1)",
+        "hedgehog student int8 perplexity change on held-out text"]
+    markdown = (tmp_path / "real-model-cpu.md").read_text()
+    for part in ("Prefill", "Decode", "Training"):
+        assert f"{part}: not run in this run (`--real_parts`)." in markdown
+    assert "| model | T | forward s | largest operators | rest |" in markdown
+    with pytest.raises(ValueError, match="--real_parts takes a comma-separated list of prefill, profiles, decode, "
+                                         "training, quantized, got 'prefill,speed'"):
+        benchmark.main(["--only", "real_model", "--real_teacher", str(teacher_folder), "--real_parts", "prefill,speed"])
+
+
 def test_compiled_decoding_cells(teacher_folder):
     """Compiled decoding: the student with its FastWeightStaticCache, the teacher with transformers' static KV
     cache; the hybrid (softmax layers) cannot be compiled and says so."""

@@ -87,6 +87,7 @@ from .benchmark_targets import (
     ONNXRUNTIME_MODE,
     PEER,
     REAL_MODEL_TARGETS,
+    REAL_PARTS,
     STUDENT,
     TEACHER,
     WEAK_REFERENCE,
@@ -144,6 +145,11 @@ class BenchmarkArguments:
         default=None,
         metadata={"help": "A Llama-family teacher folder (e.g. SmolLM2-135M): run section 9, the teacher against its "
                           "linearized students (untrained), at Sizes' real_* lengths (tiny ones with --quick)."},
+    )
+    real_parts: str = field(
+        default=",".join(REAL_PARTS),
+        metadata={"help": f"Comma-separated parts of section 9 to run (of {', '.join(REAL_PARTS)}); the targets of the "
+                          "others are marked not run."},
     )
     trained_student: str | None = field(
         default=None,
@@ -966,6 +972,12 @@ def _bfloat16_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).to(torch.bfloat16).eval()
 
 
+def real_parts(args: BenchmarkArguments) -> list[str]:
+    """The parts of section 9 that `args.real_parts` names, in `REAL_PARTS`' order (unknown names kept last)."""
+    names = [name.strip() for name in args.real_parts.split(",") if name.strip()]
+    return [part for part in REAL_PARTS if part in names] + [name for name in names if name not in REAL_PARTS]
+
+
 def check_real_model_arguments(args: BenchmarkArguments) -> None:
     """Section 9's arguments, checked before any measurement: a teacher folder with a config.json, a held-out
     text file that exists, and no held-out text without a teacher."""
@@ -973,6 +985,10 @@ def check_real_model_arguments(args: BenchmarkArguments) -> None:
         raise ValueError("--heldout_text is read by section 9 only: give --real_teacher too")
     if args.real_teacher and not (Path(args.real_teacher) / "config.json").is_file():
         raise ValueError(f"--real_teacher {args.real_teacher!r} must be a model folder holding a config.json")
+    unknown = set(real_parts(args)) - set(REAL_PARTS)
+    if unknown or not real_parts(args):
+        raise ValueError(f"--real_parts takes a comma-separated list of {', '.join(REAL_PARTS)}, "
+                         f"got {args.real_parts!r}")
     if args.trained_student and not args.real_teacher:
         raise ValueError("--trained_student is read by section 9 only: give --real_teacher too")
     if args.trained_student and not (Path(args.trained_student) / "config.json").is_file():
@@ -1005,49 +1021,53 @@ class CellRunner:
 
 def bench_real_model(folder: str, sizes: Sizes, args: BenchmarkArguments) -> dict:
     """Section 9: the teacher in `folder` against its untrained students (module docstring), each cell in a child
-    process with the memory and `real_cell_time_limit_s` limits."""
+    process with the memory and `real_cell_time_limit_s` limits; the parts `args.real_parts` names (the others'
+    lists stay empty)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
     keep = scaled_layers(sizes.real.keep_softmax_layers, sizes.real.reference_depth, config.num_hidden_layers)
     cells = CellRunner(args, sizes.real.cell_time_limit_s)
-    jobs = [(length, model, None) for length in sorted(sizes.real.prefill_lengths) for model in REAL_MODELS]
-    jobs += [(length, STUDENT, sizes.real.prefill_chunk) for length in sorted(sizes.real.prefill_lengths)]
-    prefill = []
-    for length, model, chunk in tqdm(jobs, desc="9. real model: prefill", leave=False):
-        cell = cells.run(_real_prefill_cell, (folder, model, sizes, length, chunk), (model, chunk), (length,))
-        prefill.append({"model": model, "length": length, "prefill_chunk_size": chunk, **cell})
-    profiles = []
-    for length, model in [(length, model) for length in sorted(sizes.real.profile_lengths) for model in REAL_MODELS]:
-        cell = cells.run(_real_profile_cell, (folder, model, sizes, length), (model, "profile"), (length,))
-        profiles.append({"model": model, "length": length, **cell})
-    decode = []
+    parts = real_parts(args)
+    rows: dict[str, list[dict]] = {part: [] for part in REAL_PARTS}
     unknown = set(sizes.real.decode_modes) - {"eager", "compiled"}
     if unknown:
         raise ValueError(f"real.decode_modes are 'eager' and/or 'compiled', got {sorted(unknown)}")
-    jobs = [(prompt, batch, model, mode == "compiled") for prompt in sorted(sizes.real.decode_prompts)
-            for batch in sorted(sizes.real.decode_batches) for mode in sizes.real.decode_modes for model in REAL_MODELS]
-    for prompt, batch, model, compiled in tqdm(jobs, desc="9. real model: decoding", leave=False):
-        cell = cells.run(_real_decode_cell, (folder, model, sizes, prompt, batch, compiled), (model, compiled),
-                         (prompt, batch))
-        decode.append({"model": model, "prompt": prompt, "batch": batch,
-                       "mode": "compiled" if compiled else "eager", **cell})
-    training = []
-    jobs = [(length, model, False) for length in sorted(sizes.real.train_lengths) for model in (TEACHER, STUDENT)]
-    jobs += [(min(sizes.real.train_lengths), model, True) for model in (TEACHER, STUDENT)]
-    for length, model, lora in tqdm(jobs, desc="9. real model: training steps", leave=False):
-        cell = cells.run(_real_train_cell, (folder, model, sizes, length, lora), (model, lora), (length,))
-        training.append({"model": model, "seq_len": length, "lora": lora, **cell})
-    quantized = []
-    for model in tqdm((STUDENT, TEACHER), desc="9. real model: int8 and bf16", leave=False):
-        cell = run_in_child(_real_quantized_cell, (folder, model, sizes, args.heldout_text, args.trained_student), args,
-                            sizes.real.cell_time_limit_s)
-        rows = [{"dtype": "all", **cell}] if "error" in cell else [{"dtype": k, **v} for k, v in cell.items()]
-        quantized += [{"model": model, **row} for row in rows]
+    if "prefill" in parts:
+        jobs = [(length, model, None) for length in sorted(sizes.real.prefill_lengths) for model in REAL_MODELS]
+        jobs += [(length, STUDENT, sizes.real.prefill_chunk) for length in sorted(sizes.real.prefill_lengths)]
+        for length, model, chunk in tqdm(jobs, desc="9. real model: prefill", leave=False):
+            cell = cells.run(_real_prefill_cell, (folder, model, sizes, length, chunk), (model, chunk), (length,))
+            rows["prefill"].append({"model": model, "length": length, "prefill_chunk_size": chunk, **cell})
+    if "profiles" in parts:
+        for length in sorted(sizes.real.profile_lengths):
+            for model in REAL_MODELS:
+                cell = cells.run(_real_profile_cell, (folder, model, sizes, length), (model, "profile"), (length,))
+                rows["profiles"].append({"model": model, "length": length, **cell})
+    if "decode" in parts:
+        jobs = [(prompt, batch, model, mode == "compiled") for prompt in sorted(sizes.real.decode_prompts)
+                for batch in sorted(sizes.real.decode_batches) for mode in sizes.real.decode_modes
+                for model in REAL_MODELS]
+        for prompt, batch, model, compiled in tqdm(jobs, desc="9. real model: decoding", leave=False):
+            cell = cells.run(_real_decode_cell, (folder, model, sizes, prompt, batch, compiled), (model, compiled),
+                             (prompt, batch))
+            rows["decode"].append({"model": model, "prompt": prompt, "batch": batch,
+                                   "mode": "compiled" if compiled else "eager", **cell})
+    if "training" in parts:
+        jobs = [(length, model, False) for length in sorted(sizes.real.train_lengths) for model in (TEACHER, STUDENT)]
+        jobs += [(min(sizes.real.train_lengths), model, True) for model in (TEACHER, STUDENT)]
+        for length, model, lora in tqdm(jobs, desc="9. real model: training steps", leave=False):
+            cell = cells.run(_real_train_cell, (folder, model, sizes, length, lora), (model, lora), (length,))
+            rows["training"].append({"model": model, "seq_len": length, "lora": lora, **cell})
+    if "quantized" in parts:
+        for model in tqdm((STUDENT, TEACHER), desc="9. real model: int8 and bf16", leave=False):
+            cell = run_in_child(_real_quantized_cell, (folder, model, sizes, args.heldout_text, args.trained_student),
+                                args, sizes.real.cell_time_limit_s)
+            found = [{"dtype": "all", **cell}] if "error" in cell else [{"dtype": k, **v} for k, v in cell.items()]
+            rows["quantized"] += [{"model": model, **row} for row in found]
     return {"teacher": folder, "teacher_layers": config.num_hidden_layers, "kept_softmax_layers": keep,
             "student_type": sizes.real.student_type, "heldout_text": args.heldout_text,
-            "trained_student": args.trained_student, "prefill": prefill,
-            "profiles": profiles, "decode": decode, "training": training, "quantized": quantized}
+            "trained_student": args.trained_student, "parts": parts, **rows}
 
 
 def bench_long_prompts(sizes: Sizes, args: BenchmarkArguments) -> list[dict]:

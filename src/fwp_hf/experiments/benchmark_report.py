@@ -274,38 +274,10 @@ def _quantized_student_sentence(real: dict) -> str:
     return "The student is untrained, so its perplexity is high; its change under int8/bf16 is the figure."
 
 
-def _profile_table(profiles: list[dict]) -> list[str]:
-    """Where each model's forward pass spends its time: the operators with the largest self CPU time."""
-    if not profiles:
-        return []
-    lines = ["", "Where a forward pass spends its time (batch 1, after a warm-up pass; torch.profiler, operators by "
-             "self CPU time, share of the pass's total):", "", "| model | T | forward s | largest operators | rest |",
-             "|---|---|---|---|---|"]
-    for row in profiles:
-        if "error" in row:
-            lines.append(f"| {row['model']} | {row['length']:,} | — | {row['error']} | — |")
-            continue
-        ops = ", ".join(f"{op['op']} {100 * op['share']:.0f}% ({op['calls']})" for op in row["ops"])
-        lines.append(f"| {row['model']} | {row['length']:,} | {row['forward_s']:.2f} | {ops} | "
-                     f"{100 * row['other_share']:.0f}% |")
-    return lines
-
-
-def real_model_section(results: dict) -> list[str]:
-    """Section 9: the teacher against its untrained students (prefill, decoding, training, int8/bf16)."""
-    lines = ["", "## 9. The real model: the teacher against its fast-weight students", ""]
-    real = results.get(REAL_SECTION)
-    if not real:
-        return lines + ["Not run in this run (`python scripts/benchmark.py --real_teacher <folder> "
-                        "[--heldout_text <file>]`); its targets are marked \"not run\"."]
-    bandwidth = results.get("memory_bandwidth")
-    lines += [f"Teacher `{real['teacher']}` ({real['teacher_layers']} layers; float32, SDPA, its KV cache). Students "
-              f"built by `linearize_model` without training (speed does not depend on trained values): \"student\" "
-              f"has {real['student_type']} in every layer, \"hybrid student\" keeps softmax layers "
-              f"{real['kept_softmax_layers']}. Each cell runs in its own child process; peak memory is its peak "
-              "resident set.", "", "Prefill (batch 1; `generate`'s first token):", "",
-              "| model | T | prefill chunks | prefill s | tokens/s | vs teacher | peak memory GiB |",
-              "|---|---|---|---|---|---|---|"]
+def _real_prefill_table(real: dict, results: dict) -> list[str]:
+    lines = ["Prefill (batch 1; `generate`'s first token):", "",
+             "| model | T | prefill chunks | prefill s | tokens/s | vs teacher | peak memory GiB |",
+             "|---|---|---|---|---|---|---|"]
     for row in real["prefill"]:
         chunks = f"{row['prefill_chunk_size']:,}" if row["prefill_chunk_size"] else "one call"
         if "error" in row:
@@ -315,12 +287,31 @@ def real_model_section(results: dict) -> list[str]:
         ratio = divide(row["prefill_tokens_per_s"], teacher.get("prefill_tokens_per_s"))
         lines.append(f"| {row['model']} | {row['length']:,} | {chunks} | {row['prefill_s']:.2f} | "
                      f"{row['prefill_tokens_per_s']:.0f} | {_fmt(ratio)}× | {row['peak_rss_gib']:.2f} |")
-    lines += _profile_table(real.get("profiles", []))
-    lines += ["", "Decoding (greedy; \"vs teacher\" compares the same mode, batch and prompt; compiled: the student's "
-              "`FastWeightStaticCache`, the teacher's static KV cache, the first call's compilation not counted). "
-              f"{_decode_context_sentence(real['decode'])}", "",
-              "| model | mode | batch | prompt | prefill s | decode tokens/s | vs teacher | % of bound | cache MiB | "
-              "decoding memory GiB | peak memory GiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _real_profile_table(real: dict, results: dict) -> list[str]:
+    """Where each model's forward pass spends its time: the operators with the largest self CPU time."""
+    lines = ["Where a forward pass spends its time (batch 1, after a warm-up pass; torch.profiler, operators by "
+             "self CPU time, share of the pass's total):", "", "| model | T | forward s | largest operators | rest |",
+             "|---|---|---|---|---|"]
+    for row in real.get("profiles", []):
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['length']:,} | — | {row['error']} | — |")
+            continue
+        ops = ", ".join(f"{op['op']} {100 * op['share']:.0f}% ({op['calls']})" for op in row["ops"])
+        lines.append(f"| {row['model']} | {row['length']:,} | {row['forward_s']:.2f} | {ops} | "
+                     f"{100 * row['other_share']:.0f}% |")
+    return lines
+
+
+def _real_decode_table(real: dict, results: dict) -> list[str]:
+    bandwidth = results.get("memory_bandwidth")
+    lines = ["Decoding (greedy; \"vs teacher\" compares the same mode, batch and prompt; compiled: the student's "
+             "`FastWeightStaticCache`, the teacher's static KV cache, the first call's compilation not counted). "
+             f"{_decode_context_sentence(real['decode'])}", "",
+             "| model | mode | batch | prompt | prefill s | decode tokens/s | vs teacher | % of bound | cache MiB | "
+             "decoding memory GiB | peak memory GiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in real["decode"]:
         head = f"| {row['model']} | {row['mode']} | {row['batch']} | {row['prompt']:,} |"
         if "error" in row:
@@ -331,10 +322,14 @@ def real_model_section(results: dict) -> list[str]:
         lines.append(f"{head} {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | {_fmt(ratio)}× | "
                      f"{_percent(fraction_of_bound(row, bandwidth))} | {row['cache_bytes'] / 2**20:.1f} | "
                      f"{row['decode_rss_gib']:.2f} | {row['peak_rss_gib']:.2f} |")
-    lines += ["", "Training step (batch 1, forward + backward + AdamW, timed after one warm-up step; LoRA: peft "
-              "adapters on every linear layer but the LM head):", "",
-              "| model | T | step | trainable parameters | tokens/s | vs teacher | peak memory GiB |",
-              "|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _real_training_table(real: dict, results: dict) -> list[str]:
+    lines = ["Training step (batch 1, forward + backward + AdamW, timed after one warm-up step; LoRA: peft "
+             "adapters on every linear layer but the LM head):", "",
+             "| model | T | step | trainable parameters | tokens/s | vs teacher | peak memory GiB |",
+             "|---|---|---|---|---|---|---|"]
     for row in real["training"]:
         step = "LoRA" if row["lora"] else "full"
         if "error" in row:
@@ -344,16 +339,21 @@ def real_model_section(results: dict) -> list[str]:
         ratio = divide(row["tokens_per_s"], teacher.get("tokens_per_s"))
         lines.append(f"| {row['model']} | {row['seq_len']:,} | {step} | {row['trainable_parameters']:,} | "
                      f"{row['tokens_per_s']:.0f} | {_fmt(ratio)}× | {row['peak_rss_gib']:.2f} |")
+    return lines
+
+
+def _real_quantized_table(real: dict, results: dict) -> list[str]:
+    bandwidth = results.get("memory_bandwidth")
     bf16 = results["machine"].get("bf16_instructions")
     heldout = f" ({real['heldout_text']})" if real.get("heldout_text") else " (not measured: no --heldout_text)"
-    lines += ["", "int8 dynamic quantization of every nn.Linear (`quantize_linear_int8`: "
-              "`torch.ao.quantization.quantize_dynamic`, deprecated in torch 2.13 in favour of torchao) and bfloat16, "
-              f"batch-1 eager decoding and held-out perplexity{heldout}. {_quantized_student_sentence(real)} "
-              f"This CPU {'has' if bf16 else 'lacks' if bf16 is not None else 'may lack'} bf16 instructions "
-              "(avx512_bf16/amx_bf16). The int8 model does not save through `save_pretrained`: save the float model "
-              "and quantize after loading.", "",
-              "| model | dtype | decode tokens/s | vs float32 | weight MiB/step | % of bound | perplexity | change |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines = ["int8 dynamic quantization of every nn.Linear (`quantize_linear_int8`: "
+             "`torch.ao.quantization.quantize_dynamic`, deprecated in torch 2.13 in favour of torchao) and bfloat16, "
+             f"batch-1 eager decoding and held-out perplexity{heldout}. {_quantized_student_sentence(real)} "
+             f"This CPU {'has' if bf16 else 'lacks' if bf16 is not None else 'may lack'} bf16 instructions "
+             "(avx512_bf16/amx_bf16). The int8 model does not save through `save_pretrained`: save the float model "
+             "and quantize after loading.", "",
+             "| model | dtype | decode tokens/s | vs float32 | weight MiB/step | % of bound | perplexity | change |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in real["quantized"]:
         if "error" in row:
             lines.append(f"| {row['model']} | {row['dtype']} | — | — | — | — | — | {row['error']} |")
@@ -365,6 +365,33 @@ def real_model_section(results: dict) -> list[str]:
         lines.append(f"| {row['model']} | {row['dtype']} | {row['decode_tokens_per_s']:.1f} | {_fmt(ratio)}× | "
                      f"{row['weight_bytes_per_token'] / 2**20:.2f} | {_percent(fraction_of_bound(row, bandwidth))} | "
                      f"{_fmt(perplexity)} | {change} |")
+    return lines
+
+
+# Section 9's tables, one per part of `REAL_PARTS`.
+_REAL_PART_TABLES = {"prefill": _real_prefill_table, "profiles": _real_profile_table, "decode": _real_decode_table,
+                     "training": _real_training_table, "quantized": _real_quantized_table}
+
+
+def real_model_section(results: dict) -> list[str]:
+    """Section 9: the teacher against its untrained students (prefill, profiles, decoding, training, int8/bf16);
+    a part the run left out (``--real_parts``) says so."""
+    lines = ["", "## 9. The real model: the teacher against its fast-weight students", ""]
+    real = results.get(REAL_SECTION)
+    if not real:
+        return lines + ["Not run in this run (`python scripts/benchmark.py --real_teacher <folder> "
+                        "[--heldout_text <file>]`); its targets are marked \"not run\"."]
+    lines.append(f"Teacher `{real['teacher']}` ({real['teacher_layers']} layers; float32, SDPA, its KV cache). "
+                 f"Students built by `linearize_model` without training (speed does not depend on trained values): "
+                 f"\"student\" has {real['student_type']} in every layer, \"hybrid student\" keeps softmax layers "
+                 f"{real['kept_softmax_layers']}. Each cell runs in its own child process; peak memory is its peak "
+                 "resident set.")
+    run = real.get("parts", list(_REAL_PART_TABLES))
+    for part, table in _REAL_PART_TABLES.items():
+        if part in run:
+            lines += ["", *table(real, results)]
+        else:
+            lines += ["", f"{part.capitalize()}: not run in this run (`--real_parts`)."]
     return lines
 
 

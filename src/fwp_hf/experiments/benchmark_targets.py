@@ -100,8 +100,8 @@ class Target:
     True for a property that must hold, or figures → number), `direction` (``"≥"`` / ``"≤"`` the threshold,
     ``"is"`` for a property) and `unit`. `cases` (results, figures → one dict of extra fields per row; none
     when the target does not apply to this run) repeats a target over several sizes. A target of an optional
-    `section` (a results key) is recorded as not run when the run skipped that section; its `cases` then
-    depend on the figures only."""
+    `section` (a results key) is recorded as not run when the run skipped that section, or the section's `part`
+    (one of `REAL_PARTS`, for section 9's ``--real_parts``); its `cases` then depend on the figures only."""
 
     name: str
     compared: str
@@ -111,6 +111,7 @@ class Target:
     unit: str = "×"
     cases: Callable[[dict, dict], list[dict]] = field(default=_once)
     section: str | None = None
+    part: str | None = None
 
 
 def _headline_kernel_speedup(results: dict, f: dict) -> Value:
@@ -237,40 +238,44 @@ TARGETS: tuple[Target, ...] = (
            "section 9: prefill tokens/s in one call (student chunkwise, teacher SDPA) ÷ the teacher's; no slower "
            "at every length, twice as fast at the longest",
            _real_prefill_ratio, lambda f: 2.0 if f["length"] == f["real_longest_prefill"] else 1.0,
-           cases=lambda r, f: [{"length": length} for length in f["real_prefill_lengths"]], section=REAL_SECTION),
+           cases=lambda r, f: [{"length": length} for length in f["real_prefill_lengths"]], section=REAL_SECTION,
+           part="prefill"),
     Target("{student_type} student eager decode tok/s vs teacher after {real_mid_prompt} tokens, batch 1",
            "section 9: batch-1 eager decoding tokens/s ÷ the teacher's (its KV cache)",
-           lambda r, f: _real_decode_ratio(r, f["real_mid_prompt"], 1), 2.5, section=REAL_SECTION),
+           lambda r, f: _real_decode_ratio(r, f["real_mid_prompt"], 1), 2.5, section=REAL_SECTION, part="decode"),
     Target("{student_type} student eager decode tok/s vs teacher after {real_mid_prompt} tokens, batch {real_batch}",
            "section 9: the same at the largest batch",
            lambda r, f: _real_decode_ratio(r, f["real_mid_prompt"], f["real_batch"]), 10.0,
-           cases=lambda r, f: [{}] if f["real_batch"] != 1 else [], section=REAL_SECTION),
+           cases=lambda r, f: [{}] if f["real_batch"] != 1 else [], section=REAL_SECTION, part="decode"),
     Target("{student_type} student eager decode tok/s vs teacher after {real_longest_prompt} tokens, batch 1",
            "section 9: batch-1 decoding after the longest prompt",
            lambda r, f: _real_decode_ratio(r, f["real_longest_prompt"], 1), 4.0,
-           cases=lambda r, f: [{}] if f["real_longest_prompt"] != f["real_mid_prompt"] else [], section=REAL_SECTION),
+           cases=lambda r, f: [{}] if f["real_longest_prompt"] != f["real_mid_prompt"] else [], section=REAL_SECTION,
+           part="decode"),
     Target("{student_type} student decoding memory after {real_longest_prompt} vs {real_shortest_prompt} tokens",
            "section 9: resident memory while decoding (batch 1, eager) after the longest prompt ÷ the shortest",
            lambda r, f: divide(_real_decode(r, STUDENT, f["real_longest_prompt"], 1).get("decode_rss_gib"),
                                _real_decode(r, STUDENT, f["real_shortest_prompt"], 1).get("decode_rss_gib")),
-           1.1, "≤", section=REAL_SECTION),
+           1.1, "≤", section=REAL_SECTION, part="decode"),
     Target("{student_type} student training step tok/s vs teacher at T={real_train_length}",
            "section 9: one forward+backward+AdamW step's tokens/s ÷ the teacher's, every parameter trained",
            lambda r, f: divide(_real(r, "training", model=STUDENT, seq_len=f["real_train_length"], lora=False)
                                .get("tokens_per_s"),
                                _real(r, "training", model=TEACHER, seq_len=f["real_train_length"], lora=False)
-                               .get("tokens_per_s")), 2.0, section=REAL_SECTION),
+                               .get("tokens_per_s")), 2.0, section=REAL_SECTION, part="training"),
     Target("{student_type} student compiled decode, fraction of the weight-read bound (batch 1)",
            "section 9: compiled batch-1 decoding tokens/s after the middle prompt ÷ `weight_read_bound`",
            lambda r, f: fraction_of_bound(_real_decode(r, STUDENT, f["real_mid_prompt"], 1, "compiled"),
-                                          r.get("memory_bandwidth")), 0.5, unit="fraction", section=REAL_SECTION),
+                                          r.get("memory_bandwidth")), 0.5, unit="fraction", section=REAL_SECTION,
+           part="decode"),
     Target("{student_type} student int8 decode tok/s vs float32 (batch 1)",
            "section 9: batch-1 decoding of the int8 dynamically quantized student ÷ the float32 student",
            lambda r, f: divide(_real_quantized(r, INT8).get("decode_tokens_per_s"),
-                               _real_quantized(r, FLOAT32).get("decode_tokens_per_s")), 1.8, section=REAL_SECTION),
+                               _real_quantized(r, FLOAT32).get("decode_tokens_per_s")), 1.8, section=REAL_SECTION,
+           part="quantized"),
     Target("{student_type} student int8 perplexity change on held-out text",
            "section 9 (--heldout_text): |perplexity int8 ÷ float32 − 1| of the student",
-           _perplexity_change, 0.02, "≤", "fraction", section=REAL_SECTION),
+           _perplexity_change, 0.02, "≤", "fraction", section=REAL_SECTION, part="quantized"),
 )
 
 # The kernel-only run (``--only kernels``: sections 1 and 4) is judged by these: issue 22's goals for the kernels.
@@ -283,6 +288,9 @@ KERNEL_TARGETS: tuple[Target, ...] = (
            "section 4: achieved GFLOP/s of the chunkwise kernel ÷ a batched matmul of the kernel's shapes",
            lambda r, f: r["flops"]["fraction_of_matmul"], 0.5, unit="fraction"),
 )
+
+# The parts of section 9 (``--real_parts``), in the order they run.
+REAL_PARTS = ("prefill", "profiles", "decode", "training", "quantized")
 
 # The section-9-only run (``--only real_model``) is judged by section 9's targets.
 REAL_MODEL_TARGETS: tuple[Target, ...] = tuple(target for target in TARGETS if target.section == REAL_SECTION)
@@ -304,7 +312,9 @@ def evaluate_targets(results: dict, sizes, targets: tuple[Target, ...] = TARGETS
     base = figures(sizes)
     records = []
     for target in targets:
-        skipped = target.section is not None and not results.get(target.section)
+        section = results.get(target.section) if target.section is not None else None
+        skipped = target.section is not None and (
+            not section or (target.part is not None and target.part not in section.get("parts", REAL_PARTS)))
         for case in target.cases(results, base):
             f = {**base, **case}
             value = None if skipped else target.value(results, f)
@@ -318,7 +328,7 @@ def evaluate_targets(results: dict, sizes, targets: tuple[Target, ...] = TARGETS
 
 __all__ = [
     "BASELINE_MODE", "FLOAT32", "HEADLINE_TYPE", "HYBRID", "INT8", "KERNEL_TARGETS", "ONNXRUNTIME_MODE", "PEER",
-    "REAL_MODEL_TARGETS", "REAL_SECTION", "STUDENT", "TARGETS", "TEACHER", "WEAK_REFERENCE", "Target",
+    "REAL_MODEL_TARGETS", "REAL_PARTS", "REAL_SECTION", "STUDENT", "TARGETS", "TEACHER", "WEAK_REFERENCE", "Target",
     "decode_rate", "divide", "evaluate_targets", "figures", "fraction_of_bound", "is_met", "lookup", "training_ratio",
     "weight_read_bound",
 ]
