@@ -1032,3 +1032,232 @@ def chunk_fast_weights(
 
     y = fast_weights_inner_loop(drive, read, num_steps, ln_weight, ln_bias)
     return y.to(out_dtype), final_state
+
+
+# ----------------------------------------------------------------------------------------------
+# Sliding-window softmax + sum rule under one normaliser (LoLCATs, Zhang et al. 2024)
+# ----------------------------------------------------------------------------------------------
+# Per head, for query i, window size w, s_ij = q_i·k_j·scale (q, k rotated), m_i = max_{i−w<j≤i} s_ij:
+#
+#     y_i = ( Σ_{i−w<j≤i} γ e^{s_ij − m_i} v_j  +  Σ_{j≤i−w} λ φ(q_i)·φ(k_j) v_j )
+#           / ( Σ_{i−w<j≤i} γ e^{s_ij − m_i}    +  Σ_{j≤i−w} λ φ(q_i)·φ(k_j) )
+#
+# The window holds w tokens including i (LoLCATs' `linear_window_attention_sw.get_masks`: the linear part is
+# ``tril(−w)``, the window the causal rest). The carried state of both forms (`WindowState`) is the last
+# ``w − 1`` tokens' rotated keys, values, features φ(k) and key mask, and the lagged sum-rule state
+# ``[S | z] = Σ_{j older than the window} φ(k_j) [v_j, 1]ᵀ``: a fixed size whatever the context. Every form
+# walks the sequence with one step, `_window_sum_rule_block`, on blocks of new tokens (C tokens for the
+# chunkwise form, one for the recurrent form): the block's queries attend to the carried window plus the
+# block (``w − 1 + C`` keys, so O(C·(C + w)·d) per block) and read ``[S | z]``; the tokens that leave the
+# window are then added into ``[S | z]``.
+
+
+class WindowState(NamedTuple):
+    """The carried state of the window kernels (fp32 — fp64 for fp64 inputs — except `keys`/`values`, kept in
+    the inputs' dtype).
+
+    keys: ``[B, H, n, d]`` the last n ≤ w − 1 rotated keys; values: ``[B, H, n, d_v]``; features:
+    ``[B, H, n, D]`` their φ(k); key_mask: ``[B, n]`` 1 for real tokens, 0 for padding; state:
+    ``[B, H, D, d_v + 1]`` the lagged ``[S | z]`` of every older token.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    features: torch.Tensor
+    key_mask: torch.Tensor
+    state: torch.Tensor
+
+
+def empty_window_state(q: torch.Tensor, fq: torch.Tensor, v: torch.Tensor) -> WindowState:
+    """The state before the first token (an empty window and ``[S | z] = 0``)."""
+    batch, heads = q.shape[:2]
+    return WindowState(
+        keys=q.new_zeros(batch, heads, 0, q.shape[-1]), values=v.new_zeros(batch, heads, 0, v.shape[-1]),
+        features=fq.new_zeros(batch, heads, 0, fq.shape[-1], dtype=_window_compute_dtype(fq)),
+        key_mask=q.new_zeros(batch, 0, dtype=_window_compute_dtype(q)),
+        state=fq.new_zeros(batch, heads, fq.shape[-1], v.shape[-1] + 1, dtype=_window_compute_dtype(fq)),
+    )
+
+
+def _check_window_inputs(
+    name: str, q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor,
+    window_size: int, key_mask: torch.Tensor | None, initial_state: WindowState | None,
+) -> None:
+    _check_inputs(name, q, k, v, None)
+    if fq.shape != fk.shape or fq.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{name}: φ(q) and φ(k) must be [batch, heads, time, D] like q, got "
+                         f"{tuple(fq.shape)} and {tuple(fk.shape)} for q {tuple(q.shape)}")
+    if not isinstance(window_size, int) or isinstance(window_size, bool) or window_size < 1:
+        raise ValueError(f"{name}: window_size must be a positive integer, got {window_size!r}")
+    if key_mask is not None and tuple(key_mask.shape) != (q.shape[0], q.shape[2]):
+        raise ValueError(f"{name}: key_mask must be [batch, time] = {(q.shape[0], q.shape[2])}, "
+                         f"got {tuple(key_mask.shape)}")
+    if initial_state is not None:
+        if not isinstance(initial_state, WindowState):
+            raise TypeError(f"{name}: initial_state must be a WindowState, got {type(initial_state).__name__}")
+        expected = (q.shape[0], q.shape[1], fq.shape[-1], v.shape[-1] + 1)
+        if tuple(initial_state.state.shape) != expected:
+            raise ValueError(f"{name}: initial_state.state must have shape {expected}, "
+                             f"got {tuple(initial_state.state.shape)}")
+        if initial_state.keys.shape[2] > window_size - 1:
+            raise ValueError(f"{name}: initial_state holds {initial_state.keys.shape[2]} window tokens, more than "
+                             f"window_size − 1 = {window_size - 1}")
+
+
+def _window_compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp32, or fp64 for fp64 inputs (the tests' gradient checks)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _head_factor(factor: torch.Tensor | float, heads: int, dtype: torch.dtype) -> torch.Tensor | float:
+    """A per-head factor ``[H]`` as ``[1, H, 1, 1]`` in `dtype`; a float stays a float."""
+    if torch.is_tensor(factor):
+        if factor.numel() not in (1, heads):
+            raise ValueError(f"a window kernel factor must have 1 or {heads} (heads) entries, got {factor.numel()}")
+        return factor.to(dtype).reshape(1, -1, 1, 1)
+    return float(factor)
+
+
+def _window_softmax_weights(scores: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """``e^{s − m}`` on the window (0 elsewhere), m the row's maximum over the window (0 for a row whose window
+    is empty: a padded query)."""
+    scores = scores.masked_fill(~window, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    return torch.exp(scores - row_max)
+
+
+def _combine_window_read(numerator: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """``[..., d_v + 1]`` (the value columns, then the normaliser) -> ``y = value columns / normaliser``; a row
+    with a zero normaliser (a padded query: nothing to read) reads 0."""
+    denominator = numerator[..., -1:]
+    denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return (numerator[..., :-1] / denominator).to(out_dtype)
+
+
+def _window_sum_rule_block(
+    q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
+    carried: WindowState, window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float,
+    window_size: int, scale: float,
+) -> tuple[torch.Tensor, WindowState]:
+    """One block of C new tokens after the carried window (n ≤ w − 1 tokens) and lagged ``[S | z]``.
+
+    Keys of the block's queries: the n carried then the C new ones (L = n + C). Query a (new token a) and key b
+    are ``a + n − b`` tokens apart: the window holds ``0 ≤ a + n − b < w``, the linear part ``a + n − b ≥ w``,
+    and ``[S | z]`` covers every older token. Afterwards the first ``L − min(L, w − 1)`` keys leave the window
+    into ``[S | z]``. Returns ``(y [B, H, C, d_v] fp32, the new state)``.
+    """
+    keys = torch.cat([carried.keys.to(k.dtype), k], dim=2)
+    features = torch.cat([carried.features, fk], dim=2)
+    values = append_normalizer_column(torch.cat([carried.values.to(v.dtype), v], dim=2))
+    mask = torch.cat([carried.key_mask, key_mask], dim=1)
+    carried_len, block_len, total = carried.keys.shape[2], q.shape[2], keys.shape[2]
+    distance = (torch.arange(block_len, device=q.device)[:, None] + carried_len
+                - torch.arange(total, device=q.device)[None, :])
+    valid = mask.bool()[:, None, None, :]  # [B, 1, 1, L]
+    in_window = (distance >= 0) & (distance < window_size) & valid
+    below_window = (distance >= window_size) & valid
+    window_weights = window_factor * _window_softmax_weights((q @ keys.transpose(-1, -2)) * scale, in_window)
+    linear_weights = (linear_factor * (fq @ features.transpose(-1, -2))).masked_fill(~below_window, 0.0)
+    numerator = (window_weights + linear_weights) @ values + linear_factor * (fq @ carried.state)
+    kept = min(total, window_size - 1)
+    leaving = total - kept
+    state = carried.state
+    if leaving > 0:
+        # padded keys have zero features: they write nothing
+        leaving_features = features[:, :, :leaving] * mask[:, None, :leaving, None]
+        state = state + leaving_features.transpose(-1, -2) @ values[:, :, :leaving]
+    new = WindowState(keys=keys[:, :, leaving:], values=values[:, :, leaving:, :-1], features=features[:, :, leaving:],
+                      key_mask=mask[:, leaving:], state=state)
+    return numerator, new
+
+
+def _window_kernel(
+    name: str, block_size: int, q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor,
+    v: torch.Tensor, window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float, window_size: int,
+    scale: float | None, key_mask: torch.Tensor | None, initial_state: WindowState | None, seq_idx,
+) -> tuple[torch.Tensor, WindowState]:
+    if seq_idx is not None:
+        raise ValueError(f"{name}: packed documents (seq_idx) are not supported by the window kernels; pass one "
+                         "document per row")
+    _check_window_inputs(name, q, k, fq, fk, v, window_size, key_mask, initial_state)
+    out_dtype, seq_len, heads = q.dtype, q.shape[2], q.shape[1]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    carried = empty_window_state(q, fq, v) if initial_state is None else initial_state
+    compute = _window_compute_dtype(q)
+    carried = carried._replace(features=carried.features.to(compute), key_mask=carried.key_mask.to(compute),
+                               state=carried.state.to(compute))
+    key_mask = q.new_ones(q.shape[0], seq_len, dtype=compute) if key_mask is None else key_mask.to(compute)
+    window_factor, linear_factor = (_head_factor(window_factor, heads, compute),
+                                    _head_factor(linear_factor, heads, compute))
+    q, k, fq, fk, v = (x.to(compute) for x in (q, k, fq, fk, v))
+    outputs = []
+    for start in range(0, seq_len, block_size):
+        block = slice(start, start + block_size)
+        numerator, carried = _window_sum_rule_block(
+            q[:, :, block], k[:, :, block], fq[:, :, block], fk[:, :, block], v[:, :, block], key_mask[:, block],
+            carried, window_factor, linear_factor, window_size, scale,
+        )
+        outputs.append(_combine_window_read(numerator, out_dtype))
+    # the window's keys and values keep the inputs' dtype (a bf16 cache stays bf16); features and [S | z]: fp32
+    carried = carried._replace(keys=carried.keys.to(out_dtype), values=carried.values.to(out_dtype))
+    return _concat_time(outputs, v.to(out_dtype)), carried
+
+
+def chunk_window_sum_rule(
+    q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *,
+    window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float = 1.0, window_size: int,
+    scale: float | None = None, key_mask: torch.Tensor | None = None, initial_state: WindowState | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE, seq_idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, WindowState]:
+    """Sliding-window softmax + sum rule (LoLCATs; the equation above), chunkwise: O(T·(C + w)·d).
+
+    q, k: ``[B, H, T, d]`` rotated (as the softmax attention they stand in for); fq, fk: ``[B, H, T, D]``
+    their features φ; v: ``[B, H, T, d_v]``; window_factor γ, linear_factor λ: per-head ``[H]`` tensors or
+    floats; scale: of the scores (default ``d^{-1/2}``); key_mask: ``[B, T]`` 1 for real tokens, 0 for
+    padding (a padded key is read by no query and writes nothing); initial_state: the `WindowState` of
+    earlier tokens. Returns ``(y [B, H, T, d_v] in q's dtype, WindowState after the last token)``.
+    """
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_window_sum_rule: chunk_size must be a positive integer, got {chunk_size!r}")
+    return _window_kernel("chunk_window_sum_rule", chunk_size, q, k, fq, fk, v, window_factor, linear_factor,
+                          window_size, scale, key_mask, initial_state, seq_idx)
+
+
+def recurrent_window_sum_rule(
+    q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *,
+    window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float = 1.0, window_size: int,
+    scale: float | None = None, key_mask: torch.Tensor | None = None, initial_state: WindowState | None = None,
+    chunk_size: int | None = None, seq_idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, WindowState]:
+    """:func:`chunk_window_sum_rule` one token at a time (the decoding step): the token's query reads the
+    ``w − 1`` carried tokens, itself and ``[S | z]``; the oldest carried token then moves into ``[S | z]``.
+    ``chunk_size`` is unused."""
+    return _window_kernel("recurrent_window_sum_rule", 1, q, k, fq, fk, v, window_factor, linear_factor,
+                          window_size, scale, key_mask, initial_state, seq_idx)
+
+
+def naive_window_sum_rule(
+    q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *,
+    window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float = 1.0, window_size: int,
+    scale: float | None = None, key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The equation above written out with full ``T × T`` masks (O(T²)): the tests' reference for the
+    chunkwise and recurrent forms (same arguments, no carried state)."""
+    _check_window_inputs("naive_window_sum_rule", q, k, fq, fk, v, window_size, key_mask, None)
+    out_dtype, seq_len, heads = q.dtype, q.shape[2], q.shape[1]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    compute = _window_compute_dtype(q)
+    window_factor, linear_factor = (_head_factor(window_factor, heads, compute),
+                                    _head_factor(linear_factor, heads, compute))
+    q, k, fq, fk, v = (x.to(compute) for x in (q, k, fq, fk, v))
+    position = torch.arange(seq_len, device=q.device)
+    distance = position[:, None] - position[None, :]
+    valid = torch.ones(q.shape[0], seq_len, dtype=torch.bool, device=q.device) if key_mask is None else key_mask.bool()
+    valid = valid[:, None, None, :]
+    in_window = (distance >= 0) & (distance < window_size) & valid
+    below_window = (distance >= window_size) & valid
+    scores = (q @ k.transpose(-1, -2)) * scale
+    weights = window_factor * _window_softmax_weights(scores, in_window)
+    weights = weights + (linear_factor * (fq @ fk.transpose(-1, -2))).masked_fill(~below_window, 0.0)
+    return _combine_window_read(weights @ append_normalizer_column(v), out_dtype)
