@@ -402,6 +402,16 @@ class FWPFastWeightAttention(nn.Module):
         if "log_decay" in spec.gates:
             self.A_log = nn.Parameter(torch.zeros(config.num_attention_heads))
             self.dt_bias = nn.Parameter(torch.zeros(config.num_attention_heads))
+        if spec.softmax_window:
+            if key_head_dim != config.softmax_head_dim:
+                raise ValueError(
+                    f"{attention_type!r} layers rotate q and k by the rotary tables of size softmax_head_dim = "
+                    f"{config.softmax_head_dim}, but fast_weight.key_head_dim is {key_head_dim}: leave key_head_dim "
+                    "unset (or equal to the head size)"
+                )
+            self.window_size = options.window_size
+            # γ = sigmoid(window_factors) per head; LoLCATs initialises the logit at 0 (γ = 1/2)
+            self.window_factors = nn.Parameter(torch.zeros(self.num_heads))
 
     @torch.no_grad()
     def initial_decay_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -529,6 +539,27 @@ class FWPFastWeightAttention(nn.Module):
             cache_layer.update_state(state, seq_len)
         return y
 
+    def _window_read(
+        self, qk: torch.Tensor, q_features: torch.Tensor, k_features: torch.Tensor, v: torch.Tensor,
+        inputs: MixerInputs, cache_layer,
+    ) -> torch.Tensor:
+        """A softmax-window entry (`TokenMixerSpec.softmax_window`, LoLCATs): exact softmax attention of the rotated
+        q, k over the last ``window_size`` tokens plus the sum rule of φ(q), φ(k) over every older token, under one
+        normaliser, γ = sigmoid(window_factors) per head and λ = 1 (LoLCATs' default, ``affine_attention_factors``
+        off); ``[B, H, T, d_v]``. The cache carries the window's keys, values and features and the lagged state."""
+        cos, sin = inputs.position_embeddings
+        q, k = (apply_rotary(x, cos, sin) for x in qk.chunk(2, dim=1))
+        kernel = self.spec.kernel(q.shape[2], causal=self.is_causal)
+        y, state = kernel(
+            q, k, q_features, k_features, v, window_factor=torch.sigmoid(self.window_factors), linear_factor=1.0,
+            window_size=self.window_size, key_mask=inputs.token_mask,
+            initial_state=cache_layer.window_state if cache_layer is not None else None, chunk_size=self.chunk_size,
+            seq_idx=inputs.document_ids,
+        )
+        if cache_layer is not None:
+            cache_layer.update_window_state(state, q.shape[2])
+        return y
+
     def _read_out(self, y: torch.Tensor, output_gate_logits: torch.Tensor) -> torch.Tensor:
         """``o_proj`` of the read ``[B, H, T, d_v]``, per head RMS-normalised (``output_norm``) and gated by
         SiLU(W_g x) (``output_gate``)."""
@@ -548,6 +579,9 @@ class FWPFastWeightAttention(nn.Module):
         qkv, gate_logits, output_gate_logits = self._project(inputs, cache_layer)
         qk, v = self._heads(qkv)
         q, k, read_log_scale = self._features(qk)
+        if self.spec.softmax_window:
+            y = self._window_read(qk, q, k, v, inputs, cache_layer)
+            return self._read_out(y.to(inputs.hidden_states.dtype), output_gate_logits), None
         gates = self._gates(gate_logits, inputs.token_mask)
         y = self._program_and_read(q, k, v, gates, read_log_scale, inputs, cache_layer)
         return self._read_out(y.to(inputs.hidden_states.dtype), output_gate_logits), None

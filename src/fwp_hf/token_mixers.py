@@ -27,9 +27,11 @@ from .fast_weight_kernels import (
     chunk_delta_rule,
     chunk_fast_weights,
     chunk_sum_rule,
+    chunk_window_sum_rule,
     recurrent_delta_rule,
     recurrent_fast_weights,
     recurrent_sum_rule,
+    recurrent_window_sum_rule,
 )
 from .feature_maps_fwp import FEATURE_MAPS
 from .options_fwp import FastWeightLayerOptions, HebbianMemoryOptions, OptionGroup, SoftmaxAttentionOptions
@@ -71,6 +73,10 @@ class TokenMixerSpec:
         encoder_form: `ENCODER_BIDIRECTIONAL` or `ENCODER_LEFT_TO_RIGHT` (what a non-causal
             encoder layer of this type computes).
         uses_rotary: the layer needs rotary position embeddings and a 4D attention mask.
+        softmax_window: the layer mixes exact softmax attention over its last ``fast_weight.window_size``
+            tokens (rotated q, k) with the fast-weight read of every older token under one normaliser
+            (LoLCATs; `fast_weight_kernels.chunk_window_sum_rule`); its kernels take
+            ``(q, k, φ(q), φ(k), v)`` and carry a `fast_weight_kernels.WindowState`.
     """
 
     name: str
@@ -87,6 +93,7 @@ class TokenMixerSpec:
     bidirectional: Callable[..., Any] | None = None
     encoder_form: str = ENCODER_BIDIRECTIONAL
     uses_rotary: bool = False
+    softmax_window: bool = False
 
     @property
     def has_attention_matrix(self) -> bool:
@@ -133,10 +140,11 @@ class TokenMixerSpec:
         return self.attention_normalization and config.fast_weight.attention_normalization
 
     def state_shape(self, config) -> tuple[int, int] | None:
-        """``(d_key, d_value)`` of one head's fast-weight state, or None for a key/value cache."""
+        """``(d_key, d_value)`` of one head's fast-weight state, or None for a key/value cache (a softmax-window
+        entry's lagged ``[S | z]``: its window of keys and values comes on top)."""
         if not self.holds_state:
             return None
-        return self.key_dim(config), self.value_dim(config) + int(self.normalizes(config))
+        return self.key_dim(config), self.value_dim(config) + int(self.normalizes(config) or self.softmax_window)
 
 
 _SUM_RULE = dict(
@@ -172,6 +180,14 @@ TOKEN_MIXERS: dict[str, TokenMixerSpec] = {
         TokenMixerSpec(
             "hedgehog", "sum rule with Hedgehog's learned softmax-mimicking feature map (Zhang et al. 2024)",
             feature_map="hedgehog", **_SUM_RULE,
+        ),
+        TokenMixerSpec(
+            "hedgehog_window",
+            "LoLCATs' mixer (Zhang et al. 2024): exact softmax attention over a sliding window of recent tokens plus "
+            "Hedgehog linear attention over every older token, under one normaliser",
+            layer=FAST_WEIGHT_LAYER, options=FastWeightLayerOptions, holds_state=True, feature_map="hedgehog",
+            chunk=chunk_window_sum_rule, recurrent=recurrent_window_sum_rule, encoder_form=ENCODER_LEFT_TO_RIGHT,
+            uses_rotary=True, softmax_window=True,
         ),
         TokenMixerSpec(
             "delta", "delta rule with learned per-token rates β (Schlag et al.)", gates=("beta",), **_DELTA_RULE
