@@ -171,3 +171,31 @@ def test_bad_inputs_are_refused_with_a_clear_error():
     _, state = chunk_window_sum_rule(q, k, fq, fk, v, window_factor=gamma, window_size=4)
     with pytest.raises(ValueError, match="more than window_size"):
         chunk_window_sum_rule(q, k, fq, fk, v, window_factor=gamma, window_size=2, initial_state=state)
+
+
+@pytest.mark.parametrize("where", ["right", "middle"])
+def test_padding_anywhere_is_absent_from_outputs_and_state(where):
+    """Padding takes no place in the window: the real tokens' outputs and the carried state (continued by
+    decoding) are those of the unpadded row."""
+    q, k, fq, fk, v, gamma = _inputs(batch=1, seq_len=12)
+    at = 12 if where == "right" else 7
+    pad = 4
+
+    def padded(x):
+        return torch.cat([x[:, :, :at], torch.randn(*x.shape[:2], pad, x.shape[3], dtype=x.dtype).abs(),
+                          x[:, :, at:]], dim=2)
+
+    key_mask = torch.ones(1, 12 + pad)
+    key_mask[:, at : at + pad] = 0
+    real = key_mask[0].bool()
+    expected, expected_state = chunk_window_sum_rule(q, k, fq, fk, v, window_factor=gamma, window_size=4)
+    later = _inputs(batch=1, seq_len=3, seed=1)[:-1]
+    expected_next, _ = recurrent_window_sum_rule(*later, window_factor=gamma, window_size=4,
+                                                 initial_state=expected_state)
+    for kernel in (chunk_window_sum_rule, recurrent_window_sum_rule):
+        y, state = kernel(*(padded(x) for x in (q, k, fq, fk, v)), window_factor=gamma, window_size=4,
+                          key_mask=key_mask, chunk_size=3)
+        torch.testing.assert_close(y[:, :, real], expected, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(state.state, expected_state.state, rtol=1e-10, atol=1e-12)
+        following, _ = recurrent_window_sum_rule(*later, window_factor=gamma, window_size=4, initial_state=state)
+        torch.testing.assert_close(following, expected_next, rtol=1e-10, atol=1e-12)

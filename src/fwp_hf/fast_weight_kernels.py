@@ -1043,7 +1043,8 @@ def chunk_fast_weights(
 #           / ( Σ_{i−w<j≤i} γ e^{s_ij − m_i}    +  Σ_{j≤i−w} λ φ(q_i)·φ(k_j) )
 #
 # The window holds w tokens including i (LoLCATs' `linear_window_attention_sw.get_masks`: the linear part is
-# ``tril(−w)``, the window the causal rest). The carried state of both forms (`WindowState`) is the last
+# ``tril(−w)``, the window the causal rest). Padding (``key_mask`` 0) is absent: it takes no place in the window
+# and writes nothing, so distances count real tokens and a padded row computes what it computes alone. The carried state of both forms (`WindowState`) is the last
 # ``w − 1`` tokens' rotated keys, values, features φ(k) and key mask, and the lagged sum-rule state
 # ``[S | z] = Σ_{j older than the window} φ(k_j) [v_j, 1]ᵀ``: a fixed size whatever the context. Every form
 # walks the sequence with one step, `_window_sum_rule_block`, on blocks of new tokens (C tokens for the
@@ -1135,6 +1136,22 @@ def _combine_window_read(numerator: torch.Tensor, out_dtype: torch.dtype) -> tor
     return (numerator[..., :-1] / denominator).to(out_dtype)
 
 
+def _window_masks(key_mask: torch.Tensor, num_queries: int, window_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(in_window, below_window)`` boolean ``[B, 1, C, L]`` for the last C of L keys as queries.
+
+    Distances count real tokens only (padding, ``key_mask`` 0, is absent: it is read by no query and takes no
+    place in the window), so a padded row computes what the row computes alone: query i and an earlier real key
+    j are ``r_i − r_j`` apart, r the number of real tokens up to and including a position.
+    """
+    num_keys = key_mask.shape[1]
+    rank = key_mask.cumsum(dim=-1)
+    distance = rank[:, -num_queries:, None] - rank[:, None, :]  # [B, C, L]
+    positions = torch.arange(num_keys, device=key_mask.device)
+    causal = positions[-num_queries:, None] >= positions[None, :]
+    valid = causal & key_mask.bool()[:, None, :]
+    return (valid & (distance < window_size)).unsqueeze(1), (valid & (distance >= window_size)).unsqueeze(1)
+
+
 def _window_sum_rule_block(
     q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
     carried: WindowState, window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float,
@@ -1142,33 +1159,34 @@ def _window_sum_rule_block(
 ) -> tuple[torch.Tensor, WindowState]:
     """One block of C new tokens after the carried window (n ≤ w − 1 tokens) and lagged ``[S | z]``.
 
-    Keys of the block's queries: the n carried then the C new ones (L = n + C). Query a (new token a) and key b
-    are ``a + n − b`` tokens apart: the window holds ``0 ≤ a + n − b < w``, the linear part ``a + n − b ≥ w``,
-    and ``[S | z]`` covers every older token. Afterwards the first ``L − min(L, w − 1)`` keys leave the window
-    into ``[S | z]``. Returns ``(y [B, H, C, d_v] fp32, the new state)``.
+    Keys of the block's queries: the n carried then the C new ones (L = n + C), masked by `_window_masks`;
+    ``[S | z]`` covers every older token. Afterwards the window keeps the last ``min(L, w − 1)`` entries that are
+    real tokens (padding fills it only while it has fewer real tokens), and the real tokens that leave it are
+    added into ``[S | z]``. Returns ``(numerator [B, H, C, d_v + 1]: the value columns, then the normaliser; the
+    new state)``.
     """
     keys = torch.cat([carried.keys.to(k.dtype), k], dim=2)
     features = torch.cat([carried.features, fk], dim=2)
     values = append_normalizer_column(torch.cat([carried.values.to(v.dtype), v], dim=2))
     mask = torch.cat([carried.key_mask, key_mask], dim=1)
-    carried_len, block_len, total = carried.keys.shape[2], q.shape[2], keys.shape[2]
-    distance = (torch.arange(block_len, device=q.device)[:, None] + carried_len
-                - torch.arange(total, device=q.device)[None, :])
-    valid = mask.bool()[:, None, None, :]  # [B, 1, 1, L]
-    in_window = (distance >= 0) & (distance < window_size) & valid
-    below_window = (distance >= window_size) & valid
+    in_window, below_window = _window_masks(mask, q.shape[2], window_size)
     window_weights = window_factor * _window_softmax_weights((q @ keys.transpose(-1, -2)) * scale, in_window)
     linear_weights = (linear_factor * (fq @ features.transpose(-1, -2))).masked_fill(~below_window, 0.0)
     numerator = (window_weights + linear_weights) @ values + linear_factor * (fq @ carried.state)
-    kept = min(total, window_size - 1)
-    leaving = total - kept
-    state = carried.state
-    if leaving > 0:
-        # padded keys have zero features: they write nothing
-        leaving_features = features[:, :, :leaving] * mask[:, None, :leaving, None]
-        state = state + leaving_features.transpose(-1, -2) @ values[:, :, :leaving]
-    new = WindowState(keys=keys[:, :, leaving:], values=values[:, :, leaving:, :-1], features=features[:, :, leaving:],
-                      key_mask=mask[:, leaving:], state=state)
+    # The entries the window keeps: the latest real tokens first, then (while it has fewer) the latest padding;
+    # kept in their order (a rank is a running count along the window).
+    total = keys.shape[2]
+    positions = torch.arange(total, device=mask.device)
+    priority = torch.where(mask.bool(), positions + total, positions)
+    kept = priority.topk(min(total, window_size - 1), dim=-1).indices.sort(dim=-1).values  # [B, n']
+    leaving = mask.scatter(1, kept, 0.0)  # real tokens that leave the window
+    state = carried.state + (features * leaving[:, None, :, None]).transpose(-1, -2) @ values
+
+    def take(x: torch.Tensor) -> torch.Tensor:
+        return x.gather(2, kept[:, None, :, None].expand(*x.shape[:2], kept.shape[1], x.shape[3]))
+
+    new = WindowState(keys=take(keys), values=take(values[..., :-1]), features=take(features),
+                      key_mask=mask.gather(1, kept), state=state)
     return numerator, new
 
 
@@ -1215,7 +1233,8 @@ def chunk_window_sum_rule(
     q, k: ``[B, H, T, d]`` rotated (as the softmax attention they stand in for); fq, fk: ``[B, H, T, D]``
     their features φ; v: ``[B, H, T, d_v]``; window_factor γ, linear_factor λ: per-head ``[H]`` tensors or
     floats; scale: of the scores (default ``d^{-1/2}``); key_mask: ``[B, T]`` 1 for real tokens, 0 for
-    padding (a padded key is read by no query and writes nothing); initial_state: the `WindowState` of
+    padding (absent: read by no query, no place in the window, no write; a padded query's output is
+    meaningless); initial_state: the `WindowState` of
     earlier tokens. Returns ``(y [B, H, T, d_v] in q's dtype, WindowState after the last token)``.
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -1251,12 +1270,8 @@ def naive_window_sum_rule(
     window_factor, linear_factor = (_head_factor(window_factor, heads, compute),
                                     _head_factor(linear_factor, heads, compute))
     q, k, fq, fk, v = (x.to(compute) for x in (q, k, fq, fk, v))
-    position = torch.arange(seq_len, device=q.device)
-    distance = position[:, None] - position[None, :]
-    valid = torch.ones(q.shape[0], seq_len, dtype=torch.bool, device=q.device) if key_mask is None else key_mask.bool()
-    valid = valid[:, None, None, :]
-    in_window = (distance >= 0) & (distance < window_size) & valid
-    below_window = (distance >= window_size) & valid
+    key_mask = q.new_ones(q.shape[0], seq_len) if key_mask is None else key_mask.to(compute)
+    in_window, below_window = _window_masks(key_mask, seq_len, window_size)
     scores = (q @ k.transpose(-1, -2)) * scale
     weights = window_factor * _window_softmax_weights(scores, in_window)
     weights = weights + (linear_factor * (fq @ fk.transpose(-1, -2))).masked_fill(~below_window, 0.0)

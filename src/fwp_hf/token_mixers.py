@@ -136,15 +136,16 @@ class TokenMixerSpec:
         return config.fast_weight.head_dims(config.head_dim)[1] if self.layer == FAST_WEIGHT_LAYER else config.head_dim
 
     def normalizes(self, config) -> bool:
-        """Whether the read is divided by its normaliser z·φ(q) under `config`."""
-        return self.attention_normalization and config.fast_weight.attention_normalization
+        """Whether the read is divided by its normaliser z·φ(q) under `config` (always for a softmax-window entry,
+        whose normaliser is shared with the window's softmax)."""
+        return self.softmax_window or (self.attention_normalization and config.fast_weight.attention_normalization)
 
     def state_shape(self, config) -> tuple[int, int] | None:
         """``(d_key, d_value)`` of one head's fast-weight state, or None for a key/value cache (a softmax-window
         entry's lagged ``[S | z]``: its window of keys and values comes on top)."""
         if not self.holds_state:
             return None
-        return self.key_dim(config), self.value_dim(config) + int(self.normalizes(config) or self.softmax_window)
+        return self.key_dim(config), self.value_dim(config) + int(self.normalizes(config))
 
 
 _SUM_RULE = dict(
