@@ -161,9 +161,9 @@ def test_bad_inputs_are_refused_with_a_clear_error():
     q, k, fq, fk, v, gamma = _inputs(seq_len=4)
     with pytest.raises(ValueError, match="window_size must be a positive integer"):
         chunk_window_sum_rule(q, k, fq, fk, v, window_factor=gamma, window_size=0)
-    with pytest.raises(ValueError, match="packed documents"):
+    with pytest.raises(ValueError, match="seq_idx must have shape"):
         chunk_window_sum_rule(q, k, fq, fk, v, window_factor=gamma, window_size=2,
-                              seq_idx=torch.zeros(2, 4, dtype=torch.long))
+                              seq_idx=torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="φ\\(q\\) and φ\\(k\\)"):
         chunk_window_sum_rule(q, k, fq[..., :3], fk, v, window_factor=gamma, window_size=2)
     with pytest.raises(ValueError, match="key_mask must be"):
@@ -199,3 +199,31 @@ def test_padding_anywhere_is_absent_from_outputs_and_state(where):
         torch.testing.assert_close(state.state, expected_state.state, rtol=1e-10, atol=1e-12)
         following, _ = recurrent_window_sum_rule(*later, window_factor=gamma, window_size=4, initial_state=state)
         torch.testing.assert_close(following, expected_next, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 16])
+def test_packed_documents_each_compute_what_they_compute_alone(chunk_size):
+    """A row packing documents of 2, 9 and 6 tokens (ids that repeat: 0, 1, 0) after a carried state: the first
+    document continues the state, the others start empty, and the returned state is the last document's."""
+    tensors = _inputs(batch=1, seq_len=17, seed=3)
+    gamma, inputs = tensors[-1], tensors[:-1]
+    earlier = _inputs(batch=1, seq_len=5, seed=4)[:-1]
+    lengths, ids = (2, 9, 6), (0, 1, 0)
+    seq_idx = torch.cat([torch.full((1, n), i) for n, i in zip(lengths, ids)], dim=1)
+    _, carried = chunk_window_sum_rule(*earlier, window_factor=gamma, window_size=4)
+    y, state = chunk_window_sum_rule(*inputs, window_factor=gamma, window_size=4, seq_idx=seq_idx,
+                                     initial_state=carried, chunk_size=chunk_size)
+    start = 0
+    for number, length in enumerate(lengths):
+        piece = _split(inputs, start, start + length)
+        alone, alone_state = chunk_window_sum_rule(*piece, window_factor=gamma, window_size=4,
+                                                   initial_state=carried if number == 0 else None)
+        torch.testing.assert_close(y[:, :, start : start + length], alone, rtol=1e-10, atol=1e-12)
+        start += length
+    # the last document's state: it continues exactly as the document alone would
+    following = _inputs(batch=1, seq_len=3, seed=5)[:-1]
+    expected, _ = recurrent_window_sum_rule(*following, window_factor=gamma, window_size=4, initial_state=alone_state)
+    continued, _ = recurrent_window_sum_rule(*following, window_factor=gamma, window_size=4, initial_state=state)
+    torch.testing.assert_close(continued, expected, rtol=1e-10, atol=1e-12)
+    reference = naive_window_sum_rule(*inputs, window_factor=gamma, window_size=4, seq_idx=seq_idx)
+    torch.testing.assert_close(y[:, :, 2:], reference[:, :, 2:], rtol=1e-10, atol=1e-12)

@@ -229,6 +229,7 @@ class WindowFastWeightCacheLayer(FastWeightCacheLayer):
             raise ValueError("a softmax-window layer's cache (hedgehog_window) has no static form: use DynamicCache()")
         super().__init__(static=False)
         self._window: tuple[torch.Tensor, ...] | None = None  # keys, values, features, key_mask
+        self._positions: torch.Tensor | None = None  # [B] int64: real tokens of each row's current document
 
     @property
     def window_state(self) -> WindowState | None:
@@ -237,27 +238,35 @@ class WindowFastWeightCacheLayer(FastWeightCacheLayer):
             return None
         return WindowState(*self._window, state=self.state)
 
-    def update_window_state(self, state: WindowState, num_new_tokens: int) -> None:
-        """Store the state after `num_new_tokens` more tokens."""
+    @property
+    def window_positions(self) -> torch.Tensor | None:
+        """``[B]`` int64: the rotary position of each row's next token (`layers_fwp.window_positions`)."""
+        return self._positions
+
+    def update_window_state(self, state: WindowState, num_new_tokens: int, positions: torch.Tensor) -> None:
+        """Store the state after `num_new_tokens` more tokens and each row's next rotary position."""
         self._window = (state.keys, state.values, state.features, state.key_mask)
+        self._positions = positions
         self.update_state(state.state, num_new_tokens)
 
     def reset(self) -> None:
-        self._window = None
+        self._window, self._positions = None, None
         super().reset()
 
     def _map_state(self, function) -> None:
         super()._map_state(function)
         if self._window is not None:
             self._window = tuple(function(tensor) for tensor in self._window)
+            self._positions = function(self._positions)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        """The lagged state, then the window's keys, values, features and key mask."""
-        return (self.recurrent_states[0], *(self._window or ()))
+        """The lagged state, the window's keys, values, features and key mask, and the rows' next positions."""
+        return (self.recurrent_states[0], *(self._window or ()), *(() if self._positions is None else (self._positions,)))
 
     def load_tensors(self, state: torch.Tensor, *window: torch.Tensor) -> None:
         """Set what `tensors` returns (the inverse of `tensors`)."""
-        self.update_window_state(WindowState(*window, state=state), 0)
+        *window, positions = window
+        self.update_window_state(WindowState(*window, state=state), 0, positions)
 
 
 def state_cache_layer(kind: str, static: bool = False) -> FastWeightCacheLayer:

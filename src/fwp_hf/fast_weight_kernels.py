@@ -1136,12 +1136,15 @@ def _combine_window_read(numerator: torch.Tensor, out_dtype: torch.dtype) -> tor
     return (numerator[..., :-1] / denominator).to(out_dtype)
 
 
-def _window_masks(key_mask: torch.Tensor, num_queries: int, window_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _window_masks(
+    key_mask: torch.Tensor, num_queries: int, window_size: int, documents: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(in_window, below_window)`` boolean ``[B, 1, C, L]`` for the last C of L keys as queries.
 
     Distances count real tokens only (padding, ``key_mask`` 0, is absent: it is read by no query and takes no
     place in the window), so a padded row computes what the row computes alone: query i and an earlier real key
-    j are ``r_i − r_j`` apart, r the number of real tokens up to and including a position.
+    j are ``r_i − r_j`` apart, r the number of real tokens up to and including a position. `documents` ``[B, L]``
+    (non-decreasing document numbers): a query reads the keys of its own document only.
     """
     num_keys = key_mask.shape[1]
     rank = key_mask.cumsum(dim=-1)
@@ -1149,30 +1152,48 @@ def _window_masks(key_mask: torch.Tensor, num_queries: int, window_size: int) ->
     positions = torch.arange(num_keys, device=key_mask.device)
     causal = positions[-num_queries:, None] >= positions[None, :]
     valid = causal & key_mask.bool()[:, None, :]
+    if documents is not None:
+        valid = valid & (documents[:, -num_queries:, None] == documents[:, None, :])
     return (valid & (distance < window_size)).unsqueeze(1), (valid & (distance >= window_size)).unsqueeze(1)
+
+
+class _BlockDocuments(NamedTuple):
+    """Packed documents inside one window-kernel call: the document number (`document_numbers`; the carried
+    state's is 0) of each carried window entry ``[B, n]`` and of the lagged state ``[B]``."""
+
+    window: torch.Tensor
+    state: torch.Tensor
 
 
 def _window_sum_rule_block(
     q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
     carried: WindowState, window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float,
-    window_size: int, scale: float,
-) -> tuple[torch.Tensor, WindowState]:
+    window_size: int, scale: float, block_documents: torch.Tensor | None = None,
+    carried_documents: _BlockDocuments | None = None,
+) -> tuple[torch.Tensor, WindowState, _BlockDocuments | None]:
     """One block of C new tokens after the carried window (n ≤ w − 1 tokens) and lagged ``[S | z]``.
 
     Keys of the block's queries: the n carried then the C new ones (L = n + C), masked by `_window_masks`;
     ``[S | z]`` covers every older token. Afterwards the window keeps the last ``min(L, w − 1)`` entries that are
     real tokens (padding fills it only while it has fewer real tokens), and the real tokens that leave it are
-    added into ``[S | z]``. Returns ``(numerator [B, H, C, d_v + 1]: the value columns, then the normaliser; the
-    new state)``.
+    added into ``[S | z]``. With packed documents (`block_documents` ``[B, C]``, `carried_documents`) a query
+    reads keys and ``[S | z]`` of its own document only, and ``[S | z]`` restarts when a later document's tokens
+    leave the window. Returns ``(numerator [B, H, C, d_v + 1]: the value columns, then the normaliser; the new
+    state; the new documents)``.
     """
     keys = torch.cat([carried.keys.to(k.dtype), k], dim=2)
     features = torch.cat([carried.features, fk], dim=2)
     values = append_normalizer_column(torch.cat([carried.values.to(v.dtype), v], dim=2))
     mask = torch.cat([carried.key_mask, key_mask], dim=1)
-    in_window, below_window = _window_masks(mask, q.shape[2], window_size)
+    documents = None if block_documents is None else torch.cat([carried_documents.window, block_documents], dim=1)
+    in_window, below_window = _window_masks(mask, q.shape[2], window_size, documents)
     window_weights = window_factor * _window_softmax_weights((q @ keys.transpose(-1, -2)) * scale, in_window)
     linear_weights = (linear_factor * (fq @ features.transpose(-1, -2))).masked_fill(~below_window, 0.0)
-    numerator = (window_weights + linear_weights) @ values + linear_factor * (fq @ carried.state)
+    lagged_read = fq @ carried.state
+    if documents is not None:  # the lagged state is read by the queries of its document only
+        reads_state = carried_documents.state[:, None] == block_documents  # [B, C]
+        lagged_read = lagged_read * reads_state[:, None, :, None]
+    numerator = (window_weights + linear_weights) @ values + linear_factor * lagged_read
     # The entries the window keeps: the latest real tokens first, then (while it has fewer) the latest padding;
     # kept in their order (a rank is a running count along the window).
     total = keys.shape[2]
@@ -1180,14 +1201,22 @@ def _window_sum_rule_block(
     priority = torch.where(mask.bool(), positions + total, positions)
     kept = priority.topk(min(total, window_size - 1), dim=-1).indices.sort(dim=-1).values  # [B, n']
     leaving = mask.scatter(1, kept, 0.0)  # real tokens that leave the window
-    state = carried.state + (features * leaving[:, None, :, None]).transpose(-1, -2) @ values
+    state, new_documents = carried.state, None
+    if documents is not None:
+        # the lagged state holds the latest document that has left the window (documents never decrease)
+        latest = documents.masked_fill(leaving == 0, -1).amax(dim=-1)
+        state_document = torch.where(latest >= 0, latest, carried_documents.state)
+        state = state * (carried_documents.state == state_document).to(state.dtype)[:, None, None, None]
+        leaving = leaving * (documents == state_document[:, None]).to(leaving.dtype)
+        new_documents = _BlockDocuments(window=documents.gather(1, kept), state=state_document)
+    state = state + (features * leaving[:, None, :, None]).transpose(-1, -2) @ values
 
     def take(x: torch.Tensor) -> torch.Tensor:
         return x.gather(2, kept[:, None, :, None].expand(*x.shape[:2], kept.shape[1], x.shape[3]))
 
     new = WindowState(keys=take(keys), values=take(values[..., :-1]), features=take(features),
                       key_mask=mask.gather(1, kept), state=state)
-    return numerator, new
+    return numerator, new, new_documents
 
 
 def _window_kernel(
@@ -1195,10 +1224,8 @@ def _window_kernel(
     v: torch.Tensor, window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float, window_size: int,
     scale: float | None, key_mask: torch.Tensor | None, initial_state: WindowState | None, seq_idx,
 ) -> tuple[torch.Tensor, WindowState]:
-    if seq_idx is not None:
-        raise ValueError(f"{name}: packed documents (seq_idx) are not supported by the window kernels; pass one "
-                         "document per row")
     _check_window_inputs(name, q, k, fq, fk, v, window_size, key_mask, initial_state)
+    _check_seq_idx(name, seq_idx, q.shape[0], q.shape[2])
     out_dtype, seq_len, heads = q.dtype, q.shape[2], q.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     carried = empty_window_state(q, fq, v) if initial_state is None else initial_state
@@ -1209,14 +1236,27 @@ def _window_kernel(
     window_factor, linear_factor = (_head_factor(window_factor, heads, compute),
                                     _head_factor(linear_factor, heads, compute))
     q, k, fq, fk, v = (x.to(compute) for x in (q, k, fq, fk, v))
+    numbers = carried_documents = None
+    if seq_idx is not None:  # the carried state belongs to the row's first document (number 0)
+        numbers = document_numbers(seq_idx)
+        carried_documents = _BlockDocuments(window=numbers.new_zeros(carried.key_mask.shape),
+                                            state=numbers.new_zeros(numbers.shape[0]))
     outputs = []
     for start in range(0, seq_len, block_size):
         block = slice(start, start + block_size)
-        numerator, carried = _window_sum_rule_block(
+        numerator, carried, carried_documents = _window_sum_rule_block(
             q[:, :, block], k[:, :, block], fq[:, :, block], fk[:, :, block], v[:, :, block], key_mask[:, block],
             carried, window_factor, linear_factor, window_size, scale,
+            None if numbers is None else numbers[:, block], carried_documents,
         )
         outputs.append(_combine_window_read(numerator, out_dtype))
+    if numbers is not None and seq_len > 0:
+        # what carries on is the row's last document: its window entries and its lagged state only
+        last = numbers[:, -1]
+        carried = carried._replace(
+            key_mask=carried.key_mask * (carried_documents.window == last[:, None]).to(compute),
+            state=carried.state * (carried_documents.state == last).to(compute)[:, None, None, None],
+        )
     # the window's keys and values keep the inputs' dtype (a bf16 cache stays bf16); features and [S | z]: fp32
     carried = carried._replace(keys=carried.keys.to(out_dtype), values=carried.values.to(out_dtype))
     return _concat_time(outputs, v.to(out_dtype)), carried
@@ -1235,7 +1275,9 @@ def chunk_window_sum_rule(
     floats; scale: of the scores (default ``d^{-1/2}``); key_mask: ``[B, T]`` 1 for real tokens, 0 for
     padding (absent: read by no query, no place in the window, no write; a padded query's output is
     meaningless); initial_state: the `WindowState` of
-    earlier tokens. Returns ``(y [B, H, T, d_v] in q's dtype, WindowState after the last token)``.
+    earlier tokens, which continues the row's first document; seq_idx: ``[B, T]`` packed document ids (a
+    query reads its own document only; the returned state is the row's last document's). Returns
+    ``(y [B, H, T, d_v] in q's dtype, WindowState after the last token)``.
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_window_sum_rule: chunk_size must be a positive integer, got {chunk_size!r}")
@@ -1259,11 +1301,12 @@ def recurrent_window_sum_rule(
 def naive_window_sum_rule(
     q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *,
     window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float = 1.0, window_size: int,
-    scale: float | None = None, key_mask: torch.Tensor | None = None,
+    scale: float | None = None, key_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The equation above written out with full ``T × T`` masks (O(T²)): the tests' reference for the
     chunkwise and recurrent forms (same arguments, no carried state)."""
     _check_window_inputs("naive_window_sum_rule", q, k, fq, fk, v, window_size, key_mask, None)
+    _check_seq_idx("naive_window_sum_rule", seq_idx, q.shape[0], q.shape[2])
     out_dtype, seq_len, heads = q.dtype, q.shape[2], q.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     compute = _window_compute_dtype(q)
@@ -1271,7 +1314,8 @@ def naive_window_sum_rule(
                                     _head_factor(linear_factor, heads, compute))
     q, k, fq, fk, v = (x.to(compute) for x in (q, k, fq, fk, v))
     key_mask = q.new_ones(q.shape[0], seq_len) if key_mask is None else key_mask.to(compute)
-    in_window, below_window = _window_masks(key_mask, seq_len, window_size)
+    documents = None if seq_idx is None else document_numbers(seq_idx)
+    in_window, below_window = _window_masks(key_mask, seq_len, window_size, documents)
     scores = (q @ k.transpose(-1, -2)) * scale
     weights = window_factor * _window_softmax_weights(scores, in_window)
     weights = weights + (linear_factor * (fq @ fk.transpose(-1, -2))).masked_fill(~below_window, 0.0)
