@@ -224,6 +224,9 @@ class WindowFastWeightCacheLayer(FastWeightCacheLayer):
     lagged ``[S | z]`` ``[B, H, D, d_v + 1]`` (transformers' ``recurrent_states[0]``) — so its size is fixed once
     the window is full. Stored by reference (dynamic only: there is no static, compileable form)."""
 
+    # declared, as `holds_fast_weight_state` is, for copies of this file in remote-code checkpoints
+    holds_window = True
+
     def __init__(self, static: bool = False, **kwargs) -> None:
         if static:
             raise ValueError("a softmax-window layer's cache (hedgehog_window) has no static form: use DynamicCache()")
