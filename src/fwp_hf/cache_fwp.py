@@ -220,9 +220,8 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
 class WindowFastWeightCacheLayer(FastWeightCacheLayer):
     """Cache of one softmax-window layer (`TokenMixerSpec.softmax_window`, ``hedgehog_window``): the kernels'
     `WindowState` — the last ``window_size − 1`` tokens' rotated keys ``[B, H, n, d]``, values ``[B, H, n, d_v]``,
-    features φ(k) ``[B, H, n, D]`` and key mask ``[B, n]`` (n grows to ``window_size − 1`` and stays there), and the
-    lagged ``[S | z]`` ``[B, H, D, d_v + 1]`` (transformers' ``recurrent_states[0]``) — so its size is fixed once
-    the window is full. Stored by reference (dynamic only: there is no static, compileable form)."""
+    features φ(k) ``[B, H, n, D]`` and key mask ``[B, n]`` (n = ``window_size − 1`` slots from the start, empty ones
+    masked), and the lagged ``[S | z]`` ``[B, H, D, d_v + 1]`` (transformers' ``recurrent_states[0]``) — a fixed size. Stored by reference (dynamic only: there is no static, compileable form)."""
 
     # declared, as `holds_fast_weight_state` is, for copies of this file in remote-code checkpoints
     holds_window = True

@@ -1057,8 +1057,9 @@ class WindowState(NamedTuple):
     """The carried state of the window kernels (fp32 — fp64 for fp64 inputs — except `keys`/`values`, kept in
     the inputs' dtype).
 
-    keys: ``[B, H, n, d]`` the last n ≤ w − 1 rotated keys; values: ``[B, H, n, d_v]``; features:
-    ``[B, H, n, D]`` their φ(k); key_mask: ``[B, n]`` 1 for real tokens, 0 for padding; state:
+    keys: ``[B, H, n, d]`` the last rotated keys; values: ``[B, H, n, d_v]``; features:
+    ``[B, H, n, D]`` their φ(k); key_mask: ``[B, n]`` 1 for real tokens, 0 for empty slots (zeros); n = w − 1
+    always (`empty_window_state`); state:
     ``[B, H, D, d_v + 1]`` the lagged ``[S | z]`` of every older token.
     """
 
@@ -1069,13 +1070,14 @@ class WindowState(NamedTuple):
     state: torch.Tensor
 
 
-def empty_window_state(q: torch.Tensor, fq: torch.Tensor, v: torch.Tensor) -> WindowState:
-    """The state before the first token (an empty window and ``[S | z] = 0``)."""
-    batch, heads = q.shape[:2]
+def empty_window_state(q: torch.Tensor, fq: torch.Tensor, v: torch.Tensor, window_size: int) -> WindowState:
+    """The state before the first token: ``w − 1`` window slots of padding (key mask 0, zeros), so that the state
+    has its one size from the start, and ``[S | z] = 0``."""
+    batch, heads, slots = q.shape[0], q.shape[1], window_size - 1
     return WindowState(
-        keys=q.new_zeros(batch, heads, 0, q.shape[-1]), values=v.new_zeros(batch, heads, 0, v.shape[-1]),
-        features=fq.new_zeros(batch, heads, 0, fq.shape[-1], dtype=_window_compute_dtype(fq)),
-        key_mask=q.new_zeros(batch, 0, dtype=_window_compute_dtype(q)),
+        keys=q.new_zeros(batch, heads, slots, q.shape[-1]), values=v.new_zeros(batch, heads, slots, v.shape[-1]),
+        features=fq.new_zeros(batch, heads, slots, fq.shape[-1], dtype=_window_compute_dtype(fq)),
+        key_mask=q.new_zeros(batch, slots, dtype=_window_compute_dtype(q)),
         state=fq.new_zeros(batch, heads, fq.shape[-1], v.shape[-1] + 1, dtype=_window_compute_dtype(fq)),
     )
 
@@ -1100,9 +1102,9 @@ def _check_window_inputs(
         if tuple(initial_state.state.shape) != expected:
             raise ValueError(f"{name}: initial_state.state must have shape {expected}, "
                              f"got {tuple(initial_state.state.shape)}")
-        if initial_state.keys.shape[2] > window_size - 1:
-            raise ValueError(f"{name}: initial_state holds {initial_state.keys.shape[2]} window tokens, more than "
-                             f"window_size − 1 = {window_size - 1}")
+        if initial_state.keys.shape[2] != window_size - 1:
+            raise ValueError(f"{name}: initial_state holds {initial_state.keys.shape[2]} window slots, but a window of "
+                             f"{window_size} tokens carries window_size − 1 = {window_size - 1}")
 
 
 def _window_compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -1171,11 +1173,11 @@ def _window_sum_rule_block(
     window_size: int, scale: float, block_documents: torch.Tensor | None = None,
     carried_documents: _BlockDocuments | None = None,
 ) -> tuple[torch.Tensor, WindowState, _BlockDocuments | None]:
-    """One block of C new tokens after the carried window (n ≤ w − 1 tokens) and lagged ``[S | z]``.
+    """One block of C new tokens after the carried window (n = w − 1 slots) and lagged ``[S | z]``.
 
     Keys of the block's queries: the n carried then the C new ones (L = n + C), masked by `_window_masks`;
     ``[S | z]`` covers every older token. Afterwards the window keeps the last ``min(L, w − 1)`` entries that are
-    real tokens (padding fills it only while it has fewer real tokens), and the real tokens that leave it are
+    real tokens (empty slots fill it while it has fewer real tokens), and the real tokens that leave it are
     added into ``[S | z]``. With packed documents (`block_documents` ``[B, C]``, `carried_documents`) a query
     reads keys and ``[S | z]`` of its own document only, and ``[S | z]`` restarts when a later document's tokens
     leave the window. Returns ``(numerator [B, H, C, d_v + 1]: the value columns, then the normaliser; the new
@@ -1228,7 +1230,7 @@ def _window_kernel(
     _check_seq_idx(name, seq_idx, q.shape[0], q.shape[2])
     out_dtype, seq_len, heads = q.dtype, q.shape[2], q.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    carried = empty_window_state(q, fq, v) if initial_state is None else initial_state
+    carried = empty_window_state(q, fq, v, window_size) if initial_state is None else initial_state
     compute = _window_compute_dtype(q)
     carried = carried._replace(features=carried.features.to(compute), key_mask=carried.key_mask.to(compute),
                                state=carried.state.to(compute))
@@ -1257,21 +1259,24 @@ def _window_kernel(
             key_mask=carried.key_mask * (carried_documents.window == last[:, None]).to(compute),
             state=carried.state * (carried_documents.state == last).to(compute)[:, None, None, None],
         )
-    # the window's keys and values keep the inputs' dtype (a bf16 cache stays bf16); features and [S | z]: fp32
-    carried = carried._replace(keys=carried.keys.to(out_dtype), values=carried.values.to(out_dtype))
+    # Slots that hold no real token of the carried document are zeros (one state for one history, however it was
+    # fed); the window's keys and values keep the inputs' dtype (a bf16 cache stays bf16), features and [S | z] fp32.
+    slot = carried.key_mask[:, None, :, None]
+    carried = carried._replace(keys=(carried.keys * slot).to(out_dtype), values=(carried.values * slot).to(out_dtype),
+                               features=carried.features * slot)
     return _concat_time(outputs, v.to(out_dtype)), carried
 
 
 def chunk_window_sum_rule(
-    q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_features: torch.Tensor, k_features: torch.Tensor,
     window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float = 1.0, window_size: int,
     scale: float | None = None, key_mask: torch.Tensor | None = None, initial_state: WindowState | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE, seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, WindowState]:
     """Sliding-window softmax + sum rule (LoLCATs; the equation above), chunkwise: O(T·(C + w)·d).
 
-    q, k: ``[B, H, T, d]`` rotated (as the softmax attention they stand in for); fq, fk: ``[B, H, T, D]``
-    their features φ; v: ``[B, H, T, d_v]``; window_factor γ, linear_factor λ: per-head ``[H]`` tensors or
+    q, k: ``[B, H, T, d]`` rotated (as the softmax attention they stand in for); q_features, k_features:
+    ``[B, H, T, D]`` their features φ (of the unrotated q, k in `hedgehog_window`); v: ``[B, H, T, d_v]``; window_factor γ, linear_factor λ: per-head ``[H]`` tensors or
     floats; scale: of the scores (default ``d^{-1/2}``); key_mask: ``[B, T]`` 1 for real tokens, 0 for
     padding (absent: read by no query, no place in the window, no write; a padded query's output is
     meaningless); initial_state: the `WindowState` of
@@ -1281,12 +1286,12 @@ def chunk_window_sum_rule(
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_window_sum_rule: chunk_size must be a positive integer, got {chunk_size!r}")
-    return _window_kernel("chunk_window_sum_rule", chunk_size, q, k, fq, fk, v, window_factor, linear_factor,
+    return _window_kernel("chunk_window_sum_rule", chunk_size, q, k, q_features, k_features, v, window_factor, linear_factor,
                           window_size, scale, key_mask, initial_state, seq_idx)
 
 
 def recurrent_window_sum_rule(
-    q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_features: torch.Tensor, k_features: torch.Tensor,
     window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float = 1.0, window_size: int,
     scale: float | None = None, key_mask: torch.Tensor | None = None, initial_state: WindowState | None = None,
     chunk_size: int | None = None, seq_idx: torch.Tensor | None = None,
@@ -1294,17 +1299,18 @@ def recurrent_window_sum_rule(
     """:func:`chunk_window_sum_rule` one token at a time (the decoding step): the token's query reads the
     ``w − 1`` carried tokens, itself and ``[S | z]``; the oldest carried token then moves into ``[S | z]``.
     ``chunk_size`` is unused."""
-    return _window_kernel("recurrent_window_sum_rule", 1, q, k, fq, fk, v, window_factor, linear_factor,
+    return _window_kernel("recurrent_window_sum_rule", 1, q, k, q_features, k_features, v, window_factor, linear_factor,
                           window_size, scale, key_mask, initial_state, seq_idx)
 
 
 def naive_window_sum_rule(
-    q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_features: torch.Tensor, k_features: torch.Tensor,
     window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float = 1.0, window_size: int,
     scale: float | None = None, key_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The equation above written out with full ``T × T`` masks (O(T²)): the tests' reference for the
     chunkwise and recurrent forms (same arguments, no carried state)."""
+    fq, fk = q_features, k_features
     _check_window_inputs("naive_window_sum_rule", q, k, fq, fk, v, window_size, key_mask, None)
     _check_seq_idx("naive_window_sum_rule", seq_idx, q.shape[0], q.shape[2])
     out_dtype, seq_len, heads = q.dtype, q.shape[2], q.shape[1]

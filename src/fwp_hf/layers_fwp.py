@@ -589,7 +589,8 @@ class FWPFastWeightAttention(nn.Module):
         q, k = (apply_rotary(x, cos, sin) for x in qk.chunk(2, dim=1))
         kernel = self.spec.kernel(q.shape[2], causal=self.is_causal)
         y, state = kernel(
-            q, k, q_features, k_features, v, window_factor=torch.sigmoid(self.window_factors), linear_factor=1.0,
+            q, k, v, q_features=q_features, k_features=k_features, window_factor=torch.sigmoid(self.window_factors),
+            linear_factor=1.0,
             window_size=self.window_size, key_mask=inputs.token_mask,
             initial_state=carried, chunk_size=self.chunk_size, seq_idx=inputs.document_ids,
         )
