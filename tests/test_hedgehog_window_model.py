@@ -93,3 +93,35 @@ def test_static_cache_is_refused_clearly():
         FastWeightStaticCache(model.config, 1)
     with pytest.raises(ValueError, match="has no static form: use DynamicCache"):
         model.generate(random_ids(1, 6, low=3), max_new_tokens=2, cache_implementation="static", pad_token_id=0)
+
+
+REMOTE_GENERATE = """
+import sys
+import torch
+from transformers import AutoModelForCausalLM
+
+model_dir, ids_path, out_path = sys.argv[1:4]
+model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
+with torch.no_grad():
+    tokens = model.generate(torch.load(ids_path), max_new_tokens=6, do_sample=False, pad_token_id=0)
+torch.save({"tokens": tokens, "module": type(model).__module__}, out_path)
+"""
+
+
+def test_saved_model_generates_the_same_without_fwp_hf(tmp_path):
+    """The shipped model files (kernels, layer, window cache) load with trust_remote_code where fwp_hf cannot be
+    imported, and cached greedy decoding past the window gives the same tokens."""
+    from isolation import run_without_fwp_hf
+
+    model = window_model()
+    model.save_pretrained(tmp_path / "checkpoint")
+    ids = random_ids(2, 11, low=3)
+    torch.save(ids, tmp_path / "ids.pt")
+    proc = run_without_fwp_hf(REMOTE_GENERATE, [str(tmp_path / "checkpoint"), "ids.pt", "out.pt"], cwd=tmp_path,
+                              extra_env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = torch.load(tmp_path / "out.pt")
+    assert not result["module"].startswith("fwp_hf")
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(result["tokens"], expected)
