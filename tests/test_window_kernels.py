@@ -43,8 +43,10 @@ def _split(tensors, start, end):
 @pytest.mark.parametrize("chunk_size", [1, 3, 4, 8, 64])
 def test_chunk_form_equals_full_reference(window_size, chunk_size):
     q, k, fq, fk, v, gamma = _inputs()
-    reference = naive_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=window_size)
-    y, state = chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=window_size,
+    reference = naive_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma,
+                                      window_size=window_size)
+    y, state = chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma,
+                                     window_size=window_size,
                                      chunk_size=chunk_size)
     torch.testing.assert_close(y, reference, rtol=1e-10, atol=1e-12)
     assert state.keys.shape[2] == window_size - 1  # slots from the start: a fixed size
@@ -52,14 +54,16 @@ def test_chunk_form_equals_full_reference(window_size, chunk_size):
 
 def test_recurrent_steps_equal_full_reference():
     q, k, fq, fk, v, gamma = _inputs(seq_len=17)
-    reference = naive_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, linear_factor=0.7, window_size=5)
+    reference = naive_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, linear_factor=0.7,
+                                      window_size=5)
     state, outputs = None, []
     for t in range(q.shape[2]):
         y_t, state = _run(recurrent_window_sum_rule, _split((q, k, fq, fk, v), t, t + 1), window_factor=gamma,
                                                linear_factor=0.7, window_size=5, initial_state=state)
         outputs.append(y_t)
     torch.testing.assert_close(torch.cat(outputs, dim=2), reference, rtol=1e-10, atol=1e-12)
-    whole, _ = recurrent_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, linear_factor=0.7, window_size=5)
+    whole, _ = recurrent_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma,
+                                         linear_factor=0.7, window_size=5)
     torch.testing.assert_close(whole, reference, rtol=1e-10, atol=1e-12)
 
 
@@ -72,7 +76,8 @@ def test_chunked_prefill_then_decode_equals_one_call(pieces, chunk_size):
     reference, reference_state = _run(chunk_window_sum_rule, tensors[:-1], window_factor=gamma, window_size=window)
     outputs, state, start = [], None, 0
     for end in pieces:
-        y, state = _run(chunk_window_sum_rule, _split(tensors[:-1], start, end), window_factor=gamma, window_size=window,
+        y, state = _run(chunk_window_sum_rule, _split(tensors[:-1], start, end), window_factor=gamma,
+                        window_size=window,
                                          initial_state=state, chunk_size=chunk_size)
         outputs.append(y)
         start = end
@@ -89,12 +94,14 @@ def test_window_covering_the_sequence_without_linear_part_is_causal_softmax():
     q, k, fq, fk, v, gamma = _inputs(seq_len=19)
     expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     for kernel in (chunk_window_sum_rule, recurrent_window_sum_rule):
-        y, _ = kernel(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, linear_factor=0.0, window_size=19, chunk_size=4)
+        y, _ = kernel(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, linear_factor=0.0, window_size=19,
+                      chunk_size=4)
         torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
     # a sliding window alone (λ = 0) is sliding-window softmax attention
     position = torch.arange(19)
     mask = (position[:, None] >= position[None, :]) & (position[:, None] - position[None, :] < 5)
-    y, _ = chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, linear_factor=0.0, window_size=5, chunk_size=4)
+    y, _ = chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, linear_factor=0.0,
+                                 window_size=5, chunk_size=4)
     torch.testing.assert_close(y, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), rtol=1e-10, atol=1e-12)
 
 
@@ -115,7 +122,8 @@ def test_left_padding_reads_like_the_unpadded_row():
     padded = [torch.cat([torch.randn(*x.shape[:2], pad, x.shape[3], dtype=x.dtype).abs(), x], dim=2)
               for x in (q, k, fq, fk, v)]
     key_mask = torch.cat([torch.zeros(1, pad), torch.ones(1, 14)], dim=1)
-    expected, _ = chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=4, chunk_size=3)
+    expected, _ = chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=4,
+                                        chunk_size=3)
     for kernel in (chunk_window_sum_rule, recurrent_window_sum_rule):
         y, state = _run(kernel, padded, window_factor=gamma, window_size=4, key_mask=key_mask, chunk_size=3)
         torch.testing.assert_close(y[:, :, pad:], expected, rtol=1e-10, atol=1e-12)
@@ -139,7 +147,8 @@ def test_gradients_match_finite_differences():
     inputs = [x.clone().requires_grad_() for x in (q, k, fq, fk, v, gamma)]
 
     def chunked(q, k, fq, fk, v, gamma):
-        return chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=3, chunk_size=2)[0]
+        return chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=3,
+                                     chunk_size=2)[0]
 
     assert torch.autograd.gradcheck(chunked, inputs)
     # and the same gradients as the reference, through a carried state
@@ -173,10 +182,12 @@ def test_bad_inputs_are_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="φ\\(q\\) and φ\\(k\\)"):
         chunk_window_sum_rule(q, k, v, q_features=fq[..., :3], k_features=fk, window_factor=gamma, window_size=2)
     with pytest.raises(ValueError, match="key_mask must be"):
-        chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=2, key_mask=torch.ones(2, 3))
+        chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=2,
+                              key_mask=torch.ones(2, 3))
     _, state = chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=4)
     with pytest.raises(ValueError, match="carries window_size − 1 = 1"):
-        chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=2, initial_state=state)
+        chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=2,
+                              initial_state=state)
 
 
 @pytest.mark.parametrize("where", ["right", "middle"])
@@ -194,7 +205,8 @@ def test_padding_anywhere_is_absent_from_outputs_and_state(where):
     key_mask = torch.ones(1, 12 + pad)
     key_mask[:, at : at + pad] = 0
     real = key_mask[0].bool()
-    expected, expected_state = chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma, window_size=4)
+    expected, expected_state = chunk_window_sum_rule(q, k, v, q_features=fq, k_features=fk, window_factor=gamma,
+                                                     window_size=4)
     later = _inputs(batch=1, seq_len=3, seed=1)[:-1]
     expected_next, _ = _run(recurrent_window_sum_rule, later, window_factor=gamma, window_size=4,
                                                  initial_state=expected_state)
@@ -228,7 +240,8 @@ def test_packed_documents_each_compute_what_they_compute_alone(chunk_size):
         start += length
     # the last document's state: it continues exactly as the document alone would
     following = _inputs(batch=1, seq_len=3, seed=5)[:-1]
-    expected, _ = _run(recurrent_window_sum_rule, following, window_factor=gamma, window_size=4, initial_state=alone_state)
+    expected, _ = _run(recurrent_window_sum_rule, following, window_factor=gamma, window_size=4,
+                       initial_state=alone_state)
     continued, _ = _run(recurrent_window_sum_rule, following, window_factor=gamma, window_size=4, initial_state=state)
     torch.testing.assert_close(continued, expected, rtol=1e-10, atol=1e-12)
     reference = _run(naive_window_sum_rule, inputs, window_factor=gamma, window_size=4, seq_idx=seq_idx)

@@ -221,7 +221,8 @@ class WindowFastWeightCacheLayer(FastWeightCacheLayer):
     """Cache of one softmax-window layer (`TokenMixerSpec.softmax_window`, ``hedgehog_window``): the kernels'
     `WindowState` — the last ``window_size − 1`` tokens' rotated keys ``[B, H, n, d]``, values ``[B, H, n, d_v]``,
     features φ(k) ``[B, H, n, D]`` and key mask ``[B, n]`` (n = ``window_size − 1`` slots from the start, empty ones
-    masked), and the lagged ``[S | z]`` ``[B, H, D, d_v + 1]`` (transformers' ``recurrent_states[0]``) — a fixed size. Stored by reference (dynamic only: there is no static, compileable form)."""
+    masked), and the lagged ``[S | z]`` ``[B, H, D, d_v + 1]`` (transformers' ``recurrent_states[0]``) — a fixed size.
+    Stored by reference (dynamic only: there is no static, compileable form)."""
 
     # declared, as `holds_fast_weight_state` is, for copies of this file in remote-code checkpoints
     holds_window = True
@@ -263,7 +264,8 @@ class WindowFastWeightCacheLayer(FastWeightCacheLayer):
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The lagged state, the window's keys, values, features and key mask, and the rows' next positions."""
-        return (self.recurrent_states[0], *(self._window or ()), *(() if self._positions is None else (self._positions,)))
+        positions = () if self._positions is None else (self._positions,)
+        return (self.recurrent_states[0], *(self._window or ()), *positions)
 
     def load_tensors(self, state: torch.Tensor, *window: torch.Tensor) -> None:
         """Set what `tensors` returns (the inverse of `tensors`)."""

@@ -1044,8 +1044,9 @@ def chunk_fast_weights(
 #
 # The window holds w tokens including i (LoLCATs' `linear_window_attention_sw.get_masks`: the linear part is
 # ``tril(−w)``, the window the causal rest). Padding (``key_mask`` 0) is absent: it takes no place in the window
-# and writes nothing, so distances count real tokens and a padded row computes what it computes alone. The carried state of both forms (`WindowState`) is the last
-# ``w − 1`` tokens' rotated keys, values, features φ(k) and key mask, and the lagged sum-rule state
+# and writes nothing, so distances count real tokens and a padded row computes what it computes alone. The
+# carried state of both forms (`WindowState`) is the last ``w − 1`` tokens' rotated keys, values, features φ(k)
+# and key mask (w − 1 slots from the start, empty ones masked), and the lagged sum-rule state
 # ``[S | z] = Σ_{j older than the window} φ(k_j) [v_j, 1]ᵀ``: a fixed size whatever the context. Every form
 # walks the sequence with one step, `_window_sum_rule_block`, on blocks of new tokens (C tokens for the
 # chunkwise form, one for the recurrent form): the block's queries attend to the carried window plus the
@@ -1059,8 +1060,7 @@ class WindowState(NamedTuple):
 
     keys: ``[B, H, n, d]`` the last rotated keys; values: ``[B, H, n, d_v]``; features:
     ``[B, H, n, D]`` their φ(k); key_mask: ``[B, n]`` 1 for real tokens, 0 for empty slots (zeros); n = w − 1
-    always (`empty_window_state`); state:
-    ``[B, H, D, d_v + 1]`` the lagged ``[S | z]`` of every older token.
+    always (`empty_window_state`); state: ``[B, H, D, d_v + 1]`` the lagged ``[S | z]`` of every older token.
     """
 
     keys: torch.Tensor
@@ -1276,18 +1276,18 @@ def chunk_window_sum_rule(
     """Sliding-window softmax + sum rule (LoLCATs; the equation above), chunkwise: O(T·(C + w)·d).
 
     q, k: ``[B, H, T, d]`` rotated (as the softmax attention they stand in for); q_features, k_features:
-    ``[B, H, T, D]`` their features φ (of the unrotated q, k in `hedgehog_window`); v: ``[B, H, T, d_v]``; window_factor γ, linear_factor λ: per-head ``[H]`` tensors or
-    floats; scale: of the scores (default ``d^{-1/2}``); key_mask: ``[B, T]`` 1 for real tokens, 0 for
-    padding (absent: read by no query, no place in the window, no write; a padded query's output is
-    meaningless); initial_state: the `WindowState` of
-    earlier tokens, which continues the row's first document; seq_idx: ``[B, T]`` packed document ids (a
-    query reads its own document only; the returned state is the row's last document's). Returns
-    ``(y [B, H, T, d_v] in q's dtype, WindowState after the last token)``.
+    ``[B, H, T, D]`` their features φ (of the unrotated q, k in `hedgehog_window`); v: ``[B, H, T, d_v]``;
+    window_factor γ, linear_factor λ: per-head ``[H]`` tensors or floats; scale: of the scores (default
+    ``d^{-1/2}``); key_mask: ``[B, T]`` 1 for real tokens, 0 for padding (absent: read by no query, no place in
+    the window, no write; a padded query's output is meaningless); initial_state: the `WindowState` of earlier
+    tokens, which continues the row's first document; seq_idx: ``[B, T]`` packed document ids (a query reads its
+    own document only; the returned state is the row's last document's). Returns ``(y [B, H, T, d_v] in q's
+    dtype, WindowState after the last token)``.
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_window_sum_rule: chunk_size must be a positive integer, got {chunk_size!r}")
-    return _window_kernel("chunk_window_sum_rule", chunk_size, q, k, q_features, k_features, v, window_factor, linear_factor,
-                          window_size, scale, key_mask, initial_state, seq_idx)
+    return _window_kernel("chunk_window_sum_rule", chunk_size, q, k, q_features, k_features, v, window_factor,
+                          linear_factor, window_size, scale, key_mask, initial_state, seq_idx)
 
 
 def recurrent_window_sum_rule(

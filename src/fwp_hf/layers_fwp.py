@@ -330,7 +330,10 @@ def window_positions(
     if offset is not None:
         base = base - torch.where(first_document, offset[:, None].to(base.dtype), torch.zeros_like(base))
     positions = before - base
-    next_offset = (positions[:, -1] + real[:, -1]) if seq_len else (offset if offset is not None else real.new_zeros(batch))
+    if seq_len:
+        next_offset = positions[:, -1] + real[:, -1]
+    else:
+        next_offset = offset if offset is not None else real.new_zeros(batch)
     return positions.long(), next_offset.long()
 
 

@@ -251,8 +251,8 @@ def converted_layers(student: FWPForCausalLM) -> list[int]:
 
 def transfer_parameter_names(student: FWPForCausalLM) -> list[str]:
     """The parameters attention transfer trains: per converted layer, its learned feature map, its decay
-    parameters, its window factors (a softmax-window layer's γ per head), and its fused projection — of which only the gate rows learn (`AttentionTransferModel`
-    masks the gradient of the teacher's q/k/v rows)."""
+    parameters, its window factors (a softmax-window layer's γ per head), and its fused projection — of which
+    only the gate rows learn (`AttentionTransferModel` masks the gradient of the teacher's q/k/v rows)."""
     names = []
     for i in converted_layers(student):
         mixer = student.model.layers[i].mixer
