@@ -1244,12 +1244,14 @@ def _window_kernel(
         carried_documents = _BlockDocuments(window=numbers.new_zeros(carried.key_mask.shape),
                                             state=numbers.new_zeros(numbers.shape[0]))
     outputs = []
-    for start in range(0, seq_len, block_size):
-        block = slice(start, start + block_size)
+    # torch.split, not a slice per block: the backward of a slice writes a zero tensor of the whole sequence
+    blocks = [x.split(block_size, dim=2) for x in (q, k, fq, fk, v)]
+    block_masks = key_mask.split(block_size, dim=1)
+    block_numbers = [None] * len(block_masks) if numbers is None else numbers.split(block_size, dim=1)
+    for q_b, k_b, fq_b, fk_b, v_b, mask_b, numbers_b in zip(*blocks, block_masks, block_numbers):
         numerator, carried, carried_documents = _window_sum_rule_block(
-            q[:, :, block], k[:, :, block], fq[:, :, block], fk[:, :, block], v[:, :, block], key_mask[:, block],
-            carried, window_factor, linear_factor, window_size, scale,
-            None if numbers is None else numbers[:, block], carried_documents,
+            q_b, k_b, fq_b, fk_b, v_b, mask_b, carried, window_factor, linear_factor, window_size, scale, numbers_b,
+            carried_documents,
         )
         outputs.append(_combine_window_read(numerator, out_dtype))
     if numbers is not None and seq_len > 0:
