@@ -125,3 +125,10 @@ def test_saved_model_generates_the_same_without_fwp_hf(tmp_path):
     with torch.no_grad():
         expected = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(result["tokens"], expected)
+
+
+def test_the_layer_description_names_its_window():
+    from fwp_hf.token_mixers import describe_token_mixer
+
+    description = describe_token_mixer(window_model().config, "hedgehog_window")
+    assert "LoLCATs" in description and description.endswith(f"window = {WINDOW} tokens")

@@ -240,7 +240,8 @@ def describe_token_mixer(config, name: str) -> str:
     phi = FEATURE_MAPS[feature_map].label(config.feature_maps[feature_map])
     normalization = {"sum": ", sum-normalised", "l2": ", L2-normalised"}.get(
         config.fast_weight.key_normalization_of(spec), "")
-    return f"{spec.summary}; φ = {phi}{normalization}, d_dot = {spec.key_dim(config)}"
+    window = f", window = {config.fast_weight.window_size} tokens" if spec.softmax_window else ""
+    return f"{spec.summary}; φ = {phi}{normalization}, d_dot = {spec.key_dim(config)}{window}"
 
 
 __all__ = [
