@@ -132,3 +132,17 @@ def test_the_layer_description_names_its_window():
 
     description = describe_token_mixer(window_model().config, "hedgehog_window")
     assert "LoLCATs" in description and description.endswith(f"window = {WINDOW} tokens")
+
+
+def test_the_stack_builds_no_mask_over_past_keys():
+    """A model of window layers has no growing mask: the layers count their own positions and mask by their
+    window, so the stack builds neither rotary tables nor a 4D mask over every past key (a softmax layer needs
+    both)."""
+    from fwp_hf.inputs_fwp import prepare_mixer_inputs
+
+    config, past = window_model().config, 100_000
+    hidden = torch.zeros(1, 3, config.hidden_size)
+    prepared = prepare_mixer_inputs(config, config.layer_attention_types, torch.ones(1, past + 3), None, hidden, past)
+    assert prepared["attention_mask_4d"] is None and prepared["position_embeddings"] is None
+    hybrid = prepare_mixer_inputs(config, ["hedgehog_window", "softmax"], torch.ones(1, past + 3), None, hidden, past)
+    assert hybrid["attention_mask_4d"].shape == (1, 1, 3, past + 3)

@@ -72,7 +72,9 @@ class TokenMixerSpec:
             ``read(φ(Q), S)``) that encoders and the decoder's cross-attention use, or None.
         encoder_form: `ENCODER_BIDIRECTIONAL` or `ENCODER_LEFT_TO_RIGHT` (what a non-causal
             encoder layer of this type computes).
-        uses_rotary: the layer needs rotary position embeddings and a 4D attention mask.
+        uses_rotary: the layer rotates q and k by rotary position embeddings (rope θ and scaling count for it);
+            unless it is a softmax-window layer, which counts its own positions, it reads the stack's rotary
+            tables and 4D attention mask (`reads_stack_positions`).
         softmax_window: the layer mixes exact softmax attention over its last ``fast_weight.window_size``
             tokens (rotated q, k) with the fast-weight read of every older token under one normaliser
             (LoLCATs; `fast_weight_kernels.chunk_window_sum_rule`); its kernels take
@@ -94,6 +96,13 @@ class TokenMixerSpec:
     encoder_form: str = ENCODER_BIDIRECTIONAL
     uses_rotary: bool = False
     softmax_window: bool = False
+
+    @property
+    def reads_stack_positions(self) -> bool:
+        """Whether the stack must build rotary tables and a 4D attention mask for this layer (softmax attention).
+        A softmax-window layer rotates at positions it counts itself and masks by its window, so a model of such
+        layers builds neither (the mask over every past key would grow with the context)."""
+        return self.uses_rotary and not self.softmax_window
 
     @property
     def has_attention_matrix(self) -> bool:
