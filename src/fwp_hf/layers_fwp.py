@@ -582,7 +582,14 @@ class FWPFastWeightAttention(nn.Module):
 
         q and k are rotated at the positions of `window_positions` (each real token's index in its document,
         continuing the cache's count), not the stack's: only their differences matter to the softmax, and these
-        stay right across padding and packed documents that continue a cache."""
+        stay right across padding and packed documents that continue a cache.
+
+        Against LoLCATs' source (HazyResearch/lolcats, `linear_window_attention_sw.py`): the same window (w tokens,
+        the query's own included; older tokens go to the linear part), the same γ = sigmoid(factor) with the
+        factor initialised at 0 and λ = 1 (its default, ``affine_attention_factors=False``), the same score scale
+        d^{-1/2} and the same max-shift of the window's scores only. Different: φ maps the unrotated q, k (as the
+        `hedgehog` type does; LoLCATs maps the rotated ones), and the window slides token by token (LoLCATs'
+        default training layer, `linear_window_attention_tk.py`, uses a terraced window of w to 2w tokens)."""
         carried = cache_layer.window_state if cache_layer is not None else None
         offset = cache_layer.window_positions if carried is not None else None
         positions, next_offset = window_positions(qk.shape[0], qk.shape[2], inputs.token_mask, inputs.document_ids,
