@@ -600,9 +600,8 @@ class FWPFastWeightAttention(nn.Module):
         kernel = self.spec.kernel(q.shape[2], causal=self.is_causal)
         y, state = kernel(
             q, k, v, q_features=q_features, k_features=k_features, window_factor=torch.sigmoid(self.window_factors),
-            linear_factor=1.0,
-            window_size=self.window_size, key_mask=inputs.token_mask,
-            initial_state=carried, chunk_size=self.chunk_size, seq_idx=inputs.document_ids,
+            linear_factor=1.0, window_size=self.window_size, key_mask=inputs.token_mask, initial_state=carried,
+            chunk_size=self.chunk_size, seq_idx=inputs.document_ids,
         )
         if cache_layer is not None:
             cache_layer.update_window_state(state, q.shape[2], next_offset)

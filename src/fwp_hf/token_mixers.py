@@ -77,8 +77,8 @@ class TokenMixerSpec:
             tables and 4D attention mask (`reads_stack_positions`).
         softmax_window: the layer mixes exact softmax attention over its last ``fast_weight.window_size``
             tokens (rotated q, k) with the fast-weight read of every older token under one normaliser
-            (LoLCATs; `fast_weight_kernels.chunk_window_sum_rule`); its kernels take
-            ``(q, k, φ(q), φ(k), v)`` and carry a `fast_weight_kernels.WindowState`.
+            (LoLCATs; `fast_weight_kernels.chunk_window_sum_rule`); its kernels take the rotated q, k, then v, and
+            φ(q), φ(k) as ``q_features``, ``k_features``, and carry a `fast_weight_kernels.WindowState`.
     """
 
     name: str
