@@ -83,6 +83,8 @@ def lm_config_from(settings: dict, **overrides) -> FWPConfig:
 TYPE_SETTINGS: dict[str, dict] = {
     "dpfp": dict(dpfp_nu=2),
     "fast_weights": dict(fast_weights_inner_steps=2),
+    # a window narrower than the tests' sequences, so that the fast-weight part is read too
+    "hedgehog_window": dict(fast_weight=dict(window_size=3)),
 }
 
 

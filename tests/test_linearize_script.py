@@ -109,6 +109,22 @@ def test_linearize_all_delta_then_fine_tune(teacher, data_files, tmp_path, capsy
     assert json.loads((output_dir / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"]
 
 
+def test_linearize_into_lolcats_window_layers(teacher, data_files, tmp_path):
+    """`--attention_type hedgehog_window` (a softmax window narrower than the blocks, so the fast weights are read
+    too): every stage runs, attention transfer lowers every layer's MSE and moves the window factors, and the saved
+    student is an ordinary checkpoint with its window."""
+    output_dir = tmp_path / "window"
+    results = run_linearize(teacher, data_files, output_dir, attention_type="hedgehog_window",
+                            config_overrides=json.dumps({"chunk_size": 16, "fast_weight": {"window_size": 8}}))
+    assert all(math.isfinite(value) for value in results["perplexity"].values())
+    before, after = results["layer_mse_before_transfer"], results["layer_mse_after_transfer"]
+    assert len(before) == len(after) == 3 and all(a < b for a, b in zip(after, before)), (before, after)
+    student = FWPForCausalLM.from_pretrained(output_dir)
+    assert student.config.layer_attention_types == ["hedgehog_window"] * 3
+    assert student.config.fast_weight.window_size == 8
+    assert all(not torch.equal(layer.mixer.window_factors, torch.zeros(4)) for layer in student.model.layers)
+
+
 def test_linearize_hybrid_keeps_a_softmax_layer_and_scratch_baseline(teacher, data_files, tmp_path):
     hybrid = run_linearize(teacher, data_files, tmp_path / "hybrid", attention_type="delta", feature_map="hedgehog",
                            keep_softmax_layers=1, max_steps=0)

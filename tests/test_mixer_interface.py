@@ -94,7 +94,10 @@ def test_the_registry_picks_the_recurrent_kernel_for_one_token_and_the_chunkwise
     with torch.no_grad():
         whole, _ = mixer(mixer_inputs(config, kind, hidden))
         cache = prepare_fast_weight_cache(None, [kind] * config.num_hidden_layers, True)
-        steps = [mixer(MixerInputs(hidden[:, t : t + 1], cache=cache))[0] for t in range(LENGTH)]
+        # each token with what a stack prepares for it after t cached tokens (rotary positions where used)
+        steps = [mixer(MixerInputs(hidden[:, t : t + 1], cache=cache,
+                                   **prepare_mixer_inputs(config, [kind], None, None, hidden[:, t : t + 1], t)))[0]
+                 for t in range(LENGTH)]
     assert_close(torch.cat(steps, dim=1), whole, what="token by token against the whole sequence")
 
 

@@ -51,7 +51,7 @@ from fwp_hf import (
     FWPForCausalLM,
     FWPModel,
 )
-from fwp_hf.cache_fwp import prepare_fast_weight_cache
+from fwp_hf.cache_fwp import prepare_fast_weight_cache, state_cache_layer
 from fwp_hf.feature_maps_fwp import FWPFeatureMap
 from fwp_hf.layers_fwp import MIXER_LAYERS, FWPBlock
 
@@ -143,7 +143,9 @@ def test_every_registry_entry_builds_a_model_with_the_state_shape_it_declares(ki
     assert cache.get_seq_length() == 13
     for idx, layer in enumerate(cache.layers):
         if spec.holds_state:
-            assert type(layer) is FastWeightCacheLayer, f"layer {idx}"
+            # the layer the registry entry asks for (a softmax-window entry's also carries its window)
+            assert type(layer) is type(state_cache_layer(kind)), f"layer {idx}"
+            assert isinstance(layer, FastWeightCacheLayer)
             assert tuple(layer.state.shape) == state_shape(config, kind, 2)
             assert layer.state.dtype == torch.float32
         else:
@@ -174,7 +176,11 @@ def test_fast_weight_cache_works_through_transformers_cache_api():
         assert_close(cache.get_recurrent_state(idx), whole.get_recurrent_state(idx), what=f"state of layer {idx}")
 
     # A state written through transformers' API is what the next step reads: zeroed states make the
-    # next token's logits those of the token alone.
+    # next token's logits those of the token alone. (A softmax-window layer's cache also holds the window's
+    # keys and values, which that API does not reach: they are emptied first.)
+    for layer in cache.layers:
+        if getattr(layer, "holds_window", False):
+            layer.reset_rows(torch.ones(2, dtype=torch.bool))
     for idx in range(len(cache.layers)):
         zeros = torch.zeros_like(cache.get_recurrent_state(idx))
         cache.update_recurrent_state(zeros, idx)

@@ -25,6 +25,7 @@ from transformers.cache_utils import (
     StaticLayer,
 )
 
+from .fast_weight_kernels import WindowState
 from .token_mixers import FAST_WEIGHT_LAYER, TOKEN_MIXERS
 
 
@@ -216,6 +217,69 @@ class FastWeightCacheLayer(LinearAttentionLayer, CacheLayerMixin):
         self._map_state(lambda state: state.repeat_interleave(repeats, dim=0))
 
 
+class WindowFastWeightCacheLayer(FastWeightCacheLayer):
+    """Cache of one softmax-window layer (`TokenMixerSpec.softmax_window`, ``hedgehog_window``): the kernels'
+    `WindowState` — the last ``window_size − 1`` tokens' rotated keys ``[B, H, n, d]``, values ``[B, H, n, d_v]``,
+    features φ(k) ``[B, H, n, D]`` and key mask ``[B, n]`` (n = ``window_size − 1`` slots from the start, empty ones
+    masked), and the lagged ``[S | z]`` ``[B, H, D, d_v + 1]`` (transformers' ``recurrent_states[0]``) — a fixed size.
+    Stored by reference (dynamic only: there is no static, compileable form)."""
+
+    # declared, as `holds_fast_weight_state` is, for copies of this file in remote-code checkpoints
+    holds_window = True
+
+    def __init__(self, static: bool = False, **kwargs) -> None:
+        if static:
+            raise ValueError("a softmax-window layer's cache (hedgehog_window) has no static form: use DynamicCache()")
+        super().__init__(static=False)
+        self._window: tuple[torch.Tensor, ...] | None = None  # keys, values, features, key_mask
+        self._positions: torch.Tensor | None = None  # [B] int64: real tokens of each row's current document
+
+    @property
+    def window_state(self) -> WindowState | None:
+        """The carried `WindowState`, or None before the first update (and after `reset`)."""
+        if self._window is None or self.state is None:
+            return None
+        return WindowState(*self._window, state=self.state)
+
+    @property
+    def window_positions(self) -> torch.Tensor | None:
+        """``[B]`` int64: the rotary position of each row's next token (`layers_fwp.window_positions`)."""
+        return self._positions
+
+    def update_window_state(self, state: WindowState, num_new_tokens: int, positions: torch.Tensor) -> None:
+        """Store the state after `num_new_tokens` more tokens and each row's next rotary position."""
+        self._window = (state.keys, state.values, state.features, state.key_mask)
+        self._positions = positions
+        self.update_state(state.state, num_new_tokens)
+
+    def reset(self) -> None:
+        self._window, self._positions = None, None
+        super().reset()
+
+    def _map_state(self, function) -> None:
+        super()._map_state(function)
+        if self._window is not None:
+            self._window = tuple(function(tensor) for tensor in self._window)
+            self._positions = function(self._positions)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The lagged state, the window's keys, values, features and key mask, and the rows' next positions."""
+        positions = () if self._positions is None else (self._positions,)
+        return (self.recurrent_states[0], *(self._window or ()), *positions)
+
+    def load_tensors(self, state: torch.Tensor, *window: torch.Tensor) -> None:
+        """Set what `tensors` returns (the inverse of `tensors`)."""
+        *window, positions = window
+        self.update_window_state(WindowState(*window, state=state), 0, positions)
+
+
+def state_cache_layer(kind: str, static: bool = False) -> FastWeightCacheLayer:
+    """A new, empty cache layer for a layer of type `kind` that holds a state (what its registry entry needs)."""
+    if TOKEN_MIXERS[kind].softmax_window:
+        return WindowFastWeightCacheLayer(static=static)
+    return FastWeightCacheLayer(static=static)
+
+
 def is_fast_weight_cache_layer(layer: object) -> bool:
     """Whether `layer` is a `FastWeightCacheLayer` of any copy of this file (installed fwp_hf, or the copy a
     remote-code checkpoint runs): it declares ``holds_fast_weight_state``."""
@@ -278,9 +342,9 @@ def prepare_fast_weight_cache(cache: Cache | None, attention_types: list[str], u
             )
         if wants_state and not has_state:
             if isinstance(layer, DynamicLayer) and layer.keys is None:
-                cache.layers[idx] = FastWeightCacheLayer()
+                cache.layers[idx] = state_cache_layer(kind)
             elif isinstance(layer, StaticLayer) and not layer.is_initialized:
-                cache.layers[idx] = FastWeightCacheLayer(static=True)
+                cache.layers[idx] = state_cache_layer(kind, static=True)
             else:
                 raise ValueError(
                     f"past_key_values layer {idx} holds keys/values but layer {idx} is a {kind!r} fast-weight layer"
@@ -307,6 +371,11 @@ class FastWeightStaticCache(Cache):
                 raise ValueError(
                     f"FastWeightStaticCache needs a fast-weight state in every layer, but layer {idx} is {kind!r} "
                     "(a growing key/value cache): use DynamicCache() for this model"
+                )
+            if TOKEN_MIXERS[kind].softmax_window:
+                raise ValueError(
+                    f"FastWeightStaticCache has no static form of layer {idx}'s {kind!r} cache (a window of keys and "
+                    "values plus a state): use DynamicCache() for this model"
                 )
         layers = []
         for kind in kinds:
@@ -370,6 +439,6 @@ class FastWeightStateStep(torch.nn.Module):
 
 
 __all__ = [
-    "FastWeightCacheLayer", "FastWeightStateStep", "FastWeightStaticCache", "prepare_fast_weight_cache",
-    "is_fast_weight_cache_layer", "reset_cache_rows",
+    "FastWeightCacheLayer", "FastWeightStateStep", "FastWeightStaticCache", "WindowFastWeightCacheLayer",
+    "prepare_fast_weight_cache", "is_fast_weight_cache_layer", "reset_cache_rows", "state_cache_layer",
 ]

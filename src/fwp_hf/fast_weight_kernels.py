@@ -1032,3 +1032,299 @@ def chunk_fast_weights(
 
     y = fast_weights_inner_loop(drive, read, num_steps, ln_weight, ln_bias)
     return y.to(out_dtype), final_state
+
+
+# ----------------------------------------------------------------------------------------------
+# Sliding-window softmax + sum rule under one normaliser (LoLCATs, Zhang et al. 2024)
+# ----------------------------------------------------------------------------------------------
+# Per head, for query i, window size w, s_ij = q_i·k_j·scale (q, k rotated), m_i = max_{i−w<j≤i} s_ij:
+#
+#     y_i = ( Σ_{i−w<j≤i} γ e^{s_ij − m_i} v_j  +  Σ_{j≤i−w} λ φ(q_i)·φ(k_j) v_j )
+#           / ( Σ_{i−w<j≤i} γ e^{s_ij − m_i}    +  Σ_{j≤i−w} λ φ(q_i)·φ(k_j) )
+#
+# The window holds w tokens including i (LoLCATs' `linear_window_attention_sw.get_masks`: the linear part is
+# ``tril(−w)``, the window the causal rest). Padding (``key_mask`` 0) is absent: it takes no place in the window
+# and writes nothing, so distances count real tokens and a padded row computes what it computes alone. The
+# carried state of both forms (`WindowState`) is the last ``w − 1`` tokens' rotated keys, values, features φ(k)
+# and key mask (w − 1 slots from the start, empty ones masked), and the lagged sum-rule state
+# ``[S | z] = Σ_{j older than the window} φ(k_j) [v_j, 1]ᵀ``: a fixed size whatever the context. Every form
+# walks the sequence with one step, `_window_sum_rule_block`, on blocks of new tokens (C tokens for the
+# chunkwise form, one for the recurrent form): the block's queries attend to the carried window plus the
+# block (``w − 1 + C`` keys, so O(C·(C + w)·d) per block) and read ``[S | z]``; the tokens that leave the
+# window are then added into ``[S | z]``.
+
+
+class WindowState(NamedTuple):
+    """The carried state of the window kernels (fp32 — fp64 for fp64 inputs — except `keys`/`values`, kept in
+    the inputs' dtype).
+
+    keys: ``[B, H, n, d]`` the last rotated keys; values: ``[B, H, n, d_v]``; features:
+    ``[B, H, n, D]`` their φ(k); key_mask: ``[B, n]`` 1 for real tokens, 0 for empty slots (zeros); n = w − 1
+    always (`empty_window_state`); state: ``[B, H, D, d_v + 1]`` the lagged ``[S | z]`` of every older token.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    features: torch.Tensor
+    key_mask: torch.Tensor
+    state: torch.Tensor
+
+
+def empty_window_state(q: torch.Tensor, fq: torch.Tensor, v: torch.Tensor, window_size: int) -> WindowState:
+    """The state before the first token: ``w − 1`` window slots of padding (key mask 0, zeros), so that the state
+    has its one size from the start, and ``[S | z] = 0``."""
+    batch, heads, slots = q.shape[0], q.shape[1], window_size - 1
+    return WindowState(
+        keys=q.new_zeros(batch, heads, slots, q.shape[-1]), values=v.new_zeros(batch, heads, slots, v.shape[-1]),
+        features=fq.new_zeros(batch, heads, slots, fq.shape[-1], dtype=_window_compute_dtype(fq)),
+        key_mask=q.new_zeros(batch, slots, dtype=_window_compute_dtype(q)),
+        state=fq.new_zeros(batch, heads, fq.shape[-1], v.shape[-1] + 1, dtype=_window_compute_dtype(fq)),
+    )
+
+
+def _check_window_inputs(
+    name: str, q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor,
+    window_size: int, key_mask: torch.Tensor | None, initial_state: WindowState | None,
+) -> None:
+    _check_inputs(name, q, k, v, None)
+    if fq.shape != fk.shape or fq.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{name}: φ(q) and φ(k) must be [batch, heads, time, D] like q, got "
+                         f"{tuple(fq.shape)} and {tuple(fk.shape)} for q {tuple(q.shape)}")
+    if not isinstance(window_size, int) or isinstance(window_size, bool) or window_size < 1:
+        raise ValueError(f"{name}: window_size must be a positive integer, got {window_size!r}")
+    if key_mask is not None and tuple(key_mask.shape) != (q.shape[0], q.shape[2]):
+        raise ValueError(f"{name}: key_mask must be [batch, time] = {(q.shape[0], q.shape[2])}, "
+                         f"got {tuple(key_mask.shape)}")
+    if initial_state is not None:
+        if not isinstance(initial_state, WindowState):
+            raise TypeError(f"{name}: initial_state must be a WindowState, got {type(initial_state).__name__}")
+        expected = (q.shape[0], q.shape[1], fq.shape[-1], v.shape[-1] + 1)
+        if tuple(initial_state.state.shape) != expected:
+            raise ValueError(f"{name}: initial_state.state must have shape {expected}, "
+                             f"got {tuple(initial_state.state.shape)}")
+        if initial_state.keys.shape[2] != window_size - 1:
+            raise ValueError(f"{name}: initial_state holds {initial_state.keys.shape[2]} window slots, but a window of "
+                             f"{window_size} tokens carries window_size − 1 = {window_size - 1}")
+
+
+def _window_compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp32, or fp64 for fp64 inputs (the tests' gradient checks)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _head_factor(factor: torch.Tensor | float, heads: int, dtype: torch.dtype) -> torch.Tensor | float:
+    """A per-head factor ``[H]`` as ``[1, H, 1, 1]`` in `dtype`; a float stays a float."""
+    if torch.is_tensor(factor):
+        if factor.numel() not in (1, heads):
+            raise ValueError(f"a window kernel factor must have 1 or {heads} (heads) entries, got {factor.numel()}")
+        return factor.to(dtype).reshape(1, -1, 1, 1)
+    return float(factor)
+
+
+def _window_softmax_weights(scores: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """``e^{s − m}`` on the window (0 elsewhere), m the row's maximum over the window (0 for a row whose window
+    is empty: a padded query)."""
+    scores = scores.masked_fill(~window, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    return torch.exp(scores - row_max)
+
+
+def _combine_window_read(numerator: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """``[..., d_v + 1]`` (the value columns, then the normaliser) -> ``y = value columns / normaliser``; a row
+    with a zero normaliser (a padded query: nothing to read) reads 0."""
+    denominator = numerator[..., -1:]
+    denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return (numerator[..., :-1] / denominator).to(out_dtype)
+
+
+def _window_masks(
+    key_mask: torch.Tensor, num_queries: int, window_size: int, documents: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(in_window, below_window)`` boolean ``[B, 1, C, L]`` for the last C of L keys as queries.
+
+    Distances count real tokens only (padding, ``key_mask`` 0, is absent: it is read by no query and takes no
+    place in the window), so a padded row computes what the row computes alone: query i and an earlier real key
+    j are ``r_i − r_j`` apart, r the number of real tokens up to and including a position. `documents` ``[B, L]``
+    (non-decreasing document numbers): a query reads the keys of its own document only.
+    """
+    num_keys = key_mask.shape[1]
+    rank = key_mask.cumsum(dim=-1)
+    distance = rank[:, -num_queries:, None] - rank[:, None, :]  # [B, C, L]
+    positions = torch.arange(num_keys, device=key_mask.device)
+    causal = positions[-num_queries:, None] >= positions[None, :]
+    valid = causal & key_mask.bool()[:, None, :]
+    if documents is not None:
+        valid = valid & (documents[:, -num_queries:, None] == documents[:, None, :])
+    return (valid & (distance < window_size)).unsqueeze(1), (valid & (distance >= window_size)).unsqueeze(1)
+
+
+class _BlockDocuments(NamedTuple):
+    """Packed documents inside one window-kernel call: the document number (`document_numbers`; the carried
+    state's is 0) of each carried window entry ``[B, n]`` and of the lagged state ``[B]``."""
+
+    window: torch.Tensor
+    state: torch.Tensor
+
+
+def _window_sum_rule_block(
+    q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
+    carried: WindowState, window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float,
+    window_size: int, scale: float, block_documents: torch.Tensor | None = None,
+    carried_documents: _BlockDocuments | None = None,
+) -> tuple[torch.Tensor, WindowState, _BlockDocuments | None]:
+    """One block of C new tokens after the carried window (n = w − 1 slots) and lagged ``[S | z]``.
+
+    Keys of the block's queries: the n carried then the C new ones (L = n + C), masked by `_window_masks`;
+    ``[S | z]`` covers every older token. Afterwards the window keeps the last ``min(L, w − 1)`` entries that are
+    real tokens (empty slots fill it while it has fewer real tokens), and the real tokens that leave it are
+    added into ``[S | z]``. With packed documents (`block_documents` ``[B, C]``, `carried_documents`) a query
+    reads keys and ``[S | z]`` of its own document only, and ``[S | z]`` restarts when a later document's tokens
+    leave the window. Returns ``(numerator [B, H, C, d_v + 1]: the value columns, then the normaliser; the new
+    state; the new documents)``.
+    """
+    keys = torch.cat([carried.keys.to(k.dtype), k], dim=2)
+    features = torch.cat([carried.features, fk], dim=2)
+    values = append_normalizer_column(torch.cat([carried.values.to(v.dtype), v], dim=2))
+    mask = torch.cat([carried.key_mask, key_mask], dim=1)
+    documents = None if block_documents is None else torch.cat([carried_documents.window, block_documents], dim=1)
+    in_window, below_window = _window_masks(mask, q.shape[2], window_size, documents)
+    window_weights = window_factor * _window_softmax_weights((q @ keys.transpose(-1, -2)) * scale, in_window)
+    linear_weights = (linear_factor * (fq @ features.transpose(-1, -2))).masked_fill(~below_window, 0.0)
+    lagged_read = fq @ carried.state
+    if documents is not None:  # the lagged state is read by the queries of its document only
+        reads_state = carried_documents.state[:, None] == block_documents  # [B, C]
+        lagged_read = lagged_read * reads_state[:, None, :, None]
+    numerator = (window_weights + linear_weights) @ values + linear_factor * lagged_read
+    # The entries the window keeps: the latest real tokens first, then (while it has fewer) the latest padding;
+    # kept in their order (a rank is a running count along the window).
+    total = keys.shape[2]
+    positions = torch.arange(total, device=mask.device)
+    priority = torch.where(mask.bool(), positions + total, positions)
+    kept = priority.topk(min(total, window_size - 1), dim=-1).indices.sort(dim=-1).values  # [B, n']
+    leaving = mask.scatter(1, kept, 0.0)  # real tokens that leave the window
+    state, new_documents = carried.state, None
+    if documents is not None:
+        # the lagged state holds the latest document that has left the window (documents never decrease)
+        latest = documents.masked_fill(leaving == 0, -1).amax(dim=-1)
+        state_document = torch.where(latest >= 0, latest, carried_documents.state)
+        state = state * (carried_documents.state == state_document).to(state.dtype)[:, None, None, None]
+        leaving = leaving * (documents == state_document[:, None]).to(leaving.dtype)
+        new_documents = _BlockDocuments(window=documents.gather(1, kept), state=state_document)
+    state = state + (features * leaving[:, None, :, None]).transpose(-1, -2) @ values
+
+    def take(x: torch.Tensor) -> torch.Tensor:
+        return x.gather(2, kept[:, None, :, None].expand(*x.shape[:2], kept.shape[1], x.shape[3]))
+
+    new = WindowState(keys=take(keys), values=take(values[..., :-1]), features=take(features),
+                      key_mask=mask.gather(1, kept), state=state)
+    return numerator, new, new_documents
+
+
+def _window_kernel(
+    name: str, block_size: int, q: torch.Tensor, k: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor,
+    v: torch.Tensor, window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float, window_size: int,
+    scale: float | None, key_mask: torch.Tensor | None, initial_state: WindowState | None, seq_idx,
+) -> tuple[torch.Tensor, WindowState]:
+    _check_window_inputs(name, q, k, fq, fk, v, window_size, key_mask, initial_state)
+    _check_seq_idx(name, seq_idx, q.shape[0], q.shape[2])
+    out_dtype, seq_len, heads = q.dtype, q.shape[2], q.shape[1]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    carried = empty_window_state(q, fq, v, window_size) if initial_state is None else initial_state
+    compute = _window_compute_dtype(q)
+    carried = carried._replace(features=carried.features.to(compute), key_mask=carried.key_mask.to(compute),
+                               state=carried.state.to(compute))
+    key_mask = q.new_ones(q.shape[0], seq_len, dtype=compute) if key_mask is None else key_mask.to(compute)
+    window_factor, linear_factor = (_head_factor(window_factor, heads, compute),
+                                    _head_factor(linear_factor, heads, compute))
+    q, k, fq, fk, v = (x.to(compute) for x in (q, k, fq, fk, v))
+    numbers = carried_documents = None
+    if seq_idx is not None:  # the carried state belongs to the row's first document (number 0)
+        numbers = document_numbers(seq_idx)
+        carried_documents = _BlockDocuments(window=numbers.new_zeros(carried.key_mask.shape),
+                                            state=numbers.new_zeros(numbers.shape[0]))
+    outputs = []
+    # torch.split, not a slice per block: the backward of a slice writes a zero tensor of the whole sequence
+    blocks = [x.split(block_size, dim=2) for x in (q, k, fq, fk, v)]
+    block_masks = key_mask.split(block_size, dim=1)
+    block_numbers = [None] * len(block_masks) if numbers is None else numbers.split(block_size, dim=1)
+    for q_b, k_b, fq_b, fk_b, v_b, mask_b, numbers_b in zip(*blocks, block_masks, block_numbers):
+        numerator, carried, carried_documents = _window_sum_rule_block(
+            q_b, k_b, fq_b, fk_b, v_b, mask_b, carried, window_factor, linear_factor, window_size, scale, numbers_b,
+            carried_documents,
+        )
+        outputs.append(_combine_window_read(numerator, out_dtype))
+    if numbers is not None and seq_len > 0:
+        # what carries on is the row's last document: its window entries and its lagged state only
+        last = numbers[:, -1]
+        carried = carried._replace(
+            key_mask=carried.key_mask * (carried_documents.window == last[:, None]).to(compute),
+            state=carried.state * (carried_documents.state == last).to(compute)[:, None, None, None],
+        )
+    # Slots that hold no real token of the carried document are zeros (one state for one history, however it was
+    # fed); the window's keys and values keep the inputs' dtype (a bf16 cache stays bf16), features and [S | z] fp32.
+    slot = carried.key_mask[:, None, :, None]
+    carried = carried._replace(keys=(carried.keys * slot).to(out_dtype), values=(carried.values * slot).to(out_dtype),
+                               features=carried.features * slot)
+    return _concat_time(outputs, v.to(out_dtype)), carried
+
+
+def chunk_window_sum_rule(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_features: torch.Tensor, k_features: torch.Tensor,
+    window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float = 1.0, window_size: int,
+    scale: float | None = None, key_mask: torch.Tensor | None = None, initial_state: WindowState | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE, seq_idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, WindowState]:
+    """Sliding-window softmax + sum rule (LoLCATs; the equation above), chunkwise: O(T·(C + w)·d).
+
+    q, k: ``[B, H, T, d]`` rotated (as the softmax attention they stand in for); q_features, k_features:
+    ``[B, H, T, D]`` their features φ (of the unrotated q, k in `hedgehog_window`); v: ``[B, H, T, d_v]``;
+    window_factor γ, linear_factor λ: per-head ``[H]`` tensors or floats; scale: of the scores (default
+    ``d^{-1/2}``); key_mask: ``[B, T]`` 1 for real tokens, 0 for padding (absent: read by no query, no place in
+    the window, no write; a padded query's output is meaningless); initial_state: the `WindowState` of earlier
+    tokens, which continues the row's first document; seq_idx: ``[B, T]`` packed document ids (a query reads its
+    own document only; the returned state is the row's last document's). Returns ``(y [B, H, T, d_v] in q's
+    dtype, WindowState after the last token)``.
+    """
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_window_sum_rule: chunk_size must be a positive integer, got {chunk_size!r}")
+    return _window_kernel("chunk_window_sum_rule", chunk_size, q, k, q_features, k_features, v, window_factor,
+                          linear_factor, window_size, scale, key_mask, initial_state, seq_idx)
+
+
+def recurrent_window_sum_rule(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_features: torch.Tensor, k_features: torch.Tensor,
+    window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float = 1.0, window_size: int,
+    scale: float | None = None, key_mask: torch.Tensor | None = None, initial_state: WindowState | None = None,
+    chunk_size: int | None = None, seq_idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, WindowState]:
+    """:func:`chunk_window_sum_rule` one token at a time (the decoding step): the token's query reads the
+    ``w − 1`` carried tokens, itself and ``[S | z]``; the oldest carried token then moves into ``[S | z]``.
+    ``chunk_size`` is unused."""
+    return _window_kernel("recurrent_window_sum_rule", 1, q, k, q_features, k_features, v, window_factor, linear_factor,
+                          window_size, scale, key_mask, initial_state, seq_idx)
+
+
+def naive_window_sum_rule(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_features: torch.Tensor, k_features: torch.Tensor,
+    window_factor: torch.Tensor | float, linear_factor: torch.Tensor | float = 1.0, window_size: int,
+    scale: float | None = None, key_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The equation above written out with full ``T × T`` masks (O(T²)): the tests' reference for the
+    chunkwise and recurrent forms (same arguments, no carried state)."""
+    fq, fk = q_features, k_features
+    _check_window_inputs("naive_window_sum_rule", q, k, fq, fk, v, window_size, key_mask, None)
+    _check_seq_idx("naive_window_sum_rule", seq_idx, q.shape[0], q.shape[2])
+    out_dtype, seq_len, heads = q.dtype, q.shape[2], q.shape[1]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    compute = _window_compute_dtype(q)
+    window_factor, linear_factor = (_head_factor(window_factor, heads, compute),
+                                    _head_factor(linear_factor, heads, compute))
+    q, k, fq, fk, v = (x.to(compute) for x in (q, k, fq, fk, v))
+    key_mask = q.new_ones(q.shape[0], seq_len) if key_mask is None else key_mask.to(compute)
+    documents = None if seq_idx is None else document_numbers(seq_idx)
+    in_window, below_window = _window_masks(key_mask, seq_len, window_size, documents)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    weights = window_factor * _window_softmax_weights(scores, in_window)
+    weights = weights + (linear_factor * (fq @ fk.transpose(-1, -2))).masked_fill(~below_window, 0.0)
+    return _combine_window_read(weights @ append_normalizer_column(v), out_dtype)

@@ -270,7 +270,7 @@ def prepare_mixer_inputs(
     """
     batch_size, seq_len = inputs_embeds.shape[:2]
     device = inputs_embeds.device
-    uses_positions = any(TOKEN_MIXERS[kind].uses_rotary for kind in kinds)
+    uses_positions = any(TOKEN_MIXERS[kind].reads_stack_positions for kind in kinds)
     padding_mask = padding_mask_2d(attention_mask)
     if callable(past_length):
         past_length = past_length() if uses_positions or not torch.compiler.is_compiling() else None

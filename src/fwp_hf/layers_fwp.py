@@ -31,6 +31,7 @@ from .fast_weight_kernels import (
     append_normalizer_column,
     delta_rule_beta,
     divide_by_normalizer,
+    document_starts,
     gated_log_decay,
     l2_normalize,
     short_causal_conv,
@@ -308,6 +309,34 @@ class FWPSoftmaxAttention(nn.Module):
         return self.o_proj(y.reshape(*hidden_states.shape[:2], -1)), weights
 
 
+def window_positions(
+    batch: int, seq_len: int, token_mask: torch.Tensor | None, document_ids: torch.Tensor | None,
+    offset: torch.Tensor | None, device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary positions of a softmax-window layer's new tokens: ``(positions [B, T], offset after them [B])``.
+
+    A token's position is the number of real tokens (``token_mask``) before it in its document (packed
+    ``document_ids`` restart the count; the row's first document continues `offset` ``[B]``, the count the cache
+    carries): what the document computes alone from position 0, since rotary scores depend on differences only.
+    """
+    real = torch.ones(batch, seq_len, device=device) if token_mask is None else token_mask.to(torch.float32)
+    before = real.cumsum(dim=-1) - real  # real tokens before each token in the call
+    base = torch.zeros_like(before)
+    first_document = torch.ones_like(before, dtype=torch.bool)
+    if document_ids is not None:
+        starts = document_starts(document_ids)
+        base = torch.where(starts, before, base).cummax(dim=-1).values
+        first_document = starts.long().cumsum(dim=-1) == 0
+    if offset is not None:
+        base = base - torch.where(first_document, offset[:, None].to(base.dtype), torch.zeros_like(base))
+    positions = before - base
+    if seq_len:
+        next_offset = positions[:, -1] + real[:, -1]
+    else:
+        next_offset = offset if offset is not None else real.new_zeros(batch)
+    return positions.long(), next_offset.long()
+
+
 def build_feature_map(config: FWPConfig, spec: TokenMixerSpec, head_dim: int, layer_idx: int,
                       allow_redraw: bool = True) -> FWPFeatureMap:
     """The φ of layer `layer_idx` of registry entry `spec` (self- or cross-attention): its map under the config
@@ -402,6 +431,19 @@ class FWPFastWeightAttention(nn.Module):
         if "log_decay" in spec.gates:
             self.A_log = nn.Parameter(torch.zeros(config.num_attention_heads))
             self.dt_bias = nn.Parameter(torch.zeros(config.num_attention_heads))
+        if spec.softmax_window:
+            if key_head_dim != config.softmax_head_dim:
+                raise ValueError(
+                    f"{attention_type!r} layers rotate q and k by the rotary tables of size softmax_head_dim = "
+                    f"{config.softmax_head_dim}, but fast_weight.key_head_dim is {key_head_dim}: leave key_head_dim "
+                    "unset (or equal to the head size)"
+                )
+            self.window_size = options.window_size
+            self.rotary_dim, self.rope_theta = config.softmax_head_dim, config.rope_theta
+            self.rope_scaling = config.softmax_attention.rope_scaling
+            self.max_position_embeddings = config.max_position_embeddings
+            # γ = sigmoid(window_factors) per head; LoLCATs initialises the logit at 0 (γ = 1/2)
+            self.window_factors = nn.Parameter(torch.zeros(self.num_heads))
 
     @torch.no_grad()
     def initial_decay_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -529,6 +571,42 @@ class FWPFastWeightAttention(nn.Module):
             cache_layer.update_state(state, seq_len)
         return y
 
+    def _window_read(
+        self, qk: torch.Tensor, q_features: torch.Tensor, k_features: torch.Tensor, v: torch.Tensor,
+        inputs: MixerInputs, cache_layer,
+    ) -> torch.Tensor:
+        """A softmax-window entry (`TokenMixerSpec.softmax_window`, LoLCATs): exact softmax attention of the rotated
+        q, k over the last ``window_size`` tokens plus the sum rule of φ(q), φ(k) over every older token, under one
+        normaliser, γ = sigmoid(window_factors) per head and λ = 1 (LoLCATs' default, ``affine_attention_factors``
+        off); ``[B, H, T, d_v]``. The cache carries the window's keys, values and features and the lagged state.
+
+        q and k are rotated at the positions of `window_positions` (each real token's index in its document,
+        continuing the cache's count), not the stack's: only their differences matter to the softmax, and these
+        stay right across padding and packed documents that continue a cache.
+
+        Against LoLCATs' source (HazyResearch/lolcats, `linear_window_attention_sw.py`): the same window (w tokens,
+        the query's own included; older tokens go to the linear part), the same γ = sigmoid(factor) with the
+        factor initialised at 0 and λ = 1 (its default, ``affine_attention_factors=False``), the same score scale
+        d^{-1/2} and the same max-shift of the window's scores only. Different: φ maps the unrotated q, k (as the
+        `hedgehog` type does; LoLCATs maps the rotated ones), and the window slides token by token (LoLCATs'
+        default training layer, `linear_window_attention_tk.py`, uses a terraced window of w to 2w tokens)."""
+        carried = cache_layer.window_state if cache_layer is not None else None
+        offset = cache_layer.window_positions if carried is not None else None
+        positions, next_offset = window_positions(qk.shape[0], qk.shape[2], inputs.token_mask, inputs.document_ids,
+                                                  offset, qk.device)
+        cos, sin = rotary_cos_sin(positions, self.rotary_dim, self.rope_theta, qk.dtype, self.rope_scaling,
+                                  self.max_position_embeddings)
+        q, k = (apply_rotary(x, cos, sin) for x in qk.chunk(2, dim=1))
+        kernel = self.spec.kernel(q.shape[2], causal=self.is_causal)
+        y, state = kernel(
+            q, k, v, q_features=q_features, k_features=k_features, window_factor=torch.sigmoid(self.window_factors),
+            linear_factor=1.0, window_size=self.window_size, key_mask=inputs.token_mask, initial_state=carried,
+            chunk_size=self.chunk_size, seq_idx=inputs.document_ids,
+        )
+        if cache_layer is not None:
+            cache_layer.update_window_state(state, q.shape[2], next_offset)
+        return y
+
     def _read_out(self, y: torch.Tensor, output_gate_logits: torch.Tensor) -> torch.Tensor:
         """``o_proj`` of the read ``[B, H, T, d_v]``, per head RMS-normalised (``output_norm``) and gated by
         SiLU(W_g x) (``output_gate``)."""
@@ -548,6 +626,9 @@ class FWPFastWeightAttention(nn.Module):
         qkv, gate_logits, output_gate_logits = self._project(inputs, cache_layer)
         qk, v = self._heads(qkv)
         q, k, read_log_scale = self._features(qk)
+        if self.spec.softmax_window:
+            y = self._window_read(qk, q, k, v, inputs, cache_layer)
+            return self._read_out(y.to(inputs.hidden_states.dtype), output_gate_logits), None
         gates = self._gates(gate_logits, inputs.token_mask)
         y = self._program_and_read(q, k, v, gates, read_log_scale, inputs, cache_layer)
         return self._read_out(y.to(inputs.hidden_states.dtype), output_gate_logits), None

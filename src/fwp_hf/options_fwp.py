@@ -205,6 +205,10 @@ def _has_beta(spec: Any) -> bool:
     return "beta" in spec.gates
 
 
+def _has_softmax_window(spec: Any) -> bool:
+    return spec.softmax_window
+
+
 @dataclass
 class FastWeightLayerOptions(OptionGroup):
     """Options of the fast-weight layer (sum and delta rules; `layers_fwp.FWPFastWeightAttention`).
@@ -223,6 +227,8 @@ class FastWeightLayerOptions(OptionGroup):
     β = 2·sigmoid(·) ∈ (0, 2). output_norm: per-head RMSNorm of the read. output_gate: the read times
     SiLU(W_g x) per head. output_bias: a bias on the output projection. qk_norm: per-head RMSNorm of q and k
     right after their projection.
+    window_size: the exact softmax window of the entries that mix one (`TokenMixerSpec.softmax_window`,
+    ``hedgehog_window``): w tokens, the query's own included (LoLCATs' default: 64).
     """
 
     feature_map: str = option("dpfp", check=string, weight_meaning=True)
@@ -245,6 +251,7 @@ class FastWeightLayerOptions(OptionGroup):
     output_gate: bool = option(False, check=boolean, weight_meaning=True, layer_option=True)
     output_bias: bool = option(False, check=boolean, weight_meaning=True, layer_option=True)
     qk_norm: bool = option(False, check=boolean, weight_meaning=True, layer_option=True)
+    window_size: int = option(64, check=positive_integer, weight_meaning=True, applies=_has_softmax_window)
 
     def feature_map_of(self, spec: Any) -> str:
         """The φ of a layer of registry entry `spec`: the entry's own, or `feature_map` where it lets the

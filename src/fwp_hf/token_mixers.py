@@ -27,9 +27,11 @@ from .fast_weight_kernels import (
     chunk_delta_rule,
     chunk_fast_weights,
     chunk_sum_rule,
+    chunk_window_sum_rule,
     recurrent_delta_rule,
     recurrent_fast_weights,
     recurrent_sum_rule,
+    recurrent_window_sum_rule,
 )
 from .feature_maps_fwp import FEATURE_MAPS
 from .options_fwp import FastWeightLayerOptions, HebbianMemoryOptions, OptionGroup, SoftmaxAttentionOptions
@@ -70,7 +72,13 @@ class TokenMixerSpec:
             ``read(φ(Q), S)``) that encoders and the decoder's cross-attention use, or None.
         encoder_form: `ENCODER_BIDIRECTIONAL` or `ENCODER_LEFT_TO_RIGHT` (what a non-causal
             encoder layer of this type computes).
-        uses_rotary: the layer needs rotary position embeddings and a 4D attention mask.
+        uses_rotary: the layer rotates q and k by rotary position embeddings (rope θ and scaling count for it);
+            unless it is a softmax-window layer, which counts its own positions, it reads the stack's rotary
+            tables and 4D attention mask (`reads_stack_positions`).
+        softmax_window: the layer mixes exact softmax attention over its last ``fast_weight.window_size``
+            tokens (rotated q, k) with the fast-weight read of every older token under one normaliser
+            (LoLCATs; `fast_weight_kernels.chunk_window_sum_rule`); its kernels take the rotated q, k, then v, and
+            φ(q), φ(k) as ``q_features``, ``k_features``, and carry a `fast_weight_kernels.WindowState`.
     """
 
     name: str
@@ -87,6 +95,14 @@ class TokenMixerSpec:
     bidirectional: Callable[..., Any] | None = None
     encoder_form: str = ENCODER_BIDIRECTIONAL
     uses_rotary: bool = False
+    softmax_window: bool = False
+
+    @property
+    def reads_stack_positions(self) -> bool:
+        """Whether the stack must build rotary tables and a 4D attention mask for this layer (softmax attention).
+        A softmax-window layer rotates at positions it counts itself and masks by its window, so a model of such
+        layers builds neither (the mask over every past key would grow with the context)."""
+        return self.uses_rotary and not self.softmax_window
 
     @property
     def has_attention_matrix(self) -> bool:
@@ -129,11 +145,13 @@ class TokenMixerSpec:
         return config.fast_weight.head_dims(config.head_dim)[1] if self.layer == FAST_WEIGHT_LAYER else config.head_dim
 
     def normalizes(self, config) -> bool:
-        """Whether the read is divided by its normaliser z·φ(q) under `config`."""
-        return self.attention_normalization and config.fast_weight.attention_normalization
+        """Whether the read is divided by its normaliser z·φ(q) under `config` (always for a softmax-window entry,
+        whose normaliser is shared with the window's softmax)."""
+        return self.softmax_window or (self.attention_normalization and config.fast_weight.attention_normalization)
 
     def state_shape(self, config) -> tuple[int, int] | None:
-        """``(d_key, d_value)`` of one head's fast-weight state, or None for a key/value cache."""
+        """``(d_key, d_value)`` of one head's fast-weight state, or None for a key/value cache (a softmax-window
+        entry's lagged ``[S | z]``: its window of keys and values comes on top)."""
         if not self.holds_state:
             return None
         return self.key_dim(config), self.value_dim(config) + int(self.normalizes(config))
@@ -172,6 +190,14 @@ TOKEN_MIXERS: dict[str, TokenMixerSpec] = {
         TokenMixerSpec(
             "hedgehog", "sum rule with Hedgehog's learned softmax-mimicking feature map (Zhang et al. 2024)",
             feature_map="hedgehog", **_SUM_RULE,
+        ),
+        TokenMixerSpec(
+            "hedgehog_window",
+            "LoLCATs' mixer (Zhang et al. 2024): exact softmax attention over a sliding window of recent tokens plus "
+            "Hedgehog linear attention over every older token, under one normaliser",
+            layer=FAST_WEIGHT_LAYER, options=FastWeightLayerOptions, holds_state=True, feature_map="hedgehog",
+            chunk=chunk_window_sum_rule, recurrent=recurrent_window_sum_rule, encoder_form=ENCODER_LEFT_TO_RIGHT,
+            uses_rotary=True, softmax_window=True,
         ),
         TokenMixerSpec(
             "delta", "delta rule with learned per-token rates β (Schlag et al.)", gates=("beta",), **_DELTA_RULE
@@ -223,7 +249,8 @@ def describe_token_mixer(config, name: str) -> str:
     phi = FEATURE_MAPS[feature_map].label(config.feature_maps[feature_map])
     normalization = {"sum": ", sum-normalised", "l2": ", L2-normalised"}.get(
         config.fast_weight.key_normalization_of(spec), "")
-    return f"{spec.summary}; φ = {phi}{normalization}, d_dot = {spec.key_dim(config)}"
+    window = f", window = {config.fast_weight.window_size} tokens" if spec.softmax_window else ""
+    return f"{spec.summary}; φ = {phi}{normalization}, d_dot = {spec.key_dim(config)}{window}"
 
 
 __all__ = [

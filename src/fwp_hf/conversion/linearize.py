@@ -141,6 +141,14 @@ def student_config_from_teacher(
         values["fast_weight"] = dict(projection, key_value_heads=None if kv_heads == heads else kv_heads)
         if feature_map is not None:
             values["fast_weight"]["feature_map"] = feature_map
+        if spec.uses_rotary:  # a fast-weight layer that rotates q and k (hedgehog_window's softmax window)
+            if rope_scaling_parameters is not None and not has_softmax:
+                raise LinearizationError(
+                    f"the teacher's rope scaling {rope_scaling_parameters!r} is read from the softmax layers' options; "
+                    f"a student of {attention_type!r} layers only cannot take it yet: keep a softmax layer "
+                    "(keep_softmax_layers) or use a teacher with default rope"
+                )
+            values["max_position_embeddings"] = getattr(teacher_config, "max_position_embeddings", None)
     if has_softmax:
         values["softmax_attention"] = dict(projection, sliding_window=kept_windows.pop(),
                                            rope_scaling=rope_scaling_parameters)
@@ -243,8 +251,8 @@ def converted_layers(student: FWPForCausalLM) -> list[int]:
 
 def transfer_parameter_names(student: FWPForCausalLM) -> list[str]:
     """The parameters attention transfer trains: per converted layer, its learned feature map, its decay
-    parameters, and its fused projection — of which only the gate rows learn (`AttentionTransferModel`
-    masks the gradient of the teacher's q/k/v rows)."""
+    parameters, its window factors (a softmax-window layer's γ per head), and its fused projection — of which
+    only the gate rows learn (`AttentionTransferModel` masks the gradient of the teacher's q/k/v rows)."""
     names = []
     for i in converted_layers(student):
         mixer = student.model.layers[i].mixer
@@ -255,7 +263,7 @@ def transfer_parameter_names(student: FWPForCausalLM) -> list[str]:
             names.append(prefix + "qkv_proj.weight")
             if mixer.qkv_proj.bias is not None:
                 names.append(prefix + "qkv_proj.bias")
-        names += [prefix + name for name in ("A_log", "dt_bias") if hasattr(mixer, name)]
+        names += [prefix + name for name in ("A_log", "dt_bias", "window_factors") if hasattr(mixer, name)]
     return names
 
 

@@ -401,7 +401,9 @@ def _fwd_bwd_seconds(fn, inputs: dict, repeats: int, clock: Callable[[], float] 
                   for k, v in inputs.items()}
         start = clock()
         output, state = fn(**leaves)
-        (output.sum() + state.sum()).backward()
+        # a state may be a tuple of tensors (the window kernels' `WindowState`)
+        state_sum = sum(t.sum() for t in state if t.is_floating_point()) if isinstance(state, tuple) else state.sum()
+        (output.sum() + state_sum).backward()
         best = min(best, clock() - start)
     return best
 
@@ -435,6 +437,11 @@ def kernel_inputs(spec: TokenMixerSpec, shape: tuple[int, int, int, int]) -> tup
         return sum_normalize(phi) if spec.key_normalization == "sum" else phi
 
     values = randn(batch, heads, length, dim)
+    if spec.softmax_window:  # rotated q, k for the window, their features for the fast weights (LoLCATs)
+        inputs = {"q": randn(batch, heads, length, dim), "k": randn(batch, heads, length, dim), "v": values,
+                  "q_features": features(), "k_features": features(), "window_factor": torch.full((heads,), 0.5),
+                  "window_size": FWPConfig().fast_weight.window_size}
+        return inputs, spec.chunk, spec.recurrent
     inputs = {"q": features(), "k": features(),
               "v": append_normalizer_column(values) if spec.attention_normalization else values}
     gate_values = {"beta": lambda: torch.rand(batch, heads, length, generator=generator),

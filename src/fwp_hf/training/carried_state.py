@@ -50,7 +50,7 @@ from transformers import DynamicCache, Trainer, TrainerCallback, TrainingArgumen
 from transformers.cache_utils import Cache
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..cache_fwp import FastWeightCacheLayer, reset_cache_rows
+from ..cache_fwp import FastWeightCacheLayer, WindowFastWeightCacheLayer, reset_cache_rows
 from ..compat_fwp import output_cache
 from .common import last_complete_checkpoint, write_atomically
 from .lm_evaluation import growing_cache_layer_types, supports_carried_state
@@ -147,14 +147,18 @@ def stream_segments_dataset(
 
 
 def cache_tensors(cache: Cache) -> list[dict[str, Any]]:
-    """What each layer of a fast-weight cache carries, detached and on the CPU (for a checkpoint)."""
-    return [{"tensors": [tensor.detach().cpu() for tensor in layer.tensors()], "seen_tokens": layer.seen_tokens}
+    """What each layer of a fast-weight cache carries, detached and on the CPU (for a checkpoint), and whether it
+    is a softmax-window layer's (`WindowFastWeightCacheLayer`: a window of keys and values besides the state)."""
+    return [{"tensors": [tensor.detach().cpu() for tensor in layer.tensors()], "seen_tokens": layer.seen_tokens,
+             "window": bool(getattr(layer, "holds_window", False))}
             for layer in cache.layers]
 
 
 def cache_from_tensors(layers: list[dict[str, Any]], device: torch.device | str) -> Cache:
-    """The inverse of `cache_tensors`: a cache of `FastWeightCacheLayer`s on `device`."""
-    cache = Cache(layers=[FastWeightCacheLayer() for _ in layers])
+    """The inverse of `cache_tensors`: a cache of `FastWeightCacheLayer`s (`WindowFastWeightCacheLayer`s where
+    saved so) on `device`."""
+    cache = Cache(layers=[WindowFastWeightCacheLayer() if saved.get("window") else FastWeightCacheLayer()
+                          for saved in layers])
     for layer, saved in zip(cache.layers, layers):
         layer.load_tensors(*(tensor.to(device) for tensor in saved["tensors"]))
         layer.seen_tokens = saved["seen_tokens"]
