@@ -85,7 +85,8 @@ def _run_description(results: dict, reference: str = LLAMA_REFERENCE) -> list[st
         f"in {results['wall_s'] / 60:.1f} min. Each ratio compares two measurements taken in this run.",
         reference,
         *([f"Conditions: {results['note']}"] if results.get("note") else []),
-        *([f"Times of sections 1 and 4 are {results['clock']}."] if results.get("clock") else []),
+        *([f"Times of sections 1 and 4 are {results['clock']}."] if results.get("clock") and "kernels" in results
+          else []),
     ]
 
 
