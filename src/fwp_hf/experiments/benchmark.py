@@ -89,6 +89,7 @@ from .benchmark_targets import (
     REAL_MODEL_TARGETS,
     REAL_PARTS,
     STUDENT,
+    TARGETS,
     TEACHER,
     WEAK_REFERENCE,
     evaluate_targets,
@@ -811,6 +812,7 @@ def context_filled_cache(model: torch.nn.Module, batch: int, length: int, cache=
     (a 32k-token prefill of a 135M teacher at batch 8 is hours on a 2-core CPU). Pass ``length + 1`` prompt tokens
     to ``generate`` with it: generate runs only the tokens past the cache's length."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
     from ..cache_fwp import is_fast_weight_cache_layer
 
@@ -829,7 +831,7 @@ def context_filled_cache(model: torch.nn.Module, batch: int, length: int, cache=
             layer.keys[:, :, :length].normal_(generator=generator)
             layer.values[:, :, :length].normal_(generator=generator)
             layer.cumulative_length.fill_(length)
-        elif type(layer).__name__ == "DynamicLayer":
+        elif type(layer) is DynamicLayer:  # not its sliding-window subclass, which keeps only a window
             layer.keys = torch.randn(rows, heads, length, head_dim, generator=generator, dtype=layer.keys.dtype)
             layer.values = torch.randn(rows, heads, length, head_dim, generator=generator, dtype=layer.values.dtype)
         else:
@@ -992,8 +994,8 @@ def check_real_model_arguments(args: BenchmarkArguments) -> None:
         raise ValueError("--heldout_text is read by section 9 only: give --real_teacher too")
     if args.real_teacher and not (Path(args.real_teacher) / "config.json").is_file():
         raise ValueError(f"--real_teacher {args.real_teacher!r} must be a model folder holding a config.json")
-    unknown = set(real_parts(args)) - set(REAL_PARTS)
-    if unknown or not real_parts(args):
+    parts = real_parts(args)
+    if not parts or set(parts) - set(REAL_PARTS):
         raise ValueError(f"--real_parts takes a comma-separated list of {', '.join(REAL_PARTS)}, "
                          f"got {args.real_parts!r}")
     if args.trained_student and not args.real_teacher:
@@ -1161,13 +1163,24 @@ def cpu_has_bf16_instructions() -> bool | None:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[1].split()))
 
 
+# The report of each kind of run (`--only`), also what `--from_json` renders a run's JSON with.
+REPORT_WRITERS = {None: write_report, "kernels": write_kernel_report, "real_model": write_real_model_report}
+
+
+def _judge_and_write(results: dict, sizes: Sizes, targets: tuple, start: float, args: BenchmarkArguments) -> dict:
+    """Judge the run by `targets`, record its wall time and note, and write the report of its kind."""
+    results["targets"] = evaluate_targets(results, sizes, targets)
+    results["wall_s"] = time.time() - start
+    results["note"] = args.note
+    return REPORT_WRITERS[args.only](results, Path(args.output_dir))
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(BenchmarkArguments, allow_abbrev=False).parse_args_into_dataclasses(args=argv)
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
         results["note"] = args.note or results.get("note")
-        writer = {"kernels": write_kernel_report, "real_model": write_real_model_report}.get(results.get("only"))
-        return (writer or write_report)(results, Path(args.output_dir))
+        return REPORT_WRITERS[results.get("only")](results, Path(args.output_dir))
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
@@ -1194,17 +1207,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.only == "real_model":
         results["memory_bandwidth"] = measure_memory_bandwidth(sizes.bandwidth_bytes, sizes.bandwidth_repeats)
         results["real_model"] = bench_real_model(args.real_teacher, sizes, args)
-        results["targets"] = evaluate_targets(results, sizes, REAL_MODEL_TARGETS)
-        results["wall_s"] = time.time() - start
-        results["note"] = args.note
-        return write_real_model_report(results, Path(args.output_dir))
+        return _judge_and_write(results, sizes, REAL_MODEL_TARGETS, start, args)
     results["kernels"] = bench_kernels(sizes, clock)
     results["flops"] = bench_flops(sizes, clock=clock)
     if args.only == "kernels":
-        results["targets"] = evaluate_targets(results, sizes, KERNEL_TARGETS)
-        results["wall_s"] = time.time() - start
-        results["note"] = args.note
-        return write_kernel_report(results, Path(args.output_dir))
+        return _judge_and_write(results, sizes, KERNEL_TARGETS, start, args)
     results["memory_bandwidth"] = measure_memory_bandwidth(sizes.bandwidth_bytes, sizes.bandwidth_repeats)
     results["decoding"] = bench_decoding(sizes, args)
     results["training"] = bench_training(sizes, args)
@@ -1213,7 +1220,4 @@ def main(argv: list[str] | None = None) -> dict:
     results["long_prompts"] = bench_long_prompts(sizes, args)
     results["real_model"] = bench_real_model(args.real_teacher, sizes, args) if args.real_teacher else None
     results["crossover"] = crossover_sentence(results["training"], sizes.train_lengths)
-    results["targets"] = evaluate_targets(results, sizes)
-    results["wall_s"] = time.time() - start
-    results["note"] = args.note
-    return write_report(results, Path(args.output_dir))
+    return _judge_and_write(results, sizes, TARGETS, start, args)
