@@ -117,7 +117,13 @@ def test_passkey_retrieval_skips_what_a_model_cannot_read(models):
     assert within["300"] == {"skipped": "beyond the model's 256 positions"}
     assert within["150"]["trials"] == 2 and 0 <= within["150"]["correct"] <= 2 and len(within["150"]["answers"]) == 2
     beyond = passkey_retrieval(fast, tokenizer, [300], trials=1, max_new_tokens=4)
-    assert beyond["300"]["trials"] == 1 and beyond["300"]["prompt_tokens"] <= 300
+    assert beyond["300"]["trials"] == 1 and beyond["300"]["prompt_tokens"] <= 300 - 4
+
+
+def test_a_passkey_length_counts_the_answer_so_a_model_is_asked_at_its_full_context(models):
+    teacher, _, _, tokenizer = models  # 256 positions
+    full = passkey_retrieval(teacher, tokenizer, [256], trials=1, max_new_tokens=4)["256"]
+    assert full["trials"] == 1 and full["prompt_tokens"] <= 256 - 4
 
 
 def test_chat_answers_are_greedy_and_side_by_side(models):
@@ -194,6 +200,23 @@ def test_results_of_parallel_processes_merge_and_refuse_to_overwrite(tmp_path):
     with pytest.raises(ValueError, match="entry 'teacher' .* differs"):
         main(["--results_json", str(merged), "--merge_json", str(second)])
     assert json.loads(merged.read_text())["models"]["teacher"]["heldout_perplexity"]["64"]["perplexity"] == 10.0
+
+
+def test_a_measurement_made_later_joins_its_model_and_replaces_only_on_request(tmp_path):
+    merged, later = tmp_path / "all.json", tmp_path / "later.json"
+    merged.write_text(json.dumps({"models": {"student": {**_entry(20.0, "s"), "passkey": {"1024": {"correct": 0}}}}}))
+    cost = {"seconds": 3.0, "peak_memory_mb": 5.0, "device": "cuda: a GPU"}
+    passkeys = {"model": "s", "passkey": {"1024": {"correct": 4, "trials": 20}}, "passkey_cost": cost}
+    later.write_text(json.dumps({"models": {"student": passkeys}}))
+    with pytest.raises(ValueError, match="'student' .* in 'passkey'.*--replace_measurements passkey"):
+        main(["--results_json", str(merged), "--merge_json", str(later)])
+    main(["--results_json", str(merged), "--merge_json", str(later), "--replace_measurements", "passkey",
+          "passkey_cost"])
+    student = json.loads(merged.read_text())["models"]["student"]
+    assert student["passkey"]["1024"]["correct"] == 4 and student["heldout_perplexity"]["64"]["perplexity"] == 20.0
+    markdown = tmp_path / "tables.md"
+    main(["--results_json", str(merged), "--render_markdown", str(markdown)])
+    assert "| student | passkey (on cuda: a GPU) | 3 | 5 |" in markdown.read_text()
 
 
 def test_model_cards_get_the_report_numbers_once(tmp_path, capsys):

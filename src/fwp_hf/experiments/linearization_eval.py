@@ -194,19 +194,21 @@ def passkey_answer_is_correct(answer: str, key: int) -> bool:
 def passkey_retrieval(model, tokenizer, lengths: Sequence[int], trials: int = 20, seed: int = 0,
                       max_new_tokens: int = 8) -> dict[str, dict]:
     """Per length: ``{"trials", "correct", "accuracy", "prompt_tokens", "answers"}`` (greedy answers);
-    ``{"skipped": reason}`` for a length beyond the model's positions (`model_max_context`)."""
+    ``{"skipped": reason}`` for a length beyond the model's positions (`model_max_context`). A length counts
+    every position the model reads: the prompt (at most ``length − max_new_tokens`` tokens) and the answer, so
+    a model of 8192 positions is asked at 8192."""
     limit = model_max_context(model)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: dict[str, dict] = {}
     for length in lengths:
-        if limit is not None and length + max_new_tokens > limit:
+        if limit is not None and length > limit:
             results[str(length)] = {"skipped": f"beyond the model's {limit} positions"}
             continue
         correct, answers, sizes = 0, [], []
         for trial in range(trials):
             key, depth = passkey_trial(length, trial, seed)
-            ids = torch.tensor([passkey_prompt(tokenizer, length, key, depth)], device=device)
+            ids = torch.tensor([passkey_prompt(tokenizer, length - max_new_tokens, key, depth)], device=device)
             output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                     do_sample=False, pad_token_id=pad)
             answer = tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
@@ -251,13 +253,15 @@ def evaluate_model(model, tokenizer, heldout_texts: Sequence[str], long_text: st
                    passkey_trials: int = 20, seed: int = 0, prompts: Sequence[str] = CHAT_PROMPTS,
                    max_new_tokens: int = 48, document_separator: str | None = None) -> dict[str, Any]:
     """Every measurement of the module docstring for one model; each with its ``"cost"`` (`measure`).
-    Parts with nothing to run (no `long_text`, no passkey lengths, no prompts) are left out."""
+    Parts with nothing to run (no contexts, no `long_text`, no passkey lengths, no prompts) are left out."""
     model.eval()
     result: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters()),
                               "architecture": type(model).__name__, "max_context": model_max_context(model)}
-    heldout = document_stream(heldout_texts, tokenizer, document_separator)
-    result["heldout_tokens"] = len(heldout) if heldout_max_tokens is None else min(len(heldout), heldout_max_tokens)
-    result["heldout_perplexity"] = {}
+    if contexts:
+        heldout = document_stream(heldout_texts, tokenizer, document_separator)
+        result["heldout_tokens"] = (len(heldout) if heldout_max_tokens is None
+                                    else min(len(heldout), heldout_max_tokens))
+        result["heldout_perplexity"] = {}
     for context in contexts:
         with measure() as cost:
             value = heldout_perplexity(model, heldout, context, heldout_max_tokens)
@@ -364,33 +368,51 @@ def render_markdown(results: dict[str, Any], teacher: str = "teacher") -> str:
     lines += ["### Evaluation cost", "", "| model | measurement | wall time (s) | peak memory (MB) |",
               "|---|---|---|---|"]
     for name, m in models.items():
-        costs = {f"perplexity @ {c}": v["cost"] for c, v in m.get("heldout_perplexity", {}).items()}
-        if "long_context" in m:
-            costs["perplexity by position"] = m["long_context"]["cost"]
-        if "passkey_cost" in m:
-            costs["passkey"] = m["passkey_cost"]
-        if "chat" in m:
-            costs["chat"] = m["chat"]["cost"]
-        lines += [f"| {name} | {what} | {cost['seconds']:.0f} | {cost['peak_memory_mb']:.0f} |"
-                  for what, cost in costs.items()]
+        lines += [f"| {name} | {what}" + (f" (on {cost['device']})" if "device" in cost else "")
+                  + f" | {cost['seconds']:.0f} | {cost['peak_memory_mb']:.0f} |" for what, cost in _costs(m).items()]
+    if any("device" in cost for m in models.values() for cost in _costs(m).values()):
+        lines += ["", "Peak memory is the process's resident memory on the host, also for a measurement run on an "
+                      "accelerator."]
     return "\n".join(lines) + "\n"
+
+
+def _costs(entry: dict[str, Any]) -> dict[str, dict]:
+    """The cost record of each measurement in a model's entry, by measurement name (the same dicts, not copies)."""
+    costs = {f"perplexity @ {c}": v["cost"] for c, v in entry.get("heldout_perplexity", {}).items()}
+    if "long_context" in entry:
+        costs["perplexity by position"] = entry["long_context"]["cost"]
+    if "passkey_cost" in entry:
+        costs["passkey"] = entry["passkey_cost"]
+    if "chat" in entry:
+        costs["chat"] = entry["chat"]["cost"]
+    return costs
 
 
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
 
-def merge_results(results: dict[str, Any], other: dict[str, Any], source: str = "another JSON") -> None:
+def merge_results(results: dict[str, Any], other: dict[str, Any], source: str = "another JSON",
+                  replace: Sequence[str] = ()) -> None:
     """Add `other`'s model and training entries to `results` (in place), so that models evaluated by separate
-    processes, each into its own JSON, end up side by side. A name present in both with different content is
-    an error: one of the two measurements would be lost."""
-    for section in ("models", "training"):
-        target = results.setdefault(section, {})
-        for name, entry in other.get(section, {}).items():
-            if name in target and target[name] != entry:
-                raise ValueError(f"{section} entry {name!r} of {source} differs from the one already in the results; "
-                                 "rename one of them (--name) or drop it before merging")
-            target[name] = entry
+    processes, each into its own JSON, end up side by side. A model present in both is merged measurement by
+    measurement (e.g. passkeys measured later, on another machine, join the entry of the same model). A
+    measurement present in both with different content is an error, since one of the two would be lost, unless
+    its key is in `replace` (then `other`'s wins: a re-measurement, e.g. with more trials)."""
+    for name, entry in other.get("models", {}).items():
+        target = results.setdefault("models", {}).setdefault(name, {})
+        for key, value in entry.items():
+            if key in target and target[key] != value and key not in replace:
+                raise ValueError(f"models entry {name!r} of {source} differs from the one already in the results in "
+                                 f"{key!r}; rename one of them (--name), drop it, or re-measure it on purpose "
+                                 f"(--replace_measurements {key})")
+            target[key] = value
+    training = results.setdefault("training", {})
+    for name, entry in other.get("training", {}).items():
+        if name in training and training[name] != entry:
+            raise ValueError(f"training entry {name!r} of {source} differs from the one already in the results; "
+                             "rename one of them (--name) or drop it before merging")
+        training[name] = entry
 
 
 CARD_SECTION_START = "<!-- fwp_hf evaluation: start -->"
@@ -422,13 +444,19 @@ def update_model_card(folder: str | os.PathLike, results: dict[str, Any], name: 
     return True
 
 
-def _load(model_name_or_path: str):
+def _load(model_name_or_path: str, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import fwp_hf  # noqa: F401, PLC0415 - registers the fwp model type
 
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch.float32).to(device).eval()
     return model, AutoTokenizer.from_pretrained(model_name_or_path)
+
+
+def _device_name(device: str) -> str:
+    """`device` as a report names it: "cpu", or the accelerator's model (e.g. "cuda: NVIDIA H200")."""
+    device = torch.device(device)
+    return f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -441,7 +469,10 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help="Its row name, e.g. 'teacher' or 'hedgehog, after fine-tuning'.")
     parser.add_argument("--heldout_file", default=None, help="Held-out documents (.jsonl with 'text', or .txt).")
     parser.add_argument("--long_file", default=None, help="The long stream (.jsonl/.txt; its texts are joined).")
-    parser.add_argument("--contexts", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--contexts", type=int, nargs="*", default=[512, 2048],
+                        help="Held-out perplexity contexts; none skips the held-out perplexity.")
+    parser.add_argument("--device", default="cpu",
+                        help="Where the model runs (e.g. cuda); a cost measured elsewhere than the CPU names it.")
     parser.add_argument("--heldout_max_tokens", type=int, default=None)
     parser.add_argument("--long_max_tokens", type=int, default=65536)
     parser.add_argument("--bucket_size", type=int, default=4096)
@@ -458,7 +489,10 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="linearization_results.json of this student: its per-stage training cost goes "
                              "to the JSON.")
     parser.add_argument("--merge_json", nargs="+", default=[],
-                        help="Results JSONs of other processes whose entries are merged into --results_json.")
+                        help="Results JSONs of other processes whose entries are merged into --results_json "
+                             "(measurement by measurement).")
+    parser.add_argument("--replace_measurements", nargs="+", default=[],
+                        help="Measurement keys (e.g. passkey passkey_cost) that --merge_json may overwrite.")
     parser.add_argument("--render_markdown", default=None, help="Write the JSON's tables to this markdown file.")
     parser.add_argument("--update_model_cards", action="store_true",
                         help="Write each evaluated model's tables (beside the teacher's) into the README.md card of "
@@ -473,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     path = Path(args.results_json)
     results = json.loads(path.read_text()) if path.is_file() else {"models": {}}
     for other in args.merge_json:
-        merge_results(results, json.loads(Path(other).read_text()), other)
+        merge_results(results, json.loads(Path(other).read_text()), other, args.replace_measurements)
     if args.merge_json and args.model_name_or_path is None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
@@ -481,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if not args.name or not args.heldout_file:
             raise SystemExit("evaluate_linearization: error: --name and --heldout_file are required with "
                              "--model_name_or_path")
-        model, tokenizer = _load(args.model_name_or_path)
+        model, tokenizer = _load(args.model_name_or_path, args.device)
         long_text = None if args.long_file is None else "\n".join(read_texts(args.long_file))
         entry = evaluate_model(
             model, tokenizer, read_texts(args.heldout_file), long_text, contexts=args.contexts,
@@ -490,13 +524,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             passkey_lengths=args.passkey_lengths, passkey_trials=args.passkey_trials, seed=args.seed,
             prompts=() if args.no_chat else CHAT_PROMPTS, max_new_tokens=args.max_new_tokens)
         entry["model"] = args.model_name_or_path
+        if torch.device(args.device).type != "cpu":
+            for cost in _costs(entry).values():
+                cost["device"] = _device_name(args.device)
         results["models"][args.name] = entry
         if args.training_results is not None:
             results.setdefault("training", {})[args.name] = json.loads(Path(args.training_results).read_text())
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"{args.name}: " + ", ".join(f"ppl@{c} {v['perplexity']:.2f}"
-                                            for c, v in entry["heldout_perplexity"].items()))
+                                            for c, v in entry.get("heldout_perplexity", {}).items()))
     if args.render_markdown is not None:
         Path(args.render_markdown).write_text(render_markdown(results, args.teacher_name))
     if args.update_model_cards:
