@@ -60,13 +60,14 @@ COMMITTED_RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "real-model
 
 
 def test_the_committed_real_model_run_is_judged_by_section_9s_targets():
-    """Re-judging the committed section-9 run gives the verdicts it recorded; its report says it was not a quiet
-    run; every fast-weight student's decoding memory is flat in the context (the fixed-size state)."""
-    from test_benchmark import _committed_sizes
+    """Re-judging the committed section-9 run gives the verdicts it recorded (targets added since have no
+    measurement in it); its report says it was not a quiet run; every fast-weight student's decoding memory is
+    flat in the context (the fixed-size state)."""
+    from test_benchmark import rejudge_committed
 
     results = json.loads(COMMITTED_RUN.read_text())
     assert results["only"] == "real_model"
-    assert evaluate_targets(results, _committed_sizes(results), REAL_MODEL_TARGETS) == results["targets"]
+    assert rejudge_committed(results, REAL_MODEL_TARGETS) == results["targets"]
     assert "NOT a quiet run" in results["note"]
     decode = [row for row in results[REAL_SECTION]["decode"] if row["model"] == STUDENT and "error" not in row]
     assert len({row["cache_bytes"] for row in decode if row["batch"] == 1}) == 1
@@ -194,8 +195,12 @@ def test_real_parts_run_only_the_parts_named(teacher_folder, tmp_path, monkeypat
     assert all(t.get("not_run") for name, t in verdicts.items() if "int8" not in name)
     assert [name for name, t in verdicts.items() if not t.get("not_run")] == [
         "hedgehog student int8 decode tok/s vs float32 (batch 1)",
-        "hedgehog student int8 perplexity change on held-out text"]
+        "hedgehog student int8 perplexity change on held-out text",
+        "hedgehog student int8 (outlier layers float) decode tok/s vs float32 (batch 1)",
+        "hedgehog student int8 (outlier layers float) perplexity change on held-out text"]
+    assert all(verdicts[name]["value"] is not None for name in verdicts if "int8" in name)
     markdown = (tmp_path / "real-model-cpu.md").read_text()
+    assert "| student | int8 dynamic, outlier layers float |" in markdown and "largest ratios: model." in markdown
     for part in ("Prefill", "Decode", "Training"):
         assert f"{part}: not run in this run (`--real_parts`)." in markdown
     assert "| model | T | forward s | largest operators | rest |" in markdown
@@ -255,6 +260,24 @@ def test_int8_copy_quantizes_every_linear_and_does_not_save_pretrained(tmp_path)
     # What quantize_linear_int8's docstring says: transformers cannot save the quantized copy.
     with pytest.raises(AttributeError, match="'torch.dtype' object has no attribute 'data_ptr'"):
         quantized.save_pretrained(tmp_path)
+
+
+def test_int8_keeps_float_the_named_layers_and_finds_the_outlier_inputs():
+    torch.manual_seed(0)
+    model = FWPForCausalLM(FWPConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, attention_type="hedgehog")).eval()
+    with torch.no_grad():  # one channel of layer 1's MLP input 1000x the others: a "massive activation"
+        model.model.layers[1].post_attention_layernorm.weight[5] = 1000.0
+    ratios = benchmark.linear_input_outliers(model, torch.randint(0, 64, (1, 24)))
+    assert set(ratios) == {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert max(ratios, key=ratios.get) == "model.layers.1.mlp.gate_up_proj"
+    assert ratios["model.layers.1.mlp.gate_up_proj"] > 50 > ratios["model.layers.0.mlp.gate_up_proj"]
+    kept = benchmark.quantize_linear_int8(model, ["model.layers.1.mlp.gate_up_proj"])
+    assert type(kept.model.layers[1].mlp.gate_up_proj) is torch.nn.Linear
+    assert type(kept.model.layers[0].mlp.gate_up_proj) is not torch.nn.Linear
+    assert sum(isinstance(m, torch.nn.Linear) for m in kept.modules()) == 1
+    with pytest.raises(ValueError, match=r"keep_float names \['model.norm'\], which are not nn.Linear"):
+        benchmark.quantize_linear_int8(model, ["model.norm"])
 
 
 def test_a_cell_larger_than_one_that_ran_out_of_time_is_skipped():

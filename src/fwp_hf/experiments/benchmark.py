@@ -62,7 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -83,6 +83,9 @@ from .benchmark_targets import (
     BASELINE_MODE,
     HEADLINE_TYPE,
     HYBRID,
+    INT8,
+    INT8_OUTLIER_RATIO,
+    INT8_OUTLIERS_FLOAT,
     KERNEL_TARGETS,
     ONNXRUNTIME_MODE,
     PEER,
@@ -922,10 +925,13 @@ def _real_train_cell(folder: str, model_name: str, sizes: Sizes, length: int, lo
             "trainable_parameters": sum(parameter.numel() for parameter in trainable)}
 
 
-def quantize_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` whose nn.Linear layers (the LM head included) are int8 with dynamic activation
-    quantization: `torch.ao.quantization.quantize_dynamic`, which torch 2.13 still ships but marks deprecated
-    (it warns, naming torchao's ``quantize_`` as the successor); the copy runs on the CPU (fbgemm/qnnpack).
+def quantize_linear_int8(model: torch.nn.Module, keep_float: Collection[str] = ()) -> torch.nn.Module:
+    """A copy of `model` whose nn.Linear layers (the LM head included), all but those named in `keep_float`
+    (module names, e.g. ``model.layers.11.mlp.down_proj``), are int8 with dynamic activation quantization:
+    `torch.ao.quantization.quantize_dynamic`, which torch 2.13 still ships but marks deprecated (it warns, naming
+    torchao's ``quantize_`` as the successor); the copy runs on the CPU (fbgemm/qnnpack). Its activation scale is
+    one per call (per tensor), so one channel far larger than the others (`linear_input_outliers`) costs every
+    other channel its resolution: keep such layers float.
 
     Saving: transformers' ``save_pretrained`` of the quantized copy fails (torch 2.13, transformers 5.23:
     ``AttributeError: 'torch.dtype' object has no attribute 'data_ptr'`` — the packed parameters are not
@@ -934,10 +940,38 @@ def quantize_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
     import copy
     import warnings
 
+    linears = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    unknown = set(keep_float) - linears
+    if unknown:
+        raise ValueError(f"keep_float names {sorted(unknown)}, which are not nn.Linear modules of the model")
+    spec = {name: torch.ao.quantization.default_dynamic_qconfig for name in sorted(linears - set(keep_float))}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(torch.ao.quantization|quantize_per_tensor).*deprecated")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear},
-                                                      dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), spec, dtype=torch.qint8)
+
+
+@torch.no_grad()
+def linear_input_outliers(model: torch.nn.Module, input_ids: torch.Tensor) -> dict[str, float]:
+    """Per nn.Linear of `model`, the outlier ratio of its input on one forward of `input_ids` [B, T]: the
+    largest channel's max |x| over the median channel's (channels = input features; Dettmers et al. 2022 and
+    Sun et al. 2024's "massive activations" are such channels). A per-tensor int8 activation scale is set by
+    the largest channel, so a ratio of r leaves the median channel about 127 / r levels."""
+    peaks: dict[str, torch.Tensor] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output) -> None:
+            peak = inputs[0].detach().abs().flatten(0, -2).amax(0)
+            peaks[name] = torch.maximum(peaks[name], peak) if name in peaks else peak
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear)]
+    try:
+        model(input_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: (peak.max() / peak.median().clamp_min(1e-12)).item() for name, peak in peaks.items()}
 
 
 def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_text: str | None,
@@ -955,7 +989,11 @@ def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_tex
         model = AutoModelForCausalLM.from_pretrained(trained_student, dtype=torch.float32).eval()
     else:
         model = load_real_model(folder, model_name, sizes)
-    variants = {"float32": model, "int8 dynamic": quantize_linear_int8(model), "bfloat16": _bfloat16_copy(model)}
+    calibration = _quantization_calibration_ids(folder, model, sizes, heldout_text)
+    outliers = linear_input_outliers(model, calibration)
+    keep_float = sorted(name for name, ratio in outliers.items() if ratio > INT8_OUTLIER_RATIO)
+    variants = {"float32": model, INT8: quantize_linear_int8(model),
+                INT8_OUTLIERS_FLOAT: quantize_linear_int8(model, keep_float), "bfloat16": _bfloat16_copy(model)}
     prompt = torch.randint(0, model.config.vocab_size, (1, sizes.real.quantized_prompt))
     best: dict[str, dict] = {}
     for _ in range(2):
@@ -965,6 +1003,8 @@ def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_tex
                 best[name] = result
     rows = {name: {**best[name], "weight_bytes_per_token": weight_bytes_per_step(variant)}
             for name, variant in variants.items()}
+    rows[INT8_OUTLIERS_FLOAT]["float_layers"] = {name: outliers[name] for name in keep_float}
+    rows[INT8]["largest_outlier_ratios"] = dict(sorted(outliers.items(), key=lambda item: -item[1])[:5])
     if heldout_text:
         from transformers import AutoTokenizer
 
@@ -973,6 +1013,22 @@ def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_tex
         for name, variant in variants.items():
             rows[name]["perplexity"] = heldout_perplexity(variant, ids, sizes.real.perplexity_context)["perplexity"]
     return rows
+
+
+def _quantization_calibration_ids(folder: str, model, sizes: Sizes, heldout_text: str | None) -> torch.Tensor:
+    """[1, perplexity_context] token ids that choose the layers kept float: held-out text *after* the tokens
+    whose perplexity is measured (so the choice is not fitted to them), else random tokens."""
+    if heldout_text:
+        from transformers import AutoTokenizer
+
+        from .linearization_eval import document_stream, read_texts
+
+        ids = document_stream(read_texts(heldout_text), AutoTokenizer.from_pretrained(folder))
+        start, context = sizes.real.perplexity_tokens, sizes.real.perplexity_context
+        if len(ids) >= start + context:
+            return torch.tensor([ids[start:start + context]])
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(0, model.config.vocab_size, (1, sizes.real.perplexity_context), generator=generator)
 
 
 def _bfloat16_copy(model: torch.nn.Module) -> torch.nn.Module:

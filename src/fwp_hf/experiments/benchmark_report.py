@@ -12,6 +12,8 @@ from pathlib import Path
 from .benchmark_targets import (
     FLOAT32,
     HEADLINE_TYPE,
+    INT8_OUTLIER_RATIO,
+    INT8_OUTLIERS_FLOAT,
     ONNXRUNTIME_MODE,
     PEER,
     REAL_SECTION,
@@ -347,7 +349,8 @@ def _real_quantized_table(real: dict, results: dict) -> list[str]:
     bandwidth = results.get("memory_bandwidth")
     bf16 = results["machine"].get("bf16_instructions")
     heldout = f" ({real['heldout_text']})" if real.get("heldout_text") else " (not measured: no --heldout_text)"
-    lines = ["int8 dynamic quantization of every nn.Linear (`quantize_linear_int8`: "
+    lines = ["int8 dynamic quantization of every nn.Linear, or of all but the outlier-input ones "
+             "(`quantize_linear_int8`: "
              "`torch.ao.quantization.quantize_dynamic`, deprecated in torch 2.13 in favour of torchao) and bfloat16, "
              f"batch-1 eager decoding and held-out perplexity{heldout}. {_quantized_student_sentence(real)} "
              f"This CPU {'has' if bf16 else 'lacks' if bf16 is not None else 'may lack'} bf16 instructions "
@@ -366,6 +369,17 @@ def _real_quantized_table(real: dict, results: dict) -> list[str]:
         lines.append(f"| {row['model']} | {row['dtype']} | {row['decode_tokens_per_s']:.1f} | {_fmt(ratio)}× | "
                      f"{row['weight_bytes_per_token'] / 2**20:.2f} | {_percent(fraction_of_bound(row, bandwidth))} | "
                      f"{_fmt(perplexity)} | {change} |")
+    outliers = [row for row in real["quantized"] if "largest_outlier_ratios" in row or "float_layers" in row]
+    if outliers:
+        lines += ["", "Input outlier ratio of a linear layer: its largest input channel's max |x| ÷ the median "
+                  "channel's, on held-out text that is not scored (`linear_input_outliers`); a per-tensor int8 scale "
+                  "set by that channel leaves the median one about 127 ÷ ratio levels. "
+                  f"`{INT8_OUTLIERS_FLOAT}` keeps float every layer whose ratio exceeds {INT8_OUTLIER_RATIO:g}.", ""]
+        for row in outliers:
+            named = row.get("largest_outlier_ratios") or row.get("float_layers")
+            what = "largest ratios" if "largest_outlier_ratios" in row else "kept float"
+            listed = ", ".join(f"{name} {ratio:,.0f}" for name, ratio in named.items()) or "none"
+            lines.append(f"- {row['model']}, {row['dtype']}: {what}: {listed}.")
     return lines
 
 
