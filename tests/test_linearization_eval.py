@@ -219,6 +219,24 @@ def test_a_measurement_made_later_joins_its_model_and_replaces_only_on_request(t
     assert "| student | passkey (on cuda: a GPU) | 3 | 5 |" in markdown.read_text()
 
 
+def test_passkeys_measured_a_length_per_process_join_and_their_costs_add_up(tmp_path):
+    merged = tmp_path / "all.json"
+    for length, seconds, peak in ((4096, 30.0, 900.0), (1024, 5.0, 700.0)):
+        part = tmp_path / f"passkey-{length}.json"
+        entry = {"model": "s", "passkey": {str(length): {"correct": 1, "trials": 20}},
+                 "passkey_cost": {"seconds": seconds, "peak_memory_mb": peak}}
+        part.write_text(json.dumps({"models": {"student": entry}}))
+        main(["--results_json", str(merged), "--merge_json", str(part)])
+    main(["--results_json", str(merged), "--merge_json", str(tmp_path / "passkey-1024.json")])  # again: no change
+    student = json.loads(merged.read_text())["models"]["student"]
+    assert list(student["passkey"]) == ["1024", "4096"]
+    assert student["passkey_cost"] == {"seconds": 35.0, "peak_memory_mb": 900.0}
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps({"models": {"student": {"passkey": {"1024": {"correct": 2, "trials": 20}}}}}))
+    with pytest.raises(ValueError, match=r"'passkey' at lengths \['1024'\]"):
+        main(["--results_json", str(merged), "--merge_json", str(clash)])
+
+
 def test_model_cards_get_the_report_numbers_once(tmp_path, capsys):
     student = tmp_path / "student"
     stage = tmp_path / "stage_after_copying"

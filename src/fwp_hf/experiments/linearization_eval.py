@@ -396,11 +396,15 @@ def merge_results(results: dict[str, Any], other: dict[str, Any], source: str = 
                   replace: Sequence[str] = ()) -> None:
     """Add `other`'s model and training entries to `results` (in place), so that models evaluated by separate
     processes, each into its own JSON, end up side by side. A model present in both is merged measurement by
-    measurement (e.g. passkeys measured later, on another machine, join the entry of the same model). A
-    measurement present in both with different content is an error, since one of the two would be lost, unless
-    its key is in `replace` (then `other`'s wins: a re-measurement, e.g. with more trials)."""
+    measurement (e.g. passkeys measured later, on another machine, join the entry of the same model); passkeys
+    of one model measured in several processes, some lengths each, join length by length and their costs add
+    up. A measurement present in both with different content is an error, since one of the two would be lost,
+    unless its key is in `replace` (then `other`'s wins: a re-measurement, e.g. with more trials)."""
     for name, entry in other.get("models", {}).items():
         target = results.setdefault("models", {}).setdefault(name, {})
+        entry = dict(entry)
+        if "passkey" not in replace and "passkey" in target and "passkey" in entry:
+            _join_passkey_lengths(target, entry, name, source)
         for key, value in entry.items():
             if key in target and target[key] != value and key not in replace:
                 raise ValueError(f"models entry {name!r} of {source} differs from the one already in the results in "
@@ -413,6 +417,27 @@ def merge_results(results: dict[str, Any], other: dict[str, Any], source: str = 
             raise ValueError(f"training entry {name!r} of {source} differs from the one already in the results; "
                              "rename one of them (--name) or drop it before merging")
         training[name] = entry
+
+
+def _join_passkey_lengths(target: dict[str, Any], entry: dict[str, Any], name: str, source: str) -> None:
+    """Move `entry`'s passkey lengths (and their cost) into `target`'s passkeys where they are new; a length
+    measured in both must agree. Leaves in `entry` nothing that the caller's merge would see as a conflict."""
+    ours, theirs = target["passkey"], entry.pop("passkey")
+    cost = entry.pop("passkey_cost", None)
+    clashing = [length for length in theirs if length in ours and ours[length] != theirs[length]]
+    if clashing:
+        raise ValueError(f"models entry {name!r} of {source} differs from the one already in the results in "
+                         f"'passkey' at lengths {clashing}; re-measure on purpose with --replace_measurements passkey "
+                         "passkey_cost")
+    new = {length: result for length, result in theirs.items() if length not in ours}
+    if not new:
+        return
+    target["passkey"] = dict(sorted({**ours, **new}.items(), key=lambda item: int(item[0])))
+    if cost is not None:
+        earlier = target.get("passkey_cost")
+        target["passkey_cost"] = cost if earlier is None else {
+            **earlier, "seconds": earlier["seconds"] + cost["seconds"],
+            "peak_memory_mb": max(earlier["peak_memory_mb"], cost["peak_memory_mb"])}
 
 
 CARD_SECTION_START = "<!-- fwp_hf evaluation: start -->"
