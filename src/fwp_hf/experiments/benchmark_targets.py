@@ -272,23 +272,20 @@ TARGETS: tuple[Target, ...] = (
            lambda r, f: fraction_of_bound(_real_decode(r, STUDENT, f["real_mid_prompt"], 1, "compiled"),
                                           r.get("memory_bandwidth")), 0.5, unit="fraction", section=REAL_SECTION,
            part="decode"),
-    Target("{student_type} student int8 decode tok/s vs float32 (batch 1)",
-           "section 9: batch-1 decoding of the int8 dynamically quantized student ÷ the float32 student",
-           lambda r, f: divide(_real_quantized(r, INT8).get("decode_tokens_per_s"),
-                               _real_quantized(r, FLOAT32).get("decode_tokens_per_s")), 1.8, section=REAL_SECTION,
-           part="quantized"),
-    Target("{student_type} student int8 perplexity change on held-out text",
-           "section 9 (--heldout_text): |perplexity int8 ÷ float32 − 1| of the student",
-           lambda r, f: _perplexity_change(r, INT8), 0.02, "≤", "fraction", section=REAL_SECTION, part="quantized"),
-    Target("{student_type} student int8 (outlier layers float) decode tok/s vs float32 (batch 1)",
-           "section 9: batch-1 decoding of the int8 student whose outlier-input layers stay float ÷ float32",
-           lambda r, f: divide(_real_quantized(r, INT8_OUTLIERS_FLOAT).get("decode_tokens_per_s"),
-                               _real_quantized(r, FLOAT32).get("decode_tokens_per_s")), 1.8, section=REAL_SECTION,
-           part="quantized"),
-    Target("{student_type} student int8 (outlier layers float) perplexity change on held-out text",
-           "section 9 (--heldout_text): |perplexity ÷ float32 − 1| of the int8 student whose outlier-input layers "
-           "stay float", lambda r, f: _perplexity_change(r, INT8_OUTLIERS_FLOAT), 0.02, "≤", "fraction",
-           section=REAL_SECTION, part="quantized"),
+    *(target
+      for dtype, label, what in ((INT8, "int8", "the int8 dynamically quantized student"),
+                                 (INT8_OUTLIERS_FLOAT, "int8 (outlier layers float)",
+                                  "the int8 student whose outlier-input layers stay float"))
+      for target in (
+          Target(f"{{student_type}} student {label} decode tok/s vs float32 (batch 1)",
+                 f"section 9: batch-1 decoding of {what} ÷ the float32 student",
+                 lambda r, f, dtype=dtype: divide(_real_quantized(r, dtype).get("decode_tokens_per_s"),
+                                                  _real_quantized(r, FLOAT32).get("decode_tokens_per_s")),
+                 1.8, section=REAL_SECTION, part="quantized"),
+          Target(f"{{student_type}} student {label} perplexity change on held-out text",
+                 f"section 9 (--heldout_text): |perplexity ÷ float32 − 1| of {what}",
+                 lambda r, f, dtype=dtype: _perplexity_change(r, dtype), 0.02, "≤", "fraction", section=REAL_SECTION,
+                 part="quantized"))),
 )
 
 # The kernel-only run (``--only kernels``: sections 1 and 4) is judged by these: issue 22's goals for the kernels.
