@@ -15,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 
 from fwp_hf import FWPConfig, FWPForCausalLM
 from fwp_hf.experiments import benchmark
-from fwp_hf.experiments.benchmark_report import real_model_section
+from fwp_hf.experiments.benchmark_report import real_model_section, render_real_model_markdown
 from fwp_hf.experiments.benchmark_targets import (
     HYBRID,
     REAL_MODEL_TARGETS,
@@ -57,6 +57,17 @@ def tiny_sizes(**changes) -> benchmark.Sizes:
 
 
 COMMITTED_RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "real-model-cpu.json"
+# The quiet --real_parts quantized run (int8 / bf16 of a trained student), a report of its own.
+COMMITTED_QUANTIZED_RUN = COMMITTED_RUN.parent / "real-model-quantized" / "real-model-cpu.json"
+
+
+@pytest.mark.parametrize("path", [COMMITTED_RUN, COMMITTED_QUANTIZED_RUN], ids=["full", "quantized"])
+def test_a_committed_real_model_report_is_its_json_rendered_and_rejudged(path):
+    from test_benchmark import rejudge_committed
+
+    results = json.loads(path.read_text())
+    assert rejudge_committed(results, REAL_MODEL_TARGETS) == results["targets"]
+    assert render_real_model_markdown(results) == path.with_suffix(".md").read_text()
 
 
 def test_the_committed_real_model_run_is_judged_by_section_9s_targets():
