@@ -57,11 +57,12 @@ def tiny_sizes(**changes) -> benchmark.Sizes:
 
 
 COMMITTED_RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "real-model-cpu.json"
-# The quiet --real_parts quantized run (int8 / bf16 of a trained student), a report of its own.
-COMMITTED_QUANTIZED_RUN = COMMITTED_RUN.parent / "real-model-quantized" / "real-model-cpu.json"
+# The quiet --real_parts runs (decoding; int8 / bf16 of a trained student), each a report of its own.
+COMMITTED_PART_RUNS = {part: COMMITTED_RUN.parent / f"real-model-{part}" / "real-model-cpu.json"
+                       for part in ("decode", "quantized")}
 
 
-@pytest.mark.parametrize("path", [COMMITTED_RUN, COMMITTED_QUANTIZED_RUN], ids=["full", "quantized"])
+@pytest.mark.parametrize("path", [COMMITTED_RUN, *COMMITTED_PART_RUNS.values()], ids=["full", *COMMITTED_PART_RUNS])
 def test_a_committed_real_model_report_is_its_json_rendered_and_rejudged(path):
     from test_benchmark import rejudge_committed
 
