@@ -72,14 +72,11 @@ def test_a_committed_real_model_report_is_its_json_rendered_and_rejudged(path):
 
 
 def test_the_committed_real_model_run_is_judged_by_section_9s_targets():
-    """Re-judging the committed section-9 run gives the verdicts it recorded (targets added since have no
-    measurement in it); its report says it was not a quiet run; every fast-weight student's decoding memory is
-    flat in the context (the fixed-size state)."""
-    from test_benchmark import rejudge_committed
-
+    """The committed section-9 run (re-judged and re-rendered above) covers the whole section; its report says it
+    was not a quiet run; every fast-weight student's decoding memory is flat in the context (the fixed-size
+    state)."""
     results = json.loads(COMMITTED_RUN.read_text())
     assert results["only"] == "real_model"
-    assert rejudge_committed(results, REAL_MODEL_TARGETS) == results["targets"]
     assert "NOT a quiet run" in results["note"]
     decode = [row for row in results[REAL_SECTION]["decode"] if row["model"] == STUDENT and "error" not in row]
     assert len({row["cache_bytes"] for row in decode if row["batch"] == 1}) == 1

@@ -978,8 +978,9 @@ def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_tex
                          trained_student: str | None = None) -> dict:
     """Batch-1 eager decoding (after `real_quantized_prompt` tokens; best of 2, the variants alternating) and
     held-out perplexity (windows of `real_perplexity_context` tokens, the first `real_perplexity_tokens` of
-    `heldout_text` under the teacher's tokenizer) of float32, int8 (`quantize_linear_int8`) and bfloat16. The
-    student is `trained_student`'s model when given."""
+    `heldout_text` under the teacher's tokenizer) of float32, int8 (`quantize_linear_int8`), int8 with the
+    outlier-input layers float (`linear_input_outliers` > `INT8_OUTLIER_RATIO`) and bfloat16. The student is
+    `trained_student`'s model when given."""
     from .linearization_eval import document_stream, heldout_perplexity, read_texts
 
     torch.manual_seed(0)
@@ -989,8 +990,12 @@ def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_tex
         model = AutoModelForCausalLM.from_pretrained(trained_student, dtype=torch.float32).eval()
     else:
         model = load_real_model(folder, model_name, sizes)
-    calibration = _quantization_calibration_ids(folder, model, sizes, heldout_text)
-    outliers = linear_input_outliers(model, calibration)
+    heldout_ids = None
+    if heldout_text:
+        from transformers import AutoTokenizer
+
+        heldout_ids = document_stream(read_texts(heldout_text), AutoTokenizer.from_pretrained(folder))
+    outliers = linear_input_outliers(model, _quantization_calibration_ids(heldout_ids, model, sizes))
     keep_float = sorted(name for name, ratio in outliers.items() if ratio > INT8_OUTLIER_RATIO)
     variants = {"float32": model, INT8: quantize_linear_int8(model),
                 INT8_OUTLIERS_FLOAT: quantize_linear_int8(model, keep_float), "bfloat16": _bfloat16_copy(model)}
@@ -1005,30 +1010,21 @@ def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_tex
             for name, variant in variants.items()}
     rows[INT8_OUTLIERS_FLOAT]["float_layers"] = {name: outliers[name] for name in keep_float}
     rows[INT8]["largest_outlier_ratios"] = dict(sorted(outliers.items(), key=lambda item: -item[1])[:5])
-    if heldout_text:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        ids = document_stream(read_texts(heldout_text), tokenizer)[: sizes.real.perplexity_tokens]
+    if heldout_ids is not None:
+        ids = heldout_ids[: sizes.real.perplexity_tokens]
         for name, variant in variants.items():
             rows[name]["perplexity"] = heldout_perplexity(variant, ids, sizes.real.perplexity_context)["perplexity"]
     return rows
 
 
-def _quantization_calibration_ids(folder: str, model, sizes: Sizes, heldout_text: str | None) -> torch.Tensor:
-    """[1, perplexity_context] token ids that choose the layers kept float: held-out text *after* the tokens
+def _quantization_calibration_ids(heldout_ids: list[int] | None, model, sizes: Sizes) -> torch.Tensor:
+    """[1, perplexity_context] token ids that choose the layers kept float: the held-out tokens *after* those
     whose perplexity is measured (so the choice is not fitted to them), else random tokens."""
-    if heldout_text:
-        from transformers import AutoTokenizer
-
-        from .linearization_eval import document_stream, read_texts
-
-        ids = document_stream(read_texts(heldout_text), AutoTokenizer.from_pretrained(folder))
-        start, context = sizes.real.perplexity_tokens, sizes.real.perplexity_context
-        if len(ids) >= start + context:
-            return torch.tensor([ids[start:start + context]])
+    start, context = sizes.real.perplexity_tokens, sizes.real.perplexity_context
+    if heldout_ids is not None and len(heldout_ids) >= start + context:
+        return torch.tensor([heldout_ids[start:start + context]])
     generator = torch.Generator().manual_seed(1)
-    return torch.randint(0, model.config.vocab_size, (1, sizes.real.perplexity_context), generator=generator)
+    return torch.randint(0, model.config.vocab_size, (1, context), generator=generator)
 
 
 def _bfloat16_copy(model: torch.nn.Module) -> torch.nn.Module:
