@@ -50,8 +50,8 @@ def teacher_folder(tmp_path_factory):
 def tiny_sizes(**changes) -> benchmark.Sizes:
     """Quick sizes with section 9 (`changes`: fields of `RealModelSizes`) shrunk to seconds."""
     tiny = {"prefill_lengths": (16, 64), "prefill_chunk": 16, "decode_prompts": (16, 64), "decode_batches": (1,),
-            "decode_modes": ("eager",), "train_lengths": (16,), "quantized_prompt": 16, "perplexity_context": 16,
-            "perplexity_tokens": 96}
+            "decode_modes": ("eager",), "train_lengths": (16,), "checkpointed_train_lengths": (16,),
+            "quantized_prompt": 16, "perplexity_context": 16, "perplexity_tokens": 96}
     quick = benchmark.Sizes.quick()
     return replace(quick, real=replace(quick.real, **{**tiny, **changes}))
 
@@ -126,13 +126,17 @@ def test_real_model_section_on_a_tiny_llama(teacher_folder):
     weights = 4 * (4 * (2 * 32 * 32 + 2 * 16 * 32 + 3 * 32 * 64) + len(WORDS) * 32 + 2 * 32)
     assert all(row["weight_bytes_per_token"] == weights for row in real["decode"])
 
-    training = {(row["model"], row["lora"]): row for row in real["training"]}
-    assert set(training) == {(TEACHER, False), (STUDENT, False), (TEACHER, True), (STUDENT, True)}
+    training = {(row["model"], row["lora"], row["gradient_checkpointing"]): row for row in real["training"]}
+    assert set(training) == {(model, lora, checkpointed) for model in (TEACHER, STUDENT)
+                             for lora, checkpointed in ((False, False), (True, False), (False, True))}
     teacher_parameters = LlamaForCausalLM.from_pretrained(teacher_folder).num_parameters()
-    assert training[(TEACHER, False)]["trainable_parameters"] == teacher_parameters
+    assert training[(TEACHER, False, False)]["trainable_parameters"] == teacher_parameters
     for model in (TEACHER, STUDENT):
-        assert 0 < training[(model, True)]["trainable_parameters"] < training[(model, False)]["trainable_parameters"]
-        assert training[(model, False)]["tokens_per_s"] * training[(model, False)]["step_s"] == pytest.approx(16)
+        full, lora, checkpointed = (training[(model, *kind)] for kind in ((False, False), (True, False), (False, True)))
+        assert 0 < lora["trainable_parameters"] < full["trainable_parameters"] == checkpointed["trainable_parameters"]
+        assert full["tokens_per_s"] * full["step_s"] == pytest.approx(16)
+        # the checkpointed cell's model recomputes its layers' activations in backward; the others keep them
+        assert checkpointed["recomputes_activations"] and not full["recomputes_activations"]
 
     quantized = {(row["model"], row["dtype"]): row for row in real["quantized"]}
     for model in (STUDENT, TEACHER):
@@ -206,7 +210,9 @@ def test_real_parts_run_only_the_parts_named(teacher_folder, tmp_path, monkeypat
         "hedgehog student int8 decode tok/s vs float32 (batch 1)",
         "hedgehog student int8 perplexity change on held-out text",
         "hedgehog student int8 (outlier layers float) decode tok/s vs float32 (batch 1)",
-        "hedgehog student int8 (outlier layers float) perplexity change on held-out text"]
+        "hedgehog student int8 (outlier layers float) perplexity change on held-out text",
+        "hedgehog student int8 (per-channel weights, outlier layers float) decode tok/s vs float32 (batch 1)",
+        "hedgehog student int8 (per-channel weights, outlier layers float) perplexity change on held-out text"]
     assert all(verdicts[name]["value"] is not None for name in verdicts if "int8" in name)
     markdown = (tmp_path / "real-model-cpu.md").read_text()
     assert "| student | int8 dynamic, outlier layers float |" in markdown and "largest ratios: model." in markdown
@@ -287,6 +293,21 @@ def test_int8_keeps_float_the_named_layers_and_finds_the_outlier_inputs():
     assert sum(isinstance(m, torch.nn.Linear) for m in kept.modules()) == 1
     with pytest.raises(ValueError, match=r"keep_float names \['model.norm'\], which are not nn.Linear"):
         benchmark.quantize_linear_int8(model, ["model.norm"])
+
+
+def test_int8_per_channel_weights_keep_small_rows_resolved():
+    """One weight scale per output channel: a row 1000x smaller than the others keeps its resolution, which one
+    scale per matrix rounds to zero."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 8, bias=False))
+    with torch.no_grad():
+        model[0].weight[0] *= 1000.0
+    per_tensor, per_channel = (benchmark.quantize_linear_int8(model, per_channel_weights=flag)[0].weight()
+                               for flag in (False, True))
+    assert per_tensor.qscheme() == torch.per_tensor_affine and per_channel.qscheme() == torch.per_channel_affine
+    small = model[0].weight[1:]
+    assert per_tensor.dequantize()[1:].abs().max() == 0  # every small row rounded away
+    assert (per_channel.dequantize()[1:] - small).abs().max() < 0.01 * small.abs().max()
 
 
 def test_a_cell_larger_than_one_that_ran_out_of_time_is_skipped():

@@ -86,6 +86,7 @@ from .benchmark_targets import (
     INT8,
     INT8_OUTLIER_RATIO,
     INT8_OUTLIERS_FLOAT,
+    INT8_PER_CHANNEL_OUTLIERS_FLOAT,
     KERNEL_TARGETS,
     ONNXRUNTIME_MODE,
     PEER,
@@ -183,6 +184,8 @@ class RealModelSizes:
     decode_tokens: int = 8
     decode_modes: tuple[str, ...] = ("eager", "compiled")
     train_lengths: tuple[int, ...] = (2048, 8192)
+    # Training steps with gradient checkpointing (both models): the longest length's step may not fit without it
+    checkpointed_train_lengths: tuple[int, ...] = (8192,)
     lora_rank: int = 8
     quantized_prompt: int = 512
     quantized_decode_tokens: int = 16
@@ -898,12 +901,18 @@ def _real_decode_cell(folder: str, model_name: str, sizes: Sizes, prompt_length:
     return {**result, **extra, "peak_rss_gib": peak, "weight_bytes_per_token": weight_bytes_per_step(model)}
 
 
-def _real_train_cell(folder: str, model_name: str, sizes: Sizes, length: int, lora: bool) -> dict:
+def _real_train_cell(folder: str, model_name: str, sizes: Sizes, length: int, lora: bool,
+                     checkpointed: bool = False) -> dict:
     """One training step (forward + backward + AdamW) of batch 1 × `length` tokens, timed after one warm-up
     step: every parameter, or (`lora`) rank-`real_lora_rank` LoRA adapters on every linear layer but the LM head
-    (peft's ``"all-linear"``). Tokens/s, the process's peak memory, trainable parameters."""
+    (peft's ``"all-linear"``); `checkpointed`: with transformers' gradient checkpointing (each decoder layer's
+    activations recomputed in backward, non-reentrant). Tokens/s, the process's peak memory, trainable parameters."""
     torch.manual_seed(0)
     model = load_real_model(folder, model_name, sizes).train()
+    if checkpointed:
+        # transformers 5.23 renamed gradient_checkpointing_enable (deprecated, gone in v6); 5.21/5.22 lack the new name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     if lora:
         try:
             from peft import LoraConfig, get_peft_model
@@ -922,12 +931,15 @@ def _real_train_cell(folder: str, model_name: str, sizes: Sizes, length: int, lo
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
     return {"step_s": times[-1], "tokens_per_s": length / times[-1], "peak_rss_gib": peak_rss_bytes() / GIB,
-            "trainable_parameters": sum(parameter.numel() for parameter in trainable)}
+            "trainable_parameters": sum(parameter.numel() for parameter in trainable),
+            "recomputes_activations": model.is_gradient_checkpointing}
 
 
-def quantize_linear_int8(model: torch.nn.Module, keep_float: Collection[str] = ()) -> torch.nn.Module:
+def quantize_linear_int8(model: torch.nn.Module, keep_float: Collection[str] = (),
+                         per_channel_weights: bool = False) -> torch.nn.Module:
     """A copy of `model` whose nn.Linear layers (the LM head included), all but those named in `keep_float`
-    (module names, e.g. ``model.layers.11.mlp.down_proj``), are int8 with dynamic activation quantization:
+    (module names, e.g. ``model.layers.11.mlp.down_proj``), are int8 with dynamic activation quantization and one
+    weight scale per matrix, or per output channel (`per_channel_weights`):
     `torch.ao.quantization.quantize_dynamic`, which torch 2.13 still ships but marks deprecated (it warns, naming
     torchao's ``quantize_`` as the successor); the copy runs on the CPU (fbgemm/qnnpack). Its activation scale is
     one per call (per tensor), so one channel far larger than the others (`linear_input_outliers`) costs every
@@ -944,7 +956,9 @@ def quantize_linear_int8(model: torch.nn.Module, keep_float: Collection[str] = (
     unknown = set(keep_float) - linears
     if unknown:
         raise ValueError(f"keep_float names {sorted(unknown)}, which are not nn.Linear modules of the model")
-    spec = {name: torch.ao.quantization.default_dynamic_qconfig for name in sorted(linears - set(keep_float))}
+    qconfig = (torch.ao.quantization.per_channel_dynamic_qconfig if per_channel_weights
+               else torch.ao.quantization.default_dynamic_qconfig)
+    spec = {name: qconfig for name in sorted(linears - set(keep_float))}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(torch.ao.quantization|quantize_per_tensor).*deprecated")
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), spec, dtype=torch.qint8)
@@ -998,7 +1012,9 @@ def _real_quantized_cell(folder: str, model_name: str, sizes: Sizes, heldout_tex
     outliers = linear_input_outliers(model, _quantization_calibration_ids(heldout_ids, model, sizes))
     keep_float = sorted(name for name, ratio in outliers.items() if ratio > INT8_OUTLIER_RATIO)
     variants = {"float32": model, INT8: quantize_linear_int8(model),
-                INT8_OUTLIERS_FLOAT: quantize_linear_int8(model, keep_float), "bfloat16": _bfloat16_copy(model)}
+                INT8_OUTLIERS_FLOAT: quantize_linear_int8(model, keep_float),
+                INT8_PER_CHANNEL_OUTLIERS_FLOAT: quantize_linear_int8(model, keep_float, per_channel_weights=True),
+                "bfloat16": _bfloat16_copy(model)}
     prompt = torch.randint(0, model.config.vocab_size, (1, sizes.real.quantized_prompt))
     best: dict[str, dict] = {}
     for _ in range(2):
@@ -1115,11 +1131,16 @@ def bench_real_model(folder: str, sizes: Sizes, args: BenchmarkArguments) -> dic
             rows["decode"].append({"model": model, "prompt": prompt, "batch": batch,
                                    "mode": "compiled" if compiled else "eager", **cell})
     if "training" in parts:
-        jobs = [(length, model, False) for length in sorted(sizes.real.train_lengths) for model in (TEACHER, STUDENT)]
-        jobs += [(min(sizes.real.train_lengths), model, True) for model in (TEACHER, STUDENT)]
-        for length, model, lora in tqdm(jobs, desc="9. real model: training steps", leave=False):
-            cell = cells.run(_real_train_cell, (folder, model, sizes, length, lora), (model, lora), (length,))
-            rows["training"].append({"model": model, "seq_len": length, "lora": lora, **cell})
+        models = (TEACHER, STUDENT)
+        jobs = [(length, model, False, False) for length in sorted(sizes.real.train_lengths) for model in models]
+        jobs += [(min(sizes.real.train_lengths), model, True, False) for model in models]
+        jobs += [(length, model, False, True) for length in sorted(sizes.real.checkpointed_train_lengths)
+                 for model in models]
+        for length, model, lora, checkpointed in tqdm(jobs, desc="9. real model: training steps", leave=False):
+            cell = cells.run(_real_train_cell, (folder, model, sizes, length, lora, checkpointed),
+                             (model, lora, checkpointed), (length,))
+            rows["training"].append({"model": model, "seq_len": length, "lora": lora,
+                                     "gradient_checkpointing": checkpointed, **cell})
     if "quantized" in parts:
         for model in tqdm((STUDENT, TEACHER), desc="9. real model: int8 and bf16", leave=False):
             cell = run_in_child(_real_quantized_cell, (folder, model, sizes, args.heldout_text, args.trained_student),

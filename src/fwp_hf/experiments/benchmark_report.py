@@ -14,6 +14,7 @@ from .benchmark_targets import (
     HEADLINE_TYPE,
     INT8_OUTLIER_RATIO,
     INT8_OUTLIERS_FLOAT,
+    INT8_PER_CHANNEL_OUTLIERS_FLOAT,
     ONNXRUNTIME_MODE,
     PEER,
     REAL_SECTION,
@@ -23,6 +24,7 @@ from .benchmark_targets import (
     divide,
     fraction_of_bound,
     lookup,
+    real_training_row,
     training_ratio,
 )
 
@@ -334,11 +336,12 @@ def _real_training_table(real: dict, results: dict) -> list[str]:
              "| model | T | step | trainable parameters | tokens/s | vs teacher | peak memory GiB |",
              "|---|---|---|---|---|---|---|"]
     for row in real["training"]:
-        step = "LoRA" if row["lora"] else "full"
+        checkpointed = bool(row.get("gradient_checkpointing"))
+        step = ("LoRA" if row["lora"] else "full") + (", gradient checkpointing" if checkpointed else "")
         if "error" in row:
             lines.append(f"| {row['model']} | {row['seq_len']:,} | {step} | — | — | — | {row['error']} |")
             continue
-        teacher = lookup(real["training"], model=TEACHER, seq_len=row["seq_len"], lora=row["lora"])
+        teacher = real_training_row(real["training"], TEACHER, row["seq_len"], row["lora"], checkpointed)
         ratio = divide(row["tokens_per_s"], teacher.get("tokens_per_s"))
         lines.append(f"| {row['model']} | {row['seq_len']:,} | {step} | {row['trainable_parameters']:,} | "
                      f"{row['tokens_per_s']:.0f} | {_fmt(ratio)}× | {row['peak_rss_gib']:.2f} |")
@@ -374,7 +377,10 @@ def _real_quantized_table(real: dict, results: dict) -> list[str]:
         lines += ["", "Input outlier ratio of a linear layer: its largest input channel's max |x| ÷ the median "
                   "channel's, on held-out text that is not scored (`linear_input_outliers`); a per-tensor int8 scale "
                   "set by that channel leaves the median one about 127 ÷ ratio levels. "
-                  f"`{INT8_OUTLIERS_FLOAT}` keeps float every layer whose ratio exceeds {INT8_OUTLIER_RATIO:g}.", ""]
+                  f"`{INT8_OUTLIERS_FLOAT}` keeps float every layer whose ratio exceeds {INT8_OUTLIER_RATIO:g}."
+                  + (f" `{INT8_PER_CHANNEL_OUTLIERS_FLOAT}` keeps the same layers float and gives every other weight "
+                     "matrix one scale per output channel instead of one per matrix."
+                     if lookup(real["quantized"], dtype=INT8_PER_CHANNEL_OUTLIERS_FLOAT) else ""), ""]
         for row in outliers:
             named = row.get("largest_outlier_ratios") or row.get("float_layers")
             what = "largest ratios" if "largest_outlier_ratios" in row else "kept float"

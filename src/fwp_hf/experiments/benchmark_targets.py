@@ -27,6 +27,8 @@ INT8, FLOAT32 = "int8 dynamic", "float32"
 # median channel (`benchmark.linear_input_outliers`, on held-out text not scored): per-tensor activation scales
 # cannot represent such inputs.
 INT8_OUTLIERS_FLOAT, INT8_OUTLIER_RATIO = "int8 dynamic, outlier layers float", 50.0
+# The same with one weight scale per output channel instead of one per matrix.
+INT8_PER_CHANNEL_OUTLIERS_FLOAT = "int8 dynamic, per-channel weights, outlier layers float"
 # The decoding rows of ``--baseline_src``'s code and of the ONNX export run by onnxruntime.
 BASELINE_MODE = "eager, baseline code"
 ONNXRUNTIME_MODE = "onnxruntime (CPU)"
@@ -90,6 +92,7 @@ def figures(sizes) -> dict[str, Any]:
         "real_mid_prompt": sorted(sizes.real.decode_prompts)[(len(sizes.real.decode_prompts) - 1) // 2],
         "real_longest_prompt": max(sizes.real.decode_prompts), "real_batch": max(sizes.real.decode_batches),
         "real_train_length": max(sizes.real.train_lengths),
+        "real_checkpointed_train_lengths": sizes.real.checkpointed_train_lengths,
     }
 
 
@@ -156,6 +159,20 @@ def _prefill_memory(row: dict) -> float | None:
 
 def _real(results: dict, key: str, **match) -> dict:
     return lookup(results[REAL_SECTION][key], **match)
+
+
+def real_training_row(rows: list[dict], model: str, seq_len: int, lora: bool = False,
+                      checkpointed: bool = False) -> dict:
+    """Section 9's training row of `model` at `seq_len` ({} when none): LoRA or not, with gradient checkpointing
+    or not (rows of runs before the checkpointed cells existed have no such field: not checkpointed)."""
+    return lookup([row for row in rows if bool(row.get("gradient_checkpointing")) == checkpointed],
+                  model=model, seq_len=seq_len, lora=lora)
+
+
+def _real_training_ratio(results: dict, length: int, checkpointed: bool = False) -> float | None:
+    rows = results[REAL_SECTION]["training"]
+    return divide(real_training_row(rows, STUDENT, length, checkpointed=checkpointed).get("tokens_per_s"),
+                  real_training_row(rows, TEACHER, length, checkpointed=checkpointed).get("tokens_per_s"))
 
 
 def _real_prefill_ratio(results: dict, f: dict) -> float | None:
@@ -263,10 +280,15 @@ TARGETS: tuple[Target, ...] = (
            1.1, "≤", section=REAL_SECTION, part="decode"),
     Target("{student_type} student training step tok/s vs teacher at T={real_train_length}",
            "section 9: one forward+backward+AdamW step's tokens/s ÷ the teacher's, every parameter trained",
-           lambda r, f: divide(_real(r, "training", model=STUDENT, seq_len=f["real_train_length"], lora=False)
-                               .get("tokens_per_s"),
-                               _real(r, "training", model=TEACHER, seq_len=f["real_train_length"], lora=False)
-                               .get("tokens_per_s")), 2.0, section=REAL_SECTION, part="training"),
+           lambda r, f: _real_training_ratio(r, f["real_train_length"]), 2.0, section=REAL_SECTION,
+           part="training"),
+    Target("{student_type} student training step tok/s vs teacher at T={real_train_length}, both with gradient "
+           "checkpointing",
+           "section 9: the same step with each decoder layer's activations recomputed in backward (the memory "
+           "that lets the student's longest step fit), tokens/s ÷ the teacher's likewise",
+           lambda r, f: _real_training_ratio(r, f["real_train_length"], checkpointed=True), 2.0,
+           cases=lambda r, f: [{}] if f["real_train_length"] in f["real_checkpointed_train_lengths"] else [],
+           section=REAL_SECTION, part="training"),
     Target("{student_type} student compiled decode, fraction of the weight-read bound (batch 1)",
            "section 9: compiled batch-1 decoding tokens/s after the middle prompt ÷ `weight_read_bound`",
            lambda r, f: fraction_of_bound(_real_decode(r, STUDENT, f["real_mid_prompt"], 1, "compiled"),
@@ -275,7 +297,10 @@ TARGETS: tuple[Target, ...] = (
     *(target
       for dtype, label, what in ((INT8, "int8", "the int8 dynamically quantized student"),
                                  (INT8_OUTLIERS_FLOAT, "int8 (outlier layers float)",
-                                  "the int8 student whose outlier-input layers stay float"))
+                                  "the int8 student whose outlier-input layers stay float"),
+                                 (INT8_PER_CHANNEL_OUTLIERS_FLOAT, "int8 (per-channel weights, outlier layers float)",
+                                  "the int8 student with per-channel weight scales whose outlier-input layers stay "
+                                  "float"))
       for target in (
           Target(f"{{student_type}} student {label} decode tok/s vs float32 (batch 1)",
                  f"section 9: batch-1 decoding of {what} ÷ the float32 student",
@@ -338,8 +363,9 @@ def evaluate_targets(results: dict, sizes, targets: tuple[Target, ...] = TARGETS
 
 __all__ = [
     "BASELINE_MODE", "FLOAT32", "HEADLINE_TYPE", "HYBRID", "INT8", "INT8_OUTLIER_RATIO", "INT8_OUTLIERS_FLOAT",
-    "KERNEL_TARGETS", "ONNXRUNTIME_MODE", "PEER",
+    "INT8_PER_CHANNEL_OUTLIERS_FLOAT", "KERNEL_TARGETS", "ONNXRUNTIME_MODE", "PEER",
     "REAL_MODEL_TARGETS", "REAL_PARTS", "REAL_SECTION", "STUDENT", "TARGETS", "TEACHER", "WEAK_REFERENCE", "Target",
-    "decode_rate", "divide", "evaluate_targets", "figures", "fraction_of_bound", "is_met", "lookup", "training_ratio",
+    "decode_rate", "divide", "evaluate_targets", "figures", "fraction_of_bound", "is_met", "lookup",
+    "real_training_row", "training_ratio",
     "weight_read_bound",
 ]
