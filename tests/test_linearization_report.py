@@ -18,9 +18,7 @@ def test_the_tables_file_is_the_rendering_of_the_results_json():
 
 
 def test_the_page_embeds_the_tables_one_level_down():
-    tables = "".join("#" + line if line.startswith("### ") else line
-                     for line in render_markdown(RESULTS).splitlines(keepends=True))
-    assert tables.rstrip("\n") in (DOCS / "linearization_smollm2.md").read_text()
+    assert render_markdown(RESULTS, heading_level=4).rstrip("\n") in (DOCS / "linearization_smollm2.md").read_text()
 
 
 @pytest.mark.parametrize("card", sorted((DOCS / "linearization_smollm2_cards").glob("*.md")), ids=lambda p: p.stem)
@@ -30,3 +28,9 @@ def test_each_student_card_carries_the_report_numbers(card, tmp_path):
     shutil.copy(card, tmp_path / "README.md")
     assert update_model_card(tmp_path, RESULTS, name)
     assert (tmp_path / "README.md").read_text() == card.read_text()
+
+
+def test_tables_render_at_the_heading_level_asked():
+    assert render_markdown(RESULTS, heading_level=5).startswith("##### Held-out perplexity")
+    with pytest.raises(ValueError, match="heading_level is a markdown heading level, 1 … 6, got 7"):
+        render_markdown(RESULTS, heading_level=7)

@@ -291,17 +291,21 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(results: dict[str, Any], teacher: str = "teacher") -> str:
+def render_markdown(results: dict[str, Any], teacher: str = "teacher", heading_level: int = 3) -> str:
     """The markdown tables of a results JSON (``{"models": {name: evaluate_model result, ...}}``, plus
     optional ``"training"``: {name: linearization_results.json}): held-out perplexity and retention
     (teacher perplexity / model perplexity), perplexity by position, passkey retrieval, chat answers,
-    training cost per stage and evaluation cost."""
+    training cost per stage and evaluation cost, each under a heading of `heading_level` (3: ``###``; a page
+    or card that embeds the tables in a section of its own passes the level below that section's)."""
+    if not 1 <= heading_level <= 6:
+        raise ValueError(f"heading_level is a markdown heading level, 1 … 6, got {heading_level}")
+    heading = "#" * heading_level
     models: dict[str, dict] = results["models"]
     names = list(models)
     lines: list[str] = []
     contexts = sorted({int(c) for m in models.values() for c in m.get("heldout_perplexity", {})})
     reference = models.get(teacher, {}).get("heldout_perplexity", {})
-    lines += ["### Held-out perplexity (SOTU validation addresses)", "",
+    lines += [heading + " Held-out perplexity (SOTU validation addresses)", "",
               "| model | " + " | ".join(f"ppl @ {c}" for c in contexts) + " | "
               + " | ".join(f"retention @ {c}" for c in contexts) + " |",
               "|---|" + "---|" * (2 * len(contexts))]
@@ -319,7 +323,7 @@ def render_markdown(results: dict[str, Any], teacher: str = "teacher") -> str:
     curves = {name: m["long_context"] for name, m in models.items() if "long_context" in m}
     if curves:
         starts = sorted({s for c in curves.values() for s in c["bucket_start"]})
-        lines += ["### Perplexity by position (Moby-Dick as one stream)", "",
+        lines += [heading + " Perplexity by position (Moby-Dick as one stream)", "",
                   "| positions | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
         for start in starts:
             row = []
@@ -334,7 +338,7 @@ def render_markdown(results: dict[str, Any], teacher: str = "teacher") -> str:
     passkeys = {name: m["passkey"] for name, m in models.items() if "passkey" in m}
     if passkeys:
         lengths = sorted({int(length) for p in passkeys.values() for length in p}, key=int)
-        lines += ["### Passkey retrieval (greedy; correct / trials)", "",
+        lines += [heading + " Passkey retrieval (greedy; correct / trials)", "",
                   "| model | " + " | ".join(f"{length:,} tokens" for length in lengths) + " |",
                   "|---|" + "---|" * len(lengths)]
         for name, table in passkeys.items():
@@ -348,7 +352,7 @@ def render_markdown(results: dict[str, Any], teacher: str = "teacher") -> str:
 
     chats = {name: m["chat"] for name, m in models.items() if "chat" in m}
     if chats:
-        lines += ["### Chat answers (greedy, the tokenizer's chat template)", ""]
+        lines += [heading + " Chat answers (greedy, the tokenizer's chat template)", ""]
         prompts = next(iter(chats.values()))["prompts"]
         for index, prompt in enumerate(prompts):
             lines += [f"**{_cell(prompt)}**", "", "| model | answer |", "|---|---|"]
@@ -358,14 +362,14 @@ def render_markdown(results: dict[str, Any], teacher: str = "teacher") -> str:
 
     training = results.get("training", {})
     if training:
-        lines += ["### Training cost per stage", "", "| student | stage | steps | tokens | wall time (s) | "
+        lines += [heading + " Training cost per stage", "", "| student | stage | steps | tokens | wall time (s) | "
                   "peak memory (MB) |", "|---|---|---|---|---|---|"]
         for name, run in training.items():
             for stage, cost in run.get("stages", {}).items():
                 lines.append(f"| {name} | {stage} | {cost.get('steps', '—')} | {cost.get('tokens', '—'):,} | "
                              f"{cost['seconds']:.0f} | {cost['peak_memory_mb']:.0f} |")
         lines.append("")
-    lines += ["### Evaluation cost", "", "| model | measurement | wall time (s) | peak memory (MB) |",
+    lines += [heading + " Evaluation cost", "", "| model | measurement | wall time (s) | peak memory (MB) |",
               "|---|---|---|---|"]
     for name, m in models.items():
         lines += [f"| {name} | {what}" + (f" (on {cost['device']})" if "device" in cost else "")
@@ -456,8 +460,7 @@ def update_model_card(folder: str | os.PathLike, results: dict[str, Any], name: 
     subset = {"models": {n: results["models"][n] for n in names},
               "training": {n: v for n, v in results.get("training", {}).items() if n == name}}
     section = (f"{CARD_SECTION_START}\n## Evaluation (`scripts/evaluate_linearization.py`)\n\n"
-               + "".join("#" + line if line.startswith("### ") else line  # one level below the card's "##"
-                         for line in render_markdown(subset, teacher).splitlines(keepends=True))
+               + render_markdown(subset, teacher, heading_level=4)  # one level below the card's "##" section
                + f"{CARD_SECTION_END}\n")
     text = card.read_text(encoding="utf-8")
     if CARD_SECTION_START in text and CARD_SECTION_END in text:
