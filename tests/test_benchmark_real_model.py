@@ -57,9 +57,10 @@ def tiny_sizes(**changes) -> benchmark.Sizes:
 
 
 COMMITTED_RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "real-model-cpu.json"
-# The quiet --real_parts runs (decoding; int8 / bf16 of a trained student), each a report of its own.
-COMMITTED_PART_RUNS = {part: COMMITTED_RUN.parent / f"real-model-{part}" / "real-model-cpu.json"
-                       for part in ("decode", "quantized")}
+# The quiet --real_parts runs (decoding; int8 / bf16 of a trained student; prefill, profiles, training and int8 /
+# bf16 again with the per-channel variant), each a report of its own.
+COMMITTED_PART_RUNS = {parts: COMMITTED_RUN.parent / f"real-model-{parts}" / "real-model-cpu.json"
+                       for parts in ("decode", "quantized", "prefill-training")}
 
 
 @pytest.mark.parametrize("path", [COMMITTED_RUN, *COMMITTED_PART_RUNS.values()], ids=["full", *COMMITTED_PART_RUNS])
