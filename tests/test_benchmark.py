@@ -15,11 +15,12 @@ import torch
 import fwp_hf
 from fwp_hf.experiments import benchmark
 from fwp_hf.experiments.benchmark import FLA_DELTA_NET_ROW
-from fwp_hf.experiments.benchmark_report import render_markdown
+from fwp_hf.experiments.benchmark_report import bandwidth_sentence, render_markdown
 from fwp_hf.experiments.benchmark_targets import (
     KERNEL_TARGETS,
     evaluate_targets,
     fraction_of_bound,
+    fraction_of_gemv_bound,
     is_met,
     weight_read_bound,
 )
@@ -206,9 +207,22 @@ def test_the_weight_read_bound_is_batch_times_bandwidth_over_weight_bytes():
 
 def test_memory_bandwidth_is_measured_and_bad_sizes_are_refused():
     record = benchmark.measure_memory_bandwidth(1 << 22, 2)
-    assert record["bytes"] == 1 << 22 and record["repeats"] == 2 and record["read_gb_s"] > 0 < record["copy_gb_s"]
-    with pytest.raises(ValueError, match="need num_bytes >= 4 and repeats >= 1, got 4096 and 0"):
+    assert record["bytes"] == 1 << 22 and record["repeats"] == 2
+    assert record["read_gb_s"] > 0 < record["copy_gb_s"] and record["gemv_gb_s"] > 0
+    with pytest.raises(ValueError, match="need num_bytes >= 4096 and repeats >= 1, got 4096 and 0"):
         benchmark.measure_memory_bandwidth(4096, 0)
+    with pytest.raises(ValueError, match="need num_bytes >= 4096 and repeats >= 1, got 1024 and 1"):
+        benchmark.measure_memory_bandwidth(1024, 1)
+
+
+def test_the_matrix_vector_bound_scales_the_weight_read_bound():
+    row = {"weight_bytes_per_token": 4_000_000, "batch": 1, "decode_tokens_per_s": 100.0}
+    bandwidth = {"read_gb_s": 2.0, "copy_gb_s": 3.0, "bytes": 1 << 20, "repeats": 1}
+    assert fraction_of_gemv_bound(row, bandwidth) is None  # an older run: not measured
+    assert fraction_of_bound(row, bandwidth) == pytest.approx(0.2)  # bound 500 tokens/s
+    assert fraction_of_gemv_bound(row, {**bandwidth, "gemv_gb_s": 0.5}) == pytest.approx(0.8)  # bound 125
+    sentence = bandwidth_sentence({"memory_bandwidth": {**bandwidth, "gemv_gb_s": 0.5}})
+    assert "stream it at only 0.5 GB/s (0.25 of the sum's rate)" in sentence
 
 
 def test_an_older_runs_json_renders_without_a_bandwidth():

@@ -578,18 +578,28 @@ def weight_bytes_per_step(model: torch.nn.Module) -> int:
     return total
 
 
+# Width of the matrix whose one-row products `measure_memory_bandwidth` times (a hidden size's order).
+GEMV_COLUMNS = 1024
+
+
 def measure_memory_bandwidth(num_bytes: int, repeats: int = 5) -> dict:
     """This machine's memory bandwidth with torch's threads: the best of `repeats` sums of a float32 tensor of
-    `num_bytes` (each byte read once: ``read_gb_s``, the bound's bandwidth) and copies of it into another
-    (read and written once: ``copy_gb_s`` counts both)."""
-    if num_bytes < 4 or repeats < 1:
-        raise ValueError(f"need num_bytes >= 4 and repeats >= 1, got {num_bytes} and {repeats}")
+    `num_bytes` (each byte read once: ``read_gb_s``, the bound's bandwidth), copies of it into another (read and
+    written once: ``copy_gb_s`` counts both) and one-row products ``F.linear([1, 1024], [N, 1024])`` with it as a
+    matrix (``gemv_gb_s``: the rate at which the BLAS a batch-1 decoding step calls streams a weight matrix from
+    memory; every weight of a 135M model is read from memory, not cache, once per step)."""
+    if num_bytes < 4 * GEMV_COLUMNS or repeats < 1:
+        raise ValueError(f"need num_bytes >= {4 * GEMV_COLUMNS} and repeats >= 1, got {num_bytes} and {repeats}")
     source = torch.ones(num_bytes // 4)  # ones, not empty: every page is touched before timing
     target = torch.zeros_like(source)
     size = source.numel() * source.element_size()
     read_s = _best_seconds(source.sum, repeats)
     copy_s = _best_seconds(lambda: target.copy_(source), repeats)
-    return {"bytes": size, "repeats": repeats, "read_gb_s": size / read_s / 1e9, "copy_gb_s": 2 * size / copy_s / 1e9}
+    matrix = source[: source.numel() // GEMV_COLUMNS * GEMV_COLUMNS].view(-1, GEMV_COLUMNS)
+    row = torch.ones(1, GEMV_COLUMNS)
+    gemv_s = _best_seconds(lambda: torch.nn.functional.linear(row, matrix), repeats)
+    return {"bytes": size, "repeats": repeats, "read_gb_s": size / read_s / 1e9, "copy_gb_s": 2 * size / copy_s / 1e9,
+            "gemv_gb_s": matrix.numel() * matrix.element_size() / gemv_s / 1e9}
 
 
 def decode_flops_per_token(model: torch.nn.Module, context_length: int) -> float:

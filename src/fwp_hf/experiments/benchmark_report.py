@@ -23,6 +23,7 @@ from .benchmark_targets import (
     decode_rate,
     divide,
     fraction_of_bound,
+    fraction_of_gemv_bound,
     lookup,
     real_training_row,
     training_ratio,
@@ -58,7 +59,11 @@ def bandwidth_sentence(results: dict) -> str:
     return (f"Memory read bandwidth: {bandwidth['read_gb_s']:.1f} GB/s (best of {bandwidth['repeats']} sums of a "
             f"{bandwidth['bytes'] / 2**20:.0f} MiB float32 tensor; copy {bandwidth['copy_gb_s']:.1f} GB/s read + "
             "written). \"% of bound\": decoding tokens/s ÷ the weight-read bound, batch × bandwidth ÷ the bytes of "
-            "the weight matrices a step reads (`weight_read_bound`); cache/state reads come on top.")
+            "the weight matrices a step reads (`weight_read_bound`); cache/state reads come on top."
+            + (f" One-row matrix products (`F.linear` of a [1, 1024] row with that tensor as a matrix, what a "
+               f"batch-1 decoding step does with every weight) stream it at only {bandwidth['gemv_gb_s']:.1f} GB/s "
+               f"({bandwidth['gemv_gb_s'] / bandwidth['read_gb_s']:.2f} of the sum's rate): a step built of such "
+               "products can reach at most that fraction of the bound." if "gemv_gb_s" in bandwidth else ""))
 
 
 def _decode_efficiency(row: dict, matmul_gflops: float) -> tuple[str, str]:
@@ -327,6 +332,11 @@ def _real_decode_table(real: dict, results: dict) -> list[str]:
         lines.append(f"{head} {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | {_fmt(ratio)}× | "
                      f"{_percent(fraction_of_bound(row, bandwidth))} | {row['cache_bytes'] / 2**20:.1f} | "
                      f"{row['decode_rss_gib']:.2f} | {row['peak_rss_gib']:.2f} |")
+    gemv = [f"{row['model']} {row['mode']} after {row['prompt']:,}: {_percent(fraction_of_gemv_bound(row, bandwidth))}"
+            for row in real["decode"] if row["batch"] == 1 and fraction_of_gemv_bound(row, bandwidth) is not None]
+    if gemv:
+        lines += ["", f"Batch 1 against the bound at the matrix-vector rate ({bandwidth['gemv_gb_s']:.1f} GB/s): "
+                  + "; ".join(gemv) + "."]
     return lines
 
 

@@ -72,6 +72,15 @@ def fraction_of_bound(row: dict, bandwidth: dict | None) -> float | None:
     return divide(row.get("decode_tokens_per_s"), weight_read_bound(row, bandwidth))
 
 
+def fraction_of_gemv_bound(row: dict, bandwidth: dict | None) -> float | None:
+    """A decoding row's tokens/s ÷ the weight-read bound at the rate one-row matrix products stream weights
+    (``gemv_gb_s``) instead of the rate a sum reads memory: how far a step is from its BLAS calls' own limit.
+    None for a run that did not measure that rate."""
+    if not bandwidth or "gemv_gb_s" not in bandwidth:
+        return None
+    return fraction_of_bound(row, {**bandwidth, "read_gb_s": bandwidth["gemv_gb_s"]})
+
+
 def decode_rate(results: dict, model: str, mode: str = "eager") -> float | None:
     """Batch-1 decoding tokens/s of one row of section 3."""
     return lookup(results["decoding"]["decode"], model=model, mode=mode).get("decode_tokens_per_s")
@@ -365,7 +374,6 @@ __all__ = [
     "BASELINE_MODE", "FLOAT32", "HEADLINE_TYPE", "HYBRID", "INT8", "INT8_OUTLIER_RATIO", "INT8_OUTLIERS_FLOAT",
     "INT8_PER_CHANNEL_OUTLIERS_FLOAT", "KERNEL_TARGETS", "ONNXRUNTIME_MODE", "PEER",
     "REAL_MODEL_TARGETS", "REAL_PARTS", "REAL_SECTION", "STUDENT", "TARGETS", "TEACHER", "WEAK_REFERENCE", "Target",
-    "decode_rate", "divide", "evaluate_targets", "figures", "fraction_of_bound", "is_met", "lookup",
-    "real_training_row", "training_ratio",
-    "weight_read_bound",
+    "decode_rate", "divide", "evaluate_targets", "figures", "fraction_of_bound", "fraction_of_gemv_bound", "is_met",
+    "lookup", "real_training_row", "training_ratio", "weight_read_bound",
 ]
