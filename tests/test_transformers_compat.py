@@ -25,7 +25,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArgumen
 from transformers.utils import logging as hf_logging
 
 from fwp_hf import FastWeightCacheLayer, FastWeightStaticCache, FWPConfig
-from fwp_hf.compat_fwp import generate_cache_kwargs, output_cache
+from fwp_hf.compat_fwp import (
+    enable_activation_checkpointing,
+    generate_cache_kwargs,
+    is_activation_checkpointing,
+    output_cache,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -132,6 +137,22 @@ def test_no_deprecation_warning_of_fwp_hfs_making(tmp_path):
     assert not [m for m in messages if "deprecated" in m.lower() and "cache" in m], messages
     # Trainer drops the cache from the evaluation outputs under either name (keys_to_ignore_at_inference).
     assert torch.is_tensor(logits) and logits.shape == (1, 6, model.config.vocab_size)
+
+
+def test_activation_checkpointing_is_enabled_without_a_deprecation_warning():
+    """`enable_activation_checkpointing` turns checkpointing on (non-reentrant here) and
+    `is_activation_checkpointing` reads it, under the running release's names: no FutureWarning from 5.23 on, and
+    the old names on 5.21/5.22, which lack the new ones."""
+    model = make_lm("delta-elu").train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not is_activation_checkpointing(model)
+        enable_activation_checkpointing(model, {"use_reentrant": False})
+        assert is_activation_checkpointing(model)
+    assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
+    ids = random_ids(1, 6, low=PAD + 1)
+    model(ids, labels=ids).loss.backward()  # a checkpointed step runs backward
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("settings", [

@@ -23,6 +23,9 @@ one —, 5.24 and 5.25; 5.5–5.20 have a ``LinearAttentionLayer`` without the m
   5.24 (the old name still works there through a shim that logs a deprecation warning). The model forwards
   take either (`cache_argument`) and write their outputs under the name the running release's output
   classes declare (`cache_field`), so neither release sees a deprecated name from fwp_hf.
+- Activation checkpointing: ``PreTrainedModel.activation_checkpointing_enable`` and
+  ``is_activation_checkpointing`` from 5.23, which deprecates the ``gradient_checkpointing`` names (gone in v6);
+  5.21 and 5.22 have only the old names (`enable_activation_checkpointing`, `is_activation_checkpointing`).
 """
 
 from __future__ import annotations
@@ -64,4 +67,19 @@ def output_cache(outputs: Any) -> Any:
     return getattr(outputs, cache_output_name(type(outputs)), None)
 
 
-__all__ = ["cache_argument", "cache_field", "cache_output_name", "generate_cache_kwargs", "output_cache"]
+def enable_activation_checkpointing(model: Any, checkpoint_kwargs: dict[str, Any] | None = None) -> None:
+    """Recompute each decoder layer's activations in backward (``torch.utils.checkpoint.checkpoint`` with
+    `checkpoint_kwargs`) through the running release's name for it, so that no release warns."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable(checkpoint_kwargs)
+
+
+def is_activation_checkpointing(model: Any) -> bool:
+    """Whether `model` recomputes its layers' activations in backward, read under the running release's name."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing
+
+
+__all__ = ["cache_argument", "cache_field", "cache_output_name", "enable_activation_checkpointing",
+           "generate_cache_kwargs", "is_activation_checkpointing", "output_cache"]

@@ -72,7 +72,12 @@ from tqdm.auto import tqdm
 from transformers import CompileConfig, GPT2Config, GPT2LMHeadModel, HfArgumentParser, LlamaConfig, LlamaForCausalLM
 
 from .. import FastWeightStaticCache, FWPConfig, FWPForCausalLM
-from ..compat_fwp import generate_cache_kwargs, output_cache
+from ..compat_fwp import (
+    enable_activation_checkpointing,
+    generate_cache_kwargs,
+    is_activation_checkpointing,
+    output_cache,
+)
 from ..conversion.fla import fla_config_to_fwp, fwp_state_dict_to_fla, load_fla_checkpoint
 from ..fast_weight_kernels import append_normalizer_column, sum_normalize
 from ..feature_maps_fwp import elu_plus_one_feature_map
@@ -920,9 +925,7 @@ def _real_train_cell(folder: str, model_name: str, sizes: Sizes, length: int, lo
     torch.manual_seed(0)
     model = load_real_model(folder, model_name, sizes).train()
     if checkpointed:
-        # transformers 5.23 renamed gradient_checkpointing_enable (deprecated, gone in v6); 5.21/5.22 lack the new name
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
+        enable_activation_checkpointing(model, {"use_reentrant": False})
     if lora:
         try:
             from peft import LoraConfig, get_peft_model
@@ -942,7 +945,7 @@ def _real_train_cell(folder: str, model_name: str, sizes: Sizes, length: int, lo
         times.append(time.perf_counter() - start)
     return {"step_s": times[-1], "tokens_per_s": length / times[-1], "peak_rss_gib": peak_rss_bytes() / GIB,
             "trainable_parameters": sum(parameter.numel() for parameter in trainable),
-            "recomputes_activations": model.is_gradient_checkpointing}
+            "recomputes_activations": is_activation_checkpointing(model)}
 
 
 def quantize_linear_int8(model: torch.nn.Module, keep_float: Collection[str] = (),
