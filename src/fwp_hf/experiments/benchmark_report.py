@@ -332,8 +332,8 @@ def _real_decode_table(real: dict, results: dict) -> list[str]:
         lines.append(f"{head} {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | {_fmt(ratio)}× | "
                      f"{_percent(fraction_of_bound(row, bandwidth))} | {row['cache_bytes'] / 2**20:.1f} | "
                      f"{row['decode_rss_gib']:.2f} | {row['peak_rss_gib']:.2f} |")
-    gemv = [f"{row['model']} {row['mode']} after {row['prompt']:,}: {_percent(fraction_of_gemv_bound(row, bandwidth))}"
-            for row in real["decode"] if row["batch"] == 1 and fraction_of_gemv_bound(row, bandwidth) is not None]
+    gemv = [f"{row['model']} {row['mode']} after {row['prompt']:,}: {_percent(fraction)}" for row in real["decode"]
+            if row["batch"] == 1 and (fraction := fraction_of_gemv_bound(row, bandwidth)) is not None]
     if gemv:
         lines += ["", f"Batch 1 against the bound at the matrix-vector rate ({bandwidth['gemv_gb_s']:.1f} GB/s): "
                   + "; ".join(gemv) + "."]
